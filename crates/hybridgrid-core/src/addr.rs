@@ -1,0 +1,90 @@
+//! Deterministic address allocation. Pure arithmetic on the validated model: the same file gives the
+//! same addresses on every run and every machine, so plans, rendered files and the running cluster
+//! agree without a database.
+//!
+//! Site subnet layout (host offsets from the network address):
+//! - `.1`: the site router (OpenStack's default subnet gateway);
+//! - `.2`–`.4`: reserved for the cloud's own ports (DHCP, metadata) and, in the local provider, the
+//!   site's data store;
+//! - `.5`: the site's relay node (the master on the master site, the VPN gateway elsewhere);
+//! - `.6` onward: workers, in file order of worker groups.
+//!
+//! Tunnel (overlay) layout: the master is `.1`, then each other site's gateway in file order.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+pub const ROUTER_OFFSET: u32 = 1;
+pub const DATA_STORE_OFFSET: u32 = 4;
+pub const RELAY_OFFSET: u32 = 5;
+pub const FIRST_WORKER_OFFSET: u32 = 6;
+
+/// The address `offset` hosts above the network address, if it is a usable host address.
+pub fn host(net: Ipv4Net, offset: u32) -> Option<Ipv4Addr> {
+    let base = u32::from(net.network());
+    let addr = base.checked_add(offset)?;
+    // The broadcast address is not a host; a /31 or /32 has no room for our layout anyway.
+    (addr < u32::from(net.broadcast()) && offset > 0).then(|| Ipv4Addr::from(addr))
+}
+
+/// How many workers fit in a site subnet.
+pub fn worker_capacity(net: Ipv4Net) -> u64 {
+    let hosts_below_broadcast = (1u64 << (32 - net.prefix_len())).saturating_sub(1);
+    hosts_below_broadcast.saturating_sub(u64::from(FIRST_WORKER_OFFSET))
+}
+
+/// How many tunnel addresses (gateways) fit in the overlay.
+pub fn tunnel_capacity(net: Ipv4Net) -> u64 {
+    (1u64 << (32 - net.prefix_len())).saturating_sub(2)
+}
+
+pub fn router_ip(subnet: Ipv4Net) -> Option<Ipv4Addr> {
+    host(subnet, ROUTER_OFFSET)
+}
+
+pub fn relay_ip(subnet: Ipv4Net) -> Option<Ipv4Addr> {
+    host(subnet, RELAY_OFFSET)
+}
+
+pub fn data_store_ip(subnet: Ipv4Net) -> Option<Ipv4Addr> {
+    host(subnet, DATA_STORE_OFFSET)
+}
+
+/// The `index`-th worker of a site (0-based across all its worker groups).
+pub fn worker_ip(subnet: Ipv4Net, index: u32) -> Option<Ipv4Addr> {
+    host(subnet, FIRST_WORKER_OFFSET.checked_add(index)?)
+}
+
+/// Tunnel address of the relay with rank `rank` (0 = the master).
+pub fn tunnel_ip(overlay: Ipv4Net, rank: u32) -> Option<Ipv4Addr> {
+    host(overlay, rank.checked_add(1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_of_a_slash_24() {
+        let net: Ipv4Net = "10.20.0.0/24".parse().unwrap();
+        assert_eq!(router_ip(net), Some(Ipv4Addr::new(10, 20, 0, 1)));
+        assert_eq!(relay_ip(net), Some(Ipv4Addr::new(10, 20, 0, 5)));
+        assert_eq!(worker_ip(net, 0), Some(Ipv4Addr::new(10, 20, 0, 6)));
+        assert_eq!(worker_ip(net, 248), Some(Ipv4Addr::new(10, 20, 0, 254)));
+        assert_eq!(worker_ip(net, 249), None, "the broadcast address is no worker");
+        assert_eq!(worker_capacity(net), 249);
+    }
+
+    #[test]
+    fn small_subnets_have_small_capacity() {
+        let net: Ipv4Net = "10.20.0.0/29".parse().unwrap();
+        assert_eq!(worker_capacity(net), 1);
+        assert_eq!(worker_ip(net, 0), Some(Ipv4Addr::new(10, 20, 0, 6)));
+        assert_eq!(worker_ip(net, 1), None);
+        let overlay: Ipv4Net = "10.0.0.0/30".parse().unwrap();
+        assert_eq!(tunnel_capacity(overlay), 2);
+        assert_eq!(tunnel_ip(overlay, 1), Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(tunnel_ip(overlay, 2), None);
+    }
+}

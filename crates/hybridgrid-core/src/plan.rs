@@ -1,0 +1,612 @@
+//! The plan: everything a cluster needs, derived by a pure function from the validated cluster and
+//! the observed state (which carries the nodes' public keys and public IPs once they exist).
+//!
+//! Architecture invariant: [`plan`] does no I/O, reads no clock and draws no randomness. Values the
+//! cloud has not allocated yet (public IPs, public keys of nodes not yet booted) are `None` and shown
+//! as pending; running the plan again after they exist fills them in.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::addr;
+use crate::diff::{self, Change, Observed};
+use crate::keys::PublicKey;
+use crate::model::{ALL_PARTITION, Cluster, Provider, SLURMCTLD_PORT, SLURMD_PORT};
+
+/// Version of the JSON plan document (`hybridgrid plan --json`); bumped on incompatible changes.
+pub const PLAN_FORMAT_VERSION: u32 = 1;
+/// The WireGuard interface every relay node gets.
+pub const WG_INTERFACE: &str = "wg0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Gateway,
+    Worker,
+}
+
+impl Role {
+    /// Master and gateways relay traffic between sites and hold a WireGuard interface.
+    pub fn is_relay(self) -> bool {
+        matches!(self, Role::Master | Role::Gateway)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Gateway => "gateway",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Always `PLAN_FORMAT_VERSION`.
+    pub format_version: u32,
+    pub cluster: String,
+    pub provider: Provider,
+    pub tunnel: TunnelPlan,
+    pub sites: Vec<SitePlan>,
+    pub nodes: Vec<NodePlan>,
+    pub slurm: SlurmPlan,
+    pub datasets: Vec<DatasetPlan>,
+    /// What `up` would do, from the observed state to this plan, in the order it does it.
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelPlan {
+    pub cidr: Ipv4Net,
+    pub port: u16,
+    pub mtu: u16,
+    pub keepalive: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SitePlan {
+    pub name: String,
+    pub subnet: Ipv4Net,
+    pub master: bool,
+    pub underlay_mtu: u16,
+    pub router_ip: Ipv4Addr,
+    /// Where the site's data store (object storage stand-in) listens.
+    pub data_store_ip: Ipv4Addr,
+    /// The node that relays this site's traffic to the other sites.
+    pub relay: String,
+    pub cloud: Option<String>,
+    pub network: Option<String>,
+    pub external_network: Option<String>,
+    pub security_groups: Vec<SecurityGroup>,
+    pub allowed_address_pairs: Vec<AddressPairs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroup {
+    /// Cloud-side name, unique per cluster: `<cluster>-<site>-nodes` or `<cluster>-<site>-gateway`.
+    pub name: String,
+    /// Nodes whose ports carry this group.
+    pub members: Vec<String>,
+    pub rules: Vec<SgRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// Where a rule admits traffic from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Remote {
+    Cidr(Ipv4Net),
+    /// The public IP of this node, /32, once the cloud has allocated it.
+    PendingPublicIp(String),
+}
+
+/// An ingress rule, IPv4 (egress stays open, as in OpenStack's default groups).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SgRule {
+    pub protocol: Protocol,
+    /// Inclusive destination port range; `None` for all ports.
+    pub ports: Option<(u16, u16)>,
+    pub remote: Remote,
+    pub description: String,
+}
+
+impl SgRule {
+    /// The rule's identity in the cloud: everything but the description.
+    pub fn key(&self) -> (Protocol, Option<(u16, u16)>, Remote) {
+        (self.protocol, self.ports, self.remote.clone())
+    }
+}
+
+/// Addresses a node's port may send from besides its own (Neutron allowed-address pairs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressPairs {
+    pub node: String,
+    pub port_ip: Ipv4Addr,
+    pub pairs: Vec<Ipv4Net>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePlan {
+    /// Hostname and Slurm node name, `<site>-master`, `<site>-gw` or `<site>-<group>-<n>`.
+    pub name: String,
+    pub site: String,
+    pub role: Role,
+    pub lan_ip: Ipv4Addr,
+    /// Relays only.
+    pub tunnel_ip: Option<Ipv4Addr>,
+    /// Relays only: the floating IP; `None` until the cloud allocated it.
+    pub public_ip: Option<Ipv4Addr>,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub flavor: Option<String>,
+    pub image: Option<String>,
+    /// What the node agent applies on the node.
+    pub config: NodeConfig,
+}
+
+/// The node's own part of the plan, applied by `hybridgrid agent` on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub hostname: String,
+    /// `/etc/hosts` entries: every node of the cluster.
+    pub hosts: Vec<(Ipv4Addr, String)>,
+    pub ip_forward: bool,
+    /// Clamp TCP MSS of forwarded SYNs to the path MTU (relays).
+    pub mss_clamp: bool,
+    pub routes: Vec<Route>,
+    pub wireguard: Option<WgInterface>,
+    pub slurm: SlurmRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Route {
+    pub destination: Ipv4Net,
+    /// Next hop on the LAN (workers), or `None` for a route through `device`.
+    pub via: Option<Ipv4Addr>,
+    pub device: Option<String>,
+    /// Source address for traffic the node itself originates on this route.
+    pub src: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgInterface {
+    pub name: String,
+    /// The relay's tunnel IP with the overlay's prefix length.
+    pub address: Ipv4Net,
+    pub listen_port: u16,
+    pub mtu: u16,
+    /// `None` until the node made its key.
+    pub public_key: Option<PublicKey>,
+    pub peers: Vec<WgPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgPeer {
+    pub node: String,
+    pub site: String,
+    /// `None` until the peer made its key: the peer cannot be configured yet.
+    pub public_key: Option<PublicKey>,
+    /// `None` until the peer's public IP is known.
+    pub endpoint: Option<SocketAddrV4>,
+    /// The peer's tunnel /32 and its site subnet: disjoint across peers.
+    pub allowed_ips: Vec<Ipv4Net>,
+    pub persistent_keepalive: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlurmRole {
+    Controller,
+    Compute,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmPlan {
+    pub cluster_name: String,
+    pub controller: String,
+    pub controller_addr: Ipv4Addr,
+    pub ctld_port: u16,
+    pub slurmd_port: u16,
+    pub srun_port_range: (u16, u16),
+    pub slurmd_timeout: u32,
+    pub message_timeout: u32,
+    pub partitions: Vec<Partition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    pub name: String,
+    pub nodes: Vec<String>,
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetPlan {
+    pub name: String,
+    pub site: String,
+    pub location: String,
+    /// The Slurm partition that runs jobs next to this dataset.
+    pub partition: String,
+}
+
+/// Node names: stable, hostname-valid, documented in `docs/cluster-file.md`.
+pub fn relay_name(site: &str, role: Role) -> String {
+    match role {
+        Role::Master => format!("{site}-master"),
+        _ => format!("{site}-gw"),
+    }
+}
+
+pub fn worker_name(site: &str, group: &str, index: u32) -> String {
+    format!("{site}-{group}-{index}")
+}
+
+/// Builds the plan. Pure: the same inputs give the same plan, byte for byte once serialised.
+pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
+    let overlay = cluster.tunnel.cidr;
+    // Tunnel rank: the master first, then the other sites in file order.
+    let ranked: Vec<_> = std::iter::once(cluster.master_site())
+        .chain(cluster.sites.iter().filter(|s| !s.master))
+        .collect();
+
+    let mut nodes: Vec<NodePlan> = Vec::new();
+    for site in &cluster.sites {
+        let role = if site.master { Role::Master } else { Role::Gateway };
+        let name = relay_name(&site.name, role);
+        let rank = ranked.iter().position(|s| s.name == site.name).unwrap_or(0) as u32;
+        nodes.push(NodePlan {
+            public_ip: observed.nodes.get(&name).and_then(|o| o.public_ip),
+            name,
+            site: site.name.clone(),
+            role,
+            lan_ip: addr::relay_ip(site.subnet).unwrap_or(Ipv4Addr::UNSPECIFIED),
+            tunnel_ip: addr::tunnel_ip(overlay, rank),
+            cpus: 1,
+            memory_mib: 1024,
+            flavor: site.gateway.flavor.clone(),
+            image: site.gateway.image.clone(),
+            config: NodeConfig::empty(),
+        });
+        let mut index = 0u32;
+        for group in &site.workers {
+            for n in 1..=group.count {
+                let name = worker_name(&site.name, &group.name, n);
+                nodes.push(NodePlan {
+                    public_ip: None,
+                    name,
+                    site: site.name.clone(),
+                    role: Role::Worker,
+                    lan_ip: addr::worker_ip(site.subnet, index).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    tunnel_ip: None,
+                    cpus: group.cpus,
+                    memory_mib: group.memory_mib,
+                    flavor: group.spec.flavor.clone(),
+                    image: group.spec.image.clone(),
+                    config: NodeConfig::empty(),
+                });
+                index += 1;
+            }
+        }
+    }
+
+    let hosts: Vec<(Ipv4Addr, String)> = nodes.iter().map(|n| (n.lan_ip, n.name.clone())).collect();
+    let relays: Vec<&NodePlan> = nodes.iter().filter(|n| n.role.is_relay()).collect();
+    let subnet_of: BTreeMap<&str, Ipv4Net> = cluster.sites.iter().map(|s| (s.name.as_str(), s.subnet)).collect();
+    let key_of = |node: &str| observed.nodes.get(node).and_then(|o| o.public_key);
+
+    let configs: Vec<NodeConfig> = nodes
+        .iter()
+        .map(|node| {
+            let remote_subnets: Vec<Ipv4Net> = cluster
+                .sites
+                .iter()
+                .filter(|s| s.name != node.site)
+                .map(|s| s.subnet)
+                .collect();
+            let slurm = match node.role {
+                Role::Master => SlurmRole::Controller,
+                Role::Worker => SlurmRole::Compute,
+                Role::Gateway => SlurmRole::None,
+            };
+            if node.role.is_relay() {
+                let mut routes: Vec<Route> = remote_subnets
+                    .iter()
+                    .map(|&destination| Route {
+                        destination,
+                        via: None,
+                        device: Some(WG_INTERFACE.to_owned()),
+                        // Without it, replies leave with the tunnel address and anti-spoofing drops them.
+                        src: Some(node.lan_ip),
+                    })
+                    .collect();
+                routes.sort();
+                let peers = relays
+                    .iter()
+                    .filter(|p| p.name != node.name)
+                    .map(|p| {
+                        let mut allowed_ips: Vec<Ipv4Net> = p
+                            .tunnel_ip
+                            .map(|ip| Ipv4Net::new(ip, 32).unwrap_or_default())
+                            .into_iter()
+                            .collect();
+                        allowed_ips.push(subnet_of[p.site.as_str()]);
+                        WgPeer {
+                            node: p.name.clone(),
+                            site: p.site.clone(),
+                            public_key: key_of(&p.name),
+                            endpoint: p.public_ip.map(|ip| SocketAddrV4::new(ip, cluster.tunnel.port)),
+                            allowed_ips,
+                            persistent_keepalive: (cluster.tunnel.keepalive > 0).then_some(cluster.tunnel.keepalive),
+                        }
+                    })
+                    .collect();
+                NodeConfig {
+                    hostname: node.name.clone(),
+                    hosts: hosts.clone(),
+                    ip_forward: true,
+                    mss_clamp: true,
+                    routes,
+                    wireguard: Some(WgInterface {
+                        name: WG_INTERFACE.to_owned(),
+                        address: Ipv4Net::new(node.tunnel_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), overlay.prefix_len())
+                            .unwrap_or_default(),
+                        listen_port: cluster.tunnel.port,
+                        mtu: cluster.tunnel.mtu,
+                        public_key: key_of(&node.name),
+                        peers,
+                    }),
+                    slurm,
+                }
+            } else {
+                let relay_ip = addr::relay_ip(subnet_of[node.site.as_str()]);
+                let mut routes: Vec<Route> = remote_subnets
+                    .iter()
+                    .chain(std::iter::once(&overlay))
+                    .map(|&destination| Route {
+                        destination,
+                        via: relay_ip,
+                        device: None,
+                        src: None,
+                    })
+                    .collect();
+                routes.sort();
+                NodeConfig {
+                    hostname: node.name.clone(),
+                    hosts: hosts.clone(),
+                    ip_forward: false,
+                    mss_clamp: false,
+                    routes,
+                    wireguard: None,
+                    slurm,
+                }
+            }
+        })
+        .collect();
+    for (node, config) in nodes.iter_mut().zip(configs) {
+        node.config = config;
+    }
+
+    let sites: Vec<SitePlan> = cluster
+        .sites
+        .iter()
+        .map(|site| site_plan(cluster, site, &nodes))
+        .collect();
+
+    let slurm = slurm_plan(cluster, &nodes);
+    let datasets = cluster
+        .datasets
+        .iter()
+        .map(|d| DatasetPlan {
+            name: d.name.clone(),
+            site: d.site.clone(),
+            location: d.location.clone(),
+            partition: d.site.clone(),
+        })
+        .collect();
+
+    let mut plan = Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        cluster: cluster.name.clone(),
+        provider: cluster.provider,
+        tunnel: TunnelPlan {
+            cidr: overlay,
+            port: cluster.tunnel.port,
+            mtu: cluster.tunnel.mtu,
+            keepalive: cluster.tunnel.keepalive,
+        },
+        sites,
+        nodes,
+        slurm,
+        datasets,
+        changes: Vec::new(),
+    };
+    plan.changes = diff::changes(&plan, observed);
+    plan
+}
+
+fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -> SitePlan {
+    let overlay = cluster.tunnel.cidr;
+    let relay = nodes
+        .iter()
+        .find(|n| n.site == site.name && n.role.is_relay())
+        .expect("every site has a relay node");
+    let members: Vec<String> = nodes.iter().filter(|n| n.site == site.name).map(|n| n.name.clone()).collect();
+    // Every other site's subnet and the overlay: where cross-site traffic comes from.
+    let remote_sources: Vec<Ipv4Net> = cluster
+        .sites
+        .iter()
+        .filter(|s| s.name != site.name)
+        .map(|s| s.subnet)
+        .chain(std::iter::once(overlay))
+        .collect();
+
+    let mut node_rules = vec![SgRule {
+        protocol: Protocol::Any,
+        ports: None,
+        remote: Remote::Cidr(site.subnet),
+        description: "all traffic within the site".into(),
+    }];
+    let (srun_lo, srun_hi) = cluster.slurm.srun_port_range;
+    for &src in &remote_sources {
+        let from = describe_source(cluster, src);
+        for (protocol, ports, what) in [
+            (Protocol::Icmp, None, "ICMP"),
+            (Protocol::Tcp, None, "TCP"),
+            (Protocol::Udp, None, "UDP"),
+            (Protocol::Tcp, Some((SLURMCTLD_PORT, SLURMCTLD_PORT)), "slurmctld"),
+            (Protocol::Tcp, Some((SLURMD_PORT, SLURMD_PORT)), "slurmd"),
+            (Protocol::Tcp, Some((srun_lo, srun_hi)), "srun (SrunPortRange)"),
+        ] {
+            node_rules.push(SgRule {
+                protocol,
+                ports,
+                remote: Remote::Cidr(src),
+                description: format!("{what} from {from}"),
+            });
+        }
+    }
+    for &admin in &cluster.admin_cidrs {
+        node_rules.push(SgRule {
+            protocol: Protocol::Tcp,
+            ports: Some((22, 22)),
+            remote: Remote::Cidr(admin),
+            description: "SSH from admin network".into(),
+        });
+    }
+
+    // A stateful group lets a one-sided handshake through only until conntrack forgets it: every
+    // relay admits every peer relay, explicitly.
+    let gateway_rules: Vec<SgRule> = nodes
+        .iter()
+        .filter(|n| n.role.is_relay() && n.name != relay.name)
+        .map(|peer| SgRule {
+            protocol: Protocol::Udp,
+            ports: Some((cluster.tunnel.port, cluster.tunnel.port)),
+            remote: match peer.public_ip {
+                Some(ip) => Remote::Cidr(Ipv4Net::new(ip, 32).unwrap_or_default()),
+                None => Remote::PendingPublicIp(peer.name.clone()),
+            },
+            description: format!("WireGuard from {}", peer.name),
+        })
+        .collect();
+
+    let mut pairs: Vec<Ipv4Net> = remote_sources.clone();
+    pairs.sort();
+    SitePlan {
+        name: site.name.clone(),
+        subnet: site.subnet,
+        master: site.master,
+        underlay_mtu: site.underlay_mtu,
+        router_ip: addr::router_ip(site.subnet).unwrap_or(Ipv4Addr::UNSPECIFIED),
+        data_store_ip: addr::data_store_ip(site.subnet).unwrap_or(Ipv4Addr::UNSPECIFIED),
+        relay: relay.name.clone(),
+        cloud: site.cloud.clone(),
+        network: site.network.clone(),
+        external_network: site.external_network.clone(),
+        security_groups: vec![
+            SecurityGroup {
+                name: format!("{}-{}-nodes", cluster.name, site.name),
+                members,
+                rules: node_rules,
+            },
+            SecurityGroup {
+                name: format!("{}-{}-gateway", cluster.name, site.name),
+                members: vec![relay.name.clone()],
+                rules: gateway_rules,
+            },
+        ],
+        allowed_address_pairs: vec![AddressPairs {
+            node: relay.name.clone(),
+            port_ip: relay.lan_ip,
+            pairs,
+        }],
+    }
+}
+
+fn describe_source(cluster: &Cluster, net: Ipv4Net) -> String {
+    match cluster.sites.iter().find(|s| s.subnet == net) {
+        Some(s) => format!("site {}", s.name),
+        None => "the tunnel overlay".into(),
+    }
+}
+
+fn slurm_plan(cluster: &Cluster, nodes: &[NodePlan]) -> SlurmPlan {
+    let master = nodes
+        .iter()
+        .find(|n| n.role == Role::Master)
+        .expect("a validated cluster has a master");
+    let mut partitions: Vec<Partition> = cluster
+        .sites
+        .iter()
+        .map(|s| Partition {
+            name: s.name.clone(),
+            nodes: nodes
+                .iter()
+                .filter(|n| n.site == s.name && n.role == Role::Worker)
+                .map(|n| n.name.clone())
+                .collect(),
+            default: cluster.slurm.default_partition == s.name,
+        })
+        .collect();
+    partitions.push(Partition {
+        name: ALL_PARTITION.into(),
+        nodes: nodes.iter().filter(|n| n.role == Role::Worker).map(|n| n.name.clone()).collect(),
+        default: cluster.slurm.default_partition == ALL_PARTITION,
+    });
+    SlurmPlan {
+        cluster_name: cluster.name.clone(),
+        controller: master.name.clone(),
+        controller_addr: master.lan_ip,
+        ctld_port: SLURMCTLD_PORT,
+        slurmd_port: SLURMD_PORT,
+        srun_port_range: cluster.slurm.srun_port_range,
+        slurmd_timeout: cluster.slurm.slurmd_timeout,
+        message_timeout: cluster.slurm.message_timeout,
+        partitions,
+    }
+}
+
+impl NodeConfig {
+    fn empty() -> Self {
+        NodeConfig {
+            hostname: String::new(),
+            hosts: Vec::new(),
+            ip_forward: false,
+            mss_clamp: false,
+            routes: Vec::new(),
+            wireguard: None,
+            slurm: SlurmRole::None,
+        }
+    }
+}
+
+impl Plan {
+    pub fn node(&self, name: &str) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn site(&self, name: &str) -> Option<&SitePlan> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+
+    pub fn relay_of(&self, site: &str) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.site == site && n.role.is_relay())
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,214 @@
+//! Rendering: the plan as the files a node or cloud would hold, for review (`hybridgrid render`) and
+//! for VMs that are configured from files. Pure: paths and contents from the plan alone.
+//!
+//! Layout, relative to the output folder:
+//! - `plan.json`
+//! - `nodes/<node>/etc/hosts`, `nodes/<node>/etc/hybridgrid/node.json` (the agent's input)
+//! - relays: `etc/wireguard/wg0.conf` (wg-quick), `etc/sysctl.d/90-hybridgrid.conf`,
+//!   `etc/nftables.d/hybridgrid-mss.nft`
+//! - workers: `etc/hybridgrid/routes.sh`
+//! - the master: `etc/slurm/slurm.conf` (workers fetch it: configless slurmd)
+//! - `cloud/<site>/security-groups.json`, `cloud/<site>/allowed-address-pairs.json`,
+//!   `cloud/<site>/rules.txt`
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::diff::rule_text;
+use crate::plan::{NodePlan, Plan, Role, SlurmRole, WgInterface};
+
+/// Where the node agent keeps the WireGuard private key it made (mode 0600).
+pub const PRIVATE_KEY_PATH: &str = "/var/lib/hybridgrid/wg0.key";
+
+/// Every rendered file: relative path → content.
+pub fn render(plan: &Plan) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    files.insert("plan.json".to_owned(), plan.to_json() + "\n");
+    for node in &plan.nodes {
+        let dir = format!("nodes/{}/etc", node.name);
+        files.insert(format!("{dir}/hosts"), hosts(node));
+        files.insert(
+            format!("{dir}/hybridgrid/node.json"),
+            serde_json::to_string_pretty(&node.config).unwrap_or_default() + "\n",
+        );
+        if let Some(wg) = &node.config.wireguard {
+            files.insert(format!("{dir}/wireguard/{}.conf", wg.name), wg_quick(plan, node, wg));
+            files.insert(
+                format!("{dir}/sysctl.d/90-hybridgrid.conf"),
+                "# hybridgrid: this node relays traffic between sites.\nnet.ipv4.ip_forward = 1\n".to_owned(),
+            );
+            files.insert(format!("{dir}/nftables.d/hybridgrid-mss.nft"), mss_clamp(&wg.name));
+        }
+        if node.role == Role::Worker {
+            files.insert(format!("{dir}/hybridgrid/routes.sh"), worker_routes(node));
+        }
+        if node.config.slurm == SlurmRole::Controller {
+            files.insert(format!("{dir}/slurm/slurm.conf"), slurm_conf(plan));
+        }
+    }
+    for site in &plan.sites {
+        let dir = format!("cloud/{}", site.name);
+        files.insert(
+            format!("{dir}/security-groups.json"),
+            serde_json::to_string_pretty(&site.security_groups).unwrap_or_default() + "\n",
+        );
+        files.insert(
+            format!("{dir}/allowed-address-pairs.json"),
+            serde_json::to_string_pretty(&site.allowed_address_pairs).unwrap_or_default() + "\n",
+        );
+        let mut txt = format!("# Cloud rules of site {} ({})\n", site.name, site.subnet);
+        for g in &site.security_groups {
+            let _ = writeln!(txt, "\nsecurity group {} (on: {})", g.name, g.members.join(", "));
+            for r in &g.rules {
+                let _ = writeln!(txt, "  ingress {}", rule_text(r));
+            }
+        }
+        for p in &site.allowed_address_pairs {
+            let list: Vec<String> = p.pairs.iter().map(ToString::to_string).collect();
+            let _ = writeln!(txt, "\nallowed-address pairs on {} ({}): {}", p.node, p.port_ip, list.join(", "));
+        }
+        files.insert(format!("{dir}/rules.txt"), txt);
+    }
+    files
+}
+
+fn header(plan: &Plan, what: &str) -> String {
+    format!(
+        "# hybridgrid: {what} of cluster {}. Generated from the cluster file: edit that instead.\n",
+        plan.cluster
+    )
+}
+
+fn hosts(node: &NodePlan) -> String {
+    let mut s = String::from("127.0.0.1\tlocalhost\n");
+    for (ip, name) in &node.config.hosts {
+        let _ = writeln!(s, "{ip}\t{name}");
+    }
+    s
+}
+
+/// A wg-quick file. The private key stays on the node: `PostUp` loads it from the node's state.
+/// Routing is explicit (`Table = off`) because cross-site routes need `src` = the LAN address.
+pub fn wg_quick(plan: &Plan, node: &NodePlan, wg: &WgInterface) -> String {
+    let mut s = header(plan, &format!("{} of {}", wg.name, node.name));
+    s.push_str("# The private key is made on this node and never leaves it; PostUp loads it.\n");
+    s.push_str("[Interface]\n");
+    let _ = writeln!(s, "Address = {}", wg.address);
+    let _ = writeln!(s, "ListenPort = {}", wg.listen_port);
+    let _ = writeln!(s, "MTU = {}", wg.mtu);
+    s.push_str("Table = off\n");
+    let _ = writeln!(s, "PostUp = wg set %i private-key {PRIVATE_KEY_PATH}");
+    for r in &node.config.routes {
+        let src = r.src.map(|ip| format!(" src {ip}")).unwrap_or_default();
+        let _ = writeln!(s, "PostUp = ip -4 route replace {} dev %i{src}", r.destination);
+    }
+    for p in &wg.peers {
+        s.push('\n');
+        let _ = writeln!(s, "# {} (site {})", p.node, p.site);
+        let allowed: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
+        match p.public_key {
+            Some(key) => {
+                s.push_str("[Peer]\n");
+                let _ = writeln!(s, "PublicKey = {key}");
+                match p.endpoint {
+                    Some(ep) => {
+                        let _ = writeln!(s, "Endpoint = {ep}");
+                    }
+                    None => {
+                        let _ = writeln!(s, "# Endpoint: the public IP of {} once allocated", p.node);
+                    }
+                }
+                let _ = writeln!(s, "AllowedIPs = {}", allowed.join(", "));
+                if let Some(k) = p.persistent_keepalive {
+                    let _ = writeln!(s, "PersistentKeepalive = {k}");
+                }
+            }
+            None => {
+                let _ = writeln!(s, "# pending: {} makes its key during `up`; then this peer is added", p.node);
+                let _ = writeln!(s, "# AllowedIPs = {}", allowed.join(", "));
+            }
+        }
+    }
+    s
+}
+
+/// Clamp forwarded SYNs to the route MTU both ways through the tunnel: hosts on the site LAN
+/// advertise an MSS for the LAN's MTU, which does not fit through the tunnel.
+pub fn mss_clamp(wg_if: &str) -> String {
+    format!(
+        "# hybridgrid: clamp TCP MSS of traffic forwarded through {wg_if}.\n\
+         table inet hybridgrid_mss {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority mangle; policy accept;\n\
+         \t\toifname \"{wg_if}\" tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu\n\
+         \t\tiifname \"{wg_if}\" tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+fn worker_routes(node: &NodePlan) -> String {
+    let mut s = String::from("#!/bin/sh\n# hybridgrid: other sites and the tunnel are reached through this site's relay.\n");
+    for r in &node.config.routes {
+        if let Some(via) = r.via {
+            let _ = writeln!(s, "ip -4 route replace {} via {via}", r.destination);
+        }
+    }
+    s
+}
+
+/// `slurm.conf` for the controller; slurmd nodes fetch it (`SlurmctldParameters=enable_configless`).
+pub fn slurm_conf(plan: &Plan) -> String {
+    let sl = &plan.slurm;
+    let mut s = header(plan, "slurm.conf");
+    let _ = writeln!(s, "ClusterName={}", sl.cluster_name);
+    let _ = writeln!(s, "SlurmctldHost={}({})", sl.controller, sl.controller_addr);
+    s.push_str("SlurmctldParameters=enable_configless\n");
+    s.push_str("SlurmUser=slurm\nSlurmdUser=root\n");
+    s.push_str("AuthType=auth/munge\nCredType=cred/munge\n");
+    let _ = writeln!(s, "SlurmctldPort={}\nSlurmdPort={}", sl.ctld_port, sl.slurmd_port);
+    let _ = writeln!(s, "SrunPortRange={}-{}", sl.srun_port_range.0, sl.srun_port_range.1);
+    s.push_str(
+        "StateSaveLocation=/var/lib/slurm/slurmctld\n\
+         SlurmdSpoolDir=/var/lib/slurm/slurmd\n\
+         SlurmctldPidFile=/run/slurmctld.pid\n\
+         SlurmdPidFile=/run/slurmd.pid\n\
+         SlurmctldLogFile=/var/log/slurm/slurmctld.log\n\
+         SlurmdLogFile=/var/log/slurm/slurmd.log\n\
+         ProctrackType=proctrack/linuxproc\n\
+         TaskPlugin=task/none\n\
+         JobAcctGatherType=jobacct_gather/none\n\
+         AccountingStorageType=accounting_storage/none\n\
+         SchedulerType=sched/backfill\n\
+         SelectType=select/cons_tres\n\
+         SelectTypeParameters=CR_Core\n\
+         MpiDefault=none\n\
+         MailProg=/bin/true\n\
+         ReturnToService=2\n",
+    );
+    s.push_str("# Sites are joined over the WAN: tolerate latency and short outages.\n");
+    let _ = writeln!(s, "SlurmdTimeout={}", sl.slurmd_timeout);
+    let _ = writeln!(s, "MessageTimeout={}", sl.message_timeout);
+    s.push_str("SlurmctldTimeout=300\nTCPTimeout=10\nBatchStartTimeout=60\n");
+    s.push_str("# The controller talks to every slurmd itself rather than relaying through other sites.\n");
+    s.push_str("TreeWidth=65533\n");
+    for node in plan.nodes.iter().filter(|n| n.role == Role::Worker) {
+        let _ = writeln!(
+            s,
+            "NodeName={} NodeAddr={} CPUs={} RealMemory={} Feature={} State=UNKNOWN",
+            node.name, node.lan_ip, node.cpus, node.memory_mib, node.site
+        );
+    }
+    for p in &sl.partitions {
+        let nodes = if p.name == crate::model::ALL_PARTITION {
+            " Nodes=ALL".to_owned()
+        } else if p.nodes.is_empty() {
+            String::new()
+        } else {
+            format!(" Nodes={}", p.nodes.join(","))
+        };
+        let default = if p.default { " Default=YES" } else { "" };
+        let _ = writeln!(s, "PartitionName={}{nodes}{default} MaxTime=INFINITE State=UP", p.name);
+    }
+    s
+}
