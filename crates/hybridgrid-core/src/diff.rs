@@ -168,7 +168,7 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
     }
     for node in &plan.nodes {
         let applied = observed.nodes.get(&node.name).and_then(|n| n.applied.as_ref());
-        let details = config_differences(applied, &node.config);
+        let details = config_differences(applied, &plan.node_config_without_hosts(node), &plan.hosts);
         if !details.is_empty() {
             out.push(Change::ConfigureNode {
                 site: node.site.clone(),
@@ -194,8 +194,9 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
             }
         }
     }
+    let planned: BTreeSet<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
     for (name, seen) in &observed.nodes {
-        if plan.node(name).is_none() {
+        if !planned.contains(name.as_str()) {
             out.push(Change::RemoveNode {
                 site: seen.site.clone(),
                 node: name.clone(),
@@ -219,10 +220,11 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
     out
 }
 
-/// What the agent would change on a node, in words; empty when the node is as planned.
-pub fn config_differences(applied: Option<&NodeConfig>, wanted: &NodeConfig) -> Vec<String> {
+/// What the agent would change on a node, in words; empty when the node is as planned. `wanted`
+/// comes without hosts (see [`Plan::node_config_without_hosts`]); `hosts` is the plan's list.
+pub fn config_differences(applied: Option<&NodeConfig>, wanted: &NodeConfig, hosts: &[(Ipv4Addr, String)]) -> Vec<String> {
     let Some(applied) = applied else {
-        let mut d = vec![format!("hostname, /etc/hosts ({} entries)", wanted.hosts.len())];
+        let mut d = vec![format!("hostname, /etc/hosts ({} entries)", hosts.len())];
         if !wanted.routes.is_empty() {
             d.push(format!("{} routes", wanted.routes.len()));
         }
@@ -238,7 +240,7 @@ pub fn config_differences(applied: Option<&NodeConfig>, wanted: &NodeConfig) -> 
     if applied.hostname != wanted.hostname {
         d.push(format!("hostname {} → {}", applied.hostname, wanted.hostname));
     }
-    if applied.hosts != wanted.hosts {
+    if applied.hosts != hosts {
         d.push("update /etc/hosts".into());
     }
     if applied.ip_forward != wanted.ip_forward || applied.mss_clamp != wanted.mss_clamp {

@@ -190,6 +190,11 @@ pub fn validate_text(text: &str) -> (Option<Cluster>, Diagnostics) {
     }
 }
 
+/// The seed's overlay range.
+fn default_tunnel_cidr() -> Ipv4Net {
+    Ipv4Net::new_assert(Ipv4Addr::new(10, 0, 0, 0), 24)
+}
+
 struct Validator<'d> {
     diags: &'d mut Diagnostics,
 }
@@ -293,7 +298,7 @@ impl Validator<'_> {
         let admin_cidrs = self.admin_cidrs(raw);
         let sites = self.sites(raw, provider);
         let tunnel = self.tunnel(raw, &sites);
-        self.overlaps(raw, &sites, tunnel.as_ref());
+        self.overlaps(raw, &sites);
         self.master(raw, &sites);
         let datasets = self.datasets(raw, &sites);
         let slurm = self.slurm(raw, &sites);
@@ -334,9 +339,6 @@ impl Validator<'_> {
     fn sites<'r>(&mut self, raw: &'r RawCluster, provider: Option<Provider>) -> Vec<(&'r raw::RawSite, Option<Site>)> {
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         let mut out = Vec::new();
-        if raw.sites.is_empty() && raw.sites_pos != Pos::default() {
-            self.error(raw.sites_pos, "sites", "the cluster has no sites", "list at least the master's site");
-        }
         for (i, s) in raw.sites.iter().enumerate() {
             let path = format!("sites[{i}]");
             let mut ok = true;
@@ -528,7 +530,7 @@ impl Validator<'_> {
         let t = &raw.tunnel;
         let cidr = match &t.cidr {
             Some(c) => self.cidr(c, "tunnel.cidr".into()),
-            None => Some(Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 24).ok()?),
+            None => Some(default_tunnel_cidr()),
         };
         if let Some(net) = cidr {
             let needed = sites.len() as u64;
@@ -601,8 +603,8 @@ impl Validator<'_> {
         })
     }
 
-    fn overlaps(&mut self, raw: &RawCluster, sites: &[(&raw::RawSite, Option<Site>)], tunnel: Option<&Tunnel>) {
-        // (path, pos, net) of every range the plan routes; site subnets then the tunnel.
+    /// Site subnets and the tunnel must be disjoint: each is routed to exactly one place.
+    fn overlaps(&mut self, raw: &RawCluster, sites: &[(&raw::RawSite, Option<Site>)]) {
         let mut ranges: Vec<(String, Pos, Ipv4Net)> = Vec::new();
         for (i, (rs, _)) in sites.iter().enumerate() {
             if let Some(c) = &rs.subnet
@@ -611,23 +613,35 @@ impl Validator<'_> {
                 ranges.push((format!("sites[{i}].subnet"), c.pos, net.trunc()));
             }
         }
-        if let Some(t) = tunnel {
-            let pos = raw.tunnel.cidr.as_ref().map(|c| c.pos).unwrap_or(raw.tunnel.pos);
-            ranges.push(("tunnel.cidr".into(), pos, t.cidr));
+        let tunnel = match &raw.tunnel.cidr {
+            Some(c) => c.value.parse::<Ipv4Net>().ok().map(|net| (c.pos, net.trunc())),
+            None => None,
+        };
+        if let Some((pos, net)) = tunnel {
+            ranges.push(("tunnel.cidr".into(), pos, net));
         }
         for (j, (path, pos, net)) in ranges.iter().enumerate() {
             if let Some((other, opos, onet)) = ranges[..j].iter().find(|(_, _, o)| o.contains(net) || net.contains(o)) {
-                let help = if path == "tunnel.cidr" && raw.tunnel.cidr.is_none() {
-                    "the default tunnel range is 10.0.0.0/24; set `tunnel.cidr` to a free range".to_owned()
-                } else {
-                    "every site and the tunnel need their own, non-overlapping range".to_owned()
-                };
                 self.error(
                     *pos,
                     path.clone(),
                     format!("{net} overlaps {other} ({onet}, line {})", opos.line),
-                    help,
+                    "every site and the tunnel need their own, non-overlapping range",
                 );
+            }
+        }
+        // The default tunnel range was not written down: point at the site that collides with it.
+        if raw.tunnel.cidr.is_none() {
+            let default = default_tunnel_cidr();
+            for (path, pos, net) in &ranges {
+                if net.contains(&default) || default.contains(net) {
+                    self.error(
+                        *pos,
+                        path.clone(),
+                        format!("{net} overlaps the default tunnel range {default}"),
+                        "set `tunnel.cidr` to a free range, e.g. `tunnel: { cidr: 172.16.0.0/24 }`",
+                    );
+                }
             }
         }
     }
@@ -678,9 +692,11 @@ impl Validator<'_> {
             if let Some(s) = &d.site
                 && !site_names.contains(&s.value.as_str())
             {
-                let help = did_you_mean(&s.value, &site_names)
+                let mut names = site_names.clone();
+                names.dedup();
+                let help = did_you_mean(&s.value, &names)
                     .map(|m| format!("did you mean `{m}`?"))
-                    .unwrap_or_else(|| format!("the sites are: {}", site_names.join(", ")));
+                    .unwrap_or_else(|| format!("the sites are: {}", names.join(", ")));
                 self.error(s.pos, format!("{path}.site"), format!("unknown site `{}`", s.value), help);
             }
             if let (Some(name), Some(site), Some(location)) = (&d.name, &d.site, &d.location) {

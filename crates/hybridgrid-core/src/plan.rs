@@ -55,6 +55,8 @@ pub struct Plan {
     pub nodes: Vec<NodePlan>,
     pub slurm: SlurmPlan,
     pub datasets: Vec<DatasetPlan>,
+    /// `/etc/hosts` entries of every node (the same on all nodes, so held once).
+    pub hosts: Vec<(Ipv4Addr, String)>,
     /// What `up` would do, from the observed state to this plan, in the order it does it.
     pub changes: Vec<Change>,
 }
@@ -152,11 +154,13 @@ pub struct NodePlan {
     pub memory_mib: u64,
     pub flavor: Option<String>,
     pub image: Option<String>,
-    /// What the node agent applies on the node.
-    pub config: NodeConfig,
+    /// Relays only: the node's WireGuard interface, one peer per other relay (full mesh).
+    pub wireguard: Option<WgInterface>,
 }
 
-/// The node's own part of the plan, applied by `hybridgrid agent` on the node.
+/// The node's own part of the plan, applied by `hybridgrid agent` on the node. Derived on demand
+/// ([`Plan::node_config`]): workers of a site share most of it, and holding one per node would make
+/// the plan of a large cluster quadratic in size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {
     pub hostname: String,
@@ -278,7 +282,7 @@ pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
             memory_mib: 1024,
             flavor: site.gateway.flavor.clone(),
             image: site.gateway.image.clone(),
-            config: NodeConfig::empty(),
+            wireguard: None,
         });
         let mut index = 0u32;
         for group in &site.workers {
@@ -295,7 +299,7 @@ pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
                     memory_mib: group.memory_mib,
                     flavor: group.spec.flavor.clone(),
                     image: group.spec.image.clone(),
-                    config: NodeConfig::empty(),
+                    wireguard: None,
                 });
                 index += 1;
             }
@@ -303,100 +307,42 @@ pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
     }
 
     let hosts: Vec<(Ipv4Addr, String)> = nodes.iter().map(|n| (n.lan_ip, n.name.clone())).collect();
-    let relays: Vec<&NodePlan> = nodes.iter().filter(|n| n.role.is_relay()).collect();
+    let relays: Vec<(String, String, Option<Ipv4Addr>, Option<Ipv4Addr>)> = nodes
+        .iter()
+        .filter(|n| n.role.is_relay())
+        .map(|n| (n.name.clone(), n.site.clone(), n.tunnel_ip, n.public_ip))
+        .collect();
     let subnet_of: BTreeMap<&str, Ipv4Net> = cluster.sites.iter().map(|s| (s.name.as_str(), s.subnet)).collect();
     let key_of = |node: &str| observed.nodes.get(node).and_then(|o| o.public_key);
-
-    let configs: Vec<NodeConfig> = nodes
-        .iter()
-        .map(|node| {
-            let remote_subnets: Vec<Ipv4Net> = cluster
-                .sites
-                .iter()
-                .filter(|s| s.name != node.site)
-                .map(|s| s.subnet)
-                .collect();
-            let slurm = match node.role {
-                Role::Master => SlurmRole::Controller,
-                Role::Worker => SlurmRole::Compute,
-                Role::Gateway => SlurmRole::None,
-            };
-            if node.role.is_relay() {
-                let mut routes: Vec<Route> = remote_subnets
-                    .iter()
-                    .map(|&destination| Route {
-                        destination,
-                        via: None,
-                        device: Some(WG_INTERFACE.to_owned()),
-                        // Without it, replies leave with the tunnel address and anti-spoofing drops them.
-                        src: Some(node.lan_ip),
-                    })
+    for node in nodes.iter_mut().filter(|n| n.role.is_relay()) {
+        let peers = relays
+            .iter()
+            .filter(|(name, ..)| *name != node.name)
+            .map(|(name, site, tunnel_ip, public_ip)| {
+                let mut allowed_ips: Vec<Ipv4Net> = tunnel_ip
+                    .map(|ip| Ipv4Net::new(ip, 32).unwrap_or_default())
+                    .into_iter()
                     .collect();
-                routes.sort();
-                let peers = relays
-                    .iter()
-                    .filter(|p| p.name != node.name)
-                    .map(|p| {
-                        let mut allowed_ips: Vec<Ipv4Net> = p
-                            .tunnel_ip
-                            .map(|ip| Ipv4Net::new(ip, 32).unwrap_or_default())
-                            .into_iter()
-                            .collect();
-                        allowed_ips.push(subnet_of[p.site.as_str()]);
-                        WgPeer {
-                            node: p.name.clone(),
-                            site: p.site.clone(),
-                            public_key: key_of(&p.name),
-                            endpoint: p.public_ip.map(|ip| SocketAddrV4::new(ip, cluster.tunnel.port)),
-                            allowed_ips,
-                            persistent_keepalive: (cluster.tunnel.keepalive > 0).then_some(cluster.tunnel.keepalive),
-                        }
-                    })
-                    .collect();
-                NodeConfig {
-                    hostname: node.name.clone(),
-                    hosts: hosts.clone(),
-                    ip_forward: true,
-                    mss_clamp: true,
-                    routes,
-                    wireguard: Some(WgInterface {
-                        name: WG_INTERFACE.to_owned(),
-                        address: Ipv4Net::new(node.tunnel_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), overlay.prefix_len())
-                            .unwrap_or_default(),
-                        listen_port: cluster.tunnel.port,
-                        mtu: cluster.tunnel.mtu,
-                        public_key: key_of(&node.name),
-                        peers,
-                    }),
-                    slurm,
+                allowed_ips.push(subnet_of[site.as_str()]);
+                WgPeer {
+                    node: name.clone(),
+                    site: site.clone(),
+                    public_key: key_of(name),
+                    endpoint: public_ip.map(|ip| SocketAddrV4::new(ip, cluster.tunnel.port)),
+                    allowed_ips,
+                    persistent_keepalive: (cluster.tunnel.keepalive > 0).then_some(cluster.tunnel.keepalive),
                 }
-            } else {
-                let relay_ip = addr::relay_ip(subnet_of[node.site.as_str()]);
-                let mut routes: Vec<Route> = remote_subnets
-                    .iter()
-                    .chain(std::iter::once(&overlay))
-                    .map(|&destination| Route {
-                        destination,
-                        via: relay_ip,
-                        device: None,
-                        src: None,
-                    })
-                    .collect();
-                routes.sort();
-                NodeConfig {
-                    hostname: node.name.clone(),
-                    hosts: hosts.clone(),
-                    ip_forward: false,
-                    mss_clamp: false,
-                    routes,
-                    wireguard: None,
-                    slurm,
-                }
-            }
-        })
-        .collect();
-    for (node, config) in nodes.iter_mut().zip(configs) {
-        node.config = config;
+            })
+            .collect();
+        node.wireguard = Some(WgInterface {
+            name: WG_INTERFACE.to_owned(),
+            address: Ipv4Net::new(node.tunnel_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), overlay.prefix_len())
+                .unwrap_or_default(),
+            listen_port: cluster.tunnel.port,
+            mtu: cluster.tunnel.mtu,
+            public_key: key_of(&node.name),
+            peers,
+        });
     }
 
     let sites: Vec<SitePlan> = cluster
@@ -431,6 +377,7 @@ pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
         nodes,
         slurm,
         datasets,
+        hosts,
         changes: Vec::new(),
     };
     plan.changes = diff::changes(&plan, observed);
@@ -579,21 +526,58 @@ fn slurm_plan(cluster: &Cluster, nodes: &[NodePlan]) -> SlurmPlan {
     }
 }
 
-impl NodeConfig {
-    fn empty() -> Self {
-        NodeConfig {
-            hostname: String::new(),
-            hosts: Vec::new(),
-            ip_forward: false,
-            mss_clamp: false,
-            routes: Vec::new(),
-            wireguard: None,
-            slurm: SlurmRole::None,
-        }
-    }
-}
 
 impl Plan {
+    /// The complete configuration the agent applies on `node`, `/etc/hosts` included.
+    pub fn node_config(&self, node: &NodePlan) -> NodeConfig {
+        NodeConfig {
+            hosts: self.hosts.clone(),
+            ..self.node_config_without_hosts(node)
+        }
+    }
+
+    /// As [`Plan::node_config`] with `hosts` left empty: for comparisons that treat the (shared,
+    /// large) hosts list separately.
+    pub fn node_config_without_hosts(&self, node: &NodePlan) -> NodeConfig {
+        let remote_subnets = self.sites.iter().filter(|s| s.name != node.site).map(|s| s.subnet);
+        let mut routes: Vec<Route> = if node.role.is_relay() {
+            remote_subnets
+                .map(|destination| Route {
+                    destination,
+                    via: None,
+                    device: Some(WG_INTERFACE.to_owned()),
+                    // Without it, replies leave with the tunnel address and anti-spoofing drops them.
+                    src: Some(node.lan_ip),
+                })
+                .collect()
+        } else {
+            let relay_ip = self.site(&node.site).and_then(|s| addr::relay_ip(s.subnet));
+            remote_subnets
+                .chain(std::iter::once(self.tunnel.cidr))
+                .map(|destination| Route {
+                    destination,
+                    via: relay_ip,
+                    device: None,
+                    src: None,
+                })
+                .collect()
+        };
+        routes.sort();
+        NodeConfig {
+            hostname: node.name.clone(),
+            hosts: Vec::new(),
+            ip_forward: node.role.is_relay(),
+            mss_clamp: node.role.is_relay(),
+            routes,
+            wireguard: node.wireguard.clone(),
+            slurm: match node.role {
+                Role::Master => SlurmRole::Controller,
+                Role::Worker => SlurmRole::Compute,
+                Role::Gateway => SlurmRole::None,
+            },
+        }
+    }
+
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
     }

@@ -222,14 +222,19 @@ impl Reader {
                 self.diags.push(d);
             }
         }
+        let first_key = m.keys().next().map(scalar_pos);
         Some(Map {
             node: m,
             path: path.to_owned(),
-            pos: pos_of(node),
+            pos: first_key.unwrap_or_else(|| pos_of(node)),
         })
     }
 
     fn missing(&mut self, map: &Map<'_>, key: &str, help: &str) {
+        // A misspelt key was already reported with "did you mean `key`": once is enough.
+        if map.node.keys().any(|k| did_you_mean(k.as_str(), &[key]).is_some()) {
+            return;
+        }
         self.diags.push(
             Diagnostic::error(map.pos, map.path(key), format!("missing required key `{key}`")).with_help(help),
         );
@@ -354,7 +359,15 @@ impl Reader {
             c.tunnel = self.tunnel(t, &m.path("tunnel"));
         }
         match m.get("sites") {
-            Some(node) => c.sites_pos = pos_of(node),
+            Some(node) => {
+                c.sites_pos = pos_of(node);
+                if matches!(node, Node::Sequence(items) if items.is_empty()) {
+                    self.diags.push(
+                        Diagnostic::error(c.sites_pos, "sites", "the cluster has no sites")
+                            .with_help("list at least the master's site"),
+                    );
+                }
+            }
             None => self.missing(&m, "sites", "list the cloud sites of the cluster under `sites:`"),
         }
         for (path, node) in self.list(&m, "sites") {

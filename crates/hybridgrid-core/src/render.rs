@@ -3,7 +3,7 @@
 //!
 //! Layout, relative to the output folder:
 //! - `plan.json`
-//! - `nodes/<node>/etc/hosts`, `nodes/<node>/etc/hybridgrid/node.json` (the agent's input)
+//! - `common/etc/hosts`: `/etc/hosts` of every node (the same everywhere, so written once)
 //! - relays: `etc/wireguard/wg0.conf` (wg-quick), `etc/sysctl.d/90-hybridgrid.conf`,
 //!   `etc/nftables.d/hybridgrid-mss.nft`
 //! - workers: `etc/hybridgrid/routes.sh`
@@ -15,45 +15,50 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::diff::rule_text;
-use crate::plan::{NodePlan, Plan, Role, SlurmRole, WgInterface};
+use crate::plan::{NodePlan, Plan, Role, Route, SlurmRole, WgInterface};
 
 /// Where the node agent keeps the WireGuard private key it made (mode 0600).
 pub const PRIVATE_KEY_PATH: &str = "/var/lib/hybridgrid/wg0.key";
 
-/// Every rendered file: relative path → content.
+/// Every rendered file: relative path → content. For large clusters prefer [`render_each`].
 pub fn render(plan: &Plan) -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
-    files.insert("plan.json".to_owned(), plan.to_json() + "\n");
+    render_each(plan, &mut |path, content| {
+        files.insert(path.to_owned(), content);
+    });
+    files
+}
+
+/// Hands each rendered file to `emit` as it is made, so memory stays at one file at a time.
+pub fn render_each(plan: &Plan, emit: &mut dyn FnMut(&str, String)) {
+    emit("plan.json", plan.to_json() + "\n");
+    emit("common/etc/hosts", hosts(plan));
     for node in &plan.nodes {
         let dir = format!("nodes/{}/etc", node.name);
-        files.insert(format!("{dir}/hosts"), hosts(node));
-        files.insert(
-            format!("{dir}/hybridgrid/node.json"),
-            serde_json::to_string_pretty(&node.config).unwrap_or_default() + "\n",
-        );
-        if let Some(wg) = &node.config.wireguard {
-            files.insert(format!("{dir}/wireguard/{}.conf", wg.name), wg_quick(plan, node, wg));
-            files.insert(
-                format!("{dir}/sysctl.d/90-hybridgrid.conf"),
+        let config = plan.node_config_without_hosts(node);
+        if let Some(wg) = &config.wireguard {
+            emit(&format!("{dir}/wireguard/{}.conf", wg.name), wg_quick(plan, node, &config.routes, wg));
+            emit(
+                &format!("{dir}/sysctl.d/90-hybridgrid.conf"),
                 "# hybridgrid: this node relays traffic between sites.\nnet.ipv4.ip_forward = 1\n".to_owned(),
             );
-            files.insert(format!("{dir}/nftables.d/hybridgrid-mss.nft"), mss_clamp(&wg.name));
+            emit(&format!("{dir}/nftables.d/hybridgrid-mss.nft"), mss_clamp(&wg.name));
         }
         if node.role == Role::Worker {
-            files.insert(format!("{dir}/hybridgrid/routes.sh"), worker_routes(node));
+            emit(&format!("{dir}/hybridgrid/routes.sh"), worker_routes(&config.routes));
         }
-        if node.config.slurm == SlurmRole::Controller {
-            files.insert(format!("{dir}/slurm/slurm.conf"), slurm_conf(plan));
+        if config.slurm == SlurmRole::Controller {
+            emit(&format!("{dir}/slurm/slurm.conf"), slurm_conf(plan));
         }
     }
     for site in &plan.sites {
         let dir = format!("cloud/{}", site.name);
-        files.insert(
-            format!("{dir}/security-groups.json"),
+        emit(
+            &format!("{dir}/security-groups.json"),
             serde_json::to_string_pretty(&site.security_groups).unwrap_or_default() + "\n",
         );
-        files.insert(
-            format!("{dir}/allowed-address-pairs.json"),
+        emit(
+            &format!("{dir}/allowed-address-pairs.json"),
             serde_json::to_string_pretty(&site.allowed_address_pairs).unwrap_or_default() + "\n",
         );
         let mut txt = format!("# Cloud rules of site {} ({})\n", site.name, site.subnet);
@@ -67,9 +72,8 @@ pub fn render(plan: &Plan) -> BTreeMap<String, String> {
             let list: Vec<String> = p.pairs.iter().map(ToString::to_string).collect();
             let _ = writeln!(txt, "\nallowed-address pairs on {} ({}): {}", p.node, p.port_ip, list.join(", "));
         }
-        files.insert(format!("{dir}/rules.txt"), txt);
+        emit(&format!("{dir}/rules.txt"), txt);
     }
-    files
 }
 
 fn header(plan: &Plan, what: &str) -> String {
@@ -79,9 +83,10 @@ fn header(plan: &Plan, what: &str) -> String {
     )
 }
 
-fn hosts(node: &NodePlan) -> String {
+/// `/etc/hosts` with every node of the cluster.
+pub fn hosts(plan: &Plan) -> String {
     let mut s = String::from("127.0.0.1\tlocalhost\n");
-    for (ip, name) in &node.config.hosts {
+    for (ip, name) in &plan.hosts {
         let _ = writeln!(s, "{ip}\t{name}");
     }
     s
@@ -89,7 +94,7 @@ fn hosts(node: &NodePlan) -> String {
 
 /// A wg-quick file. The private key stays on the node: `PostUp` loads it from the node's state.
 /// Routing is explicit (`Table = off`) because cross-site routes need `src` = the LAN address.
-pub fn wg_quick(plan: &Plan, node: &NodePlan, wg: &WgInterface) -> String {
+pub fn wg_quick(plan: &Plan, node: &NodePlan, routes: &[Route], wg: &WgInterface) -> String {
     let mut s = header(plan, &format!("{} of {}", wg.name, node.name));
     s.push_str("# The private key is made on this node and never leaves it; PostUp loads it.\n");
     s.push_str("[Interface]\n");
@@ -98,7 +103,7 @@ pub fn wg_quick(plan: &Plan, node: &NodePlan, wg: &WgInterface) -> String {
     let _ = writeln!(s, "MTU = {}", wg.mtu);
     s.push_str("Table = off\n");
     let _ = writeln!(s, "PostUp = wg set %i private-key {PRIVATE_KEY_PATH}");
-    for r in &node.config.routes {
+    for r in routes {
         let src = r.src.map(|ip| format!(" src {ip}")).unwrap_or_default();
         let _ = writeln!(s, "PostUp = ip -4 route replace {} dev %i{src}", r.destination);
     }
@@ -147,9 +152,9 @@ pub fn mss_clamp(wg_if: &str) -> String {
     )
 }
 
-fn worker_routes(node: &NodePlan) -> String {
+fn worker_routes(routes: &[Route]) -> String {
     let mut s = String::from("#!/bin/sh\n# hybridgrid: other sites and the tunnel are reached through this site's relay.\n");
-    for r in &node.config.routes {
+    for r in routes {
         if let Some(via) = r.via {
             let _ = writeln!(s, "ip -4 route replace {} via {via}", r.destination);
         }

@@ -1,0 +1,322 @@
+//! The core's integration tests: the diagnostics corpus, rendered-file snapshots with seeded keys,
+//! property tests of the addressing, and checks against the real `wg` tools.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hybridgrid_core::diff::{Observed, ObservedNode, ObservedSite};
+use hybridgrid_core::keys::PrivateKey;
+use hybridgrid_core::model::{Cluster, validate_text};
+use hybridgrid_core::plan::{self, Plan};
+use hybridgrid_core::render;
+use ipnet::Ipv4Net;
+use proptest::prelude::*;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn load(path: &Path) -> Cluster {
+    let text = std::fs::read_to_string(path).unwrap();
+    let (cluster, diags) = validate_text(&text);
+    cluster.unwrap_or_else(|| panic!("{} is invalid:\n{}", path.display(), diags.render("fixture")))
+}
+
+/// Every relay has made its key (seeded) and got a public IP from TEST-NET-2.
+fn observed_with_seeded_keys(cluster: &Cluster) -> Observed {
+    let empty = plan::plan(cluster, &Observed::default());
+    let mut observed = Observed::default();
+    for (i, node) in empty.nodes.iter().filter(|n| n.role.is_relay()).enumerate() {
+        observed.nodes.insert(
+            node.name.clone(),
+            ObservedNode {
+                site: node.site.clone(),
+                public_ip: Some(Ipv4Addr::new(198, 51, 100, 10 + i as u8)),
+                public_key: Some(PrivateKey::from_seed(&node.name).public_key()),
+                applied: None,
+            },
+        );
+    }
+    observed
+}
+
+/// The state a provider would observe once `up` applied every change of `plan`.
+fn observed_as_planned(plan: &Plan) -> Observed {
+    let mut observed = Observed::default();
+    for node in &plan.nodes {
+        observed.nodes.insert(
+            node.name.clone(),
+            ObservedNode {
+                site: node.site.clone(),
+                public_ip: node.public_ip,
+                public_key: node.wireguard.as_ref().and_then(|w| w.public_key),
+                applied: Some(plan.node_config(node)),
+            },
+        );
+    }
+    for site in &plan.sites {
+        observed.sites.insert(
+            site.name.clone(),
+            ObservedSite {
+                network: true,
+                security_groups: site.security_groups.iter().map(|g| (g.name.clone(), g.rules.clone())).collect(),
+                allowed_address_pairs: site
+                    .allowed_address_pairs
+                    .iter()
+                    .map(|p| (p.node.clone(), p.pairs.clone()))
+                    .collect(),
+            },
+        );
+    }
+    observed
+}
+
+fn seeded_plan(cluster: &Cluster) -> Plan {
+    plan::plan(cluster, &observed_with_seeded_keys(cluster))
+}
+
+#[test]
+fn invalid_fixture_diagnostics() {
+    let mut count = 0;
+    insta::glob!("../../../fixtures", "invalid/*.yaml", |path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let (cluster, diags) = validate_text(&text);
+        assert!(cluster.is_none(), "{} should be rejected", path.display());
+        assert!(diags.has_errors());
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        insta::assert_snapshot!(diags.render(&name));
+        count += 1;
+    });
+    assert!(count >= 25, "the corpus has {count} malformed files; keep at least 25");
+}
+
+#[test]
+fn rendered_files_with_seeded_keys() {
+    insta::glob!("../../../fixtures", "valid/*.yaml", |path| {
+        let plan = seeded_plan(&load(path));
+        let mut out = String::new();
+        for (rel, content) in render::render(&plan) {
+            // plan.json is the same data; its format has its own snapshot below.
+            if rel != "plan.json" && !rel.ends_with("node.json") && !rel.ends_with(".json") {
+                out.push_str(&format!("===== {rel}\n{content}"));
+            }
+        }
+        insta::assert_snapshot!(out);
+    });
+}
+
+#[test]
+fn plan_json_document_for_the_seed() {
+    let plan = seeded_plan(&load(&fixtures().join("valid/two-sites.yaml")));
+    insta::assert_snapshot!(plan.to_json());
+}
+
+#[test]
+fn plan_json_has_documented_node_fields() {
+    let plan = plan::plan(&load(&fixtures().join("valid/three-sites.yaml")), &Observed::default());
+    let v: serde_json::Value = serde_json::from_str(&plan.to_json()).unwrap();
+    assert_eq!(v["format_version"], 1);
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 7);
+    for n in nodes {
+        for field in ["name", "site", "role", "lan_ip"] {
+            assert!(n.get(field).is_some(), "node lacks {field}: {n}");
+        }
+        assert!(["master", "gateway", "worker"].contains(&n["role"].as_str().unwrap()));
+    }
+}
+
+#[test]
+fn nothing_to_do_once_applied() {
+    for f in ["two-sites", "three-sites", "five-sites"] {
+        let cluster = load(&fixtures().join(format!("valid/{f}.yaml")));
+        let first = seeded_plan(&cluster);
+        assert!(!first.changes.is_empty());
+        let again = plan::plan(&cluster, &observed_as_planned(&first));
+        assert_eq!(again.changes, vec![], "{f}: a second plan after applying should be empty");
+    }
+}
+
+#[test]
+fn regression_issue_2_user_address_pairs_are_kept() {
+    let cluster = load(&fixtures().join("valid/two-sites.yaml"));
+    let plan1 = seeded_plan(&cluster);
+    let mut observed = observed_as_planned(&plan1);
+    // The user added a pair of their own, and one of ours is missing.
+    let site = observed.sites.get_mut("giessen").unwrap();
+    let pairs = site.allowed_address_pairs.get_mut("giessen-gw").unwrap();
+    pairs.retain(|p| p.to_string() != "10.10.0.0/24");
+    pairs.push("192.168.77.0/24".parse().unwrap());
+    let plan2 = plan::plan(&cluster, &observed);
+    let summaries: Vec<String> = plan2.changes.iter().map(|c| c.summary()).collect();
+    assert_eq!(
+        summaries,
+        vec!["+ giessen: allowed-address pairs on giessen-gw's port: 10.10.0.0/24".to_owned()],
+        "only the missing pair is added; the user's pair is not removed"
+    );
+}
+
+#[test]
+fn scaling_a_site_touches_only_what_changed() {
+    let text = std::fs::read_to_string(fixtures().join("valid/three-sites.yaml")).unwrap();
+    let before = validate_text(&text).0.unwrap();
+    let after = validate_text(&text.replace("      - count: 2\n", "      - count: 3\n")).0.unwrap();
+    let applied = observed_as_planned(&seeded_plan(&before));
+    let plan = plan::plan(&after, &applied);
+    let summaries: Vec<String> = plan.changes.iter().map(|c| c.summary()).collect();
+    assert!(summaries.contains(&"+ giessen: node giessen-worker-3 (worker)".to_owned()), "{summaries:#?}");
+    // Every node learns the new host; nobody's tunnel or routes change.
+    for s in summaries.iter().filter(|s| !s.contains("giessen-worker-3")) {
+        assert!(!s.contains("peer") && !s.contains("route") && !s.contains("rule"), "unexpected change: {s}");
+    }
+}
+
+#[test]
+fn full_mesh_with_disjoint_allowed_ips() {
+    let plan = seeded_plan(&load(&fixtures().join("valid/five-sites.yaml")));
+    let relays: Vec<_> = plan.nodes.iter().filter(|n| n.role.is_relay()).collect();
+    assert_eq!(relays.len(), 5);
+    for r in &relays {
+        let wg = r.wireguard.as_ref().unwrap();
+        assert_eq!(wg.peers.len(), 4, "{} peers with every other relay", r.name);
+        assert_eq!(wg.mtu, 1380);
+        for p in &wg.peers {
+            assert!(p.endpoint.is_some() && p.public_key.is_some());
+            assert_eq!(p.persistent_keepalive, Some(15));
+        }
+    }
+}
+
+fn wg_tool(args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("`{}` is needed for this test (apt-get install --no-install-recommends wireguard-tools): {e}", args[0]));
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn keys_match_the_real_wg_tool() {
+    for _ in 0..5 {
+        // Keys made by `wg genkey` parse and give the public key `wg pubkey` gives.
+        let theirs = wg_tool(&["wg", "genkey"], "");
+        let ours = PrivateKey::from_base64(&theirs).unwrap();
+        assert_eq!(ours.to_base64(), theirs.trim(), "wg genkey output is already clamped");
+        assert_eq!(ours.public_key().to_base64(), wg_tool(&["wg", "pubkey"], &theirs).trim());
+        // Keys made by us are accepted by `wg pubkey` and agree.
+        let mine = PrivateKey::generate().unwrap();
+        assert_eq!(mine.public_key().to_base64(), wg_tool(&["wg", "pubkey"], &mine.to_base64()).trim());
+    }
+}
+
+#[test]
+fn rendered_wireguard_files_pass_wg_quick_strip() {
+    let dir = std::env::temp_dir().join(format!("hg-core-test-{}", std::process::id()));
+    for f in ["two-sites", "three-sites", "five-sites"] {
+        let plan = seeded_plan(&load(&fixtures().join(format!("valid/{f}.yaml"))));
+        let files = render::render(&plan);
+        let confs: BTreeMap<_, _> = files.iter().filter(|(k, _)| k.ends_with("/wg0.conf")).collect();
+        assert_eq!(confs.len(), plan.sites.len());
+        for (rel, content) in confs {
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("wg0.conf");
+            std::fs::write(&path, content).unwrap();
+            let stripped = wg_tool(&["wg-quick", "strip", path.to_str().unwrap()], "");
+            for gone in ["Address", "MTU", "PostUp", "Table"] {
+                assert!(!stripped.lines().any(|l| l.starts_with(gone)), "{rel}: strip left {gone}");
+            }
+            assert!(!stripped.lines().any(|l| l.starts_with("PrivateKey")), "the key stays on the node");
+            let peers = stripped.matches("[Peer]").count();
+            assert_eq!(peers, plan.sites.len() - 1, "{rel}: one peer per other relay");
+            assert!(stripped.contains("ListenPort"));
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A random but valid cluster file: 1–8 sites with distinct subnets of random size, workers
+/// within capacity, and a tunnel range sized for the sites.
+fn arb_cluster_yaml() -> impl Strategy<Value = String> {
+    (1usize..8)
+        .prop_flat_map(|n| {
+            (
+                Just(n),
+                prop::collection::vec((22u8..=29, 0u32..40), n),
+                0usize..n,
+                prop::collection::vec(0u32..3, n),
+            )
+        })
+        .prop_map(|(n, sites, master, groups)| {
+            let mut y = String::from("name: prop\ntunnel:\n  cidr: 172.16.0.0/28\nsites:\n");
+            for (i, ((prefix, workers), extra_groups)) in sites.iter().zip(&groups).enumerate() {
+                let net: Ipv4Net = format!("10.{}.0.0/{prefix}", 100 + i).parse().unwrap();
+                let cap = hybridgrid_core::addr::worker_capacity(net) as u32;
+                let total = (*workers).min(cap);
+                y.push_str(&format!("  - name: s{i}\n    subnet: {net}\n"));
+                if i == master {
+                    y.push_str("    master: true\n");
+                }
+                // Split the site's workers over 1 + extra_groups groups.
+                let groups = 1 + extra_groups;
+                y.push_str("    workers:\n");
+                for g in 0..groups {
+                    let count = total / groups + u32::from(g < total % groups);
+                    y.push_str(&format!("      - name: g{g}\n        count: {count}\n"));
+                }
+            }
+            let _ = n;
+            y
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn addresses_are_unique_in_their_subnets_and_peers_disjoint(yaml in arb_cluster_yaml()) {
+        let (cluster, diags) = validate_text(&yaml);
+        let cluster = cluster.unwrap_or_else(|| panic!("{}\n{yaml}", diags.render("prop")));
+        let plan = seeded_plan(&cluster);
+        let mut seen = std::collections::BTreeSet::new();
+        for node in &plan.nodes {
+            let site = plan.site(&node.site).unwrap();
+            prop_assert!(seen.insert(node.lan_ip), "{} collides", node.lan_ip);
+            prop_assert!(site.subnet.contains(&node.lan_ip));
+            prop_assert!(node.lan_ip != site.subnet.network() && node.lan_ip != site.subnet.broadcast());
+            prop_assert!(node.lan_ip != site.router_ip && node.lan_ip != site.data_store_ip);
+            if let Some(t) = node.tunnel_ip {
+                prop_assert!(seen.insert(t), "tunnel {} collides", t);
+                prop_assert!(plan.tunnel.cidr.contains(&t));
+            }
+            if let Some(wg) = &node.wireguard {
+                let all: Vec<Ipv4Net> = wg.peers.iter().flat_map(|p| p.allowed_ips.clone()).collect();
+                for (i, a) in all.iter().enumerate() {
+                    for b in &all[i + 1..] {
+                        prop_assert!(!a.contains(b) && !b.contains(a), "{} and {} overlap on {}", a, b, node.name);
+                    }
+                    prop_assert!(!a.contains(&node.lan_ip), "a peer claims the node's own subnet");
+                }
+            }
+        }
+        prop_assert_eq!(plan.nodes.len() as u64, cluster.sites.iter().map(|s| 1 + s.worker_count()).sum::<u64>());
+    }
+
+    #[test]
+    fn the_plan_is_deterministic(yaml in arb_cluster_yaml()) {
+        let cluster = validate_text(&yaml).0.unwrap();
+        let a = seeded_plan(&cluster);
+        let b = seeded_plan(&validate_text(&yaml).0.unwrap());
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(a.to_json(), b.to_json());
+        prop_assert_eq!(render::render(&a), render::render(&b));
+    }
+}
