@@ -13,7 +13,9 @@ fn main() {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<u32>().unwrap());
     let sites = args.next().unwrap_or(100);
     let workers = args.next().unwrap_or(100);
-    let mut yaml = String::from("name: bench\nadmin_cidrs: [192.0.2.0/24]\ntunnel:\n  cidr: 172.16.0.0/23\nsites:\n");
+    let mut yaml = String::from(
+        "name: bench\nadmin_cidrs: [192.0.2.0/24]\ntunnel:\n  cidr: 172.16.0.0/23\nsites:\n",
+    );
     for i in 0..sites {
         let _ = write!(
             yaml,

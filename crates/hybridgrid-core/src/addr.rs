@@ -72,7 +72,11 @@ mod tests {
         assert_eq!(relay_ip(net), Some(Ipv4Addr::new(10, 20, 0, 5)));
         assert_eq!(worker_ip(net, 0), Some(Ipv4Addr::new(10, 20, 0, 6)));
         assert_eq!(worker_ip(net, 248), Some(Ipv4Addr::new(10, 20, 0, 254)));
-        assert_eq!(worker_ip(net, 249), None, "the broadcast address is no worker");
+        assert_eq!(
+            worker_ip(net, 249),
+            None,
+            "the broadcast address is no worker"
+        );
         assert_eq!(worker_capacity(net), 249);
     }
 

@@ -99,12 +99,15 @@ impl Diagnostics {
     }
 
     pub fn error_count(&self) -> usize {
-        self.0.iter().filter(|d| d.severity == Severity::Error).count()
+        self.0
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 
     /// Sorts by position so the report reads top to bottom; stable for equal positions.
     pub fn sort(&mut self) {
-        self.0.sort_by(|a, b| a.pos.cmp(&b.pos));
+        self.0.sort_by_key(|d| d.pos);
     }
 
     pub fn render(&self, file: &str) -> String {

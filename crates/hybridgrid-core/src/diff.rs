@@ -42,18 +42,54 @@ pub struct ObservedSite {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
-    CreateNetwork { site: String },
-    CreateSecurityGroup { site: String, group: String },
-    AddRule { site: String, group: String, rule: SgRule },
-    CreateNode { site: String, node: String, role: Role },
-    AssignPublicIp { site: String, node: String },
+    CreateNetwork {
+        site: String,
+    },
+    CreateSecurityGroup {
+        site: String,
+        group: String,
+    },
+    AddRule {
+        site: String,
+        group: String,
+        rule: SgRule,
+    },
+    CreateNode {
+        site: String,
+        node: String,
+        role: Role,
+    },
+    AssignPublicIp {
+        site: String,
+        node: String,
+    },
     /// Adds pairs to the port; pairs already there (the user's too) are kept.
-    AddAddressPairs { site: String, node: String, pairs: Vec<Ipv4Net> },
-    ConfigureNode { site: String, node: String, details: Vec<String> },
-    RemoveRule { site: String, group: String, rule: SgRule },
-    RemoveNode { site: String, node: String },
-    RemoveSecurityGroup { site: String, group: String },
-    RemoveNetwork { site: String },
+    AddAddressPairs {
+        site: String,
+        node: String,
+        pairs: Vec<Ipv4Net>,
+    },
+    ConfigureNode {
+        site: String,
+        node: String,
+        details: Vec<String>,
+    },
+    RemoveRule {
+        site: String,
+        group: String,
+        rule: SgRule,
+    },
+    RemoveNode {
+        site: String,
+        node: String,
+    },
+    RemoveSecurityGroup {
+        site: String,
+        group: String,
+    },
+    RemoveNetwork {
+        site: String,
+    },
 }
 
 impl Change {
@@ -61,20 +97,37 @@ impl Change {
     pub fn summary(&self) -> String {
         match self {
             Change::CreateNetwork { site } => format!("+ {site}: network, subnet and router"),
-            Change::CreateSecurityGroup { site, group } => format!("+ {site}: security group {group}"),
-            Change::AddRule { site, group, rule } => format!("+ {site}: rule in {group}: {}", rule_text(rule)),
-            Change::CreateNode { site, node, role } => format!("+ {site}: node {node} ({})", role.as_str()),
+            Change::CreateSecurityGroup { site, group } => {
+                format!("+ {site}: security group {group}")
+            }
+            Change::AddRule { site, group, rule } => {
+                format!("+ {site}: rule in {group}: {}", rule_text(rule))
+            }
+            Change::CreateNode { site, node, role } => {
+                format!("+ {site}: node {node} ({})", role.as_str())
+            }
             Change::AssignPublicIp { site, node } => format!("+ {site}: public IP for {node}"),
             Change::AddAddressPairs { site, node, pairs } => {
                 let list: Vec<String> = pairs.iter().map(ToString::to_string).collect();
-                format!("+ {site}: allowed-address pairs on {node}'s port: {}", list.join(", "))
+                format!(
+                    "+ {site}: allowed-address pairs on {node}'s port: {}",
+                    list.join(", ")
+                )
             }
-            Change::ConfigureNode { site, node, details } => {
+            Change::ConfigureNode {
+                site,
+                node,
+                details,
+            } => {
                 format!("~ {site}: configure {node}: {}", details.join("; "))
             }
-            Change::RemoveRule { site, group, rule } => format!("- {site}: rule in {group}: {}", rule_text(rule)),
+            Change::RemoveRule { site, group, rule } => {
+                format!("- {site}: rule in {group}: {}", rule_text(rule))
+            }
             Change::RemoveNode { site, node } => format!("- {site}: node {node}"),
-            Change::RemoveSecurityGroup { site, group } => format!("- {site}: security group {group}"),
+            Change::RemoveSecurityGroup { site, group } => {
+                format!("- {site}: security group {group}")
+            }
             Change::RemoveNetwork { site } => format!("- {site}: network, subnet and router"),
         }
     }
@@ -108,7 +161,9 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
     for site in &plan.sites {
         let seen = observed.sites.get(&site.name).unwrap_or(&no_site);
         if !seen.network {
-            out.push(Change::CreateNetwork { site: site.name.clone() });
+            out.push(Change::CreateNetwork {
+                site: site.name.clone(),
+            });
         }
         for group in &site.security_groups {
             let present = seen.security_groups.get(&group.name);
@@ -118,7 +173,8 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
                     group: group.name.clone(),
                 });
             }
-            let present_keys: BTreeSet<_> = present.into_iter().flatten().map(SgRule::key).collect();
+            let present_keys: BTreeSet<_> =
+                present.into_iter().flatten().map(SgRule::key).collect();
             for rule in &group.rules {
                 if !present_keys.contains(&rule.key()) {
                     out.push(Change::AddRule {
@@ -156,7 +212,12 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
                 .flatten()
                 .copied()
                 .collect();
-            let missing: Vec<Ipv4Net> = pairs.pairs.iter().filter(|p| !present.contains(p)).copied().collect();
+            let missing: Vec<Ipv4Net> = pairs
+                .pairs
+                .iter()
+                .filter(|p| !present.contains(p))
+                .copied()
+                .collect();
             if !missing.is_empty() {
                 out.push(Change::AddAddressPairs {
                     site: site.name.clone(),
@@ -167,8 +228,12 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
         }
     }
     for node in &plan.nodes {
-        let applied = observed.nodes.get(&node.name).and_then(|n| n.applied.as_ref());
-        let details = config_differences(applied, &plan.node_config_without_hosts(node), &plan.hosts);
+        let applied = observed
+            .nodes
+            .get(&node.name)
+            .and_then(|n| n.applied.as_ref());
+        let details =
+            config_differences(applied, &plan.node_config_without_hosts(node), &plan.hosts);
         if !details.is_empty() {
             out.push(Change::ConfigureNode {
                 site: node.site.clone(),
@@ -182,7 +247,8 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
     for (site_name, seen) in &observed.sites {
         let site = plan.site(site_name);
         for (group_name, rules) in &seen.security_groups {
-            let wanted = site.and_then(|s| s.security_groups.iter().find(|g| &g.name == group_name));
+            let wanted =
+                site.and_then(|s| s.security_groups.iter().find(|g| &g.name == group_name));
             let Some(wanted) = wanted else { continue };
             let wanted_keys: BTreeSet<_> = wanted.rules.iter().map(SgRule::key).collect();
             for rule in rules.iter().filter(|r| !wanted_keys.contains(&r.key())) {
@@ -214,7 +280,9 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
             }
         }
         if site.is_none() && seen.network {
-            out.push(Change::RemoveNetwork { site: site_name.clone() });
+            out.push(Change::RemoveNetwork {
+                site: site_name.clone(),
+            });
         }
     }
     out
@@ -222,14 +290,23 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
 
 /// What the agent would change on a node, in words; empty when the node is as planned. `wanted`
 /// comes without hosts (see [`Plan::node_config_without_hosts`]); `hosts` is the plan's list.
-pub fn config_differences(applied: Option<&NodeConfig>, wanted: &NodeConfig, hosts: &[(Ipv4Addr, String)]) -> Vec<String> {
+pub fn config_differences(
+    applied: Option<&NodeConfig>,
+    wanted: &NodeConfig,
+    hosts: &[(Ipv4Addr, String)],
+) -> Vec<String> {
     let Some(applied) = applied else {
         let mut d = vec![format!("hostname, /etc/hosts ({} entries)", hosts.len())];
         if !wanted.routes.is_empty() {
             d.push(format!("{} routes", wanted.routes.len()));
         }
         if let Some(wg) = &wanted.wireguard {
-            d.push(format!("{} with {} peers, MTU {}", wg.name, wg.peers.len(), wg.mtu));
+            d.push(format!(
+                "{} with {} peers, MTU {}",
+                wg.name,
+                wg.peers.len(),
+                wg.mtu
+            ));
         }
         if wanted.ip_forward {
             d.push("IP forwarding and MSS clamp".into());
@@ -238,7 +315,10 @@ pub fn config_differences(applied: Option<&NodeConfig>, wanted: &NodeConfig, hos
     };
     let mut d = Vec::new();
     if applied.hostname != wanted.hostname {
-        d.push(format!("hostname {} → {}", applied.hostname, wanted.hostname));
+        d.push(format!(
+            "hostname {} → {}",
+            applied.hostname, wanted.hostname
+        ));
     }
     if applied.hosts != hosts {
         d.push("update /etc/hosts".into());
@@ -266,7 +346,11 @@ pub fn config_differences(applied: Option<&NodeConfig>, wanted: &NodeConfig, hos
                     Some(_) => {}
                 }
             }
-            for q in a.peers.iter().filter(|q| w.peers.iter().all(|p| p.node != q.node)) {
+            for q in a
+                .peers
+                .iter()
+                .filter(|q| w.peers.iter().all(|p| p.node != q.node))
+            {
                 d.push(format!("remove peer {}", q.node));
             }
         }

@@ -127,7 +127,10 @@ pub struct SlurmOptions {
 impl Cluster {
     pub fn master_site(&self) -> &Site {
         // Validation guarantees exactly one master site.
-        self.sites.iter().find(|s| s.master).unwrap_or(&self.sites[0])
+        self.sites
+            .iter()
+            .find(|s| s.master)
+            .unwrap_or(&self.sites[0])
     }
 
     pub fn site(&self, name: &str) -> Option<&Site> {
@@ -145,7 +148,10 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// {path} is not a valid cluster file
-    Invalid { path: PathBuf, diagnostics: Diagnostics },
+    Invalid {
+        path: PathBuf,
+        diagnostics: Diagnostics,
+    },
 }
 
 /// A validated cluster with the warnings found on the way.
@@ -208,12 +214,20 @@ fn is_valid_name(s: &str, max: usize) -> bool {
         && b[0].is_ascii_lowercase()
         && !s.ends_with('-')
         && !s.contains("--")
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 impl Validator<'_> {
-    fn error(&mut self, pos: Pos, path: impl Into<String>, msg: impl Into<String>, help: impl Into<String>) {
-        self.diags.push(Diagnostic::error(pos, path, msg).with_help(help));
+    fn error(
+        &mut self,
+        pos: Pos,
+        path: impl Into<String>,
+        msg: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.diags
+            .push(Diagnostic::error(pos, path, msg).with_help(help));
     }
 
     fn name(&mut self, name: &Sp<String>, path: String, what: &str, max: usize) -> bool {
@@ -237,13 +251,19 @@ impl Validator<'_> {
             Ok(n) => n,
             Err(_) => {
                 let help = if s.value.contains(':') {
-                    "hybridgrid plans IPv4 networks; write an IPv4 range such as 10.20.0.0/24".to_owned()
+                    "hybridgrid plans IPv4 networks; write an IPv4 range such as 10.20.0.0/24"
+                        .to_owned()
                 } else if s.value.parse::<Ipv4Addr>().is_ok() {
                     format!("add a prefix length, e.g. `{}/24`", s.value)
                 } else {
                     "write an IPv4 range in CIDR form, e.g. 10.20.0.0/24".to_owned()
                 };
-                self.error(s.pos, path, format!("`{}` is not an IPv4 CIDR", s.value), help);
+                self.error(
+                    s.pos,
+                    path,
+                    format!("`{}` is not an IPv4 CIDR", s.value),
+                    help,
+                );
                 return None;
             }
         };
@@ -278,9 +298,17 @@ impl Validator<'_> {
         if let Some(v) = &raw.version
             && v.value != 1
         {
-            self.error(v.pos, "version", format!("unknown file version {}", v.value), "this hybridgrid reads `version: 1`");
+            self.error(
+                v.pos,
+                "version",
+                format!("unknown file version {}", v.value),
+                "this hybridgrid reads `version: 1`",
+            );
         }
-        let name = raw.name.as_ref().filter(|n| self.name(n, "name".into(), "cluster", MAX_CLUSTER_NAME));
+        let name = raw
+            .name
+            .as_ref()
+            .filter(|n| self.name(n, "name".into(), "cluster", MAX_CLUSTER_NAME));
         let provider = match raw.provider.as_ref() {
             None => Some(Provider::Local),
             Some(p) => match p.value.as_str() {
@@ -290,7 +318,12 @@ impl Validator<'_> {
                     let hint = did_you_mean(other, &["local", "openstack"])
                         .map(|s| format!("did you mean `{s}`?"))
                         .unwrap_or_else(|| "use `local` or `openstack`".into());
-                    self.error(p.pos, "provider", format!("unknown provider `{other}`"), hint);
+                    self.error(
+                        p.pos,
+                        "provider",
+                        format!("unknown provider `{other}`"),
+                        hint,
+                    );
                     None
                 }
             },
@@ -312,7 +345,10 @@ impl Validator<'_> {
             admin_cidrs,
             ssh_public_key: raw.ssh_public_key.as_ref().map(|k| k.value.clone()),
             tunnel: tunnel?,
-            sites: sites.into_iter().map(|(_, s)| s).collect::<Option<Vec<_>>>()?,
+            sites: sites
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect::<Option<Vec<_>>>()?,
             datasets,
             slurm: slurm?,
         })
@@ -336,7 +372,11 @@ impl Validator<'_> {
     }
 
     /// Each site with its raw form (for positions), or `None` where it had errors.
-    fn sites<'r>(&mut self, raw: &'r RawCluster, provider: Option<Provider>) -> Vec<(&'r raw::RawSite, Option<Site>)> {
+    fn sites<'r>(
+        &mut self,
+        raw: &'r RawCluster,
+        provider: Option<Provider>,
+    ) -> Vec<(&'r raw::RawSite, Option<Site>)> {
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         let mut out = Vec::new();
         for (i, s) in raw.sites.iter().enumerate() {
@@ -363,7 +403,10 @@ impl Validator<'_> {
                     );
                 }
             }
-            let subnet = s.subnet.as_ref().and_then(|c| self.cidr(c, format!("{path}.subnet")));
+            let subnet = s
+                .subnet
+                .as_ref()
+                .and_then(|c| self.cidr(c, format!("{path}.subnet")));
             if let Some(net) = subnet
                 && net.prefix_len() > 29
             {
@@ -399,8 +442,13 @@ impl Validator<'_> {
                     self.error(
                         s.subnet.as_ref().map(|c| c.pos).unwrap_or(s.pos),
                         format!("{path}.subnet"),
-                        format!("{net} holds at most {capacity} workers, but the site has {needed}"),
-                        format!("use a larger subnet (hosts .1–.{} are reserved) or fewer workers", addr::RELAY_OFFSET),
+                        format!(
+                            "{net} holds at most {capacity} workers, but the site has {needed}"
+                        ),
+                        format!(
+                            "use a larger subnet (hosts .1–.{} are reserved) or fewer workers",
+                            addr::RELAY_OFFSET
+                        ),
                     );
                 }
             }
@@ -438,7 +486,11 @@ impl Validator<'_> {
     }
 
     fn openstack_spec(&mut self, spec: &raw::RawNodeSpec, fallback: Pos, path: &str) -> bool {
-        let pos = if spec.pos == Pos::default() { fallback } else { spec.pos };
+        let pos = if spec.pos == Pos::default() {
+            fallback
+        } else {
+            spec.pos
+        };
         let mut ok = true;
         for (key, value) in [("flavor", &spec.flavor), ("image", &spec.image)] {
             if value.is_none() {
@@ -447,14 +499,21 @@ impl Validator<'_> {
                     pos,
                     format!("{path}.{key}"),
                     format!("an openstack node needs `{key}`"),
-                    format!("name the {key} to boot this node with, as `openstack {key} list` shows it"),
+                    format!(
+                        "name the {key} to boot this node with, as `openstack {key} list` shows it"
+                    ),
                 );
             }
         }
         ok
     }
 
-    fn worker_groups(&mut self, s: &raw::RawSite, path: &str, provider: Option<Provider>) -> Option<Vec<WorkerGroup>> {
+    fn worker_groups(
+        &mut self,
+        s: &raw::RawSite,
+        path: &str,
+        provider: Option<Provider>,
+    ) -> Option<Vec<WorkerGroup>> {
         let mut groups = Vec::new();
         let mut ok = true;
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -473,13 +532,20 @@ impl Validator<'_> {
                     g.name.as_ref().map(|n| n.pos).unwrap_or(g.pos),
                     format!("{gpath}.name"),
                     format!("worker group name `{name}` is used twice in this site"),
-                    format!("{path}.workers[{first}] has it already; name each group (`name: big`)"),
+                    format!(
+                        "{path}.workers[{first}] has it already; name each group (`name: big`)"
+                    ),
                 );
             }
             let count = g.count.as_ref().and_then(|c| match u32::try_from(c.value) {
                 Ok(v) if v <= 10_000 => Some(v),
                 _ => {
-                    self.error(c.pos, format!("{gpath}.count"), format!("{} workers is too many", c.value), "use at most 10000 per group");
+                    self.error(
+                        c.pos,
+                        format!("{gpath}.count"),
+                        format!("{} workers is too many", c.value),
+                        "use at most 10000 per group",
+                    );
                     None
                 }
             });
@@ -488,7 +554,12 @@ impl Validator<'_> {
                 Some(c) => match u32::try_from(c.value) {
                     Ok(v) if (1..=4096).contains(&v) => Some(v),
                     _ => {
-                        self.error(c.pos, format!("{gpath}.cpus"), format!("{} CPUs is out of range", c.value), "use 1 to 4096");
+                        self.error(
+                            c.pos,
+                            format!("{gpath}.cpus"),
+                            format!("{} CPUs is out of range", c.value),
+                            "use 1 to 4096",
+                        );
                         None
                     }
                 },
@@ -497,7 +568,12 @@ impl Validator<'_> {
                 None => Some(1024),
                 Some(m) if m.value >= 1 => Some(m.value),
                 Some(m) => {
-                    self.error(m.pos, format!("{gpath}.memory"), "memory must be at least 1 MiB", "give the worker's memory in MiB, e.g. `memory: 4096`");
+                    self.error(
+                        m.pos,
+                        format!("{gpath}.memory"),
+                        "memory must be at least 1 MiB",
+                        "give the worker's memory in MiB, e.g. `memory: 4096`",
+                    );
                     None
                 }
             };
@@ -526,7 +602,11 @@ impl Validator<'_> {
         ok.then_some(groups)
     }
 
-    fn tunnel(&mut self, raw: &RawCluster, sites: &[(&raw::RawSite, Option<Site>)]) -> Option<Tunnel> {
+    fn tunnel(
+        &mut self,
+        raw: &RawCluster,
+        sites: &[(&raw::RawSite, Option<Site>)],
+    ) -> Option<Tunnel> {
         let t = &raw.tunnel;
         let cidr = match &t.cidr {
             Some(c) => self.cidr(c, "tunnel.cidr".into()),
@@ -539,7 +619,9 @@ impl Validator<'_> {
                 self.error(
                     t.cidr.as_ref().map(|c| c.pos).unwrap_or(t.pos),
                     "tunnel.cidr",
-                    format!("{net} has room for {capacity} gateways, but the cluster has {needed} sites"),
+                    format!(
+                        "{net} has room for {capacity} gateways, but the cluster has {needed} sites"
+                    ),
                     "use a larger tunnel range; a /24 holds 254 sites",
                 );
             }
@@ -550,13 +632,15 @@ impl Validator<'_> {
         };
         let keepalive = match &t.keepalive {
             None => Some(25),
-            Some(k) => match u16::try_from(k.value) {
-                Ok(v) => Some(v),
-                Err(_) => {
-                    self.error(k.pos, "tunnel.keepalive", format!("keepalive {} is out of range", k.value), "use seconds from 0 (off) to 65535; 25 suits NAT and stateful firewalls");
-                    None
+            Some(k) => {
+                match u16::try_from(k.value) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        self.error(k.pos, "tunnel.keepalive", format!("keepalive {} is out of range", k.value), "use seconds from 0 (off) to 65535; 25 suits NAT and stateful firewalls");
+                        None
+                    }
                 }
-            },
+            }
         };
         // The tunnel must fit the smallest underlay among the sites.
         let underlay = sites
@@ -566,15 +650,37 @@ impl Validator<'_> {
             .unwrap_or(DEFAULT_UNDERLAY_MTU);
         let mtu = match &t.mtu {
             None => Some(underlay - WG_OVERHEAD),
-            Some(Sp { value: NumberOrWord::Word(w), .. }) if w == "auto" => Some(underlay - WG_OVERHEAD),
-            Some(Sp { value: NumberOrWord::Word(w), pos }) => {
-                self.error(*pos, "tunnel.mtu", format!("`{w}` is not an MTU"), "use `auto` or a number such as 1370");
+            Some(Sp {
+                value: NumberOrWord::Word(w),
+                ..
+            }) if w == "auto" => Some(underlay - WG_OVERHEAD),
+            Some(Sp {
+                value: NumberOrWord::Word(w),
+                pos,
+            }) => {
+                self.error(
+                    *pos,
+                    "tunnel.mtu",
+                    format!("`{w}` is not an MTU"),
+                    "use `auto` or a number such as 1370",
+                );
                 None
             }
-            Some(Sp { value: NumberOrWord::Number(n), pos }) => {
+            Some(Sp {
+                value: NumberOrWord::Number(n),
+                pos,
+            }) => {
                 let n16 = u16::try_from(*n).unwrap_or(u16::MAX);
                 if n16 < MIN_TUNNEL_MTU {
-                    self.error(*pos, "tunnel.mtu", format!("MTU {n} is below {MIN_TUNNEL_MTU}"), format!("IPv6 and many tools need at least {MIN_TUNNEL_MTU}; `auto` gives {}", underlay - WG_OVERHEAD));
+                    self.error(
+                        *pos,
+                        "tunnel.mtu",
+                        format!("MTU {n} is below {MIN_TUNNEL_MTU}"),
+                        format!(
+                            "IPv6 and many tools need at least {MIN_TUNNEL_MTU}; `auto` gives {}",
+                            underlay - WG_OVERHEAD
+                        ),
+                    );
                     None
                 } else if u32::from(n16) + u32::from(WG_OVERHEAD_IPV4) > u32::from(underlay) {
                     self.error(
@@ -587,8 +693,15 @@ impl Validator<'_> {
                 } else {
                     if n16 + WG_OVERHEAD > underlay {
                         self.diags.push(
-                            Diagnostic::warning(*pos, "tunnel.mtu", format!("MTU {n} fits the underlay {underlay} only over IPv4"))
-                                .with_help(format!("`auto` ({}) also works over IPv6 endpoints", underlay - WG_OVERHEAD)),
+                            Diagnostic::warning(
+                                *pos,
+                                "tunnel.mtu",
+                                format!("MTU {n} fits the underlay {underlay} only over IPv4"),
+                            )
+                            .with_help(format!(
+                                "`auto` ({}) also works over IPv6 endpoints",
+                                underlay - WG_OVERHEAD
+                            )),
                         );
                     }
                     Some(n16)
@@ -614,14 +727,21 @@ impl Validator<'_> {
             }
         }
         let tunnel = match &raw.tunnel.cidr {
-            Some(c) => c.value.parse::<Ipv4Net>().ok().map(|net| (c.pos, net.trunc())),
+            Some(c) => c
+                .value
+                .parse::<Ipv4Net>()
+                .ok()
+                .map(|net| (c.pos, net.trunc())),
             None => None,
         };
         if let Some((pos, net)) = tunnel {
             ranges.push(("tunnel.cidr".into(), pos, net));
         }
         for (j, (path, pos, net)) in ranges.iter().enumerate() {
-            if let Some((other, opos, onet)) = ranges[..j].iter().find(|(_, _, o)| o.contains(net) || net.contains(o)) {
+            if let Some((other, opos, onet)) = ranges[..j]
+                .iter()
+                .find(|(_, _, o)| o.contains(net) || net.contains(o))
+            {
                 self.error(
                     *pos,
                     path.clone(),
@@ -667,14 +787,20 @@ impl Validator<'_> {
                         pos,
                         format!("sites[{i}].master"),
                         "a second site claims the master",
-                        format!("sites[{first}] is already the master site; a cluster has exactly one"),
+                        format!(
+                            "sites[{first}] is already the master site; a cluster has exactly one"
+                        ),
                     );
                 }
             }
         }
     }
 
-    fn datasets(&mut self, raw: &RawCluster, sites: &[(&raw::RawSite, Option<Site>)]) -> Vec<Dataset> {
+    fn datasets(
+        &mut self,
+        raw: &RawCluster,
+        sites: &[(&raw::RawSite, Option<Site>)],
+    ) -> Vec<Dataset> {
         let site_names: Vec<&str> = sites
             .iter()
             .filter_map(|(rs, _)| rs.name.as_ref().map(|n| n.value.as_str()))
@@ -686,7 +812,12 @@ impl Validator<'_> {
             if let Some(n) = &d.name {
                 self.name(n, format!("{path}.name"), "dataset", 40);
                 if let Some(first) = seen.insert(&n.value, i) {
-                    self.error(n.pos, format!("{path}.name"), format!("dataset `{}` is defined twice", n.value), format!("datasets[{first}] has this name already"));
+                    self.error(
+                        n.pos,
+                        format!("{path}.name"),
+                        format!("dataset `{}` is defined twice", n.value),
+                        format!("datasets[{first}] has this name already"),
+                    );
                 }
             }
             if let Some(s) = &d.site
@@ -697,7 +828,12 @@ impl Validator<'_> {
                 let help = did_you_mean(&s.value, &names)
                     .map(|m| format!("did you mean `{m}`?"))
                     .unwrap_or_else(|| format!("the sites are: {}", names.join(", ")));
-                self.error(s.pos, format!("{path}.site"), format!("unknown site `{}`", s.value), help);
+                self.error(
+                    s.pos,
+                    format!("{path}.site"),
+                    format!("unknown site `{}`", s.value),
+                    help,
+                );
             }
             if let (Some(name), Some(site), Some(location)) = (&d.name, &d.site, &d.location) {
                 out.push(Dataset {
@@ -711,17 +847,25 @@ impl Validator<'_> {
         out
     }
 
-    fn slurm(&mut self, raw: &RawCluster, sites: &[(&raw::RawSite, Option<Site>)]) -> Option<SlurmOptions> {
+    fn slurm(
+        &mut self,
+        raw: &RawCluster,
+        sites: &[(&raw::RawSite, Option<Site>)],
+    ) -> Option<SlurmOptions> {
         let s = &raw.slurm;
         let srun_port_range = match &s.srun_port_range {
             None => Some((60001, 63000)),
             Some(r) => {
-                let parsed = r
-                    .value
-                    .split_once('-')
-                    .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
+                let parsed = r.value.split_once('-').and_then(|(a, b)| {
+                    Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                });
                 match parsed {
-                    Some((lo, hi)) if lo >= 1024 && lo <= hi && !(lo..=hi).contains(&SLURMCTLD_PORT) && !(lo..=hi).contains(&SLURMD_PORT) => {
+                    Some((lo, hi))
+                        if lo >= 1024
+                            && lo <= hi
+                            && !(lo..=hi).contains(&SLURMCTLD_PORT)
+                            && !(lo..=hi).contains(&SLURMD_PORT) =>
+                    {
                         Some((lo, hi))
                     }
                     _ => {
@@ -741,7 +885,12 @@ impl Validator<'_> {
             Some(t) => match u32::try_from(t.value) {
                 Ok(x) if (1..=65_533).contains(&x) => Some(x),
                 _ => {
-                    this.error(t.pos, format!("slurm.{key}"), format!("{} seconds is out of range", t.value), "use 1 to 65533 seconds");
+                    this.error(
+                        t.pos,
+                        format!("slurm.{key}"),
+                        format!("{} seconds is out of range", t.value),
+                        "use 1 to 65533 seconds",
+                    );
                     None
                 }
             },
@@ -755,13 +904,18 @@ impl Validator<'_> {
             .collect();
         let default_partition = match &s.default_partition {
             None => Some(ALL_PARTITION.to_owned()),
-            Some(p) if p.value == ALL_PARTITION || site_names.contains(&p.value.as_str()) => Some(p.value.clone()),
+            Some(p) if p.value == ALL_PARTITION || site_names.contains(&p.value.as_str()) => {
+                Some(p.value.clone())
+            }
             Some(p) => {
                 self.error(
                     p.pos,
                     "slurm.default_partition",
                     format!("there is no partition `{}`", p.value),
-                    format!("partitions are `all` and one per site: {}", site_names.join(", ")),
+                    format!(
+                        "partitions are `all` and one per site: {}",
+                        site_names.join(", ")
+                    ),
                 );
                 None
             }

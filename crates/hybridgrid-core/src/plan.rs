@@ -268,7 +268,11 @@ pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
 
     let mut nodes: Vec<NodePlan> = Vec::new();
     for site in &cluster.sites {
-        let role = if site.master { Role::Master } else { Role::Gateway };
+        let role = if site.master {
+            Role::Master
+        } else {
+            Role::Gateway
+        };
         let name = relay_name(&site.name, role);
         let rank = ranked.iter().position(|s| s.name == site.name).unwrap_or(0) as u32;
         nodes.push(NodePlan {
@@ -312,7 +316,11 @@ pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
         .filter(|n| n.role.is_relay())
         .map(|n| (n.name.clone(), n.site.clone(), n.tunnel_ip, n.public_ip))
         .collect();
-    let subnet_of: BTreeMap<&str, Ipv4Net> = cluster.sites.iter().map(|s| (s.name.as_str(), s.subnet)).collect();
+    let subnet_of: BTreeMap<&str, Ipv4Net> = cluster
+        .sites
+        .iter()
+        .map(|s| (s.name.as_str(), s.subnet))
+        .collect();
     let key_of = |node: &str| observed.nodes.get(node).and_then(|o| o.public_key);
     for node in nodes.iter_mut().filter(|n| n.role.is_relay()) {
         let peers = relays
@@ -330,14 +338,18 @@ pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
                     public_key: key_of(name),
                     endpoint: public_ip.map(|ip| SocketAddrV4::new(ip, cluster.tunnel.port)),
                     allowed_ips,
-                    persistent_keepalive: (cluster.tunnel.keepalive > 0).then_some(cluster.tunnel.keepalive),
+                    persistent_keepalive: (cluster.tunnel.keepalive > 0)
+                        .then_some(cluster.tunnel.keepalive),
                 }
             })
             .collect();
         node.wireguard = Some(WgInterface {
             name: WG_INTERFACE.to_owned(),
-            address: Ipv4Net::new(node.tunnel_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), overlay.prefix_len())
-                .unwrap_or_default(),
+            address: Ipv4Net::new(
+                node.tunnel_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                overlay.prefix_len(),
+            )
+            .unwrap_or_default(),
             listen_port: cluster.tunnel.port,
             mtu: cluster.tunnel.mtu,
             public_key: key_of(&node.name),
@@ -390,7 +402,11 @@ fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -
         .iter()
         .find(|n| n.site == site.name && n.role.is_relay())
         .expect("every site has a relay node");
-    let members: Vec<String> = nodes.iter().filter(|n| n.site == site.name).map(|n| n.name.clone()).collect();
+    let members: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.site == site.name)
+        .map(|n| n.name.clone())
+        .collect();
     // Every other site's subnet and the overlay: where cross-site traffic comes from.
     let remote_sources: Vec<Ipv4Net> = cluster
         .sites
@@ -413,9 +429,17 @@ fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -
             (Protocol::Icmp, None, "ICMP"),
             (Protocol::Tcp, None, "TCP"),
             (Protocol::Udp, None, "UDP"),
-            (Protocol::Tcp, Some((SLURMCTLD_PORT, SLURMCTLD_PORT)), "slurmctld"),
+            (
+                Protocol::Tcp,
+                Some((SLURMCTLD_PORT, SLURMCTLD_PORT)),
+                "slurmctld",
+            ),
             (Protocol::Tcp, Some((SLURMD_PORT, SLURMD_PORT)), "slurmd"),
-            (Protocol::Tcp, Some((srun_lo, srun_hi)), "srun (SrunPortRange)"),
+            (
+                Protocol::Tcp,
+                Some((srun_lo, srun_hi)),
+                "srun (SrunPortRange)",
+            ),
         ] {
             node_rules.push(SgRule {
                 protocol,
@@ -510,7 +534,11 @@ fn slurm_plan(cluster: &Cluster, nodes: &[NodePlan]) -> SlurmPlan {
         .collect();
     partitions.push(Partition {
         name: ALL_PARTITION.into(),
-        nodes: nodes.iter().filter(|n| n.role == Role::Worker).map(|n| n.name.clone()).collect(),
+        nodes: nodes
+            .iter()
+            .filter(|n| n.role == Role::Worker)
+            .map(|n| n.name.clone())
+            .collect(),
         default: cluster.slurm.default_partition == ALL_PARTITION,
     });
     SlurmPlan {
@@ -526,7 +554,6 @@ fn slurm_plan(cluster: &Cluster, nodes: &[NodePlan]) -> SlurmPlan {
     }
 }
 
-
 impl Plan {
     /// The complete configuration the agent applies on `node`, `/etc/hosts` included.
     pub fn node_config(&self, node: &NodePlan) -> NodeConfig {
@@ -539,7 +566,11 @@ impl Plan {
     /// As [`Plan::node_config`] with `hosts` left empty: for comparisons that treat the (shared,
     /// large) hosts list separately.
     pub fn node_config_without_hosts(&self, node: &NodePlan) -> NodeConfig {
-        let remote_subnets = self.sites.iter().filter(|s| s.name != node.site).map(|s| s.subnet);
+        let remote_subnets = self
+            .sites
+            .iter()
+            .filter(|s| s.name != node.site)
+            .map(|s| s.subnet);
         let mut routes: Vec<Route> = if node.role.is_relay() {
             remote_subnets
                 .map(|destination| Route {
@@ -587,7 +618,9 @@ impl Plan {
     }
 
     pub fn relay_of(&self, site: &str) -> Option<&NodePlan> {
-        self.nodes.iter().find(|n| n.site == site && n.role.is_relay())
+        self.nodes
+            .iter()
+            .find(|n| n.site == site && n.role.is_relay())
     }
 
     pub fn to_json(&self) -> String {

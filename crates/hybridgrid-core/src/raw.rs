@@ -125,26 +125,41 @@ pub fn parse(text: &str) -> (Option<RawCluster>, Diagnostics) {
 fn load_error(e: LoadError) -> Diagnostic {
     let at = |m: &marked_yaml::Marker| Pos::new(m.line(), m.column());
     match e {
-        LoadError::TopLevelMustBeMapping(m) => {
-            Diagnostic::error(at(&m), "", "the cluster file must be a YAML mapping (`key: value` lines)")
+        LoadError::TopLevelMustBeMapping(m) => Diagnostic::error(
+            at(&m),
+            "",
+            "the cluster file must be a YAML mapping (`key: value` lines)",
+        ),
+        LoadError::TopLevelMustBeSequence(m) => {
+            Diagnostic::error(at(&m), "", "unexpected top-level sequence")
         }
-        LoadError::TopLevelMustBeSequence(m) => Diagnostic::error(at(&m), "", "unexpected top-level sequence"),
-        LoadError::UnexpectedAnchor(m) => {
-            Diagnostic::error(at(&m), "", "YAML anchors are not supported in cluster files")
-                .with_help("write the value out where it is used")
+        LoadError::UnexpectedAnchor(m) => Diagnostic::error(
+            at(&m),
+            "",
+            "YAML anchors are not supported in cluster files",
+        )
+        .with_help("write the value out where it is used"),
+        LoadError::MappingKeyMustBeScalar(m) => {
+            Diagnostic::error(at(&m), "", "a key must be a plain word")
         }
-        LoadError::MappingKeyMustBeScalar(m) => Diagnostic::error(at(&m), "", "a key must be a plain word"),
-        LoadError::UnexpectedTag(m) => Diagnostic::error(at(&m), "", "YAML tags (`!tag`) are not supported"),
+        LoadError::UnexpectedTag(m) => {
+            Diagnostic::error(at(&m), "", "YAML tags (`!tag`) are not supported")
+        }
         LoadError::ScanError(m, se) => {
-            Diagnostic::error(at(&m), "", format!("YAML syntax error: {}", se.info()))
-                .with_help("check the indentation and the `key: value` form of this line and the one above")
+            Diagnostic::error(at(&m), "", format!("YAML syntax error: {}", se.info())).with_help(
+                "check the indentation and the `key: value` form of this line and the one above",
+            )
         }
         LoadError::DuplicateKey(inner) => {
             let key = &inner.key;
             let pos = key.span().start().map(at).unwrap_or_default();
             let first = inner.prev_key.span().start().map(at).unwrap_or_default();
-            Diagnostic::error(pos, key.as_str(), format!("key `{}` appears twice", key.as_str()))
-                .with_help(format!("it was first set at line {}; keep one", first.line))
+            Diagnostic::error(
+                pos,
+                key.as_str(),
+                format!("key `{}` appears twice", key.as_str()),
+            )
+            .with_help(format!("it was first set at line {}; keep one", first.line))
         }
     }
 }
@@ -206,15 +221,23 @@ impl Reader {
     fn map<'n>(&mut self, node: &'n Node, path: &str, allowed: &[&str]) -> Option<Map<'n>> {
         let Node::Mapping(m) = node else {
             self.diags.push(
-                Diagnostic::error(pos_of(node), path, format!("expected a mapping, found {}", kind_of(node)))
-                    .with_help(format!("write `{}:` followed by indented `key: value` lines", last_key(path))),
+                Diagnostic::error(
+                    pos_of(node),
+                    path,
+                    format!("expected a mapping, found {}", kind_of(node)),
+                )
+                .with_help(format!(
+                    "write `{}:` followed by indented `key: value` lines",
+                    last_key(path)
+                )),
             );
             return None;
         };
         for key in m.keys() {
             let k = key.as_str();
             if !allowed.contains(&k) {
-                let mut d = Diagnostic::error(scalar_pos(key), join(path, k), format!("unknown key `{k}`"));
+                let mut d =
+                    Diagnostic::error(scalar_pos(key), join(path, k), format!("unknown key `{k}`"));
                 d = match did_you_mean(k, allowed) {
                     Some(s) => d.with_help(format!("did you mean `{s}`?")),
                     None => d.with_help(format!("allowed keys here: {}", allowed.join(", "))),
@@ -232,15 +255,29 @@ impl Reader {
 
     fn missing(&mut self, map: &Map<'_>, key: &str, help: &str) {
         // A misspelt key was already reported with "did you mean `key`": once is enough.
-        if map.node.keys().any(|k| did_you_mean(k.as_str(), &[key]).is_some()) {
+        if map
+            .node
+            .keys()
+            .any(|k| did_you_mean(k.as_str(), &[key]).is_some())
+        {
             return;
         }
         self.diags.push(
-            Diagnostic::error(map.pos, map.path(key), format!("missing required key `{key}`")).with_help(help),
+            Diagnostic::error(
+                map.pos,
+                map.path(key),
+                format!("missing required key `{key}`"),
+            )
+            .with_help(help),
         );
     }
 
-    fn scalar<'n>(&mut self, map: &Map<'n>, key: &str, expected: &str) -> Option<&'n MarkedScalarNode> {
+    fn scalar<'n>(
+        &mut self,
+        map: &Map<'n>,
+        key: &str,
+        expected: &str,
+    ) -> Option<&'n MarkedScalarNode> {
         let node = map.get(key)?;
         match node {
             Node::Scalar(s) if !s.as_str().is_empty() => Some(s),
@@ -301,7 +338,9 @@ impl Reader {
 
     /// The items of a list under `key`, each with its path (`key[i]`).
     fn list<'n>(&mut self, map: &Map<'n>, key: &str) -> Vec<(String, &'n Node)> {
-        let Some(node) = map.get(key) else { return Vec::new() };
+        let Some(node) = map.get(key) else {
+            return Vec::new();
+        };
         match node {
             Node::Sequence(items) => items
                 .iter()
@@ -310,8 +349,12 @@ impl Reader {
                 .collect(),
             _ => {
                 self.diags.push(
-                    Diagnostic::error(pos_of(node), map.path(key), format!("expected a list, found {}", kind_of(node)))
-                        .with_help("write each item on its own line starting with `- `"),
+                    Diagnostic::error(
+                        pos_of(node),
+                        map.path(key),
+                        format!("expected a list, found {}", kind_of(node)),
+                    )
+                    .with_help("write each item on its own line starting with `- `"),
                 );
                 Vec::new()
             }
@@ -322,7 +365,9 @@ impl Reader {
         let mut out = Vec::new();
         for (path, node) in self.list(map, key) {
             match node {
-                Node::Scalar(s) if !s.as_str().is_empty() => out.push(Sp::new(s.as_str().to_owned(), scalar_pos(s))),
+                Node::Scalar(s) if !s.as_str().is_empty() => {
+                    out.push(Sp::new(s.as_str().to_owned(), scalar_pos(s)))
+                }
                 other => self.diags.push(Diagnostic::error(
                     pos_of(other),
                     path,
@@ -346,11 +391,17 @@ impl Reader {
             "slurm",
         ];
         let mut c = RawCluster::default();
-        let Some(m) = self.map(root, "", KEYS) else { return c };
+        let Some(m) = self.map(root, "", KEYS) else {
+            return c;
+        };
         c.version = self.uint(&m, "version");
         c.name = self.string(&m, "name");
         if c.name.is_none() && m.get("name").is_none() {
-            self.missing(&m, "name", "name the cluster, e.g. `name: demo`; it prefixes everything hybridgrid creates");
+            self.missing(
+                &m,
+                "name",
+                "name the cluster, e.g. `name: demo`; it prefixes everything hybridgrid creates",
+            );
         }
         c.provider = self.string(&m, "provider");
         c.admin_cidrs = self.string_list(&m, "admin_cidrs");
@@ -368,7 +419,11 @@ impl Reader {
                     );
                 }
             }
-            None => self.missing(&m, "sites", "list the cloud sites of the cluster under `sites:`"),
+            None => self.missing(
+                &m,
+                "sites",
+                "list the cloud sites of the cluster under `sites:`",
+            ),
         }
         for (path, node) in self.list(&m, "sites") {
             c.sites.push(self.site(node, &path));
@@ -387,7 +442,9 @@ impl Reader {
             pos: pos_of(node),
             ..RawTunnel::default()
         };
-        let Some(m) = self.map(node, path, &["cidr", "port", "mtu", "keepalive"]) else { return t };
+        let Some(m) = self.map(node, path, &["cidr", "port", "mtu", "keepalive"]) else {
+            return t;
+        };
         t.cidr = self.string(&m, "cidr");
         t.port = self.uint(&m, "port");
         t.mtu = self.number_or_word(&m, "mtu");
@@ -411,7 +468,9 @@ impl Reader {
             pos: pos_of(node),
             ..RawSite::default()
         };
-        let Some(m) = self.map(node, path, KEYS) else { return s };
+        let Some(m) = self.map(node, path, KEYS) else {
+            return s;
+        };
         s.name = self.string(&m, "name");
         if m.get("name").is_none() {
             self.missing(&m, "name", "give the site a short name such as `giessen`");
@@ -419,7 +478,11 @@ impl Reader {
         s.master = self.boolean(&m, "master");
         s.subnet = self.string(&m, "subnet");
         if m.get("subnet").is_none() {
-            self.missing(&m, "subnet", "give the site's private subnet, e.g. `subnet: 10.20.0.0/24`");
+            self.missing(
+                &m,
+                "subnet",
+                "give the site's private subnet, e.g. `subnet: 10.20.0.0/24`",
+            );
         }
         s.underlay_mtu = self.uint(&m, "underlay_mtu");
         s.cloud = self.string(&m, "cloud");
@@ -440,7 +503,9 @@ impl Reader {
             pos: pos_of(node),
             ..RawNodeSpec::default()
         };
-        let Some(m) = self.map(node, path, &["flavor", "image"]) else { return n };
+        let Some(m) = self.map(node, path, &["flavor", "image"]) else {
+            return n;
+        };
         n.flavor = self.string(&m, "flavor");
         n.image = self.string(&m, "image");
         n
@@ -451,13 +516,21 @@ impl Reader {
             pos: pos_of(node),
             ..RawWorkerGroup::default()
         };
-        let Some(m) = self.map(node, path, &["name", "count", "cpus", "memory", "flavor", "image"]) else {
+        let Some(m) = self.map(
+            node,
+            path,
+            &["name", "count", "cpus", "memory", "flavor", "image"],
+        ) else {
             return w;
         };
         w.name = self.string(&m, "name");
         w.count = self.uint(&m, "count");
         if m.get("count").is_none() {
-            self.missing(&m, "count", "say how many workers this group has, e.g. `count: 2`");
+            self.missing(
+                &m,
+                "count",
+                "say how many workers this group has, e.g. `count: 2`",
+            );
         }
         w.cpus = self.uint(&m, "cpus");
         w.memory = self.uint(&m, "memory");
@@ -471,7 +544,9 @@ impl Reader {
             pos: pos_of(node),
             ..RawDataset::default()
         };
-        let Some(m) = self.map(node, path, &["name", "site", "location", "size_gib"]) else { return d };
+        let Some(m) = self.map(node, path, &["name", "site", "location", "size_gib"]) else {
+            return d;
+        };
         d.name = self.string(&m, "name");
         d.site = self.string(&m, "site");
         d.location = self.string(&m, "location");
@@ -489,8 +564,15 @@ impl Reader {
             pos: pos_of(node),
             ..RawSlurm::default()
         };
-        let keys = ["srun_port_range", "slurmd_timeout", "message_timeout", "default_partition"];
-        let Some(m) = self.map(node, path, &keys) else { return s };
+        let keys = [
+            "srun_port_range",
+            "slurmd_timeout",
+            "message_timeout",
+            "default_partition",
+        ];
+        let Some(m) = self.map(node, path, &keys) else {
+            return s;
+        };
         s.srun_port_range = self.string(&m, "srun_port_range");
         s.slurmd_timeout = self.uint(&m, "slurmd_timeout");
         s.message_timeout = self.uint(&m, "message_timeout");

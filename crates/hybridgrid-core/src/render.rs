@@ -37,15 +37,25 @@ pub fn render_each(plan: &Plan, emit: &mut dyn FnMut(&str, String)) {
         let dir = format!("nodes/{}/etc", node.name);
         let config = plan.node_config_without_hosts(node);
         if let Some(wg) = &config.wireguard {
-            emit(&format!("{dir}/wireguard/{}.conf", wg.name), wg_quick(plan, node, &config.routes, wg));
+            emit(
+                &format!("{dir}/wireguard/{}.conf", wg.name),
+                wg_quick(plan, node, &config.routes, wg),
+            );
             emit(
                 &format!("{dir}/sysctl.d/90-hybridgrid.conf"),
-                "# hybridgrid: this node relays traffic between sites.\nnet.ipv4.ip_forward = 1\n".to_owned(),
+                "# hybridgrid: this node relays traffic between sites.\nnet.ipv4.ip_forward = 1\n"
+                    .to_owned(),
             );
-            emit(&format!("{dir}/nftables.d/hybridgrid-mss.nft"), mss_clamp(&wg.name));
+            emit(
+                &format!("{dir}/nftables.d/hybridgrid-mss.nft"),
+                mss_clamp(&wg.name),
+            );
         }
         if node.role == Role::Worker {
-            emit(&format!("{dir}/hybridgrid/routes.sh"), worker_routes(&config.routes));
+            emit(
+                &format!("{dir}/hybridgrid/routes.sh"),
+                worker_routes(&config.routes),
+            );
         }
         if config.slurm == SlurmRole::Controller {
             emit(&format!("{dir}/slurm/slurm.conf"), slurm_conf(plan));
@@ -63,14 +73,25 @@ pub fn render_each(plan: &Plan, emit: &mut dyn FnMut(&str, String)) {
         );
         let mut txt = format!("# Cloud rules of site {} ({})\n", site.name, site.subnet);
         for g in &site.security_groups {
-            let _ = writeln!(txt, "\nsecurity group {} (on: {})", g.name, g.members.join(", "));
+            let _ = writeln!(
+                txt,
+                "\nsecurity group {} (on: {})",
+                g.name,
+                g.members.join(", ")
+            );
             for r in &g.rules {
                 let _ = writeln!(txt, "  ingress {}", rule_text(r));
             }
         }
         for p in &site.allowed_address_pairs {
             let list: Vec<String> = p.pairs.iter().map(ToString::to_string).collect();
-            let _ = writeln!(txt, "\nallowed-address pairs on {} ({}): {}", p.node, p.port_ip, list.join(", "));
+            let _ = writeln!(
+                txt,
+                "\nallowed-address pairs on {} ({}): {}",
+                p.node,
+                p.port_ip,
+                list.join(", ")
+            );
         }
         emit(&format!("{dir}/rules.txt"), txt);
     }
@@ -105,7 +126,11 @@ pub fn wg_quick(plan: &Plan, node: &NodePlan, routes: &[Route], wg: &WgInterface
     let _ = writeln!(s, "PostUp = wg set %i private-key {PRIVATE_KEY_PATH}");
     for r in routes {
         let src = r.src.map(|ip| format!(" src {ip}")).unwrap_or_default();
-        let _ = writeln!(s, "PostUp = ip -4 route replace {} dev %i{src}", r.destination);
+        let _ = writeln!(
+            s,
+            "PostUp = ip -4 route replace {} dev %i{src}",
+            r.destination
+        );
     }
     for p in &wg.peers {
         s.push('\n');
@@ -120,7 +145,8 @@ pub fn wg_quick(plan: &Plan, node: &NodePlan, routes: &[Route], wg: &WgInterface
                         let _ = writeln!(s, "Endpoint = {ep}");
                     }
                     None => {
-                        let _ = writeln!(s, "# Endpoint: the public IP of {} once allocated", p.node);
+                        let _ =
+                            writeln!(s, "# Endpoint: the public IP of {} once allocated", p.node);
                     }
                 }
                 let _ = writeln!(s, "AllowedIPs = {}", allowed.join(", "));
@@ -129,7 +155,11 @@ pub fn wg_quick(plan: &Plan, node: &NodePlan, routes: &[Route], wg: &WgInterface
                 }
             }
             None => {
-                let _ = writeln!(s, "# pending: {} makes its key during `up`; then this peer is added", p.node);
+                let _ = writeln!(
+                    s,
+                    "# pending: {} makes its key during `up`; then this peer is added",
+                    p.node
+                );
                 let _ = writeln!(s, "# AllowedIPs = {}", allowed.join(", "));
             }
         }
@@ -153,7 +183,9 @@ pub fn mss_clamp(wg_if: &str) -> String {
 }
 
 fn worker_routes(routes: &[Route]) -> String {
-    let mut s = String::from("#!/bin/sh\n# hybridgrid: other sites and the tunnel are reached through this site's relay.\n");
+    let mut s = String::from(
+        "#!/bin/sh\n# hybridgrid: other sites and the tunnel are reached through this site's relay.\n",
+    );
     for r in routes {
         if let Some(via) = r.via {
             let _ = writeln!(s, "ip -4 route replace {} via {via}", r.destination);
@@ -171,8 +203,16 @@ pub fn slurm_conf(plan: &Plan) -> String {
     s.push_str("SlurmctldParameters=enable_configless\n");
     s.push_str("SlurmUser=slurm\nSlurmdUser=root\n");
     s.push_str("AuthType=auth/munge\nCredType=cred/munge\n");
-    let _ = writeln!(s, "SlurmctldPort={}\nSlurmdPort={}", sl.ctld_port, sl.slurmd_port);
-    let _ = writeln!(s, "SrunPortRange={}-{}", sl.srun_port_range.0, sl.srun_port_range.1);
+    let _ = writeln!(
+        s,
+        "SlurmctldPort={}\nSlurmdPort={}",
+        sl.ctld_port, sl.slurmd_port
+    );
+    let _ = writeln!(
+        s,
+        "SrunPortRange={}-{}",
+        sl.srun_port_range.0, sl.srun_port_range.1
+    );
     s.push_str(
         "StateSaveLocation=/var/lib/slurm/slurmctld\n\
          SlurmdSpoolDir=/var/lib/slurm/slurmd\n\
@@ -195,7 +235,9 @@ pub fn slurm_conf(plan: &Plan) -> String {
     let _ = writeln!(s, "SlurmdTimeout={}", sl.slurmd_timeout);
     let _ = writeln!(s, "MessageTimeout={}", sl.message_timeout);
     s.push_str("SlurmctldTimeout=300\nTCPTimeout=10\nBatchStartTimeout=60\n");
-    s.push_str("# The controller talks to every slurmd itself rather than relaying through other sites.\n");
+    s.push_str(
+        "# The controller talks to every slurmd itself rather than relaying through other sites.\n",
+    );
     s.push_str("TreeWidth=65533\n");
     for node in plan.nodes.iter().filter(|n| n.role == Role::Worker) {
         let _ = writeln!(
@@ -213,7 +255,11 @@ pub fn slurm_conf(plan: &Plan) -> String {
             format!(" Nodes={}", p.nodes.join(","))
         };
         let default = if p.default { " Default=YES" } else { "" };
-        let _ = writeln!(s, "PartitionName={}{nodes}{default} MaxTime=INFINITE State=UP", p.name);
+        let _ = writeln!(
+            s,
+            "PartitionName={}{nodes}{default} MaxTime=INFINITE State=UP",
+            p.name
+        );
     }
     s
 }

@@ -1,6 +1,9 @@
 //! The core's integration tests: the diagnostics corpus, rendered-file snapshots with seeded keys,
 //! property tests of the addressing, and checks against the real `wg` tools.
 
+// Helpers of an integration test: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -21,7 +24,13 @@ fn fixtures() -> PathBuf {
 fn load(path: &Path) -> Cluster {
     let text = std::fs::read_to_string(path).unwrap();
     let (cluster, diags) = validate_text(&text);
-    cluster.unwrap_or_else(|| panic!("{} is invalid:\n{}", path.display(), diags.render("fixture")))
+    cluster.unwrap_or_else(|| {
+        panic!(
+            "{} is invalid:\n{}",
+            path.display(),
+            diags.render("fixture")
+        )
+    })
 }
 
 /// Every relay has made its key (seeded) and got a public IP from TEST-NET-2.
@@ -61,7 +70,11 @@ fn observed_as_planned(plan: &Plan) -> Observed {
             site.name.clone(),
             ObservedSite {
                 network: true,
-                security_groups: site.security_groups.iter().map(|g| (g.name.clone(), g.rules.clone())).collect(),
+                security_groups: site
+                    .security_groups
+                    .iter()
+                    .map(|g| (g.name.clone(), g.rules.clone()))
+                    .collect(),
                 allowed_address_pairs: site
                     .allowed_address_pairs
                     .iter()
@@ -89,7 +102,10 @@ fn invalid_fixture_diagnostics() {
         insta::assert_snapshot!(diags.render(&name));
         count += 1;
     });
-    assert!(count >= 25, "the corpus has {count} malformed files; keep at least 25");
+    assert!(
+        count >= 25,
+        "the corpus has {count} malformed files; keep at least 25"
+    );
 }
 
 #[test]
@@ -115,7 +131,10 @@ fn plan_json_document_for_the_seed() {
 
 #[test]
 fn plan_json_has_documented_node_fields() {
-    let plan = plan::plan(&load(&fixtures().join("valid/three-sites.yaml")), &Observed::default());
+    let plan = plan::plan(
+        &load(&fixtures().join("valid/three-sites.yaml")),
+        &Observed::default(),
+    );
     let v: serde_json::Value = serde_json::from_str(&plan.to_json()).unwrap();
     assert_eq!(v["format_version"], 1);
     let nodes = v["nodes"].as_array().unwrap();
@@ -135,7 +154,11 @@ fn nothing_to_do_once_applied() {
         let first = seeded_plan(&cluster);
         assert!(!first.changes.is_empty());
         let again = plan::plan(&cluster, &observed_as_planned(&first));
-        assert_eq!(again.changes, vec![], "{f}: a second plan after applying should be empty");
+        assert_eq!(
+            again.changes,
+            vec![],
+            "{f}: a second plan after applying should be empty"
+        );
     }
 }
 
@@ -162,14 +185,22 @@ fn regression_issue_2_user_address_pairs_are_kept() {
 fn scaling_a_site_touches_only_what_changed() {
     let text = std::fs::read_to_string(fixtures().join("valid/three-sites.yaml")).unwrap();
     let before = validate_text(&text).0.unwrap();
-    let after = validate_text(&text.replace("      - count: 2\n", "      - count: 3\n")).0.unwrap();
+    let after = validate_text(&text.replace("      - count: 2\n", "      - count: 3\n"))
+        .0
+        .unwrap();
     let applied = observed_as_planned(&seeded_plan(&before));
     let plan = plan::plan(&after, &applied);
     let summaries: Vec<String> = plan.changes.iter().map(|c| c.summary()).collect();
-    assert!(summaries.contains(&"+ giessen: node giessen-worker-3 (worker)".to_owned()), "{summaries:#?}");
+    assert!(
+        summaries.contains(&"+ giessen: node giessen-worker-3 (worker)".to_owned()),
+        "{summaries:#?}"
+    );
     // Every node learns the new host; nobody's tunnel or routes change.
     for s in summaries.iter().filter(|s| !s.contains("giessen-worker-3")) {
-        assert!(!s.contains("peer") && !s.contains("route") && !s.contains("rule"), "unexpected change: {s}");
+        assert!(
+            !s.contains("peer") && !s.contains("route") && !s.contains("rule"),
+            "unexpected change: {s}"
+        );
     }
 }
 
@@ -198,9 +229,18 @@ fn wg_tool(args: &[&str], stdin: &str) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("`{}` is needed for this test (apt-get install --no-install-recommends wireguard-tools): {e}", args[0]));
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -210,11 +250,21 @@ fn keys_match_the_real_wg_tool() {
         // Keys made by `wg genkey` parse and give the public key `wg pubkey` gives.
         let theirs = wg_tool(&["wg", "genkey"], "");
         let ours = PrivateKey::from_base64(&theirs).unwrap();
-        assert_eq!(ours.to_base64(), theirs.trim(), "wg genkey output is already clamped");
-        assert_eq!(ours.public_key().to_base64(), wg_tool(&["wg", "pubkey"], &theirs).trim());
+        assert_eq!(
+            ours.to_base64(),
+            theirs.trim(),
+            "wg genkey output is already clamped"
+        );
+        assert_eq!(
+            ours.public_key().to_base64(),
+            wg_tool(&["wg", "pubkey"], &theirs).trim()
+        );
         // Keys made by us are accepted by `wg pubkey` and agree.
         let mine = PrivateKey::generate().unwrap();
-        assert_eq!(mine.public_key().to_base64(), wg_tool(&["wg", "pubkey"], &mine.to_base64()).trim());
+        assert_eq!(
+            mine.public_key().to_base64(),
+            wg_tool(&["wg", "pubkey"], &mine.to_base64()).trim()
+        );
     }
 }
 
@@ -224,7 +274,10 @@ fn rendered_wireguard_files_pass_wg_quick_strip() {
     for f in ["two-sites", "three-sites", "five-sites"] {
         let plan = seeded_plan(&load(&fixtures().join(format!("valid/{f}.yaml"))));
         let files = render::render(&plan);
-        let confs: BTreeMap<_, _> = files.iter().filter(|(k, _)| k.ends_with("/wg0.conf")).collect();
+        let confs: BTreeMap<_, _> = files
+            .iter()
+            .filter(|(k, _)| k.ends_with("/wg0.conf"))
+            .collect();
         assert_eq!(confs.len(), plan.sites.len());
         for (rel, content) in confs {
             std::fs::create_dir_all(&dir).unwrap();
@@ -232,11 +285,21 @@ fn rendered_wireguard_files_pass_wg_quick_strip() {
             std::fs::write(&path, content).unwrap();
             let stripped = wg_tool(&["wg-quick", "strip", path.to_str().unwrap()], "");
             for gone in ["Address", "MTU", "PostUp", "Table"] {
-                assert!(!stripped.lines().any(|l| l.starts_with(gone)), "{rel}: strip left {gone}");
+                assert!(
+                    !stripped.lines().any(|l| l.starts_with(gone)),
+                    "{rel}: strip left {gone}"
+                );
             }
-            assert!(!stripped.lines().any(|l| l.starts_with("PrivateKey")), "the key stays on the node");
+            assert!(
+                !stripped.lines().any(|l| l.starts_with("PrivateKey")),
+                "the key stays on the node"
+            );
             let peers = stripped.matches("[Peer]").count();
-            assert_eq!(peers, plan.sites.len() - 1, "{rel}: one peer per other relay");
+            assert_eq!(
+                peers,
+                plan.sites.len() - 1,
+                "{rel}: one peer per other relay"
+            );
             assert!(stripped.contains("ListenPort"));
         }
     }
