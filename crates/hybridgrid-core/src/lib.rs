@@ -12,3 +12,4 @@ pub mod model;
 pub mod plan;
 pub mod raw;
 pub mod render;
+pub mod submit;

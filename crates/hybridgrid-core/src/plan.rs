@@ -242,8 +242,21 @@ pub struct DatasetPlan {
     pub name: String,
     pub site: String,
     pub location: String,
+    /// What a job is given: a location relative to the site's data store becomes
+    /// `http://<data_store_ip>/<location>`; URLs and absolute paths stay as written.
+    pub url: String,
     /// The Slurm partition that runs jobs next to this dataset.
     pub partition: String,
+}
+
+fn dataset_url(location: &str, subnet: Option<Ipv4Net>) -> String {
+    if location.contains("://") || location.starts_with('/') {
+        return location.to_owned();
+    }
+    match subnet.and_then(addr::data_store_ip) {
+        Some(ip) => format!("http://{ip}/{location}"),
+        None => location.to_owned(),
+    }
 }
 
 /// Node names: stable, hostname-valid, documented in `docs/cluster-file.md`.
@@ -371,6 +384,7 @@ pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
             name: d.name.clone(),
             site: d.site.clone(),
             location: d.location.clone(),
+            url: dataset_url(&d.location, cluster.site(&d.site).map(|s| s.subnet)),
             partition: d.site.clone(),
         })
         .collect();

@@ -383,3 +383,23 @@ proptest! {
         prop_assert_eq!(render::render(&a), render::render(&b));
     }
 }
+
+#[test]
+fn rendered_mss_clamp_is_valid_nftables() {
+    let plan = seeded_plan(&load(&fixtures().join("valid/two-sites.yaml")));
+    let files = render::render(&plan);
+    let rel = "nodes/giessen-gw/etc/nftables.d/hybridgrid-mss.nft";
+    let path = std::env::temp_dir().join(format!("hg-core-mss-{}.nft", std::process::id()));
+    std::fs::write(&path, &files[rel]).unwrap();
+    // `nft -c` parses and checks the ruleset without loading it.
+    let out = Command::new("nft")
+        .args(["-c", "-f", path.to_str().unwrap()])
+        .output()
+        .expect("`nft` is needed for this test (apt-get install --no-install-recommends nftables)");
+    std::fs::remove_file(&path).ok();
+    assert!(
+        out.status.success(),
+        "{rel}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

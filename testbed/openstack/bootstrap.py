@@ -1,0 +1,100 @@
+"""Keystone catalog + service users, then (phase 2) flavors, image, external network, two site
+projects/users with quotas, an application credential, and DIR/clouds.yaml.
+
+usage: /usr/bin/python3 bootstrap.py DIR keystone|cloud
+Uses Debian's python3-openstacksdk. All values are fixed test values for a throwaway local cloud.
+"""
+import os, sys, time
+import openstack
+
+DIR, PHASE = sys.argv[1], sys.argv[2]
+AUTH = "http://127.0.0.1:5000/v3"
+REGION = "RegionOne"
+SITES = ("site-a", "site-b")
+ADMIN = dict(auth_url=AUTH, username="admin", password="adminpass", project_name="admin",
+             user_domain_name="Default", project_domain_name="Default")
+t0 = time.time()
+c = openstack.connect(region_name=REGION, **ADMIN)
+idn = c.identity
+
+if PHASE == "keystone":
+    dom = idn.find_domain("default")
+    svc = idn.create_project(name="service", domain_id=dom.id)
+    roles = {r.name: r for r in idn.roles()}
+    if "service" not in roles:
+        roles["service"] = idn.create_role(name="service")
+    for u in ("nova", "placement", "neutron", "glance"):
+        user = idn.create_user(name=u, password=u + "pass", domain_id=dom.id)
+        for rn in ("admin", "service"):
+            idn.assign_project_role_to_user(svc, user, roles[rn])
+    for name, typ, url in (("nova", "compute", "http://127.0.0.1:8774/v2.1"),
+                           ("placement", "placement", "http://127.0.0.1:8778"),
+                           ("neutron", "network", "http://127.0.0.1:9696"),
+                           ("glance", "image", "http://127.0.0.1:9292")):
+        s = idn.create_service(name=name, type=typ)
+        for iface in ("public", "internal", "admin"):
+            idn.create_endpoint(service_id=s.id, interface=iface, url=url, region_id=REGION)
+    # the two "sites": one project + one member user each
+    for site in SITES:
+        p = idn.create_project(name=site, domain_id=dom.id, description="hybridgrid test site " + site)
+        u = idn.create_user(name=site, password=site + "-pass", domain_id=dom.id, default_project_id=p.id)
+        idn.assign_project_role_to_user(p, u, roles["member"])
+    print("bootstrap keystone objects %.1fs" % (time.time() - t0))
+    sys.exit(0)
+
+assert PHASE == "cloud", PHASE
+for name, vcpus, ram, disk in (("m1.tiny", 1, 512, 1), ("m1.small", 1, 2048, 20), ("m1.medium", 2, 4096, 40)):
+    c.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
+c.image.create_image(name="fake-image", data=b"\0" * 1048576, disk_format="raw",
+                     container_format="bare", visibility="public")
+# External network: TEST-NET-3 (RFC 5737) only; nothing is ever routed (no agents, no L3).
+net = c.network.create_network(name="public", is_router_external=True, is_shared=False,
+                               provider_network_type="flat", provider_physical_network="public")
+c.network.create_subnet(network_id=net.id, name="public-subnet", ip_version=4, cidr="203.0.113.0/24",
+                        gateway_ip="203.0.113.1", is_dhcp_enabled=False,
+                        allocation_pools=[{"start": "203.0.113.10", "end": "203.0.113.250"}])
+for site in SITES:
+    p = idn.find_project(site, domain_id="default")
+    c.set_compute_quotas(p.id, instances=50, cores=200, ram=512000, key_pairs=100,
+                         server_groups=50, server_group_members=50, metadata_items=128)
+    c.network.update_quota(p.id, networks=50, subnets=50, ports=500, routers=20, floating_ips=50,
+                           security_groups=50, security_group_rules=500)
+
+# application credential for site-a, created by the site-a user itself (fixed secret)
+ua = openstack.connect(region_name=REGION, auth_url=AUTH, username="site-a", password="site-a-pass",
+                       project_name="site-a", user_domain_name="Default", project_domain_name="Default")
+uid = ua.current_user_id
+ac = ua.identity.create_application_credential(user=uid, name="hybridgrid-test",
+                                               secret="site-a-appcred-secret",
+                                               description="hybridgrid test bed")
+
+def pw(user, password, project):
+    return f"""    auth:
+      auth_url: {AUTH}
+      username: {user}
+      password: {password}
+      project_name: {project}
+      user_domain_name: Default
+      project_domain_name: Default
+    region_name: {REGION}
+    identity_api_version: 3
+    interface: public
+"""
+
+y = "# written by testbed/openstack/up.sh -- a throwaway local test cloud, fixed test passwords\nclouds:\n"
+for site in SITES:
+    y += f"  {site}:\n    auth_type: password\n" + pw(site, site + "-pass", site)
+y += f"""  site-a-appcred:
+    auth_type: v3applicationcredential
+    auth:
+      auth_url: {AUTH}
+      application_credential_id: {ac.id}
+      application_credential_secret: site-a-appcred-secret
+    region_name: {REGION}
+    identity_api_version: 3
+    interface: public
+"""
+y += "  admin:\n    auth_type: password\n" + pw("admin", "adminpass", "admin")
+with open(os.path.join(DIR, "clouds.yaml.new"), "w") as f:   # up.sh renames it once all is ready
+    f.write(y)
+print("bootstrap flavors/image/ext-net/quotas/appcred %.1fs" % (time.time() - t0))
