@@ -14,8 +14,14 @@ use hybridgrid_core::model::{self, Cluster, LoadError};
 use hybridgrid_core::plan::{self, Plan, Role};
 use hybridgrid_core::render;
 
+mod local_cmd;
+
 #[derive(Debug, Parser)]
-#[command(name = "hybridgrid", version, about = "Hybrid-cloud compute clusters from one YAML file")]
+#[command(
+    name = "hybridgrid",
+    version,
+    about = "Hybrid-cloud compute clusters from one YAML file"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,6 +49,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    #[command(flatten)]
+    Local(local_cmd::LocalCommand),
 }
 
 fn main() -> ExitCode {
@@ -60,7 +68,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { file } => validate(&file),
         Command::Plan { file, json } => {
-            let Some(cluster) = load(&file)? else { return Ok(ExitCode::FAILURE) };
+            let Some(cluster) = load(&file)? else {
+                return Ok(ExitCode::FAILURE);
+            };
             let plan = plan::plan(&cluster, &observe(&cluster));
             if json {
                 println!("{}", plan.to_json());
@@ -70,19 +80,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Render { file, out } => {
-            let Some(cluster) = load(&file)? else { return Ok(ExitCode::FAILURE) };
+            let Some(cluster) = load(&file)? else {
+                return Ok(ExitCode::FAILURE);
+            };
             let plan = plan::plan(&cluster, &observe(&cluster));
             let files = render::render(&plan);
             write_tree(&out, &files)?;
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Local(cmd) => local_cmd::run(cmd),
     }
 }
 
-/// What exists of the cluster already. Providers fill this in; with none running, nothing exists.
-fn observe(_cluster: &Cluster) -> Observed {
-    Observed::default()
+/// What exists of the cluster already, as its provider finds it.
+fn observe(cluster: &Cluster) -> Observed {
+    local_cmd::observe(cluster)
 }
 
 fn validate(file: &Path) -> anyhow::Result<ExitCode> {
@@ -111,7 +124,10 @@ fn load(file: &Path) -> anyhow::Result<Option<Cluster>> {
         }
         Err(LoadError::Invalid { diagnostics, .. }) => {
             eprint!("{}", diagnostics.render(&shown));
-            eprintln!("{shown}: {} error(s); nothing was created", diagnostics.error_count());
+            eprintln!(
+                "{shown}: {} error(s); nothing was created",
+                diagnostics.error_count()
+            );
             Ok(None)
         }
         Err(e) => Err(e.into()),
@@ -174,7 +190,13 @@ fn plan_summary(plan: &Plan) -> String {
             if n.role == Role::Worker {
                 let _ = write!(extra, "  {} CPUs, {} MiB", n.cpus, n.memory_mib);
             }
-            let _ = writeln!(s, "  {:<24} {:<8} {:<15}{extra}", n.name, n.role.as_str(), n.lan_ip.to_string());
+            let _ = writeln!(
+                s,
+                "  {:<24} {:<8} {:<15}{extra}",
+                n.name,
+                n.role.as_str(),
+                n.lan_ip.to_string()
+            );
         }
     }
     if plan.changes.is_empty() {

@@ -1,0 +1,408 @@
+//! The node agent: applies the node's part of the plan ([`NodeConfig`]) on the node it runs on,
+//! idempotently. It compares with the live state, so a second run changes nothing, and a changed
+//! config changes only the difference (WireGuard peers in place, the interface stays up).
+//!
+//! State directory (mode 0700): `wg/private.key` (0600, never leaves it), `wg/public.key`,
+//! `hosts` (bound to `/etc/hosts`), `applied.json` (the config last applied, for `observe`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use hybridgrid_core::keys::{PrivateKey, PublicKey};
+use hybridgrid_core::plan::{NodeConfig, Route, WgInterface};
+use hybridgrid_wg::{Backend, DesiredDevice, DesiredPeer, PeerChange};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::write_atomic;
+use crate::{LocalError, infra, sh};
+
+pub const APPLIED_FILE: &str = "applied.json";
+pub const PUBLIC_KEY_FILE: &str = "wg/public.key";
+const PRIVATE_KEY_FILE: &str = "wg/private.key";
+
+/// What one agent run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentReport {
+    pub actions: Vec<String>,
+    pub public_key: Option<PublicKey>,
+}
+
+/// The config last applied on the node with this state directory.
+pub fn read_applied(state_dir: &Path) -> Option<NodeConfig> {
+    let text = std::fs::read_to_string(state_dir.join(APPLIED_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+pub fn read_public_key(state_dir: &Path) -> Option<PublicKey> {
+    let text = std::fs::read_to_string(state_dir.join(PUBLIC_KEY_FILE)).ok()?;
+    PublicKey::from_base64(text.trim()).ok()
+}
+
+/// Applies `config` on this node. `exe` is the hybridgrid binary (for the userspace WireGuard
+/// daemon), `tag` names the node in process lists.
+pub fn apply(
+    config: &NodeConfig,
+    state_dir: &Path,
+    exe: &Path,
+    tag: &str,
+) -> Result<AgentReport, LocalError> {
+    let mut report = AgentReport::default();
+    let applied = read_applied(state_dir);
+    let mut config = config.clone();
+
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if hostname.trim() != config.hostname {
+        sh::run("hostname", &[&config.hostname])?;
+        report.actions.push(format!("hostname {}", config.hostname));
+    }
+
+    let hosts_path = state_dir.join("hosts");
+    let hosts = hosts_file(&config);
+    if std::fs::read_to_string(&hosts_path).ok().as_deref() != Some(hosts.as_str()) {
+        // In place, not renamed: the file is bind-mounted on /etc/hosts.
+        std::fs::write(&hosts_path, &hosts).map_err(LocalError::io(&hosts_path))?;
+        report
+            .actions
+            .push(format!("/etc/hosts: {} entries", config.hosts.len()));
+    }
+
+    let forward = if config.ip_forward { "1" } else { "0" };
+    let fwd_path = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(fwd_path).unwrap_or_default().trim() != forward {
+        std::fs::write(fwd_path, forward).map_err(LocalError::io(fwd_path))?;
+        report.actions.push(format!("ip_forward={forward}"));
+    }
+
+    let has_clamp = sh::ok("nft", &["list", "table", "inet", "hg_node"]);
+    if config.mss_clamp && !has_clamp {
+        sh::nft(
+            None,
+            "table inet hg_node {\n  chain forward {\n    type filter hook forward priority mangle; policy accept;\n    tcp flags syn tcp option maxseg size set rt mtu\n  }\n}\n",
+        )?;
+        report.actions.push("MSS clamp".into());
+    } else if !config.mss_clamp && has_clamp {
+        sh::run("nft", &["delete", "table", "inet", "hg_node"])?;
+        report.actions.push("remove MSS clamp".into());
+    }
+
+    match &mut config.wireguard {
+        Some(wg) => {
+            let public = wireguard(wg, state_dir, exe, tag, &mut report.actions)?;
+            wg.public_key = Some(public);
+            report.public_key = Some(public);
+        }
+        None => {
+            if let Some(old) = applied.as_ref().and_then(|a| a.wireguard.as_ref()) {
+                stop_wireguard(&old.name, state_dir)?;
+                report.actions.push(format!("remove {}", old.name));
+            }
+        }
+    }
+
+    routes(
+        &config.routes,
+        applied.as_ref().map(|a| a.routes.as_slice()).unwrap_or(&[]),
+        &mut report.actions,
+    )?;
+
+    if applied.as_ref() != Some(&config) {
+        let text = serde_json::to_string_pretty(&config).map_err(|source| LocalError::Json {
+            path: state_dir.join(APPLIED_FILE),
+            source,
+        })?;
+        write_atomic(&state_dir.join(APPLIED_FILE), text.as_bytes(), 0o644)?;
+    }
+    Ok(report)
+}
+
+fn hosts_file(config: &NodeConfig) -> String {
+    let mut s = String::from("127.0.0.1 localhost\n");
+    for (ip, name) in &config.hosts {
+        s.push_str(&format!("{ip} {name}\n"));
+    }
+    s
+}
+
+/// The node's key pair: made here on first use, the private half never leaves `state_dir`.
+fn ensure_key(state_dir: &Path) -> Result<(PrivateKey, PublicKey), LocalError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let path = state_dir.join(PRIVATE_KEY_FILE);
+    let private = match std::fs::read_to_string(&path) {
+        Ok(text) => PrivateKey::from_base64(text.trim())?,
+        Err(_) => {
+            let dir = state_dir.join("wg");
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(LocalError::io(&dir))?;
+            let key = PrivateKey::generate()?;
+            let tmp = dir.join(".private.key.tmp");
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(LocalError::io(&tmp))?;
+            f.write_all(key.to_base64().as_bytes())
+                .map_err(LocalError::io(&tmp))?;
+            f.sync_all().map_err(LocalError::io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(LocalError::io(&path))?;
+            key
+        }
+    };
+    let public = private.public_key();
+    let pub_path = state_dir.join(PUBLIC_KEY_FILE);
+    if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(public.to_base64().as_str()) {
+        write_atomic(&pub_path, public.to_base64().as_bytes(), 0o644)?;
+    }
+    Ok((private, public))
+}
+
+fn pid_file(state_dir: &Path, ifname: &str) -> PathBuf {
+    state_dir.join(format!("{ifname}.pid"))
+}
+
+fn wireguard(
+    wg: &WgInterface,
+    state_dir: &Path,
+    exe: &Path,
+    tag: &str,
+    actions: &mut Vec<String>,
+) -> Result<PublicKey, LocalError> {
+    let (private, public) = ensure_key(state_dir)?;
+    let backend = Backend::userspace();
+    let ifname = wg.name.as_str();
+    if backend.read_status(ifname).is_err() {
+        start_userspace_daemon(ifname, state_dir, exe, tag)?;
+        infra::wait_for(
+            &format!("the WireGuard device {ifname}"),
+            Duration::from_secs(10),
+            || backend.read_status(ifname).ok(),
+        )?;
+        actions.push(format!("start {ifname} (userspace)"));
+    }
+
+    // Address, MTU, up: compared with the live link.
+    let addrs = sh::run("ip", &["-o", "-4", "addr", "show", "dev", ifname])?;
+    let want = wg.address.to_string();
+    let mut lines = Vec::new();
+    let present: Vec<&str> = addrs
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next()
+        })
+        .collect();
+    for have in present.iter().filter(|h| **h != want) {
+        lines.push(format!("addr del {have} dev {ifname}"));
+    }
+    if !present.contains(&want.as_str()) {
+        lines.push(format!("addr add {want} dev {ifname}"));
+        actions.push(format!("{ifname} address {want}"));
+    }
+    let link = sh::run("ip", &["-o", "link", "show", "dev", ifname])?;
+    let mtu_ok = link.contains(&format!(" mtu {} ", wg.mtu));
+    let up = link
+        .split_once('<')
+        .and_then(|(_, r)| r.split_once('>'))
+        .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"));
+    if !mtu_ok || !up {
+        lines.push(format!("link set {ifname} mtu {} up", wg.mtu));
+        actions.push(format!("{ifname} MTU {} up", wg.mtu));
+    }
+    if !lines.is_empty() {
+        sh::ip_batch(None, &lines)?;
+    }
+
+    let desired = DesiredDevice {
+        private_key: *private.as_bytes(),
+        listen_port: Some(wg.listen_port),
+        fwmark: None,
+        // A peer without a key cannot be configured yet; the next plan brings it.
+        peers: wg
+            .peers
+            .iter()
+            .filter_map(|p| {
+                Some(DesiredPeer {
+                    public_key: *p.public_key?.as_bytes(),
+                    endpoint: p.endpoint.map(SocketAddr::V4),
+                    allowed_ips: p.allowed_ips.iter().map(|n| IpNet::V4(*n)).collect(),
+                    persistent_keepalive: p.persistent_keepalive,
+                })
+            })
+            .collect(),
+    };
+    let changes = backend.sync(ifname, &desired)?;
+    if changes.set_private_key {
+        actions.push(format!("{ifname} private key"));
+    }
+    if let Some(port) = changes.set_listen_port {
+        actions.push(format!("{ifname} listen port {port}"));
+    }
+    for c in &changes.peers {
+        let key = PublicKey::from_base64(&hybridgrid_wg::key_to_base64(c.public_key())).ok();
+        let name = wg
+            .peers
+            .iter()
+            .find(|p| p.public_key.is_some() && p.public_key == key)
+            .map(|p| p.node.clone())
+            .unwrap_or_else(|| hybridgrid_wg::key_to_base64(c.public_key()));
+        actions.push(match c {
+            PeerChange::Add(_) => format!("{ifname}: add peer {name}"),
+            PeerChange::Update { .. } => format!("{ifname}: update peer {name}"),
+            PeerChange::Remove { .. } => format!("{ifname}: remove peer {name}"),
+        });
+    }
+    Ok(public)
+}
+
+fn start_userspace_daemon(
+    ifname: &str,
+    state_dir: &Path,
+    exe: &Path,
+    tag: &str,
+) -> Result<(), LocalError> {
+    use std::os::unix::process::CommandExt as _;
+    // A stale TUN from a daemon that died would block the new one.
+    let _ = sh::run("ip", &["link", "del", ifname]);
+    let log_path = state_dir.join(format!("{ifname}.log"));
+    let log = std::fs::File::create(&log_path).map_err(LocalError::io(&log_path))?;
+    let log2 = log.try_clone().map_err(LocalError::io(&log_path))?;
+    let child = Command::new(exe)
+        .args(["wg-userspace", ifname, "--tag", tag])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| LocalError::Command {
+            command: format!("{} wg-userspace {ifname}", exe.display()),
+            detail: e.to_string(),
+        })?;
+    write_atomic(
+        &pid_file(state_dir, ifname),
+        child.id().to_string().as_bytes(),
+        0o644,
+    )
+}
+
+fn stop_wireguard(ifname: &str, state_dir: &Path) -> Result<(), LocalError> {
+    let pf = pid_file(state_dir, ifname);
+    if let Some(pid) = std::fs::read_to_string(&pf)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        && infra::cmdline(pid).contains("wg-userspace")
+    {
+        infra::stop_processes(&[pid]);
+    }
+    let _ = std::fs::remove_file(&pf);
+    let _ = sh::run("ip", &["link", "del", ifname]);
+    Ok(())
+}
+
+/// One route of `ip -j route show`.
+#[derive(Debug, Deserialize)]
+struct LiveRoute {
+    dst: String,
+    gateway: Option<String>,
+    dev: Option<String>,
+    prefsrc: Option<String>,
+}
+
+fn matches(live: &LiveRoute, r: &Route) -> bool {
+    live.dst == r.destination.to_string()
+        && r.via
+            .is_none_or(|v| live.gateway.as_deref() == Some(v.to_string().as_str()))
+        && r.device
+            .as_ref()
+            .is_none_or(|d| live.dev.as_ref() == Some(d))
+        && r.src
+            .is_none_or(|s| live.prefsrc.as_deref() == Some(s.to_string().as_str()))
+}
+
+fn routes(
+    wanted: &[Route],
+    applied: &[Route],
+    actions: &mut Vec<String>,
+) -> Result<(), LocalError> {
+    let live: Vec<LiveRoute> =
+        serde_json::from_str(&sh::run("ip", &["-j", "-4", "route", "show"])?).map_err(
+            |source| LocalError::Json {
+                path: PathBuf::from("ip -j route show"),
+                source,
+            },
+        )?;
+    let mut lines = Vec::new();
+    for r in wanted {
+        if !live.iter().any(|l| matches(l, r)) {
+            let mut line = format!("route replace {}", r.destination);
+            if let Some(via) = r.via {
+                line.push_str(&format!(" via {via}"));
+            }
+            if let Some(dev) = &r.device {
+                line.push_str(&format!(" dev {dev}"));
+            }
+            if let Some(src) = r.src {
+                line.push_str(&format!(" src {src}"));
+            }
+            actions.push(line.clone());
+            lines.push(line);
+        }
+    }
+    for r in applied
+        .iter()
+        .filter(|r| !wanted.iter().any(|w| w.destination == r.destination))
+    {
+        if live.iter().any(|l| l.dst == r.destination.to_string()) {
+            lines.push(format!("route del {}", r.destination));
+            actions.push(format!("route del {}", r.destination));
+        }
+    }
+    if !lines.is_empty() {
+        sh::ip_batch(None, &lines)?;
+    }
+    Ok(())
+}
+
+/// A WireGuard device as `hybridgrid status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgStatus {
+    pub listen_port: u16,
+    pub peers: Vec<WgPeerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgPeerStatus {
+    pub public_key: String,
+    pub endpoint: Option<SocketAddr>,
+    /// Unix seconds of the latest handshake; 0 if none yet.
+    pub latest_handshake: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// Reads the device on this node.
+pub fn wg_status(ifname: &str) -> Result<WgStatus, LocalError> {
+    let s = hybridgrid_wg::read_status(ifname)?;
+    Ok(WgStatus {
+        listen_port: s.listen_port,
+        peers: s
+            .peers
+            .iter()
+            .map(|p| WgPeerStatus {
+                public_key: hybridgrid_wg::key_to_base64(&p.public_key),
+                endpoint: p.endpoint,
+                latest_handshake: p.last_handshake_sec,
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+            })
+            .collect(),
+    })
+}

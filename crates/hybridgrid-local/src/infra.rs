@@ -1,0 +1,461 @@
+//! The emulated cloud: namespaces, bridges, veths, router NAT, security groups and port security.
+//! Every function here is safe to re-run after a crash part-way (it first removes what a
+//! previous attempt may have left).
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hybridgrid_core::plan::{Protocol, Remote, SgRule};
+use ipnet::Ipv4Net;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::LocalError;
+use crate::names::{self, BRIDGE, LAN_IF, ROUTER_PORT, WAN_IF};
+use crate::sh;
+
+/// Creates an empty namespace with `lo` up, replacing a partial one from an earlier attempt.
+pub fn fresh_netns(ns: &str) -> Result<(), LocalError> {
+    if sh::netns_exists(ns) {
+        remove_netns(ns)?;
+    }
+    sh::run("ip", &["netns", "add", ns])?;
+    sh::run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+    // IPv6 stays off: the emulated clouds are IPv4, and it keeps the ports quiet.
+    sh::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stops every process in the namespace, then deletes it. Idempotent.
+pub fn remove_netns(ns: &str) -> Result<(), LocalError> {
+    if !sh::netns_exists(ns) {
+        return Ok(());
+    }
+    let pids = netns_pids(ns);
+    stop_processes(&pids);
+    sh::run("ip", &["netns", "del", ns]).map(drop)
+}
+
+/// Processes whose network namespace is `ns`.
+pub fn netns_pids(ns: &str) -> Vec<u32> {
+    sh::run("ip", &["netns", "pids", ns])
+        .map(|out| {
+            out.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// True if the process runs (a zombie does not count).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // State is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// SIGTERM, up to 3 s to exit, then SIGKILL (a wedged userspace daemon may ignore SIGTERM).
+pub fn stop_processes(pids: &[u32]) {
+    let own = std::process::id();
+    let pids: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| p != own && p > 1)
+        .collect();
+    for &p in &pids {
+        let _ = kill(Pid::from_raw(p as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &p in pids.iter().filter(|&&p| alive(p)) {
+        let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+    }
+}
+
+pub fn create_inet(cluster: &str) -> Result<(), LocalError> {
+    let ns = names::ns_inet(cluster);
+    fresh_netns(&ns)?;
+    sh::ip_batch(
+        Some(&ns),
+        &[
+            format!("link add {BRIDGE} type bridge"),
+            format!("link set {BRIDGE} up"),
+        ],
+    )
+}
+
+/// What a site's network needs to know.
+#[derive(Debug, Clone)]
+pub struct SiteSpec<'a> {
+    pub cluster: &'a str,
+    pub site: &'a str,
+    pub index: u32,
+    pub subnet: Ipv4Net,
+    pub router_ip: Ipv4Addr,
+    pub router_public_ip: Ipv4Addr,
+    pub mtu: u16,
+}
+
+/// The Neutron network (switch) and router of one site, joined to the cluster's internet.
+pub fn create_site(s: &SiteSpec<'_>) -> Result<(), LocalError> {
+    let sw = names::ns_switch(s.cluster, s.site);
+    let rt = names::ns_router(s.cluster, s.site);
+    let inet = names::ns_inet(s.cluster);
+    let inet_port = names::inet_port(s.index);
+    // A partial router from an earlier attempt also leaves its internet port behind.
+    let _ = sh::run("ip", &["-n", &inet, "link", "del", &inet_port]);
+    fresh_netns(&sw)?;
+    fresh_netns(&rt)?;
+    let mtu = s.mtu;
+    sh::ip_batch(
+        Some(&sw),
+        &[
+            format!("link add {BRIDGE} mtu {mtu} type bridge"),
+            format!("link set {BRIDGE} up"),
+            format!("link add {ROUTER_PORT} mtu {mtu} type veth peer name {LAN_IF} netns {rt}"),
+            format!("link set {ROUTER_PORT} master {BRIDGE} up"),
+        ],
+    )?;
+    sh::ip_batch(
+        Some(&inet),
+        &[
+            format!("link add {inet_port} type veth peer name {WAN_IF} netns {rt}"),
+            format!("link set {inet_port} master {BRIDGE} up"),
+        ],
+    )?;
+    sh::ip_batch(
+        Some(&rt),
+        &[
+            format!("link set {LAN_IF} mtu {mtu} up"),
+            format!(
+                "addr add {}/{} dev {LAN_IF}",
+                s.router_ip,
+                s.subnet.prefix_len()
+            ),
+            format!("link set {WAN_IF} up"),
+            format!(
+                "addr add {}/{} dev {WAN_IF}",
+                s.router_public_ip,
+                names::INTERNET.prefix_len()
+            ),
+        ],
+    )?;
+    sh::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &rt,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    )?;
+    render_router(s.cluster, s.site, &[])
+}
+
+/// The router's NAT: 1:1 floating IP ↔ LAN address for each `(lan, floating)`, SNAT for the rest.
+pub fn render_router(
+    cluster: &str,
+    site: &str,
+    floating: &[(Ipv4Addr, Ipv4Addr)],
+) -> Result<(), LocalError> {
+    let rt = names::ns_router(cluster, site);
+    // The router answers ARP for its floating IPs.
+    let wanted: Vec<String> = floating
+        .iter()
+        .map(|(_, fip)| format!("{fip}/32"))
+        .collect();
+    let present = sh::run(
+        "ip",
+        &["-n", &rt, "-o", "-4", "addr", "show", "dev", WAN_IF],
+    )?;
+    let mut lines = Vec::new();
+    for addr in present.split_whitespace().filter(|w| w.ends_with("/32")) {
+        if !wanted.iter().any(|w| w == addr) {
+            lines.push(format!("addr del {addr} dev {WAN_IF}"));
+        }
+    }
+    for w in &wanted {
+        if !present.split_whitespace().any(|p| p == w) {
+            lines.push(format!("addr add {w} dev {WAN_IF}"));
+        }
+    }
+    if !lines.is_empty() {
+        sh::ip_batch(Some(&rt), &lines)?;
+    }
+    let mut pre = String::new();
+    let mut post = String::new();
+    for (lan, fip) in floating {
+        let _ = writeln!(pre, "    ip daddr {fip} counter dnat to {lan}");
+        let _ = writeln!(
+            post,
+            "    oifname \"{WAN_IF}\" ip saddr {lan} counter snat to {fip}"
+        );
+    }
+    let ruleset = format!(
+        "table ip hg_nat\ndelete table ip hg_nat\ntable ip hg_nat {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{pre}  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}    oifname \"{WAN_IF}\" masquerade\n  }}\n}}\n"
+    );
+    sh::nft(Some(&rt), &ruleset)
+}
+
+/// What a node's port needs to know.
+#[derive(Debug, Clone)]
+pub struct NodeSpec<'a> {
+    pub cluster: &'a str,
+    pub site: &'a str,
+    pub node: &'a str,
+    pub lan_ip: Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub router_ip: Ipv4Addr,
+    pub mtu: u16,
+    pub port: &'a str,
+    pub mac: &'a str,
+}
+
+/// The node's namespace and its port on the site switch.
+pub fn create_node_net(n: &NodeSpec<'_>) -> Result<(), LocalError> {
+    let ns = names::ns_node(n.cluster, n.node);
+    let sw = names::ns_switch(n.cluster, n.site);
+    let _ = sh::run("ip", &["-n", &sw, "link", "del", n.port]);
+    fresh_netns(&ns)?;
+    let mtu = n.mtu;
+    sh::ip_batch(
+        Some(&sw),
+        &[
+            format!(
+                "link add {} mtu {mtu} type veth peer name {LAN_IF} netns {ns}",
+                n.port
+            ),
+            format!("link set {} master {BRIDGE} up", n.port),
+        ],
+    )?;
+    sh::ip_batch(
+        Some(&ns),
+        &[
+            format!("link set {LAN_IF} address {} mtu {mtu} up", n.mac),
+            format!(
+                "addr add {}/{} dev {LAN_IF}",
+                n.lan_ip,
+                n.subnet.prefix_len()
+            ),
+            format!("route add default via {}", n.router_ip),
+        ],
+    )
+}
+
+/// Starts the process that holds the node's UTS and mount namespaces (inside its network
+/// namespace): hostname, private `/run/wireguard`, `/etc/hosts` bound from the node's state.
+/// Returns its PID once it holds them.
+pub fn start_holder(
+    cluster: &str,
+    node: &str,
+    state_dir: &Path,
+    exe: &Path,
+) -> Result<u32, LocalError> {
+    use std::os::unix::process::CommandExt as _;
+    let ns = names::ns_node(cluster, node);
+    let hosts = state_dir.join("hosts");
+    if !hosts.exists() {
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").map_err(LocalError::io(&hosts))?;
+    }
+    let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+    let script = format!(
+        "set -e; hostname {node}; mkdir -p /run/wireguard; mount -t tmpfs -o mode=0700 hg-wg /run/wireguard; \
+         mount --bind {hosts} /etc/hosts; exec {exe} hold --tag {ns}",
+        hosts = q(&hosts),
+        exe = q(exe),
+    );
+    let log =
+        std::fs::File::create(state_dir.join("holder.log")).map_err(LocalError::io(state_dir))?;
+    let log2 = log.try_clone().map_err(LocalError::io(state_dir))?;
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "unshare",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // Its own process group: a Ctrl-C on `up` must not stop the cluster.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| LocalError::Command {
+            command: format!("ip netns exec {ns} unshare ..."),
+            detail: e.to_string(),
+        })?;
+    let pid = child.id();
+    // `ip netns exec`, `unshare` and `sh -c ... exec` all exec in place: the PID stays the same.
+    wait_for(
+        &format!("the holder of {node}"),
+        Duration::from_secs(10),
+        || {
+            if !alive(pid) {
+                return Some(Err(LocalError::Other(format!(
+                    "the holder of {node} exited: {}",
+                    std::fs::read_to_string(state_dir.join("holder.log"))
+                        .unwrap_or_default()
+                        .trim()
+                ))));
+            }
+            cmdline(pid).contains(" hold ").then_some(Ok(()))
+        },
+    )??;
+    drop(child);
+    Ok(pid)
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, at most `limit`.
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T, LocalError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            return Err(LocalError::Timeout {
+                what: what.to_owned(),
+                seconds: limit.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port on a site switch and what may leave it.
+#[derive(Debug, Clone)]
+pub struct Port {
+    pub name: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub pairs: Vec<Ipv4Net>,
+}
+
+/// Neutron port security on the site switch: a frame from a port must carry the port's MAC and
+/// its fixed IP or one of its allowed-address pairs. Counters show what was dropped.
+pub fn render_port_security(cluster: &str, site: &str, ports: &[Port]) -> Result<(), LocalError> {
+    let mut t = String::from(
+        "table bridge hg_portsec\ndelete table bridge hg_portsec\ntable bridge hg_portsec {\n",
+    );
+    for p in ports {
+        let id = p.name.replace('-', "_");
+        let elements = if p.pairs.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = p.pairs.iter().map(ToString::to_string).collect();
+            format!(" elements = {{ {} }};", list.join(", "))
+        };
+        let _ = write!(
+            t,
+            "  set aap_{id} {{ type ipv4_addr; flags interval;{elements} }}\n  chain {id} {{\n    ether saddr != {mac} counter drop comment \"mac spoof\"\n    arp saddr ip {ip} accept\n    arp saddr ip @aap_{id} accept\n    ether type arp counter drop comment \"arp spoof\"\n    ip saddr {ip} accept\n    ip saddr @aap_{id} counter accept comment \"allowed-address pair\"\n    counter drop comment \"ip spoof\"\n  }}\n",
+            mac = p.mac,
+            ip = p.ip
+        );
+    }
+    t.push_str("  chain pre {\n    type filter hook prerouting priority filter; policy accept;\n");
+    for p in ports {
+        let _ = writeln!(
+            t,
+            "    iifname \"{}\" jump {}",
+            p.name,
+            p.name.replace('-', "_")
+        );
+    }
+    t.push_str("  }\n}\n");
+    sh::nft(Some(&names::ns_switch(cluster, site)), &t)
+}
+
+/// A security group rule as nftables; `None` while its remote is not known yet.
+fn sg_rule(rule: &SgRule) -> Option<String> {
+    let src = match &rule.remote {
+        Remote::Cidr(net) => net.to_string(),
+        Remote::PendingPublicIp(_) => return None,
+    };
+    let ports = |proto: &str| match rule.ports {
+        None => format!("meta l4proto {proto}"),
+        Some((a, b)) if a == b => format!("{proto} dport {a}"),
+        Some((a, b)) => format!("{proto} dport {a}-{b}"),
+    };
+    let m = match rule.protocol {
+        Protocol::Any => String::new(),
+        Protocol::Icmp => "meta l4proto icmp".to_owned(),
+        Protocol::Tcp => ports("tcp"),
+        Protocol::Udp => ports("udp"),
+    };
+    let comment = rule.description.replace('"', "'");
+    Some(format!(
+        "    ip saddr {src} {m} counter accept comment \"{comment}\"\n"
+    ))
+}
+
+/// The node's security groups on its port: default-deny ingress (to the node and through it),
+/// stateful unless `stateless`.
+pub fn render_security_groups(
+    cluster: &str,
+    node: &str,
+    rules: &[&SgRule],
+    stateless: bool,
+) -> Result<(), LocalError> {
+    let mut body = String::new();
+    for r in rules {
+        if let Some(line) = sg_rule(r) {
+            body.push_str(&line);
+        }
+    }
+    let ct = if stateless {
+        ""
+    } else {
+        "    ct state established,related accept\n    ct state invalid drop\n"
+    };
+    let hook = |name: &str, hook: &str| {
+        format!(
+            "  chain {name} {{\n    type filter hook {hook} priority filter; policy accept;\n    iifname != \"{LAN_IF}\" accept\n{ct}    jump rules\n    counter drop comment \"security group default deny\"\n  }}\n"
+        )
+    };
+    let ruleset = format!(
+        "table inet hg_sg\ndelete table inet hg_sg\ntable inet hg_sg {{\n  chain rules {{\n{body}  }}\n{}{}}}\n",
+        hook("ingress", "input"),
+        hook("forward", "forward"),
+    );
+    sh::nft(Some(&names::ns_node(cluster, node)), &ruleset)
+}

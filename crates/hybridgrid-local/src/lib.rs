@@ -1,0 +1,32 @@
+//! The `local` provider: a hybridgrid cluster as emulated cloud sites on this Linux host, built
+//! from network namespaces, bridges, veth pairs and nftables, plus the node agent that runs on
+//! every node (here inside its namespaces, on a cloud VM as the same binary).
+//!
+//! Layout of cluster `C` (every name carries the prefix `hg-C-`):
+//! - `hg-C-inet`: the cluster's emulated internet, a bridge on 198.51.100.0/24 (TEST-NET-2);
+//! - per site `hg-C-<site>-sw` (the Neutron network: a bridge with port security) and
+//!   `hg-C-<site>-rt` (the router: subnet gateway `.1`, 1:1 floating-IP NAT to the internet);
+//! - per node `hg-C-<node>`: its own network namespace, plus UTS and mount namespaces held by one
+//!   supervising process (`hybridgrid hold`).
+//!
+//! No namespace ever gets a link or a route to the host's own network.
+
+pub mod agent;
+mod error;
+pub mod infra;
+pub mod ledger;
+pub mod names;
+pub mod provider;
+mod sh;
+
+pub use error::LocalError;
+pub use provider::{
+    ExecTarget, Local, NodeStatus, Options, Progress, Reach, StatusReport, TunnelStatus, UpReport,
+};
+
+/// The state root: `$HYBRIDGRID_STATE_DIR` or `/var/lib/hybridgrid`.
+pub fn state_root() -> std::path::PathBuf {
+    std::env::var_os("HYBRIDGRID_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/lib/hybridgrid"))
+}
