@@ -1,0 +1,5 @@
+//! hybridgrid's one integration-test binary: the command line as users meet it (`cli`), and real
+//! clusters of the local provider in network namespaces (`lab`, with a guard that cleans up).
+
+mod cli;
+mod lab;
