@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::PublicKey;
-use crate::plan::{NodeConfig, Plan, Role, SgRule};
+use crate::plan::{NodeConfig, Plan, Remote, Role, SgRule};
 
 /// What exists of a cluster, as a provider found it (its ledger and its cloud).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,7 +175,13 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
             }
             let present_keys: BTreeSet<_> =
                 present.into_iter().flatten().map(SgRule::key).collect();
-            for rule in &group.rules {
+            // A rule whose source is a public IP not allocated yet cannot be created; it becomes a
+            // change in the round after the IP exists.
+            let actionable = group
+                .rules
+                .iter()
+                .filter(|r| !matches!(r.remote, Remote::PendingPublicIp(_)));
+            for rule in actionable {
                 if !present_keys.contains(&rule.key()) {
                     out.push(Change::AddRule {
                         site: site.name.clone(),

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::model::{self, Cluster, LoadError};
-use hybridgrid_core::plan::{self, Plan, Role};
+use hybridgrid_core::plan::{self, Plan, Remote, Role};
 use hybridgrid_core::render;
 
 mod local_cmd;
@@ -221,7 +221,20 @@ fn plan_summary(plan: &Plan) -> String {
                         .iter()
                         .filter(|c| matches!(c, Change::AddRule { group: g, .. } if g == group))
                         .count();
-                    let _ = writeln!(s, "  {} with {rules} rules", c.summary());
+                    let pending = plan
+                        .sites
+                        .iter()
+                        .flat_map(|site| &site.security_groups)
+                        .filter(|g| &g.name == group)
+                        .flat_map(|g| &g.rules)
+                        .filter(|r| matches!(r.remote, Remote::PendingPublicIp(_)))
+                        .count();
+                    let later = if pending > 0 {
+                        format!(" (+{pending} once the peers' public IPs exist)")
+                    } else {
+                        String::new()
+                    };
+                    let _ = writeln!(s, "  {} with {rules} rules{later}", c.summary());
                 }
                 _ => {
                     let _ = writeln!(s, "  {}", c.summary());
