@@ -3,7 +3,7 @@ use std::process::{Command, Stdio};
 
 use crate::diff::{DeviceChanges, diff};
 use crate::state::{DesiredDevice, DeviceState};
-use crate::{WgError, uapi};
+use crate::{WgError, uapi, wgtool};
 
 /// Where `wg` and wireguard-go look for UAPI sockets.
 pub const DEFAULT_SOCKET_DIR: &str = "/var/run/wireguard";
@@ -16,8 +16,7 @@ pub enum Backend {
         /// Directory of the UAPI sockets.
         socket_dir: PathBuf,
     },
-    /// The kernel module over netlink. Not implemented: every operation returns
-    /// [`WgError::KernelUnavailable`].
+    /// The kernel module, configured over generic netlink by `wg(8)` (wireguard-tools).
     Kernel,
 }
 
@@ -54,19 +53,15 @@ impl Backend {
         }
     }
 
-    fn socket(&self, ifname: &str) -> Result<PathBuf, WgError> {
-        validate_ifname(ifname)?;
-        match self {
-            Backend::Userspace { socket_dir } => Ok(uapi::socket_path(socket_dir, ifname)),
-            Backend::Kernel => Err(WgError::KernelUnavailable {
-                ifname: ifname.to_owned(),
-            }),
-        }
-    }
-
     /// Reads the device's configuration, handshake times and counters.
     pub fn read_status(&self, ifname: &str) -> Result<DeviceState, WgError> {
-        uapi::get(&self.socket(ifname)?, ifname)
+        validate_ifname(ifname)?;
+        match self {
+            Backend::Userspace { socket_dir } => {
+                uapi::get(&uapi::socket_path(socket_dir, ifname), ifname)
+            }
+            Backend::Kernel => wgtool::read(ifname),
+        }
     }
 
     /// Sends `changes` (computed against `desired` by [`diff`]) in one UAPI `set`; nothing is
@@ -77,11 +72,18 @@ impl Backend {
         desired: &DesiredDevice,
         changes: &DeviceChanges,
     ) -> Result<(), WgError> {
-        let path = self.socket(ifname)?;
+        validate_ifname(ifname)?;
         if changes.is_empty() {
             return Ok(());
         }
-        uapi::set(&path, ifname, &uapi::set_request(desired, changes))
+        match self {
+            Backend::Userspace { socket_dir } => uapi::set(
+                &uapi::socket_path(socket_dir, ifname),
+                ifname,
+                &uapi::set_request(desired, changes),
+            ),
+            Backend::Kernel => wgtool::apply(ifname, desired, changes),
+        }
     }
 
     /// Reads the device, diffs against `desired` and applies the difference. Returns what was
@@ -114,7 +116,7 @@ fn kernel_module_works() -> bool {
 }
 
 /// Status of `ifname` for `hybridgrid status`: from the standard userspace socket if there is
-/// one, else [`WgError::KernelUnavailable`] for a kernel device, else the connect error.
+/// one, else through `wg(8)` for a kernel device, else the connect error.
 pub fn read_status(ifname: &str) -> Result<DeviceState, WgError> {
     validate_ifname(ifname)?;
     let userspace = Backend::userspace();
@@ -145,9 +147,9 @@ mod tests {
     }
 
     #[test]
-    fn kernel_backend_is_a_typed_error() {
-        let err = Backend::Kernel.read_status("wg0").unwrap_err();
-        assert!(matches!(err, WgError::KernelUnavailable { .. }), "{err}");
+    fn kernel_backend_reports_a_missing_device_as_a_tool_error() {
+        let err = Backend::Kernel.read_status("hgwt-none0").unwrap_err();
+        assert!(matches!(err, WgError::Tool { .. }), "{err}");
     }
 
     #[test]

@@ -57,14 +57,13 @@ pub enum WgError {
         detail: String,
     },
 
-    /// The kernel backend is not implemented in hybridgrid; only userspace devices are managed.
-    #[error(
-        "kernel WireGuard backend is not available in hybridgrid (interface {ifname}); \
-         use the userspace backend"
-    )]
-    KernelUnavailable {
+    /// `wg(8)`, which drives kernel devices over netlink, failed or is missing.
+    #[error("wg(8) failed for {ifname}: {detail}")]
+    Tool {
         /// Interface name.
         ifname: String,
+        /// What `wg` said, or why it could not run.
+        detail: String,
     },
 
     /// Another daemon already serves this UAPI socket.

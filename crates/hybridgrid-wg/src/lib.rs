@@ -18,6 +18,7 @@ mod error;
 mod state;
 mod uapi;
 mod userspace;
+pub mod wgtool;
 
 pub use backend::{Backend, DEFAULT_SOCKET_DIR, read_status};
 pub use diff::{DeviceChanges, PeerChange, diff};

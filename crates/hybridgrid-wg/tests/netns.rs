@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hybridgrid_wg::{
     Backend, DesiredDevice, DesiredPeer, DeviceState, Key, PeerChange, PeerState, UserspaceOptions,
-    diff, key_from_base64, key_to_base64, run_userspace_device,
+    diff, key_from_base64, key_to_base64, run_userspace_device, wgtool,
 };
 
 const DAEMON_IF: &str = "HGWT_DAEMON_IF";
@@ -494,6 +494,47 @@ fn mesh_in_namespaces() {
         let changes = tb.backend(node).sync(IFNAME, &desired[node]).unwrap();
         assert!(changes.is_empty(), "{node}: {changes:?}");
     }
+
+    // The kernel backend's wg(8) path, checked against the same device: `wg show dump` parses to
+    // what UAPI reports, and the `wg set` it would run applies (here: C's keepalive back to off).
+    let via_tool = wgtool::parse_dump(IFNAME, &tb.wg_tool("a", &["show", IFNAME, "dump"])).unwrap();
+    let via_uapi = tb.status("a");
+    assert_eq!(via_tool.private_key, via_uapi.private_key);
+    assert_eq!(via_tool.listen_port, via_uapi.listen_port);
+    assert_eq!(via_tool.peers.len(), 2);
+    for p in &via_tool.peers {
+        let q = via_uapi.peer(&p.public_key).unwrap();
+        assert_eq!(
+            (p.endpoint, p.persistent_keepalive),
+            (q.endpoint, q.persistent_keepalive)
+        );
+        let mut a = p.allowed_ips.clone();
+        let mut b = q.allowed_ips.clone();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+    let a = desired.get_mut("a").unwrap();
+    a.peers[1].persistent_keepalive = None;
+    let changes = diff(&via_uapi, &desired["a"]);
+    assert_eq!(changes.peers.len(), 1);
+    let (args, key) = wgtool::set_args(IFNAME, &desired["a"], &changes);
+    assert!(key.is_none());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tb.wg_tool("a", &args);
+    assert_eq!(
+        tb.status("a")
+            .peer(&public("c"))
+            .unwrap()
+            .persistent_keepalive,
+        None
+    );
+    assert!(
+        tb.backend("a")
+            .sync(IFNAME, &desired["a"])
+            .unwrap()
+            .is_empty()
+    );
 
     // SIGTERM stops each daemon cleanly: socket file and interface gone.
     for node in ["a", "b", "c"] {
