@@ -2,7 +2,10 @@
 # Installs what hybridgrid needs on a Debian machine (idempotent): the Debian packages its local
 # provider runs for real and the tools its tests use. Rust comes from the pinned toolchain.
 set -euo pipefail
-PKGS=(iproute2 nftables wireguard-tools iputils-ping conntrack iperf3 wireguard-go procps util-linux)
+# Slurm, munge and nginx (data stores, results store) run inside the cluster's namespaces;
+# curl is what jobs use to read datasets and upload results.
+PKGS=(iproute2 nftables wireguard-tools iputils-ping conntrack iperf3 wireguard-go procps util-linux
+  slurm-wlm munge nginx-light curl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -11,7 +14,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Packages must not start their services on the host (nginx on :80, munged, slurmctld): the
+  # cluster runs its own inside its namespaces. policy-rc.d 101 = "action forbidden".
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"; own_policy=1
+  fi
   # --no-install-recommends: wireguard-tools recommends a kernel and systemd.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$own_policy" ] || rm -f "$policy"
 fi
 command -v cargo >/dev/null || { echo "setup: cargo (rustup) is required" >&2; exit 1; }

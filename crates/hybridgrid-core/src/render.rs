@@ -216,8 +216,8 @@ pub fn slurm_conf(plan: &Plan) -> String {
     s.push_str(
         "StateSaveLocation=/var/lib/slurm/slurmctld\n\
          SlurmdSpoolDir=/var/lib/slurm/slurmd\n\
-         SlurmctldPidFile=/run/slurmctld.pid\n\
-         SlurmdPidFile=/run/slurmd.pid\n\
+         SlurmctldPidFile=/run/slurm/slurmctld.pid\n\
+         SlurmdPidFile=/run/slurm/slurmd.pid\n\
          SlurmctldLogFile=/var/log/slurm/slurmctld.log\n\
          SlurmdLogFile=/var/log/slurm/slurmd.log\n\
          ProctrackType=proctrack/linuxproc\n\
@@ -239,6 +239,9 @@ pub fn slurm_conf(plan: &Plan) -> String {
         "# The controller talks to every slurmd itself rather than relaying through other sites.\n",
     );
     s.push_str("TreeWidth=65533\n");
+    // Room for workers added later as dynamic nodes (`slurmd -Z`): no slurmctld restart.
+    let workers = plan.nodes.iter().filter(|n| n.role == Role::Worker).count();
+    let _ = writeln!(s, "MaxNodeCount={}", workers + 1024);
     for node in plan.nodes.iter().filter(|n| n.role == Role::Worker) {
         let _ = writeln!(
             s,

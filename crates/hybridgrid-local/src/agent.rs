@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use hybridgrid_core::keys::{PrivateKey, PublicKey};
@@ -275,8 +275,7 @@ fn start_userspace_daemon(
     let log_path = state_dir.join(format!("{ifname}.log"));
     let log = std::fs::File::create(&log_path).map_err(LocalError::io(&log_path))?;
     let log2 = log.try_clone().map_err(LocalError::io(&log_path))?;
-    let child = Command::new(exe)
-        .args(["wg-userspace", ifname, "--tag", tag])
+    let child = crate::wg_impl::daemon_command(exe, ifname, tag)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -298,7 +297,7 @@ fn stop_wireguard(ifname: &str, state_dir: &Path) -> Result<(), LocalError> {
     if let Some(pid) = std::fs::read_to_string(&pf)
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
-        && infra::cmdline(pid).contains("wg-userspace")
+        && crate::wg_impl::is_daemon(&infra::cmdline(pid))
     {
         infra::stop_processes(&[pid]);
     }

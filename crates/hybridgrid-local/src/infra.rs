@@ -182,6 +182,8 @@ pub fn create_site(s: &SiteSpec<'_>) -> Result<(), LocalError> {
 }
 
 /// The router's NAT: 1:1 floating IP ↔ LAN address for each `(lan, floating)`, SNAT for the rest.
+/// Like many cloud edges it passes no IP fragments (before reassembly): a tunnel MTU too large
+/// for the underlay fails here as on the seed's clouds instead of being fragmented silently.
 pub fn render_router(
     cluster: &str,
     site: &str,
@@ -221,7 +223,7 @@ pub fn render_router(
         );
     }
     let ruleset = format!(
-        "table ip hg_nat\ndelete table ip hg_nat\ntable ip hg_nat {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{pre}  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}    oifname \"{WAN_IF}\" masquerade\n  }}\n}}\n"
+        "table ip hg_nat\ndelete table ip hg_nat\ntable ip hg_nat {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{pre}  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}    oifname \"{WAN_IF}\" masquerade\n  }}\n  chain nofrag {{\n    type filter hook prerouting priority -450; policy accept;\n    ip frag-off & 0x3fff != 0 counter drop comment \"fragment\"\n  }}\n}}\n"
     );
     sh::nft(Some(&rt), &ruleset)
 }

@@ -12,12 +12,17 @@
 //! No namespace ever gets a link or a route to the host's own network.
 
 pub mod agent;
+pub mod crash;
+pub mod datastore;
+pub mod doctor;
 mod error;
 pub mod infra;
 pub mod ledger;
 pub mod names;
 pub mod provider;
 mod sh;
+pub mod slurm;
+pub mod wg_impl;
 
 pub use error::LocalError;
 pub use provider::{

@@ -81,6 +81,9 @@ pub struct NodeStatus {
     pub tunnel_ip: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,
     pub up: bool,
+    /// The node's Slurm state as the controller sees it (`sinfo`), for Slurm nodes.
+    #[serde(default)]
+    pub slurm: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +172,21 @@ impl Local {
         let tag = format!("--tag {}", self.ns(node));
         (n.state == ObjState::Ready && infra::alive(pid) && infra::cmdline(pid).contains(&tag))
             .then_some(pid)
+    }
+
+    /// A copy of the ledger as it is now.
+    pub(crate) fn ledger_snapshot(&self) -> Ledger {
+        self.lock().clone()
+    }
+
+    /// The holder of a running node (for `doctor`).
+    pub(crate) fn holder_pid(&self, node: &str) -> Option<u32> {
+        self.holder(&self.lock(), node)
+    }
+
+    /// Handshakes and counters of every relay's tunnels (for `doctor`).
+    pub(crate) fn tunnel_status(&self, plan: &Plan) -> Vec<TunnelStatus> {
+        self.tunnels(plan)
     }
 
     /// What exists: the ledger, checked against live namespaces and processes, and what each node
@@ -282,17 +300,48 @@ impl Local {
             let sites = plan.sites.iter().map(|s| s.name.clone()).collect();
             self.flush(&plan, &Mutex::new(sites))?;
         }
+        // What was changed by hand on the live cluster (rules, pairs, tunnel MTU) is put back.
+        total += crate::doctor::repair(self, &self.plan(), progress)?;
         let pending = if total > 0 {
             self.wait_handshakes(Duration::from_secs(20))
         } else {
             Vec::new()
         };
+        total += self.services(progress)?;
         Ok(UpReport {
             changes: total,
             rounds,
             seconds: start.elapsed().as_secs_f64(),
             pending_handshakes: pending,
         })
+    }
+
+    /// Data stores, the results store and Slurm (`datastore`, `slurm`): after the network.
+    fn services(&self, progress: Sink<'_>) -> Result<usize, LocalError> {
+        let plan = self.plan();
+        let t = Instant::now();
+        let record = |ns: &str| self.record(|l| l.record_namespace(ns));
+        let forget = |ns: &str| self.record(|l| l.namespaces.retain(|n| n != ns));
+        let stores = crate::datastore::ensure(self, &plan, &record, &forget)?;
+        if !stores.is_empty() {
+            let sites = plan.sites.iter().map(|s| s.name.clone()).collect();
+            self.flush(&plan, &Mutex::new(sites))?;
+            progress(Progress::Done {
+                summary: "data stores".into(),
+                seconds: t.elapsed().as_secs_f64(),
+                details: stores.clone(),
+            });
+        }
+        let t = Instant::now();
+        let slurm = crate::slurm::ensure(self, &plan)?;
+        if !slurm.started.is_empty() {
+            progress(Progress::Done {
+                summary: "slurm".into(),
+                seconds: t.elapsed().as_secs_f64(),
+                details: slurm.started.clone(),
+            });
+        }
+        Ok(stores.len() + slurm.started.len())
     }
 
     /// Applies `changes` in order; runs of the same kind of change run in parallel.
@@ -345,11 +394,14 @@ impl Local {
                         .collect();
                     for h in handles {
                         match h.join() {
-                            Ok((c, Ok(details), seconds)) => progress(Progress::Done {
-                                summary: c.summary(),
-                                seconds,
-                                details,
-                            }),
+                            Ok((c, Ok(details), seconds)) => {
+                                progress(Progress::Done {
+                                    summary: c.summary(),
+                                    seconds,
+                                    details,
+                                });
+                                crate::crash::applied_one();
+                            }
                             Ok((c, Err(e), _)) => {
                                 progress(Progress::Failed {
                                     summary: c.summary(),
@@ -628,7 +680,11 @@ impl Local {
     }
 
     /// Renders port security and security groups of the sites whose rules or ports changed.
-    fn flush(&self, plan: &Plan, dirty: &Mutex<BTreeSet<String>>) -> Result<(), LocalError> {
+    pub(crate) fn flush(
+        &self,
+        plan: &Plan,
+        dirty: &Mutex<BTreeSet<String>>,
+    ) -> Result<(), LocalError> {
         let sites = std::mem::take(
             &mut *dirty
                 .lock()
@@ -687,6 +743,9 @@ impl Local {
                     .unwrap_or_default(),
             })
             .collect();
+        let mut ports = ports;
+        let store = crate::datastore::port(&self.cluster.name, site, entry.subnet);
+        ports.extend(store);
         infra::render_port_security(&self.cluster.name, site, &ports)?;
         let groups = plan
             .site(site)
@@ -707,11 +766,24 @@ impl Local {
                 l.stateless_security_groups,
             )?;
         }
+        // The data store admits what the site's nodes admit.
+        let store_rules: Vec<&SgRule> = groups
+            .iter()
+            .filter(|g| g.name == format!("{}-{site}-nodes", self.cluster.name))
+            .filter_map(|g| entry.security_groups.get(&g.name))
+            .flatten()
+            .collect();
+        crate::datastore::render_security_group(
+            &self.cluster.name,
+            site,
+            &store_rules,
+            l.stateless_security_groups,
+        )?;
         Ok(())
     }
 
     /// Runs the agent on the node with the node's part of the plan.
-    fn configure(&self, plan: &Plan, node: &str) -> Result<AgentReport, LocalError> {
+    pub(crate) fn configure(&self, plan: &Plan, node: &str) -> Result<AgentReport, LocalError> {
         let np = plan
             .node(node)
             .ok_or_else(|| LocalError::NoSuchNode(node.to_owned()))?;
@@ -867,6 +939,7 @@ impl Local {
     pub fn status(&self, reach: bool) -> StatusReport {
         let plan = self.plan();
         let l = self.lock().clone();
+        let slurm = crate::slurm::states(self, &plan);
         let nodes: Vec<NodeStatus> = plan
             .nodes
             .iter()
@@ -878,6 +951,7 @@ impl Local {
                 tunnel_ip: n.tunnel_ip,
                 public_ip: n.public_ip,
                 up: self.holder(&l, &n.name).is_some(),
+                slurm: slurm.get(&n.name).cloned(),
             })
             .collect();
         let tunnels = self.tunnels(&plan);
@@ -964,8 +1038,7 @@ impl Local {
     pub fn down(&self, progress: Sink<'_>) -> Result<usize, LocalError> {
         let path = self.ledger_path();
         let Some(l) = Ledger::load(&path)? else {
-            release_owner(&self.cluster.name, &self.dir);
-            return Ok(0);
+            return self.down_elsewhere(progress);
         };
         let mut removed = 0;
         // Nodes first (their processes), in parallel; then routers and switches; the internet last.
@@ -1016,6 +1089,43 @@ impl Local {
         }
         release_owner(&self.cluster.name, &self.dir);
         Ok(removed)
+    }
+}
+
+impl Local {
+    /// `down` with no ledger here: the owner record may name the state directory `up` used;
+    /// without one, live namespaces are an error that names both ways out.
+    fn down_elsewhere(&self, progress: Sink<'_>) -> Result<usize, LocalError> {
+        let owner = std::fs::read_to_string(Path::new(OWNERS_DIR).join(&self.cluster.name))
+            .map(|d| PathBuf::from(d.trim()))
+            .ok()
+            .filter(|d| *d != self.dir && d.join("ledger.json").exists());
+        if let Some(dir) = owner
+            && let Some(root) = dir.parent()
+            && dir.file_name() == Some(std::ffi::OsStr::new(&self.cluster.name))
+        {
+            progress(Progress::Note(format!(
+                "no ledger in {}; the owner record names {}: removing the cluster from there",
+                self.dir.display(),
+                dir.display()
+            )));
+            let opts = Options {
+                state_root: root.to_owned(),
+                ..self.opts.clone()
+            };
+            return Local::open(&self.cluster, opts)?.down(progress);
+        }
+        if sh::netns_exists(&names::ns_inet(&self.cluster.name)) {
+            return Err(LocalError::Other(format!(
+                "cluster {} has namespaces on this host but no ledger in {} and no owner record \
+                 naming another: set HYBRIDGRID_STATE_DIR to the state directory `up` used, or run \
+                 `hybridgrid gc` to remove the leftovers",
+                self.cluster.name,
+                self.dir.display()
+            )));
+        }
+        release_owner(&self.cluster.name, &self.dir);
+        Ok(0)
     }
 }
 

@@ -45,6 +45,13 @@ pub enum LocalCommand {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Find what is wrong with the running cluster and say how to fix it (exit 1 if anything).
+    Doctor {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove leftovers of this host's clusters whose ledger is gone.
     Gc,
     /// The node agent (runs on the node).
@@ -94,7 +101,7 @@ fn options(stateless_security_groups: bool) -> anyhow::Result<Options> {
     })
 }
 
-fn open(file: &Path, stateless: bool) -> anyhow::Result<Option<Local>> {
+pub(crate) fn open(file: &Path, stateless: bool) -> anyhow::Result<Option<Local>> {
     let Some(cluster) = super::load(file)? else {
         return Ok(None);
     };
@@ -179,6 +186,12 @@ pub fn run(cmd: LocalCommand) -> anyhow::Result<ExitCode> {
             }
             let healthy =
                 report.nodes.iter().all(|n| n.up) && report.reachability.iter().all(|r| r.ok);
+            if !healthy {
+                eprintln!(
+                    "hint: run `hybridgrid doctor -f {}` to find out why",
+                    file.display()
+                );
+            }
             Ok(if healthy {
                 ExitCode::SUCCESS
             } else {
@@ -206,6 +219,7 @@ pub fn run(cmd: LocalCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        LocalCommand::Doctor { file, json } => crate::doctor_cmd::run(&file, json),
         LocalCommand::Gc => {
             let removed = hybridgrid_local::provider::gc(&hybridgrid_local::state_root())?;
             for r in &removed {
@@ -268,22 +282,23 @@ fn status_text(r: &StatusReport) -> String {
     let _ = writeln!(s, "cluster {}", r.cluster);
     let _ = writeln!(
         s,
-        "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} state",
-        "node", "site", "role", "lan", "tunnel", "public"
+        "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<5} slurm",
+        "node", "site", "role", "lan", "tunnel", "public", "state"
     );
     for n in &r.nodes {
         let opt =
             |ip: Option<std::net::Ipv4Addr>| ip.map_or_else(|| "-".to_owned(), |i| i.to_string());
         let _ = writeln!(
             s,
-            "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {}",
+            "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<5} {}",
             n.name,
             n.site,
             n.role.as_str(),
             n.lan_ip.to_string(),
             opt(n.tunnel_ip),
             opt(n.public_ip),
-            if n.up { "up" } else { "DOWN" }
+            if n.up { "up" } else { "DOWN" },
+            n.slurm.as_deref().unwrap_or("-")
         );
     }
     if !r.tunnels.is_empty() {

@@ -14,7 +14,9 @@ use hybridgrid_core::model::{self, Cluster, LoadError};
 use hybridgrid_core::plan::{self, Plan, Remote, Role};
 use hybridgrid_core::render;
 
+mod doctor_cmd;
 mod local_cmd;
+mod submit_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +53,8 @@ enum Command {
     },
     #[command(flatten)]
     Local(local_cmd::LocalCommand),
+    #[command(flatten)]
+    Submit(submit_cmd::SubmitCommand),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Local(cmd) => local_cmd::run(cmd),
+        Command::Submit(cmd) => submit_cmd::run(cmd),
     }
 }
 

@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod crash;
+mod failures;
+
+mod slurm;
+
 const EXE: &str = env!("CARGO_BIN_EXE_hybridgrid");
 
 fn is_root() -> bool {

@@ -1,0 +1,1052 @@
+//! `hybridgrid doctor`: finds why a running local cluster misbehaves and says so in plain words,
+//! with the fix. Two halves: [`gather`] reads the live cluster (nftables rules, sets and counters
+//! in the node, switch and router namespaces, `wg0`'s MTU, WireGuard handshakes, pings across the
+//! tunnel with don't-fragment set) into [`Facts`]; [`diagnose`] turns facts into [`Finding`]s and
+//! is pure. [`drift`] is the static part that `up` uses to restore what an admin changed by hand.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+use hybridgrid_core::model::WG_OVERHEAD;
+use hybridgrid_core::plan::{Plan, Protocol, Remote, Role, SgRule};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::provider::{Local, Progress};
+use crate::{LocalError, names, sh};
+
+pub const DOCTOR_FORMAT_VERSION: u32 = 1;
+/// A handshake older than this is no session any more (WireGuard's reject-after-time).
+const HANDSHAKE_STALE_S: u64 = 180;
+
+/// What [`gather`] found on the live cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    pub cluster: String,
+    pub tunnel_port: u16,
+    pub stateless_security_groups: bool,
+    pub nodes: Vec<NodeFacts>,
+    pub sites: Vec<SiteFacts>,
+    pub tunnels: Vec<TunnelFacts>,
+    pub cross_site: Vec<Probe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    pub name: String,
+    pub site: String,
+    pub role: Role,
+    pub up: bool,
+    /// Planned ingress rules (with a known remote) missing from the node's live rules.
+    pub missing_rules: Vec<SgRule>,
+    /// The security group's default-deny counters (ingress + forward): before and after probing.
+    pub drops_before: Option<u64>,
+    pub drops_after: Option<u64>,
+    /// Relays: the planned and the live MTU of the tunnel interface.
+    pub planned_mtu: Option<u16>,
+    pub live_mtu: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteFacts {
+    pub name: String,
+    pub underlay_mtu: u16,
+    pub ports: Vec<PortFacts>,
+    /// IP fragments the site's router dropped (the emulated cloud edge passes no fragments).
+    pub fragments_before: Option<u64>,
+    pub fragments_after: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortFacts {
+    pub node: String,
+    pub port: String,
+    /// Planned allowed-address pairs missing from the port's live set.
+    pub missing_pairs: Vec<Ipv4Net>,
+    /// The port's "ip spoof" drop counter, before and after probing.
+    pub spoof_before: Option<u64>,
+    pub spoof_after: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelFacts {
+    pub node: String,
+    pub peer: String,
+    pub peer_public_ip: Option<Ipv4Addr>,
+    /// Seconds since the latest handshake, `None` if none.
+    pub handshake_age_s: Option<u64>,
+    /// A small ping to the peer's tunnel address.
+    pub ping_ok: bool,
+    /// A ping of `live MTU − 28` bytes with don't-fragment set.
+    pub df_size: Option<u16>,
+    pub df_ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub from: String,
+    pub to: String,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    NodeDown,
+    NoHandshake,
+    MissingRule,
+    MissingAddressPair,
+    MtuTooLarge,
+    MtuDrift,
+    Unreachable,
+}
+
+/// One problem, in plain words, with what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub kind: Kind,
+    /// The node or site it is about.
+    pub subject: String,
+    pub message: String,
+    pub fix: String,
+}
+
+/// `doctor --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    pub format_version: u32,
+    pub cluster: String,
+    pub healthy: bool,
+    pub findings: Vec<Finding>,
+    pub facts: Facts,
+}
+
+const RESTORE: &str = "Run `hybridgrid up` to restore it.";
+
+/// `udp 51820 from 198.51.100.100/32`
+pub fn rule_text(rule: &SgRule) -> String {
+    let proto = match rule.protocol {
+        Protocol::Any => "any",
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Icmp => "icmp",
+    };
+    let ports = match rule.ports {
+        None => String::new(),
+        Some((a, b)) if a == b => format!(" {a}"),
+        Some((a, b)) => format!(" {a}-{b}"),
+    };
+    let from = match &rule.remote {
+        Remote::Cidr(n) => n.to_string(),
+        Remote::PendingPublicIp(n) => format!("{n}'s public IP"),
+    };
+    format!("{proto}{ports} from {from}")
+}
+
+fn counter_text(what: &str, before: Option<u64>, after: Option<u64>) -> Option<String> {
+    let after = after?;
+    let delta = after.saturating_sub(before.unwrap_or(after));
+    if delta > 0 {
+        Some(format!("{what} rose by {delta} during the check"))
+    } else if after > 0 {
+        Some(format!("{what} shows {after}"))
+    } else {
+        None
+    }
+}
+
+fn is_wireguard_rule(rule: &SgRule, port: u16) -> bool {
+    rule.protocol == Protocol::Udp && rule.ports == Some((port, port))
+}
+
+/// The findings from the facts; pure.
+pub fn diagnose(f: &Facts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let node = |name: &str| f.nodes.iter().find(|n| n.name == name);
+    for n in f.nodes.iter().filter(|n| !n.up) {
+        out.push(Finding {
+            kind: Kind::NodeDown,
+            subject: n.name.clone(),
+            message: format!("{} ({}) is not running", n.name, n.site),
+            fix: "Run `hybridgrid up` to create it again.".into(),
+        });
+    }
+    // Security-group rules: the WireGuard ones explain tunnels; the others are listed as such.
+    let mut explained: BTreeSet<(String, String)> = BTreeSet::new();
+    for n in f.nodes.iter().filter(|n| n.up) {
+        let drops = counter_text(
+            &format!("{}'s ingress drop counter", n.name),
+            n.drops_before,
+            n.drops_after,
+        );
+        for rule in &n.missing_rules {
+            let wg_peer = is_wireguard_rule(rule, f.tunnel_port)
+                .then(|| {
+                    f.tunnels.iter().find(|t| {
+                        t.node == n.name
+                            && t.peer_public_ip
+                                .is_some_and(|ip| rule.remote == Remote::Cidr(Ipv4Net::from(ip)))
+                    })
+                })
+                .flatten();
+            let evidence = drops
+                .as_ref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            match wg_peer {
+                Some(t) if !tunnel_ok(t) => {
+                    explained.insert((t.node.clone(), t.peer.clone()));
+                    explained.insert((t.peer.clone(), t.node.clone()));
+                    out.push(Finding {
+                        kind: Kind::NoHandshake,
+                        subject: n.name.clone(),
+                        message: format!(
+                            "{} has no handshake with {}: {}'s security group lacks `{}`{evidence}",
+                            n.name,
+                            t.peer,
+                            n.site,
+                            rule_text(rule)
+                        ),
+                        fix: RESTORE.into(),
+                    });
+                }
+                Some(t) => out.push(Finding {
+                    kind: Kind::MissingRule,
+                    subject: n.name.clone(),
+                    message: format!(
+                        "{}'s security group lacks `{}` ({}); the tunnel to {} works only while \
+                         connection tracking remembers {}'s own packets: it fails with a stateless \
+                         group, a passive peer, or once the entry expires{evidence}",
+                        n.site,
+                        rule_text(rule),
+                        rule.description,
+                        t.peer,
+                        n.name
+                    ),
+                    fix: RESTORE.into(),
+                }),
+                None => out.push(Finding {
+                    kind: Kind::MissingRule,
+                    subject: n.name.clone(),
+                    message: format!(
+                        "{}'s security group on {} lacks `{}` ({}){evidence}",
+                        n.site,
+                        n.name,
+                        rule_text(rule),
+                        rule.description
+                    ),
+                    fix: RESTORE.into(),
+                }),
+            }
+        }
+    }
+    // Allowed-address pairs.
+    let mut pair_sites: BTreeSet<&str> = BTreeSet::new();
+    for s in &f.sites {
+        for p in &s.ports {
+            let counter = counter_text("ip spoof", p.spoof_before, p.spoof_after)
+                .map(|c| format!(" (counter {c})"))
+                .unwrap_or_default();
+            for pair in &p.missing_pairs {
+                pair_sites.insert(&s.name);
+                out.push(Finding {
+                    kind: Kind::MissingAddressPair,
+                    subject: p.node.clone(),
+                    message: format!(
+                        "cross-site packets from {pair} are dropped at {}'s switch on {}'s port \
+                         {}{counter}: the port lacks the allowed-address pair {pair}",
+                        s.name, p.node, p.port
+                    ),
+                    fix: RESTORE.into(),
+                });
+            }
+        }
+    }
+    // MTU of the tunnel against the underlay.
+    let mut mtu_nodes: BTreeSet<&str> = BTreeSet::new();
+    for n in f.nodes.iter().filter(|n| n.up) {
+        let (Some(live), Some(site)) = (n.live_mtu, f.sites.iter().find(|s| s.name == n.site))
+        else {
+            continue;
+        };
+        let max = site.underlay_mtu.saturating_sub(WG_OVERHEAD);
+        let failed: Vec<&str> = f
+            .tunnels
+            .iter()
+            .filter(|t| t.node == n.name && t.ping_ok && !t.df_ok)
+            .map(|t| t.peer.as_str())
+            .collect();
+        if live > max {
+            mtu_nodes.insert(&n.name);
+            let mut msg = format!(
+                "wg0 MTU {live} on {} exceeds the underlay {} − {WG_OVERHEAD} = {max}: \
+                 {}-byte packets with DF set fail",
+                n.name,
+                site.underlay_mtu,
+                live.saturating_sub(28)
+            );
+            if !failed.is_empty() {
+                msg.push_str(&format!(" (ping to {} failed)", failed.join(", ")));
+            }
+            if let Some(c) = counter_text(
+                &format!("{}'s router fragment drops", site.name),
+                site.fragments_before,
+                site.fragments_after,
+            ) {
+                msg.push_str(&format!("; {c}"));
+            }
+            let fix = match n.planned_mtu {
+                Some(p) if p <= max => format!(
+                    "The plan says {p}: run `hybridgrid up` to restore it (keep `tunnel.mtu: auto`)."
+                ),
+                _ => format!("Set `tunnel.mtu: auto` (or at most {max}) and run `hybridgrid up`."),
+            };
+            out.push(Finding {
+                kind: Kind::MtuTooLarge,
+                subject: n.name.clone(),
+                message: msg,
+                fix,
+            });
+        } else if let Some(p) = n.planned_mtu.filter(|p| *p != live) {
+            mtu_nodes.insert(&n.name);
+            out.push(Finding {
+                kind: Kind::MtuDrift,
+                subject: n.name.clone(),
+                message: format!("wg0 MTU on {} is {live}, the plan says {p}", n.name),
+                fix: RESTORE.into(),
+            });
+        } else if !failed.is_empty() {
+            mtu_nodes.insert(&n.name);
+            out.push(Finding {
+                kind: Kind::MtuTooLarge,
+                subject: n.name.clone(),
+                message: format!(
+                    "{}-byte packets with DF set from {} to {} fail although wg0 MTU {live} fits \
+                     the underlay {}: the path carries less than the site's underlay MTU says",
+                    live.saturating_sub(28),
+                    n.name,
+                    failed.join(", "),
+                    site.underlay_mtu
+                ),
+                fix: "Set the site's `underlay_mtu` to what the network really carries and keep \
+                      `tunnel.mtu: auto`."
+                    .into(),
+            });
+        }
+    }
+    // Tunnels down without a cause found above.
+    for t in &f.tunnels {
+        if tunnel_ok(t)
+            || explained.contains(&(t.node.clone(), t.peer.clone()))
+            || node(&t.node).is_some_and(|n| !n.up)
+            || node(&t.peer).is_some_and(|n| !n.up)
+        {
+            continue;
+        }
+        let hs = match t.handshake_age_s {
+            None => "never had a handshake".to_owned(),
+            Some(a) => format!("last had a handshake {a}s ago"),
+        };
+        out.push(Finding {
+            kind: Kind::NoHandshake,
+            subject: t.node.clone(),
+            message: format!(
+                "{} has no working tunnel to {}: it {hs}{}",
+                t.node,
+                t.peer,
+                if f.stateless_security_groups {
+                    ""
+                } else {
+                    ", and both security groups have their rules"
+                }
+            ),
+            fix: format!(
+                "Check that UDP {} reaches {} at {} (`hybridgrid exec -f FILE {} -- wg show`).",
+                f.tunnel_port,
+                t.peer,
+                t.peer_public_ip
+                    .map_or_else(|| "its public IP".to_owned(), |i| i.to_string()),
+                t.node
+            ),
+        });
+    }
+    // Cross-site probes that failed with nothing above to explain them.
+    if pair_sites.is_empty() && explained.is_empty() && mtu_nodes.is_empty() {
+        for p in f.cross_site.iter().filter(|p| !p.ok) {
+            if node(&p.from).is_some_and(|n| !n.up) || node(&p.to).is_some_and(|n| !n.up) {
+                continue;
+            }
+            out.push(Finding {
+                kind: Kind::Unreachable,
+                subject: p.from.clone(),
+                message: format!("{} cannot reach {}, and no cause was found", p.from, p.to),
+                fix: "Run `hybridgrid status` and compare the routes (`ip route`) on both sides."
+                    .into(),
+            });
+        }
+    }
+    out
+}
+
+fn tunnel_ok(t: &TunnelFacts) -> bool {
+    t.ping_ok && t.handshake_age_s.is_some_and(|a| a < HANDSHAKE_STALE_S)
+}
+
+// ---- gathering ----------------------------------------------------------------------------
+
+/// The `nft` ruleset of a table in a namespace; `None` if it cannot be read.
+fn nft_table(ns: &str, family: &str, table: &str) -> Option<String> {
+    sh::run(
+        "ip",
+        &["netns", "exec", ns, "nft", "list", "table", family, table],
+    )
+    .ok()
+}
+
+/// The lines of one chain's body.
+fn chain_lines<'a>(text: &'a str, chain: &str) -> Vec<&'a str> {
+    let head = format!("chain {chain} {{");
+    text.lines()
+        .skip_while(|l| l.trim() != head)
+        .skip(1)
+        .take_while(|l| l.trim() != "}")
+        .map(str::trim)
+        .collect()
+}
+
+/// `counter packets N` of the lines containing `comment`, summed.
+fn counter(text: &str, comment: &str) -> Option<u64> {
+    let mut found = None;
+    for l in text.lines().filter(|l| l.contains(comment)) {
+        let n = l
+            .split_once("packets ")
+            .and_then(|(_, r)| r.split_whitespace().next()?.parse::<u64>().ok())?;
+        *found.get_or_insert(0) += n;
+    }
+    found
+}
+
+/// The nftables match of a rule as `nft list` prints it (see `infra::render_security_groups`).
+fn rule_match(rule: &SgRule) -> Option<String> {
+    let Remote::Cidr(net) = &rule.remote else {
+        return None;
+    };
+    let src = if net.prefix_len() == 32 {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    };
+    let ports = |proto: &str| match rule.ports {
+        None => format!("meta l4proto {proto}"),
+        Some((a, b)) if a == b => format!("{proto} dport {a}"),
+        Some((a, b)) => format!("{proto} dport {a}-{b}"),
+    };
+    let m = match rule.protocol {
+        Protocol::Any => String::new(),
+        Protocol::Icmp => "meta l4proto icmp".to_owned(),
+        Protocol::Tcp => ports("tcp"),
+        Protocol::Udp => ports("udp"),
+    };
+    Some(format!("ip saddr {src} {m}").trim().to_owned())
+}
+
+/// Planned rules of `node` (with a known remote) missing from its live `rules` chain.
+fn missing_rules(plan: &Plan, node: &str, site: &str, sg: Option<&str>) -> Vec<SgRule> {
+    let live: Vec<String> = sg
+        .map(|t| {
+            chain_lines(t, "rules")
+                .into_iter()
+                .map(|l| l.split(" counter").next().unwrap_or(l).trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    plan.site(site)
+        .map(|s| s.security_groups.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .filter(|g| g.members.iter().any(|m| m == node))
+        .flat_map(|g| &g.rules)
+        .filter(|r| rule_match(r).is_some_and(|m| !live.contains(&m)))
+        .cloned()
+        .collect()
+}
+
+/// The elements of `set NAME` in an nft listing.
+fn set_elements(text: &str, set: &str) -> Option<Vec<Ipv4Net>> {
+    let head = format!("set {set} {{");
+    let start = text.find(&head)?;
+    let body = &text[start + head.len()..];
+    let body = &body[..body.find("\n\t}").or_else(|| body.find("\n  }"))?];
+    let Some((_, elements)) = body.split_once("elements = {") else {
+        return Some(Vec::new());
+    };
+    let elements = elements.split('}').next().unwrap_or("");
+    Some(
+        elements
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+            .filter_map(|w| {
+                w.parse::<Ipv4Net>()
+                    .ok()
+                    .or_else(|| w.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
+            })
+            .collect(),
+    )
+}
+
+fn live_mtu(ns: &str) -> Option<u16> {
+    let out = sh::run("ip", &["-n", ns, "-o", "link", "show", "dev", "wg0"]).ok()?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn ping(ns: &str, to: Ipv4Addr, df_size: Option<u16>) -> bool {
+    let to = to.to_string();
+    let mut args = vec![
+        "netns", "exec", ns, "ping", "-q", "-n", "-c", "3", "-i", "0.2", "-W", "1",
+    ];
+    let size;
+    if let Some(s) = df_size {
+        size = s.to_string();
+        args.extend(["-M", "do", "-s", &size]);
+    }
+    args.push(&to);
+    sh::ok("ip", &args)
+}
+
+/// Counters of the cluster: per node its default-deny drops, per port its spoof drops, per
+/// site its router's fragment drops.
+#[derive(Debug, Default)]
+struct Counters {
+    drops: BTreeMap<String, Option<u64>>,
+    spoof: BTreeMap<(String, String), Option<u64>>,
+    fragments: BTreeMap<String, Option<u64>>,
+    sg: BTreeMap<String, Option<String>>,
+    portsec: BTreeMap<String, Option<String>>,
+}
+
+fn read_counters(cluster: &str, plan: &Plan, ports: &BTreeMap<String, String>) -> Counters {
+    let mut c = Counters::default();
+    for n in &plan.nodes {
+        let sg = nft_table(&names::ns_node(cluster, &n.name), "inet", "hg_sg");
+        c.drops.insert(
+            n.name.clone(),
+            sg.as_deref()
+                .and_then(|t| counter(t, "security group default deny")),
+        );
+        c.sg.insert(n.name.clone(), sg);
+    }
+    for s in &plan.sites {
+        let ps = nft_table(&names::ns_switch(cluster, &s.name), "bridge", "hg_portsec");
+        for n in plan.nodes.iter().filter(|n| n.site == s.name) {
+            let Some(port) = ports.get(&n.name) else {
+                continue;
+            };
+            let chain = port.replace('-', "_");
+            let v = ps.as_deref().and_then(|t| {
+                let lines = chain_lines(t, &chain).join("\n");
+                counter(&lines, "ip spoof")
+            });
+            c.spoof.insert((s.name.clone(), n.name.clone()), v);
+        }
+        c.portsec.insert(s.name.clone(), ps);
+        let nat = nft_table(&names::ns_router(cluster, &s.name), "ip", "hg_nat");
+        c.fragments.insert(
+            s.name.clone(),
+            nat.as_deref().and_then(|t| counter(t, "fragment")),
+        );
+    }
+    c
+}
+
+/// Reads the live cluster: rules, sets, counters, MTUs, handshakes, and pings (DF and not).
+pub fn gather(local: &Local) -> Facts {
+    let plan = local.plan();
+    let ledger = local.ledger_snapshot();
+    let cluster = plan.cluster.clone();
+    let ports: BTreeMap<String, String> = ledger
+        .nodes
+        .iter()
+        .map(|(n, e)| (n.clone(), e.port.clone()))
+        .collect();
+    let up: BTreeSet<String> = plan
+        .nodes
+        .iter()
+        .filter(|n| local.holder_pid(&n.name).is_some())
+        .map(|n| n.name.clone())
+        .collect();
+    let before = read_counters(&cluster, &plan, &ports);
+    let status = local.tunnel_status(&plan);
+
+    // Probes, in parallel: relay ↔ relay over the tunnel (small and DF), site ↔ site.
+    let relays: Vec<_> = plan
+        .nodes
+        .iter()
+        .filter(|n| n.role.is_relay() && up.contains(&n.name))
+        .collect();
+    let live_mtus: BTreeMap<String, Option<u16>> = relays
+        .iter()
+        .map(|n| (n.name.clone(), live_mtu(&names::ns_node(&cluster, &n.name))))
+        .collect();
+    let mut tunnel_jobs = Vec::new();
+    for n in &relays {
+        for p in n.wireguard.iter().flat_map(|w| &w.peers) {
+            let Some(peer) = plan.node(&p.node) else {
+                continue;
+            };
+            let Some(tip) = peer.tunnel_ip else { continue };
+            let df = live_mtus
+                .get(&n.name)
+                .copied()
+                .flatten()
+                .map(|m| m.saturating_sub(28));
+            tunnel_jobs.push((n.name.clone(), peer.name.clone(), peer.public_ip, tip, df));
+        }
+    }
+    let mut site_jobs = Vec::new();
+    let pick = |site: &str| {
+        plan.nodes
+            .iter()
+            .filter(|n| n.site == site && up.contains(&n.name))
+            .min_by_key(|n| n.role.is_relay())
+    };
+    for a in &plan.sites {
+        for b in plan.sites.iter().filter(|b| b.name != a.name) {
+            if let (Some(x), Some(y)) = (pick(&a.name), pick(&b.name)) {
+                site_jobs.push((x.name.clone(), y.name.clone(), y.lan_ip));
+            }
+        }
+    }
+    let (tunnel_results, cross_site) = std::thread::scope(|s| {
+        let c = &cluster;
+        let t: Vec<_> = tunnel_jobs
+            .iter()
+            .map(|(from, _, _, tip, df)| {
+                s.spawn(move || {
+                    let ns = names::ns_node(c, from);
+                    let small = ping(&ns, *tip, None);
+                    let big = df.is_some_and(|d| ping(&ns, *tip, Some(d)));
+                    (small, big)
+                })
+            })
+            .collect();
+        let x: Vec<_> = site_jobs
+            .iter()
+            .map(|(from, to, ip)| {
+                s.spawn(move || Probe {
+                    from: from.clone(),
+                    to: to.clone(),
+                    ok: ping(&names::ns_node(c, from), *ip, None),
+                })
+            })
+            .collect();
+        (
+            t.into_iter()
+                .map(|h| h.join().unwrap_or((false, false)))
+                .collect::<Vec<_>>(),
+            x.into_iter().filter_map(|h| h.join().ok()).collect(),
+        )
+    });
+    let after = read_counters(&cluster, &plan, &ports);
+    let status_after = local.tunnel_status(&plan);
+
+    let tunnels = tunnel_jobs
+        .iter()
+        .zip(tunnel_results)
+        .map(|((from, to, pip, _, df), (small, big))| {
+            // The freshest handshake seen, before or after the probes.
+            let age = |st: &[crate::provider::TunnelStatus]| {
+                st.iter()
+                    .find(|t| t.node == *from && t.peer == *to)
+                    .and_then(|t| t.handshake_age_s)
+            };
+            let handshake_age_s = match (age(&status), age(&status_after)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            TunnelFacts {
+                node: from.clone(),
+                peer: to.clone(),
+                peer_public_ip: *pip,
+                handshake_age_s,
+                ping_ok: small,
+                df_size: *df,
+                df_ok: big,
+            }
+        })
+        .collect();
+
+    let nodes = plan
+        .nodes
+        .iter()
+        .map(|n| NodeFacts {
+            name: n.name.clone(),
+            site: n.site.clone(),
+            role: n.role,
+            up: up.contains(&n.name),
+            missing_rules: if up.contains(&n.name) {
+                missing_rules(
+                    &plan,
+                    &n.name,
+                    &n.site,
+                    after.sg.get(&n.name).cloned().flatten().as_deref(),
+                )
+            } else {
+                Vec::new()
+            },
+            drops_before: before.drops.get(&n.name).copied().flatten(),
+            drops_after: after.drops.get(&n.name).copied().flatten(),
+            planned_mtu: n.wireguard.as_ref().map(|w| w.mtu),
+            live_mtu: live_mtus.get(&n.name).copied().flatten(),
+        })
+        .collect();
+    let sites = plan
+        .sites
+        .iter()
+        .map(|s| {
+            let ps = after.portsec.get(&s.name).cloned().flatten();
+            SiteFacts {
+                name: s.name.clone(),
+                underlay_mtu: s.underlay_mtu,
+                ports: s
+                    .allowed_address_pairs
+                    .iter()
+                    .filter(|p| up.contains(&p.node))
+                    .filter_map(|p| {
+                        let port = ports.get(&p.node)?.clone();
+                        let live = ps
+                            .as_deref()
+                            .and_then(|t| {
+                                set_elements(t, &format!("aap_{}", port.replace('-', "_")))
+                            })
+                            .unwrap_or_default();
+                        let key = (s.name.clone(), p.node.clone());
+                        Some(PortFacts {
+                            node: p.node.clone(),
+                            port,
+                            missing_pairs: p
+                                .pairs
+                                .iter()
+                                .filter(|x| !live.iter().any(|l| l.contains(*x)))
+                                .copied()
+                                .collect(),
+                            spoof_before: before.spoof.get(&key).copied().flatten(),
+                            spoof_after: after.spoof.get(&key).copied().flatten(),
+                        })
+                    })
+                    .collect(),
+                fragments_before: before.fragments.get(&s.name).copied().flatten(),
+                fragments_after: after.fragments.get(&s.name).copied().flatten(),
+            }
+        })
+        .collect();
+    Facts {
+        cluster,
+        tunnel_port: plan.tunnel.port,
+        stateless_security_groups: ledger.stateless_security_groups,
+        nodes,
+        sites,
+        tunnels,
+        cross_site,
+    }
+}
+
+/// Gathers and diagnoses.
+pub fn doctor(local: &Local) -> DoctorReport {
+    let facts = gather(local);
+    let findings = diagnose(&facts);
+    DoctorReport {
+        format_version: DOCTOR_FORMAT_VERSION,
+        cluster: facts.cluster.clone(),
+        healthy: findings.is_empty(),
+        findings,
+        facts,
+    }
+}
+
+// ---- drift, for `up` -----------------------------------------------------------------------
+
+/// What differs on the live cluster from what `up` put there, found without probing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// Sites whose security groups or port security lack something.
+    pub sites: BTreeSet<String>,
+    /// Relays whose tunnel interface has another MTU than planned.
+    pub relays: BTreeSet<String>,
+}
+
+pub fn drift(local: &Local, plan: &Plan) -> Drift {
+    let cluster = &plan.cluster;
+    let ledger = local.ledger_snapshot();
+    let mut d = Drift::default();
+    for n in &plan.nodes {
+        if local.holder_pid(&n.name).is_none() {
+            continue;
+        }
+        let ns = names::ns_node(cluster, &n.name);
+        let sg = nft_table(&ns, "inet", "hg_sg");
+        if sg.is_none() || !missing_rules(plan, &n.name, &n.site, sg.as_deref()).is_empty() {
+            d.sites.insert(n.site.clone());
+        }
+        if let Some(w) = &n.wireguard
+            && live_mtu(&ns).is_some_and(|m| m != w.mtu)
+        {
+            d.relays.insert(n.name.clone());
+        }
+    }
+    for s in &plan.sites {
+        let ps = nft_table(&names::ns_switch(cluster, &s.name), "bridge", "hg_portsec");
+        for p in &s.allowed_address_pairs {
+            let Some(port) = ledger.nodes.get(&p.node).map(|e| e.port.replace('-', "_")) else {
+                continue;
+            };
+            if local.holder_pid(&p.node).is_none() {
+                continue;
+            }
+            let live = ps
+                .as_deref()
+                .and_then(|t| set_elements(t, &format!("aap_{port}")))
+                .unwrap_or_default();
+            if p.pairs.iter().any(|x| !live.iter().any(|l| l.contains(x))) {
+                d.sites.insert(s.name.clone());
+            }
+        }
+    }
+    d
+}
+
+/// Restores what [`drift`] found: renders the sites again and re-runs the agent on the relays.
+/// Returns the number of repairs.
+pub fn repair(
+    local: &Local,
+    plan: &Plan,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<usize, LocalError> {
+    let d = drift(local, plan);
+    let n = d.sites.len() + d.relays.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    let t = std::time::Instant::now();
+    let sites: Vec<String> = d.sites.iter().cloned().collect();
+    local.flush(plan, &Mutex::new(d.sites))?;
+    for s in sites {
+        progress(Progress::Done {
+            summary: format!(
+                "~ {s}: security groups and port security restored (live rules differed)"
+            ),
+            seconds: t.elapsed().as_secs_f64(),
+            details: Vec::new(),
+        });
+    }
+    for r in &d.relays {
+        let t = std::time::Instant::now();
+        let report = local.configure(plan, r)?;
+        progress(Progress::Done {
+            summary: format!("~ {r}: wg0 restored (live MTU differed)"),
+            seconds: t.elapsed().as_secs_f64(),
+            details: report.actions,
+        });
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn wg_rule(ip: &str) -> SgRule {
+        SgRule {
+            protocol: Protocol::Udp,
+            ports: Some((51820, 51820)),
+            remote: Remote::Cidr(format!("{ip}/32").parse().unwrap()),
+            description: "WireGuard from bielefeld-master".into(),
+        }
+    }
+
+    fn node(name: &str, site: &str, role: Role) -> NodeFacts {
+        NodeFacts {
+            name: name.into(),
+            site: site.into(),
+            role,
+            up: true,
+            missing_rules: Vec::new(),
+            drops_before: Some(0),
+            drops_after: Some(0),
+            planned_mtu: role.is_relay().then_some(1370),
+            live_mtu: role.is_relay().then_some(1370),
+        }
+    }
+
+    fn tunnel(node: &str, peer: &str, ip: &str, ok: bool) -> TunnelFacts {
+        TunnelFacts {
+            node: node.into(),
+            peer: peer.into(),
+            peer_public_ip: Some(ip.parse().unwrap()),
+            handshake_age_s: ok.then_some(5),
+            ping_ok: ok,
+            df_size: Some(1342),
+            df_ok: ok,
+        }
+    }
+
+    fn healthy() -> Facts {
+        Facts {
+            cluster: "demo".into(),
+            tunnel_port: 51820,
+            stateless_security_groups: true,
+            nodes: vec![
+                node("bielefeld-master", "bielefeld", Role::Master),
+                node("giessen-gw", "giessen", Role::Gateway),
+                node("giessen-worker-1", "giessen", Role::Worker),
+            ],
+            sites: ["bielefeld", "giessen"]
+                .iter()
+                .map(|s| SiteFacts {
+                    name: (*s).into(),
+                    underlay_mtu: 1450,
+                    ports: vec![PortFacts {
+                        node: format!("{s}-x"),
+                        port: "p-5".into(),
+                        missing_pairs: Vec::new(),
+                        spoof_before: Some(0),
+                        spoof_after: Some(0),
+                    }],
+                    fragments_before: Some(0),
+                    fragments_after: Some(0),
+                })
+                .collect(),
+            tunnels: vec![
+                tunnel("bielefeld-master", "giessen-gw", "198.51.100.101", true),
+                tunnel("giessen-gw", "bielefeld-master", "198.51.100.100", true),
+            ],
+            cross_site: vec![Probe {
+                from: "a".into(),
+                to: "b".into(),
+                ok: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_healthy_cluster_has_no_findings() {
+        assert_eq!(diagnose(&healthy()), Vec::new());
+    }
+
+    #[test]
+    fn missing_wireguard_rule_explains_the_missing_handshake() {
+        let mut f = healthy();
+        f.nodes[1].missing_rules = vec![wg_rule("198.51.100.100")];
+        f.nodes[1].drops_after = Some(7);
+        f.tunnels = vec![
+            tunnel("bielefeld-master", "giessen-gw", "198.51.100.101", false),
+            tunnel("giessen-gw", "bielefeld-master", "198.51.100.100", false),
+        ];
+        f.cross_site[0].ok = false;
+        let d = diagnose(&f);
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!(d[0].kind, Kind::NoHandshake);
+        assert_eq!(
+            d[0].message,
+            "giessen-gw has no handshake with bielefeld-master: giessen's security group lacks \
+             `udp 51820 from 198.51.100.100/32` (giessen-gw's ingress drop counter rose by 7 \
+             during the check)"
+        );
+        assert!(d[0].fix.contains("hybridgrid up"));
+    }
+
+    #[test]
+    fn missing_rule_with_a_working_tunnel_warns_about_conntrack() {
+        let mut f = healthy();
+        f.nodes[1].missing_rules = vec![wg_rule("198.51.100.100")];
+        let d = diagnose(&f);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].kind, Kind::MissingRule);
+        assert!(
+            d[0].message.contains("connection tracking"),
+            "{}",
+            d[0].message
+        );
+    }
+
+    #[test]
+    fn missing_pair_names_the_switch_port_and_counter() {
+        let mut f = healthy();
+        f.sites[1].ports[0] = PortFacts {
+            node: "giessen-gw".into(),
+            port: "p-5".into(),
+            missing_pairs: vec!["10.10.0.0/24".parse().unwrap()],
+            spoof_before: Some(2),
+            spoof_after: Some(8),
+        };
+        f.cross_site[0].ok = false;
+        let d = diagnose(&f);
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!(
+            d[0].message,
+            "cross-site packets from 10.10.0.0/24 are dropped at giessen's switch on \
+             giessen-gw's port p-5 (counter ip spoof rose by 6 during the check): the port \
+             lacks the allowed-address pair 10.10.0.0/24"
+        );
+    }
+
+    #[test]
+    fn tunnel_mtu_above_the_underlay() {
+        let mut f = healthy();
+        f.nodes[1].live_mtu = Some(1500);
+        f.tunnels[1].df_ok = false;
+        f.tunnels[1].df_size = Some(1472);
+        f.sites[1].fragments_after = Some(4);
+        let d = diagnose(&f);
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!(d[0].kind, Kind::MtuTooLarge);
+        assert!(
+            d[0].message.starts_with(
+                "wg0 MTU 1500 on giessen-gw exceeds the underlay 1450 − 80 = 1370: 1472-byte \
+                 packets with DF set fail (ping to bielefeld-master failed)"
+            ),
+            "{}",
+            d[0].message
+        );
+        assert!(d[0].fix.contains("hybridgrid up"));
+        // The plan itself too large (e.g. a hand-set MTU): the fix is the file.
+        f.nodes[1].planned_mtu = Some(1500);
+        assert!(diagnose(&f)[0].fix.contains("tunnel.mtu: auto"));
+    }
+
+    #[test]
+    fn down_nodes_and_unexplained_tunnels() {
+        let mut f = healthy();
+        f.nodes[2].up = false;
+        f.tunnels[0].handshake_age_s = None;
+        f.tunnels[0].ping_ok = false;
+        let d = diagnose(&f);
+        let kinds: Vec<Kind> = d.iter().map(|x| x.kind).collect();
+        assert_eq!(kinds, vec![Kind::NodeDown, Kind::NoHandshake], "{d:#?}");
+    }
+
+    #[test]
+    fn parses_nft_listings() {
+        let text = "table bridge hg_portsec {\n\tset aap_p_5 {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 10.0.0.0/24,\n\t\t\t     10.10.0.0/24 }\n\t}\n\n\tset aap_p_6 {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t}\n\n\tchain p_5 {\n\t\tip saddr @aap_p_5 counter packets 12 bytes 1008 accept comment \"allowed-address pair\"\n\t\tcounter packets 3 bytes 252 drop comment \"ip spoof\"\n\t}\n}\n";
+        assert_eq!(
+            set_elements(text, "aap_p_5").unwrap(),
+            vec![
+                "10.0.0.0/24".parse::<Ipv4Net>().unwrap(),
+                "10.10.0.0/24".parse().unwrap()
+            ]
+        );
+        assert_eq!(set_elements(text, "aap_p_6").unwrap(), Vec::new());
+        assert_eq!(set_elements(text, "aap_p_7"), None);
+        let chain = chain_lines(text, "p_5").join("\n");
+        assert_eq!(counter(&chain, "ip spoof"), Some(3));
+        assert_eq!(
+            rule_match(&wg_rule("198.51.100.100")).unwrap(),
+            "ip saddr 198.51.100.100 udp dport 51820"
+        );
+    }
+}

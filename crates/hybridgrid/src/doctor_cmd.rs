@@ -1,0 +1,48 @@
+//! `hybridgrid doctor`: what is wrong with a running local cluster, in plain words, with the fix.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use hybridgrid_local::doctor::DoctorReport;
+
+/// Exit 0 when healthy, 1 when there are findings.
+pub fn run(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(local) = crate::local_cmd::open(file, false)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let report = hybridgrid_local::doctor::doctor(&local);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", text(&report));
+    }
+    Ok(if report.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn text(r: &DoctorReport) -> String {
+    let mut s = String::new();
+    let f = &r.facts;
+    let _ = writeln!(
+        s,
+        "cluster {}: checked {} nodes, {} tunnels (handshake, ping, don't-fragment ping), {} \
+         cross-site paths, security groups, allowed-address pairs and MTUs",
+        r.cluster,
+        f.nodes.len(),
+        f.tunnels.len(),
+        f.cross_site.len()
+    );
+    if r.findings.is_empty() {
+        s.push_str("no problems found\n");
+        return s;
+    }
+    for (i, x) in r.findings.iter().enumerate() {
+        let _ = writeln!(s, "{}. {}.\n   {}", i + 1, x.message, x.fix);
+    }
+    let _ = writeln!(s, "{} problem(s) found", r.findings.len());
+    s
+}

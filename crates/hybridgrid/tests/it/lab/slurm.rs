@@ -1,0 +1,367 @@
+//! Slurm across sites, data stores, `submit` and `jobs` on real 2-site local clusters.
+
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Lab, wait_until};
+
+/// Every PID in the cluster's namespaces (holders, daemons, nginx, munged, slurm*).
+fn cluster_pids(lab: &Lab) -> Vec<u32> {
+    lab.namespaces()
+        .iter()
+        .flat_map(|ns| {
+            let out = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn down_and_gone(lab: &Lab) {
+    let pids = cluster_pids(lab);
+    let names: Vec<String> = pids.iter().map(|&p| comm(p)).collect();
+    for daemon in ["slurmctld", "slurmd", "munged", "nginx"] {
+        assert!(names.iter().any(|n| n == daemon), "no {daemon}: {names:?}");
+    }
+    lab.hg_ok(&["down", "-f", lab.f()]);
+    lab.assert_gone();
+    // Zombies wait for init to reap them; only live processes count.
+    let live = |p: u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|st| Some(st.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+            .unwrap_or(false)
+    };
+    let mut left: Vec<String> = Vec::new();
+    for _ in 0..50 {
+        left = pids
+            .iter()
+            .filter(|&&p| live(p))
+            .map(|&p| format!("{p} {}", comm(p)))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(left.is_empty(), "processes left after down: {left:?}");
+}
+
+fn sinfo_states(lab: &Lab) -> Vec<(String, String)> {
+    lab.exec_ok("bielefeld-master", &["sinfo", "-h", "-N", "-o", "%N %t"])
+        .lines()
+        .filter_map(|l| {
+            let (n, s) = l.split_once(' ')?;
+            Some((n.to_owned(), s.trim().to_owned()))
+        })
+        .collect()
+}
+
+fn wait_idle(lab: &Lab, nodes: &[&str]) {
+    wait_until("workers idle in sinfo", Duration::from_secs(60), || {
+        let states = sinfo_states(lab);
+        nodes
+            .iter()
+            .all(|n| states.iter().any(|(name, s)| name == n && s == "idle"))
+    });
+}
+
+/// The gateway's WireGuard bytes (rx + tx): everything that crossed between the sites.
+fn cross_site_bytes(lab: &Lab) -> u64 {
+    lab.tunnel_bytes("giessen-gw")
+}
+
+#[test]
+fn slurm_across_sites_and_jobs_where_the_data_lives() {
+    let Some(lab) = Lab::new("two-sites.yaml", "slm") else {
+        return;
+    };
+    // A second dataset at the master site, for the cross-site refusal.
+    let text = std::fs::read_to_string(&lab.file).unwrap().replace(
+        "slurm:\n",
+        "  - name: scans\n    site: bielefeld\n    location: scans/\nslurm:\n",
+    );
+    std::fs::write(&lab.file, text).unwrap();
+    lab.up();
+    wait_idle(&lab, &["bielefeld-worker-1", "giessen-worker-1"]);
+
+    // sinfo: a partition per site and `all`, every worker idle.
+    let sinfo = lab.exec_ok("bielefeld-master", &["sinfo", "-h", "-o", "%P %t %N"]);
+    for p in [
+        "bielefeld idle bielefeld-worker-1",
+        "giessen idle giessen-worker-1",
+    ] {
+        assert!(sinfo.contains(p), "{sinfo}");
+    }
+    assert!(sinfo.contains("all* idle"), "{sinfo}");
+    // srun answers from a node of the site, for every site; each node keeps its own hostname.
+    for site in ["bielefeld", "giessen"] {
+        let out = lab.exec_ok("bielefeld-master", &["srun", "-p", site, "hostname"]);
+        assert_eq!(out.trim(), format!("{site}-worker-1"));
+    }
+    // status shows Slurm next to the tunnels.
+    // (A node may show `completing` for a moment after srun.)
+    wait_until("status shows Slurm", Duration::from_secs(30), || {
+        let status = lab.status(false);
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| match n["role"].as_str().unwrap() {
+                "worker" => n["slurm"] == "idle",
+                "master" => n["slurm"] == "controller up",
+                _ => n["slurm"].is_null(),
+            })
+    });
+
+    // The munge key: made once, 0400, the same on every Slurm node.
+    use std::os::unix::fs::PermissionsExt as _;
+    let cluster_dir = lab.state().join(&lab.name);
+    let key = cluster_dir.join("munge.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o400
+    );
+    assert_eq!(std::fs::metadata(&key).unwrap().len(), 1024);
+
+    // Seed the dataset at giessen's data store: 8 MiB.
+    let size: u64 = 8 << 20;
+    let genomes = cluster_dir.join("sites/giessen/store/genomes");
+    std::fs::create_dir_all(&genomes).unwrap();
+    let data: Vec<u8> = b"ACGT"
+        .iter()
+        .copied()
+        .cycle()
+        .take(size as usize)
+        .collect();
+    std::fs::write(genomes.join("chr1.fa"), &data).unwrap();
+    // The store answers at its site; from the other site only through the tunnel.
+    let before = cross_site_bytes(&lab);
+    let n = lab.exec_ok(
+        "bielefeld-worker-1",
+        &[
+            "sh",
+            "-c",
+            "curl -sf http://10.20.0.4/genomes/chr1.fa | wc -c",
+        ],
+    );
+    assert_eq!(n.trim(), size.to_string());
+    let naive = cross_site_bytes(&lab) - before;
+    assert!(naive > size, "a cross-site read moved only {naive} bytes");
+
+    let job = lab.root.join("job.sh");
+    std::fs::write(
+        &job,
+        "#!/bin/sh\necho \"host=$(hostname) site=$HYBRIDGRID_SITE arg=$1\"\n\
+         if [ -n \"${HYBRIDGRID_DATASET_GENOMES:-}\" ]; then\n\
+         \x20 echo \"bytes=$(curl -sf \"${HYBRIDGRID_DATASET_GENOMES}chr1.fa\" | wc -c)\"\nfi\n",
+    )
+    .unwrap();
+    let job = job.to_str().unwrap();
+    let results = cluster_dir.join("results");
+
+    // A job per site: completes, its output is on the master.
+    for site in ["bielefeld", "giessen"] {
+        let out = lab.hg_ok(&[
+            "submit",
+            "-f",
+            lab.f(),
+            "--partition",
+            site,
+            "--wait",
+            "--parsable",
+            "--",
+            job,
+            site,
+        ]);
+        let id = out.lines().next().unwrap().trim().to_owned();
+        let text = std::fs::read_to_string(results.join(format!("{id}.out"))).unwrap();
+        assert!(
+            text.contains(&format!("host={site}-worker-1 site={site} arg={site}")),
+            "{text}"
+        );
+    }
+
+    // A job for the dataset runs at giessen and reads there: the tunnel does not carry the data.
+    let before = cross_site_bytes(&lab);
+    let out = lab.hg_ok(&["submit", "-f", lab.f(), "--dataset", "genomes", "--", job]);
+    assert!(out.contains("partition giessen"), "{out}");
+    let id: String = out.split_whitespace().nth(2).unwrap().trim().to_owned();
+    wait_until("the dataset job's output", Duration::from_secs(60), || {
+        results.join(format!("{id}.json")).exists()
+    });
+    let moved = cross_site_bytes(&lab) - before;
+    let text = std::fs::read_to_string(results.join(format!("{id}.out"))).unwrap();
+    assert!(
+        text.contains("host=giessen-worker-1 site=giessen"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("bytes={size}")), "{text}");
+    assert!(
+        moved < size / 20,
+        "the located job moved {moved} bytes across sites (the data is {size})"
+    );
+
+    // Datasets at two sites: refused unless allowed.
+    let refused = lab.hg(&[
+        "submit",
+        "-f",
+        lab.f(),
+        "--dataset",
+        "genomes",
+        "--dataset",
+        "scans",
+        "--",
+        job,
+    ]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("different sites"), "{err}");
+    lab.hg_ok(&[
+        "submit",
+        "-f",
+        lab.f(),
+        "--dataset",
+        "genomes",
+        "--dataset",
+        "scans",
+        "--allow-cross-site",
+        "--wait",
+        "--",
+        job,
+    ]);
+
+    // `jobs` lists every job with the site it ran at and its state.
+    let jobs: serde_json::Value =
+        serde_json::from_str(&lab.hg_ok(&["jobs", "-f", lab.f(), "--json"])).unwrap();
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), 4, "{jobs:?}");
+    assert!(jobs.iter().all(|j| j["state"] == "COMPLETED"), "{jobs:?}");
+    let sites: Vec<&str> = jobs.iter().map(|j| j["ran_at"].as_str().unwrap()).collect();
+    // The cross-site job: one dataset at each site, the tie goes to the site listed first.
+    assert_eq!(sites, ["bielefeld", "giessen", "giessen", "bielefeld"]);
+    let table = lab.hg_ok(&["jobs", "-f", lab.f()]);
+    assert!(table.contains("COMPLETED"), "{table}");
+
+    // A second `up` changes nothing: Slurm and the stores are as planned.
+    assert!(lab.up().contains("no changes"));
+    down_and_gone(&lab);
+}
+
+fn pid_on(lab: &Lab, node: &str, file: &str) -> String {
+    lab.exec_ok(node, &["cat", file]).trim().to_owned()
+}
+
+#[test]
+fn scale_up_joins_slurm_without_restarting_the_controller() {
+    let Some(lab) = Lab::new("two-sites.yaml", "slscale") else {
+        return;
+    };
+    lab.up();
+    wait_idle(&lab, &["bielefeld-worker-1", "giessen-worker-1"]);
+    let ctld = pid_on(&lab, "bielefeld-master", "/run/slurm/slurmctld.pid");
+    let slurmd_b = pid_on(&lab, "bielefeld-worker-1", "/run/slurm/slurmd.pid");
+    let slurmd_g = pid_on(&lab, "giessen-worker-1", "/run/slurm/slurmd.pid");
+    let job = lab.exec_ok(
+        "bielefeld-master",
+        &[
+            "sbatch",
+            "--parsable",
+            "-p",
+            "giessen",
+            "--wrap",
+            "sleep 300",
+        ],
+    );
+    let job = job.trim().to_owned();
+    let state = |lab: &Lab| {
+        lab.exec_ok(
+            "bielefeld-master",
+            &["squeue", "-h", "-j", &job, "-o", "%T"],
+        )
+        .trim()
+        .to_owned()
+    };
+    wait_until("the job runs", Duration::from_secs(30), || {
+        state(&lab) == "RUNNING"
+    });
+    let b_namespaces: Vec<String> = lab
+        .namespaces()
+        .into_iter()
+        .filter(|n| n.contains("bielefeld"))
+        .collect();
+
+    // One more worker at giessen.
+    let text = std::fs::read_to_string(&lab.file).unwrap();
+    let at = text.find("name: giessen").unwrap();
+    let count = at + text[at..].find("count: 1").unwrap();
+    let grown = format!("{}count: 2{}", &text[..count], &text[count + 8..]);
+    std::fs::write(&lab.file, grown).unwrap();
+    let out = lab.up();
+    assert!(!out.contains("no changes"), "{out}");
+    wait_idle(&lab, &["giessen-worker-2"]);
+
+    // In its site's partition and `all`, and it runs jobs.
+    let sinfo = lab.exec_ok(
+        "bielefeld-master",
+        &["sinfo", "-h", "-p", "giessen", "-N", "-o", "%N"],
+    );
+    assert!(sinfo.contains("giessen-worker-2"), "{sinfo}");
+    let all = lab.exec_ok(
+        "bielefeld-master",
+        &["sinfo", "-h", "-p", "all", "-N", "-o", "%N"],
+    );
+    assert!(all.contains("giessen-worker-2"), "{all}");
+    let host = lab.exec_ok(
+        "bielefeld-master",
+        &[
+            "srun",
+            "-p",
+            "giessen",
+            "-w",
+            "giessen-worker-2",
+            "hostname",
+        ],
+    );
+    assert_eq!(host.trim(), "giessen-worker-2");
+    let feat = lab.exec_ok(
+        "bielefeld-master",
+        &["sinfo", "-h", "-n", "giessen-worker-2", "-o", "%f"],
+    );
+    assert_eq!(feat.trim(), "giessen");
+
+    // Nothing else moved: the controller, the running job, the other slurmds, the other site.
+    assert_eq!(
+        pid_on(&lab, "bielefeld-master", "/run/slurm/slurmctld.pid"),
+        ctld
+    );
+    assert_eq!(state(&lab), "RUNNING");
+    assert_eq!(
+        pid_on(&lab, "bielefeld-worker-1", "/run/slurm/slurmd.pid"),
+        slurmd_b
+    );
+    assert_eq!(
+        pid_on(&lab, "giessen-worker-1", "/run/slurm/slurmd.pid"),
+        slurmd_g
+    );
+    let b_after: Vec<String> = lab
+        .namespaces()
+        .into_iter()
+        .filter(|n| n.contains("bielefeld"))
+        .collect();
+    assert_eq!(b_namespaces, b_after);
+    assert!(lab.up().contains("no changes"));
+    down_and_gone(&lab);
+}
