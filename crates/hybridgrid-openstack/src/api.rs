@@ -1,0 +1,363 @@
+//! One connection per cloud, a generic JSON endpoint for `openstack_sdk`, and the retry policy.
+//!
+//! The typed request builders of `openstack_sdk` cover every call used here, but a single
+//! generic endpoint (method, service, path, query, JSON body, microversion) keeps the provider
+//! short and lets it send fields the generated builders lack (`tags` on create).
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::Method;
+use openstack_sdk::AsyncOpenStack;
+use openstack_sdk::api::rest_endpoint_prelude::{
+    ApiVersion, BodyError, QueryParams, RestEndpoint, ServiceType,
+};
+use openstack_sdk::api::{ApiError, QueryAsync, raw};
+use openstack_sdk::config::ConfigFile;
+use serde_json::Value;
+
+use crate::error::{OsError, Result};
+
+// 0.22.8's build.rs generates no plugin anchors for the published manifest: without a reference
+// from our own code the application-credential authenticator is not linked and
+// `auth_type: v3applicationcredential` fails (testbed/openstack/SDK-NOTES.md, "Auth").
+#[used]
+static APPCRED: &openstack_sdk_auth_applicationcredential::ApplicationCredentialAuthenticator =
+    &openstack_sdk_auth_applicationcredential::ANCHOR;
+
+/// Highest Nova microversion used (Zed's Nova supports up to 2.93).
+const NOVA_MICROVERSION: (u8, u8) = (2, 79);
+const ATTEMPTS: u32 = 6;
+
+/// Reads the clouds configuration: exactly `path` when given, else the standard locations
+/// (`OS_CLIENT_CONFIG_FILE`, `./clouds.yaml`, `~/.config/openstack/`, `/etc/openstack/`, plus
+/// `secure.yaml`), as the `openstack` CLI does.
+pub(crate) fn load_config(path: Option<&Path>) -> Result<ConfigFile> {
+    let shown = path
+        .map(|p| format!(" {}", p.display()))
+        .unwrap_or_default();
+    let err = |message: String| OsError::CloudsFile {
+        path: shown.clone(),
+        message,
+    };
+    match path {
+        Some(p) => ConfigFile::builder()
+            .add_source(p)
+            .map_err(|e| err(e.to_string()))?
+            .build()
+            .map_err(|e| err(e.to_string())),
+        None => ConfigFile::new().map_err(|e| err(e.to_string())),
+    }
+}
+
+/// Counts create calls for the crash-injection test hook; once tripped every later create fails.
+#[derive(Debug, Default)]
+pub(crate) struct CrashSwitch {
+    pub limit: Option<usize>,
+    count: AtomicUsize,
+    tripped: AtomicBool,
+}
+
+impl CrashSwitch {
+    pub fn new(limit: Option<usize>) -> Self {
+        CrashSwitch {
+            limit,
+            ..Default::default()
+        }
+    }
+    fn check(&self) -> Result<()> {
+        if self.tripped.load(Ordering::SeqCst) {
+            return Err(OsError::CrashInjected(self.count.load(Ordering::SeqCst)));
+        }
+        Ok(())
+    }
+    /// After a create call went through: trips the switch at the limit.
+    fn after_create(&self) -> Result<()> {
+        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.limit.is_some_and(|l| n >= l) {
+            self.tripped.store(true, Ordering::SeqCst);
+            return Err(OsError::CrashInjected(n));
+        }
+        Ok(())
+    }
+}
+
+/// A request to any OpenStack API, with a JSON body.
+#[derive(Debug, Clone)]
+pub(crate) struct Req {
+    method: Method,
+    service: ServiceType,
+    path: String,
+    query: Vec<(String, String)>,
+    body: Option<Value>,
+    microversion: Option<ApiVersion>,
+}
+
+impl Req {
+    fn new(method: Method, service: ServiceType, path: impl Into<String>) -> Self {
+        let microversion = matches!(service, ServiceType::Compute)
+            .then(|| ApiVersion::new(NOVA_MICROVERSION.0, NOVA_MICROVERSION.1));
+        Req {
+            method,
+            service,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+            microversion,
+        }
+    }
+    pub fn get(service: ServiceType, path: impl Into<String>) -> Self {
+        Req::new(Method::GET, service, path)
+    }
+    pub fn post(service: ServiceType, path: impl Into<String>, body: Value) -> Self {
+        Req::new(Method::POST, service, path).body(body)
+    }
+    pub fn put(service: ServiceType, path: impl Into<String>, body: Value) -> Self {
+        Req::new(Method::PUT, service, path).body(body)
+    }
+    pub fn delete(service: ServiceType, path: impl Into<String>) -> Self {
+        Req::new(Method::DELETE, service, path)
+    }
+    pub fn q(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.query.push((key.to_owned(), value.into()));
+        self
+    }
+    pub fn body(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+impl RestEndpoint for Req {
+    fn method(&self) -> Method {
+        self.method.clone()
+    }
+    fn endpoint(&self) -> Cow<'static, str> {
+        self.path.clone().into()
+    }
+    fn service_type(&self) -> ServiceType {
+        self.service.clone()
+    }
+    fn parameters(&self) -> QueryParams<'_> {
+        let mut p = QueryParams::default();
+        for (k, v) in &self.query {
+            p.push(k.as_str(), v.as_str());
+        }
+        p
+    }
+    fn body(&self) -> Result<Option<(&'static str, Vec<u8>)>, BodyError> {
+        match &self.body {
+            None => Ok(None),
+            Some(b) => Ok(Some(("application/json", serde_json::to_vec(b)?))),
+        }
+    }
+    fn api_version(&self) -> Option<ApiVersion> {
+        None
+    }
+    fn min_version(&self) -> Option<ApiVersion> {
+        self.microversion
+    }
+    fn max_version(&self) -> Option<ApiVersion> {
+        self.microversion
+    }
+}
+
+/// Whether a failed call may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Reads, deletes, PUTs: 409, 429, 5xx and connection errors are retried with backoff.
+    Idempotent,
+    /// Creates: only 429 (the request was refused, not processed). Anything else goes back to
+    /// the caller, whose next round looks the resource up before creating it again.
+    Create,
+}
+
+fn status_of<E: std::error::Error + Send + Sync + 'static>(e: &ApiError<E>) -> Option<u16> {
+    match e {
+        ApiError::OpenStack { status, .. }
+        | ApiError::OpenStackService { status, .. }
+        | ApiError::OpenStackUnrecognized { status, .. } => Some(status.as_u16()),
+        _ => None,
+    }
+}
+
+fn transient(status: Option<u16>, retry: Retry) -> bool {
+    match (retry, status) {
+        (Retry::Create, s) => s == Some(429),
+        (Retry::Idempotent, None) => true,
+        (Retry::Idempotent, Some(s)) => s == 409 || s == 429 || s >= 500,
+    }
+}
+
+/// A connection to one cloud (one `clouds.yaml` entry).
+pub(crate) struct Cloud {
+    pub name: String,
+    os: AsyncOpenStack,
+    pub project_id: String,
+    crash: Arc<CrashSwitch>,
+}
+
+impl std::fmt::Debug for Cloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cloud")
+            .field("name", &self.name)
+            .field("project_id", &self.project_id)
+            .finish()
+    }
+}
+
+impl Cloud {
+    pub async fn connect(
+        config: &ConfigFile,
+        site: &str,
+        cloud: &str,
+        crash: Arc<CrashSwitch>,
+    ) -> Result<Cloud> {
+        let err = |e: &dyn std::fmt::Display| OsError::Connect {
+            cloud: cloud.to_owned(),
+            message: e.to_string(),
+        };
+        let profile = config
+            .get_cloud_config(cloud)
+            .map_err(|e| err(&e))?
+            .ok_or_else(|| OsError::NoCloud {
+                site: site.to_owned(),
+                cloud: cloud.to_owned(),
+            })?;
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            match AsyncOpenStack::builder(&profile)
+                .disable_auth_cache(true)
+                .connect()
+                .await
+            {
+                Ok(os) => {
+                    // Catalogs may hold unversioned endpoints (Neutron): discover the versions.
+                    for st in [
+                        ServiceType::Network,
+                        ServiceType::Compute,
+                        ServiceType::Image,
+                    ] {
+                        os.discover_service_endpoint(&st)
+                            .await
+                            .map_err(|e| err(&e))?;
+                    }
+                    let project_id = os
+                        .get_auth_info()
+                        .and_then(|i| i.token.project.and_then(|p| p.id))
+                        .unwrap_or_default();
+                    return Ok(Cloud {
+                        name: cloud.to_owned(),
+                        os,
+                        project_id,
+                        crash,
+                    });
+                }
+                Err(e) => {
+                    last = Some(e.to_string());
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        Err(err(&last.unwrap_or_default()))
+    }
+
+    /// Sends `req`, retrying transient failures as `retry` allows. Returns the JSON body
+    /// (`Value::Null` when empty).
+    pub async fn call(&self, what: &str, req: &Req, retry: Retry) -> Result<Value> {
+        let mut attempt = 0;
+        loop {
+            let r = raw(req.clone()).query_async(&self.os).await;
+            match r {
+                Ok(rsp) => {
+                    let body: &[u8] = rsp.body();
+                    if body.is_empty() {
+                        return Ok(Value::Null);
+                    }
+                    return serde_json::from_slice(body).map_err(|e| OsError::Api {
+                        cloud: self.name.clone(),
+                        what: what.to_owned(),
+                        status: Some(rsp.status().as_u16()),
+                        message: format!("response is not JSON: {e}"),
+                    });
+                }
+                Err(e) => {
+                    let status = status_of(&e);
+                    attempt += 1;
+                    if attempt < ATTEMPTS && transient(status, retry) {
+                        tokio::time::sleep(backoff(attempt - 1)).await;
+                        continue;
+                    }
+                    return Err(OsError::Api {
+                        cloud: self.name.clone(),
+                        what: what.to_owned(),
+                        status,
+                        message: one_line(&e.to_string()),
+                    });
+                }
+            }
+        }
+    }
+
+    pub async fn get(&self, what: &str, req: Req) -> Result<Value> {
+        self.call(what, &req, Retry::Idempotent).await
+    }
+
+    /// GET that maps 404 to `None`.
+    pub async fn get_opt(&self, what: &str, req: Req) -> Result<Option<Value>> {
+        match self.call(what, &req, Retry::Idempotent).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A list call: the array under `key`.
+    pub async fn list(&self, what: &str, req: Req, key: &str) -> Result<Vec<Value>> {
+        let v = self.get(what, req).await?;
+        Ok(v[key].as_array().cloned().unwrap_or_default())
+    }
+
+    /// A create call, counted by the crash switch.
+    pub async fn create(&self, what: &str, req: Req) -> Result<Value> {
+        self.crash.check()?;
+        let v = self.call(what, &req, Retry::Create).await?;
+        self.crash.after_create()?;
+        Ok(v)
+    }
+
+    /// DELETE; `Ok(false)` when it was already gone (404).
+    pub async fn delete(&self, what: &str, req: Req) -> Result<bool> {
+        match self.call(what, &req, Retry::Idempotent).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250u64 << attempt.min(5))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A JSON string field, or "".
+pub(crate) fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+/// Service types used.
+pub(crate) const NET: ServiceType = ServiceType::Network;
+pub(crate) const NOVA: ServiceType = ServiceType::Compute;
+pub(crate) const GLANCE: ServiceType = ServiceType::Image;
+
+/// The `#[used]` anchor must be referenced from code that is compiled in.
+pub(crate) fn anchor_appcred() -> bool {
+    !std::ptr::eq(APPCRED, std::ptr::null())
+}

@@ -1,0 +1,25 @@
+//! The `openstack` provider of hybridgrid: a cluster's sites on real OpenStack clouds, one
+//! `clouds.yaml` entry per site, through `openstack_sdk`.
+//!
+//! Per site, concurrently: network, subnet and router (or the site's existing network), the
+//! plan's security groups and rules, a port per node with its fixed LAN address, servers booted
+//! on those ports with cloud-init user data that runs the node agent ([`user_data`]), floating
+//! IPs for the relays and allowed-address pairs on their ports (merged, never replaced).
+//! Everything is named `<cluster>-…`, tagged (`hybridgrid`, `hybridgrid-cluster=<cluster>`,
+//! `hybridgrid-site=<site>`; servers: metadata `hybridgrid_cluster`, `hybridgrid_node`) and
+//! recorded in the ledger before it is created.
+
+mod api;
+mod error;
+pub mod ledger;
+mod provider;
+mod site;
+mod userdata;
+
+pub use error::{OsError, Result};
+pub use provider::{DownReport, NotDeleted, OpenStack, Options, Problem, Progress, UpReport};
+pub use site::{TAG, cluster_tag, site_tag};
+pub use userdata::{
+    AGENT_PATH, AGENT_STATE_DIR, NODE_CONFIG_PATH, PUBLIC_KEY_MARKER, public_key_from_console,
+    user_data, user_data_with,
+};

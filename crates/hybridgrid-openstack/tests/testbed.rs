@@ -1,0 +1,585 @@
+//! The openstack provider against the project's OpenStack test bed (testbed/openstack).
+//!
+//! Needs `HYBRIDGRID_TESTBED_CLOUDS` = the test bed's clouds.yaml:
+//! ```sh
+//! testbed/openstack/install.sh && testbed/openstack/up.sh /tmp/osbed
+//! HYBRIDGRID_TESTBED_CLOUDS=/tmp/osbed/clouds.yaml cargo test -p hybridgrid-openstack --test testbed
+//! testbed/openstack/down.sh /tmp/osbed
+//! ```
+//! Every check below reads the clouds through `openstack_sdk`'s own typed requests, not through
+//! the provider.
+
+#![allow(clippy::unwrap_used)] // tests
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use hybridgrid_core::diff::Observed;
+use hybridgrid_core::model::{Cluster, validate_text};
+use hybridgrid_core::plan::{self, Protocol, Remote};
+use hybridgrid_openstack::{OpenStack, Options};
+use openstack_sdk::AsyncOpenStack;
+use openstack_sdk::api::QueryAsync;
+use openstack_sdk::api::compute::v2::{keypair, server};
+use openstack_sdk::api::network::v2::{floatingip, network, port, router, security_group, subnet};
+use openstack_sdk::config::ConfigFile;
+use openstack_sdk::types::ServiceType;
+use serde_json::Value;
+
+fn clouds() -> PathBuf {
+    match std::env::var_os("HYBRIDGRID_TESTBED_CLOUDS") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "HYBRIDGRID_TESTBED_CLOUDS is not set: start the test bed with \
+             `testbed/openstack/install.sh && testbed/openstack/up.sh DIR` and \
+             `export HYBRIDGRID_TESTBED_CLOUDS=DIR/clouds.yaml`"
+        ),
+    }
+}
+
+/// A unique, valid cluster name (≤ 16 characters).
+fn unique(tag: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        % 1_000_000;
+    format!("t{tag}{n:06}")
+}
+
+fn cluster(name: &str, workers_a: u32, workers_b: u32, flavor: &str) -> Cluster {
+    let text = format!(
+        r#"
+version: 1
+name: {name}
+provider: openstack
+admin_cidrs: [192.0.2.0/24]
+ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGr1CQ0VZ2Wx3dIU9kBLhLa2o86l9BBrJkq1nTQdwp8X test"
+sites:
+  - name: a
+    master: true
+    cloud: site-a
+    subnet: 10.31.0.0/24
+    external_network: public
+    gateway: {{ flavor: m1.tiny, image: fake-image }}
+    workers:
+      - count: {workers_a}
+        flavor: {flavor}
+        image: fake-image
+  - name: b
+    cloud: site-b
+    subnet: 10.32.0.0/24
+    external_network: public
+    gateway: {{ flavor: m1.tiny, image: fake-image }}
+    workers:
+      - count: {workers_b}
+        flavor: {flavor}
+        image: fake-image
+"#
+    );
+    let (c, d) = validate_text(&text);
+    c.unwrap_or_else(|| panic!("invalid test cluster: {d:?}"))
+}
+
+fn provider(c: &Cluster, dir: &std::path::Path, crash_after: Option<usize>) -> OpenStack {
+    let mut o = Options::new(dir.to_owned());
+    o.clouds_file = Some(clouds());
+    o.crash_after = crash_after;
+    OpenStack::new(c, o).unwrap()
+}
+
+fn quiet(_: hybridgrid_openstack::Progress) {}
+
+/// An independent connection (openstack_sdk's typed requests).
+async fn raw(cloud: &str) -> AsyncOpenStack {
+    let cfg = ConfigFile::builder()
+        .add_source(clouds())
+        .unwrap()
+        .build()
+        .unwrap();
+    let profile = cfg.get_cloud_config(cloud).unwrap().unwrap();
+    let os = AsyncOpenStack::builder(&profile)
+        .disable_auth_cache(true)
+        .connect()
+        .await
+        .unwrap();
+    for st in [ServiceType::Network, ServiceType::Compute] {
+        os.discover_service_endpoint(&st).await.unwrap();
+    }
+    os
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+async fn servers(os: &AsyncOpenStack, cluster: &str) -> Vec<Value> {
+    let l: Vec<Value> = server::list_detailed_21::Request::builder()
+        .name(format!("^{cluster}-"))
+        .build()
+        .unwrap()
+        .query_async(os)
+        .await
+        .unwrap();
+    l
+}
+
+/// Everything of the cluster one project holds, found by tag and by name prefix.
+async fn leftovers(os: &AsyncOpenStack, cluster: &str) -> Vec<String> {
+    let tag = format!("hybridgrid-cluster={cluster}");
+    let prefix = format!("{cluster}-");
+    let mut out = Vec::new();
+    for v in servers(os, cluster).await {
+        out.push(format!("server {}", v["name"]));
+    }
+    let nets: Vec<Value> = network::list::Request::builder()
+        .build()
+        .unwrap()
+        .query_async(os)
+        .await
+        .unwrap();
+    let subs: Vec<Value> = subnet::list::Request::builder()
+        .build()
+        .unwrap()
+        .query_async(os)
+        .await
+        .unwrap();
+    let ports: Vec<Value> = port::list::Request::builder()
+        .build()
+        .unwrap()
+        .query_async(os)
+        .await
+        .unwrap();
+    let sgs: Vec<Value> = security_group::list::Request::builder()
+        .build()
+        .unwrap()
+        .query_async(os)
+        .await
+        .unwrap();
+    let rtrs: Vec<Value> = router::list::Request::builder()
+        .build()
+        .unwrap()
+        .query_async(os)
+        .await
+        .unwrap();
+    let fips: Vec<Value> = floatingip::list::Request::builder()
+        .build()
+        .unwrap()
+        .query_async(os)
+        .await
+        .unwrap();
+    for (kind, list) in [
+        ("network", nets),
+        ("subnet", subs),
+        ("port", ports),
+        ("security group", sgs),
+        ("router", rtrs),
+        ("floating ip", fips),
+    ] {
+        for v in list {
+            let tagged = v["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|x| s(x) == tag));
+            if tagged
+                || s(&v["name"]).starts_with(&prefix)
+                || s(&v["description"]).starts_with(&prefix)
+            {
+                out.push(format!("{kind} {} {}", v["id"], v["name"]));
+            }
+        }
+    }
+    let kp: Result<Value, _> = keypair::get_20::Request::builder()
+        .id(format!("{cluster}-key"))
+        .build()
+        .unwrap()
+        .query_async(os)
+        .await;
+    if kp.is_ok() {
+        out.push("keypair".into());
+    }
+    out
+}
+
+async fn assert_nothing_left(cluster: &str) {
+    for cloud in ["site-a", "site-b"] {
+        let os = raw(cloud).await;
+        let left = leftovers(&os, cluster).await;
+        assert!(left.is_empty(), "{cloud}: left after down: {left:?}");
+    }
+}
+
+async fn relay_port(os: &AsyncOpenStack, server_id: &str) -> Value {
+    let l: Vec<Value> = port::list::Request::builder()
+        .device_id(server_id)
+        .build()
+        .unwrap()
+        .query_async(os)
+        .await
+        .unwrap();
+    assert_eq!(l.len(), 1, "one port on the relay");
+    l.into_iter().next().unwrap()
+}
+
+/// Independent checks of the whole cluster; returns the relay floating IPs by site.
+async fn verify(c: &Cluster, user_pair: Option<&str>) {
+    let plan = plan::plan(c, &Observed::default());
+    let tag = format!("hybridgrid-cluster={}", c.name);
+    let mut relay_fip = std::collections::BTreeMap::new();
+    let mut relay_port_ids = std::collections::BTreeMap::new();
+    for (site, cloud) in [("a", "site-a"), ("b", "site-b")] {
+        let os = raw(cloud).await;
+        let want: BTreeSet<String> = plan
+            .nodes
+            .iter()
+            .filter(|n| n.site == site)
+            .map(|n| format!("{}-{}", c.name, n.name))
+            .collect();
+        let got = servers(&os, &c.name).await;
+        let names: Vec<String> = got.iter().map(|v| s(&v["name"])).collect();
+        assert_eq!(names.len(), want.len(), "{site}: servers {names:?}");
+        assert_eq!(names.iter().cloned().collect::<BTreeSet<_>>(), want);
+        for v in &got {
+            assert_eq!(v["status"], "ACTIVE", "{}", v["name"]);
+            assert_eq!(s(&v["metadata"]["hybridgrid_cluster"]), c.name);
+            let node = s(&v["metadata"]["hybridgrid_node"]);
+            assert_eq!(format!("{}-{node}", c.name), s(&v["name"]));
+            let np = plan.node(&node).unwrap();
+            let p = relay_port(&os, &s(&v["id"])).await;
+            assert_eq!(
+                s(&p["fixed_ips"][0]["ip_address"]),
+                np.lan_ip.to_string(),
+                "{node}: fixed LAN IP"
+            );
+            assert!(
+                p["tags"].as_array().unwrap().iter().any(|t| s(t) == tag),
+                "port tagged"
+            );
+            if np.role.is_relay() {
+                let fips: Vec<Value> = floatingip::list::Request::builder()
+                    .port_id(s(&p["id"]))
+                    .build()
+                    .unwrap()
+                    .query_async(&os)
+                    .await
+                    .unwrap();
+                assert_eq!(fips.len(), 1, "{node}: one floating IP on the port");
+                assert!(s(&fips[0]["floating_ip_address"]).starts_with("203.0.113."));
+                relay_fip.insert(site, s(&fips[0]["floating_ip_address"]));
+                relay_port_ids.insert(site, s(&p["id"]));
+                let pairs: BTreeSet<String> = p["allowed_address_pairs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| s(&x["ip_address"]))
+                    .collect();
+                let other = if site == "a" {
+                    "10.32.0.0/24"
+                } else {
+                    "10.31.0.0/24"
+                };
+                for want in [other, "10.0.0.0/24"] {
+                    assert!(pairs.contains(want), "{node}: pair {want} in {pairs:?}");
+                }
+                if let Some(u) = user_pair {
+                    assert!(pairs.contains(u), "{node}: user pair {u} kept: {pairs:?}");
+                }
+            }
+        }
+        // Network, subnet and router tagged.
+        let nets: Vec<Value> = network::list::Request::builder()
+            .tags([tag.as_str()].into_iter())
+            .build()
+            .unwrap()
+            .query_async(&os)
+            .await
+            .unwrap();
+        assert_eq!(nets.len(), 1, "{site}: one tagged network");
+        let rtrs: Vec<Value> = router::list::Request::builder()
+            .tags([tag.as_str()].into_iter())
+            .build()
+            .unwrap()
+            .query_async(&os)
+            .await
+            .unwrap();
+        assert_eq!(rtrs.len(), 1, "{site}: one tagged router");
+        assert!(!rtrs[0]["external_gateway_info"]["network_id"].is_null());
+    }
+    // Security groups: exactly the plan's rules, the /32 from the other relay's floating IP.
+    for (site, cloud, other) in [("a", "site-a", "b"), ("b", "site-b", "a")] {
+        let os = raw(cloud).await;
+        let sgs: Vec<Value> = security_group::list::Request::builder()
+            .tags([tag.as_str()].into_iter())
+            .build()
+            .unwrap()
+            .query_async(&os)
+            .await
+            .unwrap();
+        assert_eq!(sgs.len(), 2, "{site}: two tagged groups");
+        let sp = plan.site(site).unwrap();
+        for g in &sp.security_groups {
+            let found = sgs.iter().find(|x| s(&x["name"]) == g.name).unwrap();
+            let ingress: Vec<&Value> = found["security_group_rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["direction"] == "ingress")
+                .collect();
+            assert_eq!(ingress.len(), g.rules.len(), "{}: rule count", g.name);
+            for rule in &g.rules {
+                let prefix = match &rule.remote {
+                    Remote::Cidr(n) => n.to_string(),
+                    Remote::PendingPublicIp(_) => format!("{}/32", relay_fip[other]),
+                };
+                let proto = match rule.protocol {
+                    Protocol::Any => Value::Null,
+                    Protocol::Tcp => "tcp".into(),
+                    Protocol::Udp => "udp".into(),
+                    Protocol::Icmp => "icmp".into(),
+                };
+                assert!(
+                    ingress
+                        .iter()
+                        .any(|r| r["remote_ip_prefix"] == prefix.as_str()
+                            && r["protocol"] == proto
+                            && r["port_range_min"].as_u64() == rule.ports.map(|p| u64::from(p.0))),
+                    "{}: rule {:?} from {prefix}",
+                    g.name,
+                    rule
+                );
+            }
+        }
+        // The relay's port carries both groups.
+        let p: Value = port::get::Request::builder()
+            .id(relay_port_ids[site].as_str())
+            .build()
+            .unwrap()
+            .query_async(&os)
+            .await
+            .unwrap();
+        assert_eq!(p["security_groups"].as_array().unwrap().len(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_verify_second_up_noop_pairs_kept_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(&unique("u"), 1, 1, "m1.tiny");
+    let os = provider(&c, dir.path(), None);
+    let r = os.up(&quiet).await.unwrap();
+    assert_eq!(r.servers_created.len(), 4, "{r:?}");
+    assert!(r.rounds >= 2, "{r:?}");
+    // The fake driver has no console: keys stay pending, and the relays' configurations with them.
+    assert_eq!(r.pending_public_keys.len(), 2, "{r:?}");
+    verify(&c, None).await;
+    let ledger: Value = serde_json::from_slice(&std::fs::read(os.ledger_path()).unwrap()).unwrap();
+    assert_eq!(ledger["format_version"], 1);
+
+    let again = os.up(&quiet).await.unwrap();
+    assert!(again.applied.is_empty(), "second up changed: {again:?}");
+    assert!(again.servers_created.is_empty());
+    assert_eq!(again.rounds, 1);
+
+    // A pair the user set on a relay port is kept; ours, removed by hand, come back.
+    let a = raw("site-a").await;
+    let master = servers(&a, &c.name)
+        .await
+        .into_iter()
+        .find(|v| s(&v["metadata"]["hybridgrid_node"]) == "a-master")
+        .unwrap();
+    let p = relay_port(&a, &s(&master["id"])).await;
+    let _: Value = port::set::Request::builder()
+        .id(s(&p["id"]))
+        .port(
+            port::set::PortBuilder::default()
+                .allowed_address_pairs(vec![
+                    port::set::AllowedAddressPairsBuilder::default()
+                        .ip_address("10.99.0.0/24")
+                        .build()
+                        .unwrap(),
+                ])
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+        .query_async(&a)
+        .await
+        .unwrap();
+    let third = os.up(&quiet).await.unwrap();
+    assert_eq!(third.applied.len(), 1, "{third:?}");
+    verify(&c, None).await;
+    let p = relay_port(&a, &s(&master["id"])).await;
+    assert!(
+        p["allowed_address_pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["ip_address"] == "10.99.0.0/24"),
+        "user pair kept: {}",
+        p["allowed_address_pairs"]
+    );
+
+    let d = os.down().await.unwrap();
+    assert!(d.not_deleted.is_empty(), "{d:?}");
+    assert!(!os.ledger_path().exists());
+    assert_nothing_left(&c.name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_part_way_then_up_converges_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(&unique("c"), 1, 1, "m1.tiny");
+    // Past the networks and groups, in the middle of ports and servers.
+    let err = provider(&c, dir.path(), Some(18))
+        .up(&quiet)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, hybridgrid_openstack::OsError::CrashInjected(_)),
+        "{err}"
+    );
+    let os = provider(&c, dir.path(), None);
+    let r = os.up(&quiet).await.unwrap();
+    assert!(r.rounds >= 2, "{r:?}");
+    verify(&c, None).await;
+    let again = os.up(&quiet).await.unwrap();
+    assert!(again.applied.is_empty(), "{again:?}");
+    let d = os.down().await.unwrap();
+    assert!(d.not_deleted.is_empty(), "{d:?}");
+    assert_nothing_left(&c.name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_early_then_up_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(&unique("e"), 1, 0, "m1.tiny");
+    // Right after the first creates (network/subnet): the id never reached the ledger.
+    assert!(provider(&c, dir.path(), Some(3)).up(&quiet).await.is_err());
+    let os = provider(&c, dir.path(), None);
+    os.up(&quiet).await.unwrap();
+    for cloud in ["site-a", "site-b"] {
+        let raw = raw(cloud).await;
+        let nets: Vec<Value> = network::list::Request::builder()
+            .name(format!(
+                "{}-{}-net",
+                c.name,
+                if cloud == "site-a" { "a" } else { "b" }
+            ))
+            .build()
+            .unwrap()
+            .query_async(&raw)
+            .await
+            .unwrap();
+        assert_eq!(nets.len(), 1, "{cloud}: no duplicate network");
+    }
+    verify(&c, None).await;
+    let d = os.down().await.unwrap();
+    assert!(d.not_deleted.is_empty(), "{d:?}");
+    assert_nothing_left(&c.name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_after_partial_up_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(&unique("d"), 1, 1, "m1.tiny");
+    for n in [7, 20] {
+        let c2 = c.clone();
+        let _ = provider(&c2, dir.path(), Some(n)).up(&quiet).await;
+    }
+    let os = provider(&c, dir.path(), None);
+    let d = os.down().await.unwrap();
+    assert!(d.not_deleted.is_empty(), "{d:?}");
+    assert!(!d.deleted.is_empty());
+    assert_nothing_left(&c.name).await;
+    // Idempotent: a second down finds nothing and fails on nothing.
+    let d2 = os.down().await.unwrap();
+    assert!(d2.not_deleted.is_empty() && d2.deleted.is_empty(), "{d2:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_online_checks_flavors_images_quotas() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = cluster(&unique("v"), 1, 1, "m1.tiny");
+    let plan = plan::plan(&ok, &Observed::default());
+    let problems = provider(&ok, dir.path(), None)
+        .validate_online(&plan)
+        .await
+        .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+
+    // 60 workers on site a: more instances than the quota (50); an unknown flavor on site b.
+    let mut bad = cluster(&unique("v"), 60, 1, "m1.tiny");
+    bad.sites[1].workers[0].spec.flavor = Some("m9.huge".into());
+    bad.sites[1].gateway.image = Some("no-such-image".into());
+    let plan = plan::plan(&bad, &Observed::default());
+    let problems = provider(&bad, dir.path(), None)
+        .validate_online(&plan)
+        .await
+        .unwrap();
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("site a:") && p.contains("quota instances")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("site b:") && p.contains("m9.huge")),
+        "{text:?}"
+    );
+    assert!(text.iter().any(|p| p.contains("no-such-image")), "{text:?}");
+    // Nothing was created.
+    assert_nothing_left(&bad.name).await;
+
+    // A cloud missing from the clouds file.
+    let mut missing = ok.clone();
+    missing.sites[1].cloud = Some("nowhere".into());
+    let plan = plan::plan(&missing, &Observed::default());
+    let problems = provider(&missing, dir.path(), None)
+        .validate_online(&plan)
+        .await
+        .unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.site == "b" && p.message.contains("nowhere")),
+        "{problems:?}"
+    );
+}
+
+/// Provisioning wall time of the 2-site cluster vs the slowest server's create → ACTIVE.
+/// `cargo test -p hybridgrid-openstack --release --test testbed -- --ignored --nocapture bench`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run alone, see docs/benchmarks.md"]
+#[allow(clippy::print_stderr)]
+async fn bench_provision_two_sites() {
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for run in 1..=runs {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(&unique("b"), 1, 1, "m1.tiny");
+        let os = provider(&c, dir.path(), None);
+        let t0 = Instant::now();
+        let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
+        let log = move |p: hybridgrid_openstack::Progress| {
+            if verbose {
+                eprintln!("  [{:6.2}s] {p:?}", t0.elapsed().as_secs_f64());
+            }
+        };
+        let r = os.up(&log).await.unwrap();
+        let wall = t0.elapsed().as_secs_f64();
+        let slowest = r.server_seconds.values().cloned().fold(0.0, f64::max);
+        eprintln!(
+            "run {run}: up {wall:.2} s ({} rounds, {} servers); slowest server create→ACTIVE \
+             {slowest:.2} s; ratio {:.2}",
+            r.rounds,
+            r.servers_created.len(),
+            wall / slowest
+        );
+        let d = os.down().await.unwrap();
+        assert!(d.not_deleted.is_empty(), "{d:?}");
+    }
+}

@@ -1,0 +1,100 @@
+//! The rendered cloud-init user data passes `cloud-init schema` (Debian package `cloud-init`;
+//! bookworm's 22.4: `cloud-init schema --config-file FILE`).
+
+#![allow(clippy::unwrap_used)] // tests
+
+use std::process::Command;
+
+use hybridgrid_core::diff::Observed;
+use hybridgrid_core::model::validate_text;
+use hybridgrid_core::plan::{self, NodeConfig};
+use hybridgrid_openstack::{PUBLIC_KEY_MARKER, public_key_from_console, user_data, user_data_with};
+
+fn plan() -> plan::Plan {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/openstack-two-sites.yaml"
+    ))
+    .unwrap();
+    let (c, d) = validate_text(&text);
+    plan::plan(&c.unwrap_or_else(|| panic!("{d:?}")), &Observed::default())
+}
+
+#[test]
+fn user_data_passes_cloud_init_schema() {
+    let found = Command::new("cloud-init").arg("--version").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "cloud-init is not installed: `apt-get install --no-install-recommends cloud-init`"
+    );
+    let plan = plan();
+    let dir = tempfile::tempdir().unwrap();
+    for node in &plan.nodes {
+        for (i, ud) in [
+            user_data(&plan, node),
+            user_data_with(&plan, node, Some("https://example.org/hybridgrid")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert!(ud.starts_with("#cloud-config\n"));
+            let f = dir.path().join(format!("{}-{i}.yaml", node.name));
+            std::fs::write(&f, &ud).unwrap();
+            let out = Command::new("cloud-init")
+                .args(["schema", "--config-file"])
+                .arg(&f)
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && text.contains("Valid cloud-config"),
+                "{}: {text}\n{ud}",
+                node.name
+            );
+        }
+    }
+}
+
+#[test]
+fn user_data_carries_the_node_config() {
+    use base64::Engine as _;
+    let plan = plan();
+    let node = plan.node("giessen-gw").unwrap();
+    let ud = user_data(&plan, node);
+    let doc: serde_json::Value = serde_json::from_str(
+        ud.split_once("\n{")
+            .map(|(_, r)| format!("{{{r}"))
+            .unwrap()
+            .as_str(),
+    )
+    .unwrap();
+    let b64 = doc["write_files"][0]["content"].as_str().unwrap();
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let config: NodeConfig = serde_json::from_slice(&json).unwrap();
+    assert_eq!(config, plan.node_config(node));
+    assert_eq!(doc["hostname"], "giessen-gw");
+    assert!(ud.contains("agent"), "{ud}");
+    assert!(ud.contains(PUBLIC_KEY_MARKER), "relays print their key");
+    let worker = plan.node("giessen-worker-1").unwrap();
+    assert!(!user_data(&plan, worker).contains(PUBLIC_KEY_MARKER));
+}
+
+#[test]
+fn public_key_is_read_from_console_output() {
+    let key = hybridgrid_core::keys::PrivateKey::from_seed("console")
+        .public_key()
+        .to_base64();
+    let console = format!("[  5.1] cloud-init[812]: boot\n{PUBLIC_KEY_MARKER} {key}\nlogin: ");
+    assert_eq!(public_key_from_console(&console), Some(key));
+    assert_eq!(public_key_from_console("FAKE CONSOLE OUTPUT\n"), None);
+    assert_eq!(
+        public_key_from_console(&format!("{PUBLIC_KEY_MARKER} nonsense")),
+        None
+    );
+}
