@@ -77,6 +77,11 @@ switch_impl() { # gotatun | wireguard-go
     echo "tunnel did not come back with $1" >&2
     exit 1
 }
+daemon_cpu() { # CPU seconds used so far by both relays' WireGuard daemons
+    for relay in bielefeld-master giessen-gw; do
+        awk '{print $14 + $15}' "/proc/$(cat "$HYBRIDGRID_STATE_DIR/$C/nodes/$relay/wg0.pid")/stat"
+    done | awk -v hz="$(getconf CLK_TCK)" '{s += $1} END {printf "%.2f", s / hz}'
+}
 iperf() { # client-ns server-ns server-ip → Mbit/s
     ip netns exec "$2" iperf3 -s -1 -D -I "$WORK/iperf.pid" >/dev/null
     sleep 0.3
@@ -97,9 +102,13 @@ for i in $(seq "$IPERF_RUNS"); do
     for impl in gotatun wireguard-go; do
         switch_impl $impl
         load=$(cut -d' ' -f1 /proc/loadavg)
+        c0=$(daemon_cpu)
         v=$(iperf "$(ns giessen-worker-1)" "$(ns bielefeld-worker-1)" 10.10.0.6)
-        echo "$impl $v" >>"$WORK/tput.txt"
-        echo "iperf run $i $impl: $v Mbit/s (load $load)"
+        c1=$(daemon_cpu)
+        # CPU-seconds of both daemons per Gbit moved: less sensitive to the machine's load.
+        cpg=$(echo "scale=2; ($c1 - $c0) / ($v * $SECS / 1000)" | bc)
+        echo "$impl $v $cpg" >>"$WORK/tput.txt"
+        echo "iperf run $i $impl: $v Mbit/s, daemons $cpg CPU-s/Gbit (load $load)"
     done
     v=$(iperf $VA $VB 192.0.2.2)
     echo "veth $v" >>"$WORK/tput.txt"
@@ -107,6 +116,9 @@ for i in $(seq "$IPERF_RUNS"); do
 done
 for impl in gotatun wireguard-go veth; do
     echo "$impl Mbit/s: $(awk -v k=$impl '$1==k {print $2}' "$WORK/tput.txt" | stats)"
+done
+for impl in gotatun wireguard-go; do
+    echo "$impl CPU-s per Gbit: $(awk -v k=$impl '$1==k {print $3}' "$WORK/tput.txt" | stats)"
 done
 g=$(awk '$1=="gotatun" {print $2}' "$WORK/tput.txt" | sort -g | awk '{v[NR]=$1} END {print (NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2}')
 w=$(awk '$1=="wireguard-go" {print $2}' "$WORK/tput.txt" | sort -g | awk '{v[NR]=$1} END {print (NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2}')

@@ -36,6 +36,10 @@ const ATTEMPTS: u32 = 6;
 /// (`OS_CLIENT_CONFIG_FILE`, `./clouds.yaml`, `~/.config/openstack/`, `/etc/openstack/`, plus
 /// `secure.yaml`), as the `openstack` CLI does.
 pub(crate) fn load_config(path: Option<&Path>) -> Result<ConfigFile> {
+    // openstack_sdk reads `OS_CLIENT_CONFIG_PATH` but not `OS_CLIENT_CONFIG_FILE`, the variable
+    // the `openstack` CLI and openstacksdk honour: treat it as an explicit file.
+    let from_env = std::env::var_os("OS_CLIENT_CONFIG_FILE").map(std::path::PathBuf::from);
+    let path = path.or(from_env.as_deref());
     let shown = path
         .map(|p| format!(" {}", p.display()))
         .unwrap_or_default();

@@ -148,6 +148,9 @@ fn show(p: Progress) {
 }
 
 pub fn run(cmd: LocalCommand) -> anyhow::Result<ExitCode> {
+    if let Some(code) = crate::openstack_cmd::intercept(&cmd)? {
+        return Ok(code);
+    }
     match cmd {
         LocalCommand::Up {
             file,

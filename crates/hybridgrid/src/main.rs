@@ -10,12 +10,13 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hybridgrid_core::diff::{Change, Observed};
-use hybridgrid_core::model::{self, Cluster, LoadError};
+use hybridgrid_core::model::{self, Cluster, LoadError, Provider};
 use hybridgrid_core::plan::{self, Plan, Remote, Role};
 use hybridgrid_core::render;
 
 mod doctor_cmd;
 mod local_cmd;
+mod openstack_cmd;
 mod submit_cmd;
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,10 @@ enum Command {
     Validate {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// Also ask the clouds: do the clouds, flavors, images and networks exist, and do the
+        /// quotas cover the plan (provider openstack).
+        #[arg(long)]
+        online: bool,
     },
     /// Show what `up` would create or change, without changing anything.
     Plan {
@@ -70,7 +75,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { file } => validate(&file),
+        Command::Validate { file, online } => validate(&file, online),
         Command::Plan { file, json } => {
             let Some(cluster) = load(&file)? else {
                 return Ok(ExitCode::FAILURE);
@@ -100,23 +105,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// What exists of the cluster already, as its provider finds it.
 fn observe(cluster: &Cluster) -> Observed {
-    local_cmd::observe(cluster)
+    match cluster.provider {
+        Provider::Local => local_cmd::observe(cluster),
+        Provider::OpenStack => openstack_cmd::observe(cluster).unwrap_or_else(|e| {
+            eprintln!("warning: cannot read the clouds ({e:#}); planning as if nothing existed");
+            Observed::default()
+        }),
+    }
 }
 
-fn validate(file: &Path) -> anyhow::Result<ExitCode> {
-    match load(file)? {
-        Some(cluster) => {
-            let nodes: u64 = cluster.sites.iter().map(|s| 1 + s.worker_count()).sum();
-            println!(
-                "{}: ok — cluster {}, {} sites, {nodes} nodes",
-                file.display(),
-                cluster.name,
-                cluster.sites.len()
-            );
-            Ok(ExitCode::SUCCESS)
+fn validate(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
+    let Some(cluster) = load(file)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if online && cluster.provider == Provider::OpenStack {
+        let problems = openstack_cmd::validate_online(&cluster)?;
+        for p in &problems {
+            eprintln!("{}: error: {p}", file.display());
         }
-        None => Ok(ExitCode::FAILURE),
+        if !problems.is_empty() {
+            eprintln!("{}: {} problem(s) in the clouds; nothing was created", file.display(), problems.len());
+            return Ok(ExitCode::FAILURE);
+        }
     }
+    let nodes: u64 = cluster.sites.iter().map(|s| 1 + s.worker_count()).sum();
+    println!(
+        "{}: ok — cluster {}, {} sites, {nodes} nodes{}",
+        file.display(),
+        cluster.name,
+        cluster.sites.len(),
+        if online && cluster.provider == Provider::OpenStack { "; the clouds have room for it" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads and validates; prints diagnostics. `None` when the file has errors (already reported).
