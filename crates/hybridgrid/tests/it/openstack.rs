@@ -22,8 +22,9 @@ struct Run {
 }
 
 impl Run {
-    fn new(flavor: &str) -> Run {
-        let name = format!("cli{}", std::process::id() % 100_000);
+    /// `tag` keeps clusters of concurrent tests apart: `down` also deletes by cluster tag.
+    fn new(tag: &str, flavor: &str) -> Run {
+        let name = format!("cli{tag}{}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("hg-cli-os-{name}-{flavor}"));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("cluster.yaml");
@@ -70,7 +71,7 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn validate_online_names_a_flavor_the_cloud_lacks() {
-    let run = Run::new("m1.huge");
+    let run = Run::new("v", "m1.huge");
     let out = run.hybridgrid(&["validate", "--online"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("m1.huge"), "{}", text(&out));
@@ -78,7 +79,7 @@ fn validate_online_names_a_flavor_the_cloud_lacks() {
 
 #[test]
 fn up_plan_down_through_the_command_line() {
-    let run = Run::new("m1.tiny");
+    let run = Run::new("u", "m1.tiny");
     let out = run.hybridgrid(&["validate", "--online"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = run.hybridgrid(&["up"]);
