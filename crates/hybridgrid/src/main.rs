@@ -124,7 +124,11 @@ fn validate(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
             eprintln!("{}: error: {p}", file.display());
         }
         if !problems.is_empty() {
-            eprintln!("{}: {} problem(s) in the clouds; nothing was created", file.display(), problems.len());
+            eprintln!(
+                "{}: {} problem(s) in the clouds; nothing was created",
+                file.display(),
+                problems.len()
+            );
             return Ok(ExitCode::FAILURE);
         }
     }
@@ -134,7 +138,11 @@ fn validate(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
         file.display(),
         cluster.name,
         cluster.sites.len(),
-        if online && cluster.provider == Provider::OpenStack { "; the clouds have room for it" } else { "" }
+        if online && cluster.provider == Provider::OpenStack {
+            "; the clouds have room for it"
+        } else {
+            ""
+        }
     );
     Ok(ExitCode::SUCCESS)
 }
