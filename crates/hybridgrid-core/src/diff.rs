@@ -135,23 +135,7 @@ impl Change {
 
 /// `udp 51820 from 198.51.100.20/32 (WireGuard from giessen-gw)`.
 pub fn rule_text(rule: &SgRule) -> String {
-    use crate::plan::{Protocol, Remote};
-    let proto = match rule.protocol {
-        Protocol::Any => "any",
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Icmp => "icmp",
-    };
-    let ports = match rule.ports {
-        None => String::new(),
-        Some((a, b)) if a == b => format!(" {a}"),
-        Some((a, b)) => format!(" {a}-{b}"),
-    };
-    let remote = match &rule.remote {
-        Remote::Cidr(net) => net.to_string(),
-        Remote::PendingPublicIp(node) => format!("<public IP of {node}>/32"),
-    };
-    format!("{proto}{ports} from {remote} ({})", rule.description)
+    format!("{} ({})", rule.match_text(), rule.description)
 }
 
 /// Every change from `observed` to `plan`, creations first, removals last.

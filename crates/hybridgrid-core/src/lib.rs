@@ -9,6 +9,7 @@ pub mod diag;
 pub mod diff;
 pub mod keys;
 pub mod model;
+pub mod node_meta;
 pub mod plan;
 pub mod raw;
 pub mod render;

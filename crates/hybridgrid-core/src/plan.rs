@@ -125,6 +125,26 @@ pub struct SgRule {
 }
 
 impl SgRule {
+    /// What the rule admits, without its description: `udp 51820 from 198.51.100.20/32`.
+    pub fn match_text(&self) -> String {
+        let proto = match self.protocol {
+            Protocol::Any => "any",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        };
+        let ports = match self.ports {
+            None => String::new(),
+            Some((a, b)) if a == b => format!(" {a}"),
+            Some((a, b)) => format!(" {a}-{b}"),
+        };
+        let remote = match &self.remote {
+            Remote::Cidr(net) => net.to_string(),
+            Remote::PendingPublicIp(node) => format!("<public IP of {node}>/32"),
+        };
+        format!("{proto}{ports} from {remote}")
+    }
+
     /// The rule's identity in the cloud: everything but the description.
     pub fn key(&self) -> (Protocol, Option<(u16, u16)>, Remote) {
         (self.protocol, self.ports, self.remote.clone())

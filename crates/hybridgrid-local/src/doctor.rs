@@ -126,22 +126,7 @@ const RESTORE: &str = "Run `hybridgrid up` to restore it.";
 
 /// `udp 51820 from 198.51.100.100/32`
 pub fn rule_text(rule: &SgRule) -> String {
-    let proto = match rule.protocol {
-        Protocol::Any => "any",
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Icmp => "icmp",
-    };
-    let ports = match rule.ports {
-        None => String::new(),
-        Some((a, b)) if a == b => format!(" {a}"),
-        Some((a, b)) => format!(" {a}-{b}"),
-    };
-    let from = match &rule.remote {
-        Remote::Cidr(n) => n.to_string(),
-        Remote::PendingPublicIp(n) => format!("{n}'s public IP"),
-    };
-    format!("{proto}{ports} from {from}")
+    rule.match_text()
 }
 
 fn counter_text(what: &str, before: Option<u64>, after: Option<u64>) -> Option<String> {

@@ -20,6 +20,7 @@ pub mod infra;
 pub mod ledger;
 pub mod names;
 pub mod provider;
+pub mod pull;
 mod sh;
 pub mod slurm;
 pub mod wg_impl;
