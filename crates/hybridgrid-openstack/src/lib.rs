@@ -20,6 +20,6 @@ pub use error::{OsError, Result};
 pub use provider::{DownReport, NotDeleted, OpenStack, Options, Problem, Progress, UpReport};
 pub use site::{TAG, cluster_tag, site_tag};
 pub use userdata::{
-    AGENT_PATH, AGENT_STATE_DIR, NODE_CONFIG_PATH, PUBLIC_KEY_MARKER, public_key_from_console,
-    user_data, user_data_with,
+    AGENT_PATH, AGENT_STATE_DIR, METADATA_URL, NODE_CONFIG_PATH, PUBLIC_KEY_MARKER, PULL_UNIT,
+    public_key_from_console, user_data, user_data_with,
 };

@@ -2,6 +2,7 @@
 //! `down` and the online validation.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures::future::{join_all, try_join_all};
 use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::model::Cluster;
+use hybridgrid_core::node_meta;
 use hybridgrid_core::plan::{self, Plan, Remote};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -68,9 +70,10 @@ pub struct UpReport {
     pub servers_created: Vec<String>,
     /// Per server created by this run: seconds from its create call to ACTIVE.
     pub server_seconds: BTreeMap<String, f64>,
-    /// Node configurations that differ from what the node received in its user data at
-    /// creation (for example peers' endpoints and keys that became known later). The provider
-    /// delivers configuration only at creation; these are *not* applied on the nodes.
+    /// Node configurations that differ from what the node applies: its user data at creation
+    /// merged with the peers delivered through its server metadata. Only WireGuard peers are
+    /// delivered after boot; other differences (routes, hosts of a grown cluster) are *not*
+    /// applied on the nodes.
     pub config_not_delivered: Vec<String>,
     /// Relays whose WireGuard public key was not found in their console output (yet).
     pub pending_public_keys: Vec<String>,
@@ -221,14 +224,78 @@ impl OpenStack {
     }
 
     async fn observe_sites(&self, sites: &[SiteOps]) -> Result<Observed> {
+        Ok(self.observe_full(sites).await?.0)
+    }
+
+    /// The observed state, and the relays whose floating IP is allocated but not attached.
+    async fn observe_full(
+        &self,
+        sites: &[SiteOps],
+    ) -> Result<(Observed, BTreeMap<String, (String, Ipv4Addr)>)> {
         let shape = plan::plan(&self.cluster, &Observed::default());
         let results = try_join_all(sites.iter().map(|s| s.observe(&shape))).await?;
         let mut observed = Observed::default();
-        for (ops, (site, nodes)) in sites.iter().zip(results) {
+        let mut unattached = BTreeMap::new();
+        for (ops, (site, nodes, fips)) in sites.iter().zip(results) {
             observed.sites.insert(ops.site.name.clone(), site);
             observed.nodes.extend(nodes);
+            for (node, ip) in fips {
+                unattached.insert(node, (ops.site.name.clone(), ip));
+            }
         }
-        Ok(observed)
+        Ok((observed, unattached))
+    }
+
+    /// Allocates every relay's floating IP (unattached) as soon as its site's external network
+    /// is known, before any server exists, so that every relay boots knowing its peers'
+    /// endpoints.
+    async fn allocate_relay_ips(&self, sites: &[SiteOps]) -> Result<()> {
+        let shape = plan::plan(&self.cluster, &Observed::default());
+        try_join_all(sites.iter().filter_map(|ops| {
+            let relay = shape.relay_of(&ops.site.name)?.name.clone();
+            Some(async move { ops.allocate_floating_ip(&relay).await })
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Writes every relay's peers into its server's metadata where they differ (the node's
+    /// `hybridgrid agent pull` applies them); returns the summaries of what it wrote.
+    async fn deliver(
+        &self,
+        sites: &[SiteOps],
+        plan: &Plan,
+        progress: Sink<'_>,
+    ) -> Result<Vec<String>> {
+        let per_site = try_join_all(sites.iter().map(|ops| async move {
+            let servers = ops.servers(false).await?;
+            let mut out = Vec::new();
+            for srv in &servers {
+                let Some(np) = plan.node(&srv.node).filter(|n| n.wireguard.is_some()) else {
+                    continue;
+                };
+                let items = node_meta::items(&plan.node_config_without_hosts(np));
+                if ops.set_delivery_metadata(srv, &items).await? {
+                    let summary = format!(
+                        "~ {}: metadata of {}: {} peers, version {}",
+                        ops.site.name,
+                        srv.node,
+                        items.len().saturating_sub(1),
+                        items
+                            .get(node_meta::VERSION_KEY)
+                            .map(String::as_str)
+                            .unwrap_or("-")
+                    );
+                    progress(Progress::Applied {
+                        summary: summary.clone(),
+                    });
+                    out.push(summary);
+                }
+            }
+            Ok::<_, OsError>(out)
+        }))
+        .await?;
+        Ok(per_site.into_iter().flatten().collect())
     }
 
     /// Observes, plans and applies until no infrastructure change is left; then waits for every
@@ -247,17 +314,56 @@ impl OpenStack {
             seconds: 0.0,
         };
         let mut created: Created = Vec::new();
-        let last_plan;
+        self.allocate_relay_ips(&sites).await?;
+        let mut last_plan;
         loop {
             report.rounds += 1;
-            let observed = self.observe_sites(&sites).await?;
-            let plan = plan::plan(&self.cluster, &observed);
-            let todo: Vec<Change> = plan
+            let (observed, unattached) = self.observe_full(&sites).await?;
+            // Plan with the allocated floating IPs as if attached: user data and rules get the
+            // relays' endpoints before their servers exist. A relay that has only its floating
+            // IP yet is created (its "configure" becomes a create), and unattached floating IPs
+            // are attached (an "assign public IP").
+            let mut view = observed.clone();
+            let mut virtual_nodes = BTreeSet::new();
+            for (node, (site, ip)) in &unattached {
+                match view.nodes.get_mut(node) {
+                    Some(n) => n.public_ip = Some(*ip),
+                    None => {
+                        virtual_nodes.insert(node.clone());
+                        view.nodes.insert(
+                            node.clone(),
+                            hybridgrid_core::diff::ObservedNode {
+                                site: site.clone(),
+                                public_ip: Some(*ip),
+                                public_key: None,
+                                applied: None,
+                            },
+                        );
+                    }
+                }
+            }
+            let plan = plan::plan(&self.cluster, &view);
+            let mut todo: Vec<Change> = plan
                 .changes
                 .iter()
-                .filter(|c| actionable(c))
-                .cloned()
+                .filter_map(|c| match c {
+                    Change::ConfigureNode { site, node, .. } if virtual_nodes.contains(node) => {
+                        Some(Change::CreateNode {
+                            site: site.clone(),
+                            node: node.clone(),
+                            role: plan.node(node).map(|n| n.role)?,
+                        })
+                    }
+                    c => Some(c.clone()),
+                })
+                .filter(actionable)
                 .collect();
+            for (node, (site, _)) in &unattached {
+                todo.push(Change::AssignPublicIp {
+                    site: site.clone(),
+                    node: node.clone(),
+                });
+            }
             progress(Progress::Round {
                 round: report.rounds,
                 changes: todo.len(),
@@ -314,6 +420,16 @@ impl OpenStack {
             Ok::<_, OsError>(())
         }));
         all.await?;
+        // Configuration that became known after boot (peers' keys read from the consoles of
+        // ACTIVE relays, later plan changes) goes into the relays' server metadata.
+        if !report.servers_created.is_empty() || !last_plan.changes.is_empty() {
+            last_plan = plan::plan(&self.cluster, &self.observe_sites(&sites).await?);
+        }
+        let delivered = self.deliver(&sites, &last_plan, progress).await?;
+        if !delivered.is_empty() {
+            report.applied.extend(delivered);
+            last_plan = plan::plan(&self.cluster, &self.observe_sites(&sites).await?);
+        }
         for c in &last_plan.changes {
             match c {
                 Change::ConfigureNode { .. } => report.config_not_delivered.push(c.summary()),
@@ -448,8 +564,9 @@ impl OpenStack {
     }
 }
 
-/// Whether `up` acts on the change now. Configuration is delivered at creation only; a rule from
-/// a public IP waits for the IP; whole sites are removed by `down`.
+/// Whether `up`'s rounds act on the change. Configuration goes into the user data at creation
+/// and, once servers are ACTIVE, into the relays' metadata (after the rounds); a rule from a
+/// public IP waits for the IP; whole sites are removed by `down`.
 fn actionable(c: &Change) -> bool {
     match c {
         Change::ConfigureNode { .. }
@@ -713,6 +830,15 @@ async fn remove_node(ops: &SiteOps, node: &str, net_id: &str) -> Result<()> {
                 .await?;
         }
     }
+    // An allocated floating IP never attached to the port.
+    for f in ops.fips_named(node).await? {
+        ops.cloud
+            .delete(
+                "delete floating IP",
+                Req::delete(NET, format!("floatingips/{}", s(&f["id"]))),
+            )
+            .await?;
+    }
     if let Some(srv) = server {
         ops.delete_server(&srv.id).await?;
     }
@@ -883,6 +1009,34 @@ async fn down_site(ops: &SiteOps) -> DownReport {
                 );
             }
         }
+    }
+    // Relay floating IPs allocated unattached whose tagging never happened: by description.
+    let relay_fips: Vec<String> = [plan::Role::Master, plan::Role::Gateway]
+        .into_iter()
+        .map(|r| ops.fip_name(&plan::relay_name(&site, r)))
+        .collect();
+    match ops
+        .cloud
+        .list(
+            "list floating IPs",
+            Req::get(NET, "floatingips").q("project_id", ops.cloud.project_id.as_str()),
+            "floatingips",
+        )
+        .await
+    {
+        Ok(l) => {
+            for v in l {
+                if relay_fips.contains(&s(&v["description"])) {
+                    add(
+                        &mut found,
+                        Kind::FloatingIp,
+                        s(&v["floating_ip_address"]),
+                        s(&v["id"]),
+                    );
+                }
+            }
+        }
+        Err(e) => gather_errors.push((Kind::FloatingIp, e)),
     }
     for (kind, e) in gather_errors {
         fail(kind, "(search)", None, &e);

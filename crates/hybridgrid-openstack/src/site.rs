@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use hybridgrid_core::diff::{ObservedNode, ObservedSite};
 use hybridgrid_core::model::Site;
+use hybridgrid_core::node_meta;
 use hybridgrid_core::plan::{NodePlan, Plan, Protocol, Remote, SgRule};
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
@@ -56,6 +57,8 @@ pub(crate) struct FoundServer {
     pub id: String,
     pub node: String,
     pub status: String,
+    /// The server's Nova metadata (the delivery items among it).
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl SiteOps {
@@ -735,6 +738,12 @@ impl SiteOps {
                 id: s(&v["id"]),
                 node: s(&v["metadata"]["hybridgrid_node"]),
                 status: s(&v["status"]),
+                metadata: v["metadata"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| v.as_str().map(|x| (k.clone(), x.to_owned())))
+                    .collect(),
             })
             .collect())
     }
@@ -926,17 +935,33 @@ impl SiteOps {
         Ok(existed)
     }
 
-    /// A floating IP on the node's port (looked up by port first).
-    pub async fn ensure_floating_ip(&self, node: &str, port_id: &str) -> Result<Ipv4Addr> {
-        let existing = self
+    /// The project's floating IPs named (by description) for this node.
+    pub async fn fips_named(&self, node: &str) -> Result<Vec<Value>> {
+        let name = self.fip_name(node);
+        let l = self
             .cloud
             .list(
                 "list floating IPs",
-                Req::get(NET, "floatingips").q("port_id", port_id),
+                Req::get(NET, "floatingips").q("project_id", self.cloud.project_id.as_str()),
                 "floatingips",
             )
             .await?;
-        let fip = match existing.into_iter().next() {
+        Ok(l.into_iter()
+            .filter(|f| s(&f["description"]) == name)
+            .collect())
+    }
+
+    fn fip_address(&self, node: &str, fip: &Value) -> Result<Ipv4Addr> {
+        s(&fip["floating_ip_address"])
+            .parse()
+            .map_err(|_| self.site_err(format!("floating IP of {node} has no address")))
+    }
+
+    /// The relay's floating IP, allocated unattached (tagged, ledgered) unless it has one: its
+    /// address is known before the server exists, for every peer's user data. Returns the
+    /// address and whether it is still unattached.
+    pub async fn allocate_floating_ip(&self, node: &str) -> Result<(Ipv4Addr, bool)> {
+        let fip = match self.fips_named(node).await?.into_iter().next() {
             Some(f) => {
                 self.ensure_tags("floatingips", &f).await?;
                 f
@@ -949,18 +974,98 @@ impl SiteOps {
                     &name,
                     "floatingips",
                     "floatingip",
-                    json!({
-                        "floating_network_id": ext,
-                        "port_id": port_id,
-                        "description": name,
-                    }),
+                    json!({ "floating_network_id": ext, "description": name }),
                 )
                 .await?
             }
         };
-        s(&fip["floating_ip_address"])
-            .parse()
-            .map_err(|_| self.site_err(format!("floating IP of {node} has no address")))
+        Ok((self.fip_address(node, &fip)?, fip["port_id"].is_null()))
+    }
+
+    /// A floating IP on the node's port: the one already there, else the node's allocated one
+    /// attached now (needs the router interface), else a new one.
+    pub async fn ensure_floating_ip(&self, node: &str, port_id: &str) -> Result<Ipv4Addr> {
+        let existing = self
+            .cloud
+            .list(
+                "list floating IPs",
+                Req::get(NET, "floatingips").q("port_id", port_id),
+                "floatingips",
+            )
+            .await?;
+        if let Some(f) = existing.into_iter().next() {
+            self.ensure_tags("floatingips", &f).await?;
+            return self.fip_address(node, &f);
+        }
+        if let Some(f) = self.fips_named(node).await?.into_iter().next() {
+            self.ensure_tags("floatingips", &f).await?;
+            let id = s(&f["id"]);
+            self.cloud
+                .call(
+                    &format!("attach floating IP {}", s(&f["floating_ip_address"])),
+                    &Req::put(
+                        NET,
+                        format!("floatingips/{id}"),
+                        json!({ "floatingip": { "port_id": port_id } }),
+                    ),
+                    crate::api::Retry::Idempotent,
+                )
+                .await?;
+            return self.fip_address(node, &f);
+        }
+        let ext = self.external_network().await?;
+        let name = self.fip_name(node);
+        let f = self
+            .create_neutron(
+                Kind::FloatingIp,
+                &name,
+                "floatingips",
+                "floatingip",
+                json!({
+                    "floating_network_id": ext,
+                    "port_id": port_id,
+                    "description": name,
+                }),
+            )
+            .await?;
+        self.fip_address(node, &f)
+    }
+
+    /// Replaces the delivery items of the server's metadata ([`node_meta`]) with `items`, keeping
+    /// every other item. `false` when they were as wanted already.
+    pub async fn set_delivery_metadata(
+        &self,
+        server: &FoundServer,
+        items: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        let current: BTreeMap<&String, &String> = server
+            .metadata
+            .iter()
+            .filter(|(k, _)| node_meta::is_delivery_key(k))
+            .collect();
+        let wanted: BTreeMap<&String, &String> = items.iter().collect();
+        if current == wanted {
+            return Ok(false);
+        }
+        let mut all: BTreeMap<String, String> = server
+            .metadata
+            .iter()
+            .filter(|(k, _)| !node_meta::is_delivery_key(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.extend(items.clone());
+        self.cloud
+            .call(
+                &format!("set metadata of {}", self.server_name(&server.node)),
+                &Req::put(
+                    NOVA,
+                    format!("servers/{}/metadata", server.id),
+                    json!({ "metadata": all }),
+                ),
+                crate::api::Retry::Idempotent,
+            )
+            .await?;
+        Ok(true)
     }
 
     /// Adds pairs to the port, keeping every pair already there (Neutron's PUT replaces the
@@ -1023,10 +1128,15 @@ impl SiteOps {
 
     /// What exists of this site: network, groups and rules, nodes with their public IPs, pairs
     /// and keys.
+    /// The third part: relays whose floating IP is allocated but not (yet) on their port.
     pub async fn observe(
         &self,
         plan: &Plan,
-    ) -> Result<(ObservedSite, BTreeMap<String, ObservedNode>)> {
+    ) -> Result<(
+        ObservedSite,
+        BTreeMap<String, ObservedNode>,
+        BTreeMap<String, Ipv4Addr>,
+    )> {
         let mut site = ObservedSite {
             network: self.network_ready().await?,
             ..Default::default()
@@ -1048,8 +1158,18 @@ impl SiteOps {
             site.security_groups.insert(name, rules);
         }
         let mut nodes = BTreeMap::new();
+        let mut unattached = BTreeMap::new();
+        if let Some(relay) = plan.relay_of(&self.site.name) {
+            for f in self.fips_named(&relay.name).await? {
+                if f["port_id"].is_null()
+                    && let Ok(ip) = self.fip_address(&relay.name, &f)
+                {
+                    unattached.insert(relay.name.clone(), ip);
+                }
+            }
+        }
         let Some(ids) = self.net_ids().await? else {
-            return Ok((site, nodes));
+            return Ok((site, nodes, unattached));
         };
         let servers = self.servers(false).await?;
         let ledger = self.ledger.snapshot();
@@ -1102,12 +1222,16 @@ impl SiteOps {
                         })?;
                     }
                 }
-                let observed = srv.map(|_| ObservedNode {
+                // What the node applies: its user data, merged with what its metadata delivers.
+                let observed = srv.map(|srv| ObservedNode {
                     site: self.site.name.clone(),
                     public_ip,
                     public_key: key
                         .and_then(|k| hybridgrid_core::keys::PublicKey::from_base64(&k).ok()),
-                    applied: ledger.delivered.get(node).cloned(),
+                    applied: ledger
+                        .delivered
+                        .get(node)
+                        .and_then(|base| node_meta::merge(base, &srv.metadata).ok()),
                 });
                 Ok::<_, OsError>((node.clone(), observed, pairs))
             }
@@ -1121,7 +1245,7 @@ impl SiteOps {
                 nodes.insert(node, o);
             }
         }
-        Ok((site, nodes))
+        Ok((site, nodes, unattached))
     }
 }
 

@@ -11,6 +11,11 @@ pub const AGENT_STATE_DIR: &str = "/var/lib/hybridgrid";
 /// What a relay prints to its console once it made its WireGuard key; the provider reads it
 /// through Nova's console-output API.
 pub const PUBLIC_KEY_MARKER: &str = "hybridgrid-wg-public-key:";
+/// The metadata service relays poll for configuration delivered after boot (`agent pull`).
+pub const METADATA_URL: &str = "http://169.254.169.254/openstack/latest/meta_data.json";
+/// The systemd service and timer running `hybridgrid agent pull` on relays.
+pub const PULL_UNIT: &str = "hybridgrid-pull";
+pub const PULL_SECONDS: u32 = 30;
 
 /// The user data for `node` when the image already carries the agent at [`AGENT_PATH`].
 pub fn user_data(plan: &Plan, node: &NodePlan) -> String {
@@ -22,7 +27,9 @@ pub fn user_data(plan: &Plan, node: &NodePlan) -> String {
 ///
 /// A `#cloud-config` document (JSON is YAML): writes the node's configuration
 /// ([`Plan::node_config`]) to [`NODE_CONFIG_PATH`], runs `hybridgrid agent apply`, and on relays
-/// prints the WireGuard public key to the console ([`PUBLIC_KEY_MARKER`]). Pure.
+/// prints the WireGuard public key to the console ([`PUBLIC_KEY_MARKER`]) and installs a systemd
+/// timer running `hybridgrid agent pull` every [`PULL_SECONDS`] (peers delivered through the
+/// server's metadata after boot). Pure.
 pub fn user_data_with(plan: &Plan, node: &NodePlan, agent_url: Option<&str>) -> String {
     let config = plan.node_config(node);
     let config_json = serde_json::to_string_pretty(&config).unwrap_or_default();
@@ -50,6 +57,13 @@ pub fn user_data_with(plan: &Plan, node: &NodePlan, agent_url: Option<&str>) -> 
         "--tag",
         node.name,
     ]));
+    let mut write_files = vec![json!({
+        "path": NODE_CONFIG_PATH,
+        "owner": "root:root",
+        "permissions": "0600",
+        "encoding": "b64",
+        "content": b64,
+    })];
     if node.role.is_relay() {
         runcmd.push(json!([
             "sh",
@@ -59,18 +73,42 @@ pub fn user_data_with(plan: &Plan, node: &NodePlan, agent_url: Option<&str>) -> 
                  tee /dev/console"
             ),
         ]));
+        // Peers that become known after boot arrive through the server's metadata.
+        write_files.push(json!({
+            "path": format!("/etc/systemd/system/{PULL_UNIT}.service"),
+            "owner": "root:root",
+            "permissions": "0644",
+            "content": format!(
+                "[Unit]\nDescription=hybridgrid: apply configuration delivered through metadata\n\
+                 After=network-online.target\n\n[Service]\nType=oneshot\n\
+                 ExecStart={AGENT_PATH} agent pull --metadata-url {METADATA_URL} --config \
+                 {NODE_CONFIG_PATH} --state-dir {AGENT_STATE_DIR} --tag {}\n",
+                node.name
+            ),
+        }));
+        write_files.push(json!({
+            "path": format!("/etc/systemd/system/{PULL_UNIT}.timer"),
+            "owner": "root:root",
+            "permissions": "0644",
+            "content": format!(
+                "[Unit]\nDescription=hybridgrid: pull configuration every {PULL_SECONDS} s\n\n\
+                 [Timer]\nOnActiveSec={PULL_SECONDS}\nOnUnitActiveSec={PULL_SECONDS}\n\
+                 AccuracySec=1\n\n[Install]\nWantedBy=timers.target\n"
+            ),
+        }));
+        runcmd.push(json!(["systemctl", "daemon-reload"]));
+        runcmd.push(json!([
+            "systemctl",
+            "enable",
+            "--now",
+            format!("{PULL_UNIT}.timer")
+        ]));
     }
     let doc = json!({
         "hostname": node.name,
         "preserve_hostname": false,
         "manage_etc_hosts": false,
-        "write_files": [{
-            "path": NODE_CONFIG_PATH,
-            "owner": "root:root",
-            "permissions": "0600",
-            "encoding": "b64",
-            "content": b64,
-        }],
+        "write_files": write_files,
         "runcmd": runcmd,
     });
     format!(

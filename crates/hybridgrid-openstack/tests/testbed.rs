@@ -361,6 +361,56 @@ async fn verify(c: &Cluster, user_pair: Option<&str>) {
     }
 }
 
+/// Each relay's server metadata (read independently), by node.
+async fn relay_metadata(c: &Cluster) -> std::collections::BTreeMap<String, Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for cloud in ["site-a", "site-b"] {
+        let os = raw(cloud).await;
+        for v in servers(&os, &c.name).await {
+            let node = s(&v["metadata"]["hybridgrid_node"]);
+            if node == "a-master" || node == "b-gw" {
+                out.insert(node, v["metadata"].clone());
+            }
+        }
+    }
+    out
+}
+
+/// Each relay's metadata names the other relay's endpoint (its floating IP and the tunnel port)
+/// and carries a version; returns the relays' floating IPs.
+async fn verify_peer_metadata(c: &Cluster) -> std::collections::BTreeMap<String, String> {
+    let mut fip = std::collections::BTreeMap::new();
+    for (cloud, node) in [("site-a", "a-master"), ("site-b", "b-gw")] {
+        let os = raw(cloud).await;
+        let fips: Vec<Value> = floatingip::list::Request::builder()
+            .build()
+            .unwrap()
+            .query_async(&os)
+            .await
+            .unwrap();
+        let want = format!("{}-{node}-fip", c.name);
+        let f = fips.iter().find(|f| s(&f["description"]) == want).unwrap();
+        assert!(!f["port_id"].is_null(), "{node}: floating IP attached");
+        fip.insert(node.to_owned(), s(&f["floating_ip_address"]));
+    }
+    let meta = relay_metadata(c).await;
+    for (node, other) in [("a-master", "b-gw"), ("b-gw", "a-master")] {
+        let m = &meta[node];
+        let item = s(&m[format!("hg_peer_{other}")]);
+        let fields: Vec<&str> = item.split(' ').collect();
+        assert_eq!(fields.len(), 5, "{node}: {m}");
+        assert_eq!(
+            fields[1],
+            format!("{}:{}", fip[other], c.tunnel.port),
+            "{node}: the peer's endpoint: {m}"
+        );
+        assert_eq!(fields[4], &other[..1], "{node}: the peer's site");
+        assert!(m["hg_config_version"].is_string(), "{node}: {m}");
+        assert_eq!(s(&m["hybridgrid_cluster"]), c.name, "other metadata kept");
+    }
+    fip
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_verify_second_up_noop_pairs_kept_down() {
     let dir = tempfile::tempdir().unwrap();
@@ -371,7 +421,10 @@ async fn up_verify_second_up_noop_pairs_kept_down() {
     assert!(r.rounds >= 2, "{r:?}");
     // The fake driver has no console: keys stay pending, and the relays' configurations with them.
     assert_eq!(r.pending_public_keys.len(), 2, "{r:?}");
+    // The floating IPs exist before the servers: every relay's configuration is complete.
+    assert!(r.config_not_delivered.is_empty(), "{r:?}");
     verify(&c, None).await;
+    verify_peer_metadata(&c).await;
     let ledger: Value = serde_json::from_slice(&std::fs::read(os.ledger_path()).unwrap()).unwrap();
     assert_eq!(ledger["format_version"], 1);
 
@@ -419,6 +472,45 @@ async fn up_verify_second_up_noop_pairs_kept_down() {
         "user pair kept: {}",
         p["allowed_address_pairs"]
     );
+
+    // b-gw's key arrives (written where the console reader records keys): a-master's metadata
+    // gets it, b-gw's own version follows; nothing else changes, and a second up is a no-op.
+    let key = hybridgrid_core::keys::PrivateKey::from_seed("b-gw")
+        .public_key()
+        .to_base64();
+    let ledger = hybridgrid_openstack::ledger::Ledger::open(os.ledger_path(), &c.name).unwrap();
+    ledger
+        .update(|d| {
+            d.public_keys.insert("b-gw".into(), key.clone());
+        })
+        .unwrap();
+    let before = relay_metadata(&c).await;
+    let os = provider(&c, dir.path(), None);
+    let r = os.up(&quiet).await.unwrap();
+    assert_eq!(r.rounds, 1, "{r:?}");
+    assert!(
+        r.applied.iter().any(|a| a.contains("metadata of a-master")),
+        "{r:?}"
+    );
+    assert!(r.applied.iter().all(|a| a.contains("metadata of")), "{r:?}");
+    assert_eq!(r.pending_public_keys, vec!["a-master".to_owned()], "{r:?}");
+    assert!(r.config_not_delivered.is_empty(), "{r:?}");
+    let fip = verify_peer_metadata(&c).await;
+    let after = relay_metadata(&c).await;
+    assert_eq!(
+        s(&after["a-master"]["hg_peer_b-gw"]),
+        format!(
+            "{key} {}:{} 10.0.0.2/32,10.32.0.0/24 25 b",
+            fip["b-gw"], c.tunnel.port
+        )
+    );
+    assert_ne!(
+        after["a-master"]["hg_config_version"],
+        before["a-master"]["hg_config_version"]
+    );
+    let again = os.up(&quiet).await.unwrap();
+    assert!(again.applied.is_empty(), "{again:?}");
+    assert_eq!(relay_metadata(&c).await, after);
 
     let d = os.down().await.unwrap();
     assert!(d.not_deleted.is_empty(), "{d:?}");

@@ -8,7 +8,9 @@ use std::process::Command;
 use hybridgrid_core::diff::Observed;
 use hybridgrid_core::model::validate_text;
 use hybridgrid_core::plan::{self, NodeConfig};
-use hybridgrid_openstack::{PUBLIC_KEY_MARKER, public_key_from_console, user_data, user_data_with};
+use hybridgrid_openstack::{
+    METADATA_URL, PUBLIC_KEY_MARKER, public_key_from_console, user_data, user_data_with,
+};
 
 fn plan() -> plan::Plan {
     let text = std::fs::read_to_string(concat!(
@@ -83,6 +85,32 @@ fn user_data_carries_the_node_config() {
     assert!(ud.contains(PUBLIC_KEY_MARKER), "relays print their key");
     let worker = plan.node("giessen-worker-1").unwrap();
     assert!(!user_data(&plan, worker).contains(PUBLIC_KEY_MARKER));
+    // Relays pull peers delivered later through the server's metadata, every 30 s.
+    let files: Vec<&str> = doc["write_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        files.contains(&"/etc/systemd/system/hybridgrid-pull.timer"),
+        "{files:?}"
+    );
+    let service = doc["write_files"][1]["content"].as_str().unwrap();
+    assert!(
+        service.contains(&format!(
+            "agent pull --metadata-url {METADATA_URL} --config /etc/hybridgrid/node.json"
+        )),
+        "{service}"
+    );
+    assert!(
+        doc["write_files"][2]["content"]
+            .as_str()
+            .unwrap()
+            .contains("OnUnitActiveSec=30")
+    );
+    assert!(ud.contains("hybridgrid-pull.timer"));
+    assert!(!user_data(&plan, worker).contains("agent pull"));
 }
 
 #[test]

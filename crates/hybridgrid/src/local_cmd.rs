@@ -86,6 +86,21 @@ pub enum AgentCommand {
         #[arg(long, default_value = "")]
         tag: String,
     },
+    /// Merge the configuration delivered through the cloud's metadata service (peers) into
+    /// `--config` and apply it like `apply` (run every 30 s by a timer on openstack relays).
+    Pull {
+        #[arg(
+            long,
+            default_value = "http://169.254.169.254/openstack/latest/meta_data.json"
+        )]
+        metadata_url: String,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        tag: String,
+    },
     /// Print the WireGuard device's status as JSON.
     WgStatus {
         #[arg(long, default_value = "wg0")]
@@ -261,6 +276,18 @@ fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("parsing {}", config.display()))?;
             let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
             let report = hybridgrid_local::agent::apply(&config, &state_dir, &exe, &tag)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Pull {
+            metadata_url,
+            config,
+            state_dir,
+            tag,
+        } => {
+            let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
+            let report =
+                hybridgrid_local::pull::pull(&metadata_url, &config, &state_dir, &exe, &tag)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }

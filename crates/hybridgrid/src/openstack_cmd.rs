@@ -100,7 +100,7 @@ pub fn intercept(cmd: &LocalCommand) -> anyhow::Result<Option<ExitCode>> {
             }
             for node in &report.config_not_delivered {
                 eprintln!(
-                    "note: {node}'s configuration changed after it was created; it keeps what it booted with"
+                    "note: {node}: only WireGuard peers are delivered after boot (server metadata); the rest keeps what it booted with"
                 );
             }
             for change in &report.not_supported {
