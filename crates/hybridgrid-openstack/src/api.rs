@@ -89,6 +89,30 @@ impl CrashSwitch {
     }
 }
 
+/// Receives every API call as it ends (each attempt of a retried call): for finding where `up`
+/// spends its time (the provisioning benchmark prints them).
+#[derive(Clone)]
+pub struct CallTrace(pub Arc<dyn Fn(&CallTiming<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for CallTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallTrace")
+    }
+}
+
+/// One API call, for a [`CallTrace`].
+#[derive(Debug)]
+pub struct CallTiming<'a> {
+    /// The clouds.yaml entry.
+    pub cloud: &'a str,
+    /// The call in words ("create port", "add router interface").
+    pub what: &'a str,
+    pub started: std::time::Instant,
+    pub seconds: f64,
+    /// The HTTP status of a failed call; `None` when it succeeded (or no response came).
+    pub failed_status: Option<u16>,
+}
+
 /// A request to any OpenStack API, with a JSON body.
 #[derive(Debug, Clone)]
 pub(crate) struct Req {
@@ -202,6 +226,7 @@ pub(crate) struct Cloud {
     os: AsyncOpenStack,
     pub project_id: String,
     crash: Arc<CrashSwitch>,
+    trace: Option<CallTrace>,
 }
 
 impl std::fmt::Debug for Cloud {
@@ -219,6 +244,7 @@ impl Cloud {
         site: &str,
         cloud: &str,
         crash: Arc<CrashSwitch>,
+        trace: Option<CallTrace>,
     ) -> Result<Cloud> {
         let err = |e: &dyn std::fmt::Display| OsError::Connect {
             cloud: cloud.to_owned(),
@@ -258,6 +284,7 @@ impl Cloud {
                         os,
                         project_id,
                         crash,
+                        trace,
                     });
                 }
                 Err(e) => {
@@ -274,7 +301,17 @@ impl Cloud {
     pub async fn call(&self, what: &str, req: &Req, retry: Retry) -> Result<Value> {
         let mut attempt = 0;
         loop {
+            let started = std::time::Instant::now();
             let r = raw(req.clone()).query_async(&self.os).await;
+            if let Some(trace) = &self.trace {
+                (trace.0)(&CallTiming {
+                    cloud: &self.name,
+                    what,
+                    started,
+                    seconds: started.elapsed().as_secs_f64(),
+                    failed_status: r.as_ref().err().and_then(status_of),
+                });
+            }
             match r {
                 Ok(rsp) => {
                     let body: &[u8] = rsp.body();

@@ -16,6 +16,7 @@ mod provider;
 mod site;
 mod userdata;
 
+pub use api::{CallTiming, CallTrace};
 pub use error::{OsError, Result};
 pub use provider::{DownReport, NotDeleted, OpenStack, Options, Problem, Progress, UpReport};
 pub use site::{TAG, cluster_tag, site_tag};

@@ -8,14 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::{join_all, try_join_all};
+use futures::{FutureExt, TryFutureExt};
 use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::model::Cluster;
 use hybridgrid_core::node_meta;
 use hybridgrid_core::plan::{self, Plan, Remote};
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::{self, Cloud, CrashSwitch, NET, NOVA, Req, s};
+use crate::api::{self, CallTrace, Cloud, CrashSwitch, NET, NOVA, Req, s};
 use crate::error::{OsError, Result};
 use crate::ledger::{Kind, LEDGER_FILE, Ledger};
 use crate::site::{SiteOps, find_by_name_or_id};
@@ -38,6 +40,8 @@ pub struct Options {
     pub agent_url: Option<String>,
     /// How long a server may take to become ACTIVE (and to disappear on delete).
     pub server_timeout: Duration,
+    /// Receives every API call with its timing.
+    pub trace: Option<CallTrace>,
 }
 
 impl Options {
@@ -48,6 +52,7 @@ impl Options {
             crash_after: None,
             agent_url: None,
             server_timeout: Duration::from_secs(600),
+            trace: None,
         }
     }
 }
@@ -193,8 +198,9 @@ impl OpenStack {
                 .unwrap_or_default();
             let config = &config;
             let crash = self.crash.clone();
+            let trace = self.opts.trace.clone();
             async move {
-                Cloud::connect(config, &site, c, crash)
+                Cloud::connect(config, &site, c, crash, trace)
                     .await
                     .map(|cl| ((*c).clone(), Arc::new(cl)))
             }
@@ -249,24 +255,31 @@ impl OpenStack {
     /// Allocates every relay's floating IP (unattached) as soon as its site's external network
     /// is known, before any server exists, so that every relay boots knowing its peers'
     /// endpoints.
-    async fn allocate_relay_ips(&self, sites: &[SiteOps]) -> Result<()> {
+    async fn allocate_relay_ips(
+        &self,
+        sites: &[SiteOps],
+    ) -> Result<BTreeMap<String, (String, Ipv4Addr)>> {
         let shape = plan::plan(&self.cluster, &Observed::default());
-        try_join_all(sites.iter().filter_map(|ops| {
+        let allocated = try_join_all(sites.iter().filter_map(|ops| {
             let relay = shape.relay_of(&ops.site.name)?.name.clone();
-            Some(async move { ops.allocate_floating_ip(&relay).await })
+            Some(async move {
+                let (ip, unattached) = ops.allocate_floating_ip(&relay).await?;
+                Ok::<_, OsError>(unattached.then(|| (relay, (ops.site.name.clone(), ip))))
+            })
         }))
         .await?;
-        Ok(())
+        Ok(allocated.into_iter().flatten().collect())
     }
 
     /// Writes every relay's peers into its server's metadata where they differ (the node's
-    /// `hybridgrid agent pull` applies them); returns the summaries of what it wrote.
+    /// `hybridgrid agent pull` applies them); returns per node written its new metadata and the
+    /// summary of what was written.
     async fn deliver(
         &self,
         sites: &[SiteOps],
         plan: &Plan,
         progress: Sink<'_>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<(String, BTreeMap<String, String>, String)>> {
         let per_site = try_join_all(sites.iter().map(|ops| async move {
             let servers = ops.servers(false).await?;
             let mut out = Vec::new();
@@ -275,7 +288,7 @@ impl OpenStack {
                     continue;
                 };
                 let items = node_meta::items(&plan.node_config_without_hosts(np));
-                if ops.set_delivery_metadata(srv, &items).await? {
+                if let Some(metadata) = ops.set_delivery_metadata(srv, &items).await? {
                     let summary = format!(
                         "~ {}: metadata of {}: {} peers, version {}",
                         ops.site.name,
@@ -289,7 +302,7 @@ impl OpenStack {
                     progress(Progress::Applied {
                         summary: summary.clone(),
                     });
-                    out.push(summary);
+                    out.push((srv.node.clone(), metadata, summary));
                 }
             }
             Ok::<_, OsError>(out)
@@ -298,8 +311,10 @@ impl OpenStack {
         Ok(per_site.into_iter().flatten().collect())
     }
 
-    /// Observes, plans and applies until no infrastructure change is left; then waits for every
-    /// server to be ACTIVE. Sites are handled concurrently, and the servers of a site too.
+    /// Observes, plans and applies until no infrastructure change is left (a round after one
+    /// that created servers first waits for them to be ACTIVE, so that it reads the relays'
+    /// keys); then delivers late configuration through the relays' metadata. Sites are handled
+    /// concurrently, and the nodes of a site too.
     pub async fn up(&self, progress: Sink<'_>) -> Result<UpReport> {
         let t0 = Instant::now();
         let sites = self.sites(&BTreeMap::new()).await?;
@@ -314,11 +329,31 @@ impl OpenStack {
             seconds: 0.0,
         };
         let mut created: Created = Vec::new();
-        self.allocate_relay_ips(&sites).await?;
         let mut last_plan;
+        let mut last_observed;
         loop {
             report.rounds += 1;
-            let (observed, unattached) = self.observe_full(&sites).await?;
+            let (observed, unattached) = if report.rounds == 1 {
+                // The relays' floating IPs are allocated while the clouds are observed.
+                let (allocated, (observed, mut unattached)) =
+                    tokio::try_join!(self.allocate_relay_ips(&sites), self.observe_full(&sites))?;
+                unattached.extend(allocated);
+                (observed, unattached)
+            } else {
+                // Rounds after the first observe booted servers: their keys are on their
+                // consoles only once they are ACTIVE. Servers boot while the rest was built.
+                for (node, task) in created.drain(..) {
+                    let secs = task
+                        .await
+                        .map_err(|e| OsError::Other(format!("waiting for {node}: {e}")))??;
+                    progress(Progress::ServerActive {
+                        node: node.clone(),
+                        seconds: secs,
+                    });
+                    report.server_seconds.insert(node, secs);
+                }
+                self.observe_full(&sites).await?
+            };
             // Plan with the allocated floating IPs as if attached: user data and rules get the
             // relays' endpoints before their servers exist. A relay that has only its floating
             // IP yet is created (its "configure" becomes a create), and unattached floating IPs
@@ -370,6 +405,7 @@ impl OpenStack {
             });
             if todo.is_empty() {
                 last_plan = plan;
+                last_observed = observed;
                 break;
             }
             if report.rounds > MAX_ROUNDS {
@@ -400,35 +436,37 @@ impl OpenStack {
                 }
             }
         }
-        // Servers booted while the rest was built; collect their waiters.
-        for (node, task) in created {
-            let secs = task
-                .await
-                .map_err(|e| OsError::Other(format!("waiting for {node}: {e}")))??;
-            progress(Progress::ServerActive {
-                node: node.clone(),
-                seconds: secs,
-            });
-            report.server_seconds.insert(node, secs);
-        }
-        // Servers found from an earlier (interrupted) run must be ACTIVE too.
-        let all = try_join_all(sites.iter().map(|ops| async move {
+        // Servers found from an earlier (interrupted) run must be ACTIVE too; their relays' keys
+        // are read once they are.
+        let waited = try_join_all(sites.iter().map(|ops| async move {
             let list = ops.servers(true).await?;
-            for srv in list.iter().filter(|s| s.status != "ACTIVE") {
+            let pending: Vec<_> = list.iter().filter(|s| s.status != "ACTIVE").collect();
+            for srv in &pending {
                 ops.wait_active(&srv.id, &srv.node).await?;
             }
-            Ok::<_, OsError>(())
-        }));
-        all.await?;
-        // Configuration that became known after boot (peers' keys read from the consoles of
-        // ACTIVE relays, later plan changes) goes into the relays' server metadata.
-        if !report.servers_created.is_empty() || !last_plan.changes.is_empty() {
-            last_plan = plan::plan(&self.cluster, &self.observe_sites(&sites).await?);
+            Ok::<_, OsError>(!pending.is_empty())
+        }))
+        .await?;
+        if waited.into_iter().any(|w| w) {
+            last_observed = self.observe_sites(&sites).await?;
+            last_plan = plan::plan(&self.cluster, &last_observed);
         }
+        // Configuration that became known after boot (peers' keys read from the consoles of
+        // ACTIVE relays, later plan changes) goes into the relays' server metadata; what the
+        // nodes apply then is their boot configuration merged with it.
         let delivered = self.deliver(&sites, &last_plan, progress).await?;
         if !delivered.is_empty() {
-            report.applied.extend(delivered);
-            last_plan = plan::plan(&self.cluster, &self.observe_sites(&sites).await?);
+            let ledger = self.ledger.snapshot();
+            for (node, metadata, summary) in delivered {
+                report.applied.push(summary);
+                if let Some(o) = last_observed.nodes.get_mut(&node) {
+                    o.applied = ledger
+                        .delivered
+                        .get(&node)
+                        .and_then(|base| node_meta::merge(base, &metadata).ok());
+                }
+            }
+            last_plan = plan::plan(&self.cluster, &last_observed);
         }
         for c in &last_plan.changes {
             match c {
@@ -536,8 +574,14 @@ impl OpenStack {
                     problems.push(p("no `cloud` given".into()));
                     return problems;
                 };
-                let cloud = match Cloud::connect(config, &site.name, cloud_name, self.crash.clone())
-                    .await
+                let cloud = match Cloud::connect(
+                    config,
+                    &site.name,
+                    cloud_name,
+                    self.crash.clone(),
+                    self.opts.trace.clone(),
+                )
+                .await
                 {
                     Ok(c) => Arc::new(c),
                     Err(e) => {
@@ -595,8 +639,10 @@ fn change_site(c: &Change) -> &str {
 
 type Created = Vec<(String, tokio::task::JoinHandle<Result<f64>>)>;
 
-/// Applies one site's changes. Order: network and subnet → groups → (router ∥ rules ∥ ports
-/// and servers) → floating IPs → address pairs → removals. Servers are not waited for here.
+/// Applies one site's changes. Order: (network and subnet ∥ router ∥ groups) → (router
+/// interface ∥ rules ∥ per new node: port with its address pairs → (server ∥ floating IP once
+/// the router interface exists)) → floating IPs and pairs of nodes that exist already →
+/// removals. Servers are not waited for here.
 async fn apply_site(
     ops: &SiteOps,
     plan: &Plan,
@@ -659,10 +705,13 @@ async fn apply_site(
             .ok_or_else(|| OsError::Other(format!("security group {name} not found")))
     };
 
-    // Router, rules and nodes in parallel.
-    let router = async {
+    // Router, rules and nodes in parallel. A new node's floating IP waits for the router
+    // interface only, its address pairs for its port only: both start while servers boot.
+    let router_ready = async {
         if let Some(router_id) = &router_id {
-            ops.ensure_router_interface(router_id, &ids).await?;
+            ops.ensure_router_interface(router_id, &ids)
+                .await
+                .map_err(|e| e.to_string())?;
             if let Some(c) = changes
                 .iter()
                 .find(|c| matches!(c, Change::CreateNetwork { .. }))
@@ -670,8 +719,10 @@ async fn apply_site(
                 done(c, &mut Vec::new());
             }
         }
-        Ok::<_, OsError>(())
-    };
+        Ok::<_, String>(())
+    }
+    .shared();
+    let router = router_ready.clone().map_err(OsError::Other);
     let rules = async {
         let mut by_group: BTreeMap<&str, Vec<&plan::SgRule>> = BTreeMap::new();
         let mut out = Vec::new();
@@ -705,11 +756,14 @@ async fn apply_site(
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        let keypair = ops.ensure_keypair().await?;
+        // The keypair, the port, the existing-server check and the flavor and image lookups
+        // need nothing of each other.
+        let keypair = ops.ensure_keypair().map_err(|e| e.to_string()).shared();
         let futs = new.into_iter().map(|c| {
-            let keypair = keypair.as_deref();
+            let keypair = keypair.clone();
             let ids = &ids;
             let group_id = &group_id;
+            let router_ready = router_ready.clone();
             async move {
                 let Change::CreateNode { node, .. } = c else {
                     return Ok(None);
@@ -723,9 +777,53 @@ async fn apply_site(
                     .filter(|g| g.members.contains(node))
                     .map(|g| group_id(&g.name))
                     .collect::<Result<Vec<_>>>()?;
-                let port = ops.ensure_port(np, ids, &gids).await?;
+                // A new port gets its address pairs in its create call.
+                let pairs: Vec<Ipv4Net> = port_changes_of(changes, node)
+                    .filter_map(|c| match c {
+                        Change::AddAddressPairs { pairs, .. } => Some(pairs.iter().copied()),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                let ((port, new_port), existing, refs, keypair) = tokio::try_join!(
+                    ops.ensure_port(np, ids, &gids, &pairs),
+                    ops.find_server(node),
+                    ops.flavor_and_image(np),
+                    keypair.map_err(OsError::Other),
+                )?;
                 let at = Instant::now();
-                let (id, fresh) = ops.ensure_server(plan, np, &port, keypair).await?;
+                let server = async {
+                    match existing {
+                        Some(id) => Ok((id, false)),
+                        None => ops
+                            .create_server(plan, np, &port, keypair.as_deref(), refs)
+                            .await
+                            .map(|id| (id, true)),
+                    }
+                };
+                let port_work = async {
+                    let mut out = Vec::new();
+                    for c in port_changes_of(changes, node) {
+                        match c {
+                            Change::AddAddressPairs { pairs, .. } => {
+                                if !new_port {
+                                    ops.add_address_pairs(&port, pairs).await?;
+                                }
+                            }
+                            Change::AssignPublicIp { .. } => {
+                                // The router's own error is reported by its branch.
+                                if router_ready.clone().await.is_err() {
+                                    break;
+                                }
+                                ops.ensure_floating_ip(node, &port, new_port).await?;
+                            }
+                            _ => continue,
+                        }
+                        out.push(c.summary());
+                    }
+                    Ok::<_, OsError>(out)
+                };
+                let ((id, fresh), port_done) = tokio::try_join!(server, port_work)?;
                 // Wait for ACTIVE in the background while the rest is built.
                 let waiter = fresh.then(|| {
                     let (cloud, name, timeout) =
@@ -737,7 +835,7 @@ async fn apply_site(
                     });
                     (node.clone(), task)
                 });
-                Ok::<_, OsError>(Some((c.summary(), waiter)))
+                Ok::<_, OsError>(Some((c.summary(), waiter, port_done)))
             }
         });
         try_join_all(futs).await
@@ -752,11 +850,13 @@ async fn apply_site(
     }
     applied.extend(rule_summaries);
     let mut created = Vec::new();
-    for (summary, fresh) in node_results.into_iter().flatten() {
-        progress(Progress::Applied {
-            summary: summary.clone(),
-        });
-        applied.push(summary);
+    let mut port_work_done = BTreeSet::new();
+    for (summary, fresh, port_done) in node_results.into_iter().flatten() {
+        for s in std::iter::once(summary).chain(port_done) {
+            progress(Progress::Applied { summary: s.clone() });
+            applied.push(s.clone());
+            port_work_done.insert(s);
+        }
         created.extend(fresh);
     }
     // Floating IPs and address pairs need the ports (and the router); concurrently per node.
@@ -768,7 +868,9 @@ async fn apply_site(
             .map(|s| s.id.clone())
     };
     let late = changes.iter().filter_map(|c| match c {
-        Change::AssignPublicIp { node, .. } | Change::AddAddressPairs { node, .. } => {
+        Change::AssignPublicIp { node, .. } | Change::AddAddressPairs { node, .. }
+            if !port_work_done.contains(&c.summary()) =>
+        {
             Some((c, node))
         }
         _ => None,
@@ -784,7 +886,7 @@ async fn apply_site(
             let port_id = s(&port["id"]);
             match c {
                 Change::AssignPublicIp { .. } => {
-                    ops.ensure_floating_ip(node, &port_id).await?;
+                    ops.ensure_floating_ip(node, &port_id, false).await?;
                 }
                 Change::AddAddressPairs { pairs, .. } => {
                     ops.add_address_pairs(&port_id, pairs).await?;
@@ -804,6 +906,16 @@ async fn apply_site(
         }
     }
     Ok((applied, created))
+}
+
+/// The changes to a node's port (floating IP, address pairs), in the plan's order.
+fn port_changes_of<'a>(changes: &'a [Change], node: &'a str) -> impl Iterator<Item = &'a Change> {
+    changes.iter().filter(move |c| match c {
+        Change::AssignPublicIp { node: n, .. } | Change::AddAddressPairs { node: n, .. } => {
+            n == node
+        }
+        _ => false,
+    })
 }
 
 async fn remove_node(ops: &SiteOps, node: &str, net_id: &str) -> Result<()> {

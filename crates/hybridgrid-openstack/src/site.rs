@@ -290,34 +290,47 @@ impl SiteOps {
         })
     }
 
-    /// Whether the site's network is complete: network, subnet and (when hybridgrid makes the
-    /// network) a router with an external gateway and an interface on the subnet.
+    /// The network and subnet if both exist, and whether the site's network is complete:
+    /// network, subnet and (when hybridgrid makes the network) a router with an external gateway
+    /// and an interface on the subnet.
     /// Resources whose create went through but whose tagging did not (an interrupted run) count
-    /// as missing here, so that the next round's ensure step finds and tags them.
-    pub async fn network_ready(&self) -> Result<bool> {
-        if self.site.network.is_some() {
-            return Ok(self.net_ids().await?.is_some());
-        }
-        let Some(net) = self.find_network().await? else {
-            return Ok(false);
+    /// as missing for completeness, so that the next round's ensure step finds and tags them.
+    pub async fn network_state(&self) -> Result<(Option<NetIds>, bool)> {
+        let own = self.site.network.is_none();
+        let router = async {
+            if own {
+                self.find_router().await
+            } else {
+                Ok(None)
+            }
+        };
+        let (net, router) = tokio::try_join!(self.find_network(), router)?;
+        let Some(net) = net else {
+            return Ok((None, false));
         };
         let Some(sub) = self.find_subnet(&s(&net["id"])).await? else {
-            return Ok(false);
+            return Ok((None, false));
         };
         let ids = NetIds {
             net: s(&net["id"]),
             subnet: s(&sub["id"]),
         };
-        let Some(router) = self.find_router().await? else {
-            return Ok(false);
+        if !own {
+            return Ok((Some(ids), true));
+        }
+        let Some(router) = router else {
+            return Ok((Some(ids), false));
         };
         if !self.tagged(&net) || !self.tagged(&sub) || !self.tagged(&router) {
-            return Ok(false);
+            return Ok((Some(ids), false));
         }
         if router["external_gateway_info"]["network_id"].is_null() {
-            return Ok(false);
+            return Ok((Some(ids), false));
         }
-        self.router_has_interface(&s(&router["id"]), &ids.net).await
+        let ready = self
+            .router_has_interface(&s(&router["id"]), &ids.net)
+            .await?;
+        Ok((Some(ids), ready))
     }
 
     /// Network and subnet (the router comes separately, in parallel with the nodes).
@@ -682,17 +695,24 @@ impl SiteOps {
         self.find_port(node, net_id).await
     }
 
+    /// The node's port: the one found by name, else a new one with `pairs` as its
+    /// allowed-address pairs. The port id, and whether it was created now.
     pub async fn ensure_port(
         &self,
         node: &NodePlan,
         ids: &NetIds,
         group_ids: &[String],
-    ) -> Result<String> {
+        pairs: &[Ipv4Net],
+    ) -> Result<(String, bool)> {
         if let Some(p) = self.find_port(&node.name, &ids.net).await? {
             self.ensure_tags("ports", &p).await?;
-            return Ok(s(&p["id"]));
+            return Ok((s(&p["id"]), false));
         }
         let name = self.port_name(&node.name);
+        let pairs: Vec<Value> = pairs
+            .iter()
+            .map(|p| json!({ "ip_address": p.to_string() }))
+            .collect();
         let p = self
             .create_neutron(
                 Kind::Port,
@@ -704,11 +724,12 @@ impl SiteOps {
                     "network_id": ids.net,
                     "fixed_ips": [{ "subnet_id": ids.subnet, "ip_address": node.lan_ip.to_string() }],
                     "security_groups": group_ids,
+                    "allowed_address_pairs": pairs,
                     "description": format!("hybridgrid node {}", node.name),
                 }),
             )
             .await?;
-        Ok(s(&p["id"]))
+        Ok((s(&p["id"]), true))
     }
 
     /// The cluster's servers in this site's project, by node (ERROR/DELETED ones left out
@@ -793,28 +814,31 @@ impl SiteOps {
             .ok_or_else(|| self.site_err(format!("image `{want}` not found")))
     }
 
-    /// Creates the node's server on its port unless the cluster has one already (looked up by
-    /// name and metadata first: a retry or a resumed `up` never makes a second one). Returns the
-    /// server id and whether it was created now.
-    pub async fn ensure_server(
-        &self,
-        plan: &Plan,
-        node: &NodePlan,
-        port_id: &str,
-        keypair: Option<&str>,
-    ) -> Result<(String, bool)> {
-        let name = self.server_name(&node.name);
+    /// The cluster's server of the node, if there is one that is not in ERROR (one in ERROR is
+    /// deleted). Looked up by metadata before every create: a retry or a resumed `up` never
+    /// makes a second server.
+    pub async fn find_server(&self, node: &str) -> Result<Option<String>> {
         for srv in self.servers(true).await? {
-            if srv.node != node.name {
+            if srv.node != node {
                 continue;
             }
             if srv.status == "ERROR" {
                 self.delete_server(&srv.id).await?;
                 continue;
             }
-            self.record(Kind::Server, &name, Some(&srv.id), State::Created)?;
-            return Ok((srv.id, false));
+            self.record(
+                Kind::Server,
+                &self.server_name(node),
+                Some(&srv.id),
+                State::Created,
+            )?;
+            return Ok(Some(srv.id));
         }
+        Ok(None)
+    }
+
+    /// The flavor and image ids of the node's server.
+    pub async fn flavor_and_image(&self, node: &NodePlan) -> Result<(String, String)> {
         let flavor = node
             .flavor
             .as_deref()
@@ -823,8 +847,19 @@ impl SiteOps {
             .image
             .as_deref()
             .ok_or_else(|| self.site_err(format!("node {} has no image", node.name)))?;
-        let flavor_id = self.flavor_id(flavor).await?;
-        let image_id = self.image_id(image).await?;
+        tokio::try_join!(self.flavor_id(flavor), self.image_id(image))
+    }
+
+    /// Creates the node's server on its port (after [`Self::find_server`] found none); its id.
+    pub async fn create_server(
+        &self,
+        plan: &Plan,
+        node: &NodePlan,
+        port_id: &str,
+        keypair: Option<&str>,
+        (flavor_id, image_id): (String, String),
+    ) -> Result<String> {
+        let name = self.server_name(&node.name);
         let ud = userdata::user_data_with(plan, node, self.agent_url.as_deref());
         let mut server = json!({
             "name": name,
@@ -856,7 +891,7 @@ impl SiteOps {
             .await?;
         let id = s(&v["server"]["id"]);
         self.record(Kind::Server, &name, Some(&id), State::Created)?;
-        Ok((id, true))
+        Ok(id)
     }
 
     /// Waits until the server is ACTIVE; an ERROR status fails with Nova's fault message.
@@ -982,17 +1017,26 @@ impl SiteOps {
         Ok((self.fip_address(node, &fip)?, fip["port_id"].is_null()))
     }
 
-    /// A floating IP on the node's port: the one already there, else the node's allocated one
-    /// attached now (needs the router interface), else a new one.
-    pub async fn ensure_floating_ip(&self, node: &str, port_id: &str) -> Result<Ipv4Addr> {
-        let existing = self
-            .cloud
-            .list(
-                "list floating IPs",
-                Req::get(NET, "floatingips").q("port_id", port_id),
-                "floatingips",
-            )
-            .await?;
+    /// A floating IP on the node's port: the one already there (none on a port made by this
+    /// run: `new_port`), else the node's allocated one attached now (needs the router
+    /// interface), else a new one.
+    pub async fn ensure_floating_ip(
+        &self,
+        node: &str,
+        port_id: &str,
+        new_port: bool,
+    ) -> Result<Ipv4Addr> {
+        let existing = if new_port {
+            Vec::new()
+        } else {
+            self.cloud
+                .list(
+                    "list floating IPs",
+                    Req::get(NET, "floatingips").q("port_id", port_id),
+                    "floatingips",
+                )
+                .await?
+        };
         if let Some(f) = existing.into_iter().next() {
             self.ensure_tags("floatingips", &f).await?;
             return self.fip_address(node, &f);
@@ -1032,12 +1076,13 @@ impl SiteOps {
     }
 
     /// Replaces the delivery items of the server's metadata ([`node_meta`]) with `items`, keeping
-    /// every other item. `false` when they were as wanted already.
+    /// every other item. The server's new metadata; `None` when the items were as wanted
+    /// already.
     pub async fn set_delivery_metadata(
         &self,
         server: &FoundServer,
         items: &BTreeMap<String, String>,
-    ) -> Result<bool> {
+    ) -> Result<Option<BTreeMap<String, String>>> {
         let current: BTreeMap<&String, &String> = server
             .metadata
             .iter()
@@ -1045,7 +1090,7 @@ impl SiteOps {
             .collect();
         let wanted: BTreeMap<&String, &String> = items.iter().collect();
         if current == wanted {
-            return Ok(false);
+            return Ok(None);
         }
         let mut all: BTreeMap<String, String> = server
             .metadata
@@ -1065,7 +1110,7 @@ impl SiteOps {
                 crate::api::Retry::Idempotent,
             )
             .await?;
-        Ok(true)
+        Ok(Some(all))
     }
 
     /// Adds pairs to the port, keeping every pair already there (Neutron's PUT replaces the
@@ -1137,15 +1182,28 @@ impl SiteOps {
         BTreeMap<String, ObservedNode>,
         BTreeMap<String, Ipv4Addr>,
     )> {
-        let mut site = ObservedSite {
-            network: self.network_ready().await?,
-            ..Default::default()
-        };
         let group_names: Vec<String> = plan
             .site(&self.site.name)
             .map(|p| p.security_groups.iter().map(|g| g.name.clone()).collect())
             .unwrap_or_default();
-        for (name, g) in self.security_groups(&group_names).await? {
+        let relay_fips = async {
+            match plan.relay_of(&self.site.name) {
+                Some(relay) => self.fips_named(&relay.name).await,
+                None => Ok(Vec::new()),
+            }
+        };
+        // Independent lookups, concurrently.
+        let ((ids, network_ready), groups, relay_fips, servers) = tokio::try_join!(
+            self.network_state(),
+            self.security_groups(&group_names),
+            relay_fips,
+            self.servers(false)
+        )?;
+        let mut site = ObservedSite {
+            network: network_ready,
+            ..Default::default()
+        };
+        for (name, g) in groups {
             if !self.tagged(&g) {
                 continue;
             }
@@ -1160,7 +1218,7 @@ impl SiteOps {
         let mut nodes = BTreeMap::new();
         let mut unattached = BTreeMap::new();
         if let Some(relay) = plan.relay_of(&self.site.name) {
-            for f in self.fips_named(&relay.name).await? {
+            for f in relay_fips {
                 if f["port_id"].is_null()
                     && let Ok(ip) = self.fip_address(&relay.name, &f)
                 {
@@ -1168,10 +1226,9 @@ impl SiteOps {
                 }
             }
         }
-        let Some(ids) = self.net_ids().await? else {
+        let Some(ids) = ids else {
             return Ok((site, nodes, unattached));
         };
-        let servers = self.servers(false).await?;
         let ledger = self.ledger.snapshot();
         let relay = plan.relay_of(&self.site.name).map(|n| n.name.clone());
         // Ports of relays matter even before their server exists (pairs, floating IP).

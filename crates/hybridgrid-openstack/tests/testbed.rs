@@ -653,9 +653,28 @@ async fn bench_provision_two_sites() {
     for run in 1..=runs {
         let dir = tempfile::tempdir().unwrap();
         let c = cluster(&unique("b"), 1, 1, "m1.tiny");
-        let os = provider(&c, dir.path(), None);
         let t0 = Instant::now();
         let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
+        let mut o = Options::new(dir.path().to_owned());
+        o.clouds_file = Some(clouds());
+        if verbose {
+            // Every API call: start and end relative to the start of `up`.
+            o.trace = Some(hybridgrid_openstack::CallTrace(std::sync::Arc::new(
+                move |c: &hybridgrid_openstack::CallTiming<'_>| {
+                    let start = c.started.duration_since(t0).as_secs_f64();
+                    eprintln!(
+                        "    {start:6.2}–{:6.2}s {:7} {}{}",
+                        start + c.seconds,
+                        c.cloud,
+                        c.what,
+                        c.failed_status
+                            .map(|s| format!(" → {s}"))
+                            .unwrap_or_default()
+                    );
+                },
+            )));
+        }
+        let os = OpenStack::new(&c, o).unwrap();
         let log = move |p: hybridgrid_openstack::Progress| {
             if verbose {
                 eprintln!("  [{:6.2}s] {p:?}", t0.elapsed().as_secs_f64());
