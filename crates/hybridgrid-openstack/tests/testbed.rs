@@ -589,6 +589,41 @@ async fn down_after_partial_up_leaves_nothing() {
     assert!(d2.not_deleted.is_empty() && d2.deleted.is_empty(), "{d2:?}");
 }
 
+/// Application-credential auth (`auth_type: v3applicationcredential`): site a through the test
+/// bed's credential `hybridgrid-test` of user site-a; a wrong secret is a problem naming the
+/// site and the cloud entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_credential_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(&unique("c"), 1, 1, "m1.tiny");
+    c.sites[0].cloud = Some("site-a-appcred".into());
+    let plan = plan::plan(&c, &Observed::default());
+    let problems = provider(&c, dir.path(), None)
+        .validate_online(&plan)
+        .await
+        .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+
+    let wrong = std::fs::read_to_string(clouds())
+        .unwrap()
+        .replace("site-a-appcred-secret", "not-the-secret");
+    let wrong_file = dir.path().join("clouds.yaml");
+    std::fs::write(&wrong_file, wrong).unwrap();
+    let mut o = Options::new(dir.path().to_owned());
+    o.clouds_file = Some(wrong_file);
+    let problems = OpenStack::new(&c, o)
+        .unwrap()
+        .validate_online(&plan)
+        .await
+        .unwrap();
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(text.len(), 1, "{text:?}");
+    assert!(
+        text[0].starts_with("site a:") && text[0].contains("site-a-appcred"),
+        "{text:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_online_checks_flavors_images_quotas() {
     let dir = tempfile::tempdir().unwrap();
