@@ -84,6 +84,20 @@ pub struct LedgerData {
     pub public_keys: BTreeMap<String, String>,
 }
 
+impl LedgerData {
+    /// What the node applies: the configuration of its user data merged with what its server
+    /// metadata delivers; `None` when the ledger has no user data of the node.
+    pub fn applied_config(
+        &self,
+        node: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Option<NodeConfig> {
+        self.delivered
+            .get(node)
+            .and_then(|base| hybridgrid_core::node_meta::merge(base, metadata).ok())
+    }
+}
+
 /// The ledger file and its content; every change is written through at once.
 #[derive(Debug)]
 pub struct Ledger {

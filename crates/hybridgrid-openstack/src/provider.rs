@@ -460,10 +460,7 @@ impl OpenStack {
             for (node, metadata, summary) in delivered {
                 report.applied.push(summary);
                 if let Some(o) = last_observed.nodes.get_mut(&node) {
-                    o.applied = ledger
-                        .delivered
-                        .get(&node)
-                        .and_then(|base| node_meta::merge(base, &metadata).ok());
+                    o.applied = ledger.applied_config(&node, &metadata);
                 }
             }
             last_plan = plan::plan(&self.cluster, &last_observed);
@@ -705,6 +702,13 @@ async fn apply_site(
             .ok_or_else(|| OsError::Other(format!("security group {name} not found")))
     };
 
+    let new_nodes: BTreeSet<&String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::CreateNode { node, .. } => Some(node),
+            _ => None,
+        })
+        .collect();
     // Router, rules and nodes in parallel. A new node's floating IP waits for the router
     // interface only, its address pairs for its port only: both start while servers boot.
     let router_ready = async {
@@ -850,16 +854,15 @@ async fn apply_site(
     }
     applied.extend(rule_summaries);
     let mut created = Vec::new();
-    let mut port_work_done = BTreeSet::new();
     for (summary, fresh, port_done) in node_results.into_iter().flatten() {
         for s in std::iter::once(summary).chain(port_done) {
             progress(Progress::Applied { summary: s.clone() });
-            applied.push(s.clone());
-            port_work_done.insert(s);
+            applied.push(s);
         }
         created.extend(fresh);
     }
-    // Floating IPs and address pairs need the ports (and the router); concurrently per node.
+    // Floating IPs and address pairs of nodes that existed before this round (a new node's were
+    // done with its port above); concurrently per node.
     let servers = ops.servers(false).await?;
     let server_of = |node: &str| {
         servers
@@ -869,7 +872,7 @@ async fn apply_site(
     };
     let late = changes.iter().filter_map(|c| match c {
         Change::AssignPublicIp { node, .. } | Change::AddAddressPairs { node, .. }
-            if !port_work_done.contains(&c.summary()) =>
+            if !new_nodes.contains(node) =>
         {
             Some((c, node))
         }

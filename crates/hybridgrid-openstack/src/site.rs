@@ -1285,10 +1285,7 @@ impl SiteOps {
                     public_ip,
                     public_key: key
                         .and_then(|k| hybridgrid_core::keys::PublicKey::from_base64(&k).ok()),
-                    applied: ledger
-                        .delivered
-                        .get(node)
-                        .and_then(|base| node_meta::merge(base, &srv.metadata).ok()),
+                    applied: ledger.applied_config(node, &srv.metadata),
                 });
                 Ok::<_, OsError>((node.clone(), observed, pairs))
             }

@@ -82,11 +82,24 @@ sites:
     c.unwrap_or_else(|| panic!("invalid test cluster: {d:?}"))
 }
 
-fn provider(c: &Cluster, dir: &std::path::Path, crash_after: Option<usize>) -> OpenStack {
+/// Options with the test bed's clouds file and `dir` as state root.
+fn options(dir: &std::path::Path) -> Options {
     let mut o = Options::new(dir.to_owned());
     o.clouds_file = Some(clouds());
+    o
+}
+
+fn provider(c: &Cluster, dir: &std::path::Path, crash_after: Option<usize>) -> OpenStack {
+    let mut o = options(dir);
     o.crash_after = crash_after;
     OpenStack::new(c, o).unwrap()
+}
+
+/// What `validate --online` finds for the cluster (planned against nothing observed).
+async fn online_problems(os: &OpenStack, c: &Cluster) -> Vec<hybridgrid_openstack::Problem> {
+    os.validate_online(&plan::plan(c, &Observed::default()))
+        .await
+        .unwrap()
 }
 
 fn quiet(_: hybridgrid_openstack::Progress) {}
@@ -597,11 +610,7 @@ async fn application_credential_auth() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cluster(&unique("c"), 1, 1, "m1.tiny");
     c.sites[0].cloud = Some("site-a-appcred".into());
-    let plan = plan::plan(&c, &Observed::default());
-    let problems = provider(&c, dir.path(), None)
-        .validate_online(&plan)
-        .await
-        .unwrap();
+    let problems = online_problems(&provider(&c, dir.path(), None), &c).await;
     assert!(problems.is_empty(), "{problems:?}");
 
     let wrong = std::fs::read_to_string(clouds())
@@ -609,13 +618,9 @@ async fn application_credential_auth() {
         .replace("site-a-appcred-secret", "not-the-secret");
     let wrong_file = dir.path().join("clouds.yaml");
     std::fs::write(&wrong_file, wrong).unwrap();
-    let mut o = Options::new(dir.path().to_owned());
+    let mut o = options(dir.path());
     o.clouds_file = Some(wrong_file);
-    let problems = OpenStack::new(&c, o)
-        .unwrap()
-        .validate_online(&plan)
-        .await
-        .unwrap();
+    let problems = online_problems(&OpenStack::new(&c, o).unwrap(), &c).await;
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert_eq!(text.len(), 1, "{text:?}");
     assert!(
@@ -628,22 +633,14 @@ async fn application_credential_auth() {
 async fn validate_online_checks_flavors_images_quotas() {
     let dir = tempfile::tempdir().unwrap();
     let ok = cluster(&unique("v"), 1, 1, "m1.tiny");
-    let plan = plan::plan(&ok, &Observed::default());
-    let problems = provider(&ok, dir.path(), None)
-        .validate_online(&plan)
-        .await
-        .unwrap();
+    let problems = online_problems(&provider(&ok, dir.path(), None), &ok).await;
     assert!(problems.is_empty(), "{problems:?}");
 
     // 60 workers on site a: more instances than the quota (50); an unknown flavor on site b.
     let mut bad = cluster(&unique("v"), 60, 1, "m1.tiny");
     bad.sites[1].workers[0].spec.flavor = Some("m9.huge".into());
     bad.sites[1].gateway.image = Some("no-such-image".into());
-    let plan = plan::plan(&bad, &Observed::default());
-    let problems = provider(&bad, dir.path(), None)
-        .validate_online(&plan)
-        .await
-        .unwrap();
+    let problems = online_problems(&provider(&bad, dir.path(), None), &bad).await;
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert!(
         text.iter()
@@ -662,11 +659,7 @@ async fn validate_online_checks_flavors_images_quotas() {
     // A cloud missing from the clouds file.
     let mut missing = ok.clone();
     missing.sites[1].cloud = Some("nowhere".into());
-    let plan = plan::plan(&missing, &Observed::default());
-    let problems = provider(&missing, dir.path(), None)
-        .validate_online(&plan)
-        .await
-        .unwrap();
+    let problems = online_problems(&provider(&missing, dir.path(), None), &missing).await;
     assert!(
         problems
             .iter()
@@ -690,8 +683,7 @@ async fn bench_provision_two_sites() {
         let c = cluster(&unique("b"), 1, 1, "m1.tiny");
         let t0 = Instant::now();
         let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
-        let mut o = Options::new(dir.path().to_owned());
-        o.clouds_file = Some(clouds());
+        let mut o = options(dir.path());
         if verbose {
             // Every API call: start and end relative to the start of `up`.
             o.trace = Some(hybridgrid_openstack::CallTrace(std::sync::Arc::new(
