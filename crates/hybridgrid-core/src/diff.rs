@@ -18,6 +18,20 @@ use crate::plan::{NodeConfig, Plan, Remote, Role, SgRule};
 pub struct Observed {
     pub nodes: BTreeMap<String, ObservedNode>,
     pub sites: BTreeMap<String, ObservedSite>,
+    /// Public IPs allocated for a node but not attached to it (the node may not exist yet):
+    /// the plan uses them as the node's endpoint, and attaching one is an `AssignPublicIp`.
+    #[serde(default)]
+    pub reserved_public_ips: BTreeMap<String, Ipv4Addr>,
+}
+
+impl Observed {
+    /// The node's public IP: attached, else reserved for it.
+    pub fn public_ip(&self, node: &str) -> Option<Ipv4Addr> {
+        self.nodes
+            .get(node)
+            .and_then(|o| o.public_ip)
+            .or_else(|| self.reserved_public_ips.get(node).copied())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,9 +73,16 @@ pub enum Change {
         node: String,
         role: Role,
     },
+    /// Allocates a public IP for the node and attaches it once the node exists.
     AssignPublicIp {
         site: String,
         node: String,
+    },
+    /// Attaches the public IP already reserved for the node.
+    AttachPublicIp {
+        site: String,
+        node: String,
+        ip: Ipv4Addr,
     },
     /// Adds pairs to the port; pairs already there (the user's too) are kept.
     AddAddressPairs {
@@ -93,6 +114,24 @@ pub enum Change {
 }
 
 impl Change {
+    /// The site the change is made at.
+    pub fn site(&self) -> &str {
+        match self {
+            Change::CreateNetwork { site }
+            | Change::CreateSecurityGroup { site, .. }
+            | Change::AddRule { site, .. }
+            | Change::CreateNode { site, .. }
+            | Change::AssignPublicIp { site, .. }
+            | Change::AttachPublicIp { site, .. }
+            | Change::AddAddressPairs { site, .. }
+            | Change::ConfigureNode { site, .. }
+            | Change::RemoveRule { site, .. }
+            | Change::RemoveNode { site, .. }
+            | Change::RemoveSecurityGroup { site, .. }
+            | Change::RemoveNetwork { site } => site,
+        }
+    }
+
     /// One line for humans, as `plan` prints it.
     pub fn summary(&self) -> String {
         match self {
@@ -107,6 +146,9 @@ impl Change {
                 format!("+ {site}: node {node} ({})", role.as_str())
             }
             Change::AssignPublicIp { site, node } => format!("+ {site}: public IP for {node}"),
+            Change::AttachPublicIp { site, node, ip } => {
+                format!("+ {site}: attach public IP {ip} to {node}")
+            }
             Change::AddAddressPairs { site, node, pairs } => {
                 let list: Vec<String> = pairs.iter().map(ToString::to_string).collect();
                 format!(
@@ -186,9 +228,16 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
             });
         }
         if node.role.is_relay() && seen.and_then(|s| s.public_ip).is_none() {
-            out.push(Change::AssignPublicIp {
-                site: node.site.clone(),
-                node: node.name.clone(),
+            out.push(match observed.reserved_public_ips.get(&node.name) {
+                Some(ip) => Change::AttachPublicIp {
+                    site: node.site.clone(),
+                    node: node.name.clone(),
+                    ip: *ip,
+                },
+                None => Change::AssignPublicIp {
+                    site: node.site.clone(),
+                    node: node.name.clone(),
+                },
             });
         }
     }

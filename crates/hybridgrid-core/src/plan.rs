@@ -309,7 +309,7 @@ pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
         let name = relay_name(&site.name, role);
         let rank = ranked.iter().position(|s| s.name == site.name).unwrap_or(0) as u32;
         nodes.push(NodePlan {
-            public_ip: observed.nodes.get(&name).and_then(|o| o.public_ip),
+            public_ip: observed.public_ip(&name),
             name,
             site: site.name.clone(),
             role,

@@ -50,6 +50,11 @@ pub fn results_url(plan: &Plan) -> String {
     )
 }
 
+/// Whether a site of this subnet gets a data store (it has room for the store's address).
+pub fn has_store(subnet: Ipv4Net) -> bool {
+    store_ip(subnet).is_some()
+}
+
 fn store_ip(subnet: Ipv4Net) -> Option<Ipv4Addr> {
     hybridgrid_core::addr::data_store_ip(subnet)
 }
@@ -120,118 +125,109 @@ fn start_nginx(
     Ok(out.lines().any(|l| l == "started"))
 }
 
-/// Creates the data store of every site that lacks one, the master's results store, and removes
-/// stores of sites that left the file. `record` writes a namespace to the ledger before it is
-/// created; `forget` drops it after it is removed. Returns what it did.
-pub fn ensure(
+/// Creates the data store of `site` if it lacks one (or one interrupted part-way) and starts
+/// its nginx; sets its routes to the other sites through the site's relay. `record` writes a
+/// namespace to the ledger before it is created. Returns what it did.
+pub fn ensure_site(
     local: &Local,
     plan: &Plan,
+    site_name: &str,
     record: &dyn Fn(&str) -> Result<(), LocalError>,
-    forget: &dyn Fn(&str) -> Result<(), LocalError>,
 ) -> Result<Vec<String>, LocalError> {
     let cluster = plan.cluster.as_str();
     let mut done = Vec::new();
-    for site in &plan.sites {
-        let ns = ns_store(cluster, &site.name);
-        let Some(ip) = store_ip(site.subnet) else {
-            continue;
-        };
-        let sw = names::ns_switch(cluster, &site.name);
-        if !sh::netns_exists(&sw) {
-            continue;
-        }
-        let port = names::node_port(site.subnet, ip);
-        // A store interrupted part-way (no address yet) is made again.
-        let complete = sh::netns_exists(&ns)
-            && sh::run(
-                "ip",
-                &["-n", &ns, "-4", "-o", "addr", "show", "dev", names::LAN_IF],
-            )
-            .is_ok_and(|o| o.contains(&format!(" {ip}/")));
-        if !complete {
-            record(&ns)?;
-            let _ = sh::run("ip", &["-n", &sw, "link", "del", &port]);
-            infra::fresh_netns(&ns)?;
-            sh::ip_batch(
-                Some(&sw),
-                &[
-                    format!(
-                        "link add {port} mtu {} type veth peer name {} netns {ns}",
-                        site.underlay_mtu,
-                        names::LAN_IF
-                    ),
-                    format!("link set {port} master {} up", names::BRIDGE),
-                ],
-            )?;
-            sh::ip_batch(
-                Some(&ns),
-                &[
-                    format!(
-                        "link set {} address {} mtu {} up",
-                        names::LAN_IF,
-                        names::node_mac(ip),
-                        site.underlay_mtu
-                    ),
-                    format!(
-                        "addr add {ip}/{} dev {}",
-                        site.subnet.prefix_len(),
-                        names::LAN_IF
-                    ),
-                    format!("route add default via {}", site.router_ip),
-                ],
-            )?;
-            done.push(format!("+ data store of {} at {ip}", site.name));
-        }
-        // Other sites and the tunnel through the site's relay (idempotent: replace).
-        if let Some(relay) = plan.relay_of(&site.name) {
-            let routes: Vec<String> = plan
-                .sites
-                .iter()
-                .filter(|s| s.name != site.name)
-                .map(|s| s.subnet)
-                .chain(std::iter::once(plan.tunnel.cidr))
-                .map(|d| format!("route replace {d} via {}", relay.lan_ip))
-                .collect();
-            sh::ip_batch(Some(&ns), &routes)?;
-        }
-        let store = store_dir(local.cluster_dir(), &site.name);
-        std::fs::create_dir_all(&store).map_err(LocalError::io(&store))?;
-        let dir = local
-            .cluster_dir()
-            .join("sites")
-            .join(&site.name)
-            .join("nginx");
-        let server = format!(
-            "  server {{\n    listen {ip}:80;\n    root {};\n    autoindex on;\n  }}\n",
+    let Some(site) = plan.site(site_name) else {
+        return Ok(done);
+    };
+    let ns = ns_store(cluster, &site.name);
+    let Some(ip) = store_ip(site.subnet) else {
+        return Ok(done);
+    };
+    let sw = names::ns_switch(cluster, &site.name);
+    if !sh::netns_exists(&sw) {
+        return Ok(done);
+    }
+    let port = names::node_port(site.subnet, ip);
+    // A store interrupted part-way (no address yet) is made again.
+    let complete = sh::netns_exists(&ns)
+        && sh::run(
+            "ip",
+            &["-n", &ns, "-4", "-o", "addr", "show", "dev", names::LAN_IF],
+        )
+        .is_ok_and(|o| o.contains(&format!(" {ip}/")));
+    if !complete {
+        record(&ns)?;
+        let _ = sh::run("ip", &["-n", &sw, "link", "del", &port]);
+        infra::fresh_netns(&ns)?;
+        sh::ip_batch(
+            Some(&sw),
+            &[
+                format!(
+                    "link add {port} mtu {} type veth peer name {} netns {ns}",
+                    site.underlay_mtu,
+                    names::LAN_IF
+                ),
+                format!("link set {port} master {} up", names::BRIDGE),
+            ],
+        )?;
+        sh::ip_batch(
+            Some(&ns),
+            &[
+                format!(
+                    "link set {} address {} mtu {} up",
+                    names::LAN_IF,
+                    names::node_mac(ip),
+                    site.underlay_mtu
+                ),
+                format!(
+                    "addr add {ip}/{} dev {}",
+                    site.subnet.prefix_len(),
+                    names::LAN_IF
+                ),
+                format!("route add default via {}", site.router_ip),
+            ],
+        )?;
+        done.push(format!("+ data store of {} at {ip}", site.name));
+    }
+    // Other sites and the tunnel through the site's relay (idempotent: replace).
+    if let Some(relay) = plan.relay_of(&site.name) {
+        let routes: Vec<String> = plan
+            .sites
+            .iter()
+            .filter(|s| s.name != site.name)
+            .map(|s| s.subnet)
+            .chain(std::iter::once(plan.tunnel.cidr))
+            .map(|d| format!("route replace {d} via {}", relay.lan_ip))
+            .collect();
+        sh::ip_batch(Some(&ns), &routes)?;
+    }
+    let store = store_dir(local.cluster_dir(), &site.name);
+    std::fs::create_dir_all(&store).map_err(LocalError::io(&store))?;
+    let dir = local
+        .cluster_dir()
+        .join("sites")
+        .join(&site.name)
+        .join("nginx");
+    let server = format!(
+        "  server {{\n    listen {ip}:80;\n    root {};\n    autoindex on;\n  }}\n",
+        store.display()
+    );
+    let ns2 = ns.clone();
+    if start_nginx(&dir, &nginx_conf(&dir, &server), &|script| {
+        sh::run("ip", &["netns", "exec", &ns2, "sh", "-c", script])
+    })? {
+        done.push(format!(
+            "data store of {} serves {}",
+            site.name,
             store.display()
-        );
-        let ns2 = ns.clone();
-        if start_nginx(&dir, &nginx_conf(&dir, &server), &|script| {
-            sh::run("ip", &["netns", "exec", &ns2, "sh", "-c", script])
-        })? {
-            done.push(format!(
-                "data store of {} serves {}",
-                site.name,
-                store.display()
-            ));
-        }
+        ));
     }
-    // Stores of sites that left the file.
-    let planned: Vec<String> = plan
-        .sites
-        .iter()
-        .map(|s| ns_store(cluster, &s.name))
-        .collect();
-    let prefix = names::prefix(cluster);
-    for ns in sh::netns_list() {
-        if ns.starts_with(&prefix) && ns.ends_with("-store") && !planned.contains(&ns) {
-            infra::remove_netns(&ns)?;
-            forget(&ns)?;
-            done.push(format!("- {ns}"));
-        }
-    }
+    Ok(done)
+}
 
-    // The master's results store.
+/// Starts the master's results store (nginx with WebDAV PUT) if it does not run.
+pub fn ensure_results(local: &Local, plan: &Plan) -> Result<Vec<String>, LocalError> {
+    let mut done = Vec::new();
     if let Some(master) = plan.nodes.iter().find(|n| n.role == Role::Master)
         && local.exec_target(&master.name).is_ok()
     {

@@ -6,15 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
 
 use hybridgrid_core::model::WG_OVERHEAD;
 use hybridgrid_core::plan::{Plan, Protocol, Remote, Role, SgRule};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::provider::{Local, Progress};
-use crate::{LocalError, names, sh};
+use crate::provider::Local;
+use crate::{LocalError, live, names, sh};
 
 pub const DOCTOR_FORMAT_VERSION: u32 = 1;
 /// A handshake older than this is no session any more (WireGuard's reject-after-time).
@@ -380,115 +379,6 @@ fn tunnel_ok(t: &TunnelFacts) -> bool {
 
 // ---- gathering ----------------------------------------------------------------------------
 
-/// The `nft` ruleset of a table in a namespace; `None` if it cannot be read.
-fn nft_table(ns: &str, family: &str, table: &str) -> Option<String> {
-    sh::run(
-        "ip",
-        &["netns", "exec", ns, "nft", "list", "table", family, table],
-    )
-    .ok()
-}
-
-/// The lines of one chain's body.
-fn chain_lines<'a>(text: &'a str, chain: &str) -> Vec<&'a str> {
-    let head = format!("chain {chain} {{");
-    text.lines()
-        .skip_while(|l| l.trim() != head)
-        .skip(1)
-        .take_while(|l| l.trim() != "}")
-        .map(str::trim)
-        .collect()
-}
-
-/// `counter packets N` of the lines containing `comment`, summed.
-fn counter(text: &str, comment: &str) -> Option<u64> {
-    let mut found = None;
-    for l in text.lines().filter(|l| l.contains(comment)) {
-        let n = l
-            .split_once("packets ")
-            .and_then(|(_, r)| r.split_whitespace().next()?.parse::<u64>().ok())?;
-        *found.get_or_insert(0) += n;
-    }
-    found
-}
-
-/// The nftables match of a rule as `nft list` prints it (see `infra::render_security_groups`).
-fn rule_match(rule: &SgRule) -> Option<String> {
-    let Remote::Cidr(net) = &rule.remote else {
-        return None;
-    };
-    let src = if net.prefix_len() == 32 {
-        net.addr().to_string()
-    } else {
-        net.to_string()
-    };
-    let ports = |proto: &str| match rule.ports {
-        None => format!("meta l4proto {proto}"),
-        Some((a, b)) if a == b => format!("{proto} dport {a}"),
-        Some((a, b)) => format!("{proto} dport {a}-{b}"),
-    };
-    let m = match rule.protocol {
-        Protocol::Any => String::new(),
-        Protocol::Icmp => "meta l4proto icmp".to_owned(),
-        Protocol::Tcp => ports("tcp"),
-        Protocol::Udp => ports("udp"),
-    };
-    Some(format!("ip saddr {src} {m}").trim().to_owned())
-}
-
-/// Planned rules of `node` (with a known remote) missing from its live `rules` chain.
-fn missing_rules(plan: &Plan, node: &str, site: &str, sg: Option<&str>) -> Vec<SgRule> {
-    let live: Vec<String> = sg
-        .map(|t| {
-            chain_lines(t, "rules")
-                .into_iter()
-                .map(|l| l.split(" counter").next().unwrap_or(l).trim().to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    plan.site(site)
-        .map(|s| s.security_groups.as_slice())
-        .unwrap_or(&[])
-        .iter()
-        .filter(|g| g.members.iter().any(|m| m == node))
-        .flat_map(|g| &g.rules)
-        .filter(|r| rule_match(r).is_some_and(|m| !live.contains(&m)))
-        .cloned()
-        .collect()
-}
-
-/// The elements of `set NAME` in an nft listing.
-fn set_elements(text: &str, set: &str) -> Option<Vec<Ipv4Net>> {
-    let head = format!("set {set} {{");
-    let start = text.find(&head)?;
-    let body = &text[start + head.len()..];
-    let body = &body[..body.find("\n\t}").or_else(|| body.find("\n  }"))?];
-    let Some((_, elements)) = body.split_once("elements = {") else {
-        return Some(Vec::new());
-    };
-    let elements = elements.split('}').next().unwrap_or("");
-    Some(
-        elements
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|w| !w.is_empty())
-            .filter_map(|w| {
-                w.parse::<Ipv4Net>()
-                    .ok()
-                    .or_else(|| w.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
-            })
-            .collect(),
-    )
-}
-
-fn live_mtu(ns: &str) -> Option<u16> {
-    let out = sh::run("ip", &["-n", ns, "-o", "link", "show", "dev", "wg0"]).ok()?;
-    out.split_whitespace()
-        .skip_while(|w| *w != "mtu")
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn ping(ns: &str, to: Ipv4Addr, df_size: Option<u16>) -> bool {
     let to = to.to_string();
     let mut args = vec![
@@ -517,40 +407,40 @@ struct Counters {
 fn read_counters(cluster: &str, plan: &Plan, ports: &BTreeMap<String, String>) -> Counters {
     let mut c = Counters::default();
     for n in &plan.nodes {
-        let sg = nft_table(&names::ns_node(cluster, &n.name), "inet", "hg_sg");
+        let sg = live::nft_table(&names::ns_node(cluster, &n.name), "inet", "hg_sg");
         c.drops.insert(
             n.name.clone(),
             sg.as_deref()
-                .and_then(|t| counter(t, "security group default deny")),
+                .and_then(|t| live::counter(t, "security group default deny")),
         );
         c.sg.insert(n.name.clone(), sg);
     }
     for s in &plan.sites {
-        let ps = nft_table(&names::ns_switch(cluster, &s.name), "bridge", "hg_portsec");
+        let ps = live::nft_table(&names::ns_switch(cluster, &s.name), "bridge", "hg_portsec");
         for n in plan.nodes.iter().filter(|n| n.site == s.name) {
             let Some(port) = ports.get(&n.name) else {
                 continue;
             };
             let chain = port.replace('-', "_");
             let v = ps.as_deref().and_then(|t| {
-                let lines = chain_lines(t, &chain).join("\n");
-                counter(&lines, "ip spoof")
+                let lines = live::chain_lines(t, &chain).join("\n");
+                live::counter(&lines, "ip spoof")
             });
             c.spoof.insert((s.name.clone(), n.name.clone()), v);
         }
         c.portsec.insert(s.name.clone(), ps);
-        let nat = nft_table(&names::ns_router(cluster, &s.name), "ip", "hg_nat");
+        let nat = live::nft_table(&names::ns_router(cluster, &s.name), "ip", "hg_nat");
         c.fragments.insert(
             s.name.clone(),
-            nat.as_deref().and_then(|t| counter(t, "fragment")),
+            nat.as_deref().and_then(|t| live::counter(t, "fragment")),
         );
     }
     c
 }
 
 /// Reads the live cluster: rules, sets, counters, MTUs, handshakes, and pings (DF and not).
-pub fn gather(local: &Local) -> Facts {
-    let plan = local.plan();
+pub fn gather(local: &Local) -> Result<Facts, LocalError> {
+    let plan = local.plan()?;
     let ledger = local.ledger_snapshot();
     let cluster = plan.cluster.clone();
     let ports: BTreeMap<String, String> = ledger
@@ -565,7 +455,7 @@ pub fn gather(local: &Local) -> Facts {
         .map(|n| n.name.clone())
         .collect();
     let before = read_counters(&cluster, &plan, &ports);
-    let status = local.tunnel_status(&plan);
+    let status = local.tunnels(&plan);
 
     // Probes, in parallel: relay ↔ relay over the tunnel (small and DF), site ↔ site.
     let relays: Vec<_> = plan
@@ -575,7 +465,17 @@ pub fn gather(local: &Local) -> Facts {
         .collect();
     let live_mtus: BTreeMap<String, Option<u16>> = relays
         .iter()
-        .map(|n| (n.name.clone(), live_mtu(&names::ns_node(&cluster, &n.name))))
+        .map(|n| {
+            (
+                n.name.clone(),
+                live::live_mtu(
+                    &names::ns_node(&cluster, &n.name),
+                    n.wireguard
+                        .as_ref()
+                        .map_or(hybridgrid_core::plan::WG_INTERFACE, |w| w.name.as_str()),
+                ),
+            )
+        })
         .collect();
     let mut tunnel_jobs = Vec::new();
     for n in &relays {
@@ -637,14 +537,14 @@ pub fn gather(local: &Local) -> Facts {
         )
     });
     let after = read_counters(&cluster, &plan, &ports);
-    let status_after = local.tunnel_status(&plan);
+    let status_after = local.tunnels(&plan);
 
     let tunnels = tunnel_jobs
         .iter()
         .zip(tunnel_results)
         .map(|((from, to, pip, _, df), (small, big))| {
             // The freshest handshake seen, before or after the probes.
-            let age = |st: &[crate::provider::TunnelStatus]| {
+            let age = |st: &[hybridgrid_engine::TunnelStatus]| {
                 st.iter()
                     .find(|t| t.node == *from && t.peer == *to)
                     .and_then(|t| t.handshake_age_s)
@@ -674,7 +574,7 @@ pub fn gather(local: &Local) -> Facts {
             role: n.role,
             up: up.contains(&n.name),
             missing_rules: if up.contains(&n.name) {
-                missing_rules(
+                live::missing_rules(
                     &plan,
                     &n.name,
                     &n.site,
@@ -706,7 +606,7 @@ pub fn gather(local: &Local) -> Facts {
                         let live = ps
                             .as_deref()
                             .and_then(|t| {
-                                set_elements(t, &format!("aap_{}", port.replace('-', "_")))
+                                live::set_elements(t, &format!("aap_{}", port.replace('-', "_")))
                             })
                             .unwrap_or_default();
                         let key = (s.name.clone(), p.node.clone());
@@ -729,7 +629,7 @@ pub fn gather(local: &Local) -> Facts {
             }
         })
         .collect();
-    Facts {
+    Ok(Facts {
         cluster,
         tunnel_port: plan.tunnel.port,
         stateless_security_groups: ledger.stateless_security_groups,
@@ -737,107 +637,20 @@ pub fn gather(local: &Local) -> Facts {
         sites,
         tunnels,
         cross_site,
-    }
+    })
 }
 
 /// Gathers and diagnoses.
-pub fn doctor(local: &Local) -> DoctorReport {
-    let facts = gather(local);
+pub fn doctor(local: &Local) -> Result<DoctorReport, LocalError> {
+    let facts = gather(local)?;
     let findings = diagnose(&facts);
-    DoctorReport {
+    Ok(DoctorReport {
         format_version: DOCTOR_FORMAT_VERSION,
         cluster: facts.cluster.clone(),
         healthy: findings.is_empty(),
         findings,
         facts,
-    }
-}
-
-// ---- drift, for `up` -----------------------------------------------------------------------
-
-/// What differs on the live cluster from what `up` put there, found without probing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Drift {
-    /// Sites whose security groups or port security lack something.
-    pub sites: BTreeSet<String>,
-    /// Relays whose tunnel interface has another MTU than planned.
-    pub relays: BTreeSet<String>,
-}
-
-pub fn drift(local: &Local, plan: &Plan) -> Drift {
-    let cluster = &plan.cluster;
-    let ledger = local.ledger_snapshot();
-    let mut d = Drift::default();
-    for n in &plan.nodes {
-        if local.holder_pid(&n.name).is_none() {
-            continue;
-        }
-        let ns = names::ns_node(cluster, &n.name);
-        let sg = nft_table(&ns, "inet", "hg_sg");
-        if sg.is_none() || !missing_rules(plan, &n.name, &n.site, sg.as_deref()).is_empty() {
-            d.sites.insert(n.site.clone());
-        }
-        if let Some(w) = &n.wireguard
-            && live_mtu(&ns).is_some_and(|m| m != w.mtu)
-        {
-            d.relays.insert(n.name.clone());
-        }
-    }
-    for s in &plan.sites {
-        let ps = nft_table(&names::ns_switch(cluster, &s.name), "bridge", "hg_portsec");
-        for p in &s.allowed_address_pairs {
-            let Some(port) = ledger.nodes.get(&p.node).map(|e| e.port.replace('-', "_")) else {
-                continue;
-            };
-            if local.holder_pid(&p.node).is_none() {
-                continue;
-            }
-            let live = ps
-                .as_deref()
-                .and_then(|t| set_elements(t, &format!("aap_{port}")))
-                .unwrap_or_default();
-            if p.pairs.iter().any(|x| !live.iter().any(|l| l.contains(x))) {
-                d.sites.insert(s.name.clone());
-            }
-        }
-    }
-    d
-}
-
-/// Restores what [`drift`] found: renders the sites again and re-runs the agent on the relays.
-/// Returns the number of repairs.
-pub fn repair(
-    local: &Local,
-    plan: &Plan,
-    progress: &(dyn Fn(Progress) + Sync),
-) -> Result<usize, LocalError> {
-    let d = drift(local, plan);
-    let n = d.sites.len() + d.relays.len();
-    if n == 0 {
-        return Ok(0);
-    }
-    let t = std::time::Instant::now();
-    let sites: Vec<String> = d.sites.iter().cloned().collect();
-    local.flush(plan, &Mutex::new(d.sites))?;
-    for s in sites {
-        progress(Progress::Done {
-            summary: format!(
-                "~ {s}: security groups and port security restored (live rules differed)"
-            ),
-            seconds: t.elapsed().as_secs_f64(),
-            details: Vec::new(),
-        });
-    }
-    for r in &d.relays {
-        let t = std::time::Instant::now();
-        let report = local.configure(plan, r)?;
-        progress(Progress::Done {
-            summary: format!("~ {r}: wg0 restored (live MTU differed)"),
-            seconds: t.elapsed().as_secs_f64(),
-            details: report.actions,
-        });
-    }
-    Ok(n)
+    })
 }
 
 #[cfg(test)]
@@ -1013,25 +826,5 @@ mod tests {
         let d = diagnose(&f);
         let kinds: Vec<Kind> = d.iter().map(|x| x.kind).collect();
         assert_eq!(kinds, vec![Kind::NodeDown, Kind::NoHandshake], "{d:#?}");
-    }
-
-    #[test]
-    fn parses_nft_listings() {
-        let text = "table bridge hg_portsec {\n\tset aap_p_5 {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 10.0.0.0/24,\n\t\t\t     10.10.0.0/24 }\n\t}\n\n\tset aap_p_6 {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t}\n\n\tchain p_5 {\n\t\tip saddr @aap_p_5 counter packets 12 bytes 1008 accept comment \"allowed-address pair\"\n\t\tcounter packets 3 bytes 252 drop comment \"ip spoof\"\n\t}\n}\n";
-        assert_eq!(
-            set_elements(text, "aap_p_5").unwrap(),
-            vec![
-                "10.0.0.0/24".parse::<Ipv4Net>().unwrap(),
-                "10.10.0.0/24".parse().unwrap()
-            ]
-        );
-        assert_eq!(set_elements(text, "aap_p_6").unwrap(), Vec::new());
-        assert_eq!(set_elements(text, "aap_p_7"), None);
-        let chain = chain_lines(text, "p_5").join("\n");
-        assert_eq!(counter(&chain, "ip spoof"), Some(3));
-        assert_eq!(
-            rule_match(&wg_rule("198.51.100.100")).unwrap(),
-            "ip saddr 198.51.100.100 udp dport 51820"
-        );
     }
 }

@@ -11,8 +11,8 @@ pub enum LocalError {
         #[source]
         source: std::io::Error,
     },
-    /// ledger {path} cannot be read: {detail}
-    Ledger { path: PathBuf, detail: String },
+    /// {0}
+    State(#[from] hybridgrid_engine::state::StateError),
     /// {path} is not valid JSON of the expected shape: {source}
     Json {
         path: PathBuf,

@@ -2,11 +2,11 @@
 //! part-way is resumed by `up` and cleaned by `down`. Versioned JSON, replaced atomically.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hybridgrid_core::plan::{Role, SgRule};
+use hybridgrid_engine::state;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
@@ -81,41 +81,12 @@ impl Ledger {
 
     /// Reads a ledger; `None` if there is none. A ledger that does not parse is an error.
     pub fn load(path: &Path) -> Result<Option<Ledger>, LocalError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(LocalError::io(path)(e)),
-        };
-        let bad = |detail: String| LocalError::Ledger {
-            path: path.to_owned(),
-            detail,
-        };
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        match value
-            .get("format_version")
-            .and_then(serde_json::Value::as_u64)
-        {
-            Some(v) if v == u64::from(LEDGER_FORMAT_VERSION) => {}
-            Some(v) => {
-                return Err(bad(format!(
-                    "format_version {v}; this hybridgrid reads {LEDGER_FORMAT_VERSION}"
-                )));
-            }
-            None => return Err(bad("no format_version".into())),
-        }
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(|e| bad(e.to_string()))
+        Ok(state::load(path, LEDGER_FORMAT_VERSION)?)
     }
 
-    /// Writes temp + fsync + rename + fsync of the directory.
+    /// Replaced atomically, mode 0600 (it names every resource of the cluster).
     pub fn save(&self, path: &Path) -> Result<(), LocalError> {
-        let text = serde_json::to_string_pretty(self).map_err(|source| LocalError::Json {
-            path: path.to_owned(),
-            source,
-        })?;
-        write_atomic(path, text.as_bytes(), 0o644)
+        Ok(state::save(path, self, state::PRIVATE)?)
     }
 
     pub fn record_namespace(&mut self, ns: &str) {
@@ -144,31 +115,9 @@ impl Ledger {
     }
 }
 
-/// Replaces `path` with `data` atomically (same directory temp file, fsync, rename).
+/// Replaces `path` with `data` atomically with `mode` (`hybridgrid_engine::state`).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), LocalError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(LocalError::io(dir))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(LocalError::io(&tmp))?;
-    f.write_all(data).map_err(LocalError::io(&tmp))?;
-    f.sync_all().map_err(LocalError::io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(LocalError::io(path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    Ok(state::write_atomic(path, data, mode)?)
 }
 
 #[cfg(test)]

@@ -12,23 +12,27 @@
 //! No namespace ever gets a link or a route to the host's own network.
 
 pub mod agent;
+mod apply;
 pub mod crash;
 pub mod datastore;
 pub mod doctor;
+mod down;
 mod error;
 pub mod infra;
 pub mod ledger;
+mod live;
 pub mod names;
+mod observe;
 pub mod provider;
 pub mod pull;
 mod sh;
 pub mod slurm;
+mod status;
 pub mod wg_impl;
 
+pub use down::gc;
 pub use error::LocalError;
-pub use provider::{
-    ExecTarget, Local, NodeStatus, Options, Progress, Reach, StatusReport, TunnelStatus, UpReport,
-};
+pub use provider::{ExecTarget, Local, Options};
 
 /// The state root: `$HYBRIDGRID_STATE_DIR` or `/var/lib/hybridgrid`.
 pub fn state_root() -> std::path::PathBuf {

@@ -287,6 +287,9 @@ impl Cloud {
                         trace,
                     });
                 }
+                // Only a cloud that did not answer is worth another try: a refused credential
+                // (401), a wrong auth method or a broken entry is the same the next time.
+                Err(e) if !connect_transient(&e) => return Err(err(&e)),
                 Err(e) => {
                     last = Some(e.to_string());
                     tokio::time::sleep(backoff(attempt)).await;
@@ -377,6 +380,17 @@ impl Cloud {
             Err(e) if e.status() == Some(404) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Whether a failed connect may work when tried again: the cloud did not answer, or answered
+/// with a server error.
+fn connect_transient(e: &openstack_sdk::OpenStackError) -> bool {
+    use openstack_sdk::OpenStackError as E;
+    match e {
+        E::Communication { .. } | E::NoResponse { .. } => true,
+        E::Http { status } => status.is_server_error() || status.as_u16() == 429,
+        _ => false,
     }
 }
 

@@ -10,15 +10,18 @@
 //! recorded in the ledger before it is created.
 
 mod api;
+mod apply;
+mod down;
 mod error;
 pub mod ledger;
 mod provider;
 mod site;
 mod userdata;
+mod validate;
 
 pub use api::{CallTiming, CallTrace};
 pub use error::{OsError, Result};
-pub use provider::{DownReport, NotDeleted, OpenStack, Options, Problem, Progress, UpReport};
+pub use provider::{OpenStack, Options, Problem};
 pub use site::{TAG, cluster_tag, site_tag};
 pub use userdata::{
     AGENT_PATH, AGENT_STATE_DIR, METADATA_URL, NODE_CONFIG_PATH, PUBLIC_KEY_MARKER, PULL_UNIT,

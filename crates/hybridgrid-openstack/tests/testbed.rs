@@ -15,9 +15,11 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use hybridgrid_core::diff::Change;
 use hybridgrid_core::diff::Observed;
 use hybridgrid_core::model::{Cluster, validate_text};
 use hybridgrid_core::plan::{self, Protocol, Remote};
+use hybridgrid_engine::{Event, Provider, UpReport};
 use hybridgrid_openstack::{OpenStack, Options};
 use openstack_sdk::AsyncOpenStack;
 use openstack_sdk::api::QueryAsync;
@@ -102,7 +104,25 @@ async fn online_problems(os: &OpenStack, c: &Cluster) -> Vec<hybridgrid_openstac
         .unwrap()
 }
 
-fn quiet(_: hybridgrid_openstack::Progress) {}
+fn quiet(_: Event) {}
+
+/// `up` as the CLI runs it: the engine's rounds over the provider.
+fn up(os: &OpenStack, c: &Cluster) -> Result<UpReport, hybridgrid_engine::EngineError> {
+    hybridgrid_engine::up(os, c, &quiet)
+}
+
+fn down(os: &OpenStack) -> hybridgrid_engine::DownReport {
+    Provider::down(os, &quiet).unwrap()
+}
+
+/// Relays `up` noted as not having reported their WireGuard key.
+fn keys_pending(r: &UpReport) -> Vec<String> {
+    r.notes
+        .iter()
+        .filter(|n| n.contains("has not reported its WireGuard public key"))
+        .filter_map(|n| n.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
 
 /// An independent connection (openstack_sdk's typed requests).
 async fn raw(cloud: &str) -> AsyncOpenStack {
@@ -429,22 +449,31 @@ async fn up_verify_second_up_noop_pairs_kept_down() {
     let dir = tempfile::tempdir().unwrap();
     let c = cluster(&unique("u"), 1, 1, "m1.tiny");
     let os = provider(&c, dir.path(), None);
-    let r = os.up(&quiet).await.unwrap();
-    assert_eq!(r.servers_created.len(), 4, "{r:?}");
-    assert!(r.rounds >= 2, "{r:?}");
+    // `plan` lists exactly what `up` applies in its first round.
+    let planned: Vec<String> = hybridgrid_engine::plan(&os, &c)
+        .unwrap()
+        .changes
+        .iter()
+        .map(Change::summary)
+        .collect();
+    let r = up(&os, &c).unwrap();
+    assert_eq!(r.rounds[0], planned);
+    assert_eq!(os.server_seconds().len(), 4, "{r:?}");
+    assert!(r.rounds.len() >= 2, "{r:?}");
     // The fake driver has no console: keys stay pending, and the relays' configurations with them.
-    assert_eq!(r.pending_public_keys.len(), 2, "{r:?}");
+    assert_eq!(keys_pending(&r).len(), 2, "{r:?}");
     // The floating IPs exist before the servers: every relay's configuration is complete.
-    assert!(r.config_not_delivered.is_empty(), "{r:?}");
+    assert!(r.partial.is_empty(), "{r:?}");
     verify(&c, None).await;
     verify_peer_metadata(&c).await;
     let ledger: Value = serde_json::from_slice(&std::fs::read(os.ledger_path()).unwrap()).unwrap();
     assert_eq!(ledger["format_version"], 1);
 
-    let again = os.up(&quiet).await.unwrap();
-    assert!(again.applied.is_empty(), "second up changed: {again:?}");
-    assert!(again.servers_created.is_empty());
-    assert_eq!(again.rounds, 1);
+    let again = up(&os, &c).unwrap();
+    assert_eq!(again.change_count(), 0, "second up changed: {again:?}");
+    assert_eq!(os.server_seconds().len(), 4, "no server created again");
+    assert!(again.rounds.is_empty());
+    assert!(hybridgrid_engine::plan(&os, &c).unwrap().changes.is_empty());
 
     // A pair the user set on a relay port is kept; ours, removed by hand, come back.
     let a = raw("site-a").await;
@@ -472,8 +501,8 @@ async fn up_verify_second_up_noop_pairs_kept_down() {
         .query_async(&a)
         .await
         .unwrap();
-    let third = os.up(&quiet).await.unwrap();
-    assert_eq!(third.applied.len(), 1, "{third:?}");
+    let third = up(&os, &c).unwrap();
+    assert_eq!(third.change_count(), 1, "{third:?}");
     verify(&c, None).await;
     let p = relay_port(&a, &s(&master["id"])).await;
     assert!(
@@ -499,15 +528,16 @@ async fn up_verify_second_up_noop_pairs_kept_down() {
         .unwrap();
     let before = relay_metadata(&c).await;
     let os = provider(&c, dir.path(), None);
-    let r = os.up(&quiet).await.unwrap();
-    assert_eq!(r.rounds, 1, "{r:?}");
+    let r = up(&os, &c).unwrap();
+    assert_eq!(r.rounds.len(), 1, "{r:?}");
     assert!(
-        r.applied.iter().any(|a| a.contains("metadata of a-master")),
+        r.applied()
+            .any(|a| a.starts_with("~ a: configure a-master")),
         "{r:?}"
     );
-    assert!(r.applied.iter().all(|a| a.contains("metadata of")), "{r:?}");
-    assert_eq!(r.pending_public_keys, vec!["a-master".to_owned()], "{r:?}");
-    assert!(r.config_not_delivered.is_empty(), "{r:?}");
+    assert!(r.applied().all(|a| a.contains(": configure ")), "{r:?}");
+    assert_eq!(keys_pending(&r), vec!["a-master".to_owned()], "{r:?}");
+    assert!(r.partial.is_empty(), "{r:?}");
     let fip = verify_peer_metadata(&c).await;
     let after = relay_metadata(&c).await;
     assert_eq!(
@@ -521,11 +551,11 @@ async fn up_verify_second_up_noop_pairs_kept_down() {
         after["a-master"]["hg_config_version"],
         before["a-master"]["hg_config_version"]
     );
-    let again = os.up(&quiet).await.unwrap();
-    assert!(again.applied.is_empty(), "{again:?}");
+    let again = up(&os, &c).unwrap();
+    assert_eq!(again.change_count(), 0, "{again:?}");
     assert_eq!(relay_metadata(&c).await, after);
 
-    let d = os.down().await.unwrap();
+    let d = down(&os);
     assert!(d.not_deleted.is_empty(), "{d:?}");
     assert!(!os.ledger_path().exists());
     assert_nothing_left(&c.name).await;
@@ -536,21 +566,15 @@ async fn crash_part_way_then_up_converges_without_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let c = cluster(&unique("c"), 1, 1, "m1.tiny");
     // Past the networks and groups, in the middle of ports and servers.
-    let err = provider(&c, dir.path(), Some(18))
-        .up(&quiet)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, hybridgrid_openstack::OsError::CrashInjected(_)),
-        "{err}"
-    );
+    let err = up(&provider(&c, dir.path(), Some(18)), &c).unwrap_err();
+    assert!(err.to_string().contains("injected crash"), "{err}");
     let os = provider(&c, dir.path(), None);
-    let r = os.up(&quiet).await.unwrap();
-    assert!(r.rounds >= 2, "{r:?}");
+    let r = up(&os, &c).unwrap();
+    assert!(r.rounds.len() >= 2, "{r:?}");
     verify(&c, None).await;
-    let again = os.up(&quiet).await.unwrap();
-    assert!(again.applied.is_empty(), "{again:?}");
-    let d = os.down().await.unwrap();
+    let again = up(&os, &c).unwrap();
+    assert_eq!(again.change_count(), 0, "{again:?}");
+    let d = down(&os);
     assert!(d.not_deleted.is_empty(), "{d:?}");
     assert_nothing_left(&c.name).await;
 }
@@ -560,9 +584,9 @@ async fn crash_early_then_up_converges() {
     let dir = tempfile::tempdir().unwrap();
     let c = cluster(&unique("e"), 1, 0, "m1.tiny");
     // Right after the first creates (network/subnet): the id never reached the ledger.
-    assert!(provider(&c, dir.path(), Some(3)).up(&quiet).await.is_err());
+    assert!(up(&provider(&c, dir.path(), Some(3)), &c).is_err());
     let os = provider(&c, dir.path(), None);
-    os.up(&quiet).await.unwrap();
+    up(&os, &c).unwrap();
     for cloud in ["site-a", "site-b"] {
         let raw = raw(cloud).await;
         let nets: Vec<Value> = network::list::Request::builder()
@@ -579,7 +603,7 @@ async fn crash_early_then_up_converges() {
         assert_eq!(nets.len(), 1, "{cloud}: no duplicate network");
     }
     verify(&c, None).await;
-    let d = os.down().await.unwrap();
+    let d = down(&os);
     assert!(d.not_deleted.is_empty(), "{d:?}");
     assert_nothing_left(&c.name).await;
 }
@@ -590,15 +614,15 @@ async fn down_after_partial_up_leaves_nothing() {
     let c = cluster(&unique("d"), 1, 1, "m1.tiny");
     for n in [7, 20] {
         let c2 = c.clone();
-        let _ = provider(&c2, dir.path(), Some(n)).up(&quiet).await;
+        let _ = up(&provider(&c2, dir.path(), Some(n)), &c2);
     }
     let os = provider(&c, dir.path(), None);
-    let d = os.down().await.unwrap();
+    let d = down(&os);
     assert!(d.not_deleted.is_empty(), "{d:?}");
     assert!(!d.deleted.is_empty());
     assert_nothing_left(&c.name).await;
     // Idempotent: a second down finds nothing and fails on nothing.
-    let d2 = os.down().await.unwrap();
+    let d2 = down(&os);
     assert!(d2.not_deleted.is_empty() && d2.deleted.is_empty(), "{d2:?}");
 }
 
@@ -702,22 +726,23 @@ async fn bench_provision_two_sites() {
             )));
         }
         let os = OpenStack::new(&c, o).unwrap();
-        let log = move |p: hybridgrid_openstack::Progress| {
+        let log = move |p: Event| {
             if verbose {
                 eprintln!("  [{:6.2}s] {p:?}", t0.elapsed().as_secs_f64());
             }
         };
-        let r = os.up(&log).await.unwrap();
+        let r = hybridgrid_engine::up(&os, &c, &log).unwrap();
         let wall = t0.elapsed().as_secs_f64();
-        let slowest = r.server_seconds.values().cloned().fold(0.0, f64::max);
+        let servers = os.server_seconds();
+        let slowest = servers.values().cloned().fold(0.0, f64::max);
         eprintln!(
             "run {run}: up {wall:.2} s ({} rounds, {} servers); slowest server create→ACTIVE \
              {slowest:.2} s; ratio {:.2}",
-            r.rounds,
-            r.servers_created.len(),
+            r.rounds.len(),
+            servers.len(),
             wall / slowest
         );
-        let d = os.down().await.unwrap();
+        let d = down(&os);
         assert!(d.not_deleted.is_empty(), "{d:?}");
     }
 }

@@ -8,10 +8,10 @@ use hybridgrid_local::doctor::DoctorReport;
 
 /// Exit 0 when healthy, 1 when there are findings.
 pub fn run(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let Some(local) = crate::local_cmd::open(file, false)? else {
+    let Some(local) = crate::providers::local_only(file, "doctor")? else {
         return Ok(ExitCode::FAILURE);
     };
-    let report = hybridgrid_local::doctor::doctor(&local);
+    let report = hybridgrid_local::doctor::doctor(&local)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,22 +1,26 @@
 //! The `hybridgrid` command line. Architecture invariant: only this crate knows about terminals,
-//! standard output and exit codes; everything else returns values and typed errors.
+//! standard output and exit codes; everything else returns values and typed errors. Every
+//! lifecycle command loads the cluster file once, opens its provider (`providers.rs`) and goes
+//! through the engine.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use hybridgrid_core::diff::{Change, Observed};
-use hybridgrid_core::model::{self, Cluster, LoadError, Provider};
-use hybridgrid_core::plan::{self, Plan, Remote, Role};
+use hybridgrid_core::diff::Change;
+use hybridgrid_core::model::{self, Cluster, LoadError, Provider as Kind};
+use hybridgrid_core::plan::{Plan, Remote, Role};
 use hybridgrid_core::render;
+use hybridgrid_engine::{Command as Cmd, EngineError, Event, Provider};
 
 mod doctor_cmd;
-mod local_cmd;
-mod openstack_cmd;
+mod node_cmd;
+mod providers;
+mod status_text;
 mod submit_cmd;
 
 #[derive(Debug, Parser)]
@@ -56,10 +60,53 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    #[command(flatten)]
-    Local(local_cmd::LocalCommand),
+    /// Create the cluster, or bring it to what the file says; idempotent and resumable.
+    Up {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Security groups without connection tracking (local; for tests of the rules themselves).
+        #[arg(long)]
+        stateless_security_groups: bool,
+        /// Print the versioned report (rounds and the changes of each) on standard output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Nodes up/down, tunnel handshakes and counters, and who reaches whom.
+    Status {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Skip the reachability matrix (it pings every node from every node).
+        #[arg(long)]
+        no_ping: bool,
+    },
+    /// Run a command on a node: `exec -f FILE NODE -- CMD...`.
+    Exec {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        node: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Remove everything of the cluster; safe to run again.
+    Down {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Find what is wrong with the running cluster and say how to fix it (exit 1 if anything).
+    Doctor {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove leftovers of this host's local clusters whose ledger is gone.
+    Gc,
     #[command(flatten)]
     Submit(submit_cmd::SubmitCommand),
+    #[command(flatten)]
+    Node(node_cmd::NodeCommand),
 }
 
 fn main() -> ExitCode {
@@ -73,14 +120,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads the file and opens its provider; `None` when the file has errors (already reported).
+fn open(
+    file: &Path,
+    knobs: providers::Knobs,
+) -> anyhow::Result<Option<(Cluster, Box<dyn Provider>)>> {
+    let Some(cluster) = load(file)? else {
+        return Ok(None);
+    };
+    let provider = providers::open(&cluster, knobs)?;
+    Ok(Some((cluster, provider)))
+}
+
+fn require(provider: &dyn Provider, command: Cmd, hint: &str) -> anyhow::Result<()> {
+    if provider.supports(command) {
+        Ok(())
+    } else {
+        Err(EngineError::unsupported(provider.name(), command.as_str(), hint).into())
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let knobs = providers::Knobs::default();
     match cli.command {
         Command::Validate { file, online } => validate(&file, online),
         Command::Plan { file, json } => {
-            let Some(cluster) = load(&file)? else {
+            let Some((cluster, provider)) = open(&file, knobs)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let plan = plan::plan(&cluster, &observe(&cluster));
+            let plan = hybridgrid_engine::plan(provider.as_ref(), &cluster)?;
             if json {
                 println!("{}", plan.to_json());
             } else {
@@ -89,28 +157,146 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Render { file, out } => {
-            let Some(cluster) = load(&file)? else {
+            let Some((cluster, provider)) = open(&file, knobs)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let plan = plan::plan(&cluster, &observe(&cluster));
-            let files = render::render(&plan);
-            write_tree(&out, &files)?;
-            println!("wrote {} files to {}", files.len(), out.display());
+            let plan = hybridgrid_engine::plan(provider.as_ref(), &cluster)?;
+            let count = write_tree(&out, &plan)?;
+            println!("wrote {count} files to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Local(cmd) => local_cmd::run(cmd),
+        Command::Up {
+            file,
+            stateless_security_groups,
+            json,
+        } => {
+            let knobs = providers::Knobs {
+                stateless_security_groups,
+            };
+            let Some((cluster, provider)) = open(&file, knobs)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let report = hybridgrid_engine::up(provider.as_ref(), &cluster, &show)?;
+            for p in &report.partial {
+                eprintln!("note: not done by `up`: {p}");
+            }
+            for n in &report.notes {
+                eprintln!("warning: {n}");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.change_count() == 0 {
+                println!("no changes: the cluster is as planned");
+            } else {
+                println!(
+                    "up: {} changes in {} rounds, {:.1}s",
+                    report.change_count(),
+                    report.rounds.len(),
+                    report.seconds
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            file,
+            json,
+            no_ping,
+        } => {
+            let Some((cluster, provider)) = open(&file, knobs)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let report = hybridgrid_engine::status(provider.as_ref(), &cluster, !no_ping)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", status_text::status_text(&report));
+            }
+            if report.healthy() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "hint: run `hybridgrid doctor -f {}` to find out why",
+                    file.display()
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Exec { file, node, cmd } => {
+            let Some((_, provider)) = open(&file, knobs)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            require(provider.as_ref(), Cmd::Exec, "")?;
+            let code = provider.exec(&node, &cmd)?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::Down { file } => {
+            let Some((_, provider)) = open(&file, knobs)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            require(provider.as_ref(), Cmd::Down, "")?;
+            let report = provider.down(&show)?;
+            for n in &report.not_deleted {
+                eprintln!(
+                    "could not delete {} {} at site {} ({}): {}",
+                    n.kind,
+                    n.name,
+                    n.site,
+                    n.id.as_deref().unwrap_or("no id"),
+                    n.error
+                );
+            }
+            if !report.not_deleted.is_empty() {
+                println!(
+                    "down: deleted {}, {} left (listed above); run `down` again",
+                    report.deleted.len(),
+                    report.not_deleted.len()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            if report.deleted.is_empty() {
+                println!("nothing to remove");
+            } else {
+                println!(
+                    "down: deleted {} resources; nothing of the cluster is left",
+                    report.deleted.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { file, json } => doctor_cmd::run(&file, json),
+        Command::Gc => {
+            let removed = hybridgrid_local::gc(&hybridgrid_local::state_root())?;
+            for r in &removed {
+                println!("removed {r}");
+            }
+            if removed.is_empty() {
+                println!("nothing to collect");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Submit(cmd) => submit_cmd::run(cmd),
+        Command::Node(cmd) => node_cmd::run(cmd),
     }
 }
 
-/// What exists of the cluster already, as its provider finds it.
-fn observe(cluster: &Cluster) -> Observed {
-    match cluster.provider {
-        Provider::Local => local_cmd::observe(cluster),
-        Provider::OpenStack => openstack_cmd::observe(cluster).unwrap_or_else(|e| {
-            eprintln!("warning: cannot read the clouds ({e:#}); planning as if nothing existed");
-            Observed::default()
-        }),
+/// Progress of `up` and `down` on standard error.
+fn show(e: Event) {
+    match e {
+        Event::Round { round, changes } => eprintln!("round {round}: {changes} changes"),
+        Event::Applied {
+            summary,
+            seconds,
+            details,
+        } => {
+            let extra = if details.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", details.join("; "))
+            };
+            eprintln!("  {seconds:5.2}s {summary}{extra}");
+        }
+        Event::Failed { summary, error } => eprintln!("  FAILED {summary}: {error}"),
+        Event::Note(n) => eprintln!("  {n}"),
     }
 }
 
@@ -118,8 +304,11 @@ fn validate(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
     let Some(cluster) = load(file)? else {
         return Ok(ExitCode::FAILURE);
     };
-    if online && cluster.provider == Provider::OpenStack {
-        let problems = openstack_cmd::validate_online(&cluster)?;
+    let online = online && cluster.provider == Kind::OpenStack;
+    if online {
+        let os = providers::openstack_of(&cluster)?;
+        let plan = hybridgrid_engine::plan(&os, &cluster)?;
+        let problems = os.validate_online_blocking(&plan)?;
         for p in &problems {
             eprintln!("{}: error: {p}", file.display());
         }
@@ -138,7 +327,7 @@ fn validate(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
         file.display(),
         cluster.name,
         cluster.sites.len(),
-        if online && cluster.provider == Provider::OpenStack {
+        if online {
             "; the clouds have room for it"
         } else {
             ""
@@ -167,15 +356,34 @@ fn load(file: &Path) -> anyhow::Result<Option<Cluster>> {
     }
 }
 
-fn write_tree(out: &Path, files: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    for (rel, content) in files {
-        let path = out.join(rel);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// Writes each rendered file as it is made (one file in memory at a time); the count.
+fn write_tree(out: &Path, plan: &Plan) -> anyhow::Result<usize> {
+    let mut count = 0;
+    let mut failed: Option<anyhow::Error> = None;
+    render::render_each(plan, &mut |rel, content| {
+        if failed.is_some() {
+            return;
         }
-        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+        let path = out.join(rel);
+        let write = || -> anyhow::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let mut f = std::fs::File::create(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            f.write_all(content.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))
+        };
+        match write() {
+            Ok(()) => count += 1,
+            Err(e) => failed = Some(e),
+        }
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(count),
     }
-    Ok(())
 }
 
 fn plan_summary(plan: &Plan) -> String {

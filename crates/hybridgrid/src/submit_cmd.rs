@@ -176,10 +176,10 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
             parsable,
             script,
         } => {
-            let Some(local) = crate::local_cmd::open(&file, false)? else {
+            let Some(local) = crate::providers::local_only(&file, "submit")? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let plan = local.plan();
+            let plan = local.plan()?;
             let mut placement = place(&plan, &datasets, allow_cross_site)?;
             if let Some(p) = partition {
                 if !plan.slurm.partitions.iter().any(|x| x.name == p) {
@@ -299,10 +299,10 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
             })
         }
         SubmitCommand::Jobs { file, json } => {
-            let Some(local) = crate::local_cmd::open(&file, false)? else {
+            let Some(local) = crate::providers::local_only(&file, "jobs")? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let plan = local.plan();
+            let plan = local.plan()?;
             let views = job_views(&local, &plan)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&views)?);

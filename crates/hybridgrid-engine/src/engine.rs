@@ -1,0 +1,99 @@
+//! The rounds: observe → plan → apply, the same for every provider.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use hybridgrid_core::diff::Change;
+use hybridgrid_core::model::Cluster;
+use hybridgrid_core::plan::{self, Plan};
+
+use crate::EngineError;
+use crate::provider::{Command, Event, Provider, Sink};
+use crate::report::{StatusReport, UpReport};
+
+/// Rounds `up` runs at most. A cluster converges in two or three (see ARCHITECTURE.md): the
+/// first creates, the next ones complete what needs keys and public IPs that only exist then.
+pub const MAX_ROUNDS: usize = 6;
+
+pub const UP_REPORT_VERSION: u32 = 1;
+
+/// The plan against what exists: what `plan` prints and `up`'s first round applies.
+pub fn plan(provider: &dyn Provider, cluster: &Cluster) -> Result<Plan, EngineError> {
+    Ok(plan::plan(cluster, &provider.observe()?))
+}
+
+/// Creates or changes everything until a round finds no change, then lets the provider settle.
+pub fn up(
+    provider: &dyn Provider,
+    cluster: &Cluster,
+    sink: Sink<'_>,
+) -> Result<UpReport, EngineError> {
+    if !provider.supports(Command::Up) {
+        return Err(EngineError::unsupported(provider.name(), "up", ""));
+    }
+    let start = Instant::now();
+    let mut report = UpReport {
+        format_version: UP_REPORT_VERSION,
+        provider: provider.name().to_owned(),
+        ..UpReport::default()
+    };
+    // Changes the provider said it can make only in part: not tried again this run.
+    let mut partial: BTreeSet<String> = BTreeSet::new();
+    let mut settled_once = false;
+    loop {
+        let plan = plan(provider, cluster)?;
+        let todo: Vec<Change> = plan
+            .changes
+            .iter()
+            .filter(|c| !partial.contains(&c.summary()))
+            .cloned()
+            .collect();
+        if todo.is_empty() {
+            let settled = provider.settle(&plan, sink)?;
+            if settled.observe_again && !settled_once {
+                settled_once = true;
+                continue;
+            }
+            report.notes = settled.notes;
+            break;
+        }
+        if report.rounds.len() == MAX_ROUNDS {
+            return Err(EngineError::NotConverged {
+                rounds: MAX_ROUNDS,
+                remaining: todo
+                    .iter()
+                    .map(Change::summary)
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            });
+        }
+        sink(Event::Round {
+            round: report.rounds.len() + 1,
+            changes: todo.len(),
+        });
+        let applied = provider.apply(&plan, &todo, sink)?;
+        report
+            .rounds
+            .push(todo.iter().map(Change::summary).collect());
+        for (change, why) in applied.partial {
+            let summary = change.summary();
+            report.partial.push(format!("{summary}: {why}"));
+            partial.insert(summary);
+        }
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Nodes, tunnels and reachability of the cluster as it runs.
+pub fn status(
+    provider: &dyn Provider,
+    cluster: &Cluster,
+    reach: bool,
+) -> Result<StatusReport, EngineError> {
+    if !provider.supports(Command::Status) {
+        return Err(EngineError::unsupported(provider.name(), "status", ""));
+    }
+    let plan = plan(provider, cluster)?;
+    provider.status(&plan, reach)
+}

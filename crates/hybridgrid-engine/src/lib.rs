@@ -1,0 +1,19 @@
+//! The reconcile engine: one [`Provider`] trait and the rounds that drive it.
+//!
+//! Every lifecycle command goes through here, for every provider:
+//! `plan` = [`plan`] (observe → `core::plan`), `up` = [`up`] (rounds of observe → plan → apply
+//! until the plan has no change), `status` = [`status`], `down` = [`Provider::down`].
+//! Architecture invariant: the changes `plan` prints are the changes `up` applies in its first
+//! round — both come from [`plan`], and the engine never adds, drops or rewrites a change.
+//! A provider knows its cloud and nothing else; it never loops over rounds itself.
+
+mod engine;
+mod error;
+mod provider;
+mod report;
+pub mod state;
+
+pub use engine::{MAX_ROUNDS, plan, status, up};
+pub use error::EngineError;
+pub use provider::{Applied, Command, Event, Provider, Settled, Sink};
+pub use report::{DownReport, NodeStatus, NotDeleted, Reach, StatusReport, TunnelStatus, UpReport};

@@ -1,0 +1,96 @@
+//! What the lifecycle commands report, the same documents for every provider.
+
+use std::net::Ipv4Addr;
+
+use hybridgrid_core::plan::Role;
+use serde::{Deserialize, Serialize};
+
+/// What `up` did. `rounds[0]` is exactly the change list `plan` showed before it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpReport {
+    pub format_version: u32,
+    pub provider: String,
+    /// Per round, the summaries of the changes applied (`Change::summary`), in order.
+    pub rounds: Vec<Vec<String>>,
+    /// Changes the provider could make only in part, with why (`up` does not retry them).
+    pub partial: Vec<String>,
+    /// What is still pending and why (tunnels without a handshake, keys not reported yet).
+    pub notes: Vec<String>,
+    pub seconds: f64,
+}
+
+impl UpReport {
+    /// Every change applied, in order.
+    pub fn applied(&self) -> impl Iterator<Item = &String> {
+        self.rounds.iter().flatten()
+    }
+
+    pub fn change_count(&self) -> usize {
+        self.rounds.iter().map(Vec::len).sum()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotDeleted {
+    pub site: String,
+    pub kind: String,
+    pub name: String,
+    pub id: Option<String>,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownReport {
+    /// What was removed, in words (`site: kind name (id)`, a namespace, a state directory).
+    pub deleted: Vec<String>,
+    /// What could not be removed, with the reason. Empty: nothing of the cluster is left.
+    pub not_deleted: Vec<NotDeleted>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub format_version: u32,
+    pub cluster: String,
+    pub nodes: Vec<NodeStatus>,
+    pub tunnels: Vec<TunnelStatus>,
+    pub reachability: Vec<Reach>,
+}
+
+impl StatusReport {
+    /// Every node up and every probed pair reachable.
+    pub fn healthy(&self) -> bool {
+        self.nodes.iter().all(|n| n.up) && self.reachability.iter().all(|r| r.ok)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub site: String,
+    pub role: Role,
+    pub lan_ip: Ipv4Addr,
+    pub tunnel_ip: Option<Ipv4Addr>,
+    pub public_ip: Option<Ipv4Addr>,
+    pub up: bool,
+    /// The node's Slurm state as the controller sees it (`sinfo`), for Slurm nodes.
+    #[serde(default)]
+    pub slurm: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    pub node: String,
+    pub peer: String,
+    pub endpoint: Option<String>,
+    /// Seconds since the latest handshake; `None` if there was none.
+    pub handshake_age_s: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reach {
+    pub from: String,
+    pub to: String,
+    pub ok: bool,
+}

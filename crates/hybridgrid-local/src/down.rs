@@ -1,0 +1,196 @@
+//! `down` and `gc` for the local provider: every namespace and process of a cluster, found by
+//! its ledger, its owner record and the `hg-<cluster>-` prefix.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use hybridgrid_engine::{DownReport, Event, Sink};
+
+use crate::ledger::Ledger;
+use crate::provider::{Local, OWNERS_DIR, Options};
+use crate::{LocalError, infra, names, sh};
+
+impl Local {
+    /// Removes everything in the ledger, then the ledger and the cluster's state. Idempotent.
+    pub(crate) fn remove_all(&self, progress: Sink<'_>) -> Result<DownReport, LocalError> {
+        let path = self.ledger_path();
+        let Some(l) = Ledger::load(&path)? else {
+            return self.down_elsewhere(progress);
+        };
+        let mut report = DownReport::default();
+        // Nodes first (their processes), in parallel; then routers and switches; the internet last.
+        let nodes: Vec<String> = l
+            .namespaces
+            .iter()
+            .filter(|ns| l.nodes.keys().any(|n| self.ns(n) == **ns))
+            .cloned()
+            .collect();
+        let results: Vec<(String, Result<(), LocalError>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|ns| s.spawn(move || (ns.clone(), infra::remove_netns(ns))))
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        for (ns, r) in results {
+            r?;
+            progress(Event::Applied {
+                summary: format!("- {ns}"),
+                seconds: 0.0,
+                details: Vec::new(),
+            });
+            report.deleted.push(format!("namespace {ns}"));
+        }
+        let inet = names::ns_inet(&self.cluster.name);
+        for ns in l
+            .namespaces
+            .iter()
+            .filter(|ns| !nodes.contains(ns) && **ns != inet)
+            .chain(std::iter::once(&inet))
+        {
+            if sh::netns_exists(ns) {
+                infra::remove_netns(ns)?;
+                progress(Event::Applied {
+                    summary: format!("- {ns}"),
+                    seconds: 0.0,
+                    details: Vec::new(),
+                });
+                report.deleted.push(format!("namespace {ns}"));
+            }
+        }
+        // Processes tagged for this cluster whose namespace went away some other way.
+        let stray = tagged_processes(&names::prefix(&self.cluster.name));
+        infra::stop_processes(&stray);
+        if self.cluster_dir().exists() {
+            std::fs::remove_dir_all(self.cluster_dir())
+                .map_err(LocalError::io(&self.cluster_dir()))?;
+        }
+        release_owner(&self.cluster.name, self.cluster_dir());
+        Ok(report)
+    }
+}
+
+impl Local {
+    /// `down` with no ledger here: the owner record may name the state directory `up` used;
+    /// without one, live namespaces are an error that names both ways out.
+    fn down_elsewhere(&self, progress: Sink<'_>) -> Result<DownReport, LocalError> {
+        let owner = std::fs::read_to_string(Path::new(OWNERS_DIR).join(&self.cluster.name))
+            .map(|d| PathBuf::from(d.trim()))
+            .ok()
+            .filter(|d| *d != self.cluster_dir() && d.join("ledger.json").exists());
+        if let Some(dir) = owner
+            && let Some(root) = dir.parent()
+            && dir.file_name() == Some(std::ffi::OsStr::new(&self.cluster.name))
+        {
+            progress(Event::Note(format!(
+                "no ledger in {}; the owner record names {}: removing the cluster from there",
+                self.cluster_dir().display(),
+                dir.display()
+            )));
+            let opts = Options {
+                state_root: root.to_owned(),
+                ..self.opts.clone()
+            };
+            return Local::open(&self.cluster, opts)?.remove_all(progress);
+        }
+        if sh::netns_exists(&names::ns_inet(&self.cluster.name)) {
+            return Err(LocalError::Other(format!(
+                "cluster {} has namespaces on this host but no ledger in {} and no owner record \
+                 naming another: set HYBRIDGRID_STATE_DIR to the state directory `up` used, or run \
+                 `hybridgrid gc` to remove the leftovers",
+                self.cluster.name,
+                self.cluster_dir().display()
+            )));
+        }
+        release_owner(&self.cluster.name, self.cluster_dir());
+        Ok(DownReport::default())
+    }
+}
+
+fn release_owner(cluster: &str, dir: &Path) {
+    let owner = Path::new(OWNERS_DIR).join(cluster);
+    if std::fs::read_to_string(&owner).is_ok_and(|o| Path::new(o.trim()) == dir) {
+        let _ = std::fs::remove_file(owner);
+    }
+}
+
+/// Processes started with `--tag <prefix>...` (node holders and WireGuard daemons).
+fn tagged_processes(prefix: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let cmd = infra::cmdline(pid);
+            cmd.split(" --tag ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with(prefix))
+                && infra::alive(pid)
+        })
+        .collect()
+}
+
+/// Removes leftovers of this host's clusters whose ledger is gone: namespaces, processes, owner
+/// records. Returns what was removed.
+pub fn gc(state_root: &Path) -> Result<Vec<String>, LocalError> {
+    let all = sh::netns_list();
+    let mut clusters: BTreeSet<String> = all
+        .iter()
+        .filter_map(|ns| {
+            ns.strip_prefix("hg-")?
+                .strip_suffix("-inet")
+                .map(str::to_owned)
+        })
+        .collect();
+    if let Ok(d) = std::fs::read_dir(OWNERS_DIR) {
+        clusters.extend(d.filter_map(|e| e.ok()?.file_name().into_string().ok()));
+    }
+    // A namespace belongs to the cluster with the longest matching prefix.
+    let owner_of = |ns: &str| {
+        clusters
+            .iter()
+            .filter(|c| ns.starts_with(&names::prefix(c)))
+            .max_by_key(|c| c.len())
+            .cloned()
+    };
+    let mut removed = Vec::new();
+    for cluster in &clusters {
+        let owner = Path::new(OWNERS_DIR).join(cluster);
+        let dir = std::fs::read_to_string(&owner)
+            .map(|d| PathBuf::from(d.trim()))
+            .unwrap_or_else(|_| state_root.join(cluster));
+        if dir.join("ledger.json").exists() {
+            continue;
+        }
+        for ns in all
+            .iter()
+            .filter(|ns| owner_of(ns).as_ref() == Some(cluster))
+        {
+            infra::remove_netns(ns)?;
+            removed.push(ns.clone());
+        }
+        let stray: Vec<u32> = tagged_processes(&names::prefix(cluster))
+            .into_iter()
+            .filter(|&pid| {
+                let cmd = infra::cmdline(pid);
+                cmd.split(" --tag ")
+                    .nth(1)
+                    .and_then(|t| owner_of(t.split_whitespace().next().unwrap_or("")))
+                    .as_ref()
+                    == Some(cluster)
+            })
+            .collect();
+        for pid in &stray {
+            removed.push(format!("process {pid}"));
+        }
+        infra::stop_processes(&stray);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(LocalError::io(&dir))?;
+            removed.push(dir.display().to_string());
+        }
+        if owner.exists() {
+            let _ = std::fs::remove_file(&owner);
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,201 @@
+//! `status` for the local provider: nodes, tunnels (asked of each relay's agent) and who
+//! reaches whom.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hybridgrid_core::plan::{self, Plan};
+use hybridgrid_engine::{NodeStatus, Reach, StatusReport, TunnelStatus};
+
+use crate::agent::WgStatus;
+use crate::provider::Local;
+use crate::{LocalError, sh};
+
+impl Local {
+    /// The node's WireGuard device, read by the agent inside the node.
+    fn wg_status(&self, node: &str, ifname: &str) -> Result<WgStatus, LocalError> {
+        let pid = self
+            .holder(&self.lock(), node)
+            .ok_or_else(|| LocalError::NoSuchNode(node.to_owned()))?;
+        let out = sh::run(
+            "nsenter",
+            &[
+                "-t",
+                &pid.to_string(),
+                "-m",
+                "-u",
+                "-n",
+                "--",
+                &self.opts.exe.display().to_string(),
+                "agent",
+                "wg-status",
+                "--interface",
+                ifname,
+            ],
+        )?;
+        serde_json::from_str(&out).map_err(|source| LocalError::Json {
+            path: PathBuf::from(format!("wg-status of {node}")),
+            source,
+        })
+    }
+
+    pub(crate) fn tunnels(&self, plan: &Plan) -> Vec<TunnelStatus> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let relays: Vec<_> = plan.nodes.iter().filter(|n| n.role.is_relay()).collect();
+        let by_key: BTreeMap<String, String> = relays
+            .iter()
+            .filter_map(|n| {
+                Some((
+                    n.wireguard.as_ref()?.public_key?.to_base64(),
+                    n.name.clone(),
+                ))
+            })
+            .collect();
+        let statuses: Vec<(String, Option<WgStatus>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = relays
+                .iter()
+                .map(|n| {
+                    s.spawn(move || {
+                        let ifname = n
+                            .wireguard
+                            .as_ref()
+                            .map_or(plan::WG_INTERFACE, |w| w.name.as_str());
+                        (n.name.clone(), self.wg_status(&n.name, ifname).ok())
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        let mut out = Vec::new();
+        for (node, status) in statuses {
+            let Some(status) = status else { continue };
+            for p in status.peers {
+                out.push(TunnelStatus {
+                    node: node.clone(),
+                    peer: by_key.get(&p.public_key).cloned().unwrap_or(p.public_key),
+                    endpoint: p.endpoint.map(|e| e.to_string()),
+                    handshake_age_s: (p.latest_handshake > 0)
+                        .then(|| now.saturating_sub(p.latest_handshake)),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                });
+            }
+        }
+        out
+    }
+
+    /// Waits until every relay has a handshake with every peer; returns the pairs still without.
+    pub(crate) fn wait_handshakes(&self, plan: &Plan, limit: Duration) -> Vec<(String, String)> {
+        let wanted: Vec<(String, String)> = plan
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n, n.wireguard.as_ref()?)))
+            .flat_map(|(n, wg)| {
+                wg.peers
+                    .iter()
+                    .map(move |p| (n.name.clone(), p.node.clone()))
+            })
+            .collect();
+        let deadline = Instant::now() + limit;
+        loop {
+            let done: BTreeSet<(String, String)> = self
+                .tunnels(plan)
+                .into_iter()
+                .filter(|t| t.handshake_age_s.is_some())
+                .map(|t| (t.node, t.peer))
+                .collect();
+            let pending: Vec<_> = wanted
+                .iter()
+                .filter(|w| !done.contains(w))
+                .cloned()
+                .collect();
+            if pending.is_empty() || Instant::now() >= deadline {
+                return pending;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Per node up/down, per tunnel handshake and counters, and (if `reach`) every node pinging
+    /// every other node.
+    pub fn status_of(&self, plan: &Plan, reach: bool) -> StatusReport {
+        let l = self.lock().clone();
+        let slurm = crate::slurm::states(self, plan);
+        let nodes: Vec<NodeStatus> = plan
+            .nodes
+            .iter()
+            .map(|n| NodeStatus {
+                name: n.name.clone(),
+                site: n.site.clone(),
+                role: n.role,
+                lan_ip: n.lan_ip,
+                tunnel_ip: n.tunnel_ip,
+                public_ip: n.public_ip,
+                up: self.holder(&l, &n.name).is_some(),
+                slurm: slurm.get(&n.name).cloned(),
+            })
+            .collect();
+        let tunnels = self.tunnels(plan);
+        let mut reachability = Vec::new();
+        if reach {
+            let pairs: Vec<(&NodeStatus, &NodeStatus)> = nodes
+                .iter()
+                .flat_map(|a| {
+                    nodes
+                        .iter()
+                        .filter(move |b| b.name != a.name)
+                        .map(move |b| (a, b))
+                })
+                .collect();
+            for chunk in pairs.chunks(16) {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = chunk
+                        .iter()
+                        .map(|(a, b)| {
+                            let pid = self.holder(&l, &a.name);
+                            s.spawn(move || {
+                                let ok = pid.is_some_and(|pid| {
+                                    sh::ok(
+                                        "nsenter",
+                                        &[
+                                            "-t",
+                                            &pid.to_string(),
+                                            "-n",
+                                            "--",
+                                            "ping",
+                                            "-q",
+                                            "-c",
+                                            "3",
+                                            "-i",
+                                            "0.2",
+                                            "-W",
+                                            "2",
+                                            &b.lan_ip.to_string(),
+                                        ],
+                                    )
+                                });
+                                Reach {
+                                    from: a.name.clone(),
+                                    to: b.name.clone(),
+                                    ok,
+                                }
+                            })
+                        })
+                        .collect();
+                    reachability.extend(handles.into_iter().filter_map(|h| h.join().ok()));
+                });
+            }
+        }
+        StatusReport {
+            format_version: 1,
+            cluster: self.cluster.name.clone(),
+            nodes,
+            tunnels,
+            reachability,
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The commands that run on a node, not on the user's machine: the node agent, the userspace
+//! WireGuard device, the namespace holder. Hidden from `--help`; providers start them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use hybridgrid_core::plan::NodeConfig;
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// The node agent (runs on the node).
+    #[command(hide = true)]
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// The userspace WireGuard device daemon (runs on the node).
+    #[command(hide = true)]
+    WgUserspace {
+        ifname: String,
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Holds a node's namespaces open (runs on the node).
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        tag: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Apply the node's configuration (JSON NodeConfig) idempotently.
+    Apply {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        tag: String,
+    },
+    /// Merge the configuration delivered through the cloud's metadata service (peers) into
+    /// `--config` and apply it like `apply` (run every 30 s by a timer on openstack relays).
+    Pull {
+        #[arg(
+            long,
+            default_value = "http://169.254.169.254/openstack/latest/meta_data.json"
+        )]
+        metadata_url: String,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        tag: String,
+    },
+    /// Print the WireGuard device's status as JSON.
+    WgStatus {
+        #[arg(long, default_value = "wg0")]
+        interface: String,
+    },
+}
+
+pub fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        NodeCommand::Agent { command } => agent(command),
+        NodeCommand::WgUserspace { ifname, tag: _ } => {
+            hybridgrid_wg::run_userspace_device(
+                &ifname,
+                &hybridgrid_wg::UserspaceOptions::default(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Hold { tag: _ } => loop {
+            // Holds the namespaces until SIGTERM (default action: exit).
+            std::thread::park();
+        },
+    }
+}
+
+fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AgentCommand::Apply {
+            config,
+            state_dir,
+            tag,
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let config: NodeConfig = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", config.display()))?;
+            let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
+            let report = hybridgrid_local::agent::apply(&config, &state_dir, &exe, &tag)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Pull {
+            metadata_url,
+            config,
+            state_dir,
+            tag,
+        } => {
+            let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
+            let report =
+                hybridgrid_local::pull::pull(&metadata_url, &config, &state_dir, &exe, &tag)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::WgStatus { interface } => {
+            let status = hybridgrid_local::agent::wg_status(&interface)?;
+            println!("{}", serde_json::to_string(&status)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

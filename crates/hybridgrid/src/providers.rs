@@ -1,0 +1,60 @@
+//! The one place that maps a cluster file's `provider:` to a provider value; every lifecycle
+//! command goes through [`open`] and the engine.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use hybridgrid_core::model::{Cluster, Provider as Kind};
+use hybridgrid_engine::{EngineError, Provider};
+use hybridgrid_local::Local;
+use hybridgrid_openstack::OpenStack;
+
+/// Options of the lifecycle commands that only some providers read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Knobs {
+    /// local: security groups without connection tracking (tests of the rules themselves).
+    pub stateless_security_groups: bool,
+}
+
+fn local_options(knobs: Knobs) -> anyhow::Result<hybridgrid_local::Options> {
+    Ok(hybridgrid_local::Options {
+        state_root: hybridgrid_local::state_root(),
+        exe: std::env::current_exe().context("locating the hybridgrid binary")?,
+        stateless_security_groups: knobs.stateless_security_groups,
+    })
+}
+
+fn openstack(cluster: &Cluster) -> anyhow::Result<OpenStack> {
+    let mut opts = hybridgrid_openstack::Options::new(hybridgrid_local::state_root());
+    // `HYBRIDGRID_AGENT_URL`: where nodes download the hybridgrid binary (else the image has it).
+    opts.agent_url = std::env::var("HYBRIDGRID_AGENT_URL").ok();
+    Ok(OpenStack::new(cluster, opts)?)
+}
+
+/// The cluster's provider, its state opened (a corrupt ledger is an error naming the file).
+pub fn open(cluster: &Cluster, knobs: Knobs) -> anyhow::Result<Box<dyn Provider>> {
+    Ok(match cluster.provider {
+        Kind::Local => Box::new(Local::open(cluster, local_options(knobs)?)?),
+        Kind::OpenStack => Box::new(openstack(cluster)?),
+    })
+}
+
+/// For the commands only the local provider has so far (`doctor`, `submit`, `jobs`): the file
+/// loaded, and an error naming the provider otherwise. `None`: the file has errors (reported).
+pub fn local_only(file: &Path, command: &'static str) -> anyhow::Result<Option<Local>> {
+    let Some(cluster) = crate::load(file)? else {
+        return Ok(None);
+    };
+    if cluster.provider != Kind::Local {
+        return Err(EngineError::unsupported(cluster.provider.as_str(), command, "").into());
+    }
+    Ok(Some(Local::open(
+        &cluster,
+        local_options(Knobs::default())?,
+    )?))
+}
+
+/// The OpenStack provider of an openstack cluster, for `validate --online`.
+pub fn openstack_of(cluster: &Cluster) -> anyhow::Result<OpenStack> {
+    openstack(cluster)
+}

@@ -1,0 +1,88 @@
+//! `status` as text: the node table, tunnels, the reachability matrix.
+
+use std::fmt::Write as _;
+
+use hybridgrid_engine::StatusReport;
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+pub fn status_text(r: &StatusReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "cluster {}", r.cluster);
+    let _ = writeln!(
+        s,
+        "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<5} slurm",
+        "node", "site", "role", "lan", "tunnel", "public", "state"
+    );
+    for n in &r.nodes {
+        let opt =
+            |ip: Option<std::net::Ipv4Addr>| ip.map_or_else(|| "-".to_owned(), |i| i.to_string());
+        let _ = writeln!(
+            s,
+            "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<5} {}",
+            n.name,
+            n.site,
+            n.role.as_str(),
+            n.lan_ip.to_string(),
+            opt(n.tunnel_ip),
+            opt(n.public_ip),
+            if n.up { "up" } else { "DOWN" },
+            n.slurm.as_deref().unwrap_or("-")
+        );
+    }
+    if !r.tunnels.is_empty() {
+        let _ = writeln!(s, "tunnels:");
+        for t in &r.tunnels {
+            let hs = t.handshake_age_s.map_or_else(
+                || "no handshake".to_owned(),
+                |a| format!("handshake {a}s ago"),
+            );
+            let _ = writeln!(
+                s,
+                "  {} → {}: {hs}, rx {}, tx {}, endpoint {}",
+                t.node,
+                t.peer,
+                bytes(t.rx_bytes),
+                bytes(t.tx_bytes),
+                t.endpoint.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    if !r.reachability.is_empty() {
+        let _ = writeln!(s, "reachability (ping from row to column):");
+        let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
+        let w = names.iter().map(|n| n.len()).max().unwrap_or(4);
+        let _ = write!(s, "  {:w$}", "");
+        for (i, _) in names.iter().enumerate() {
+            let _ = write!(s, " {:>3}", i + 1);
+        }
+        s.push('\n');
+        for (i, from) in names.iter().enumerate() {
+            let _ = write!(s, "  {from:w$}");
+            for to in &names {
+                let cell = if from == to {
+                    "  ·".to_owned()
+                } else {
+                    match r
+                        .reachability
+                        .iter()
+                        .find(|x| x.from == *from && x.to == *to)
+                    {
+                        Some(x) if x.ok => "  ✓".to_owned(),
+                        Some(_) => "  ✗".to_owned(),
+                        None => "  ?".to_owned(),
+                    }
+                };
+                s.push_str(&cell);
+            }
+            let _ = writeln!(s, "   ({})", i + 1);
+        }
+    }
+    s
+}
