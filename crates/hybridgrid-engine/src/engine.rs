@@ -72,9 +72,7 @@ pub fn up(
             changes: todo.len(),
         });
         let applied = provider.apply(&plan, &todo, sink)?;
-        report
-            .rounds
-            .push(todo.iter().map(Change::summary).collect());
+        report.rounds.push(todo);
         for (change, why) in applied.partial {
             let summary = change.summary();
             report.partial.push(format!("{summary}: {why}"));

@@ -2,6 +2,7 @@
 
 use std::net::Ipv4Addr;
 
+use hybridgrid_core::diff::Change;
 use hybridgrid_core::plan::Role;
 use serde::{Deserialize, Serialize};
 
@@ -10,8 +11,8 @@ use serde::{Deserialize, Serialize};
 pub struct UpReport {
     pub format_version: u32,
     pub provider: String,
-    /// Per round, the summaries of the changes applied (`Change::summary`), in order.
-    pub rounds: Vec<Vec<String>>,
+    /// Per round, the changes applied, in order (the plan document's `Change` objects).
+    pub rounds: Vec<Vec<Change>>,
     /// Changes the provider could make only in part, with why (`up` does not retry them).
     pub partial: Vec<String>,
     /// What is still pending and why (tunnels without a handshake, keys not reported yet).
@@ -20,9 +21,9 @@ pub struct UpReport {
 }
 
 impl UpReport {
-    /// Every change applied, in order.
-    pub fn applied(&self) -> impl Iterator<Item = &String> {
-        self.rounds.iter().flatten()
+    /// Every change applied, in words (`Change::summary`), in order.
+    pub fn applied(&self) -> impl Iterator<Item = String> + '_ {
+        self.rounds.iter().flatten().map(Change::summary)
     }
 
     pub fn change_count(&self) -> usize {

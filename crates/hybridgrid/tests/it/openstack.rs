@@ -4,8 +4,9 @@
 // Helpers of an integration test: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Instant;
 
 fn clouds() -> PathBuf {
     std::env::var_os("HYBRIDGRID_TESTBED_CLOUDS").map(PathBuf::from).unwrap_or_else(|| {
@@ -43,11 +44,15 @@ impl Run {
     }
 
     fn hybridgrid(&self, args: &[&str]) -> Output {
+        self.with_clouds(&clouds(), args)
+    }
+
+    fn with_clouds(&self, clouds: &Path, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_hybridgrid"))
             .args(args)
             .arg("-f")
             .arg(&self.file)
-            .env("OS_CLIENT_CONFIG_FILE", clouds())
+            .env("OS_CLIENT_CONFIG_FILE", clouds)
             .env("HYBRIDGRID_STATE_DIR", &self.dir)
             .output()
             .unwrap()
@@ -82,11 +87,22 @@ fn up_plan_down_through_the_command_line() {
     let run = Run::new("u", "m1.tiny");
     let out = run.hybridgrid(&["validate", "--online"]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = run.hybridgrid(&["up"]);
+    // `plan` lists exactly what `up` applies in its first round.
+    let out = run.hybridgrid(&["plan", "--json"]);
+    let planned: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = run.hybridgrid(&["up", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("4 servers created"), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rounds"][0], planned["changes"], "{report:#}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches(" ACTIVE after ").count(), 4, "{stderr}");
     let out = run.hybridgrid(&["up"]);
     assert!(text(&out).contains("no changes"), "{}", text(&out));
+    // Every server ACTIVE: the nodes are up (tunnels need the node channel: none listed).
+    let out = run.hybridgrid(&["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 4, "{status:#}");
     let out = run.hybridgrid(&["plan", "--json"]);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -105,4 +121,59 @@ fn up_plan_down_through_the_command_line() {
         "{}",
         text(&out)
     );
+}
+
+/// `status` of a cluster whose servers do not exist: every node down, exit 1.
+#[test]
+fn status_of_a_cluster_not_up_exits_1() {
+    let run = Run::new("s", "m1.tiny");
+    let out = run.hybridgrid(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["up"] == false),
+        "{status:#}"
+    );
+}
+
+/// Regression (issue 8): a refused credential failed only after six retries (~16 s), and `plan`
+/// of an unreachable cloud planned "as if nothing existed" with exit 0.
+#[test]
+fn regression_issue_8_a_wrong_password_or_an_unreachable_cloud_is_an_error() {
+    let run = Run::new("p", "m1.tiny");
+    let good = std::fs::read_to_string(clouds()).unwrap();
+    let wrong = run.dir.join("wrong-password.yaml");
+    std::fs::write(&wrong, good.replace("site-b-pass", "not-the-password")).unwrap();
+    for cmd in ["plan", "up", "status"] {
+        let t = Instant::now();
+        let out = run.with_clouds(&wrong, &[cmd]);
+        let secs = t.elapsed().as_secs_f64();
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cloud `site-b`"), "{cmd}: {err}");
+        assert!(
+            secs < 8.0,
+            "{cmd}: a refused credential took {secs:.1}s: {err}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("changes"),
+            "{cmd}"
+        );
+    }
+    // Keystone not answering at all (nothing listens on port 9 of loopback).
+    let gone = run.dir.join("unreachable.yaml");
+    std::fs::write(
+        &gone,
+        good.replace("http://127.0.0.1:5000/v3", "http://127.0.0.1:9/v3"),
+    )
+    .unwrap();
+    let out = run.with_clouds(&gone, &["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to cloud `site-"), "{err}");
+    assert!(out.stdout.is_empty(), "no plan: {}", text(&out));
 }
