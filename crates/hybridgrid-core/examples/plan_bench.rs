@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hybridgrid_core::diff::{Observed, ObservedNode};
 use hybridgrid_core::keys::PrivateKey;
-use hybridgrid_core::{model, plan, render};
+use hybridgrid_core::{model, render};
 
 fn main() {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<u32>().unwrap());
@@ -32,7 +32,7 @@ fn main() {
     let t_validate = t0.elapsed();
 
     // Every relay has a key and a public IP, so the plan is complete (the worst case for size).
-    let empty = plan::plan(&cluster, &Observed::default());
+    let empty = hybridgrid_core::reconcile::plan(&cluster, &Observed::default());
     let mut observed = Observed::default();
     for (i, n) in empty.nodes.iter().filter(|n| n.role.is_relay()).enumerate() {
         observed.nodes.insert(
@@ -47,7 +47,7 @@ fn main() {
     }
 
     let t1 = Instant::now();
-    let plan = plan::plan(&cluster, &observed);
+    let plan = hybridgrid_core::reconcile::plan(&cluster, &observed);
     let t_plan = t1.elapsed();
     // Files are generated one at a time and counted, as `render` hands each to the writer.
     let t2 = Instant::now();

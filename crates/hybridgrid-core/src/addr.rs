@@ -15,6 +15,13 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+/// The local provider's emulated internet (TEST-NET-2): its routers' and floating IPs. A site
+/// subnet there would be unreachable behind the emulated NAT.
+pub const LOCAL_INTERNET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(198, 51, 100, 0), 24) {
+    Ok(n) => n,
+    Err(_) => panic!("valid constant"),
+};
+
 pub const ROUTER_OFFSET: u32 = 1;
 pub const DATA_STORE_OFFSET: u32 = 4;
 pub const RELAY_OFFSET: u32 = 5;

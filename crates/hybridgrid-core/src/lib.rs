@@ -5,12 +5,16 @@
 //! plan is a function of the validated cluster, the node public keys and the observed state.
 
 pub mod addr;
+pub mod change;
 pub mod diag;
 pub mod diff;
 pub mod keys;
 pub mod model;
+pub mod node;
 pub mod node_meta;
+pub mod observed;
 pub mod plan;
 pub mod raw;
+pub mod reconcile;
 pub mod render;
 pub mod submit;

@@ -205,7 +205,7 @@ sites:
     fn plans() -> (plan::Plan, plan::Plan, PublicKey) {
         let (c, d) = validate_text(CLUSTER);
         let c = c.unwrap_or_else(|| panic!("{d:?}"));
-        let boot = plan::plan(&c, &Observed::default());
+        let boot = crate::reconcile::plan(&c, &Observed::default());
         let key = PrivateKey::from_seed("b-gw").public_key();
         let mut obs = Observed::default();
         for (n, ip) in [("a-master", [203, 0, 113, 10]), ("b-gw", [203, 0, 113, 11])] {
@@ -219,7 +219,7 @@ sites:
                 },
             );
         }
-        (boot, plan::plan(&c, &obs), key)
+        (boot, crate::reconcile::plan(&c, &obs), key)
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The plan: everything a cluster needs, derived by a pure function from the validated cluster and
 //! the observed state (which carries the nodes' public keys and public IPs once they exist).
 //!
-//! Architecture invariant: [`plan`] does no I/O, reads no clock and draws no randomness. Values the
+//! Architecture invariant: [`layout`] does no I/O, reads no clock and draws no randomness. Values the
 //! cloud has not allocated yet (public IPs, public keys of nodes not yet booted) are `None` and shown
 //! as pending; running the plan again after they exist fills them in.
 
@@ -12,37 +12,15 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::addr;
-use crate::diff::{self, Change, Observed};
-use crate::keys::PublicKey;
+use crate::change::Change;
 use crate::model::{ALL_PARTITION, Cluster, Provider, SLURMCTLD_PORT, SLURMD_PORT};
+pub use crate::node::{
+    NodeConfig, Protocol, Remote, Role, Route, SgRule, SlurmRole, WG_INTERFACE, WgInterface, WgPeer,
+};
+use crate::observed::Observed;
 
 /// Version of the JSON plan document (`hybridgrid plan --json`); bumped on incompatible changes.
 pub const PLAN_FORMAT_VERSION: u32 = 1;
-/// The WireGuard interface every relay node gets.
-pub const WG_INTERFACE: &str = "wg0";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Master,
-    Gateway,
-    Worker,
-}
-
-impl Role {
-    /// Master and gateways relay traffic between sites and hold a WireGuard interface.
-    pub fn is_relay(self) -> bool {
-        matches!(self, Role::Master | Role::Gateway)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Master => "master",
-            Role::Gateway => "gateway",
-            Role::Worker => "worker",
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -96,61 +74,6 @@ pub struct SecurityGroup {
     pub rules: Vec<SgRule>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Any,
-    Tcp,
-    Udp,
-    Icmp,
-}
-
-/// Where a rule admits traffic from.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Remote {
-    Cidr(Ipv4Net),
-    /// The public IP of this node, /32, once the cloud has allocated it.
-    PendingPublicIp(String),
-}
-
-/// An ingress rule, IPv4 (egress stays open, as in OpenStack's default groups).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SgRule {
-    pub protocol: Protocol,
-    /// Inclusive destination port range; `None` for all ports.
-    pub ports: Option<(u16, u16)>,
-    pub remote: Remote,
-    pub description: String,
-}
-
-impl SgRule {
-    /// What the rule admits, without its description: `udp 51820 from 198.51.100.20/32`.
-    pub fn match_text(&self) -> String {
-        let proto = match self.protocol {
-            Protocol::Any => "any",
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Icmp => "icmp",
-        };
-        let ports = match self.ports {
-            None => String::new(),
-            Some((a, b)) if a == b => format!(" {a}"),
-            Some((a, b)) => format!(" {a}-{b}"),
-        };
-        let remote = match &self.remote {
-            Remote::Cidr(net) => net.to_string(),
-            Remote::PendingPublicIp(node) => format!("<public IP of {node}>/32"),
-        };
-        format!("{proto}{ports} from {remote}")
-    }
-
-    /// The rule's identity in the cloud: everything but the description.
-    pub fn key(&self) -> (Protocol, Option<(u16, u16)>, Remote) {
-        (self.protocol, self.ports, self.remote.clone())
-    }
-}
-
 /// Addresses a node's port may send from besides its own (Neutron allowed-address pairs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressPairs {
@@ -176,65 +99,6 @@ pub struct NodePlan {
     pub image: Option<String>,
     /// Relays only: the node's WireGuard interface, one peer per other relay (full mesh).
     pub wireguard: Option<WgInterface>,
-}
-
-/// The node's own part of the plan, applied by `hybridgrid agent` on the node. Derived on demand
-/// ([`Plan::node_config`]): workers of a site share most of it, and holding one per node would make
-/// the plan of a large cluster quadratic in size.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeConfig {
-    pub hostname: String,
-    /// `/etc/hosts` entries: every node of the cluster.
-    pub hosts: Vec<(Ipv4Addr, String)>,
-    pub ip_forward: bool,
-    /// Clamp TCP MSS of forwarded SYNs to the path MTU (relays).
-    pub mss_clamp: bool,
-    pub routes: Vec<Route>,
-    pub wireguard: Option<WgInterface>,
-    pub slurm: SlurmRole,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Route {
-    pub destination: Ipv4Net,
-    /// Next hop on the LAN (workers), or `None` for a route through `device`.
-    pub via: Option<Ipv4Addr>,
-    pub device: Option<String>,
-    /// Source address for traffic the node itself originates on this route.
-    pub src: Option<Ipv4Addr>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WgInterface {
-    pub name: String,
-    /// The relay's tunnel IP with the overlay's prefix length.
-    pub address: Ipv4Net,
-    pub listen_port: u16,
-    pub mtu: u16,
-    /// `None` until the node made its key.
-    pub public_key: Option<PublicKey>,
-    pub peers: Vec<WgPeer>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WgPeer {
-    pub node: String,
-    pub site: String,
-    /// `None` until the peer made its key: the peer cannot be configured yet.
-    pub public_key: Option<PublicKey>,
-    /// `None` until the peer's public IP is known.
-    pub endpoint: Option<SocketAddrV4>,
-    /// The peer's tunnel /32 and its site subnet: disjoint across peers.
-    pub allowed_ips: Vec<Ipv4Net>,
-    pub persistent_keepalive: Option<u16>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SlurmRole {
-    Controller,
-    Compute,
-    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,8 +155,9 @@ pub fn worker_name(site: &str, group: &str, index: u32) -> String {
     format!("{site}-{group}-{index}")
 }
 
-/// Builds the plan. Pure: the same inputs give the same plan, byte for byte once serialised.
-pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
+/// Lays the cluster out: sites, nodes, addresses, groups, pairs, the mesh, Slurm — everything
+/// but the changes ([`crate::reconcile::plan`] adds those). Pure.
+pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
     let overlay = cluster.tunnel.cidr;
     // Tunnel rank: the master first, then the other sites in file order.
     let ranked: Vec<_> = std::iter::once(cluster.master_site())
@@ -409,7 +274,7 @@ pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
         })
         .collect();
 
-    let mut plan = Plan {
+    Plan {
         format_version: PLAN_FORMAT_VERSION,
         cluster: cluster.name.clone(),
         provider: cluster.provider,
@@ -425,9 +290,7 @@ pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
         datasets,
         hosts,
         changes: Vec::new(),
-    };
-    plan.changes = diff::changes(&plan, observed);
-    plan
+    }
 }
 
 fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -> SitePlan {

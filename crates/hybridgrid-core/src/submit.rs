@@ -119,7 +119,7 @@ mod tests {
     fn plan() -> Plan {
         let text = "name: t\nsites:\n  - name: a\n    master: true\n    subnet: 10.1.0.0/24\n    workers: [{count: 1}]\n  - name: b\n    subnet: 10.2.0.0/24\n    workers: [{count: 1}]\ndatasets:\n  - {name: genomes, site: b, location: genomes/}\n  - {name: scans, site: a, location: http://store.example/scans/}\n  - {name: more-genomes, site: b, location: g2/}\n";
         let (cluster, diags) = validate_text(text);
-        crate::plan::plan(
+        crate::reconcile::plan(
             &cluster.unwrap_or_else(|| panic!("{}", diags.render("t"))),
             &Observed::default(),
         )

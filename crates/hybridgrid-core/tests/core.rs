@@ -12,7 +12,7 @@ use std::process::Command;
 use hybridgrid_core::diff::{Observed, ObservedNode, ObservedSite};
 use hybridgrid_core::keys::PrivateKey;
 use hybridgrid_core::model::{Cluster, validate_text};
-use hybridgrid_core::plan::{self, Plan};
+use hybridgrid_core::plan::Plan;
 use hybridgrid_core::render;
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
@@ -35,7 +35,7 @@ fn load(path: &Path) -> Cluster {
 
 /// Every relay has made its key (seeded) and got a public IP from TEST-NET-2.
 fn observed_with_seeded_keys(cluster: &Cluster) -> Observed {
-    let empty = plan::plan(cluster, &Observed::default());
+    let empty = hybridgrid_core::reconcile::plan(cluster, &Observed::default());
     let mut observed = Observed::default();
     for (i, node) in empty.nodes.iter().filter(|n| n.role.is_relay()).enumerate() {
         observed.nodes.insert(
@@ -87,7 +87,7 @@ fn observed_as_planned(plan: &Plan) -> Observed {
 }
 
 fn seeded_plan(cluster: &Cluster) -> Plan {
-    plan::plan(cluster, &observed_with_seeded_keys(cluster))
+    hybridgrid_core::reconcile::plan(cluster, &observed_with_seeded_keys(cluster))
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn plan_json_document_for_the_seed() {
 
 #[test]
 fn plan_json_has_documented_node_fields() {
-    let plan = plan::plan(
+    let plan = hybridgrid_core::reconcile::plan(
         &load(&fixtures().join("valid/three-sites.yaml")),
         &Observed::default(),
     );
@@ -153,7 +153,7 @@ fn nothing_to_do_once_applied() {
         let cluster = load(&fixtures().join(format!("valid/{f}.yaml")));
         let first = seeded_plan(&cluster);
         assert!(!first.changes.is_empty());
-        let again = plan::plan(&cluster, &observed_as_planned(&first));
+        let again = hybridgrid_core::reconcile::plan(&cluster, &observed_as_planned(&first));
         assert_eq!(
             again.changes,
             vec![],
@@ -172,7 +172,7 @@ fn regression_issue_2_user_address_pairs_are_kept() {
     let pairs = site.allowed_address_pairs.get_mut("giessen-gw").unwrap();
     pairs.retain(|p| p.to_string() != "10.10.0.0/24");
     pairs.push("192.168.77.0/24".parse().unwrap());
-    let plan2 = plan::plan(&cluster, &observed);
+    let plan2 = hybridgrid_core::reconcile::plan(&cluster, &observed);
     let summaries: Vec<String> = plan2.changes.iter().map(|c| c.summary()).collect();
     assert_eq!(
         summaries,
@@ -189,7 +189,7 @@ fn scaling_a_site_touches_only_what_changed() {
         .0
         .unwrap();
     let applied = observed_as_planned(&seeded_plan(&before));
-    let plan = plan::plan(&after, &applied);
+    let plan = hybridgrid_core::reconcile::plan(&after, &applied);
     let summaries: Vec<String> = plan.changes.iter().map(|c| c.summary()).collect();
     assert!(
         summaries.contains(&"+ giessen: node giessen-worker-3 (worker)".to_owned()),

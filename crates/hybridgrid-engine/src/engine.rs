@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use hybridgrid_core::diff::Change;
 use hybridgrid_core::model::Cluster;
-use hybridgrid_core::plan::{self, Plan};
+use hybridgrid_core::plan::Plan;
 
 use crate::EngineError;
 use crate::provider::{Command, Event, Provider, Sink};
@@ -19,7 +19,10 @@ pub const UP_REPORT_VERSION: u32 = 1;
 
 /// The plan against what exists: what `plan` prints and `up`'s first round applies.
 pub fn plan(provider: &dyn Provider, cluster: &Cluster) -> Result<Plan, EngineError> {
-    Ok(plan::plan(cluster, &provider.observe()?))
+    Ok(hybridgrid_core::reconcile::plan(
+        cluster,
+        &provider.observe()?,
+    ))
 }
 
 /// Creates or changes everything until a round finds no change, then lets the provider settle.

@@ -15,6 +15,7 @@ pub mod agent;
 mod apply;
 pub mod crash;
 pub mod datastore;
+mod diagnose;
 pub mod doctor;
 mod down;
 mod error;

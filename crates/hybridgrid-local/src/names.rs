@@ -4,11 +4,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-/// The emulated internet of each cluster (TEST-NET-2).
-pub const INTERNET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(198, 51, 100, 0), 24) {
-    Ok(n) => n,
-    Err(_) => panic!("constant"),
-};
+/// The emulated internet of each cluster (TEST-NET-2); validation keeps site subnets out of it.
+pub const INTERNET: Ipv4Net = hybridgrid_core::addr::LOCAL_INTERNET;
 /// Routers' public addresses are `.10 + site index`; floating IPs `.100 + slot`.
 const ROUTER_BASE: u8 = 10;
 const FLOATING_BASE: u8 = 100;

@@ -66,7 +66,7 @@ impl Local {
     pub(crate) fn observe_live(&self) -> Result<Observed, LocalError> {
         let l = self.lock().clone();
         let cluster = self.cluster.name.as_str();
-        let shape = plan::plan(&self.cluster, &Observed::default());
+        let shape = hybridgrid_core::reconcile::plan(&self.cluster, &Observed::default());
         let planned: BTreeSet<&str> = shape.nodes.iter().map(|n| n.name.as_str()).collect();
         let holders: BTreeMap<&str, u32> = l
             .nodes

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::model::Cluster;
-use hybridgrid_core::plan::{self, Plan};
+use hybridgrid_core::plan::Plan;
 use hybridgrid_engine::{
     Applied, Command, DownReport, EngineError, Provider, Settled, Sink, StatusReport,
 };
@@ -112,7 +112,10 @@ impl Local {
 
     /// The current plan against what exists.
     pub fn plan(&self) -> Result<Plan, LocalError> {
-        Ok(plan::plan(&self.cluster, &self.observe_live()?))
+        Ok(hybridgrid_core::reconcile::plan(
+            &self.cluster,
+            &self.observe_live()?,
+        ))
     }
 
     /// Records that this state directory owns the cluster on this host.

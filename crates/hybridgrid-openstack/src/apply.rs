@@ -215,7 +215,7 @@ pub(crate) async fn apply_site(
                     let (cloud, name, timeout) =
                         (ops.cloud.clone(), node.clone(), ops.server_timeout);
                     let task = tokio::spawn(async move {
-                        crate::site::wait_active(cloud, id, name, timeout)
+                        crate::site_servers::wait_active(cloud, id, name, timeout)
                             .await
                             .map(|()| at.elapsed().as_secs_f64())
                     });

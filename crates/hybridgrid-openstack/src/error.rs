@@ -22,6 +22,8 @@ pub enum OsError {
     Site { site: String, message: String },
     /// ledger {path}: {message}
     Ledger { path: PathBuf, message: String },
+    /// {0}
+    State(#[from] hybridgrid_engine::state::StateError),
     /// stopped after {0} create calls (injected crash, a test hook)
     CrashInjected(usize),
     /// `up` did not converge after {rounds} rounds; still to do: {remaining}

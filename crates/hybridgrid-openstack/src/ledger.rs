@@ -5,11 +5,11 @@
 //! file, fsync, rename). A file that fails to parse is an error, never an empty ledger.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use hybridgrid_core::plan::NodeConfig;
+use hybridgrid_engine::state;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{OsError, Result};
@@ -110,42 +110,24 @@ pub fn key(kind: Kind, name: &str) -> String {
 }
 
 impl Ledger {
-    /// Opens the ledger (an empty one if the file does not exist; nothing is written yet).
+    /// Opens the ledger (an empty one if the file does not exist; nothing is written yet). A
+    /// file that does not parse, has another version or names another cluster is an error.
     pub fn open(path: PathBuf, cluster: &str) -> Result<Ledger> {
-        let data = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let d: LedgerData =
-                    serde_json::from_slice(&bytes).map_err(|e| OsError::Ledger {
-                        path: path.clone(),
-                        message: format!("cannot parse: {e}"),
-                    })?;
-                if d.format_version != LEDGER_FORMAT_VERSION {
-                    return Err(OsError::Ledger {
-                        path,
-                        message: format!("unknown format_version {}", d.format_version),
-                    });
-                }
-                if d.cluster != cluster {
-                    return Err(OsError::Ledger {
-                        path,
-                        message: format!("belongs to cluster `{}`", d.cluster),
-                    });
-                }
-                d
+        let data = match state::load::<LedgerData>(&path, LEDGER_FORMAT_VERSION)? {
+            Some(d) if d.cluster != cluster => {
+                return Err(OsError::Ledger {
+                    path,
+                    message: format!("belongs to cluster `{}`", d.cluster),
+                });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => LedgerData {
+            Some(d) => d,
+            None => LedgerData {
                 format_version: LEDGER_FORMAT_VERSION,
                 cluster: cluster.to_owned(),
                 sites: BTreeMap::new(),
                 delivered: BTreeMap::new(),
                 public_keys: BTreeMap::new(),
             },
-            Err(e) => {
-                return Err(OsError::Ledger {
-                    path,
-                    message: e.to_string(),
-                });
-            }
         };
         Ok(Ledger {
             path,
@@ -227,25 +209,7 @@ impl Ledger {
     }
 }
 
+/// Replaced atomically, mode 0600: it names every resource of the cluster.
 fn write_atomic(path: &Path, data: &LedgerData) -> Result<()> {
-    let err = |e: std::io::Error| OsError::Ledger {
-        path: path.to_owned(),
-        message: e.to_string(),
-    };
-    let bytes = serde_json::to_vec_pretty(data).map_err(|e| OsError::Ledger {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = dir.join(format!(".{LEDGER_FILE}.tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    Ok(state::save(path, data, state::PRIVATE)?)
 }

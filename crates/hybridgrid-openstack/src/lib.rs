@@ -16,6 +16,10 @@ mod error;
 pub mod ledger;
 mod provider;
 mod site;
+mod site_groups;
+mod site_observe;
+mod site_ports;
+mod site_servers;
 mod userdata;
 mod validate;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::future::try_join_all;
 use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::model::Cluster;
-use hybridgrid_core::plan::{self, Plan};
+use hybridgrid_core::plan::Plan;
 use hybridgrid_engine::{
     Applied, Command, DownReport, EngineError, Event, NodeStatus, Provider, Settled, Sink,
     StatusReport,
@@ -239,7 +239,7 @@ impl OpenStack {
         &self,
         sites: &[SiteOps],
     ) -> Result<(Observed, BTreeMap<String, (String, Ipv4Addr)>)> {
-        let shape = plan::plan(&self.cluster, &Observed::default());
+        let shape = hybridgrid_core::reconcile::plan(&self.cluster, &Observed::default());
         let results = try_join_all(sites.iter().map(|s| s.observe(&shape))).await?;
         let mut observed = Observed::default();
         let mut unattached = BTreeMap::new();
@@ -395,7 +395,7 @@ impl OpenStack {
                 None => self.observe_async().await?,
             };
             view.reserved_public_ips.extend(allocated);
-            Some(plan::plan(&self.cluster, &view))
+            Some(hybridgrid_core::reconcile::plan(&self.cluster, &view))
         };
         let boot_plan = boot_plan.as_ref().unwrap_or(plan);
         let results = try_join_all(sites.iter().map(|ops| {

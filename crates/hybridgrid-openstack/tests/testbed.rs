@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use hybridgrid_core::diff::Observed;
 use hybridgrid_core::model::{Cluster, validate_text};
-use hybridgrid_core::plan::{self, Protocol, Remote};
+use hybridgrid_core::plan::{Protocol, Remote};
 use hybridgrid_engine::{Event, Provider, UpReport};
 use hybridgrid_openstack::{OpenStack, Options};
 use openstack_sdk::AsyncOpenStack;
@@ -98,7 +98,7 @@ fn provider(c: &Cluster, dir: &std::path::Path, crash_after: Option<usize>) -> O
 
 /// What `validate --online` finds for the cluster (planned against nothing observed).
 async fn online_problems(os: &OpenStack, c: &Cluster) -> Vec<hybridgrid_openstack::Problem> {
-    os.validate_online(&plan::plan(c, &Observed::default()))
+    os.validate_online(&hybridgrid_core::reconcile::plan(c, &Observed::default()))
         .await
         .unwrap()
 }
@@ -255,7 +255,7 @@ async fn relay_port(os: &AsyncOpenStack, server_id: &str) -> Value {
 
 /// Independent checks of the whole cluster; returns the relay floating IPs by site.
 async fn verify(c: &Cluster, user_pair: Option<&str>) {
-    let plan = plan::plan(c, &Observed::default());
+    let plan = hybridgrid_core::reconcile::plan(c, &Observed::default());
     let tag = format!("hybridgrid-cluster={}", c.name);
     let mut relay_fip = std::collections::BTreeMap::new();
     let mut relay_port_ids = std::collections::BTreeMap::new();

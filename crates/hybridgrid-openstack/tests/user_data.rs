@@ -19,7 +19,7 @@ fn plan() -> plan::Plan {
     ))
     .unwrap();
     let (c, d) = validate_text(&text);
-    plan::plan(&c.unwrap_or_else(|| panic!("{d:?}")), &Observed::default())
+    hybridgrid_core::reconcile::plan(&c.unwrap_or_else(|| panic!("{d:?}")), &Observed::default())
 }
 
 #[test]

@@ -1,0 +1,142 @@
+//! Stage two, what runs on the cluster: datasets and the Slurm options.
+
+use std::collections::BTreeMap;
+
+use crate::diag::did_you_mean;
+use crate::raw::{self, RawCluster, Sp};
+
+use super::{ALL_PARTITION, Dataset, SLURMCTLD_PORT, SLURMD_PORT, Site, SlurmOptions, Validator};
+
+impl Validator<'_> {
+    pub(super) fn datasets(
+        &mut self,
+        raw: &RawCluster,
+        sites: &[(&raw::RawSite, Option<Site>)],
+    ) -> Vec<Dataset> {
+        let site_names: Vec<&str> = sites
+            .iter()
+            .filter_map(|(rs, _)| rs.name.as_ref().map(|n| n.value.as_str()))
+            .collect();
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut out = Vec::new();
+        for (i, d) in raw.datasets.iter().enumerate() {
+            let path = format!("datasets[{i}]");
+            if let Some(n) = &d.name {
+                self.name(n, format!("{path}.name"), "dataset", 40);
+                if let Some(first) = seen.insert(&n.value, i) {
+                    self.error(
+                        n.pos,
+                        format!("{path}.name"),
+                        format!("dataset `{}` is defined twice", n.value),
+                        format!("datasets[{first}] has this name already"),
+                    );
+                }
+            }
+            if let Some(s) = &d.site
+                && !site_names.contains(&s.value.as_str())
+            {
+                let mut names = site_names.clone();
+                names.dedup();
+                let help = did_you_mean(&s.value, &names)
+                    .map(|m| format!("did you mean `{m}`?"))
+                    .unwrap_or_else(|| format!("the sites are: {}", names.join(", ")));
+                self.error(
+                    s.pos,
+                    format!("{path}.site"),
+                    format!("unknown site `{}`", s.value),
+                    help,
+                );
+            }
+            if let (Some(name), Some(site), Some(location)) = (&d.name, &d.site, &d.location) {
+                out.push(Dataset {
+                    name: name.value.clone(),
+                    site: site.value.clone(),
+                    location: location.value.clone(),
+                    size_gib: d.size_gib.as_ref().map(|s| s.value),
+                });
+            }
+        }
+        out
+    }
+
+    pub(super) fn slurm(
+        &mut self,
+        raw: &RawCluster,
+        sites: &[(&raw::RawSite, Option<Site>)],
+    ) -> Option<SlurmOptions> {
+        let s = &raw.slurm;
+        let srun_port_range = match &s.srun_port_range {
+            None => Some((60001, 63000)),
+            Some(r) => {
+                let parsed = r.value.split_once('-').and_then(|(a, b)| {
+                    Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                });
+                match parsed {
+                    Some((lo, hi))
+                        if lo >= 1024
+                            && lo <= hi
+                            && !(lo..=hi).contains(&SLURMCTLD_PORT)
+                            && !(lo..=hi).contains(&SLURMD_PORT) =>
+                    {
+                        Some((lo, hi))
+                    }
+                    _ => {
+                        self.error(
+                            r.pos,
+                            "slurm.srun_port_range",
+                            format!("`{}` is not a usable port range", r.value),
+                            "write LOW-HIGH above 1023 and apart from Slurm's 6817/6818, e.g. 60001-63000",
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let timeout = |v: &Option<Sp<u64>>, default: u32, key: &str, this: &mut Self| match v {
+            None => Some(default),
+            Some(t) => match u32::try_from(t.value) {
+                Ok(x) if (1..=65_533).contains(&x) => Some(x),
+                _ => {
+                    this.error(
+                        t.pos,
+                        format!("slurm.{key}"),
+                        format!("{} seconds is out of range", t.value),
+                        "use 1 to 65533 seconds",
+                    );
+                    None
+                }
+            },
+        };
+        // WAN links drop and stall: be slower to declare nodes dead than Slurm's LAN defaults.
+        let slurmd_timeout = timeout(&s.slurmd_timeout, 300, "slurmd_timeout", self);
+        let message_timeout = timeout(&s.message_timeout, 30, "message_timeout", self);
+        let site_names: Vec<&str> = sites
+            .iter()
+            .filter_map(|(rs, _)| rs.name.as_ref().map(|n| n.value.as_str()))
+            .collect();
+        let default_partition = match &s.default_partition {
+            None => Some(ALL_PARTITION.to_owned()),
+            Some(p) if p.value == ALL_PARTITION || site_names.contains(&p.value.as_str()) => {
+                Some(p.value.clone())
+            }
+            Some(p) => {
+                self.error(
+                    p.pos,
+                    "slurm.default_partition",
+                    format!("there is no partition `{}`", p.value),
+                    format!(
+                        "partitions are `all` and one per site: {}",
+                        site_names.join(", ")
+                    ),
+                );
+                None
+            }
+        };
+        Some(SlurmOptions {
+            srun_port_range: srun_port_range?,
+            slurmd_timeout: slurmd_timeout?,
+            message_timeout: message_timeout?,
+            default_partition: default_partition?,
+        })
+    }
+}

@@ -1,0 +1,149 @@
+//! The words the plan, the observed state and the changes share: node roles, security-group
+//! rules, and a node's own configuration (what its agent applies).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::PublicKey;
+
+/// The WireGuard interface every relay node gets.
+pub const WG_INTERFACE: &str = "wg0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Gateway,
+    Worker,
+}
+
+impl Role {
+    /// Master and gateways relay traffic between sites and hold a WireGuard interface.
+    pub fn is_relay(self) -> bool {
+        matches!(self, Role::Master | Role::Gateway)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Gateway => "gateway",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// Where a rule admits traffic from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Remote {
+    Cidr(Ipv4Net),
+    /// The public IP of this node, /32, once the cloud has allocated it.
+    PendingPublicIp(String),
+}
+
+/// An ingress rule, IPv4 (egress stays open, as in OpenStack's default groups).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SgRule {
+    pub protocol: Protocol,
+    /// Inclusive destination port range; `None` for all ports.
+    pub ports: Option<(u16, u16)>,
+    pub remote: Remote,
+    pub description: String,
+}
+
+impl SgRule {
+    /// What the rule admits, without its description: `udp 51820 from 198.51.100.20/32`.
+    pub fn match_text(&self) -> String {
+        let proto = match self.protocol {
+            Protocol::Any => "any",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        };
+        let ports = match self.ports {
+            None => String::new(),
+            Some((a, b)) if a == b => format!(" {a}"),
+            Some((a, b)) => format!(" {a}-{b}"),
+        };
+        let remote = match &self.remote {
+            Remote::Cidr(net) => net.to_string(),
+            Remote::PendingPublicIp(node) => format!("<public IP of {node}>/32"),
+        };
+        format!("{proto}{ports} from {remote}")
+    }
+
+    /// The rule's identity in the cloud: everything but the description.
+    pub fn key(&self) -> (Protocol, Option<(u16, u16)>, Remote) {
+        (self.protocol, self.ports, self.remote.clone())
+    }
+}
+
+/// The node's own part of the plan, applied by `hybridgrid agent` on the node. Derived on demand
+/// ([`Plan::node_config`]): workers of a site share most of it, and holding one per node would make
+/// the plan of a large cluster quadratic in size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub hostname: String,
+    /// `/etc/hosts` entries: every node of the cluster.
+    pub hosts: Vec<(Ipv4Addr, String)>,
+    pub ip_forward: bool,
+    /// Clamp TCP MSS of forwarded SYNs to the path MTU (relays).
+    pub mss_clamp: bool,
+    pub routes: Vec<Route>,
+    pub wireguard: Option<WgInterface>,
+    pub slurm: SlurmRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Route {
+    pub destination: Ipv4Net,
+    /// Next hop on the LAN (workers), or `None` for a route through `device`.
+    pub via: Option<Ipv4Addr>,
+    pub device: Option<String>,
+    /// Source address for traffic the node itself originates on this route.
+    pub src: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgInterface {
+    pub name: String,
+    /// The relay's tunnel IP with the overlay's prefix length.
+    pub address: Ipv4Net,
+    pub listen_port: u16,
+    pub mtu: u16,
+    /// `None` until the node made its key.
+    pub public_key: Option<PublicKey>,
+    pub peers: Vec<WgPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgPeer {
+    pub node: String,
+    pub site: String,
+    /// `None` until the peer made its key: the peer cannot be configured yet.
+    pub public_key: Option<PublicKey>,
+    /// `None` until the peer's public IP is known.
+    pub endpoint: Option<SocketAddrV4>,
+    /// The peer's tunnel /32 and its site subnet: disjoint across peers.
+    pub allowed_ips: Vec<Ipv4Net>,
+    pub persistent_keepalive: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlurmRole {
+    Controller,
+    Compute,
+    None,
+}

@@ -1,0 +1,49 @@
+//! What exists of a cluster, as a provider observed it: the input of the plan beside the file.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::PublicKey;
+use crate::node::{NodeConfig, SgRule};
+
+/// What exists of a cluster, as a provider found it (its ledger and its cloud).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub nodes: BTreeMap<String, ObservedNode>,
+    pub sites: BTreeMap<String, ObservedSite>,
+    /// Public IPs allocated for a node but not attached to it (the node may not exist yet):
+    /// the plan uses them as the node's endpoint, and attaching one is an `AssignPublicIp`.
+    #[serde(default)]
+    pub reserved_public_ips: BTreeMap<String, Ipv4Addr>,
+}
+
+impl Observed {
+    /// The node's public IP: attached, else reserved for it.
+    pub fn public_ip(&self, node: &str) -> Option<Ipv4Addr> {
+        self.nodes
+            .get(node)
+            .and_then(|o| o.public_ip)
+            .or_else(|| self.reserved_public_ips.get(node).copied())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedNode {
+    pub site: String,
+    pub public_ip: Option<Ipv4Addr>,
+    pub public_key: Option<PublicKey>,
+    /// The node configuration its agent last applied, if any.
+    pub applied: Option<NodeConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedSite {
+    pub network: bool,
+    /// Security groups hybridgrid created, by name, with the rules they hold.
+    pub security_groups: BTreeMap<String, Vec<SgRule>>,
+    /// Allowed-address pairs present on each node's port (the user's own included).
+    pub allowed_address_pairs: BTreeMap<String, Vec<Ipv4Net>>,
+}

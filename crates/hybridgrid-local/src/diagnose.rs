@@ -1,0 +1,548 @@
+//! The pure half of `hybridgrid doctor`: the [`Facts`] gathered from the live cluster (see
+//! `doctor.rs`) and [`diagnose`], which turns them into plain-word [`Finding`]s with the fix.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use hybridgrid_core::model::WG_OVERHEAD;
+use hybridgrid_core::plan::{Protocol, Remote, Role, SgRule};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub const DOCTOR_FORMAT_VERSION: u32 = 1;
+/// A handshake older than this is no session any more (WireGuard's reject-after-time).
+const HANDSHAKE_STALE_S: u64 = 180;
+
+/// What [`gather`] found on the live cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    pub cluster: String,
+    pub tunnel_port: u16,
+    pub stateless_security_groups: bool,
+    pub nodes: Vec<NodeFacts>,
+    pub sites: Vec<SiteFacts>,
+    pub tunnels: Vec<TunnelFacts>,
+    pub cross_site: Vec<Probe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    pub name: String,
+    pub site: String,
+    pub role: Role,
+    pub up: bool,
+    /// Planned ingress rules (with a known remote) missing from the node's live rules.
+    pub missing_rules: Vec<SgRule>,
+    /// The security group's default-deny counters (ingress + forward): before and after probing.
+    pub drops_before: Option<u64>,
+    pub drops_after: Option<u64>,
+    /// Relays: the planned and the live MTU of the tunnel interface.
+    pub planned_mtu: Option<u16>,
+    pub live_mtu: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteFacts {
+    pub name: String,
+    pub underlay_mtu: u16,
+    pub ports: Vec<PortFacts>,
+    /// IP fragments the site's router dropped (the emulated cloud edge passes no fragments).
+    pub fragments_before: Option<u64>,
+    pub fragments_after: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortFacts {
+    pub node: String,
+    pub port: String,
+    /// Planned allowed-address pairs missing from the port's live set.
+    pub missing_pairs: Vec<Ipv4Net>,
+    /// The port's "ip spoof" drop counter, before and after probing.
+    pub spoof_before: Option<u64>,
+    pub spoof_after: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelFacts {
+    pub node: String,
+    pub peer: String,
+    pub peer_public_ip: Option<Ipv4Addr>,
+    /// Seconds since the latest handshake, `None` if none.
+    pub handshake_age_s: Option<u64>,
+    /// A small ping to the peer's tunnel address.
+    pub ping_ok: bool,
+    /// A ping of `live MTU − 28` bytes with don't-fragment set.
+    pub df_size: Option<u16>,
+    pub df_ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub from: String,
+    pub to: String,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    NodeDown,
+    NoHandshake,
+    MissingRule,
+    MissingAddressPair,
+    MtuTooLarge,
+    MtuDrift,
+    Unreachable,
+}
+
+/// One problem, in plain words, with what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub kind: Kind,
+    /// The node or site it is about.
+    pub subject: String,
+    pub message: String,
+    pub fix: String,
+}
+
+/// `doctor --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    pub format_version: u32,
+    pub cluster: String,
+    pub healthy: bool,
+    pub findings: Vec<Finding>,
+    pub facts: Facts,
+}
+
+const RESTORE: &str = "Run `hybridgrid up` to restore it.";
+
+/// `udp 51820 from 198.51.100.100/32`
+pub fn rule_text(rule: &SgRule) -> String {
+    rule.match_text()
+}
+
+fn counter_text(what: &str, before: Option<u64>, after: Option<u64>) -> Option<String> {
+    let after = after?;
+    let delta = after.saturating_sub(before.unwrap_or(after));
+    if delta > 0 {
+        Some(format!("{what} rose by {delta} during the check"))
+    } else if after > 0 {
+        Some(format!("{what} shows {after}"))
+    } else {
+        None
+    }
+}
+
+fn is_wireguard_rule(rule: &SgRule, port: u16) -> bool {
+    rule.protocol == Protocol::Udp && rule.ports == Some((port, port))
+}
+
+/// The findings from the facts; pure.
+pub fn diagnose(f: &Facts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let node = |name: &str| f.nodes.iter().find(|n| n.name == name);
+    for n in f.nodes.iter().filter(|n| !n.up) {
+        out.push(Finding {
+            kind: Kind::NodeDown,
+            subject: n.name.clone(),
+            message: format!("{} ({}) is not running", n.name, n.site),
+            fix: "Run `hybridgrid up` to create it again.".into(),
+        });
+    }
+    // Security-group rules: the WireGuard ones explain tunnels; the others are listed as such.
+    let mut explained: BTreeSet<(String, String)> = BTreeSet::new();
+    for n in f.nodes.iter().filter(|n| n.up) {
+        let drops = counter_text(
+            &format!("{}'s ingress drop counter", n.name),
+            n.drops_before,
+            n.drops_after,
+        );
+        for rule in &n.missing_rules {
+            let wg_peer = is_wireguard_rule(rule, f.tunnel_port)
+                .then(|| {
+                    f.tunnels.iter().find(|t| {
+                        t.node == n.name
+                            && t.peer_public_ip
+                                .is_some_and(|ip| rule.remote == Remote::Cidr(Ipv4Net::from(ip)))
+                    })
+                })
+                .flatten();
+            let evidence = drops
+                .as_ref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            match wg_peer {
+                Some(t) if !tunnel_ok(t) => {
+                    explained.insert((t.node.clone(), t.peer.clone()));
+                    explained.insert((t.peer.clone(), t.node.clone()));
+                    out.push(Finding {
+                        kind: Kind::NoHandshake,
+                        subject: n.name.clone(),
+                        message: format!(
+                            "{} has no handshake with {}: {}'s security group lacks `{}`{evidence}",
+                            n.name,
+                            t.peer,
+                            n.site,
+                            rule_text(rule)
+                        ),
+                        fix: RESTORE.into(),
+                    });
+                }
+                Some(t) => out.push(Finding {
+                    kind: Kind::MissingRule,
+                    subject: n.name.clone(),
+                    message: format!(
+                        "{}'s security group lacks `{}` ({}); the tunnel to {} works only while \
+                         connection tracking remembers {}'s own packets: it fails with a stateless \
+                         group, a passive peer, or once the entry expires{evidence}",
+                        n.site,
+                        rule_text(rule),
+                        rule.description,
+                        t.peer,
+                        n.name
+                    ),
+                    fix: RESTORE.into(),
+                }),
+                None => out.push(Finding {
+                    kind: Kind::MissingRule,
+                    subject: n.name.clone(),
+                    message: format!(
+                        "{}'s security group on {} lacks `{}` ({}){evidence}",
+                        n.site,
+                        n.name,
+                        rule_text(rule),
+                        rule.description
+                    ),
+                    fix: RESTORE.into(),
+                }),
+            }
+        }
+    }
+    // Allowed-address pairs.
+    let mut pair_sites: BTreeSet<&str> = BTreeSet::new();
+    for s in &f.sites {
+        for p in &s.ports {
+            let counter = counter_text("ip spoof", p.spoof_before, p.spoof_after)
+                .map(|c| format!(" (counter {c})"))
+                .unwrap_or_default();
+            for pair in &p.missing_pairs {
+                pair_sites.insert(&s.name);
+                out.push(Finding {
+                    kind: Kind::MissingAddressPair,
+                    subject: p.node.clone(),
+                    message: format!(
+                        "cross-site packets from {pair} are dropped at {}'s switch on {}'s port \
+                         {}{counter}: the port lacks the allowed-address pair {pair}",
+                        s.name, p.node, p.port
+                    ),
+                    fix: RESTORE.into(),
+                });
+            }
+        }
+    }
+    // MTU of the tunnel against the underlay.
+    let mut mtu_nodes: BTreeSet<&str> = BTreeSet::new();
+    for n in f.nodes.iter().filter(|n| n.up) {
+        let (Some(live), Some(site)) = (n.live_mtu, f.sites.iter().find(|s| s.name == n.site))
+        else {
+            continue;
+        };
+        let max = site.underlay_mtu.saturating_sub(WG_OVERHEAD);
+        let failed: Vec<&str> = f
+            .tunnels
+            .iter()
+            .filter(|t| t.node == n.name && t.ping_ok && !t.df_ok)
+            .map(|t| t.peer.as_str())
+            .collect();
+        if live > max {
+            mtu_nodes.insert(&n.name);
+            let mut msg = format!(
+                "wg0 MTU {live} on {} exceeds the underlay {} − {WG_OVERHEAD} = {max}: \
+                 {}-byte packets with DF set fail",
+                n.name,
+                site.underlay_mtu,
+                live.saturating_sub(28)
+            );
+            if !failed.is_empty() {
+                msg.push_str(&format!(" (ping to {} failed)", failed.join(", ")));
+            }
+            if let Some(c) = counter_text(
+                &format!("{}'s router fragment drops", site.name),
+                site.fragments_before,
+                site.fragments_after,
+            ) {
+                msg.push_str(&format!("; {c}"));
+            }
+            let fix = match n.planned_mtu {
+                Some(p) if p <= max => format!(
+                    "The plan says {p}: run `hybridgrid up` to restore it (keep `tunnel.mtu: auto`)."
+                ),
+                _ => format!("Set `tunnel.mtu: auto` (or at most {max}) and run `hybridgrid up`."),
+            };
+            out.push(Finding {
+                kind: Kind::MtuTooLarge,
+                subject: n.name.clone(),
+                message: msg,
+                fix,
+            });
+        } else if let Some(p) = n.planned_mtu.filter(|p| *p != live) {
+            mtu_nodes.insert(&n.name);
+            out.push(Finding {
+                kind: Kind::MtuDrift,
+                subject: n.name.clone(),
+                message: format!("wg0 MTU on {} is {live}, the plan says {p}", n.name),
+                fix: RESTORE.into(),
+            });
+        } else if !failed.is_empty() {
+            mtu_nodes.insert(&n.name);
+            out.push(Finding {
+                kind: Kind::MtuTooLarge,
+                subject: n.name.clone(),
+                message: format!(
+                    "{}-byte packets with DF set from {} to {} fail although wg0 MTU {live} fits \
+                     the underlay {}: the path carries less than the site's underlay MTU says",
+                    live.saturating_sub(28),
+                    n.name,
+                    failed.join(", "),
+                    site.underlay_mtu
+                ),
+                fix: "Set the site's `underlay_mtu` to what the network really carries and keep \
+                      `tunnel.mtu: auto`."
+                    .into(),
+            });
+        }
+    }
+    // Tunnels down without a cause found above.
+    for t in &f.tunnels {
+        if tunnel_ok(t)
+            || explained.contains(&(t.node.clone(), t.peer.clone()))
+            || node(&t.node).is_some_and(|n| !n.up)
+            || node(&t.peer).is_some_and(|n| !n.up)
+        {
+            continue;
+        }
+        let hs = match t.handshake_age_s {
+            None => "never had a handshake".to_owned(),
+            Some(a) => format!("last had a handshake {a}s ago"),
+        };
+        out.push(Finding {
+            kind: Kind::NoHandshake,
+            subject: t.node.clone(),
+            message: format!(
+                "{} has no working tunnel to {}: it {hs}{}",
+                t.node,
+                t.peer,
+                if f.stateless_security_groups {
+                    ""
+                } else {
+                    ", and both security groups have their rules"
+                }
+            ),
+            fix: format!(
+                "Check that UDP {} reaches {} at {} (`hybridgrid exec -f FILE {} -- wg show`).",
+                f.tunnel_port,
+                t.peer,
+                t.peer_public_ip
+                    .map_or_else(|| "its public IP".to_owned(), |i| i.to_string()),
+                t.node
+            ),
+        });
+    }
+    // Cross-site probes that failed with nothing above to explain them.
+    if pair_sites.is_empty() && explained.is_empty() && mtu_nodes.is_empty() {
+        for p in f.cross_site.iter().filter(|p| !p.ok) {
+            if node(&p.from).is_some_and(|n| !n.up) || node(&p.to).is_some_and(|n| !n.up) {
+                continue;
+            }
+            out.push(Finding {
+                kind: Kind::Unreachable,
+                subject: p.from.clone(),
+                message: format!("{} cannot reach {}, and no cause was found", p.from, p.to),
+                fix: "Run `hybridgrid status` and compare the routes (`ip route`) on both sides."
+                    .into(),
+            });
+        }
+    }
+    out
+}
+
+fn tunnel_ok(t: &TunnelFacts) -> bool {
+    t.ping_ok && t.handshake_age_s.is_some_and(|a| a < HANDSHAKE_STALE_S)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn wg_rule(ip: &str) -> SgRule {
+        SgRule {
+            protocol: Protocol::Udp,
+            ports: Some((51820, 51820)),
+            remote: Remote::Cidr(format!("{ip}/32").parse().unwrap()),
+            description: "WireGuard from bielefeld-master".into(),
+        }
+    }
+
+    fn node(name: &str, site: &str, role: Role) -> NodeFacts {
+        NodeFacts {
+            name: name.into(),
+            site: site.into(),
+            role,
+            up: true,
+            missing_rules: Vec::new(),
+            drops_before: Some(0),
+            drops_after: Some(0),
+            planned_mtu: role.is_relay().then_some(1370),
+            live_mtu: role.is_relay().then_some(1370),
+        }
+    }
+
+    fn tunnel(node: &str, peer: &str, ip: &str, ok: bool) -> TunnelFacts {
+        TunnelFacts {
+            node: node.into(),
+            peer: peer.into(),
+            peer_public_ip: Some(ip.parse().unwrap()),
+            handshake_age_s: ok.then_some(5),
+            ping_ok: ok,
+            df_size: Some(1342),
+            df_ok: ok,
+        }
+    }
+
+    fn healthy() -> Facts {
+        Facts {
+            cluster: "demo".into(),
+            tunnel_port: 51820,
+            stateless_security_groups: true,
+            nodes: vec![
+                node("bielefeld-master", "bielefeld", Role::Master),
+                node("giessen-gw", "giessen", Role::Gateway),
+                node("giessen-worker-1", "giessen", Role::Worker),
+            ],
+            sites: ["bielefeld", "giessen"]
+                .iter()
+                .map(|s| SiteFacts {
+                    name: (*s).into(),
+                    underlay_mtu: 1450,
+                    ports: vec![PortFacts {
+                        node: format!("{s}-x"),
+                        port: "p-5".into(),
+                        missing_pairs: Vec::new(),
+                        spoof_before: Some(0),
+                        spoof_after: Some(0),
+                    }],
+                    fragments_before: Some(0),
+                    fragments_after: Some(0),
+                })
+                .collect(),
+            tunnels: vec![
+                tunnel("bielefeld-master", "giessen-gw", "198.51.100.101", true),
+                tunnel("giessen-gw", "bielefeld-master", "198.51.100.100", true),
+            ],
+            cross_site: vec![Probe {
+                from: "a".into(),
+                to: "b".into(),
+                ok: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_healthy_cluster_has_no_findings() {
+        assert_eq!(diagnose(&healthy()), Vec::new());
+    }
+
+    #[test]
+    fn missing_wireguard_rule_explains_the_missing_handshake() {
+        let mut f = healthy();
+        f.nodes[1].missing_rules = vec![wg_rule("198.51.100.100")];
+        f.nodes[1].drops_after = Some(7);
+        f.tunnels = vec![
+            tunnel("bielefeld-master", "giessen-gw", "198.51.100.101", false),
+            tunnel("giessen-gw", "bielefeld-master", "198.51.100.100", false),
+        ];
+        f.cross_site[0].ok = false;
+        let d = diagnose(&f);
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!(d[0].kind, Kind::NoHandshake);
+        assert_eq!(
+            d[0].message,
+            "giessen-gw has no handshake with bielefeld-master: giessen's security group lacks \
+             `udp 51820 from 198.51.100.100/32` (giessen-gw's ingress drop counter rose by 7 \
+             during the check)"
+        );
+        assert!(d[0].fix.contains("hybridgrid up"));
+    }
+
+    #[test]
+    fn missing_rule_with_a_working_tunnel_warns_about_conntrack() {
+        let mut f = healthy();
+        f.nodes[1].missing_rules = vec![wg_rule("198.51.100.100")];
+        let d = diagnose(&f);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].kind, Kind::MissingRule);
+        assert!(
+            d[0].message.contains("connection tracking"),
+            "{}",
+            d[0].message
+        );
+    }
+
+    #[test]
+    fn missing_pair_names_the_switch_port_and_counter() {
+        let mut f = healthy();
+        f.sites[1].ports[0] = PortFacts {
+            node: "giessen-gw".into(),
+            port: "p-5".into(),
+            missing_pairs: vec!["10.10.0.0/24".parse().unwrap()],
+            spoof_before: Some(2),
+            spoof_after: Some(8),
+        };
+        f.cross_site[0].ok = false;
+        let d = diagnose(&f);
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!(
+            d[0].message,
+            "cross-site packets from 10.10.0.0/24 are dropped at giessen's switch on \
+             giessen-gw's port p-5 (counter ip spoof rose by 6 during the check): the port \
+             lacks the allowed-address pair 10.10.0.0/24"
+        );
+    }
+
+    #[test]
+    fn tunnel_mtu_above_the_underlay() {
+        let mut f = healthy();
+        f.nodes[1].live_mtu = Some(1500);
+        f.tunnels[1].df_ok = false;
+        f.tunnels[1].df_size = Some(1472);
+        f.sites[1].fragments_after = Some(4);
+        let d = diagnose(&f);
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!(d[0].kind, Kind::MtuTooLarge);
+        assert!(
+            d[0].message.starts_with(
+                "wg0 MTU 1500 on giessen-gw exceeds the underlay 1450 − 80 = 1370: 1472-byte \
+                 packets with DF set fail (ping to bielefeld-master failed)"
+            ),
+            "{}",
+            d[0].message
+        );
+        assert!(d[0].fix.contains("hybridgrid up"));
+        // The plan itself too large (e.g. a hand-set MTU): the fix is the file.
+        f.nodes[1].planned_mtu = Some(1500);
+        assert!(diagnose(&f)[0].fix.contains("tunnel.mtu: auto"));
+    }
+
+    #[test]
+    fn down_nodes_and_unexplained_tunnels() {
+        let mut f = healthy();
+        f.nodes[2].up = false;
+        f.tunnels[0].handshake_age_s = None;
+        f.tunnels[0].ping_ok = false;
+        let d = diagnose(&f);
+        let kinds: Vec<Kind> = d.iter().map(|x| x.kind).collect();
+        assert_eq!(kinds, vec![Kind::NodeDown, Kind::NoHandshake], "{d:#?}");
+    }
+}

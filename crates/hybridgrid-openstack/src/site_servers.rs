@@ -1,0 +1,345 @@
+//! A site's nodes on Nova: the keypair, servers (find, create, wait, delete), flavors and
+//! images, metadata delivery and the relay's console key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hybridgrid_core::node_meta;
+use hybridgrid_core::plan::{NodePlan, Plan};
+use serde_json::{Value, json};
+
+use crate::api::{Cloud, NOVA, Req, s};
+use crate::error::{OsError, Result};
+use crate::ledger::{Kind, State};
+use crate::site::{FoundServer, SiteOps, find_by_name_or_id};
+use crate::userdata;
+
+impl SiteOps {
+    pub async fn ensure_keypair(&self) -> Result<Option<String>> {
+        let Some(key) = &self.ssh_public_key else {
+            return Ok(None);
+        };
+        let name = self.keypair_name();
+        if self
+            .cloud
+            .get_opt("get keypair", Req::get(NOVA, format!("os-keypairs/{name}")))
+            .await?
+            .is_none()
+        {
+            self.record(Kind::Keypair, &name, Some(&name), State::Intended)?;
+            match self
+                .cloud
+                .create(
+                    "create keypair",
+                    Req::post(
+                        NOVA,
+                        "os-keypairs",
+                        json!({ "keypair": { "name": name, "public_key": key.trim() } }),
+                    ),
+                )
+                .await
+            {
+                Ok(_) => {}
+                // Created meanwhile by the other site of the same cloud.
+                Err(e) if e.status() == Some(409) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.record(Kind::Keypair, &name, Some(&name), State::Created)?;
+        Ok(Some(name))
+    }
+
+    /// The cluster's servers in this site's project, by node (ERROR/DELETED ones left out
+    /// unless `all`).
+    pub async fn servers(&self, all: bool) -> Result<Vec<FoundServer>> {
+        let l = self
+            .cloud
+            .list(
+                "list servers",
+                Req::get(NOVA, "servers/detail").q("name", format!("^{}-", self.cluster)),
+                "servers",
+            )
+            .await?;
+        Ok(l.iter()
+            .filter(|v| {
+                let md = &v["metadata"];
+                s(&md["hybridgrid_cluster"]) == self.cluster
+                    && s(&md["hybridgrid_site"]) == self.site.name
+            })
+            .filter(|v| {
+                all || !matches!(
+                    s(&v["status"]).as_str(),
+                    "ERROR" | "DELETED" | "SOFT_DELETED"
+                )
+            })
+            .map(|v| FoundServer {
+                id: s(&v["id"]),
+                node: s(&v["metadata"]["hybridgrid_node"]),
+                status: s(&v["status"]),
+                metadata: v["metadata"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| v.as_str().map(|x| (k.clone(), x.to_owned())))
+                    .collect(),
+            })
+            .collect())
+    }
+
+    async fn flavor_id(&self, want: &str) -> Result<String> {
+        let flavors = self
+            .flavors
+            .get_or_try_init(|| async {
+                self.cloud
+                    .list("list flavors", Req::get(NOVA, "flavors/detail"), "flavors")
+                    .await
+            })
+            .await?;
+        find_by_name_or_id(flavors, want)
+            .map(|f| s(&f["id"]))
+            .ok_or_else(|| self.site_err(format!("flavor `{want}` not found")))
+    }
+
+    pub async fn flavors(&self) -> Result<Vec<Value>> {
+        self.flavor_id("").await.ok();
+        Ok(self.flavors.get().cloned().unwrap_or_default())
+    }
+
+    pub async fn image_id(&self, want: &str) -> Result<String> {
+        if let Some(v) = self
+            .cloud
+            .get_opt(
+                "get image",
+                Req::get(crate::api::GLANCE, format!("images/{want}")),
+            )
+            .await
+            .ok()
+            .flatten()
+        {
+            return Ok(s(&v["id"]));
+        }
+        let l = self
+            .cloud
+            .list(
+                "list images",
+                Req::get(crate::api::GLANCE, "images").q("name", want),
+                "images",
+            )
+            .await?;
+        l.first()
+            .map(|i| s(&i["id"]))
+            .ok_or_else(|| self.site_err(format!("image `{want}` not found")))
+    }
+
+    /// The cluster's server of the node, if there is one that is not in ERROR (one in ERROR is
+    /// deleted). Looked up by metadata before every create: a retry or a resumed `up` never
+    /// makes a second server.
+    pub async fn find_server(&self, node: &str) -> Result<Option<String>> {
+        for srv in self.servers(true).await? {
+            if srv.node != node {
+                continue;
+            }
+            if srv.status == "ERROR" {
+                self.delete_server(&srv.id).await?;
+                continue;
+            }
+            self.record(
+                Kind::Server,
+                &self.server_name(node),
+                Some(&srv.id),
+                State::Created,
+            )?;
+            return Ok(Some(srv.id));
+        }
+        Ok(None)
+    }
+
+    /// The flavor and image ids of the node's server.
+    pub async fn flavor_and_image(&self, node: &NodePlan) -> Result<(String, String)> {
+        let flavor = node
+            .flavor
+            .as_deref()
+            .ok_or_else(|| self.site_err(format!("node {} has no flavor", node.name)))?;
+        let image = node
+            .image
+            .as_deref()
+            .ok_or_else(|| self.site_err(format!("node {} has no image", node.name)))?;
+        tokio::try_join!(self.flavor_id(flavor), self.image_id(image))
+    }
+
+    /// Creates the node's server on its port (after [`Self::find_server`] found none); its id.
+    pub async fn create_server(
+        &self,
+        plan: &Plan,
+        node: &NodePlan,
+        port_id: &str,
+        keypair: Option<&str>,
+        (flavor_id, image_id): (String, String),
+    ) -> Result<String> {
+        let name = self.server_name(&node.name);
+        let ud = userdata::user_data_with(plan, node, self.agent_url.as_deref());
+        let mut server = json!({
+            "name": name,
+            "flavorRef": flavor_id,
+            "imageRef": image_id,
+            "networks": [{ "port": port_id }],
+            "metadata": {
+                "hybridgrid_cluster": self.cluster,
+                "hybridgrid_site": self.site.name,
+                "hybridgrid_node": node.name,
+                "hybridgrid_role": node.role.as_str(),
+            },
+            "user_data": base64::engine::general_purpose::STANDARD.encode(ud.as_bytes()),
+        });
+        if let Some(k) = keypair {
+            server["key_name"] = json!(k);
+        }
+        let config = plan.node_config(node);
+        self.ledger.update(|d| {
+            d.delivered.insert(node.name.clone(), config);
+        })?;
+        self.record(Kind::Server, &name, None, State::Intended)?;
+        let v = self
+            .cloud
+            .create(
+                &format!("create server {name}"),
+                Req::post(NOVA, "servers", json!({ "server": server })),
+            )
+            .await?;
+        let id = s(&v["server"]["id"]);
+        self.record(Kind::Server, &name, Some(&id), State::Created)?;
+        Ok(id)
+    }
+
+    /// Waits until the server is ACTIVE; an ERROR status fails with Nova's fault message.
+    pub async fn wait_active(&self, id: &str, name: &str) -> Result<()> {
+        wait_active(
+            self.cloud.clone(),
+            id.to_owned(),
+            name.to_owned(),
+            self.server_timeout,
+        )
+        .await
+    }
+
+    /// Deletes a server and waits until it is gone; `false` when it did not exist.
+    pub async fn delete_server(&self, id: &str) -> Result<bool> {
+        let existed = self
+            .cloud
+            .delete("delete server", Req::delete(NOVA, format!("servers/{id}")))
+            .await?;
+        let t0 = Instant::now();
+        while self
+            .cloud
+            .get_opt("get server", Req::get(NOVA, format!("servers/{id}")))
+            .await?
+            .is_some()
+        {
+            if t0.elapsed() > self.server_timeout {
+                return Err(OsError::ServerFailed {
+                    name: id.to_owned(),
+                    message: "still there after delete".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(existed)
+    }
+
+    /// Replaces the delivery items of the server's metadata ([`node_meta`]) with `items`, keeping
+    /// every other item. The server's new metadata; `None` when the items were as wanted
+    /// already.
+    pub async fn set_delivery_metadata(
+        &self,
+        server: &FoundServer,
+        items: &BTreeMap<String, String>,
+    ) -> Result<Option<BTreeMap<String, String>>> {
+        let current: BTreeMap<&String, &String> = server
+            .metadata
+            .iter()
+            .filter(|(k, _)| node_meta::is_delivery_key(k))
+            .collect();
+        let wanted: BTreeMap<&String, &String> = items.iter().collect();
+        if current == wanted {
+            return Ok(None);
+        }
+        let mut all: BTreeMap<String, String> = server
+            .metadata
+            .iter()
+            .filter(|(k, _)| !node_meta::is_delivery_key(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.extend(items.clone());
+        self.cloud
+            .call(
+                &format!("set metadata of {}", self.server_name(&server.node)),
+                &Req::put(
+                    NOVA,
+                    format!("servers/{}/metadata", server.id),
+                    json!({ "metadata": all }),
+                ),
+                crate::api::Retry::Idempotent,
+            )
+            .await?;
+        Ok(Some(all))
+    }
+
+    /// The key a relay printed to its console, if any.
+    pub async fn console_public_key(&self, server_id: &str) -> Option<String> {
+        let v = self
+            .cloud
+            .call(
+                "get console output",
+                &Req::post(
+                    NOVA,
+                    format!("servers/{server_id}/action"),
+                    json!({ "os-getConsoleOutput": { "length": 200 } }),
+                ),
+                crate::api::Retry::Idempotent,
+            )
+            .await
+            .ok()?;
+        userdata::public_key_from_console(v["output"].as_str()?)
+    }
+}
+
+/// Waits until the server is ACTIVE; an ERROR status fails with Nova's fault message. Owns its
+/// arguments so that it can run as a task while `up` goes on.
+pub(crate) async fn wait_active(
+    cloud: Arc<Cloud>,
+    id: String,
+    name: String,
+    timeout: Duration,
+) -> Result<()> {
+    let (id, name) = (id.as_str(), name.as_str());
+    {
+        let t0 = Instant::now();
+        loop {
+            let v = cloud
+                .get("get server", Req::get(NOVA, format!("servers/{id}")))
+                .await?;
+            match s(&v["server"]["status"]).as_str() {
+                "ACTIVE" => return Ok(()),
+                "ERROR" => {
+                    return Err(OsError::ServerFailed {
+                        name: name.to_owned(),
+                        message: v["server"]["fault"]["message"]
+                            .as_str()
+                            .unwrap_or("status ERROR")
+                            .to_owned(),
+                    });
+                }
+                _ => {}
+            }
+            if t0.elapsed() > timeout {
+                return Err(OsError::ServerFailed {
+                    name: name.to_owned(),
+                    message: format!("not ACTIVE after {timeout:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
