@@ -49,6 +49,10 @@ pub fn apply(
     exe: &Path,
     tag: &str,
 ) -> Result<AgentReport, LocalError> {
+    // One agent at a time on a node: `up` and the node's own supervisor both apply.
+    let lock_path = state_dir.join("agent.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(LocalError::io(&lock_path))?;
+    lock.lock().map_err(LocalError::io(&lock_path))?;
     let mut report = AgentReport::default();
     let applied = read_applied(state_dir);
     let mut config = config.clone();
@@ -69,11 +73,13 @@ pub fn apply(
             .push(format!("/etc/hosts: {} entries", config.hosts.len()));
     }
 
-    let forward = if config.ip_forward { "1" } else { "0" };
-    let fwd_path = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(fwd_path).unwrap_or_default().trim() != forward {
-        std::fs::write(fwd_path, forward).map_err(LocalError::io(fwd_path))?;
-        report.actions.push(format!("ip_forward={forward}"));
+    // No node follows ICMP redirects, no relay sends them: a relay that forwards before its
+    // tunnel routes exist would otherwise redirect workers to the site router, and the workers
+    // would keep the redirect for minutes.
+    no_redirects(&mut report.actions)?;
+    // A relay stops forwarding first and starts only once its tunnel and routes are in place.
+    if !config.ip_forward {
+        forwarding(false, &mut report.actions)?;
     }
 
     let has_clamp = sh::ok("nft", &["list", "table", "inet", "hg_node"]);
@@ -107,6 +113,9 @@ pub fn apply(
         applied.as_ref().map(|a| a.routes.as_slice()).unwrap_or(&[]),
         &mut report.actions,
     )?;
+    if config.ip_forward {
+        forwarding(true, &mut report.actions)?;
+    }
 
     if applied.as_ref() != Some(&config) {
         let text = serde_json::to_string_pretty(&config).map_err(|source| LocalError::Json {
@@ -333,6 +342,99 @@ fn stop_wireguard(ifname: &str, state_dir: &Path) -> Result<(), LocalError> {
     Ok(())
 }
 
+fn write_sysctl(path: &str, value: &str, actions: &mut Vec<String>) -> Result<(), LocalError> {
+    if std::fs::read_to_string(path).unwrap_or_default().trim() != value {
+        std::fs::write(path, value).map_err(LocalError::io(path))?;
+        let key = path.trim_start_matches("/proc/sys/").replace('/', ".");
+        actions.push(format!("{key}={value}"));
+    }
+    Ok(())
+}
+
+fn forwarding(on: bool, actions: &mut Vec<String>) -> Result<(), LocalError> {
+    write_sysctl(
+        "/proc/sys/net/ipv4/ip_forward",
+        if on { "1" } else { "0" },
+        actions,
+    )
+}
+
+/// `accept_redirects` and `send_redirects` off for `all`, `default` and every interface (the
+/// kernel ORs `all` with the interface's own value).
+fn no_redirects(actions: &mut Vec<String>) -> Result<(), LocalError> {
+    let dir = "/proc/sys/net/ipv4/conf";
+    let mut confs: Vec<String> = std::fs::read_dir(dir)
+        .map_err(LocalError::io(dir))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    confs.sort();
+    for c in confs {
+        for key in ["accept_redirects", "send_redirects"] {
+            write_sysctl(&format!("{dir}/{c}/{key}"), "0", actions)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the interface exists in this network namespace (`/proc/net/dev` is per namespace).
+pub fn interface_exists(ifname: &str) -> bool {
+    std::fs::read_to_string("/proc/net/dev").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.trim_start().split(':').next() == Some(ifname))
+    })
+}
+
+/// The node's own supervisor (run by the process that holds the node's namespaces): every
+/// second, a WireGuard device that is gone is brought back; every `period`, the whole
+/// configuration in `state_dir/node.json` is applied again, so routes, peers and forwarding
+/// changed by hand come back. `period` zero: no supervision. Never returns.
+pub fn supervise(
+    state_dir: &Path,
+    exe: &Path,
+    tag: &str,
+    period: Duration,
+    on_error: &dyn Fn(&LocalError),
+) -> ! {
+    let mut last = std::time::Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        reap_children();
+        if period.is_zero() {
+            continue;
+        }
+        let Some(config) = std::fs::read_to_string(state_dir.join("node.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<NodeConfig>(&t).ok())
+        else {
+            continue;
+        };
+        // Only a node that applied once is supervised: `up` makes the first apply.
+        if read_applied(state_dir).is_none() {
+            continue;
+        }
+        let device_gone = config
+            .wireguard
+            .as_ref()
+            .is_some_and(|w| !interface_exists(&w.name));
+        if device_gone || last.elapsed() >= period {
+            last = std::time::Instant::now();
+            if let Err(e) = apply(&config, state_dir, exe, tag) {
+                on_error(&e);
+            }
+        }
+    }
+}
+
+/// Collects exited children (the WireGuard daemons this process started): no zombies.
+fn reap_children() {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if matches!(status, nix::sys::wait::WaitStatus::StillAlive) {
+            break;
+        }
+    }
+}
+
 /// One route of `ip -j route show`.
 #[derive(Debug, Deserialize)]
 struct LiveRoute {
@@ -393,6 +495,8 @@ fn routes(
     }
     if !lines.is_empty() {
         sh::ip_batch(None, &lines)?;
+        // Next-hop exceptions (a redirect learnt earlier) would shadow the new routes.
+        let _ = sh::run("ip", &["route", "flush", "cache"]);
     }
     Ok(())
 }

@@ -319,7 +319,8 @@ impl Local {
                     port: &entry.port,
                     mac: &entry.mac,
                 })?;
-                let pid = infra::start_holder(c, node, &dir, &self.opts.exe)?;
+                let pid =
+                    infra::start_holder(c, node, &dir, &self.opts.exe, self.opts.agent_period)?;
                 self.record(|l| {
                     if let Some(n) = l.nodes.get_mut(node) {
                         n.state = ObjState::Ready;

@@ -87,6 +87,7 @@ pub struct Probe {
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     NodeDown,
+    DeviceMissing,
     NoHandshake,
     MissingRule,
     MissingAddressPair,
@@ -150,8 +151,33 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
             fix: "Run `hybridgrid up` to create it again.".into(),
         });
     }
-    // Security-group rules: the WireGuard ones explain tunnels; the others are listed as such.
+    // A relay whose tunnel device is gone explains every tunnel of it.
     let mut explained: BTreeSet<(String, String)> = BTreeSet::new();
+    for n in f
+        .nodes
+        .iter()
+        .filter(|n| n.up && n.planned_mtu.is_some() && n.live_mtu.is_none())
+    {
+        out.push(Finding {
+            kind: Kind::DeviceMissing,
+            subject: n.name.clone(),
+            message: format!(
+                "{} has no WireGuard device wg0 (its daemon is not running): no tunnel of it works",
+                n.name
+            ),
+            fix: "The node's supervisor brings it back within seconds; otherwise run `hybridgrid \
+                  up`."
+                .into(),
+        });
+        for t in f
+            .tunnels
+            .iter()
+            .filter(|t| t.node == n.name || t.peer == n.name)
+        {
+            explained.insert((t.node.clone(), t.peer.clone()));
+        }
+    }
+    // Security-group rules: the WireGuard ones explain tunnels; the others are listed as such.
     for n in f.nodes.iter().filter(|n| n.up) {
         let drops = counter_text(
             &format!("{}'s ingress drop counter", n.name),
@@ -533,6 +559,23 @@ mod tests {
         // The plan itself too large (e.g. a hand-set MTU): the fix is the file.
         f.nodes[1].planned_mtu = Some(1500);
         assert!(diagnose(&f)[0].fix.contains("tunnel.mtu: auto"));
+    }
+
+    #[test]
+    fn a_missing_tunnel_device_is_named_and_explains_its_tunnels() {
+        let mut f = healthy();
+        f.nodes[1].live_mtu = None;
+        f.tunnels = vec![
+            tunnel("bielefeld-master", "giessen-gw", "198.51.100.101", false),
+            tunnel("giessen-gw", "bielefeld-master", "198.51.100.100", false),
+        ];
+        let d = diagnose(&f);
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!(d[0].kind, Kind::DeviceMissing);
+        assert!(
+            d[0].message
+                .starts_with("giessen-gw has no WireGuard device wg0")
+        );
     }
 
     #[test]

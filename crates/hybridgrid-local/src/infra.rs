@@ -274,13 +274,15 @@ pub fn create_node_net(n: &NodeSpec<'_>) -> Result<(), LocalError> {
 }
 
 /// Starts the process that holds the node's UTS and mount namespaces (inside its network
-/// namespace): hostname, private `/run/wireguard`, `/etc/hosts` bound from the node's state.
+/// namespace): hostname, private `/run/wireguard`, `/etc/hosts` bound from the node's state. It
+/// is also the node's supervisor (`agent::supervise`, every `supervise`; zero: none).
 /// Returns its PID once it holds them.
 pub fn start_holder(
     cluster: &str,
     node: &str,
     state_dir: &Path,
     exe: &Path,
+    supervise: Duration,
 ) -> Result<u32, LocalError> {
     use std::os::unix::process::CommandExt as _;
     let ns = names::ns_node(cluster, node);
@@ -291,9 +293,11 @@ pub fn start_holder(
     let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
     let script = format!(
         "set -e; hostname {node}; mkdir -p /run/wireguard; mount -t tmpfs -o mode=0700 hg-wg /run/wireguard; \
-         mount --bind {hosts} /etc/hosts; exec {exe} hold --tag {ns}",
+         mount --bind {hosts} /etc/hosts; exec {exe} hold --tag {ns} --state-dir {dir} --period {period}",
         hosts = q(&hosts),
         exe = q(exe),
+        dir = q(state_dir),
+        period = supervise.as_secs(),
     );
     let log =
         std::fs::File::create(state_dir.join("holder.log")).map_err(LocalError::io(state_dir))?;

@@ -29,6 +29,9 @@ pub struct Options {
     pub exe: PathBuf,
     /// Security groups without connection tracking (tests).
     pub stateless_security_groups: bool,
+    /// How often each node's supervisor applies its configuration again (a dead WireGuard device
+    /// comes back within a second regardless); zero: no supervision (tests of `observe`).
+    pub agent_period: Duration,
 }
 
 /// A node to run commands in: enter with `nsenter -t PID -m -u -n`.

@@ -28,6 +28,12 @@ pub enum NodeCommand {
     Hold {
         #[arg(long)]
         tag: String,
+        /// The node's state directory: its supervisor applies `node.json` from there.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Seconds between the supervisor's runs; 0: no supervision.
+        #[arg(long, default_value_t = 0)]
+        period: u64,
     },
 }
 
@@ -74,8 +80,24 @@ pub fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        NodeCommand::Hold { tag: _ } => loop {
-            // Holds the namespaces until SIGTERM (default action: exit).
+        // Holds the namespaces until SIGTERM (default action: exit), supervising the node.
+        NodeCommand::Hold {
+            tag,
+            state_dir: Some(dir),
+            period,
+        } => {
+            let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
+            hybridgrid_local::agent::supervise(
+                &dir,
+                &exe,
+                &tag,
+                std::time::Duration::from_secs(period),
+                &|e| eprintln!("supervisor: {e}"),
+            )
+        }
+        NodeCommand::Hold {
+            state_dir: None, ..
+        } => loop {
             std::thread::park();
         },
     }

@@ -21,7 +21,19 @@ fn local_options(knobs: Knobs) -> anyhow::Result<hybridgrid_local::Options> {
         state_root: hybridgrid_local::state_root(),
         exe: std::env::current_exe().context("locating the hybridgrid binary")?,
         stateless_security_groups: knobs.stateless_security_groups,
+        agent_period: agent_period()?,
     })
+}
+
+/// `HYBRIDGRID_AGENT_PERIOD`: seconds between the node supervisors' runs (default 10; 0: none).
+fn agent_period() -> anyhow::Result<std::time::Duration> {
+    let secs = match std::env::var("HYBRIDGRID_AGENT_PERIOD") {
+        Ok(v) => v
+            .parse::<u64>()
+            .with_context(|| format!("HYBRIDGRID_AGENT_PERIOD={v}: a number of seconds"))?,
+        Err(_) => 10,
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 fn openstack(cluster: &Cluster) -> anyhow::Result<OpenStack> {

@@ -12,6 +12,7 @@ use serde_json::Value;
 mod crash;
 mod engine;
 mod failures;
+mod heal;
 
 mod slurm;
 
@@ -28,6 +29,8 @@ struct Lab {
     name: String,
     root: PathBuf,
     file: PathBuf,
+    /// Extra environment of every `hybridgrid` run (e.g. `HYBRIDGRID_AGENT_PERIOD`).
+    env: Vec<(&'static str, String)>,
 }
 
 impl Lab {
@@ -64,7 +67,12 @@ impl Lab {
             .join("\n");
         let file = root.join("cluster.yaml");
         std::fs::write(&file, text).unwrap();
-        Some(Lab { name, root, file })
+        Some(Lab {
+            name,
+            root,
+            file,
+            env: Vec::new(),
+        })
     }
 
     fn state(&self) -> PathBuf {
@@ -76,7 +84,8 @@ impl Lab {
         cmd.arg("120")
             .arg(EXE)
             .args(args)
-            .env("HYBRIDGRID_STATE_DIR", self.state());
+            .env("HYBRIDGRID_STATE_DIR", self.state())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.output().unwrap()
     }
 

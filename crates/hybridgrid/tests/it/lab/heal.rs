@@ -1,0 +1,129 @@
+//! A cluster that heals itself: each node's supervisor brings back a dead WireGuard device and
+//! re-applies its configuration on a short period; after a gateway's reboot, `up` leaves every
+//! pair reachable at once (no ICMP redirect sends workers to the site router meanwhile).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{Lab, assert_full_mesh, wait_until};
+
+fn wg_daemon_pid(lab: &Lab, node: &str) -> Option<u32> {
+    let out = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("wg-userspace wg0 --tag {}{node}$", lab.prefix()),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+}
+
+fn handshake_with(lab: &Lab, node: &str) -> bool {
+    let out = lab.exec(node, &["wg", "show", "wg0", "latest-handshakes"]);
+    out.status.success()
+        && String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|t| t > 0)
+}
+
+#[test]
+fn a_killed_wireguard_device_comes_back_within_5s_without_up() {
+    let Some(lab) = Lab::new("two-sites.yaml", "wgk") else {
+        return;
+    };
+    lab.up();
+    let old = wg_daemon_pid(&lab, "giessen-gw").expect("giessen-gw runs a userspace device");
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &old.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t = Instant::now();
+    wait_until("giessen-gw's wg0 back", Duration::from_secs(5), || {
+        wg_daemon_pid(&lab, "giessen-gw").is_some_and(|p| p != old)
+            && lab
+                .exec("giessen-gw", &["wg", "show", "wg0"])
+                .status
+                .success()
+    });
+    eprintln!("wg0 back after {:?}", t.elapsed());
+    // The tunnel works again: a fresh handshake and a cross-site ping.
+    wait_until(
+        "a handshake on the new device",
+        Duration::from_secs(10),
+        || handshake_with(&lab, "giessen-gw"),
+    );
+    lab.exec_ok(
+        "giessen-worker-1",
+        &["ping", "-c", "1", "-W", "2", "bielefeld-worker-1"],
+    );
+}
+
+#[test]
+fn a_route_deleted_by_hand_is_restored_within_the_agents_period() {
+    let Some(mut lab) = Lab::new("two-sites.yaml", "rte") else {
+        return;
+    };
+    lab.env.push(("HYBRIDGRID_AGENT_PERIOD", "3".into()));
+    lab.up();
+    lab.exec_ok("giessen-worker-1", &["ip", "route", "del", "10.10.0.0/24"]);
+    let t = Instant::now();
+    wait_until("the route back", Duration::from_secs(5), || {
+        lab.exec_ok("giessen-worker-1", &["ip", "-4", "route", "show"])
+            .contains("10.10.0.0/24 via 10.20.0.5")
+    });
+    eprintln!("route back after {:?}", t.elapsed());
+    lab.exec_ok(
+        "giessen-worker-1",
+        &["ping", "-c", "1", "-W", "2", "bielefeld-worker-1"],
+    );
+}
+
+/// Regression (issue 11): after a gateway's reboot, worker pairs across the sites stayed broken
+/// for minutes: the new gateway forwarded before its tunnel routes existed, redirected the
+/// workers to the site router, and they kept the redirect.
+#[test]
+fn regression_issue_11_after_a_gateways_reboot_and_up_every_pair_is_reachable_within_10s() {
+    let Some(lab) = Lab::new("two-sites.yaml", "rbt") else {
+        return;
+    };
+    lab.up();
+    // Traffic across the sites while the gateway goes away, as a running cluster has.
+    let _ = lab.exec(
+        "giessen-worker-1",
+        &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.10.0.6"],
+    );
+    let ns = format!("{}giessen-gw", lab.prefix());
+    let pids = Command::new("ip")
+        .args(["netns", "pids", &ns])
+        .output()
+        .unwrap();
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    // Workers keep sending across the sites meanwhile.
+    let _ = lab.exec(
+        "giessen-worker-1",
+        &["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.10.0.6"],
+    );
+    let out = lab.up();
+    assert!(!out.contains("no changes"), "{out}");
+    let t = Instant::now();
+    wait_until("every pair reachable", Duration::from_secs(10), || {
+        let s = lab.status(true);
+        s["reachability"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty() && r.iter().all(|x| x["ok"] == true))
+    });
+    eprintln!("every pair reachable {:?} after up", t.elapsed());
+    assert_full_mesh(&lab, 4, 2);
+    let cache = lab.exec_ok("giessen-worker-1", &["ip", "-4", "route", "show", "cache"]);
+    assert!(!cache.contains("redirected"), "{cache}");
+}
