@@ -33,6 +33,8 @@ pub fn render(plan: &Plan) -> BTreeMap<String, String> {
 pub fn render_each(plan: &Plan, emit: &mut dyn FnMut(&str, String)) {
     emit("plan.json", plan.to_json() + "\n");
     emit("common/etc/hosts", hosts(plan));
+    // The workers of a site share their routes: format them once per site.
+    let mut site_routes: BTreeMap<&str, (Vec<Route>, String)> = BTreeMap::new();
     for node in &plan.nodes {
         let dir = format!("nodes/{}/etc", node.name);
         let config = plan.node_config_without_hosts(node);
@@ -52,10 +54,15 @@ pub fn render_each(plan: &Plan, emit: &mut dyn FnMut(&str, String)) {
             );
         }
         if node.role == Role::Worker {
-            emit(
-                &format!("{dir}/hybridgrid/routes.sh"),
-                worker_routes(&config.routes),
-            );
+            let text = match site_routes.get(node.site.as_str()) {
+                Some((routes, text)) if *routes == config.routes => text.clone(),
+                _ => {
+                    let text = worker_routes(&config.routes);
+                    site_routes.insert(&node.site, (config.routes.clone(), text.clone()));
+                    text
+                }
+            };
+            emit(&format!("{dir}/hybridgrid/routes.sh"), text);
         }
         if config.slurm == SlurmRole::Controller {
             emit(&format!("{dir}/slurm/slurm.conf"), slurm_conf(plan));

@@ -360,15 +360,20 @@ fn load(file: &Path) -> anyhow::Result<Option<Cluster>> {
 fn write_tree(out: &Path, plan: &Plan) -> anyhow::Result<usize> {
     let mut count = 0;
     let mut failed: Option<anyhow::Error> = None;
+    // Directories made so far: most files share theirs with the node's other files.
+    let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     render::render_each(plan, &mut |rel, content| {
         if failed.is_some() {
             return;
         }
         let path = out.join(rel);
-        let write = || -> anyhow::Result<()> {
-            if let Some(dir) = path.parent() {
+        let mut write = || -> anyhow::Result<()> {
+            if let Some(dir) = path.parent()
+                && !made.contains(dir)
+            {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
+                made.insert(dir.to_owned());
             }
             let mut f = std::fs::File::create(&path)
                 .with_context(|| format!("writing {}", path.display()))?;
