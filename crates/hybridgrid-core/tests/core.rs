@@ -17,6 +17,8 @@ use hybridgrid_core::render;
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
 
+mod fuzz;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
@@ -402,4 +404,55 @@ fn rendered_mss_clamp_is_valid_nftables() {
         "{rel}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn fuzz_cluster_file_parser() {
+    fuzz::fuzz(
+        "cluster-file",
+        fuzz::mutated_cluster_file(fuzz::seeds()),
+        |text| {
+            let (cluster, diags) = validate_text(text);
+            prop_assert_eq!(cluster.is_none(), diags.has_errors());
+            let shown = diags.render("fuzz.yaml");
+            prop_assert!(diags.0.is_empty() || shown.contains("fuzz.yaml:"));
+            // A file that validates also plans and renders (small ones: time is bounded).
+            if let Some(c) = cluster
+                && c.sites.iter().map(|s| 1 + s.worker_count()).sum::<u64>() <= 300
+            {
+                let plan = hybridgrid_core::reconcile::plan(&c, &Observed::default());
+                render::render_each(&plan, &mut |_, _| {});
+            }
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn fuzz_relay_metadata() {
+    let c = load(&fixtures().join("valid/two-sites.yaml"));
+    let plan = seeded_plan(&c);
+    let relay = plan.nodes.iter().find(|n| n.role.is_relay()).unwrap();
+    let base = plan.node_config_without_hosts(relay);
+    fuzz::fuzz("relay-metadata", fuzz::metadata_items(), |text| {
+        if let Ok(meta) = hybridgrid_core::node_meta::meta_from_json(text) {
+            let _ = hybridgrid_core::node_meta::merge(&base, &meta);
+        }
+        Ok(())
+    });
+    fuzz::fuzz("peer-value", fuzz::peer_value(), |value| {
+        let _ = hybridgrid_core::node_meta::parse_peer("a-master", value);
+        Ok(())
+    });
+}
+
+/// Inputs a fuzz run found failing (kept in `fixtures/fuzz/`) parse without a panic now.
+#[test]
+fn fuzz_corpus_replays() {
+    for (path, text) in fuzz::corpus() {
+        let (cluster, diags) = validate_text(&text);
+        assert_eq!(cluster.is_none(), diags.has_errors(), "{}", path.display());
+        let _ = hybridgrid_core::node_meta::meta_from_json(&text);
+        let _ = hybridgrid_core::node_meta::parse_peer("a-master", &text);
+    }
 }

@@ -8,7 +8,7 @@ use hybridgrid_core::model::Cluster;
 use hybridgrid_core::plan::Plan;
 
 use crate::EngineError;
-use crate::provider::{Command, Event, Provider, Sink};
+use crate::provider::{Command, Event, Probe, Provider, Sink};
 use crate::report::{StatusReport, UpReport};
 
 /// Rounds `up` runs at most. A cluster converges in two or three (see ARCHITECTURE.md): the
@@ -90,11 +90,11 @@ pub fn up(
 pub fn status(
     provider: &dyn Provider,
     cluster: &Cluster,
-    reach: bool,
+    probe: Probe,
 ) -> Result<StatusReport, EngineError> {
     if !provider.supports(Command::Status) {
         return Err(EngineError::unsupported(provider.name(), "status", ""));
     }
     let plan = plan(provider, cluster)?;
-    provider.status(&plan, reach)
+    provider.status(&plan, probe)
 }

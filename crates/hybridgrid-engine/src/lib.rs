@@ -15,5 +15,5 @@ pub mod state;
 
 pub use engine::{MAX_ROUNDS, plan, status, up};
 pub use error::EngineError;
-pub use provider::{Applied, Command, Event, Provider, Settled, Sink};
+pub use provider::{Applied, Command, Event, Probe, Provider, Settled, Sink};
 pub use report::{DownReport, NodeStatus, NotDeleted, Reach, StatusReport, TunnelStatus, UpReport};

@@ -47,6 +47,17 @@ pub struct Settled {
     pub notes: Vec<String>,
 }
 
+/// Which reachability probes `status` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    None,
+    /// Every node to its site's relay, and one node of every site to one of every other site:
+    /// every LAN and every tunnel, in bounded time.
+    Sample,
+    /// Every node to every other node (quadratic: for small clusters and tests).
+    AllPairs,
+}
+
 /// The commands a provider may not support; [`Provider::supports`] answers for each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -107,9 +118,9 @@ pub trait Provider: Send + Sync {
     /// Removes everything of the cluster, also what only the provider's ledger or tags know.
     fn down(&self, sink: Sink<'_>) -> Result<DownReport, EngineError>;
 
-    /// Nodes, tunnels and (if `reach`) reachability, against `plan`.
-    fn status(&self, plan: &Plan, reach: bool) -> Result<StatusReport, EngineError> {
-        let _ = (plan, reach);
+    /// Nodes, tunnels and the reachability `probe` asks for, against `plan`.
+    fn status(&self, plan: &Plan, probe: Probe) -> Result<StatusReport, EngineError> {
+        let _ = (plan, probe);
         Err(EngineError::unsupported(self.name(), "status", ""))
     }
 

@@ -260,7 +260,7 @@ fn a_provider_that_makes_no_progress_is_an_error_naming_what_is_left() {
 fn an_unsupported_command_names_the_provider() {
     let c = cluster("two-sites.yaml");
     let double = Double::default();
-    let e = hybridgrid_engine::status(&double, &c, false).unwrap_err();
+    let e = hybridgrid_engine::status(&double, &c, hybridgrid_engine::Probe::None).unwrap_err();
     assert_eq!(
         e.to_string(),
         "provider double does not support `status` yet"

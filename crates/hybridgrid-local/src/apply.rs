@@ -151,9 +151,22 @@ impl Local {
         let slurm = crate::slurm::ensure(self, plan)?;
         let started: Vec<String> = results.into_iter().chain(slurm.started).collect();
         if !started.is_empty() {
+            // One line, whatever the size: the slurmd starts are counted, not listed, past a few.
+            let slurmd = started
+                .iter()
+                .filter(|s| s.starts_with("slurmd on "))
+                .count();
+            let mut shown: Vec<String> = started
+                .iter()
+                .filter(|s| slurmd <= 4 || !s.starts_with("slurmd on "))
+                .cloned()
+                .collect();
+            if slurmd > 4 {
+                shown.push(format!("slurmd on {slurmd} workers"));
+            }
             progress(Event::Note(format!(
                 "{} ({:.2}s)",
-                started.join("; "),
+                shown.join("; "),
                 t.elapsed().as_secs_f64()
             )));
         }

@@ -16,10 +16,24 @@ pub use crate::diagnose::{
 use crate::provider::Local;
 use crate::{LocalError, live, names, sh};
 
+/// Pings in flight at once.
+const PROBES_AT_ONCE: usize = 96;
+
 fn ping(ns: &str, to: Ipv4Addr, df_size: Option<u16>) -> bool {
     let to = to.to_string();
+    let net = sh::net_of(ns);
     let mut args = vec![
-        "netns", "exec", ns, "ping", "-q", "-n", "-c", "3", "-i", "0.2", "-W", "1",
+        net.as_str(),
+        "--",
+        "ping",
+        "-q",
+        "-n",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
     ];
     let size;
     if let Some(s) = df_size {
@@ -27,7 +41,7 @@ fn ping(ns: &str, to: Ipv4Addr, df_size: Option<u16>) -> bool {
         args.extend(["-M", "do", "-s", &size]);
     }
     args.push(&to);
-    sh::ok("ip", &args)
+    sh::ok("nsenter", &args)
 }
 
 /// Counters of the cluster: per node its default-deny drops, per port its spoof drops, per
@@ -43,8 +57,11 @@ struct Counters {
 
 fn read_counters(cluster: &str, plan: &Plan, ports: &BTreeMap<String, String>) -> Counters {
     let mut c = Counters::default();
-    for n in &plan.nodes {
-        let sg = live::nft_table(&names::ns_node(cluster, &n.name), "inet", "hg_sg");
+    let tables = crate::par::map(&plan.nodes, PROBES_AT_ONCE, |n| {
+        live::nft_table(&names::ns_node(cluster, &n.name), "inet", "hg_sg")
+    });
+    for (n, sg) in plan.nodes.iter().zip(tables) {
+        let sg = sg.flatten();
         c.drops.insert(
             n.name.clone(),
             sg.as_deref()
@@ -143,36 +160,37 @@ pub fn gather(local: &Local) -> Result<Facts, LocalError> {
             }
         }
     }
-    let (tunnel_results, cross_site) = std::thread::scope(|s| {
-        let c = &cluster;
-        let t: Vec<_> = tunnel_jobs
-            .iter()
-            .map(|(from, _, _, tip, df)| {
-                s.spawn(move || {
-                    let ns = names::ns_node(c, from);
-                    let small = ping(&ns, *tip, None);
-                    let big = df.is_some_and(|d| ping(&ns, *tip, Some(d)));
-                    (small, big)
-                })
-            })
-            .collect();
-        let x: Vec<_> = site_jobs
-            .iter()
-            .map(|(from, to, ip)| {
-                s.spawn(move || Probe {
-                    from: from.clone(),
-                    to: to.clone(),
-                    ok: ping(&names::ns_node(c, from), *ip, None),
-                })
-            })
-            .collect();
-        (
-            t.into_iter()
-                .map(|h| h.join().unwrap_or((false, false)))
-                .collect::<Vec<_>>(),
-            x.into_iter().filter_map(|h| h.join().ok()).collect(),
-        )
-    });
+    // Every ping in one pool: each tunnel's small and don't-fragment ping, each site pair.
+    let c = &cluster;
+    let mut pings: Vec<(String, Ipv4Addr, Option<u16>)> = Vec::new();
+    for (from, _, _, tip, df) in &tunnel_jobs {
+        pings.push((from.clone(), *tip, None));
+        pings.push((from.clone(), *tip, Some(df.unwrap_or(0))));
+    }
+    for (from, _, ip) in &site_jobs {
+        pings.push((from.clone(), *ip, None));
+    }
+    let answered: Vec<bool> = crate::par::map(&pings, PROBES_AT_ONCE, |(from, ip, df)| {
+        // A DF ping needs a known MTU (size 0 stands for "none").
+        *df != Some(0) && ping(&names::ns_node(c, from), *ip, *df)
+    })
+    .into_iter()
+    .map(|r| r.unwrap_or(false))
+    .collect();
+    let tunnel_results: Vec<(bool, bool)> = answered
+        .chunks(2)
+        .take(tunnel_jobs.len())
+        .map(|p| (p[0], p.get(1).copied().unwrap_or(false)))
+        .collect();
+    let cross_site: Vec<Probe> = site_jobs
+        .iter()
+        .zip(&answered[2 * tunnel_jobs.len()..])
+        .map(|((from, to, _), ok)| Probe {
+            from: from.clone(),
+            to: to.clone(),
+            ok: *ok,
+        })
+        .collect();
     let after = read_counters(&cluster, &plan, &ports);
     let status_after = local.tunnels(&plan);
 

@@ -24,6 +24,7 @@ pub mod ledger;
 mod live;
 pub mod names;
 mod observe;
+mod par;
 pub mod provider;
 pub mod pull;
 mod sh;

@@ -11,8 +11,8 @@ use crate::sh;
 /// The `nft` ruleset of a table in a namespace; `None` if it cannot be read.
 pub(crate) fn nft_table(ns: &str, family: &str, table: &str) -> Option<String> {
     sh::run(
-        "ip",
-        &["netns", "exec", ns, "nft", "list", "table", family, table],
+        "nsenter",
+        &[&sh::net_of(ns), "--", "nft", "list", "table", family, table],
     )
     .ok()
 }

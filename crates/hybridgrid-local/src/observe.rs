@@ -121,32 +121,21 @@ impl Local {
     /// Rules, devices and routes of every running node, read concurrently.
     fn read_nodes<'a>(&self, holders: &BTreeMap<&'a str, u32>) -> BTreeMap<&'a str, NodeLive> {
         let names: Vec<&'a str> = holders.keys().copied().collect();
-        let mut out = BTreeMap::new();
-        for chunk in names.chunks(16) {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = chunk
-                    .iter()
-                    .map(|&node| {
-                        s.spawn(move || {
-                            let ns = self.ns(node);
-                            let rules = live::nft_table(&ns, "inet", "hg_sg")
-                                .map(|t| (live::rule_lines(&t), t.contains("ct state")));
-                            NodeLive {
-                                rules,
-                                wg_mtu: live::live_mtu(&ns, plan::WG_INTERFACE),
-                                routes: live::route_destinations(&ns),
-                            }
-                        })
-                    })
-                    .collect();
-                for (node, h) in chunk.iter().zip(handles) {
-                    if let Ok(v) = h.join() {
-                        out.insert(*node, v);
-                    }
-                }
-            });
-        }
-        out
+        let live = crate::par::map(&names, 32, |&node| {
+            let ns = self.ns(node);
+            let rules = live::nft_table(&ns, "inet", "hg_sg")
+                .map(|t| (live::rule_lines(&t), t.contains("ct state")));
+            NodeLive {
+                rules,
+                wg_mtu: live::live_mtu(&ns, plan::WG_INTERFACE),
+                routes: live::route_destinations(&ns),
+            }
+        });
+        names
+            .into_iter()
+            .zip(live)
+            .filter_map(|(n, l)| Some((n, l?)))
+            .collect()
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -11,7 +11,7 @@ use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::model::Cluster;
 use hybridgrid_core::plan::Plan;
 use hybridgrid_engine::{
-    Applied, Command, DownReport, EngineError, Provider, Settled, Sink, StatusReport,
+    Applied, Command, DownReport, EngineError, Probe, Provider, Settled, Sink, StatusReport,
 };
 
 use crate::ledger::{Ledger, ObjState};
@@ -203,8 +203,8 @@ impl Provider for Local {
         self.remove_all(sink).map_err(err)
     }
 
-    fn status(&self, plan: &Plan, reach: bool) -> Result<StatusReport, EngineError> {
-        Ok(self.status_of(plan, reach))
+    fn status(&self, plan: &Plan, probe: Probe) -> Result<StatusReport, EngineError> {
+        Ok(self.status_of(plan, probe))
     }
 
     fn exec(&self, node: &str, cmd: &[String]) -> Result<i32, EngineError> {

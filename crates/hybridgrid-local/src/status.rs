@@ -6,11 +6,60 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hybridgrid_core::plan::{self, Plan};
-use hybridgrid_engine::{NodeStatus, Reach, StatusReport, TunnelStatus};
+use hybridgrid_engine::{NodeStatus, Probe, Reach, StatusReport, TunnelStatus};
 
 use crate::agent::WgStatus;
 use crate::provider::Local;
 use crate::{LocalError, sh};
+
+/// Pings in flight at once: enough to probe a 220-node cluster's sample in seconds.
+const PROBES_AT_ONCE: usize = 48;
+
+/// Who pings whom. `Sample`: every node its own site's relay, and for every ordered pair of
+/// sites one node of each (a worker where there is one: the path through both relays), which
+/// covers every tunnel and every site's LAN; `AllPairs`: every node every other node.
+fn probe_pairs(nodes: &[NodeStatus], probe: Probe) -> Vec<(&NodeStatus, &NodeStatus)> {
+    match probe {
+        Probe::None => Vec::new(),
+        Probe::AllPairs => nodes
+            .iter()
+            .flat_map(|a| {
+                nodes
+                    .iter()
+                    .filter(move |b| b.name != a.name)
+                    .map(move |b| (a, b))
+            })
+            .collect(),
+        Probe::Sample => {
+            let relay = |site: &str| nodes.iter().find(|n| n.site == site && n.role.is_relay());
+            let delegate = |site: &str| {
+                nodes
+                    .iter()
+                    .find(|n| n.site == site && !n.role.is_relay())
+                    .or_else(|| relay(site))
+            };
+            let mut sites: Vec<&str> = Vec::new();
+            for n in nodes {
+                if !sites.contains(&n.site.as_str()) {
+                    sites.push(&n.site);
+                }
+            }
+            let mut out: Vec<(&NodeStatus, &NodeStatus)> = nodes
+                .iter()
+                .filter_map(|n| Some((n, relay(&n.site)?)))
+                .filter(|(a, b)| a.name != b.name)
+                .collect();
+            for a in &sites {
+                for b in sites.iter().filter(|b| *b != a) {
+                    if let (Some(x), Some(y)) = (delegate(a), delegate(b)) {
+                        out.push((x, y));
+                    }
+                }
+            }
+            out
+        }
+    }
+}
 
 impl Local {
     /// The node's WireGuard device, read by the agent inside the node.
@@ -122,7 +171,7 @@ impl Local {
 
     /// Per node up/down, per tunnel handshake and counters, and (if `reach`) every node pinging
     /// every other node.
-    pub fn status_of(&self, plan: &Plan, reach: bool) -> StatusReport {
+    pub fn status_of(&self, plan: &Plan, probe: Probe) -> StatusReport {
         let l = self.lock().clone();
         let slurm = crate::slurm::states(self, plan);
         let nodes: Vec<NodeStatus> = plan
@@ -140,56 +189,37 @@ impl Local {
             })
             .collect();
         let tunnels = self.tunnels(plan);
-        let mut reachability = Vec::new();
-        if reach {
-            let pairs: Vec<(&NodeStatus, &NodeStatus)> = nodes
-                .iter()
-                .flat_map(|a| {
-                    nodes
-                        .iter()
-                        .filter(move |b| b.name != a.name)
-                        .map(move |b| (a, b))
-                })
-                .collect();
-            for chunk in pairs.chunks(16) {
-                std::thread::scope(|s| {
-                    let handles: Vec<_> = chunk
-                        .iter()
-                        .map(|(a, b)| {
-                            let pid = self.holder(&l, &a.name);
-                            s.spawn(move || {
-                                let ok = pid.is_some_and(|pid| {
-                                    sh::ok(
-                                        "nsenter",
-                                        &[
-                                            "-t",
-                                            &pid.to_string(),
-                                            "-n",
-                                            "--",
-                                            "ping",
-                                            "-q",
-                                            "-c",
-                                            "3",
-                                            "-i",
-                                            "0.2",
-                                            "-W",
-                                            "2",
-                                            &b.lan_ip.to_string(),
-                                        ],
-                                    )
-                                });
-                                Reach {
-                                    from: a.name.clone(),
-                                    to: b.name.clone(),
-                                    ok,
-                                }
-                            })
-                        })
-                        .collect();
-                    reachability.extend(handles.into_iter().filter_map(|h| h.join().ok()));
-                });
+        let pairs = probe_pairs(&nodes, probe);
+        let results = crate::par::map(&pairs, PROBES_AT_ONCE, |(a, b)| {
+            let pid = self.holder(&l, &a.name);
+            let ok = pid.is_some_and(|pid| {
+                sh::ok(
+                    "nsenter",
+                    &[
+                        "-t",
+                        &pid.to_string(),
+                        "-n",
+                        "--",
+                        "ping",
+                        "-q",
+                        "-n",
+                        "-c",
+                        "2",
+                        "-i",
+                        "0.2",
+                        "-W",
+                        "1",
+                        &b.lan_ip.to_string(),
+                    ],
+                )
+            });
+            Reach {
+                from: a.name.clone(),
+                to: b.name.clone(),
+                ok,
             }
-        }
+        });
+        let reachability = results.into_iter().flatten().collect();
         StatusReport {
             format_version: 1,
             cluster: self.cluster.name.clone(),

@@ -15,7 +15,7 @@ use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::model::Cluster;
 use hybridgrid_core::plan::Plan;
 use hybridgrid_engine::{
-    Applied, Command, DownReport, EngineError, Event, NodeStatus, Provider, Settled, Sink,
+    Applied, Command, DownReport, EngineError, Event, NodeStatus, Probe, Provider, Settled, Sink,
     StatusReport,
 };
 use serde::{Deserialize, Serialize};
@@ -299,7 +299,7 @@ impl Provider for OpenStack {
 
     /// Nodes are up when their server is ACTIVE. Tunnels and reachability need the node
     /// channel (SSH), which this provider does not have yet: they stay empty.
-    fn status(&self, plan: &Plan, _reach: bool) -> std::result::Result<StatusReport, EngineError> {
+    fn status(&self, plan: &Plan, _probe: Probe) -> std::result::Result<StatusReport, EngineError> {
         let servers = self
             .block(async {
                 let sites = self.connected().await?;

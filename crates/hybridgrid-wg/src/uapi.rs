@@ -211,6 +211,51 @@ mod tests {
         s.lines().map(str::to_owned).collect()
     }
 
+    /// A `get=1` body: known keys with good, bad and odd values, and arbitrary lines.
+    fn uapi_body() -> impl proptest::strategy::Strategy<Value = Vec<String>> {
+        use proptest::prelude::*;
+        let key = prop::sample::select(vec![
+            "private_key",
+            "listen_port",
+            "fwmark",
+            "public_key",
+            "preshared_key",
+            "protocol_version",
+            "endpoint",
+            "persistent_keepalive_interval",
+            "last_handshake_time_sec",
+            "last_handshake_time_nsec",
+            "rx_bytes",
+            "tx_bytes",
+            "allowed_ip",
+            "errno",
+            "",
+        ]);
+        let value = prop_oneof![
+            Just("01".repeat(32)),
+            Just("0".repeat(64)),
+            Just("192.0.2.2:51820".to_owned()),
+            Just("[2001:db8::1]:51820".to_owned()),
+            Just("10.20.0.0/24".to_owned()),
+            Just("18446744073709551616".to_owned()),
+            "[0-9a-f]{0,70}",
+            "[ -~]{0,30}",
+        ];
+        let line = prop_oneof![
+            8 => (key, value).prop_map(|(k, v)| format!("{k}={v}")),
+            1 => any::<String>(),
+        ];
+        prop::collection::vec(line, 0..40)
+    }
+
+    proptest::proptest! {
+        /// Fuzzing (issue 11): a device's answer never makes the parser panic.
+        #[test]
+        fn fuzz_parse_get_never_panics(body in uapi_body()) {
+            let _ = parse_get(&body);
+        }
+    }
+
     #[test]
     fn parses_get_response() {
         let body = format!(

@@ -194,6 +194,30 @@ mod tests {
     use super::*;
     use crate::state::DesiredPeer;
 
+    /// `wg show dump` output of any shape: interface and peer lines of tab-separated fields.
+    fn dump_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let field = prop_oneof![
+            Just(K1.to_owned()),
+            Just("(none)".to_owned()),
+            Just("off".to_owned()),
+            Just("10.0.0.2/32,10.20.0.0/24".to_owned()),
+            Just("192.0.2.1:51820".to_owned()),
+            "[0-9]{0,22}",
+            "[ -~]{0,20}",
+        ];
+        let line = prop::collection::vec(field, 0..10).prop_map(|f| f.join("\t"));
+        prop::collection::vec(line, 0..8).prop_map(|l| l.join("\n"))
+    }
+
+    proptest::proptest! {
+        /// Fuzzing (issue 11): the parser never panics, whatever `wg` printed.
+        #[test]
+        fn fuzz_parse_dump_never_panics(text in dump_text()) {
+            let _ = parse_dump("wg0", &text);
+        }
+    }
+
     const K1: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
     const K2: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
 

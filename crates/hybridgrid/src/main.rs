@@ -15,7 +15,7 @@ use hybridgrid_core::diff::Change;
 use hybridgrid_core::model::{self, Cluster, LoadError, Provider as Kind};
 use hybridgrid_core::plan::{Plan, Remote, Role};
 use hybridgrid_core::render;
-use hybridgrid_engine::{Command as Cmd, EngineError, Event, Provider};
+use hybridgrid_engine::{Command as Cmd, EngineError, Event, Probe, Provider};
 
 mod doctor_cmd;
 mod node_cmd;
@@ -77,9 +77,13 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         json: bool,
-        /// Skip the reachability matrix (it pings every node from every node).
-        #[arg(long)]
+        /// Skip the reachability probes.
+        #[arg(long, conflicts_with = "all_pairs")]
         no_ping: bool,
+        /// Ping every node from every node (quadratic) instead of the sample: every node its
+        /// relay, and one node of each site one of every other site.
+        #[arg(long)]
+        all_pairs: bool,
     },
     /// Run a command on a node: `exec -f FILE NODE -- CMD...`.
     Exec {
@@ -201,11 +205,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             json,
             no_ping,
+            all_pairs,
         } => {
             let Some((cluster, provider)) = open(&file, knobs)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let report = hybridgrid_engine::status(provider.as_ref(), &cluster, !no_ping)?;
+            let probe = match (no_ping, all_pairs) {
+                (true, _) => Probe::None,
+                (false, true) => Probe::AllPairs,
+                (false, false) => Probe::Sample,
+            };
+            let report = hybridgrid_engine::status(provider.as_ref(), &cluster, probe)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

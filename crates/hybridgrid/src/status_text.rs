@@ -54,7 +54,26 @@ pub fn status_text(r: &StatusReport) -> String {
             );
         }
     }
-    if !r.reachability.is_empty() {
+    let n = r.nodes.len();
+    let all_pairs = r.reachability.len() == n * n.saturating_sub(1);
+    let matrix = !r.reachability.is_empty() && all_pairs && n <= 30;
+    if !r.reachability.is_empty() && !matrix {
+        let failed: Vec<_> = r.reachability.iter().filter(|x| !x.ok).collect();
+        let _ = writeln!(
+            s,
+            "reachability: {} of {} probes answered{}",
+            r.reachability.len() - failed.len(),
+            r.reachability.len(),
+            if all_pairs {
+                " (every pair)"
+            } else {
+                " (every node to its relay, every site to every other)"
+            }
+        );
+        for x in failed {
+            let _ = writeln!(s, "  ✗ {} → {}", x.from, x.to);
+        }
+    } else if matrix {
         let _ = writeln!(s, "reachability (ping from row to column):");
         let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
         let w = names.iter().map(|n| n.len()).max().unwrap_or(4);

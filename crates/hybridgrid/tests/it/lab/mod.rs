@@ -126,9 +126,7 @@ impl Lab {
 
     fn status(&self, ping: bool) -> Value {
         let mut args = vec!["status", "-f", self.f(), "--json"];
-        if !ping {
-            args.push("--no-ping");
-        }
+        args.push(if ping { "--all-pairs" } else { "--no-ping" });
         let out = self.hg(&args);
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("status: {e}: {}", String::from_utf8_lossy(&out.stderr)))
