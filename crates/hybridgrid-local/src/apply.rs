@@ -544,9 +544,6 @@ impl Local {
         let np = plan
             .node(node)
             .ok_or_else(|| LocalError::NoSuchNode(node.to_owned()))?;
-        let pid = self
-            .holder(&self.lock(), node)
-            .ok_or_else(|| LocalError::NoSuchNode(node.to_owned()))?;
         let dir = self.node_dir(node);
         let config = dir.join("node.json");
         let text = serde_json::to_string_pretty(&plan.node_config(np)).map_err(|source| {
@@ -556,18 +553,9 @@ impl Local {
             }
         })?;
         crate::ledger::write_atomic(&config, text.as_bytes(), 0o644)?;
-        let pid = pid.to_string();
-        let out = sh::run(
-            "nsenter",
+        let out = self.agent(
+            node,
             &[
-                "-t",
-                &pid,
-                "-m",
-                "-u",
-                "-n",
-                "--",
-                &self.opts.exe.display().to_string(),
-                "agent",
                 "apply",
                 "--config",
                 &config.display().to_string(),

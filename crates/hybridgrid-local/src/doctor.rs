@@ -14,35 +14,10 @@ pub use crate::diagnose::{
     SiteFacts, TunnelFacts, diagnose,
 };
 use crate::provider::Local;
-use crate::{LocalError, live, names, sh};
+use crate::{LocalError, live, names};
 
 /// Pings in flight at once.
 const PROBES_AT_ONCE: usize = 96;
-
-fn ping(ns: &str, to: Ipv4Addr, df_size: Option<u16>) -> bool {
-    let to = to.to_string();
-    let net = sh::net_of(ns);
-    let mut args = vec![
-        net.as_str(),
-        "--",
-        "ping",
-        "-q",
-        "-n",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-    ];
-    let size;
-    if let Some(s) = df_size {
-        size = s.to_string();
-        args.extend(["-M", "do", "-s", &size]);
-    }
-    args.push(&to);
-    sh::ok("nsenter", &args)
-}
 
 /// Counters of the cluster: per node its default-deny drops, per port its spoof drops, per
 /// site its router's fragment drops.
@@ -172,7 +147,7 @@ pub fn gather(local: &Local) -> Result<Facts, LocalError> {
     }
     let answered: Vec<bool> = crate::par::map(&pings, PROBES_AT_ONCE, |(from, ip, df)| {
         // A DF ping needs a known MTU (size 0 stands for "none").
-        *df != Some(0) && ping(&names::ns_node(c, from), *ip, *df)
+        *df != Some(0) && live::ping(&names::ns_node(c, from), *ip, *df)
     })
     .into_iter()
     .map(|r| r.unwrap_or(false))

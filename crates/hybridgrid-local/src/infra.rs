@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hybridgrid_core::plan::{Protocol, Remote, SgRule};
+use hybridgrid_core::plan::SgRule;
 use ipnet::Ipv4Net;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -411,27 +411,12 @@ pub fn render_port_security(cluster: &str, site: &str, ports: &[Port]) -> Result
     sh::nft(Some(&names::ns_switch(cluster, site)), &t)
 }
 
-/// A security group rule as nftables; `None` while its remote is not known yet.
+/// A security group rule as nftables; `None` while its remote is not known yet. The match is
+/// written as `nft list` prints it back, which is what `observe` and `doctor` compare.
 fn sg_rule(rule: &SgRule) -> Option<String> {
-    let src = match &rule.remote {
-        Remote::Cidr(net) => net.to_string(),
-        Remote::PendingPublicIp(_) => return None,
-    };
-    let ports = |proto: &str| match rule.ports {
-        None => format!("meta l4proto {proto}"),
-        Some((a, b)) if a == b => format!("{proto} dport {a}"),
-        Some((a, b)) => format!("{proto} dport {a}-{b}"),
-    };
-    let m = match rule.protocol {
-        Protocol::Any => String::new(),
-        Protocol::Icmp => "meta l4proto icmp".to_owned(),
-        Protocol::Tcp => ports("tcp"),
-        Protocol::Udp => ports("udp"),
-    };
+    let m = crate::live::rule_match(rule)?;
     let comment = rule.description.replace('"', "'");
-    Some(format!(
-        "    ip saddr {src} {m} counter accept comment \"{comment}\"\n"
-    ))
+    Some(format!("    {m} counter accept comment \"{comment}\"\n"))
 }
 
 /// The node's security groups on its port: default-deny ingress (to the node and through it),

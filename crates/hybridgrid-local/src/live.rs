@@ -117,6 +117,33 @@ pub(crate) fn live_mtu(ns: &str, ifname: &str) -> Option<u16> {
         .ok()
 }
 
+/// Two pings (200 ms apart, 1 s to answer) from the namespace; true if one was answered.
+/// `df_size`: that many bytes with don't-fragment set.
+pub(crate) fn ping(ns: &str, to: Ipv4Addr, df_size: Option<u16>) -> bool {
+    let to = to.to_string();
+    let net = sh::net_of(ns);
+    let mut args = vec![
+        net.as_str(),
+        "--",
+        "ping",
+        "-q",
+        "-n",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+    ];
+    let size;
+    if let Some(s) = df_size {
+        size = s.to_string();
+        args.extend(["-M", "do", "-s", &size]);
+    }
+    args.push(&to);
+    sh::ok("nsenter", &args)
+}
+
 /// The match part of every line of the `rules` chain of a node's `hg_sg` table.
 pub(crate) fn rule_lines(sg: &str) -> Vec<String> {
     chain_lines(sg, "rules")

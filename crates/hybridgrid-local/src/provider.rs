@@ -137,6 +137,15 @@ impl Local {
         crate::ledger::write_atomic(&owner, me.as_bytes(), 0o644)
     }
 
+    /// Runs `hybridgrid agent ARGS` inside the running node's namespaces; its standard output.
+    pub(crate) fn agent(&self, node: &str, args: &[&str]) -> Result<String, LocalError> {
+        let pid = self.exec_target(node)?.pid.to_string();
+        let exe = self.opts.exe.display().to_string();
+        let mut all = vec!["-t", &pid, "-m", "-u", "-n", "--", &exe, "agent"];
+        all.extend_from_slice(args);
+        crate::sh::run("nsenter", &all)
+    }
+
     /// The running node `node`.
     pub fn exec_target(&self, node: &str) -> Result<ExecTarget, LocalError> {
         self.holder(&self.lock(), node)

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hybridgrid_core::plan::{self, Plan};
 use hybridgrid_engine::{NodeStatus, Probe, Reach, StatusReport, TunnelStatus};
 
+use crate::LocalError;
 use crate::agent::WgStatus;
 use crate::provider::Local;
-use crate::{LocalError, sh};
 
 /// Pings in flight at once: enough to probe a 220-node cluster's sample in seconds.
 const PROBES_AT_ONCE: usize = 48;
@@ -64,25 +64,7 @@ fn probe_pairs(nodes: &[NodeStatus], probe: Probe) -> Vec<(&NodeStatus, &NodeSta
 impl Local {
     /// The node's WireGuard device, read by the agent inside the node.
     fn wg_status(&self, node: &str, ifname: &str) -> Result<WgStatus, LocalError> {
-        let pid = self
-            .holder(&self.lock(), node)
-            .ok_or_else(|| LocalError::NoSuchNode(node.to_owned()))?;
-        let out = sh::run(
-            "nsenter",
-            &[
-                "-t",
-                &pid.to_string(),
-                "-m",
-                "-u",
-                "-n",
-                "--",
-                &self.opts.exe.display().to_string(),
-                "agent",
-                "wg-status",
-                "--interface",
-                ifname,
-            ],
-        )?;
+        let out = self.agent(node, &["wg-status", "--interface", ifname])?;
         serde_json::from_str(&out).map_err(|source| LocalError::Json {
             path: PathBuf::from(format!("wg-status of {node}")),
             source,
@@ -191,28 +173,8 @@ impl Local {
         let tunnels = self.tunnels(plan);
         let pairs = probe_pairs(&nodes, probe);
         let results = crate::par::map(&pairs, PROBES_AT_ONCE, |(a, b)| {
-            let pid = self.holder(&l, &a.name);
-            let ok = pid.is_some_and(|pid| {
-                sh::ok(
-                    "nsenter",
-                    &[
-                        "-t",
-                        &pid.to_string(),
-                        "-n",
-                        "--",
-                        "ping",
-                        "-q",
-                        "-n",
-                        "-c",
-                        "2",
-                        "-i",
-                        "0.2",
-                        "-W",
-                        "1",
-                        &b.lan_ip.to_string(),
-                    ],
-                )
-            });
+            let ok = self.holder(&l, &a.name).is_some()
+                && crate::live::ping(&self.ns(&a.name), b.lan_ip, None);
             Reach {
                 from: a.name.clone(),
                 to: b.name.clone(),
