@@ -107,6 +107,13 @@ enum Command {
     },
     /// Remove leftovers of this host's local clusters whose ledger is gone.
     Gc,
+    /// Print the shell completion script: `source <(hybridgrid completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `hybridgrid man > /usr/local/share/man/man1/hybridgrid.1`.
+    Man,
     #[command(flatten)]
     Submit(submit_cmd::SubmitCommand),
     #[command(flatten)]
@@ -282,6 +289,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if removed.is_empty() {
                 println!("nothing to collect");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            // The node-side commands are hidden from help: from completion too.
+            let full = <Cli as clap::CommandFactory>::command();
+            let mut cmd = full
+                .get_subcommands()
+                .filter(|s| !s.is_hide_set())
+                .fold(clap::Command::new("hybridgrid"), |c, s| {
+                    c.subcommand(s.clone())
+                });
+            clap_complete::generate(shell, &mut cmd, "hybridgrid", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .context("writing the manual page")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(cmd) => submit_cmd::run(cmd),

@@ -128,3 +128,44 @@ fn render_writes_reviewable_files() {
     assert!(slurm.contains("PartitionName=heidelberg Nodes=heidelberg-big-1"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The bash completion loads and completes subcommands and their options; zsh and fish scripts
+/// are produced; the manual page is roff and leaves out the node-side commands.
+#[test]
+fn completions_load_in_bash_and_the_man_page_renders() {
+    let exe = env!("CARGO_BIN_EXE_hybridgrid");
+    let complete = |words: &str| {
+        let script = format!(
+            "source <('{exe}' completions bash) && COMP_WORDS=({words}) && \
+             COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)) && \
+             _hybridgrid hybridgrid \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\" && \
+             echo \"${{COMPREPLY[@]}}\""
+        );
+        let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(complete("hybridgrid pl"), "plan");
+    let all = complete("hybridgrid ''");
+    assert!(all.contains("plan") && all.contains("submit"), "{all}");
+    assert!(
+        !all.contains("wg-userspace") && !all.contains("hold"),
+        "hidden stay hidden: {all}"
+    );
+    assert!(complete("hybridgrid status --").contains("--all-pairs"));
+    for shell in ["zsh", "fish"] {
+        let out = hybridgrid(&["completions", shell]);
+        assert!(out.status.success() && out.stdout.len() > 500, "{shell}");
+    }
+    let man = String::from_utf8(hybridgrid(&["man"]).stdout).unwrap();
+    assert!(man.contains(".TH hybridgrid 1"), "{man}");
+    assert!(man.contains("validate") && man.contains("submit"));
+    assert!(
+        !man.contains("wg\\-userspace"),
+        "node-side commands stay hidden"
+    );
+}
