@@ -19,6 +19,8 @@ pub enum LocalError {
         #[source]
         source: serde_json::Error,
     },
+    /// {0}
+    Agent(#[from] hybridgrid_agent::AgentError),
     /// WireGuard: {0}
     Wg(#[from] hybridgrid_wg::WgError),
     /// WireGuard key: {0}

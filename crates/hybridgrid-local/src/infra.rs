@@ -6,12 +6,10 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hybridgrid_core::plan::SgRule;
 use ipnet::Ipv4Net;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use crate::LocalError;
 use crate::names::{self, BRIDGE, LAN_IF, ROUTER_PORT, WAN_IF};
@@ -61,43 +59,7 @@ pub fn netns_pids(ns: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// True if the process runs (a zombie does not count).
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // State is the field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-pub fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
-}
-
-/// SIGTERM, up to 3 s to exit, then SIGKILL (a wedged userspace daemon may ignore SIGTERM).
-pub fn stop_processes(pids: &[u32]) {
-    let own = std::process::id();
-    let pids: Vec<u32> = pids
-        .iter()
-        .copied()
-        .filter(|&p| p != own && p > 1)
-        .collect();
-    for &p in &pids {
-        let _ = kill(Pid::from_raw(p as i32), Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for &p in pids.iter().filter(|&&p| alive(p)) {
-        let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
-    }
-}
+pub use hybridgrid_agent::sys::{alive, cmdline, stop_processes};
 
 pub fn create_inet(cluster: &str) -> Result<(), LocalError> {
     let ns = names::ns_inet(cluster);
@@ -351,21 +313,9 @@ pub fn start_holder(
 pub fn wait_for<T>(
     what: &str,
     limit: Duration,
-    mut check: impl FnMut() -> Option<T>,
+    check: impl FnMut() -> Option<T>,
 ) -> Result<T, LocalError> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(LocalError::Timeout {
-                what: what.to_owned(),
-                seconds: limit.as_secs(),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    Ok(hybridgrid_agent::sys::wait_for(what, limit, check)?)
 }
 
 /// A port on a site switch and what may leave it.

@@ -11,7 +11,6 @@
 //!
 //! No namespace ever gets a link or a route to the host's own network.
 
-pub mod agent;
 mod apply;
 pub mod crash;
 pub mod datastore;
@@ -26,14 +25,14 @@ pub mod names;
 mod observe;
 mod par;
 pub mod provider;
-pub mod pull;
 mod sh;
 pub mod slurm;
 mod status;
-pub mod wg_impl;
 
 pub use down::gc;
 pub use error::LocalError;
+/// The node agent, which the local provider runs inside each node's namespaces.
+pub use hybridgrid_agent as agent;
 pub use provider::{ExecTarget, Local, Options};
 
 /// The state root: `$HYBRIDGRID_STATE_DIR` or `/var/lib/hybridgrid`.

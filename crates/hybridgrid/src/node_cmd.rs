@@ -87,7 +87,7 @@ pub fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             period,
         } => {
             let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
-            hybridgrid_local::agent::supervise(
+            hybridgrid_agent::supervise(
                 &dir,
                 &exe,
                 &tag,
@@ -115,7 +115,7 @@ fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
             let config: NodeConfig = serde_json::from_str(&text)
                 .with_context(|| format!("parsing {}", config.display()))?;
             let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
-            let report = hybridgrid_local::agent::apply(&config, &state_dir, &exe, &tag)?;
+            let report = hybridgrid_agent::apply(&config, &state_dir, &exe, &tag)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -127,12 +127,12 @@ fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
         } => {
             let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
             let report =
-                hybridgrid_local::pull::pull(&metadata_url, &config, &state_dir, &exe, &tag)?;
+                hybridgrid_agent::pull::pull(&metadata_url, &config, &state_dir, &exe, &tag)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         AgentCommand::WgStatus { interface } => {
-            let status = hybridgrid_local::agent::wg_status(&interface)?;
+            let status = hybridgrid_agent::wg_status(&interface)?;
             println!("{}", serde_json::to_string(&status)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -11,8 +11,8 @@ use hybridgrid_core::node_meta;
 use hybridgrid_core::plan::NodeConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::LocalError;
-use crate::agent::{self, AgentReport};
+use crate::AgentError;
+use crate::node::{self as agent, AgentReport};
 
 /// Where the last delivered version is kept, in the agent's state directory.
 pub const VERSION_FILE: &str = "metadata-version";
@@ -28,8 +28,8 @@ pub struct PullReport {
 }
 
 /// GET over plain HTTP (the link-local metadata service), the body of a 200 answer.
-pub fn http_get(url: &str, timeout: Duration) -> Result<String, LocalError> {
-    let err = |m: String| LocalError::Other(format!("{url}: {m}"));
+pub fn http_get(url: &str, timeout: Duration) -> Result<String, AgentError> {
+    let err = |m: String| AgentError::Other(format!("{url}: {m}"));
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| err("only http:// URLs".into()))?;
@@ -85,22 +85,22 @@ pub fn pull(
     state_dir: &Path,
     exe: &Path,
     tag: &str,
-) -> Result<PullReport, LocalError> {
-    let text = std::fs::read_to_string(config_path).map_err(LocalError::io(config_path))?;
-    let base: NodeConfig = serde_json::from_str(&text).map_err(|source| LocalError::Json {
+) -> Result<PullReport, AgentError> {
+    let text = std::fs::read_to_string(config_path).map_err(AgentError::io(config_path))?;
+    let base: NodeConfig = serde_json::from_str(&text).map_err(|source| AgentError::Json {
         path: config_path.to_owned(),
         source,
     })?;
     let body = http_get(metadata_url, Duration::from_secs(10))?;
     let meta = node_meta::meta_from_json(&body)
-        .map_err(|e| LocalError::Other(format!("{metadata_url}: {e}")))?;
+        .map_err(|e| AgentError::Other(format!("{metadata_url}: {e}")))?;
     let merged = node_meta::merge(&base, &meta)
-        .map_err(|e| LocalError::Other(format!("{metadata_url}: {e}")))?;
+        .map_err(|e| AgentError::Other(format!("{metadata_url}: {e}")))?;
     let applied = agent::apply(&merged, state_dir, exe, tag)?;
     let version = meta.get(node_meta::VERSION_KEY).cloned();
     if let Some(v) = &version {
         let path = state_dir.join(VERSION_FILE);
-        std::fs::write(&path, v).map_err(LocalError::io(&path))?;
+        std::fs::write(&path, v).map_err(AgentError::io(&path))?;
     }
     Ok(PullReport {
         version,

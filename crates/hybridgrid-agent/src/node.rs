@@ -16,8 +16,8 @@ use hybridgrid_wg::{Backend, DesiredDevice, DesiredPeer, PeerChange};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::write_atomic;
-use crate::{LocalError, infra, sh};
+use crate::AgentError;
+use crate::sys::{self, write_atomic};
 
 pub const APPLIED_FILE: &str = "applied.json";
 pub const PUBLIC_KEY_FILE: &str = "wg/public.key";
@@ -48,18 +48,18 @@ pub fn apply(
     state_dir: &Path,
     exe: &Path,
     tag: &str,
-) -> Result<AgentReport, LocalError> {
+) -> Result<AgentReport, AgentError> {
     // One agent at a time on a node: `up` and the node's own supervisor both apply.
     let lock_path = state_dir.join("agent.lock");
-    let lock = std::fs::File::create(&lock_path).map_err(LocalError::io(&lock_path))?;
-    lock.lock().map_err(LocalError::io(&lock_path))?;
+    let lock = std::fs::File::create(&lock_path).map_err(AgentError::io(&lock_path))?;
+    lock.lock().map_err(AgentError::io(&lock_path))?;
     let mut report = AgentReport::default();
     let applied = read_applied(state_dir);
     let mut config = config.clone();
 
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     if hostname.trim() != config.hostname {
-        sh::run("hostname", &[&config.hostname])?;
+        sys::run("hostname", &[&config.hostname])?;
         report.actions.push(format!("hostname {}", config.hostname));
     }
 
@@ -67,7 +67,7 @@ pub fn apply(
     let hosts = hosts_file(&config);
     if std::fs::read_to_string(&hosts_path).ok().as_deref() != Some(hosts.as_str()) {
         // In place, not renamed: the file is bind-mounted on /etc/hosts.
-        std::fs::write(&hosts_path, &hosts).map_err(LocalError::io(&hosts_path))?;
+        std::fs::write(&hosts_path, &hosts).map_err(AgentError::io(&hosts_path))?;
         report
             .actions
             .push(format!("/etc/hosts: {} entries", config.hosts.len()));
@@ -82,15 +82,15 @@ pub fn apply(
         forwarding(false, &mut report.actions)?;
     }
 
-    let has_clamp = sh::ok("nft", &["list", "table", "inet", "hg_node"]);
+    let has_clamp = sys::ok("nft", &["list", "table", "inet", "hg_node"]);
     if config.mss_clamp && !has_clamp {
-        sh::nft(
+        sys::nft(
             None,
             "table inet hg_node {\n  chain forward {\n    type filter hook forward priority mangle; policy accept;\n    tcp flags syn tcp option maxseg size set rt mtu\n  }\n}\n",
         )?;
         report.actions.push("MSS clamp".into());
     } else if !config.mss_clamp && has_clamp {
-        sh::run("nft", &["delete", "table", "inet", "hg_node"])?;
+        sys::run("nft", &["delete", "table", "inet", "hg_node"])?;
         report.actions.push("remove MSS clamp".into());
     }
 
@@ -118,7 +118,7 @@ pub fn apply(
     }
 
     if applied.as_ref() != Some(&config) {
-        let text = serde_json::to_string_pretty(&config).map_err(|source| LocalError::Json {
+        let text = serde_json::to_string_pretty(&config).map_err(|source| AgentError::Json {
             path: state_dir.join(APPLIED_FILE),
             source,
         })?;
@@ -136,7 +136,7 @@ fn hosts_file(config: &NodeConfig) -> String {
 }
 
 /// The node's key pair: made here on first use, the private half never leaves `state_dir`.
-fn ensure_key(state_dir: &Path) -> Result<(PrivateKey, PublicKey), LocalError> {
+fn ensure_key(state_dir: &Path) -> Result<(PrivateKey, PublicKey), AgentError> {
     use std::io::Write as _;
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     let path = state_dir.join(PRIVATE_KEY_FILE);
@@ -148,7 +148,7 @@ fn ensure_key(state_dir: &Path) -> Result<(PrivateKey, PublicKey), LocalError> {
                 .recursive(true)
                 .mode(0o700)
                 .create(&dir)
-                .map_err(LocalError::io(&dir))?;
+                .map_err(AgentError::io(&dir))?;
             let key = PrivateKey::generate()?;
             let tmp = dir.join(".private.key.tmp");
             let _ = std::fs::remove_file(&tmp);
@@ -157,11 +157,11 @@ fn ensure_key(state_dir: &Path) -> Result<(PrivateKey, PublicKey), LocalError> {
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)
-                .map_err(LocalError::io(&tmp))?;
+                .map_err(AgentError::io(&tmp))?;
             f.write_all(key.to_base64().as_bytes())
-                .map_err(LocalError::io(&tmp))?;
-            f.sync_all().map_err(LocalError::io(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(LocalError::io(&path))?;
+                .map_err(AgentError::io(&tmp))?;
+            f.sync_all().map_err(AgentError::io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(AgentError::io(&path))?;
             key
         }
     };
@@ -181,7 +181,7 @@ fn ensure_device(
     exe: &Path,
     tag: &str,
     actions: &mut Vec<String>,
-) -> Result<Backend, LocalError> {
+) -> Result<Backend, AgentError> {
     let userspace = Backend::userspace();
     if userspace.read_status(ifname).is_ok() {
         return Ok(userspace);
@@ -195,12 +195,12 @@ fn ensure_device(
     }
     // The benchmarking knob asks for a userspace daemon even where the module exists.
     let userspace_wanted = std::env::var_os(crate::wg_impl::ENV).is_some();
-    if !userspace_wanted && sh::run("ip", &["link", "add", ifname, "type", "wireguard"]).is_ok() {
+    if !userspace_wanted && sys::run("ip", &["link", "add", ifname, "type", "wireguard"]).is_ok() {
         actions.push(format!("create {ifname} (kernel)"));
         return Ok(Backend::Kernel);
     }
     start_userspace_daemon(ifname, state_dir, exe, tag)?;
-    infra::wait_for(
+    sys::wait_for(
         &format!("the WireGuard device {ifname}"),
         Duration::from_secs(10),
         || userspace.read_status(ifname).ok(),
@@ -219,13 +219,13 @@ fn wireguard(
     exe: &Path,
     tag: &str,
     actions: &mut Vec<String>,
-) -> Result<PublicKey, LocalError> {
+) -> Result<PublicKey, AgentError> {
     let (private, public) = ensure_key(state_dir)?;
     let ifname = wg.name.as_str();
     let backend = ensure_device(ifname, state_dir, exe, tag, actions)?;
 
     // Address, MTU, up: compared with the live link.
-    let addrs = sh::run("ip", &["-o", "-4", "addr", "show", "dev", ifname])?;
+    let addrs = sys::run("ip", &["-o", "-4", "addr", "show", "dev", ifname])?;
     let want = wg.address.to_string();
     let mut lines = Vec::new();
     let present: Vec<&str> = addrs
@@ -243,7 +243,7 @@ fn wireguard(
         lines.push(format!("addr add {want} dev {ifname}"));
         actions.push(format!("{ifname} address {want}"));
     }
-    let link = sh::run("ip", &["-o", "link", "show", "dev", ifname])?;
+    let link = sys::run("ip", &["-o", "link", "show", "dev", ifname])?;
     let mtu_ok = link.contains(&format!(" mtu {} ", wg.mtu));
     let up = link
         .split_once('<')
@@ -254,7 +254,7 @@ fn wireguard(
         actions.push(format!("{ifname} MTU {} up", wg.mtu));
     }
     if !lines.is_empty() {
-        sh::ip_batch(None, &lines)?;
+        sys::ip_batch(None, &lines)?;
     }
 
     let desired = DesiredDevice {
@@ -304,20 +304,20 @@ fn start_userspace_daemon(
     state_dir: &Path,
     exe: &Path,
     tag: &str,
-) -> Result<(), LocalError> {
+) -> Result<(), AgentError> {
     use std::os::unix::process::CommandExt as _;
     // A stale TUN from a daemon that died would block the new one.
-    let _ = sh::run("ip", &["link", "del", ifname]);
+    let _ = sys::run("ip", &["link", "del", ifname]);
     let log_path = state_dir.join(format!("{ifname}.log"));
-    let log = std::fs::File::create(&log_path).map_err(LocalError::io(&log_path))?;
-    let log2 = log.try_clone().map_err(LocalError::io(&log_path))?;
+    let log = std::fs::File::create(&log_path).map_err(AgentError::io(&log_path))?;
+    let log2 = log.try_clone().map_err(AgentError::io(&log_path))?;
     let child = crate::wg_impl::daemon_command(exe, ifname, tag)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
         .process_group(0)
         .spawn()
-        .map_err(|e| LocalError::Command {
+        .map_err(|e| AgentError::Command {
             command: format!("{} wg-userspace {ifname}", exe.display()),
             detail: e.to_string(),
         })?;
@@ -328,30 +328,30 @@ fn start_userspace_daemon(
     )
 }
 
-fn stop_wireguard(ifname: &str, state_dir: &Path) -> Result<(), LocalError> {
+fn stop_wireguard(ifname: &str, state_dir: &Path) -> Result<(), AgentError> {
     let pf = pid_file(state_dir, ifname);
     if let Some(pid) = std::fs::read_to_string(&pf)
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
-        && crate::wg_impl::is_daemon(&infra::cmdline(pid))
+        && crate::wg_impl::is_daemon(&sys::cmdline(pid))
     {
-        infra::stop_processes(&[pid]);
+        sys::stop_processes(&[pid]);
     }
     let _ = std::fs::remove_file(&pf);
-    let _ = sh::run("ip", &["link", "del", ifname]);
+    let _ = sys::run("ip", &["link", "del", ifname]);
     Ok(())
 }
 
-fn write_sysctl(path: &str, value: &str, actions: &mut Vec<String>) -> Result<(), LocalError> {
+fn write_sysctl(path: &str, value: &str, actions: &mut Vec<String>) -> Result<(), AgentError> {
     if std::fs::read_to_string(path).unwrap_or_default().trim() != value {
-        std::fs::write(path, value).map_err(LocalError::io(path))?;
+        std::fs::write(path, value).map_err(AgentError::io(path))?;
         let key = path.trim_start_matches("/proc/sys/").replace('/', ".");
         actions.push(format!("{key}={value}"));
     }
     Ok(())
 }
 
-fn forwarding(on: bool, actions: &mut Vec<String>) -> Result<(), LocalError> {
+fn forwarding(on: bool, actions: &mut Vec<String>) -> Result<(), AgentError> {
     write_sysctl(
         "/proc/sys/net/ipv4/ip_forward",
         if on { "1" } else { "0" },
@@ -361,10 +361,10 @@ fn forwarding(on: bool, actions: &mut Vec<String>) -> Result<(), LocalError> {
 
 /// `accept_redirects` and `send_redirects` off for `all`, `default` and every interface (the
 /// kernel ORs `all` with the interface's own value).
-fn no_redirects(actions: &mut Vec<String>) -> Result<(), LocalError> {
+fn no_redirects(actions: &mut Vec<String>) -> Result<(), AgentError> {
     let dir = "/proc/sys/net/ipv4/conf";
     let mut confs: Vec<String> = std::fs::read_dir(dir)
-        .map_err(LocalError::io(dir))?
+        .map_err(AgentError::io(dir))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     confs.sort();
@@ -393,7 +393,7 @@ pub fn supervise(
     exe: &Path,
     tag: &str,
     period: Duration,
-    on_error: &dyn Fn(&LocalError),
+    on_error: &dyn Fn(&AgentError),
 ) -> ! {
     let mut last = std::time::Instant::now();
     loop {
@@ -459,10 +459,10 @@ fn routes(
     wanted: &[Route],
     applied: &[Route],
     actions: &mut Vec<String>,
-) -> Result<(), LocalError> {
+) -> Result<(), AgentError> {
     let live: Vec<LiveRoute> =
-        serde_json::from_str(&sh::run("ip", &["-j", "-4", "route", "show"])?).map_err(
-            |source| LocalError::Json {
+        serde_json::from_str(&sys::run("ip", &["-j", "-4", "route", "show"])?).map_err(
+            |source| AgentError::Json {
                 path: PathBuf::from("ip -j route show"),
                 source,
             },
@@ -494,9 +494,9 @@ fn routes(
         }
     }
     if !lines.is_empty() {
-        sh::ip_batch(None, &lines)?;
+        sys::ip_batch(None, &lines)?;
         // Next-hop exceptions (a redirect learnt earlier) would shadow the new routes.
-        let _ = sh::run("ip", &["route", "flush", "cache"]);
+        let _ = sys::run("ip", &["route", "flush", "cache"]);
     }
     Ok(())
 }
@@ -519,7 +519,7 @@ pub struct WgPeerStatus {
 }
 
 /// Reads the device on this node.
-pub fn wg_status(ifname: &str) -> Result<WgStatus, LocalError> {
+pub fn wg_status(ifname: &str) -> Result<WgStatus, AgentError> {
     let s = hybridgrid_wg::read_status(ifname)?;
     Ok(WgStatus {
         listen_port: s.listen_port,
