@@ -49,10 +49,25 @@ pub fn apply(
     exe: &Path,
     tag: &str,
 ) -> Result<AgentReport, AgentError> {
-    // One agent at a time on a node: `up` and the node's own supervisor both apply.
+    let _lock = lock(state_dir)?;
+    apply_locked(config, state_dir, exe, tag)
+}
+
+/// One agent at a time on a node: `up` and the node's own supervisor both apply. Held until
+/// the returned file is dropped.
+fn lock(state_dir: &Path) -> Result<std::fs::File, AgentError> {
     let lock_path = state_dir.join("agent.lock");
     let lock = std::fs::File::create(&lock_path).map_err(AgentError::io(&lock_path))?;
     lock.lock().map_err(AgentError::io(&lock_path))?;
+    Ok(lock)
+}
+
+fn apply_locked(
+    config: &NodeConfig,
+    state_dir: &Path,
+    exe: &Path,
+    tag: &str,
+) -> Result<AgentReport, AgentError> {
     let mut report = AgentReport::default();
     let applied = read_applied(state_dir);
     let mut config = config.clone();
@@ -199,6 +214,9 @@ fn ensure_device(
         actions.push(format!("create {ifname} (kernel)"));
         return Ok(Backend::Kernel);
     }
+    // A daemon that does not answer (hung, or slow to start) is stopped before a new one
+    // starts: two would compete for the port.
+    stop_wireguard(ifname, state_dir)?;
     start_userspace_daemon(ifname, state_dir, exe, tag)?;
     sys::wait_for(
         &format!("the WireGuard device {ifname}"),
@@ -402,23 +420,28 @@ pub fn supervise(
         if period.is_zero() {
             continue;
         }
-        let Some(config) = std::fs::read_to_string(state_dir.join("node.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<NodeConfig>(&t).ok())
-        else {
-            continue;
+        let read = || {
+            std::fs::read_to_string(state_dir.join("node.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<NodeConfig>(&t).ok())
         };
         // Only a node that applied once is supervised: `up` makes the first apply.
-        if read_applied(state_dir).is_none() {
+        let Some(config) = read().filter(|_| read_applied(state_dir).is_some()) else {
             continue;
-        }
+        };
         let device_gone = config
             .wireguard
             .as_ref()
             .is_some_and(|w| !interface_exists(&w.name));
         if device_gone || last.elapsed() >= period {
             last = std::time::Instant::now();
-            if let Err(e) = apply(&config, state_dir, exe, tag) {
+            // The configuration is read again under the lock: `up` may have written a newer
+            // one while this waited for it.
+            let result = lock(state_dir).and_then(|_lock| match read() {
+                Some(config) => apply_locked(&config, state_dir, exe, tag).map(drop),
+                None => Ok(()),
+            });
+            if let Err(e) = result {
                 on_error(&e);
             }
         }

@@ -29,7 +29,9 @@ impl Local {
         progress: Sink<'_>,
     ) -> Result<(), LocalError> {
         // The style of the security groups this `up` asks for (observe saw the difference).
-        self.record(|l| l.stateless_security_groups = self.opts.stateless_security_groups)?;
+        if let Some(stateless) = self.opts.stateless_security_groups {
+            self.record(|l| l.stateless_security_groups = stateless)?;
+        }
         // The emulated internet is part of the first site's network (observe reports no site
         // network without it).
         let networks = changes
@@ -46,6 +48,13 @@ impl Local {
             })?;
             let t = Instant::now();
             infra::create_inet(&self.cluster.name)?;
+            // Routers of existing sites lost their uplink with the old internet: their sites
+            // are built again (observe reported their nodes missing, so they are made again too).
+            let sites: Vec<String> = self.lock().sites.keys().cloned().collect();
+            for site in &sites {
+                infra::remove_netns(&names::ns_router(&self.cluster.name, site))?;
+                infra::remove_netns(&names::ns_switch(&self.cluster.name, site))?;
+            }
             self.record(|l| l.inet = Some(ObjState::Ready))?;
             progress(Event::Note(format!(
                 "emulated internet 198.51.100.0/24 ({:.2}s)",
@@ -191,6 +200,13 @@ impl Local {
             Change::CreateNetwork { site } => {
                 let sp = plan.site(site).ok_or_else(|| missing(site))?;
                 let (sw, rt) = (names::ns_switch(c, site), names::ns_router(c, site));
+                // Ready before this change: the switch and router (with the nodes' ports on
+                // them) stay, and only what is missing (the data store) is made.
+                let was_ready = self
+                    .lock()
+                    .sites
+                    .get(site)
+                    .is_some_and(|e| e.state == ObjState::Ready);
                 let entry = self.record(|l| {
                     let index = l
                         .sites
@@ -225,9 +241,7 @@ impl Local {
                 )];
                 // Only the data store is missing: the switch and router (and the nodes'
                 // ports on them) stay.
-                let built = entry.state == ObjState::Ready
-                    && sh::netns_exists(&sw)
-                    && sh::netns_exists(&rt);
+                let built = was_ready && sh::netns_exists(&sw) && sh::netns_exists(&rt);
                 if built {
                     details.clear();
                 } else {

@@ -76,7 +76,19 @@ impl Local {
         let procs = processes_by_netns();
         let nodes_live = self.read_nodes(&holders);
         let inet = l.inet == Some(ObjState::Ready) && sh::netns_exists(&names::ns_inet(cluster));
-        let stateless = self.opts.stateless_security_groups;
+        // The style this `up` asks for; without the option, the one the cluster has.
+        let stateless = self
+            .opts
+            .stateless_security_groups
+            .unwrap_or(l.stateless_security_groups);
+        let site_live = |site: &str| {
+            inet && l
+                .sites
+                .get(site)
+                .is_some_and(|s| s.state == ObjState::Ready)
+                && sh::netns_exists(&names::ns_switch(cluster, site))
+                && sh::netns_exists(&names::ns_router(cluster, site))
+        };
 
         let mut obs = Observed::default();
         for (name, s) in &l.sites {
@@ -86,9 +98,16 @@ impl Local {
             );
         }
         for (name, n) in &l.nodes {
-            let holder = holders.get(name.as_str()).copied();
-            // A node that died is created again; one that left the file is removed either way.
+            // A node that died, or whose site's switch is being built again, is created again
+            // (its floating IP stays reserved for it); one that left the file is removed.
+            let holder = holders
+                .get(name.as_str())
+                .copied()
+                .filter(|_| site_live(&n.site));
             if holder.is_none() && planned.contains(name.as_str()) {
+                if let Some(ip) = l.sites.get(&n.site).and_then(|s| s.floating_ips.get(name)) {
+                    obs.reserved_public_ips.insert(name.clone(), *ip);
+                }
                 continue;
             }
             let dir = self.node_dir(name);

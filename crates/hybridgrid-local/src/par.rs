@@ -4,8 +4,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// `f` over `items` on at most `width` threads; the results in `items`' order. A panicking
-/// call yields `None` for its item.
+/// `f` over `items` on at most `width` threads; the results in `items`' order (`None` only
+/// where a result could not be stored; a panic in `f` propagates once all threads ended).
 pub(crate) fn map<T: Sync, R: Send>(
     items: &[T],
     width: usize,

@@ -27,8 +27,9 @@ pub struct Options {
     pub state_root: PathBuf,
     /// The hybridgrid binary: run as the node agent, the node holder and the WireGuard daemon.
     pub exe: PathBuf,
-    /// Security groups without connection tracking (tests).
-    pub stateless_security_groups: bool,
+    /// Security groups without connection tracking (tests): `Some` sets the style, `None` keeps
+    /// the cluster's.
+    pub stateless_security_groups: Option<bool>,
     /// How often each node's supervisor applies its configuration again (a dead WireGuard device
     /// comes back within a second regardless); zero: no supervision (tests of `observe`).
     pub agent_period: Duration,

@@ -122,6 +122,13 @@ impl OpenStack {
     /// Runs `f` to completion: on the caller's multi-threaded runtime, else on our own.
     pub(crate) fn block<F: Future>(&self, f: F) -> std::result::Result<F::Output, EngineError> {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+                return Err(err(OsError::Other(
+                    "the openstack provider blocks: call it from a multi-threaded tokio runtime \
+                     or from none"
+                        .into(),
+                )));
+            }
             return Ok(tokio::task::block_in_place(|| handle.block_on(f)));
         }
         let rt = self.runtime.get_or_init(|| {
@@ -530,7 +537,8 @@ impl OpenStack {
         let sites = self.connected().await?;
         let waited = try_join_all(sites.iter().map(|ops| async move {
             let list = ops.servers(true).await?;
-            let pending: Vec<_> = list.iter().filter(|s| s.status != "ACTIVE").collect();
+            // Only servers still being built: one a user stopped (SHUTOFF) is left as it is.
+            let pending: Vec<_> = list.iter().filter(|s| s.status == "BUILD").collect();
             for srv in &pending {
                 ops.wait_active(&srv.id, &srv.node).await?;
             }

@@ -129,11 +129,17 @@ impl SiteOps {
                         .and_then(|k| hybridgrid_core::keys::PublicKey::from_base64(&k).ok()),
                     applied: ledger.applied_config(node, &srv.metadata),
                 });
-                Ok::<_, OsError>((node.clone(), observed, pairs))
+                // A relay's port with its floating IP but no server (deleted by hand): the IP
+                // stays reserved for the server made again.
+                let reserved = public_ip.filter(|_| observed.is_none());
+                Ok::<_, OsError>((node.clone(), observed, pairs, reserved))
             }
         });
         for r in futures::future::join_all(futs).await {
-            let (node, observed, pairs) = r?;
+            let (node, observed, pairs, reserved) = r?;
+            if let Some(ip) = reserved {
+                unattached.insert(node.clone(), ip);
+            }
             if let Some(p) = pairs {
                 site.allowed_address_pairs.insert(node.clone(), p);
             }

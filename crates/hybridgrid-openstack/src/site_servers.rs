@@ -199,6 +199,8 @@ impl SiteOps {
         let config = plan.node_config(node);
         self.ledger.update(|d| {
             d.delivered.insert(node.name.clone(), config);
+            // A new server makes a new WireGuard key: the old one is read again from its console.
+            d.public_keys.remove(&node.name);
         })?;
         self.record(Kind::Server, &name, None, State::Intended)?;
         let v = self

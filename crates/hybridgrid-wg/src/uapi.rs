@@ -80,7 +80,13 @@ pub(crate) fn set(path: &Path, ifname: &str, request: &str) -> Result<(), WgErro
 }
 
 fn hex_key(s: &str) -> Result<Key, String> {
-    let bad = || format!("bad hex key {s:?}");
+    // The value may be a private key: never echoed into an error.
+    let bad = || {
+        format!(
+            "bad hex key ({} characters; 64 hex digits expected)",
+            s.len()
+        )
+    };
     if s.len() != 64 || !s.is_ascii() {
         return Err(bad());
     }

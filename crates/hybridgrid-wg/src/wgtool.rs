@@ -142,20 +142,29 @@ fn none_or<T>(field: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<Opti
 
 /// Parses `wg show IF dump`: a line for the interface, then one per peer, tab-separated.
 pub fn parse_dump(ifname: &str, text: &str) -> Result<DeviceState, WgError> {
+    // The interface line starts with the private key: its fields are never echoed.
+    let bad_interface = |line: &str| WgError::Protocol {
+        ifname: ifname.to_owned(),
+        detail: format!(
+            "unexpected `wg show dump` interface line ({} fields; 4 expected)",
+            line.split('\t').count()
+        ),
+    };
     let bad = |line: &str| WgError::Protocol {
         ifname: ifname.to_owned(),
         detail: format!("unexpected `wg show dump` line: {line:?}"),
     };
     let mut lines = text.lines().filter(|l| !l.is_empty());
-    let first = lines.next().ok_or_else(|| bad(""))?;
+    let first = lines.next().ok_or_else(|| bad_interface(""))?;
     let f: Vec<&str> = first.split('\t').collect();
     let [private, _public, port, fwmark] = f.as_slice() else {
-        return Err(bad(first));
+        return Err(bad_interface(first));
     };
     let mut state = DeviceState {
-        private_key: none_or(private, |s| key_from_base64(s).ok()).map_err(|()| bad(first))?,
-        listen_port: port.parse().map_err(|_| bad(first))?,
-        fwmark: none_or(fwmark, |s| s.parse().ok()).map_err(|()| bad(first))?,
+        private_key: none_or(private, |s| key_from_base64(s).ok())
+            .map_err(|()| bad_interface(first))?,
+        listen_port: port.parse().map_err(|_| bad_interface(first))?,
+        fwmark: none_or(fwmark, |s| s.parse().ok()).map_err(|()| bad_interface(first))?,
         peers: Vec::new(),
     };
     for line in lines {
@@ -215,6 +224,19 @@ mod tests {
         #[test]
         fn fuzz_parse_dump_never_panics(text in dump_text()) {
             let _ = parse_dump("wg0", &text);
+        }
+    }
+
+    /// Regression (review of issue 11): the supervisor logs agent errors; a bad interface line
+    /// (private key first) must not reach the log.
+    #[test]
+    fn regression_a_bad_dump_never_echoes_the_private_key() {
+        for text in [
+            format!("{K1}\t{K2}\tnot-a-port\toff\n"),
+            format!("{K1}\t{K2}\n"),
+        ] {
+            let e = parse_dump("wg0", &text).unwrap_err().to_string();
+            assert!(!e.contains(K1) && !e.contains(&K1[..20]), "{e}");
         }
     }
 

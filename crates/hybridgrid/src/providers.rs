@@ -20,7 +20,8 @@ fn local_options(knobs: Knobs) -> anyhow::Result<hybridgrid_local::Options> {
     Ok(hybridgrid_local::Options {
         state_root: hybridgrid_local::state_root(),
         exe: std::env::current_exe().context("locating the hybridgrid binary")?,
-        stateless_security_groups: knobs.stateless_security_groups,
+        // Only the flag changes the style; without it the cluster keeps the one it has.
+        stateless_security_groups: knobs.stateless_security_groups.then_some(true),
         agent_period: agent_period()?,
     })
 }
