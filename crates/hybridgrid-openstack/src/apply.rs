@@ -301,7 +301,7 @@ fn port_changes_of<'a>(changes: &'a [Change], node: &'a str) -> impl Iterator<It
     })
 }
 
-async fn remove_node(ops: &SiteOps, node: &str, net_id: &str) -> Result<()> {
+pub(crate) async fn remove_node(ops: &SiteOps, node: &str, net_id: &str) -> Result<()> {
     let servers = ops.servers(true).await?;
     let server = servers.iter().find(|s| s.node == node);
     let port = ops

@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::join_all;
+use hybridgrid_core::diff::Change;
 use hybridgrid_core::plan;
-use hybridgrid_engine::{DownReport, NotDeleted};
+use hybridgrid_engine::{DownReport, Event, NotDeleted, Sink};
 use serde_json::json;
 
 use crate::api::{self, NET, NOVA, Req, s};
@@ -21,12 +22,7 @@ impl OpenStack {
     /// Reports what could not be deleted; the ledger keeps exactly those entries.
     pub(crate) async fn down_async(&self) -> Result<DownReport> {
         let ledger = self.ledger.snapshot();
-        let extra: BTreeMap<String, String> = ledger
-            .sites
-            .iter()
-            .map(|(k, v)| (k.clone(), v.cloud.clone()))
-            .collect();
-        let sites = self.sites(&extra).await?;
+        let sites = self.sites(&ledger.sites).await?;
         let mut report = DownReport::default();
         for r in join_all(sites.iter().map(down_site)).await {
             report.deleted.extend(r.deleted);
@@ -77,6 +73,65 @@ impl OpenStack {
             })?;
         }
         Ok(report)
+    }
+}
+
+impl OpenStack {
+    /// A site that left the file: its nodes' servers, ports and floating IPs (`RemoveNode`),
+    /// then, with `RemoveNetwork`, whatever else carries its tags or names, as `down` finds it.
+    /// Returns what could not be deleted, as partial changes.
+    pub(crate) async fn remove_site(
+        &self,
+        ops: &SiteOps,
+        changes: Vec<&Change>,
+        sink: Sink<'_>,
+    ) -> Result<Vec<(Change, String)>> {
+        let done = |c: &Change| {
+            sink(Event::Applied {
+                summary: c.summary(),
+                seconds: 0.0,
+                details: Vec::new(),
+            });
+        };
+        let net = ops.net_ids().await?;
+        for c in &changes {
+            if let Change::RemoveNode { node, .. } = c {
+                crate::apply::remove_node(ops, node, net.as_ref().map_or("", |n| n.net.as_str()))
+                    .await?;
+                done(c);
+            }
+        }
+        let mut partial = Vec::new();
+        if let Some(whole) = changes
+            .iter()
+            .find(|c| matches!(c, Change::RemoveNetwork { .. }))
+        {
+            let report = down_site(ops).await;
+            if report.not_deleted.is_empty() {
+                self.ledger.update(|d| {
+                    d.sites.remove(&ops.site.name);
+                })?;
+                for c in changes.iter().filter(|c| {
+                    matches!(
+                        c,
+                        Change::RemoveNetwork { .. } | Change::RemoveSecurityGroup { .. }
+                    )
+                }) {
+                    done(c);
+                }
+            } else {
+                let left: Vec<String> = report
+                    .not_deleted
+                    .iter()
+                    .map(|n| format!("{} {}: {}", n.kind, n.name, n.error))
+                    .collect();
+                partial.push((
+                    (*whole).clone(),
+                    format!("not deleted: {}", left.join("; ")),
+                ));
+            }
+        }
+        Ok(partial)
     }
 }
 

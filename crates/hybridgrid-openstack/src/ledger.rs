@@ -67,6 +67,9 @@ pub struct Resource {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerSite {
     pub cloud: String,
+    /// The site's subnet, so that a site removed from the file is still found (and removed).
+    #[serde(default)]
+    pub subnet: Option<ipnet::Ipv4Net>,
     /// By `<kind>/<name>`.
     pub resources: BTreeMap<String, Resource>,
 }
@@ -154,10 +157,12 @@ impl Ledger {
         write_atomic(&self.path, &d)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         site: &str,
         cloud: &str,
+        subnet: ipnet::Ipv4Net,
         kind: Kind,
         name: &str,
         id: Option<&str>,
@@ -166,6 +171,7 @@ impl Ledger {
         self.update(|d| {
             let s = d.sites.entry(site.to_owned()).or_default();
             s.cloud = cloud.to_owned();
+            s.subnet = Some(subnet);
             let r = s
                 .resources
                 .entry(key(kind, name))

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{self, CallTrace, Cloud, CrashSwitch};
 use crate::error::{OsError, Result};
-use crate::ledger::{LEDGER_FILE, Ledger};
+use crate::ledger::{LEDGER_FILE, Ledger, LedgerSite};
 use crate::site::SiteOps;
 
 #[derive(Debug, Clone)]
@@ -145,9 +145,19 @@ impl OpenStack {
         }
     }
 
+    /// The sites of the file, and those only the ledger still knows (removed from the file:
+    /// observed, so that the plan removes them).
     async fn connected(&self) -> Result<&[SiteOps]> {
         self.connected
-            .get_or_try_init(|| async { self.sites(&BTreeMap::new()).await })
+            .get_or_try_init(|| async {
+                let ledger = self.ledger.snapshot();
+                let left: BTreeMap<String, LedgerSite> = ledger
+                    .sites
+                    .into_iter()
+                    .filter(|(name, _)| self.cluster.site(name).is_none())
+                    .collect();
+                self.sites(&left).await
+            })
             .await
             .map(Vec::as_slice)
     }
@@ -174,7 +184,7 @@ impl OpenStack {
     }
 
     /// Connects to every site's cloud, concurrently.
-    pub(crate) async fn sites(&self, extra: &BTreeMap<String, String>) -> Result<Vec<SiteOps>> {
+    pub(crate) async fn sites(&self, extra: &BTreeMap<String, LedgerSite>) -> Result<Vec<SiteOps>> {
         let config = api::load_config(self.opts.clouds_file.as_deref())?;
         let ssh = self.ssh_public_key()?;
         let mut specs: Vec<(hybridgrid_core::model::Site, String)> = Vec::new();
@@ -185,13 +195,17 @@ impl OpenStack {
             specs.push((site.clone(), cloud));
         }
         // Sites only the ledger knows (removed from the file): for `down`.
-        for (name, cloud) in extra {
+        for (name, entry) in extra {
             if specs.iter().all(|(s, _)| &s.name != name) {
                 let mut site = self.cluster.sites[0].clone();
                 site.name = name.clone();
                 site.network = None;
-                site.cloud = Some(cloud.clone());
-                specs.push((site, cloud.clone()));
+                site.master = false;
+                site.cloud = Some(entry.cloud.clone());
+                if let Some(subnet) = entry.subnet {
+                    site.subnet = subnet;
+                }
+                specs.push((site, entry.cloud.clone()));
             }
         }
         // One connection per cloud entry.
@@ -367,17 +381,14 @@ impl OpenStack {
                 .ok_or_else(|| OsError::Other(format!("site {site} is not in the cluster file")))
         };
         let mut applied = Applied::default();
-        // Removing a whole site is `down`'s (the file no longer names its cloud).
+        // A group is removed only with its site (every site has the same two).
         for c in changes {
-            if matches!(
-                c,
-                Change::RemoveNetwork { .. } | Change::RemoveSecurityGroup { .. }
-            ) {
+            if let Change::RemoveSecurityGroup { site, .. } = c
+                && plan.site(site).is_some()
+            {
                 applied.partial.push((
                     c.clone(),
-                    "the openstack provider does not remove a site yet; `down` removes the whole \
-                     cluster"
-                        .into(),
+                    "a site keeps its security groups while it is in the file".into(),
                 ));
             }
         }
@@ -405,7 +416,10 @@ impl OpenStack {
             Some(hybridgrid_core::reconcile::plan(&self.cluster, &view))
         };
         let boot_plan = boot_plan.as_ref().unwrap_or(plan);
-        let results = try_join_all(sites.iter().map(|ops| {
+        let (kept, leaving): (Vec<&SiteOps>, Vec<&SiteOps>) = sites
+            .iter()
+            .partition(|o| plan.site(&o.site.name).is_some());
+        let results = try_join_all(kept.into_iter().map(|ops| {
             let mine: Vec<Change> = changes
                 .iter()
                 .filter(|c| c.site() == ops.site.name && !matches!(c, Change::ConfigureNode { .. }))
@@ -414,6 +428,16 @@ impl OpenStack {
             crate::apply::apply_site(ops, boot_plan, mine, sink)
         }))
         .await?;
+        // Sites that left the file: their nodes, then everything else of theirs.
+        let removed = try_join_all(leaving.into_iter().map(|ops| {
+            let mine: Vec<&Change> = changes
+                .iter()
+                .filter(|c| c.site() == ops.site.name)
+                .collect();
+            self.remove_site(ops, mine, sink)
+        }))
+        .await?;
+        applied.partial.extend(removed.into_iter().flatten());
         let mut created = Vec::new();
         for servers in results {
             created.extend(servers);

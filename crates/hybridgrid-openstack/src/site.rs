@@ -139,8 +139,15 @@ impl SiteOps {
         id: Option<&str>,
         state: State,
     ) -> Result<()> {
-        self.ledger
-            .record(&self.site.name, &self.cloud.name, kind, name, id, state)
+        self.ledger.record(
+            &self.site.name,
+            &self.cloud.name,
+            self.site.subnet,
+            kind,
+            name,
+            id,
+            state,
+        )
     }
 
     // ---- generic Neutron create: ledger (intended) → POST → ledger (id) → tags

@@ -24,10 +24,14 @@ impl SiteOps {
         BTreeMap<String, ObservedNode>,
         BTreeMap<String, Ipv4Addr>,
     )> {
-        let group_names: Vec<String> = plan
-            .site(&self.site.name)
-            .map(|p| p.security_groups.iter().map(|g| g.name.clone()).collect())
-            .unwrap_or_default();
+        // A site that left the file still has the groups its plan had: by their names.
+        let group_names: Vec<String> = match plan.site(&self.site.name) {
+            Some(p) => p.security_groups.iter().map(|g| g.name.clone()).collect(),
+            None => ["nodes", "gateway"]
+                .iter()
+                .map(|g| format!("{}-{}-{g}", self.cluster, self.site.name))
+                .collect(),
+        };
         let relay_fips = async {
             match plan.relay_of(&self.site.name) {
                 Some(relay) => self.fips_named(&relay.name).await,

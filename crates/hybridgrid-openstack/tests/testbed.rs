@@ -50,7 +50,12 @@ fn unique(tag: &str) -> String {
 }
 
 fn cluster(name: &str, workers_a: u32, workers_b: u32, flavor: &str) -> Cluster {
-    let text = format!(
+    let (c, d) = validate_text(&cluster_yaml(name, workers_a, workers_b, flavor));
+    c.unwrap_or_else(|| panic!("invalid test cluster: {d:?}"))
+}
+
+fn cluster_yaml(name: &str, workers_a: u32, workers_b: u32, flavor: &str) -> String {
+    format!(
         r#"
 version: 1
 name: {name}
@@ -78,9 +83,7 @@ sites:
         flavor: {flavor}
         image: fake-image
 "#
-    );
-    let (c, d) = validate_text(&text);
-    c.unwrap_or_else(|| panic!("invalid test cluster: {d:?}"))
+    )
 }
 
 /// Options with the test bed's clouds file and `dir` as state root.
@@ -751,4 +754,53 @@ async fn bench_provision_two_sites() {
         let d = down(&os);
         assert!(d.not_deleted.is_empty(), "{d:?}");
     }
+}
+
+/// A third site added with `up`, then removed again with `up` (its servers, ports, floating IPs,
+/// groups, router and network), the others untouched; `plan` shows the removal `up` makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_added_and_removed_again_with_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("r");
+    let two = cluster(&name, 0, 0, "m1.tiny");
+    let text = cluster_yaml(&name, 0, 0, "m1.tiny")
+        + "  - name: c\n    cloud: site-b\n    subnet: 10.33.0.0/24\n    external_network: public\n    gateway: { flavor: m1.tiny, image: fake-image }\n    workers: []\n";
+    let (three, d) = validate_text(&text);
+    let three = three.unwrap_or_else(|| panic!("{d:?}"));
+    up(&provider(&two, dir.path(), None), &two).unwrap();
+    up(&provider(&three, dir.path(), None), &three).unwrap();
+    let b = raw("site-b").await;
+    let of_c = |l: Vec<String>| -> Vec<String> {
+        l.into_iter()
+            .filter(|x| x.contains(&format!("{name}-c-")))
+            .collect()
+    };
+    assert!(
+        !of_c(leftovers(&b, &name).await).is_empty(),
+        "site c exists"
+    );
+
+    let os = provider(&two, dir.path(), None);
+    let planned = hybridgrid_engine::plan(&os, &two).unwrap().changes;
+    assert!(
+        planned.iter().any(
+            |c| matches!(c, hybridgrid_core::diff::Change::RemoveNetwork { site } if site == "c")
+        ),
+        "{planned:?}"
+    );
+    let r = up(&os, &two).unwrap();
+    assert_eq!(r.rounds[0], planned, "plan = up");
+    assert!(r.partial.is_empty(), "{r:?}");
+    assert_eq!(of_c(leftovers(&b, &name).await), Vec::<String>::new());
+    assert_eq!(
+        servers(&raw("site-a").await, &name).await.len(),
+        1,
+        "a-master stays"
+    );
+    assert_eq!(servers(&b, &name).await.len(), 1, "b-gw stays");
+    let again = up(&provider(&two, dir.path(), None), &two).unwrap();
+    assert_eq!(again.change_count(), 0, "{again:?}");
+    let d = down(&provider(&two, dir.path(), None));
+    assert!(d.not_deleted.is_empty(), "{d:?}");
+    assert_nothing_left(&name).await;
 }
