@@ -81,7 +81,8 @@ enum Command {
         #[arg(long, conflicts_with = "all_pairs")]
         no_ping: bool,
         /// Ping every node from every node (quadratic) instead of the sample: every node its
-        /// relay, and one node of each site one of every other site.
+        /// relay, and one node of each site one of every other site (clusters of up to 16 nodes
+        /// get every pair anyway).
         #[arg(long)]
         all_pairs: bool,
     },
