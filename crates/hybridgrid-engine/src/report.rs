@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use hybridgrid_core::diff::Change;
-use hybridgrid_core::plan::Role;
+use hybridgrid_core::plan::{NodePlan, Role};
 use serde::{Deserialize, Serialize};
 
 /// What `up` did. `rounds[0]` is exactly the change list `plan` showed before it.
@@ -76,6 +76,22 @@ pub struct NodeStatus {
     /// The node's Slurm state as the controller sees it (`sinfo`), for Slurm nodes.
     #[serde(default)]
     pub slurm: Option<String>,
+}
+
+impl NodeStatus {
+    /// A planned node's row: its addresses from the plan, `up` and `slurm` as observed.
+    pub fn of(node: &NodePlan, up: bool, slurm: Option<String>) -> Self {
+        NodeStatus {
+            name: node.name.clone(),
+            site: node.site.clone(),
+            role: node.role,
+            lan_ip: node.lan_ip,
+            tunnel_ip: node.tunnel_ip,
+            public_ip: node.public_ip,
+            up,
+            slurm,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -154,23 +154,16 @@ impl Local {
         }
     }
 
-    /// Per node up/down, per tunnel handshake and counters, and (if `reach`) every node pinging
-    /// every other node.
+    /// Per node up/down, per tunnel handshake and counters, and the reachability `probe` asks for.
     pub fn status_of(&self, plan: &Plan, probe: Probe) -> StatusReport {
         let l = self.lock().clone();
         let slurm = crate::slurm::states(self, plan);
         let nodes: Vec<NodeStatus> = plan
             .nodes
             .iter()
-            .map(|n| NodeStatus {
-                name: n.name.clone(),
-                site: n.site.clone(),
-                role: n.role,
-                lan_ip: n.lan_ip,
-                tunnel_ip: n.tunnel_ip,
-                public_ip: n.public_ip,
-                up: self.holder(&l, &n.name).is_some(),
-                slurm: slurm.get(&n.name).cloned(),
+            .map(|n| {
+                let up = self.holder(&l, &n.name).is_some();
+                NodeStatus::of(n, up, slurm.get(&n.name).cloned())
             })
             .collect();
         let tunnels = self.tunnels(plan);

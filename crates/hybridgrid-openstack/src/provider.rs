@@ -331,17 +331,11 @@ impl Provider for OpenStack {
         let nodes = plan
             .nodes
             .iter()
-            .map(|n| NodeStatus {
-                name: n.name.clone(),
-                site: n.site.clone(),
-                role: n.role,
-                lan_ip: n.lan_ip,
-                tunnel_ip: n.tunnel_ip,
-                public_ip: n.public_ip,
-                up: servers
+            .map(|n| {
+                let up = servers
                     .iter()
-                    .any(|s| s.node == n.name && s.status == "ACTIVE"),
-                slurm: None,
+                    .any(|s| s.node == n.name && s.status == "ACTIVE");
+                NodeStatus::of(n, up, None)
             })
             .collect();
         Ok(StatusReport {
