@@ -21,10 +21,6 @@ pub enum LocalError {
     },
     /// {0}
     Agent(#[from] hybridgrid_agent::AgentError),
-    /// WireGuard: {0}
-    Wg(#[from] hybridgrid_wg::WgError),
-    /// WireGuard key: {0}
-    Key(#[from] hybridgrid_core::keys::KeyError),
     /// timed out after {seconds}s waiting for {what}
     Timeout { what: String, seconds: u64 },
     /// cluster {cluster} already runs on this host with its state in {other}

@@ -26,8 +26,6 @@ pub enum OsError {
     State(#[from] hybridgrid_engine::state::StateError),
     /// stopped after {0} create calls (injected crash, a test hook)
     CrashInjected(usize),
-    /// `up` did not converge after {rounds} rounds; still to do: {remaining}
-    NotConverged { rounds: usize, remaining: String },
     /// server {name} did not become ACTIVE: {message}
     ServerFailed { name: String, message: String },
     /// {0}
