@@ -401,15 +401,7 @@ fn tunnel_ok(t: &TunnelFacts) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    fn wg_rule(ip: &str) -> SgRule {
-        SgRule {
-            protocol: Protocol::Udp,
-            ports: Some((51820, 51820)),
-            remote: Remote::Cidr(format!("{ip}/32").parse().unwrap()),
-            description: "WireGuard from bielefeld-master".into(),
-        }
-    }
+    use crate::live::tests::wg_rule;
 
     fn node(name: &str, site: &str, role: Role) -> NodeFacts {
         NodeFacts {

@@ -170,10 +170,11 @@ pub(crate) fn route_destinations(ns: &str) -> Option<Vec<Ipv4Net>> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn wg_rule(ip: &str) -> SgRule {
+    /// The WireGuard rule from bielefeld-master's public IP `ip` (for the tests of `doctor` too).
+    pub(crate) fn wg_rule(ip: &str) -> SgRule {
         SgRule {
             protocol: Protocol::Udp,
             ports: Some((51820, 51820)),

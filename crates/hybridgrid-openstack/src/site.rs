@@ -267,16 +267,27 @@ impl SiteOps {
 
     async fn router_has_interface(&self, router_id: &str, net_id: &str) -> Result<bool> {
         let l = self
-            .cloud
+            .device_ports("list router ports", router_id, net_id)
+            .await?;
+        Ok(!l.is_empty())
+    }
+
+    /// The ports of a device (a server, a router) on a network.
+    pub(crate) async fn device_ports(
+        &self,
+        what: &str,
+        device_id: &str,
+        net_id: &str,
+    ) -> Result<Vec<Value>> {
+        self.cloud
             .list(
-                "list router ports",
+                what,
                 Req::get(NET, "ports")
-                    .q("device_id", router_id)
+                    .q("device_id", device_id)
                     .q("network_id", net_id),
                 "ports",
             )
-            .await?;
-        Ok(!l.is_empty())
+            .await
     }
 
     /// The network and subnet, if both exist.

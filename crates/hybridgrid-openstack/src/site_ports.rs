@@ -32,16 +32,7 @@ impl SiteOps {
         net_id: &str,
     ) -> Result<Option<Value>> {
         if let Some(sid) = server_id {
-            let l = self
-                .cloud
-                .list(
-                    "list server ports",
-                    Req::get(NET, "ports")
-                        .q("device_id", sid)
-                        .q("network_id", net_id),
-                    "ports",
-                )
-                .await?;
+            let l = self.device_ports("list server ports", sid, net_id).await?;
             if let Some(p) = l.into_iter().next() {
                 return Ok(Some(p));
             }

@@ -30,7 +30,7 @@ pub enum NodeCommand {
         tag: String,
         /// The node's state directory: its supervisor applies `node.json` from there.
         #[arg(long)]
-        state_dir: Option<PathBuf>,
+        state_dir: PathBuf,
         /// Seconds between the supervisor's runs; 0: no supervision.
         #[arg(long, default_value_t = 0)]
         period: u64,
@@ -83,23 +83,18 @@ pub fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         // Holds the namespaces until SIGTERM (default action: exit), supervising the node.
         NodeCommand::Hold {
             tag,
-            state_dir: Some(dir),
+            state_dir,
             period,
         } => {
             let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
             hybridgrid_agent::supervise(
-                &dir,
+                &state_dir,
                 &exe,
                 &tag,
                 std::time::Duration::from_secs(period),
                 &|e| eprintln!("supervisor: {e}"),
             )
         }
-        NodeCommand::Hold {
-            state_dir: None, ..
-        } => loop {
-            std::thread::park();
-        },
     }
 }
 

@@ -100,14 +100,7 @@ fn regression_issue_11_after_a_gateways_reboot_and_up_every_pair_is_reachable_wi
         "giessen-worker-1",
         &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.10.0.6"],
     );
-    let ns = format!("{}giessen-gw", lab.prefix());
-    let pids = Command::new("ip")
-        .args(["netns", "pids", &ns])
-        .output()
-        .unwrap();
-    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-        let _ = Command::new("kill").args(["-KILL", pid]).status();
-    }
+    lab.kill_node("giessen-gw");
     // Workers keep sending across the sites meanwhile.
     let _ = lab.exec(
         "giessen-worker-1",

@@ -132,6 +132,18 @@ impl Lab {
             .unwrap_or_else(|e| panic!("status: {e}: {}", String::from_utf8_lossy(&out.stderr)))
     }
 
+    /// SIGKILL to every process in the node's network namespace: the node "reboots".
+    fn kill_node(&self, node: &str) {
+        let ns = format!("{}{node}", self.prefix());
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &ns])
+            .output()
+            .unwrap();
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+
     fn prefix(&self) -> String {
         format!("hg-{}-", self.name)
     }
@@ -426,14 +438,7 @@ fn resumes_after_a_node_died() {
     };
     lab.up();
     // Kill everything in the gateway's namespace: `up` sees it gone and creates it again.
-    let ns = format!("{}giessen-gw", lab.prefix());
-    let pids = Command::new("ip")
-        .args(["netns", "pids", &ns])
-        .output()
-        .unwrap();
-    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-        let _ = Command::new("kill").args(["-9", pid]).status();
-    }
+    lab.kill_node("giessen-gw");
     wait_until("the gateway is down", Duration::from_secs(10), || {
         lab.status(false)["nodes"]
             .as_array()
