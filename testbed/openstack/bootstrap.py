@@ -2,6 +2,7 @@
 projects/users with quotas, an application credential, and DIR/clouds.yaml.
 
 usage: /usr/bin/python3 bootstrap.py DIR keystone|cloud
+       /usr/bin/python3 bootstrap.py DIR compute IMAGE_DIR   (once both compute hosts run)
 Uses Debian's python3-openstacksdk. All values are fixed test values for a throwaway local cloud.
 """
 import os, sys, time
@@ -42,11 +43,31 @@ if PHASE == "keystone":
     print("bootstrap keystone objects %.1fs" % (time.time() - t0))
     sys.exit(0)
 
+if PHASE == "compute":
+    # The image picks the compute host (ImagePropertiesFilter): hypervisor_type=qemu runs on the
+    # libvirt host `osbed`, fake-image (hypervisor_type=fake) on `osbed-fake`.
+    # 1 vCPU, 1 GiB (a Debian guest with Slurm under TCG), 4 GB disk (the image's file system is 2 GiB)
+    c.compute.create_flavor(name="g1.node", vcpus=1, ram=1024, disk=4, is_public=True)
+    img = sys.argv[3]
+    k = c.image.create_image(name="hybridgrid-node-kernel", filename=img + "/vmlinuz", disk_format="aki",
+                             container_format="aki", visibility="public", wait=True)
+    r = c.image.create_image(name="hybridgrid-node-ramdisk", filename=img + "/initrd.img", disk_format="ari",
+                             container_format="ari", visibility="public", wait=True)
+    c.image.create_image(name="hybridgrid-node", filename=img + "/root.qcow2", disk_format="qcow2",
+                         container_format="bare", visibility="public", wait=True,
+                         meta={"kernel_id": k.id, "ramdisk_id": r.id, "hypervisor_type": "qemu",
+                               # /dev/console is the last console= given: the serial port, whose
+                               # log is Nova's console-log API (Nova's default ends with hvc0)
+                               "os_command_line": "root=/dev/vda console=tty0 console=ttyS0 no_timer_check",
+                               "hw_disk_bus": "virtio", "hw_vif_model": "virtio"})
+    print("bootstrap aggregates/flavor/images %.1fs" % (time.time() - t0))
+    sys.exit(0)
+
 assert PHASE == "cloud", PHASE
 for name, vcpus, ram, disk in (("m1.tiny", 1, 512, 1), ("m1.small", 1, 2048, 20), ("m1.medium", 2, 4096, 40)):
     c.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
 c.image.create_image(name="fake-image", data=b"\0" * 1048576, disk_format="raw",
-                     container_format="bare", visibility="public")
+                     container_format="bare", visibility="public", meta={"hypervisor_type": "fake"})
 # External network: TEST-NET-3 (RFC 5737) only; nothing is ever routed (no agents, no L3).
 net = c.network.create_network(name="public", is_router_external=True, is_shared=False,
                                provider_network_type="flat", provider_physical_network="public")

@@ -1,5 +1,6 @@
 #!/bin/bash
-# Install the Debian (bookworm, OpenStack Zed) packages for the local OpenStack test bed.
+# Install the Debian (bookworm, OpenStack Zed) packages for the local OpenStack test bed, control
+# plane and data plane (libvirt/QEMU, Neutron's agents, debootstrap).
 # Idempotent: returns at once when everything is already installed.
 # Packages must not start their services on install: we start each one by hand under up.sh.
 set -euo pipefail
@@ -7,6 +8,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PKGS=$(grep -v '^#' "$HERE/pkgs.txt" | tr -s ' \n' ' ')
 missing=""
 for p in $PKGS; do
+  p=${p%%/*}
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing="$missing $p"
 done
 if [ -z "$missing" ]; then echo "install.sh: all packages already installed"; exit 0; fi
@@ -20,6 +22,12 @@ if [ "$rc" != 101 ]; then
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d
 fi
 export DEBIAN_FRONTEND=noninteractive
+BPO=/etc/apt/sources.list.d/osbed-bookworm-backports.sources
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo "install.sh: adding Debian's bookworm-backports ($BPO; QEMU comes from there)"
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' >"$BPO"
+  rm -f /var/lib/apt/lists/*_Packages*.stamp 2>/dev/null; apt-get update -qq
+fi
 # apt-get update only when the lists are missing or older than a day
 if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mtime -1 2>/dev/null | head -1)" ]; then
   apt-get update -qq

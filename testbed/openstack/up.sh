@@ -1,6 +1,10 @@
 #!/bin/bash
-# Bring up a real OpenStack (Zed, Debian bookworm packages) control plane on 127.0.0.1:
-# MariaDB, RabbitMQ, Keystone, Placement, Nova (fake driver), Neutron (ML2, no agents), Glance.
+# Bring up a real OpenStack (Zed, Debian bookworm packages) on this host: MariaDB, RabbitMQ,
+# Keystone, Placement, Glance, Neutron (ML2 with the linuxbridge, DHCP, L3 and metadata agents),
+# Nova with two compute hosts: `osbed` (libvirt, QEMU/TCG: servers really boot and run cloud-init)
+# and `osbed-fake` (the fake driver: API-level tests, nothing boots). The image picks the host.
+# The external network `public` is the bridge osbed-ext (203.0.113.1/24 on the host, no link to
+# any real interface; an nftables table keeps guests' traffic off the host's other interfaces).
 #
 # usage: up.sh DIR
 #   DIR holds everything: rendered configs (DIR/etc), databases, logs (DIR/log), PIDs (DIR/run),
@@ -12,13 +16,17 @@ set -euo pipefail
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin   # Debian's python3, never a pyenv/venv one
 HERE=$(cd "$(dirname "$0")" && pwd)
 B=$(mkdir -p "${1:?usage: up.sh DIR}" && cd "$1" && pwd)
-PORTS="3306 5672 25672 5000 8774 8778 9292 9696"
+PORTS="3306 5672 25672 5000 8774 8775 8778 9292 9696"
 die() { echo "up.sh: $*" >&2; exit 1; }
 T0=$(date +%s%N); lap() { awk -v t="$(( $(date +%s%N) - T0 ))" -v m="$*" 'BEGIN{printf "[%6.1fs] %s\n", t/1e9, m}'; }
 waitfor() { for _ in $(seq 1 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; die "timeout waiting for $1 (see $B/log)"; }
 alive() { [ -f "$1" ] && [ -d "/proc/$(cat "$1")" ]; }
 
-command -v keystone-manage >/dev/null && command -v neutron-server >/dev/null || die "packages missing: run $HERE/install.sh"
+for c in keystone-manage neutron-server neutron-linuxbridge-agent libvirtd qemu-system-x86_64; do
+  command -v $c >/dev/null || die "packages missing ($c): run $HERE/install.sh"
+done
+# The guest image (cached by its recipe's hash; built on first use, about 2 minutes)
+IMAGE=$("$HERE/image.sh" "${OSBED_IMAGE_CACHE:-/var/cache/hybridgrid-osbed}") || die "guest image build failed"
 
 # --- already up / partly up?
 if compgen -G "$B/run/*.pid" >/dev/null; then
@@ -32,6 +40,7 @@ fi
 for p in $PORTS; do
   ss -ltnH "sport = :$p" | grep -q . && die "port $p is already in use (another test bed or service?)"
 done
+ip link show osbed-ext >/dev/null 2>&1 && die "bridge osbed-ext exists (another test bed?); run down.sh on its folder"
 epmd_before=$(ss -ltnpH 'sport = :4369' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
 
 # --- fresh state, configs rendered into DIR; on any failure stop whatever was started
@@ -43,8 +52,10 @@ find etc -type f -exec sed -i "s#@OSBED@#$B#g" {} +
 chmod 755 "$B"   # mysqld runs as user mysql and must reach its datadir
 mkdir -p mysql run log rabbit/home rabbit/mnesia rabbit/log state/keystone/fernet-keys \
          state/keystone/credential-keys state/neutron/lock state/nova/lock state/nova/instances \
-         state/glance/images state/glance/staging state/glance/tasks
+         state/glance/images state/glance/staging state/glance/tasks \
+         state/nova-libvirt/instances state/nova-libvirt/lock libvirt
 chown mysql:mysql mysql run
+nft list tables >run/nft-tables-before 2>/dev/null || true   # down.sh removes only tables made after
 
 # every service in its own session/process group, PID recorded (down.sh kills by these)
 start() { local name=$1; shift; setsid "$@" >"log/$name.out" 2>&1 </dev/null & echo $! >"run/$name.pid"; }
@@ -93,6 +104,23 @@ epmd=$(ss -ltnpH 'sport = :4369' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 
 [ -n "$epmd" ] && [ "$epmd" != "$epmd_before" ] && echo "$epmd" >run/epmd.pid
 lap "rabbitmq up"
 
+# --- the data plane's network: the external bridge, kept off the host's real interfaces
+ip link add osbed-ext type bridge && ip addr add 203.0.113.1/24 dev osbed-ext && ip link set osbed-ext up \
+  || die "could not create bridge osbed-ext"
+nft -f - <<'NFT' || die "nftables table inet osbed"
+table inet osbed {
+  chain forward {
+    type filter hook forward priority -10; policy accept;
+    iifname "osbed-ext" oifname != "osbed-ext" drop
+    oifname "osbed-ext" iifname != "osbed-ext" drop
+  }
+}
+NFT
+start libvirt unshare -m --propagation private "$HERE/libvirt.sh" "$B"
+for _ in $(seq 1 100); do [ -S libvirt/run/libvirt-sock ] && break; sleep 0.1; done
+[ -S libvirt/run/libvirt-sock ] || die "libvirtd did not start (log/libvirt.out)"
+lap "osbed-ext bridge, libvirtd"
+
 # --- API services and Nova workers
 start placement uwsgi --ini etc/placement/uwsgi.ini
 PYTHONPATH="$B/pylib" start neutron neutron-server --config-file "$B/etc/neutron/neutron.conf"
@@ -101,19 +129,40 @@ for s in conductor scheduler; do start "nova-$s" "nova-$s" --config-file "$B/etc
 # nova-compute without the nova-compute .deb (which drags in libvirt/lxc/open-iscsi): same entry point
 start nova-compute python3 -c 'import sys; from nova.cmd.compute import main; sys.argv[0]="nova-compute"; sys.exit(main())' \
   --config-file "$B/etc/nova/nova.conf" --log-file "$B/log/nova-compute.log"
+start nova-compute-libvirt python3 -c 'import sys; from nova.cmd.compute import main; sys.argv[0]="nova-compute"; sys.exit(main())' \
+  --config-file "$B/etc/nova/nova.conf" --config-file "$B/etc/nova/nova-libvirt.conf" --log-file "$B/log/nova-compute-libvirt.log"
+start nova-metadata uwsgi --ini etc/nova/uwsgi-metadata.ini
 start nova-api uwsgi --ini etc/nova/uwsgi.ini
-for u in http://127.0.0.1:8778 http://127.0.0.1:9696 http://127.0.0.1:9292 http://127.0.0.1:8774; do waitfor $u; done
+for u in http://127.0.0.1:8778 http://127.0.0.1:9696 http://127.0.0.1:9292 http://127.0.0.1:8774 http://127.0.0.1:8775; do waitfor $u; done
 lap "all APIs answer"
-python3 "$HERE/bootstrap.py" "$B" cloud >>log/bootstrap.log 2>&1 || die "bootstrap (cloud) failed (log/bootstrap.log)"
-lap "flavors, image, public network, quotas, application credential"
-# ready = the fake compute host is mapped to cell1 and has a resource provider in Placement
-for i in $(seq 1 120); do
-  $NM cell_v2 discover_hosts >/dev/null 2>&1 || true
-  n=$(mariadb --defaults-file="$B/etc/my.cnf" -uroot -N -e 'select (select count(*) from nova_api.host_mappings) * (select count(*) from placement.resource_providers)')
-  [ "$n" -ge 1 ] && break
-  [ "$i" = 120 ] && die "compute host never registered (log/nova-compute.log)"
+# Neutron's agents once its RPC server consumes (an agent whose first call times out waits a minute)
+for i in $(seq 1 60); do
+  ( . etc/rabbit.env; /usr/lib/rabbitmq/bin/rabbitmqctl -q list_queues name consumers 2>/dev/null ) | grep -qE '^q-plugin\s+[1-9]' && break
+  [ "$i" = 60 ] && die "Neutron's RPC server never consumed q-plugin (log/neutron.log)"
   sleep 1
 done
+NA="--config-file $B/etc/neutron/neutron.conf --config-file $B/etc/neutron/agent.conf"
+start neutron-linuxbridge neutron-linuxbridge-agent $NA --config-file "$B/etc/neutron/linuxbridge_agent.ini" --log-file "$B/log/neutron-linuxbridge.log"
+start neutron-dhcp neutron-dhcp-agent $NA --config-file "$B/etc/neutron/dhcp_agent.ini" --log-file "$B/log/neutron-dhcp.log"
+start neutron-l3 neutron-l3-agent $NA --config-file "$B/etc/neutron/l3_agent.ini" --log-file "$B/log/neutron-l3.log"
+start neutron-metadata neutron-metadata-agent $NA --config-file "$B/etc/neutron/metadata_agent.ini" --log-file "$B/log/neutron-metadata.log"
+lap "Neutron agents started"
+python3 "$HERE/bootstrap.py" "$B" cloud >>log/bootstrap.log 2>&1 || die "bootstrap (cloud) failed (log/bootstrap.log)"
+lap "flavors, image, public network, quotas, application credential"
+# ready = both compute hosts are mapped to cell1 and have a resource provider in Placement, and
+# the four Neutron agents have reported in
+SQL="mariadb --defaults-file=$B/etc/my.cnf -uroot -N -e"
+for i in $(seq 1 180); do
+  $NM cell_v2 discover_hosts >/dev/null 2>&1 || true
+  h=$($SQL 'select count(*) from nova_api.host_mappings'); r=$($SQL 'select count(*) from placement.resource_providers')
+  a=$($SQL 'select count(*) from neutron.agents where heartbeat_timestamp > utc_timestamp() - interval 60 second')
+  [ "$h" -ge 2 ] && [ "$r" -ge 2 ] && [ "$a" -ge 4 ] && break
+  [ "$i" = 180 ] && die "not ready after 180 s: $h compute hosts mapped, $r resource providers, $a Neutron agents alive (log/nova-compute*.log, log/neutron-*.log)"
+  sleep 1
+done
+lap "both compute hosts and four Neutron agents up"
+python3 "$HERE/bootstrap.py" "$B" compute "$IMAGE" >>log/bootstrap.log 2>&1 || die "bootstrap (compute) failed (log/bootstrap.log)"
+lap "flavor g1.node, image hybridgrid-node (kernel, ramdisk, root)"
 for f in run/*.pid; do alive "$f" || die "$(basename "$f" .pid) died during start-up (see $B/log)"; done
 mv clouds.yaml.new clouds.yaml   # its presence marks a finished start-up
 lap "cloud ready: $(ls run/*.pid | wc -l) processes recorded in $B/run"
