@@ -11,6 +11,7 @@
 
 mod api;
 mod apply;
+mod boot;
 mod down;
 mod error;
 pub mod ledger;

@@ -21,6 +21,7 @@ use hybridgrid_engine::{
 use serde::{Deserialize, Serialize};
 
 use crate::api::{self, CallTrace, Cloud, CrashSwitch};
+use crate::boot;
 use crate::error::{OsError, Result};
 use crate::ledger::{LEDGER_FILE, Ledger, LedgerSite};
 use crate::site::SiteOps;
@@ -41,6 +42,9 @@ pub struct Options {
     pub agent_url: Option<String>,
     /// How long a server may take to become ACTIVE (and to disappear on delete).
     pub server_timeout: Duration,
+    /// How long `up` waits for a booted relay to report its WireGuard key (while its console log
+    /// shows the boot progressing); zero: not at all.
+    pub boot_timeout: Duration,
     /// Receives every API call with its timing.
     pub trace: Option<CallTrace>,
 }
@@ -53,6 +57,7 @@ impl Options {
             crash_after: None,
             agent_url: None,
             server_timeout: Duration::from_secs(600),
+            boot_timeout: Duration::from_secs(900),
             trace: None,
         }
     }
@@ -549,33 +554,39 @@ impl OpenStack {
         Ok(per_site.into_iter().flatten().collect())
     }
 
-    /// Servers of an earlier, interrupted run must be ACTIVE too (then observe again: their
-    /// relays' keys are on their consoles); relays without a reported key are noted.
+    /// Servers of an earlier, interrupted run must be ACTIVE too; then relays that booted but
+    /// have not reported their WireGuard key yet are waited for while they boot
+    /// ([`boot::await_relay_key`]), so that `up` returns a cluster whose tunnels can come up.
+    /// Either observes again (a server became ACTIVE, a key appeared) or notes what is pending.
     async fn settle_async(&self, plan: &Plan, _sink: Sink<'_>) -> Result<Settled> {
         let sites = self.connected().await?;
-        let waited = try_join_all(sites.iter().map(|ops| async move {
-            let list = ops.servers(true).await?;
-            // Only servers still being built: one a user stopped (SHUTOFF) is left as it is.
-            let pending: Vec<_> = list.iter().filter(|s| s.status == "BUILD").collect();
-            for srv in &pending {
-                ops.wait_active(&srv.id, &srv.node).await?;
-            }
-            Ok::<_, OsError>(!pending.is_empty())
-        }))
-        .await?;
-        let notes = plan
+        let keyless: Vec<&str> = plan
             .nodes
             .iter()
             .filter(|n| n.wireguard.as_ref().is_some_and(|w| w.public_key.is_none()))
-            .map(|n| {
-                format!(
-                    "{} has not reported its WireGuard public key on its console yet",
-                    n.name
-                )
-            })
+            .map(|n| n.name.as_str())
             .collect();
+        let per_site = try_join_all(sites.iter().map(|ops| {
+            let keyless = &keyless;
+            async move {
+                let list = ops.servers(true).await?;
+                // Only servers still being built: one a user stopped (SHUTOFF) is left as it is.
+                let pending: Vec<_> = list.iter().filter(|s| s.status == "BUILD").collect();
+                for srv in &pending {
+                    ops.wait_active(&srv.id, &srv.node).await?;
+                }
+                let mut keys = Vec::new();
+                for srv in list.iter().filter(|s| keyless.contains(&s.node.as_str())) {
+                    let wait = boot::await_relay_key(ops, &srv.id, self.opts.boot_timeout).await;
+                    keys.push((srv.node.clone(), wait));
+                }
+                Ok::<_, OsError>((!pending.is_empty(), keys))
+            }
+        }))
+        .await?;
+        let (observe_again, notes) = boot::settled(&keyless, per_site);
         Ok(Settled {
-            observe_again: waited.into_iter().any(|w| w),
+            observe_again,
             notes,
         })
     }

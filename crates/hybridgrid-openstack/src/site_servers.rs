@@ -290,6 +290,11 @@ impl SiteOps {
 
     /// The key a relay printed to its console, if any.
     pub async fn console_public_key(&self, server_id: &str) -> Option<String> {
+        userdata::public_key_from_console(&self.console_output(server_id).await?)
+    }
+
+    /// The last 200 lines of the server's console log (Nova's console-output API).
+    pub async fn console_output(&self, server_id: &str) -> Option<String> {
         let v = self
             .cloud
             .call(
@@ -303,7 +308,7 @@ impl SiteOps {
             )
             .await
             .ok()?;
-        userdata::public_key_from_console(v["output"].as_str()?)
+        v["output"].as_str().map(str::to_owned)
     }
 }
 

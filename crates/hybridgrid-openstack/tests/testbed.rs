@@ -28,6 +28,9 @@ use openstack_sdk::config::ConfigFile;
 use openstack_sdk::types::ServiceType;
 use serde_json::Value;
 
+#[path = "testbed/boot.rs"]
+mod boot;
+
 fn clouds() -> PathBuf {
     match std::env::var_os("HYBRIDGRID_TESTBED_CLOUDS") {
         Some(p) => PathBuf::from(p),
@@ -90,6 +93,8 @@ sites:
 fn options(dir: &std::path::Path) -> Options {
     let mut o = Options::new(dir.to_owned());
     o.clouds_file = Some(clouds());
+    // fake-image boots on the fake host: no console, no key to wait for
+    o.boot_timeout = std::time::Duration::ZERO;
     o
 }
 

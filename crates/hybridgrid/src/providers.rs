@@ -41,6 +41,12 @@ fn openstack(cluster: &Cluster) -> anyhow::Result<OpenStack> {
     let mut opts = hybridgrid_openstack::Options::new(hybridgrid_local::state_root());
     // `HYBRIDGRID_AGENT_URL`: where nodes download the hybridgrid binary (else the image has it).
     opts.agent_url = std::env::var("HYBRIDGRID_AGENT_URL").ok();
+    if let Some(secs) = std::env::var("HYBRIDGRID_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        opts.boot_timeout = std::time::Duration::from_secs(secs);
+    }
     Ok(OpenStack::new(cluster, opts)?)
 }
 

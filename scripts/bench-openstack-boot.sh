@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Provisioning benchmark with servers that really boot: `hybridgrid up` of a two-site openstack
+# cluster on the project's test bed (testbed/openstack, libvirt/QEMU with TCG), against the slowest
+# server's create -> cloud-init done in the same run.
+#
+# usage: scripts/bench-openstack-boot.sh BED_DIR [WORKERS_PER_SITE]     (the bed up in BED_DIR)
+# Prints, per run: up's wall time; each server's create -> ACTIVE and create -> cloud-init done
+# (Nova's `created` to the "Cloud-init ... finished at" line of its console log); the ratio of up
+# to the slowest server; and when the relays' WireGuard handshake was first seen (over SSH).
+# The nodes fetch this build's hybridgrid binary from the host (203.0.113.1, the bed's bridge).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BED=$(cd "${1:?usage: bench-openstack-boot.sh BED_DIR [WORKERS_PER_SITE]}" && pwd)
+WORKERS=${2:-0}
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$HOME/.cargo/bin OS_CLIENT_CONFIG_FILE=$BED/clouds.yaml
+[ -f "$BED/clouds.yaml" ] || { echo "bench: no test bed in $BED (testbed/openstack/up.sh $BED)" >&2; exit 1; }
+cargo build --release --locked -p hybridgrid >/dev/null 2>&1 || cargo build --release --locked -p hybridgrid
+W=$(mktemp -d /tmp/hg-bench-boot.XXXXXX)
+NAME="bb$(( $$ % 100000 ))"
+cp target/release/hybridgrid "$W/hybridgrid"
+ssh-keygen -q -t ed25519 -N "" -C "$NAME" -f "$W/id"
+PORT=18098
+python3 -m http.server --bind 203.0.113.1 "$PORT" --directory "$W" >"$W/http.log" 2>&1 &
+SRV=$!
+HG() { HYBRIDGRID_STATE_DIR="$W/state" HYBRIDGRID_AGENT_URL="http://203.0.113.1:$PORT/hybridgrid" "$W/hybridgrid" "$@" -f "$W/cluster.yaml"; }
+cleanup() { HG down >"$W/down.log" 2>&1 || cat "$W/down.log" >&2; kill "$SRV" 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+site() {
+  printf '  - name: %s\n    cloud: %s\n    subnet: %s\n    master: %s\n    external_network: public\n    gateway: { flavor: g1.node, image: hybridgrid-node }\n    workers:\n      - { count: %s, flavor: g1.node, image: hybridgrid-node }\n' "$@"
+}
+{
+  printf 'name: %s\nprovider: openstack\nssh_public_key: %s\nadmin_cidrs: [203.0.113.1/32]\nsites:\n' "$NAME" "$W/id.pub"
+  site a site-a 10.71.0.0/24 true "$WORKERS"
+  site b site-b 10.72.0.0/24 false "$WORKERS"
+} >"$W/cluster.yaml"
+t0=$(date +%s.%N)
+HG up >"$W/up.log" 2>&1 || { cat "$W/up.log" >&2; exit 1; }
+t_up=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+echo "up: ${t_up} s ($(grep -c . "$W/up.log") lines of output)"
+slowest=0
+for cloud in site-a site-b; do
+  for id in $(openstack --os-cloud "$cloud" server list --name "^$NAME-" -f value -c ID); do
+    j=$(openstack --os-cloud "$cloud" server show "$id" -f json -c name -c created -c updated)
+    name=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["name"])' "$j")
+    created=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["created"])' "$j")
+    done_at=""
+    for _ in $(seq 1 150); do
+      done_at=$(openstack --os-cloud "$cloud" console log show "$id" 2>/dev/null | sed -n 's/.*Cloud-init v\. [^ ]* finished at \(.*\)\. Datasource.*/\1/p' | tail -1)
+      [ -n "$done_at" ] && break; sleep 2
+    done
+    [ -n "$done_at" ] || { echo "bench: $name: no cloud-init finished line" >&2; exit 1; }
+    s=$(( $(date -d "$done_at" +%s) - $(date -d "$created" +%s) ))
+    echo "  $name: create -> cloud-init done ${s} s"
+    [ "$s" -gt "$slowest" ] && slowest=$s
+  done
+done
+echo "slowest server create -> cloud-init done: ${slowest} s; up / slowest = $(awk -v a="$t_up" -v b="$slowest" 'BEGIN{printf "%.2f", a/b}')"
+# When do the relays' tunnels carry traffic? (handshake seen on the master relay)
+fip=$(openstack --os-cloud site-a floating ip list -f value -c "Floating IP Address" -c Port | awk '$2 != "None" {print $1}' | head -1)
+for i in $(seq 1 60); do
+  hs=$(ssh -i "$W/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+        -o ConnectTimeout=5 -o BatchMode=yes "debian@$fip" 'sudo wg show all latest-handshakes' 2>/dev/null | awk '$3 > 0' | wc -l) || hs=0
+  if [ "$hs" -ge 1 ]; then
+    echo "handshake on the master relay ($fip) $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s after up started"
+    exit 0
+  fi
+  sleep 3
+done
+echo "bench: no WireGuard handshake on the master relay ($fip) within 3 minutes of up returning" >&2
+exit 1
