@@ -13,7 +13,8 @@ ours() {   # guard against a stale PID file whose PID now belongs to something e
   grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null && return 2   # a zombie: nothing to stop
   local cwd; cwd=$(readlink "/proc/$1/cwd" 2>/dev/null) || return 1
   [[ "$cwd" == "$B"* ]] || [ "$(cat "/proc/$1/comm" 2>/dev/null)" = epmd ] ||
-    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$B/"
+    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$B/" ||
+    grep -qsxzF "OSBED_DIR=$B" "/proc/$1/environ"
 }
 pids=""
 for f in "$B"/run/*.pid; do
@@ -25,8 +26,9 @@ for f in "$B"/run/*.pid; do
     if [ $o = 0 ]; then pids="$pids $c"; elif [ $o = 1 ] && [ -d "/proc/$c" ]; then echo "down.sh: PID $c ($f) is not from $B, left alone" >&2; fi
   done
 done
-# daemonized helpers (their own session): QEMU (disks under DIR), dnsmasq and haproxy (configs under DIR)
-for c in $(pgrep -f -- "$B/"); do
+# daemonized helpers (their own session): QEMU (disks under DIR), dnsmasq and haproxy (configs
+# under DIR), privsep daemons (OSBED_DIR=DIR in their environment)
+for c in $(pgrep -f -- "$B/"; grep -lsxzF "OSBED_DIR=$B" /proc/[0-9]*/environ | cut -d/ -f3); do
   case "$(cat "/proc/$c/comm" 2>/dev/null)" in
     qemu-system-x86|dnsmasq|haproxy|keepalived|radvd|privsep-helper|neutron-*|nova-*|python3) pids="$pids $c";;
   esac

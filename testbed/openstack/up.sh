@@ -57,7 +57,9 @@ mkdir -p mysql run log rabbit/home rabbit/mnesia rabbit/log state/keystone/ferne
 chown mysql:mysql mysql run
 nft list tables >run/nft-tables-before 2>/dev/null || true   # down.sh removes only tables made after
 
-# every service in its own session/process group, PID recorded (down.sh kills by these)
+# every service in its own session/process group, PID recorded (down.sh kills by these); what
+# they spawn carries OSBED_DIR in its environment (privsep daemons leave DIR and the group)
+export OSBED_DIR="$B"
 start() { local name=$1; shift; setsid "$@" >"log/$name.out" 2>&1 </dev/null & echo $! >"run/$name.pid"; }
 
 # --- MariaDB
@@ -142,10 +144,14 @@ for i in $(seq 1 60); do
   sleep 1
 done
 NA="--config-file $B/etc/neutron/neutron.conf --config-file $B/etc/neutron/agent.conf"
+# the agents (and their privsep daemons) find ebtables-pad.sh as `ebtables` first (see there)
+mkdir -p bin && cp "$HERE/ebtables-pad.sh" bin/ebtables
+export PATH="$B/bin:$PATH"
 start neutron-linuxbridge neutron-linuxbridge-agent $NA --config-file "$B/etc/neutron/linuxbridge_agent.ini" --log-file "$B/log/neutron-linuxbridge.log"
 start neutron-dhcp neutron-dhcp-agent $NA --config-file "$B/etc/neutron/dhcp_agent.ini" --log-file "$B/log/neutron-dhcp.log"
 start neutron-l3 neutron-l3-agent $NA --config-file "$B/etc/neutron/l3_agent.ini" --log-file "$B/log/neutron-l3.log"
 start neutron-metadata neutron-metadata-agent $NA --config-file "$B/etc/neutron/metadata_agent.ini" --log-file "$B/log/neutron-metadata.log"
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 lap "Neutron agents started"
 python3 "$HERE/bootstrap.py" "$B" cloud >>log/bootstrap.log 2>&1 || die "bootstrap (cloud) failed (log/bootstrap.log)"
 lap "flavors, image, public network, quotas, application credential"
