@@ -25,6 +25,7 @@ SRV=$!
 HG() { HYBRIDGRID_STATE_DIR="$W/state" HYBRIDGRID_AGENT_URL="http://203.0.113.1:$PORT/hybridgrid" "$W/hybridgrid" "$@" -f "$W/cluster.yaml"; }
 cleanup() { HG down >"$W/down.log" 2>&1 || cat "$W/down.log" >&2; kill "$SRV" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
+trap "exit 130" INT TERM   # so that cleanup runs on a signal too
 site() {
   printf '  - name: %s\n    cloud: %s\n    subnet: %s\n    master: %s\n    external_network: public\n    gateway: { flavor: g1.node, image: hybridgrid-node }\n    workers:\n      - { count: %s, flavor: g1.node, image: hybridgrid-node }\n' "$@"
 }

@@ -55,7 +55,17 @@ pub fn apply(
 
 /// One agent at a time on a node: `up` and the node's own supervisor both apply. Held until
 /// the returned file is dropped.
+/// On a fresh node (cloud-init's first run) the state folder does not exist yet: it is made,
+/// 0700 (it holds the WireGuard private key).
 fn lock(state_dir: &Path) -> Result<std::fs::File, AgentError> {
+    if !state_dir.is_dir() {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(AgentError::io(state_dir))?;
+    }
     let lock_path = state_dir.join("agent.lock");
     let lock = std::fs::File::create(&lock_path).map_err(AgentError::io(&lock_path))?;
     lock.lock().map_err(AgentError::io(&lock_path))?;
@@ -558,4 +568,22 @@ pub fn wg_status(ifname: &str) -> Result<WgStatus, AgentError> {
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// What broke on the first real boot: `agent apply` on a fresh node failed with
+    /// "/var/lib/hybridgrid/agent.lock: No such file or directory".
+    #[test]
+    fn lock_on_a_fresh_node_makes_the_state_folder_0700() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("var/lib/hybridgrid");
+        let _lock = super::lock(&state).unwrap();
+        assert!(state.join("agent.lock").is_file());
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
 }
