@@ -5,8 +5,9 @@ set -euo pipefail
 # Slurm, munge and nginx (data stores, results store) run inside the cluster's namespaces;
 # curl is what jobs use to read datasets and upload results.
 # cloud-init: the tests check the openstack provider's user data with `cloud-init schema`.
+# chromium: the tests render `hybridgrid graph`'s SVG in a real browser (headless).
 PKGS=(iproute2 nftables wireguard-tools iputils-ping conntrack iperf3 wireguard-go procps util-linux
-  slurm-wlm munge nginx-light curl cloud-init)
+  slurm-wlm munge nginx-light curl cloud-init chromium)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

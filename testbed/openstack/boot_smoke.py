@@ -41,11 +41,19 @@ def check(cond, what):
     log("ok: " + what)
 
 
-def ssh(fip, cmd, timeout=30):
-    return subprocess.run(
-        ["ssh", "-i", KEY, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes", "debian@" + fip, cmd],
-        capture_output=True, text=True, timeout=timeout)
+def ssh(fip, cmd, timeout=45, attempts=3):
+    """Runs cmd on the guest. A guest under TCG on a loaded host can stall an SSH session for
+    tens of seconds: a session that hangs is retried (every command here may run twice)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return subprocess.run(
+                ["ssh", "-i", KEY, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes",
+                 "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=4", "debian@" + fip, cmd],
+                capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log("ssh %s: no answer within %ds (attempt %d of %d): %s" % (fip, timeout, attempt, attempts, cmd[:60]))
+    raise Fail("ssh to %s hung %d times: %s" % (fip, attempts, cmd[:60]))
 
 
 def wait(what, fn, timeout, every=2.0):

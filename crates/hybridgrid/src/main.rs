@@ -12,16 +12,19 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hybridgrid_core::diff::Change;
-use hybridgrid_core::model::{self, Cluster, LoadError, Provider as Kind};
+use hybridgrid_core::model::{self, Cluster, LoadError};
 use hybridgrid_core::plan::{Plan, Remote, Role};
 use hybridgrid_core::render;
 use hybridgrid_engine::{Command as Cmd, EngineError, Event, Probe, Provider};
 
 mod doctor_cmd;
+mod graph;
 mod node_cmd;
+mod progress;
 mod providers;
 mod status_text;
 mod submit_cmd;
+mod validate_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +35,12 @@ mod submit_cmd;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Progress of `up` and `down`: only failures.
+    #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Progress of `up` and `down`: every finished change stays on screen.
+    #[arg(short = 'v', long, global = true)]
+    verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +53,9 @@ enum Command {
         /// quotas cover the plan (provider openstack).
         #[arg(long)]
         online: bool,
+        /// Print the versioned validation document (docs/plan-json.md) instead of messages.
+        #[arg(long)]
+        json: bool,
     },
     /// Show what `up` would create or change, without changing anything.
     Plan {
@@ -85,6 +97,20 @@ enum Command {
         /// get every pair anyway).
         #[arg(long)]
         all_pairs: bool,
+    },
+    /// Draw the cluster: sites with their subnets and nodes, tunnels between the relays (with
+    /// handshake age and bytes when the cluster runs; broken ones red).
+    Graph {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "svg")]
+        format: GraphFormat,
+        /// Print the versioned graph document (docs/plan-json.md) instead of a drawing.
+        #[arg(long)]
+        json: bool,
+        /// Draw the cluster file only: do not ask the running cluster for its tunnels.
+        #[arg(long)]
+        offline: bool,
     },
     /// Run a command on a node: `exec -f FILE NODE -- CMD...`.
     Exec {
@@ -152,10 +178,27 @@ fn require(provider: &dyn Provider, command: Cmd, hint: &str) -> anyhow::Result<
     }
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum GraphFormat {
+    Svg,
+    Dot,
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let knobs = providers::Knobs::default();
+    let verbosity = match (cli.quiet, cli.verbose) {
+        (true, _) => progress::Verbosity::Quiet,
+        (false, true) => progress::Verbosity::Verbose,
+        (false, false) => progress::Verbosity::Normal,
+    };
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = progress::Progress::new(std::io::stderr(), live, verbosity);
+    let show = |e: Event| progress.event(e);
     match cli.command {
-        Command::Validate { file, online } => validate(&file, online),
+        Command::Validate { file, online, json } if json => {
+            validate_cmd::validate_json(&file, online)
+        }
+        Command::Validate { file, online, .. } => validate_cmd::validate(&file, online),
         Command::Plan { file, json } => {
             let Some((cluster, provider)) = open(&file, knobs)? else {
                 return Ok(ExitCode::FAILURE);
@@ -239,6 +282,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+        Command::Graph {
+            file,
+            format,
+            json,
+            offline,
+        } => {
+            let Some((cluster, provider)) = open(&file, knobs)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            // The topology is the cluster file's; the tunnels' state is the running cluster's,
+            // when it can be read (a cluster that is not up has nothing to show there).
+            let plan = hybridgrid_core::reconcile::plan(&cluster, &Default::default());
+            let status = if offline || !provider.supports(Cmd::Status) {
+                None
+            } else {
+                match hybridgrid_engine::status(provider.as_ref(), &cluster, Probe::None) {
+                    Ok(s) if s.nodes.iter().any(|n| n.up) => Some(s),
+                    Ok(_) => None,
+                    Err(e) => {
+                        eprintln!("warning: drawing the cluster file only: {e}");
+                        None
+                    }
+                }
+            };
+            let g = graph::build(&plan, status.as_ref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&g)?);
+            } else {
+                match format {
+                    GraphFormat::Svg => print!("{}", graph::svg(&g)),
+                    GraphFormat::Dot => print!("{}", graph::dot(&g)),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Exec { file, node, cmd } => {
             let Some((_, provider)) = open(&file, knobs)? else {
                 return Ok(ExitCode::FAILURE);
@@ -317,62 +395,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Progress of `up` and `down` on standard error.
-fn show(e: Event) {
-    match e {
-        Event::Round { round, changes } => eprintln!("round {round}: {changes} changes"),
-        Event::Applied {
-            summary,
-            seconds,
-            details,
-        } => {
-            let extra = if details.is_empty() {
-                String::new()
-            } else {
-                format!(" — {}", details.join("; "))
-            };
-            eprintln!("  {seconds:5.2}s {summary}{extra}");
-        }
-        Event::Failed { summary, error } => eprintln!("  FAILED {summary}: {error}"),
-        Event::Note(n) => eprintln!("  {n}"),
-    }
-}
-
-fn validate(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
-    let Some(cluster) = load(file)? else {
-        return Ok(ExitCode::FAILURE);
-    };
-    let online = online && cluster.provider == Kind::OpenStack;
-    if online {
-        let os = providers::openstack_of(&cluster)?;
-        let plan = hybridgrid_engine::plan(&os, &cluster)?;
-        let problems = os.validate_online_blocking(&plan)?;
-        for p in &problems {
-            eprintln!("{}: error: {p}", file.display());
-        }
-        if !problems.is_empty() {
-            eprintln!(
-                "{}: {} problem(s) in the clouds; nothing was created",
-                file.display(),
-                problems.len()
-            );
-            return Ok(ExitCode::FAILURE);
-        }
-    }
-    let nodes: u64 = cluster.sites.iter().map(|s| 1 + s.worker_count()).sum();
-    println!(
-        "{}: ok — cluster {}, {} sites, {nodes} nodes{}",
-        file.display(),
-        cluster.name,
-        cluster.sites.len(),
-        if online {
-            "; the clouds have room for it"
-        } else {
-            ""
-        }
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
 /// Loads and validates; prints diagnostics. `None` when the file has errors (already reported).
 fn load(file: &Path) -> anyhow::Result<Option<Cluster>> {
     let shown = file.display().to_string();

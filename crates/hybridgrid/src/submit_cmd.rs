@@ -305,7 +305,12 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
             let plan = local.plan()?;
             let views = job_views(&local, &plan)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&views)?);
+                let doc = serde_json::json!({
+                    "format_version": 1,
+                    "cluster": plan.cluster,
+                    "jobs": views,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
                 return Ok(ExitCode::SUCCESS);
             }
             println!(

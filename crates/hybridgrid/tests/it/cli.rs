@@ -53,6 +53,37 @@ fn validate_reports_every_problem_with_position_and_exits_1() {
 }
 
 #[test]
+fn validate_json_lists_every_problem_with_line_and_key() {
+    let f = "fixtures/invalid/36-many-problems-at-once.yaml";
+    let out = hybridgrid(&["validate", "-f", f, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["ok"], false);
+    let d = v["diagnostics"].as_array().unwrap();
+    assert_eq!(
+        d.iter().filter(|d| d["severity"] == "error").count(),
+        9,
+        "{v:#}"
+    );
+    assert!(
+        d.iter().any(|d| d["line"] == 2
+            && d["column"] == 11
+            && d["key"] == "provider"
+            && d["help"] == "did you mean `openstack`?"),
+        "{v:#}"
+    );
+    let ok = hybridgrid(&["validate", "-f", "examples/three-sites.yaml", "--json"]);
+    assert!(ok.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].clone(), v["sites"].clone()),
+        (true.into(), 3.into()),
+        "{v:#}"
+    );
+}
+
+#[test]
 fn a_missing_file_is_a_clear_error() {
     let out = hybridgrid(&["validate", "-f", "no/such/cluster.yaml"]);
     assert_eq!(out.status.code(), Some(1));

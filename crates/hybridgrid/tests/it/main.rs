@@ -3,5 +3,6 @@
 //! an openstack cluster against the project's OpenStack test bed (`openstack`).
 
 mod cli;
+mod graph;
 mod lab;
 mod openstack;

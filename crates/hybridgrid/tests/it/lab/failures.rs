@@ -132,6 +132,12 @@ fn missing_wireguard_rule_on_a_stateless_gateway_means_no_handshake_and_doctor_s
         "{m:#?}"
     );
     assert_eq!(report["findings"][0]["kind"], "no-handshake", "{report:#}");
+    // `graph` draws that tunnel red (issue 13).
+    let graph = |args: &[&str]| lab.hg_ok(&[&["graph", "-f", lab.f()], args].concat());
+    let g: Value = serde_json::from_str(&graph(&["--json"])).unwrap();
+    assert_eq!(g["observed"], true, "{g:#}");
+    assert_eq!(g["tunnels"][0]["state"], "down", "{g:#}");
+    assert!(graph(&[]).contains(r##"stroke="#dc2626" stroke-width="3""##));
 
     // `up` puts the rule back; the handshake follows.
     let out = lab.hg_ok(&stateless);
@@ -144,6 +150,8 @@ fn missing_wireguard_rule_on_a_stateless_gateway_means_no_handshake_and_doctor_s
             .is_some_and(|t| t != "0")
     });
     assert!(ping_ok(&lab, "giessen-worker-1", &["10.10.0.6"]));
+    let g: Value = serde_json::from_str(&graph(&["--json"])).unwrap();
+    assert_eq!(g["tunnels"][0]["state"], "up", "{g:#}");
     assert_clean(&lab);
     assert!(lab.hg_ok(&stateless).contains("no changes"));
 }

@@ -246,7 +246,8 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     // `jobs` lists every job with the site it ran at and its state.
     let jobs: serde_json::Value =
         serde_json::from_str(&lab.hg_ok(&["jobs", "-f", lab.f(), "--json"])).unwrap();
-    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs["format_version"], 1, "{jobs:#}");
+    let jobs = jobs["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 4, "{jobs:?}");
     assert!(jobs.iter().all(|j| j["state"] == "COMPLETED"), "{jobs:?}");
     let sites: Vec<&str> = jobs.iter().map(|j| j["ran_at"].as_str().unwrap()).collect();
