@@ -70,8 +70,10 @@ pub struct GraphTunnel {
     pub tx_bytes: u64,
 }
 
-/// The graph of `plan`, with tunnel states from `status` when the cluster runs.
-pub fn build(plan: &Plan, status: Option<&StatusReport>) -> Graph {
+/// The graph of `plan`, with node states from `status` when the cluster runs, and tunnel states
+/// too when `tunnels_observed` (the provider reads the relays' WireGuard devices: local; on
+/// openstack, status has no tunnels yet, and they are drawn as not observed).
+pub fn build(plan: &Plan, status: Option<&StatusReport>, tunnels_observed: bool) -> Graph {
     let up_of =
         |node: &str| status.and_then(|s| s.nodes.iter().find(|n| n.name == node).map(|n| n.up));
     let sites = plan
@@ -104,7 +106,7 @@ pub fn build(plan: &Plan, status: Option<&StatusReport>) -> Graph {
     let mut tunnels = Vec::new();
     for (i, a) in relays.iter().enumerate() {
         for b in &relays[i + 1..] {
-            tunnels.push(tunnel(a, b, status));
+            tunnels.push(tunnel(a, b, status.filter(|_| tunnels_observed)));
         }
     }
     Graph {
@@ -458,7 +460,14 @@ mod tests {
             ],
             reachability: vec![],
         };
-        let g = build(&plan, Some(&status));
+        let g = build(&plan, Some(&status), true);
+        assert!(
+            build(&plan, Some(&status), false)
+                .tunnels
+                .iter()
+                .all(|t| t.state == TunnelState::Unknown),
+            "a provider that cannot see the tunnels draws none red"
+        );
         let states: Vec<_> = g
             .tunnels
             .iter()
@@ -485,7 +494,7 @@ mod tests {
         let mut one_sided = status.clone();
         one_sided.tunnels[1].handshake_age_s = None;
         assert_eq!(
-            build(&plan, Some(&one_sided)).tunnels[0].state,
+            build(&plan, Some(&one_sided), true).tunnels[0].state,
             TunnelState::Down
         );
         assert_eq!(tunnel_label(&g.tunnels[2]), "no handshake");
@@ -511,7 +520,7 @@ mod tests {
 
     #[test]
     fn names_are_escaped_and_large_sites_summed_up() {
-        let mut g = build(&three_sites(), None);
+        let mut g = build(&three_sites(), None, true);
         g.cluster = "a<b&\"c".into();
         let extra = g.sites[1].nodes[1].clone();
         g.sites[1].nodes.extend(std::iter::repeat_n(extra, 20));

@@ -306,7 +306,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             };
-            let g = graph::build(&plan, status.as_ref());
+            let tunnels_observed = cluster.provider == model::Provider::Local;
+            let g = graph::build(&plan, status.as_ref(), tunnels_observed);
             if json {
                 println!("{}", serde_json::to_string_pretty(&g)?);
             } else {
