@@ -14,7 +14,7 @@ pub use crate::diagnose::{
     SiteFacts, TunnelFacts, diagnose,
 };
 use crate::provider::Local;
-use crate::{LocalError, live, names};
+use crate::{LocalError, live, names, sh};
 
 /// Pings in flight at once.
 const PROBES_AT_ONCE: usize = 96;
@@ -281,4 +281,58 @@ pub fn doctor(local: &Local) -> Result<DoctorReport, LocalError> {
         findings,
         facts,
     })
+}
+
+/// `doctor --path SRC DST`: doctor's facts and findings, the two ends' routes, the relays'
+/// forwarding and one ping, followed hop by hop ([`crate::path::trace`]).
+pub fn path(local: &Local, src: &str, dst: &str) -> Result<crate::path::PathReport, LocalError> {
+    let plan = local.plan()?;
+    let (Some(s), Some(d)) = (plan.node(src), plan.node(dst)) else {
+        let unknown = if plan.node(src).is_none() { src } else { dst };
+        return Err(LocalError::NoSuchNode(unknown.to_owned()));
+    };
+    let facts = gather(local)?;
+    let findings = diagnose(&facts);
+    let running = |n: &str| local.holder_pid(n).is_some();
+    let route = |from: &str, to: Ipv4Addr| {
+        running(from)
+            .then(|| {
+                let to = to.to_string();
+                sh::run(
+                    "ip",
+                    &["-n", &local.ns(from), "-4", "-o", "route", "get", &to],
+                )
+                .ok()
+            })
+            .flatten()
+    };
+    let relay = |site: &str| {
+        plan.sites
+            .iter()
+            .find(|x| x.name == site)
+            .map(|x| x.relay.clone())
+    };
+    let forwarding = |site: &str| {
+        let r = relay(site)?;
+        let out = sh::run(
+            "nsenter",
+            &[
+                &sh::net_of(&local.ns(&r)),
+                "--",
+                "cat",
+                "/proc/sys/net/ipv4/ip_forward",
+            ],
+        )
+        .ok()?;
+        Some(out.trim() == "1")
+    };
+    let pf = crate::path::PathFacts {
+        src_route: route(src, d.lan_ip),
+        dst_route: route(dst, s.lan_ip),
+        src_relay_forwarding: forwarding(&s.site),
+        dst_relay_forwarding: forwarding(&d.site),
+        ping_ok: running(src) && live::ping(&local.ns(src), d.lan_ip, None),
+    };
+    crate::path::trace(&plan, &facts, &findings, &pf, src, dst)
+        .ok_or_else(|| LocalError::Other(format!("no path from {src} to {dst} in the plan")))
 }

@@ -24,6 +24,7 @@ mod live;
 pub mod names;
 mod observe;
 mod par;
+pub mod path;
 pub mod provider;
 mod sh;
 pub mod slurm;

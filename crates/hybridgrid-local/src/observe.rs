@@ -21,6 +21,8 @@ struct NodeLive {
     rules: Option<(Vec<String>, bool)>,
     /// The tunnel interface's MTU; `None` if the device does not exist.
     wg_mtu: Option<u16>,
+    /// Relays: the public keys of the tunnel device's live peers (`None`: not read).
+    wg_peers: Option<Vec<String>>,
     routes: Option<Vec<Ipv4Net>>,
 }
 
@@ -144,9 +146,15 @@ impl Local {
             let ns = self.ns(node);
             let rules = live::nft_table(&ns, "inet", "hg_sg")
                 .map(|t| (live::rule_lines(&t), t.contains("ct state")));
+            let wg_mtu = live::live_mtu(&ns, plan::WG_INTERFACE);
+            // A peer removed by hand is drift too (only where a device exists to ask).
+            let wg_peers = wg_mtu
+                .and_then(|_| self.wg_status(node, plan::WG_INTERFACE).ok())
+                .map(|st| st.peers.into_iter().map(|p| p.public_key).collect());
             NodeLive {
                 rules,
-                wg_mtu: live::live_mtu(&ns, plan::WG_INTERFACE),
+                wg_mtu,
+                wg_peers,
                 routes: live::route_destinations(&ns),
             }
         });
@@ -246,7 +254,7 @@ impl Local {
 }
 
 /// The configuration a node applied, as far as its live state still shows it: a WireGuard
-/// device that is gone or has another MTU, routes that were deleted, Slurm daemons (and the
+/// device that is gone or has another MTU, peers removed from it, routes that were deleted, Slurm daemons (and the
 /// master's results store) that do not run.
 fn live_applied(mut a: NodeConfig, live: &NodeLive, running: &BTreeSet<String>) -> NodeConfig {
     if let Some(wg) = &mut a.wireguard {
@@ -254,6 +262,13 @@ fn live_applied(mut a: NodeConfig, live: &NodeLive, running: &BTreeSet<String>) 
             Some(mtu) => wg.mtu = mtu,
             None => a.wireguard = None,
         }
+    }
+    if let (Some(wg), Some(live_peers)) = (&mut a.wireguard, &live.wg_peers) {
+        wg.peers.retain(|p| {
+            p.public_key
+                .as_ref()
+                .is_none_or(|k| live_peers.contains(&k.to_base64()))
+        });
     }
     if let Some(routes) = &live.routes {
         a.routes.retain(|r| routes.contains(&r.destination));

@@ -66,7 +66,7 @@ fn probe_pairs(nodes: &[NodeStatus], probe: Probe) -> Vec<(&NodeStatus, &NodeSta
 
 impl Local {
     /// The node's WireGuard device, read by the agent inside the node.
-    fn wg_status(&self, node: &str, ifname: &str) -> Result<WgStatus, LocalError> {
+    pub(crate) fn wg_status(&self, node: &str, ifname: &str) -> Result<WgStatus, LocalError> {
         let out = self.agent(node, &["wg-status", "--interface", ifname])?;
         serde_json::from_str(&out).map_err(|source| LocalError::Json {
             path: PathBuf::from(format!("wg-status of {node}")),

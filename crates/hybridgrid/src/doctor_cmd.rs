@@ -24,6 +24,57 @@ pub fn run(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `doctor --path SRC DST`: exit 0 when the flow works end to end, 1 otherwise.
+pub fn path(file: &Path, src: &str, dst: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(local) = crate::providers::local_only(file, "doctor --path")? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let r = hybridgrid_local::doctor::path(&local, src, dst)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        let mut s = format!(
+            "{} → {}:
+",
+            r.src, r.dst
+        );
+        for (i, h) in r.hops.iter().enumerate() {
+            let mark = if h.ok { "ok  " } else { "FAIL" };
+            let _ = writeln!(
+                s,
+                "  {mark} {:2}. {}{}",
+                i + 1,
+                h.hop,
+                if h.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", h.detail)
+                }
+            );
+        }
+        match r.first_broken {
+            Some(i) => {
+                let h = &r.hops[i];
+                let _ = writeln!(
+                    s,
+                    "first broken hop: {}. {}
+  fix: {}",
+                    i + 1,
+                    h.hop,
+                    h.fix.as_deref().unwrap_or("-")
+                );
+            }
+            None => s.push_str("every hop works\n"),
+        }
+        print!("{s}");
+    }
+    Ok(if r.first_broken.is_none() && r.reachable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn text(r: &DoctorReport) -> String {
     let mut s = String::new();
     let f = &r.facts;

@@ -131,6 +131,10 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Follow one flow hop by hop (route, relay, port pairs, groups, tunnel, MTU, route
+        /// back) and name the first broken hop with its fix.
+        #[arg(long, num_args = 2, value_names = ["SRC", "DST"])]
+        path: Option<Vec<String>>,
     },
     /// Remove leftovers of this host's local clusters whose ledger is gone.
     Gc,
@@ -360,7 +364,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Doctor { file, json } => doctor_cmd::run(&file, json),
+        Command::Doctor {
+            file,
+            json,
+            path: Some(p),
+        } => doctor_cmd::path(&file, &p[0], &p[1], json),
+        Command::Doctor { file, json, .. } => doctor_cmd::run(&file, json),
         Command::Gc => {
             let removed = hybridgrid_local::gc(&hybridgrid_local::state_root())?;
             for r in &removed {

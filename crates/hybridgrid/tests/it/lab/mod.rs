@@ -13,6 +13,7 @@ mod crash;
 mod engine;
 mod failures;
 mod heal;
+mod path;
 
 mod slurm;
 

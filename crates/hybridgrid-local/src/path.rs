@@ -1,0 +1,416 @@
+//! `hybridgrid doctor --path SRC DST`: one flow followed hop by hop, from the source's route
+//! through its relay, the relay's port, the security groups, the tunnel and its MTU, to the
+//! destination and its route back; the first broken hop is named with the exact fix.
+//!
+//! Pure: built from doctor's [`Facts`] and [`Finding`]s plus what only a path needs
+//! ([`PathFacts`]: the two ends' live routes, the relays' forwarding switch, one ping).
+
+use std::net::Ipv4Addr;
+
+use hybridgrid_core::plan::{Plan, Remote};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::diagnose::{Facts, Finding, Kind};
+
+pub const PATH_FORMAT_VERSION: u32 = 1;
+
+/// Live facts of one flow, gathered by `doctor.rs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathFacts {
+    /// `ip -o route get DST` on the source (`None`: no route, or the node is down).
+    pub src_route: Option<String>,
+    /// `ip -o route get SRC` on the destination.
+    pub dst_route: Option<String>,
+    /// `net.ipv4.ip_forward` on the source's and the destination's relays.
+    pub src_relay_forwarding: Option<bool>,
+    pub dst_relay_forwarding: Option<bool>,
+    /// A ping from the source to the destination's LAN address.
+    pub ping_ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    /// What this hop is, in flow order: "giessen-worker-1 routes 10.10.0.6 via giessen-gw".
+    pub hop: String,
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+    /// What to do when it is broken.
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathReport {
+    pub format_version: u32,
+    pub cluster: String,
+    pub src: String,
+    pub dst: String,
+    pub hops: Vec<Hop>,
+    /// Index of the first broken hop in `hops`, if any.
+    pub first_broken: Option<usize>,
+    pub reachable: bool,
+}
+
+const UP: &str = "Run `hybridgrid up`: it restores what the plan says.";
+
+struct Trace {
+    hops: Vec<Hop>,
+}
+
+impl Trace {
+    fn hop(&mut self, hop: String, problem: Option<(String, String)>, ok_detail: &str) {
+        let (ok, detail, fix) = match problem {
+            None => (true, ok_detail.to_owned(), None),
+            Some((d, f)) => (false, d, Some(f)),
+        };
+        self.hops.push(Hop {
+            hop,
+            ok,
+            detail,
+            fix,
+        });
+    }
+}
+
+fn finding<'a>(findings: &'a [Finding], kind: Kind, subject: &str) -> Option<&'a Finding> {
+    findings
+        .iter()
+        .find(|f| f.kind == kind && f.subject == subject)
+}
+
+fn as_problem(f: Option<&Finding>) -> Option<(String, String)> {
+    f.map(|f| (f.message.clone(), f.fix.clone()))
+}
+
+/// Checks that `route` (`ip -o route get` output) leaves as planned: through `dev` and, when
+/// given, `via` the gateway; a cached redirect is a problem of its own.
+fn route_problem(
+    route: Option<&str>,
+    to: Ipv4Addr,
+    via: Option<Ipv4Addr>,
+    dev: &str,
+) -> Option<(String, String)> {
+    let Some(r) = route else {
+        return Some((format!("no route to {to}"), UP.to_owned()));
+    };
+    let words: Vec<&str> = r.split_whitespace().collect();
+    let after = |k: &str| {
+        words
+            .iter()
+            .position(|w| *w == k)
+            .and_then(|i| words.get(i + 1))
+            .copied()
+    };
+    if r.contains("redirected") {
+        return Some((
+            format!("a cached ICMP redirect shadows the route: `{}`", r.trim()),
+            "Run `ip route flush cache` on the node, then `hybridgrid up` (relays send no \
+             redirects and nodes accept none once configured)."
+                .to_owned(),
+        ));
+    }
+    let via_ok = via.is_none_or(|v| after("via") == Some(v.to_string().as_str()));
+    if after("dev") != Some(dev) || !via_ok {
+        let want = via.map_or(format!("dev {dev}"), |v| format!("via {v} dev {dev}"));
+        return Some((
+            format!(
+                "the route leaves {} instead of {want}: `{}`",
+                after("dev").unwrap_or("nowhere"),
+                r.trim()
+            ),
+            UP.to_owned(),
+        ));
+    }
+    None
+}
+
+fn missing_rule_from(facts: &Facts, node: &str, from: Ipv4Net) -> Option<(String, String)> {
+    let n = facts.nodes.iter().find(|n| n.name == node)?;
+    let rule = n.missing_rules.iter().find(|r| match &r.remote {
+        Remote::Cidr(c) => c.contains(&from.addr()) && c.prefix_len() <= from.prefix_len(),
+        _ => false,
+    })?;
+    Some((
+        format!(
+            "{}'s security group lacks `{}` ({})",
+            node,
+            crate::diagnose::rule_text(rule),
+            rule.description
+        ),
+        UP.to_owned(),
+    ))
+}
+
+fn missing_pair(facts: &Facts, node: &str, pair: Ipv4Net) -> Option<(String, String)> {
+    facts
+        .sites
+        .iter()
+        .flat_map(|s| s.ports.iter().map(move |p| (s, p)))
+        .find(|(_, p)| p.node == node && p.missing_pairs.contains(&pair))
+        .map(|(s, p)| {
+            (
+                format!(
+                    "{}'s port {} lacks the allowed-address pair {pair}: {}'s switch drops packets \
+                     it sends from {pair}",
+                    node, p.port, s.name
+                ),
+                UP.to_owned(),
+            )
+        })
+}
+
+/// Follows `src` → `dst`. `None` when either is not a node of the plan.
+pub fn trace(
+    plan: &Plan,
+    facts: &Facts,
+    findings: &[Finding],
+    pf: &PathFacts,
+    src: &str,
+    dst: &str,
+) -> Option<PathReport> {
+    let (s, d) = (plan.node(src)?, plan.node(dst)?);
+    let site = |name: &str| plan.sites.iter().find(|x| x.name == name);
+    let (ss, ds) = (site(&s.site)?, site(&d.site)?);
+    let (sr, dr) = (plan.node(&ss.relay)?, plan.node(&ds.relay)?);
+    let wg = |n: &hybridgrid_core::plan::NodePlan| {
+        n.wireguard
+            .as_ref()
+            .map_or("wg0".to_owned(), |w| w.name.clone())
+    };
+    let up = |n: &str| {
+        facts
+            .nodes
+            .iter()
+            .find(|x| x.name == n)
+            .is_some_and(|x| x.up)
+    };
+    let mut t = Trace { hops: Vec::new() };
+    let down = |n: &str| as_problem(finding(findings, Kind::NodeDown, n));
+
+    t.hop(
+        format!("{src} is running"),
+        down(src),
+        "its namespace and holder are there",
+    );
+    let cross = s.site != d.site;
+    if !cross {
+        t.hop(
+            format!("{dst}'s security group admits {}", ss.subnet),
+            missing_rule_from(facts, dst, ss.subnet),
+            "the site's own subnet is allowed",
+        );
+    } else {
+        // Out of the source: to its relay (or, on the relay, into the tunnel).
+        let (via, dev) = if s.name == sr.name {
+            (None, wg(sr))
+        } else {
+            (Some(sr.lan_ip), "eth0".to_owned())
+        };
+        let dev_ok = if s.name == sr.name {
+            dev.clone()
+        } else {
+            route_dev(pf.src_route.as_deref()).unwrap_or(dev.clone())
+        };
+        t.hop(
+            format!(
+                "{src} routes {} via {}",
+                d.lan_ip,
+                if via.is_some() {
+                    sr.name.as_str()
+                } else {
+                    "its tunnel"
+                }
+            ),
+            route_problem(pf.src_route.as_deref(), d.lan_ip, via, &dev_ok),
+            pf.src_route.as_deref().unwrap_or("").trim(),
+        );
+        if s.name != sr.name {
+            t.hop(format!("{} is running", sr.name), down(&sr.name), "");
+        }
+        t.hop(
+            format!("{} forwards between its LAN and the tunnel", sr.name),
+            (pf.src_relay_forwarding == Some(false))
+                .then(|| ("net.ipv4.ip_forward is 0".to_owned(), UP.to_owned())),
+            "net.ipv4.ip_forward = 1",
+        );
+        t.hop(
+            format!("{}'s port may send replies from {}", sr.name, ds.subnet),
+            missing_pair(facts, &sr.name, ds.subnet),
+            "the allowed-address pair is there",
+        );
+        t.hop(
+            format!("{}'s tunnel device", sr.name),
+            as_problem(finding(findings, Kind::DeviceMissing, &sr.name)),
+            "wg0 is up",
+        );
+        t.hop(
+            format!("{}'s tunnel device", dr.name),
+            as_problem(finding(findings, Kind::DeviceMissing, &dr.name)),
+            "wg0 is up",
+        );
+        // The WireGuard rules of both gateway groups, then the handshake itself.
+        let wg_rule = |n: &str| {
+            findings
+                .iter()
+                .find(|f| {
+                    f.subject == n
+                        && matches!(f.kind, Kind::NoHandshake | Kind::MissingRule)
+                        && f.message.contains(&format!("udp {}", plan.tunnel.port))
+                })
+                .map(|f| (f.message.clone(), f.fix.clone()))
+        };
+        t.hop(
+            format!(
+                "{}'s and {}'s security groups pass UDP {} between them",
+                sr.name, dr.name, plan.tunnel.port
+            ),
+            wg_rule(&sr.name).or_else(|| wg_rule(&dr.name)),
+            "both rules are there",
+        );
+        let tunnel = facts
+            .tunnels
+            .iter()
+            .find(|x| x.node == sr.name && x.peer == dr.name);
+        let tunnel_problem = match tunnel {
+            None => Some((
+                format!("{} has no peer {}", sr.name, dr.name),
+                UP.to_owned(),
+            )),
+            Some(x) if x.handshake_age_s.is_none_or(|a| a >= 180) || !x.ping_ok => Some((
+                format!(
+                    "no working tunnel {} → {}: {}, ping over it {}",
+                    sr.name,
+                    dr.name,
+                    x.handshake_age_s
+                        .map_or("never a handshake".to_owned(), |a| format!(
+                            "last handshake {a} s ago"
+                        )),
+                    if x.ping_ok { "answered" } else { "lost" }
+                ),
+                format!(
+                    "Check that UDP {} reaches {} at {} (`hybridgrid exec -f FILE {} -- wg show`), then run `hybridgrid up`.",
+                    plan.tunnel.port,
+                    dr.name,
+                    dr.public_ip
+                        .map_or("its public IP".to_owned(), |i| i.to_string()),
+                    sr.name
+                ),
+            )),
+            Some(_) => None,
+        };
+        t.hop(
+            format!("tunnel {} → {} (handshake, ping)", sr.name, dr.name),
+            tunnel_problem,
+            &tunnel
+                .and_then(|x| x.handshake_age_s)
+                .map_or(String::new(), |a| format!("handshake {a} s ago")),
+        );
+        let mtu = |n: &str| {
+            as_problem(
+                finding(findings, Kind::MtuTooLarge, n)
+                    .or_else(|| finding(findings, Kind::MtuDrift, n)),
+            )
+        };
+        t.hop(
+            format!("MTU of the tunnel {} ↔ {}", sr.name, dr.name),
+            mtu(&sr.name).or_else(|| mtu(&dr.name)),
+            "full-size packets with don't-fragment pass",
+        );
+        t.hop(
+            format!("{}'s port may send packets from {}", dr.name, ss.subnet),
+            missing_pair(facts, &dr.name, ss.subnet),
+            "the allowed-address pair is there",
+        );
+        t.hop(
+            format!("{} forwards between the tunnel and its LAN", dr.name),
+            (pf.dst_relay_forwarding == Some(false))
+                .then(|| ("net.ipv4.ip_forward is 0".to_owned(), UP.to_owned())),
+            "net.ipv4.ip_forward = 1",
+        );
+        if d.name != dr.name {
+            t.hop(format!("{} is running", dst), down(dst), "");
+        }
+        t.hop(
+            format!("{dst}'s security group admits {}", ss.subnet),
+            missing_rule_from(facts, dst, ss.subnet),
+            "the rule for the other site is there",
+        );
+        let (via, dev) = if d.name == dr.name {
+            (None, wg(dr))
+        } else {
+            (
+                Some(dr.lan_ip),
+                route_dev(pf.dst_route.as_deref()).unwrap_or("eth0".to_owned()),
+            )
+        };
+        t.hop(
+            format!(
+                "{dst} routes replies to {} via {}",
+                s.lan_ip,
+                if via.is_some() {
+                    dr.name.as_str()
+                } else {
+                    "its tunnel"
+                }
+            ),
+            route_problem(pf.dst_route.as_deref(), s.lan_ip, via, &dev),
+            pf.dst_route.as_deref().unwrap_or("").trim(),
+        );
+    }
+    if !up(dst) {
+        t.hop(format!("{dst} is running"), down(dst), "");
+    }
+    let first_broken = t.hops.iter().position(|h| !h.ok);
+    t.hop(
+        format!("ping {src} → {dst} ({})", d.lan_ip),
+        (!pf.ping_ok).then(|| {
+            (
+                "no answer".to_owned(),
+                "Run `hybridgrid doctor` for every finding of the cluster.".to_owned(),
+            )
+        }),
+        "answered",
+    );
+    let first_broken = first_broken.or_else(|| t.hops.iter().position(|h| !h.ok));
+    Some(PathReport {
+        format_version: PATH_FORMAT_VERSION,
+        cluster: plan.cluster.clone(),
+        src: src.to_owned(),
+        dst: dst.to_owned(),
+        reachable: pf.ping_ok,
+        first_broken,
+        hops: t.hops,
+    })
+}
+
+/// The `dev` of an `ip route get` line (a node's LAN device name varies by provider setup).
+fn route_dev(route: Option<&str>) -> Option<String> {
+    let words: Vec<&str> = route?.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "dev")?;
+    words.get(i + 1).map(|w| (*w).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VIA: Option<Ipv4Addr> = Some(Ipv4Addr::new(10, 20, 0, 5));
+    const TO: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 6);
+
+    #[test]
+    fn a_route_is_checked_for_its_gateway_device_and_cached_redirects() {
+        let ok = "10.10.0.6 via 10.20.0.5 dev eth0 src 10.20.0.6 uid 0 \\    cache";
+        assert_eq!(route_problem(Some(ok), TO, VIA, "eth0"), None);
+        let default = "10.10.0.6 via 10.20.0.1 dev eth0 src 10.20.0.6 uid 0 \\    cache";
+        assert!(route_problem(Some(default), TO, VIA, "eth0").is_some());
+        let redirected = "10.10.0.6 via 10.20.0.1 dev eth0 src 10.20.0.6 uid 0 \\    cache <redirected> expires 290sec";
+        let (what, fix) = route_problem(Some(redirected), TO, VIA, "eth0").unwrap_or_default();
+        assert!(what.contains("cached ICMP redirect"), "{what}");
+        assert!(fix.contains("ip route flush cache"), "{fix}");
+        assert!(route_problem(None, TO, VIA, "eth0").is_some());
+        let relay = "10.10.0.6 dev wg0 src 10.20.0.5 uid 0 \\    cache";
+        assert_eq!(route_problem(Some(relay), TO, None, "wg0"), None);
+        assert!(route_problem(Some(default), TO, None, "wg0").is_some());
+    }
+}
