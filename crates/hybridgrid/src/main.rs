@@ -195,6 +195,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (false, true) => progress::Verbosity::Verbose,
         (false, false) => progress::Verbosity::Normal,
     };
+    // Plain progress lines and `-v`'s traces go through `tracing`, filtered by -q/-v.
+    let level = match verbosity {
+        progress::Verbosity::Quiet => tracing::level_filters::LevelFilter::WARN,
+        progress::Verbosity::Normal => tracing::level_filters::LevelFilter::INFO,
+        progress::Verbosity::Verbose => tracing::level_filters::LevelFilter::DEBUG,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .without_time()
+        .with_level(false)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
     let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = progress::Progress::new(std::io::stderr(), live, verbosity);
     let show = |e: Event| progress.event(e);

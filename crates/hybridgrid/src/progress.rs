@@ -1,7 +1,8 @@
 //! Progress of `up` and `down` on standard error. On a terminal: one live line per site with its
 //! current step, how many steps are done and the elapsed time, redrawn in place; notes and
 //! failures print above that block (with `-v`, every finished change too). Elsewhere (a pipe, a
-//! log file, CI): one plain line per event, as before. `-q` shows nothing but failures.
+//! log file, CI): one plain line per event, through `tracing`. `-q` shows nothing but failures;
+//! `-v` also every API call of the openstack provider with its duration.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -76,7 +77,7 @@ impl<W: Write + Send> Progress<W> {
         };
         let (out, st) = &mut *guard;
         if !self.live {
-            plain(out, &e, self.verbosity);
+            plain(&e);
             return;
         }
         // Above the block: what must stay readable after the block moves on.
@@ -84,11 +85,7 @@ impl<W: Write + Send> Progress<W> {
             Event::Failed { summary, error } => Some(format!("FAILED {summary}: {error}")),
             Event::Note(n) if self.verbosity != Verbosity::Quiet => Some(n.clone()),
             // -v: the full history of changes stays on screen too
-            Event::Applied { .. } if self.verbosity == Verbosity::Verbose => {
-                let mut line = Vec::new();
-                plain(&mut line, &e, self.verbosity);
-                Some(String::from_utf8_lossy(&line).trim_end().to_owned())
-            }
+            Event::Applied { .. } if self.verbosity == Verbosity::Verbose => Some(line(&e)),
             _ => None,
         };
         match &e {
@@ -151,11 +148,19 @@ impl<W: Write + Send> Progress<W> {
     }
 }
 
-fn plain(out: &mut impl Write, e: &Event, verbosity: Verbosity) {
-    let quiet = verbosity == Verbosity::Quiet;
-    let _ = match e {
-        Event::Round { .. } | Event::Applied { .. } | Event::Note(_) if quiet => Ok(()),
-        Event::Round { round, changes } => writeln!(out, "round {round}: {changes} changes"),
+/// One plain line per event, through `tracing` (the subscriber's level is -q/-v): changes and
+/// notes at info, failures at warn.
+fn plain(e: &Event) {
+    match e {
+        Event::Failed { .. } => tracing::warn!("{}", line(e)),
+        _ => tracing::info!("{}", line(e)),
+    }
+}
+
+/// The plain line of an event (also shown above the live block with `-v`).
+fn line(e: &Event) -> String {
+    match e {
+        Event::Round { round, changes } => format!("round {round}: {changes} changes"),
         Event::Applied {
             summary,
             seconds,
@@ -166,11 +171,11 @@ fn plain(out: &mut impl Write, e: &Event, verbosity: Verbosity) {
             } else {
                 format!(" — {}", details.join("; "))
             };
-            writeln!(out, "  {seconds:5.2}s {summary}{extra}")
+            format!("  {seconds:5.2}s {summary}{extra}")
         }
-        Event::Failed { summary, error } => writeln!(out, "  FAILED {summary}: {error}"),
-        Event::Note(n) => writeln!(out, "  {n}"),
-    };
+        Event::Failed { summary, error } => format!("  FAILED {summary}: {error}"),
+        Event::Note(n) => format!("  {n}"),
+    }
 }
 
 #[cfg(test)]
@@ -232,15 +237,48 @@ mod tests {
         assert!(out.contains("FAILED + b: node b-gw (gateway): quota\n"));
     }
 
+    /// What `tracing` prints at `level`, as `main` sets it up, for the events in plain mode.
+    fn plain_at(level: tracing::level_filters::LevelFilter, events: Vec<Event>) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_max_level(level)
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let p = Progress::new(Vec::new(), false, Verbosity::Normal);
+            for e in events {
+                p.event(e);
+            }
+        });
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
     #[test]
     fn a_pipe_gets_plain_lines_and_quiet_only_failures() {
-        let out = run(false, Verbosity::Normal, events());
+        use tracing::level_filters::LevelFilter;
+        let out = plain_at(LevelFilter::INFO, events());
         assert!(
             out.starts_with("round 1: 4 changes\n   0.50s + a: network, subnet and router\n"),
             "{out}"
         );
         assert!(!out.contains('\x1b'));
-        let quiet = run(false, Verbosity::Quiet, events());
+        let quiet = plain_at(LevelFilter::WARN, events());
         assert_eq!(quiet, "  FAILED + b: node b-gw (gateway): quota\n");
         let quiet_live = run(true, Verbosity::Quiet, events());
         assert_eq!(quiet_live, "FAILED + b: node b-gw (gateway): quota\n");

@@ -41,6 +41,18 @@ fn openstack(cluster: &Cluster) -> anyhow::Result<OpenStack> {
     let mut opts = hybridgrid_openstack::Options::new(hybridgrid_local::state_root());
     // `HYBRIDGRID_AGENT_URL`: where nodes download the hybridgrid binary (else the image has it).
     opts.agent_url = std::env::var("HYBRIDGRID_AGENT_URL").ok();
+    // `-v`: every API call, with its cloud, duration and a failure's status.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        opts.trace = Some(hybridgrid_openstack::CallTrace(std::sync::Arc::new(
+            |c: &hybridgrid_openstack::CallTiming<'_>| {
+                let failed = c
+                    .failed_status
+                    .map(|s| format!(" → {s}"))
+                    .unwrap_or_default();
+                tracing::debug!("  api {} {} {:.2}s{failed}", c.cloud, c.what, c.seconds);
+            },
+        )));
+    }
     if let Some(secs) = std::env::var("HYBRIDGRID_BOOT_TIMEOUT")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())

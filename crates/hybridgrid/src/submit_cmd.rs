@@ -74,6 +74,14 @@ struct JobEntry {
     site: Option<String>,
     datasets: Vec<String>,
     submitted_unix: u64,
+    /// Bytes all relays had sent into the tunnels when the job was submitted, and once it was
+    /// seen finished (see [`wan_bytes`]); `end_late`: that was a later `jobs`, not `submit --wait`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wan_bytes_at_submit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wan_bytes_at_end: Option<u64>,
+    #[serde(default)]
+    end_late: bool,
 }
 
 /// One line of `jobs`.
@@ -89,6 +97,11 @@ struct JobView {
     ran_at: Option<String>,
     exit: Option<i64>,
     output: Option<PathBuf>,
+    /// Bytes that crossed sites (through any tunnel) while the job ran: the whole cluster's in
+    /// that window, so jobs running at the same time share it; so far, for a running job.
+    cross_site_bytes: Option<u64>,
+    /// The end was taken at a later `jobs`, after the job had finished: an upper bound.
+    cross_site_bytes_upper_bound: bool,
 }
 
 fn load_jobs(path: &Path) -> anyhow::Result<JobsRecord> {
@@ -243,6 +256,7 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
             ];
             args.extend(script[1..].iter().cloned());
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let wan_at_submit = wan_bytes(&local, &plan);
             let out = slurm::node_run(&local, &master, &args)?;
             let id: u64 = out
                 .trim()
@@ -259,6 +273,9 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
                 site: placement.site.clone(),
                 datasets: datasets.clone(),
                 submitted_unix: (now / 1_000_000_000) as u64,
+                wan_bytes_at_submit: wan_at_submit,
+                wan_bytes_at_end: None,
+                end_late: false,
             });
             hybridgrid_local::ledger::write_atomic(
                 &jobs_path,
@@ -284,6 +301,7 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let view = wait_for(&local, &plan, id, Duration::from_secs(600))?;
+            record_ends(&local, &plan, std::slice::from_ref(&view), false)?;
             if !parsable {
                 println!(
                     "job {id} {} on {} (site {}), exit {}",
@@ -303,7 +321,9 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             let plan = local.plan()?;
-            let views = job_views(&local, &plan)?;
+            let mut views = job_views(&local, &plan)?;
+            let record = record_ends(&local, &plan, &views, true)?;
+            cross_site(&mut views, &record, || wan_bytes(&local, &plan));
             if json {
                 let doc = serde_json::json!({
                     "format_version": 1,
@@ -314,12 +334,26 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  output",
-                "job", "name", "partition", "site", "state", "node", "exit"
+                "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  {:>10}  output",
+                "job", "name", "partition", "site", "state", "node", "exit", "cross-site"
             );
             for v in &views {
+                let wan = v.cross_site_bytes.map_or_else(
+                    || "-".to_owned(),
+                    |b| {
+                        format!(
+                            "{}{}",
+                            if v.cross_site_bytes_upper_bound {
+                                "≤"
+                            } else {
+                                ""
+                            },
+                            human(b)
+                        )
+                    },
+                );
                 println!(
-                    "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  {}",
+                    "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  {wan:>10}  {}",
                     v.id,
                     v.name,
                     v.partition,
@@ -334,6 +368,99 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Bytes all relays have sent into the tunnels (every byte that crosses sites is sent by exactly
+/// one relay); `None` when the tunnels cannot be read.
+fn wan_bytes(local: &Local, plan: &Plan) -> Option<u64> {
+    use hybridgrid_engine::{Probe, Provider as _};
+    let s = local.status(plan, Probe::None).ok()?;
+    (!s.tunnels.is_empty()).then(|| s.tunnels.iter().map(|t| t.tx_bytes).sum())
+}
+
+fn finished(state: &str) -> bool {
+    !matches!(
+        state,
+        "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "UNKNOWN"
+    )
+}
+
+/// Records the counters' end for jobs seen finished the first time; returns the record.
+fn record_ends(
+    local: &Local,
+    plan: &Plan,
+    views: &[JobView],
+    late: bool,
+) -> anyhow::Result<JobsRecord> {
+    let path = local.cluster_dir().join(JOBS_FILE);
+    let mut record = load_jobs(&path)?;
+    let done: Vec<u64> = views
+        .iter()
+        .filter(|v| finished(&v.state))
+        .map(|v| v.id)
+        .collect();
+    let todo: Vec<&mut JobEntry> = record
+        .jobs
+        .iter_mut()
+        .filter(|j| {
+            done.contains(&j.id) && j.wan_bytes_at_submit.is_some() && j.wan_bytes_at_end.is_none()
+        })
+        .collect();
+    if todo.is_empty() {
+        return Ok(record);
+    }
+    let now = wan_bytes(local, plan);
+    for j in todo {
+        j.wan_bytes_at_end = now;
+        j.end_late = late;
+    }
+    hybridgrid_local::ledger::write_atomic(
+        &path,
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+        0o644,
+    )?;
+    Ok(record)
+}
+
+/// Fills each view's cross-site bytes from the record (`now` for running jobs, read once).
+fn cross_site(views: &mut [JobView], record: &JobsRecord, now: impl FnOnce() -> Option<u64>) {
+    let mut now = Some(now);
+    let mut current = None;
+    for v in views.iter_mut() {
+        let Some(j) = record.jobs.iter().find(|j| j.id == v.id) else {
+            continue;
+        };
+        let Some(start) = j.wan_bytes_at_submit else {
+            continue;
+        };
+        let end = if let Some(e) = j.wan_bytes_at_end {
+            v.cross_site_bytes_upper_bound = j.end_late;
+            Some(e)
+        } else if v.state == "RUNNING" {
+            if let Some(f) = now.take() {
+                current = f();
+            }
+            current
+        } else {
+            None
+        };
+        v.cross_site_bytes = end.map(|e| e.saturating_sub(start));
+    }
+}
+
+fn human(b: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -427,6 +554,8 @@ fn job_views(local: &Local, plan: &Plan) -> anyhow::Result<Vec<JobView>> {
             ran_at,
             exit: status.map(|s| s.exit),
             output: out.exists().then_some(out),
+            cross_site_bytes: None,
+            cross_site_bytes_upper_bound: false,
         });
     }
     Ok(views)

@@ -253,8 +253,31 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     let sites: Vec<&str> = jobs.iter().map(|j| j["ran_at"].as_str().unwrap()).collect();
     // The cross-site job: one dataset at each site, the tie goes to the site listed first.
     assert_eq!(sites, ["bielefeld", "giessen", "giessen", "bielefeld"]);
+    // And what crossed sites while each ran (issue 13): the partition jobs and the located job
+    // moved almost nothing, the cross-site job (at bielefeld) read giessen's data through the
+    // tunnel. `--wait` recorded the end exactly; the located job's end was taken by this `jobs`.
+    let wan = |j: &serde_json::Value| {
+        j["cross_site_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{j}"))
+    };
+    for j in &jobs[..2] {
+        assert!(wan(j) < size / 20, "{j}");
+        assert_eq!(j["cross_site_bytes_upper_bound"], false, "{j}");
+    }
+    assert_eq!(jobs[2]["cross_site_bytes_upper_bound"], true, "{}", jobs[2]);
+    assert!(wan(&jobs[3]) >= size, "the cross-site job: {}", jobs[3]);
+    assert_eq!(
+        jobs[3]["cross_site_bytes_upper_bound"], false,
+        "{}",
+        jobs[3]
+    );
     let table = lab.hg_ok(&["jobs", "-f", lab.f()]);
     assert!(table.contains("COMPLETED"), "{table}");
+    assert!(
+        table.contains("cross-site") && table.contains("MiB"),
+        "{table}"
+    );
 
     // A second `up` changes nothing: Slurm and the stores are as planned.
     assert!(lab.up().contains("no changes"));
