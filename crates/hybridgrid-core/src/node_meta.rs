@@ -12,7 +12,7 @@
 //! Without `hg_config_version` the metadata says nothing and the booted configuration stands.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnet::Ipv4Net;
 
@@ -155,6 +155,36 @@ pub fn merge(base: &NodeConfig, meta: &BTreeMap<String, String>) -> Result<NodeC
         }
     }
     peers.extend(delivered.into_values());
+    // Whoever can set server metadata must not be able to take the node's own site or its
+    // tunnel address, or another peer's range (WireGuard routes a range to one peer only).
+    let own: Vec<Ipv4Addr> = out
+        .hosts
+        .iter()
+        .filter(|(_, name)| *name == out.hostname)
+        .map(|(ip, _)| *ip)
+        .chain(std::iter::once(wg.address.addr()))
+        .collect();
+    for (i, p) in peers.iter().enumerate() {
+        let key = format!("{PEER_PREFIX}{}", p.node);
+        for net in &p.allowed_ips {
+            if let Some(ip) = own.iter().find(|ip| net.contains(*ip)) {
+                return Err(MetaError::Item {
+                    key,
+                    message: format!("allowed IPs {net} claim this node's own address {ip}"),
+                });
+            }
+            if let Some(q) = peers[..i].iter().find(|q| {
+                q.allowed_ips
+                    .iter()
+                    .any(|m| m.contains(net) || net.contains(m))
+            }) {
+                return Err(MetaError::Item {
+                    key,
+                    message: format!("allowed IPs {net} overlap those of peer {}", q.node),
+                });
+            }
+        }
+    }
     wg.peers = peers;
     Ok(out)
 }
@@ -277,6 +307,52 @@ sites:
         // Everything else as booted.
         assert_eq!(merged.routes, base.routes);
         assert_eq!(merged.hosts, base.hosts);
+    }
+
+    /// Server metadata is writable by whoever holds the project's credentials: a delivered peer
+    /// must not take the node's own site or another peer's range.
+    #[test]
+    fn peers_claiming_the_own_site_or_overlapping_are_refused() {
+        let (boot, _, key) = plans();
+        let base = boot.node_config(boot.node("a-master").unwrap());
+        let own = base
+            .hosts
+            .iter()
+            .find(|(_, n)| *n == base.hostname)
+            .unwrap()
+            .0;
+        let own_net = Ipv4Net::new(own, 24).unwrap().trunc();
+        let meta = |peers: &[(&str, String)]| {
+            let mut m: BTreeMap<String, String> =
+                [(VERSION_KEY.to_owned(), "00ff".to_owned())].into();
+            for (node, allowed) in peers {
+                m.insert(
+                    format!("{PEER_PREFIX}{node}"),
+                    format!("{key} 203.0.113.11:51820 {allowed} 25 b"),
+                );
+            }
+            m
+        };
+        let err = merge(&base, &meta(&[("b-gw", format!("10.0.0.2/32,{own_net}"))])).unwrap_err();
+        assert!(
+            err.to_string().contains("claim this node's own address"),
+            "{err}"
+        );
+        let wide = merge(&base, &meta(&[("b-gw", "0.0.0.0/0".into())])).unwrap_err();
+        assert!(wide.to_string().contains("own address"), "{wide}");
+        let overlap = merge(
+            &base,
+            &meta(&[
+                ("b-gw", "10.0.0.2/32,10.32.0.0/24".into()),
+                ("c-gw", "10.0.0.3/32,10.32.0.128/25".into()),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            overlap.to_string().contains("overlap those of peer b-gw"),
+            "{overlap}"
+        );
+        assert!(merge(&base, &meta(&[("b-gw", "10.0.0.2/32,10.32.0.0/24".into())])).is_ok());
     }
 
     #[test]
