@@ -128,6 +128,11 @@ pub struct SlurmOptions {
 }
 
 impl Cluster {
+    /// Every node of the file: each site's relay and its workers.
+    pub fn node_count(&self) -> u64 {
+        self.sites.iter().map(|s| 1 + s.worker_count()).sum()
+    }
+
     pub fn master_site(&self) -> &Site {
         // Validation guarantees exactly one master site.
         self.sites

@@ -16,4 +16,7 @@ pub mod state;
 pub use engine::{MAX_ROUNDS, plan, status, up};
 pub use error::EngineError;
 pub use provider::{Applied, Command, Event, Probe, Provider, Settled, Sink};
-pub use report::{DownReport, NodeStatus, NotDeleted, Reach, StatusReport, TunnelStatus, UpReport};
+pub use report::{
+    DownReport, HANDSHAKE_STALE_S, NodeStatus, NotDeleted, Reach, StatusReport, TunnelStatus,
+    UpReport,
+};

@@ -94,6 +94,10 @@ impl NodeStatus {
     }
 }
 
+/// A handshake older than this is no session any more (WireGuard's reject-after-time): the
+/// tunnel is broken, whoever looks at it (`status`, `graph`, `doctor`).
+pub const HANDSHAKE_STALE_S: u64 = 180;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TunnelStatus {
     pub node: String,

@@ -6,12 +6,11 @@ use std::net::Ipv4Addr;
 
 use hybridgrid_core::model::WG_OVERHEAD;
 use hybridgrid_core::plan::{Protocol, Remote, Role, SgRule};
+use hybridgrid_engine::HANDSHAKE_STALE_S;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub const DOCTOR_FORMAT_VERSION: u32 = 1;
-/// A handshake older than this is no session any more (WireGuard's reject-after-time).
-const HANDSHAKE_STALE_S: u64 = 180;
 
 /// What [`gather`] found on the live cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,7 +392,7 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
     out
 }
 
-fn tunnel_ok(t: &TunnelFacts) -> bool {
+pub(crate) fn tunnel_ok(t: &TunnelFacts) -> bool {
     t.ping_ok && t.handshake_age_s.is_some_and(|a| a < HANDSHAKE_STALE_S)
 }
 

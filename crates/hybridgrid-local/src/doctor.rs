@@ -69,7 +69,11 @@ fn read_counters(cluster: &str, plan: &Plan, ports: &BTreeMap<String, String>) -
 
 /// Reads the live cluster: rules, sets, counters, MTUs, handshakes, and pings (DF and not).
 pub fn gather(local: &Local) -> Result<Facts, LocalError> {
-    let plan = local.plan()?;
+    gather_for(local, &local.plan()?)
+}
+
+/// [`gather`] for a plan already made (observing the cluster is the costly part of a plan).
+fn gather_for(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
     let ledger = local.ledger_snapshot();
     let cluster = plan.cluster.clone();
     let ports: BTreeMap<String, String> = ledger
@@ -83,8 +87,8 @@ pub fn gather(local: &Local) -> Result<Facts, LocalError> {
         .filter(|n| local.holder_pid(&n.name).is_some())
         .map(|n| n.name.clone())
         .collect();
-    let before = read_counters(&cluster, &plan, &ports);
-    let status = local.tunnels(&plan);
+    let before = read_counters(&cluster, plan, &ports);
+    let status = local.tunnels(plan);
 
     // Probes, in parallel: relay ↔ relay over the tunnel (small and DF), site ↔ site.
     let relays: Vec<_> = plan
@@ -166,8 +170,8 @@ pub fn gather(local: &Local) -> Result<Facts, LocalError> {
             ok: *ok,
         })
         .collect();
-    let after = read_counters(&cluster, &plan, &ports);
-    let status_after = local.tunnels(&plan);
+    let after = read_counters(&cluster, plan, &ports);
+    let status_after = local.tunnels(plan);
 
     let tunnels = tunnel_jobs
         .iter()
@@ -205,7 +209,7 @@ pub fn gather(local: &Local) -> Result<Facts, LocalError> {
             up: up.contains(&n.name),
             missing_rules: if up.contains(&n.name) {
                 live::missing_rules(
-                    &plan,
+                    plan,
                     &n.name,
                     &n.site,
                     after.sg.get(&n.name).cloned().flatten().as_deref(),
@@ -291,7 +295,7 @@ pub fn path(local: &Local, src: &str, dst: &str) -> Result<crate::path::PathRepo
         let unknown = if plan.node(src).is_none() { src } else { dst };
         return Err(LocalError::NoSuchNode(unknown.to_owned()));
     };
-    let facts = gather(local)?;
+    let facts = gather_for(local, &plan)?;
     let findings = diagnose(&facts);
     let running = |n: &str| local.holder_pid(n).is_some();
     let route = |from: &str, to: Ipv4Addr| {

@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 
-use hybridgrid_core::plan::{Plan, Remote};
+use hybridgrid_core::plan::{NodePlan, Plan, Remote};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +59,36 @@ struct Trace {
 }
 
 impl Trace {
+    /// The hop of `from`'s route towards `to`: via its relay or, on the relay itself, into the
+    /// tunnel device.
+    fn route_hop(
+        &mut self,
+        from: &NodePlan,
+        what: &str,
+        relay: &NodePlan,
+        to: Ipv4Addr,
+        route: Option<&str>,
+    ) {
+        let (via, dev, through) = if from.name == relay.name {
+            (None, Some(tunnel_device(relay)), "its tunnel")
+        } else {
+            (Some(relay.lan_ip), None, relay.name.as_str())
+        };
+        self.hop(
+            format!("{} {what} {to} via {through}", from.name),
+            route_problem(route, to, via, dev.as_deref()),
+            route.unwrap_or("").trim(),
+        );
+    }
+
+    fn forwarding_hop(&mut self, relay: &str, between: &str, on: Option<bool>) {
+        self.hop(
+            format!("{relay} forwards between {between}"),
+            (on == Some(false)).then(|| ("net.ipv4.ip_forward is 0".to_owned(), UP.to_owned())),
+            "net.ipv4.ip_forward = 1",
+        );
+    }
+
     fn hop(&mut self, hop: String, problem: Option<(String, String)>, ok_detail: &str) {
         let (ok, detail, fix) = match problem {
             None => (true, ok_detail.to_owned(), None),
@@ -73,6 +103,14 @@ impl Trace {
     }
 }
 
+fn tunnel_device(n: &NodePlan) -> String {
+    n.wireguard
+        .as_ref()
+        .map_or(hybridgrid_core::plan::WG_INTERFACE.to_owned(), |w| {
+            w.name.clone()
+        })
+}
+
 fn finding<'a>(findings: &'a [Finding], kind: Kind, subject: &str) -> Option<&'a Finding> {
     findings
         .iter()
@@ -83,13 +121,14 @@ fn as_problem(f: Option<&Finding>) -> Option<(String, String)> {
     f.map(|f| (f.message.clone(), f.fix.clone()))
 }
 
-/// Checks that `route` (`ip -o route get` output) leaves as planned: through `dev` and, when
-/// given, `via` the gateway; a cached redirect is a problem of its own.
+/// Checks that `route` (`ip -o route get` output) leaves as planned: `via` the gateway and
+/// through `dev`, where given (a route always names some device); a cached redirect is a
+/// problem of its own.
 fn route_problem(
     route: Option<&str>,
     to: Ipv4Addr,
     via: Option<Ipv4Addr>,
-    dev: &str,
+    dev: Option<&str>,
 ) -> Option<(String, String)> {
     let Some(r) = route else {
         return Some((format!("no route to {to}"), UP.to_owned()));
@@ -111,8 +150,14 @@ fn route_problem(
         ));
     }
     let via_ok = via.is_none_or(|v| after("via") == Some(v.to_string().as_str()));
-    if after("dev") != Some(dev) || !via_ok {
-        let want = via.map_or(format!("dev {dev}"), |v| format!("via {v} dev {dev}"));
+    let dev_ok = dev.map_or(after("dev").is_some(), |d| after("dev") == Some(d));
+    if !dev_ok || !via_ok {
+        let want = match (via, dev) {
+            (Some(v), Some(d)) => format!("via {v} dev {d}"),
+            (Some(v), None) => format!("via {v}"),
+            (None, Some(d)) => format!("dev {d}"),
+            (None, None) => "a device".to_owned(),
+        };
         return Some((
             format!(
                 "the route leaves {} instead of {want}: `{}`",
@@ -173,11 +218,6 @@ pub fn trace(
     let site = |name: &str| plan.sites.iter().find(|x| x.name == name);
     let (ss, ds) = (site(&s.site)?, site(&d.site)?);
     let (sr, dr) = (plan.node(&ss.relay)?, plan.node(&ds.relay)?);
-    let wg = |n: &hybridgrid_core::plan::NodePlan| {
-        n.wireguard
-            .as_ref()
-            .map_or("wg0".to_owned(), |w| w.name.clone())
-    };
     let up = |n: &str| {
         facts
             .nodes
@@ -193,8 +233,9 @@ pub fn trace(
         down(src),
         "its namespace and holder are there",
     );
-    let cross = s.site != d.site;
-    if !cross {
+    // Whether the flow already has the hop "dst is running".
+    let mut dst_checked = false;
+    if s.site == d.site {
         t.hop(
             format!("{dst}'s security group admits {}", ss.subnet),
             missing_rule_from(facts, dst, ss.subnet),
@@ -202,53 +243,23 @@ pub fn trace(
         );
     } else {
         // Out of the source: to its relay (or, on the relay, into the tunnel).
-        let (via, dev) = if s.name == sr.name {
-            (None, wg(sr))
-        } else {
-            (Some(sr.lan_ip), "eth0".to_owned())
-        };
-        let dev_ok = if s.name == sr.name {
-            dev.clone()
-        } else {
-            route_dev(pf.src_route.as_deref()).unwrap_or(dev.clone())
-        };
-        t.hop(
-            format!(
-                "{src} routes {} via {}",
-                d.lan_ip,
-                if via.is_some() {
-                    sr.name.as_str()
-                } else {
-                    "its tunnel"
-                }
-            ),
-            route_problem(pf.src_route.as_deref(), d.lan_ip, via, &dev_ok),
-            pf.src_route.as_deref().unwrap_or("").trim(),
-        );
+        t.route_hop(s, "routes", sr, d.lan_ip, pf.src_route.as_deref());
         if s.name != sr.name {
             t.hop(format!("{} is running", sr.name), down(&sr.name), "");
         }
-        t.hop(
-            format!("{} forwards between its LAN and the tunnel", sr.name),
-            (pf.src_relay_forwarding == Some(false))
-                .then(|| ("net.ipv4.ip_forward is 0".to_owned(), UP.to_owned())),
-            "net.ipv4.ip_forward = 1",
-        );
+        t.forwarding_hop(&sr.name, "its LAN and the tunnel", pf.src_relay_forwarding);
         t.hop(
             format!("{}'s port may send replies from {}", sr.name, ds.subnet),
             missing_pair(facts, &sr.name, ds.subnet),
             "the allowed-address pair is there",
         );
-        t.hop(
-            format!("{}'s tunnel device", sr.name),
-            as_problem(finding(findings, Kind::DeviceMissing, &sr.name)),
-            "wg0 is up",
-        );
-        t.hop(
-            format!("{}'s tunnel device", dr.name),
-            as_problem(finding(findings, Kind::DeviceMissing, &dr.name)),
-            "wg0 is up",
-        );
+        for relay in [sr, dr] {
+            t.hop(
+                format!("{}'s tunnel device", relay.name),
+                as_problem(finding(findings, Kind::DeviceMissing, &relay.name)),
+                "wg0 is up",
+            );
+        }
         // The WireGuard rules of both gateway groups, then the handshake itself.
         let wg_rule = |n: &str| {
             findings
@@ -277,7 +288,7 @@ pub fn trace(
                 format!("{} has no peer {}", sr.name, dr.name),
                 UP.to_owned(),
             )),
-            Some(x) if x.handshake_age_s.is_none_or(|a| a >= 180) || !x.ping_ok => Some((
+            Some(x) if !crate::diagnose::tunnel_ok(x) => Some((
                 format!(
                     "no working tunnel {} → {}: {}, ping over it {}",
                     sr.name,
@@ -322,46 +333,27 @@ pub fn trace(
             missing_pair(facts, &dr.name, ss.subnet),
             "the allowed-address pair is there",
         );
-        t.hop(
-            format!("{} forwards between the tunnel and its LAN", dr.name),
-            (pf.dst_relay_forwarding == Some(false))
-                .then(|| ("net.ipv4.ip_forward is 0".to_owned(), UP.to_owned())),
-            "net.ipv4.ip_forward = 1",
-        );
+        t.forwarding_hop(&dr.name, "the tunnel and its LAN", pf.dst_relay_forwarding);
         if d.name != dr.name {
-            t.hop(format!("{} is running", dst), down(dst), "");
+            t.hop(format!("{dst} is running"), down(dst), "");
+            dst_checked = true;
         }
         t.hop(
             format!("{dst}'s security group admits {}", ss.subnet),
             missing_rule_from(facts, dst, ss.subnet),
             "the rule for the other site is there",
         );
-        let (via, dev) = if d.name == dr.name {
-            (None, wg(dr))
-        } else {
-            (
-                Some(dr.lan_ip),
-                route_dev(pf.dst_route.as_deref()).unwrap_or("eth0".to_owned()),
-            )
-        };
-        t.hop(
-            format!(
-                "{dst} routes replies to {} via {}",
-                s.lan_ip,
-                if via.is_some() {
-                    dr.name.as_str()
-                } else {
-                    "its tunnel"
-                }
-            ),
-            route_problem(pf.dst_route.as_deref(), s.lan_ip, via, &dev),
-            pf.dst_route.as_deref().unwrap_or("").trim(),
+        t.route_hop(
+            d,
+            "routes replies to",
+            dr,
+            s.lan_ip,
+            pf.dst_route.as_deref(),
         );
     }
-    if !up(dst) {
+    if !dst_checked && !up(dst) {
         t.hop(format!("{dst} is running"), down(dst), "");
     }
-    let first_broken = t.hops.iter().position(|h| !h.ok);
     t.hop(
         format!("ping {src} → {dst} ({})", d.lan_ip),
         (!pf.ping_ok).then(|| {
@@ -372,7 +364,8 @@ pub fn trace(
         }),
         "answered",
     );
-    let first_broken = first_broken.or_else(|| t.hops.iter().position(|h| !h.ok));
+    // The ping is the last hop: it is the first broken one only when nothing before it is.
+    let first_broken = t.hops.iter().position(|h| !h.ok);
     Some(PathReport {
         format_version: PATH_FORMAT_VERSION,
         cluster: plan.cluster.clone(),
@@ -382,13 +375,6 @@ pub fn trace(
         first_broken,
         hops: t.hops,
     })
-}
-
-/// The `dev` of an `ip route get` line (a node's LAN device name varies by provider setup).
-fn route_dev(route: Option<&str>) -> Option<String> {
-    let words: Vec<&str> = route?.split_whitespace().collect();
-    let i = words.iter().position(|w| *w == "dev")?;
-    words.get(i + 1).map(|w| (*w).to_owned())
 }
 
 #[cfg(test)]
@@ -401,16 +387,17 @@ mod tests {
     #[test]
     fn a_route_is_checked_for_its_gateway_device_and_cached_redirects() {
         let ok = "10.10.0.6 via 10.20.0.5 dev eth0 src 10.20.0.6 uid 0 \\    cache";
-        assert_eq!(route_problem(Some(ok), TO, VIA, "eth0"), None);
+        assert_eq!(route_problem(Some(ok), TO, VIA, Some("eth0")), None);
         let default = "10.10.0.6 via 10.20.0.1 dev eth0 src 10.20.0.6 uid 0 \\    cache";
-        assert!(route_problem(Some(default), TO, VIA, "eth0").is_some());
+        assert!(route_problem(Some(default), TO, VIA, Some("eth0")).is_some());
         let redirected = "10.10.0.6 via 10.20.0.1 dev eth0 src 10.20.0.6 uid 0 \\    cache <redirected> expires 290sec";
-        let (what, fix) = route_problem(Some(redirected), TO, VIA, "eth0").unwrap_or_default();
+        let (what, fix) =
+            route_problem(Some(redirected), TO, VIA, Some("eth0")).unwrap_or_default();
         assert!(what.contains("cached ICMP redirect"), "{what}");
         assert!(fix.contains("ip route flush cache"), "{fix}");
-        assert!(route_problem(None, TO, VIA, "eth0").is_some());
+        assert!(route_problem(None, TO, VIA, Some("eth0")).is_some());
         let relay = "10.10.0.6 dev wg0 src 10.20.0.5 uid 0 \\    cache";
-        assert_eq!(route_problem(Some(relay), TO, None, "wg0"), None);
-        assert!(route_problem(Some(default), TO, None, "wg0").is_some());
+        assert_eq!(route_problem(Some(relay), TO, None, Some("wg0")), None);
+        assert!(route_problem(Some(default), TO, None, Some("wg0")).is_some());
     }
 }

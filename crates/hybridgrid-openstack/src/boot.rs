@@ -56,6 +56,7 @@ pub(crate) fn settled(
 ) -> (bool, Vec<String>) {
     let mut observe_again = false;
     let mut notes = Vec::new();
+    let mut waited_for = std::collections::BTreeSet::new();
     for (waited, keys) in per_site {
         observe_again |= waited;
         for (node, outcome) in keys {
@@ -63,12 +64,12 @@ pub(crate) fn settled(
                 KeyWait::Reported => observe_again = true,
                 other => notes.push(other.note(&node)),
             }
+            waited_for.insert(node);
         }
     }
     // Relays without a server to wait for (not created yet): pending too, unless observing again
-    for n in keyless {
-        let noted = notes.iter().any(|t| t.starts_with(&format!("{n} ")));
-        if !noted && !observe_again {
+    if !observe_again {
+        for n in keyless.iter().filter(|n| !waited_for.contains(**n)) {
             notes.push(format!(
                 "{n} has not reported its WireGuard public key on its console yet"
             ));

@@ -8,12 +8,9 @@
 use std::fmt::Write as _;
 
 use hybridgrid_core::plan::Plan;
-use hybridgrid_engine::StatusReport;
+use hybridgrid_engine::{HANDSHAKE_STALE_S, StatusReport};
 use serde::Serialize;
 
-/// A handshake older than this is a broken tunnel (WireGuard re-handshakes every 2 minutes
-/// while traffic flows, and the relays keep traffic flowing with keepalives).
-pub const STALE_HANDSHAKE_S: u64 = 180;
 /// Workers shown per site box; the rest are summed up in one line.
 const WORKERS_SHOWN: usize = 8;
 
@@ -49,7 +46,7 @@ pub struct GraphNode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TunnelState {
-    /// A handshake within [`STALE_HANDSHAKE_S`].
+    /// A handshake within [`HANDSHAKE_STALE_S`].
     Up,
     /// Observed, and no recent handshake (or no such peer on the relay).
     Down,
@@ -140,7 +137,7 @@ fn tunnel(a: &str, b: &str, status: Option<&StatusReport>) -> GraphTunnel {
         ends.iter().filter_map(|t| t.handshake_age_s).max()
     };
     let state = match age {
-        Some(s) if s <= STALE_HANDSHAKE_S => TunnelState::Up,
+        Some(s) if s <= HANDSHAKE_STALE_S => TunnelState::Up,
         _ => TunnelState::Down,
     };
     GraphTunnel {
@@ -163,21 +160,6 @@ const SITE_STROKES: [&str; 8] = [
 const BOX_W: f64 = 290.0;
 const ROW_H: f64 = 22.0;
 
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// The label of a tunnel edge.
 pub fn tunnel_label(t: &GraphTunnel) -> String {
     match (t.state, t.handshake_age_s) {
@@ -185,8 +167,8 @@ pub fn tunnel_label(t: &GraphTunnel) -> String {
         (_, None) => "no handshake".to_owned(),
         (_, Some(age)) => format!(
             "handshake {age} s ago · ↓{} ↑{}",
-            human_bytes(t.rx_bytes),
-            human_bytes(t.tx_bytes)
+            crate::status_text::bytes(t.rx_bytes),
+            crate::status_text::bytes(t.tx_bytes)
         ),
     }
 }
@@ -455,7 +437,7 @@ mod tests {
                 tunnel(
                     "bielefeld-master",
                     "heidelberg-gw",
-                    Some(STALE_HANDSHAKE_S + 1),
+                    Some(HANDSHAKE_STALE_S + 1),
                 ),
             ],
             reachability: vec![],

@@ -126,6 +126,15 @@ fn load_jobs(path: &Path) -> anyhow::Result<JobsRecord> {
     }
 }
 
+fn save_jobs(path: &Path, record: &JobsRecord) -> anyhow::Result<()> {
+    hybridgrid_local::ledger::write_atomic(
+        path,
+        serde_json::to_string_pretty(record)?.as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
@@ -277,11 +286,7 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
                 wan_bytes_at_end: None,
                 end_late: false,
             });
-            hybridgrid_local::ledger::write_atomic(
-                &jobs_path,
-                serde_json::to_string_pretty(&record)?.as_bytes(),
-                0o644,
-            )?;
+            save_jobs(&jobs_path, &record)?;
             let output = datastore::results_dir(local.cluster_dir()).join(format!("{id}.out"));
             if parsable {
                 println!("{id}");
@@ -301,7 +306,15 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let view = wait_for(&local, &plan, id, Duration::from_secs(600))?;
-            record_ends(&local, &plan, std::slice::from_ref(&view), false)?;
+            // Read again: a `jobs` meanwhile may have recorded other jobs' ends.
+            let mut record = load_jobs(&jobs_path)?;
+            record_ends(
+                &jobs_path,
+                &mut record,
+                std::slice::from_ref(&view),
+                false,
+                &|| wan_bytes(&local, &plan),
+            )?;
             if !parsable {
                 println!(
                     "job {id} {} on {} (site {}), exit {}",
@@ -321,9 +334,14 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             let plan = local.plan()?;
-            let mut views = job_views(&local, &plan)?;
-            let record = record_ends(&local, &plan, &views, true)?;
-            cross_site(&mut views, &record, || wan_bytes(&local, &plan));
+            let path = local.cluster_dir().join(JOBS_FILE);
+            let mut record = load_jobs(&path)?;
+            let mut views = job_views(&local, &plan, &record)?;
+            // The relays' counters, read at most once for all jobs.
+            let counters = std::cell::OnceCell::new();
+            let now = || *counters.get_or_init(|| wan_bytes(&local, &plan));
+            record_ends(&path, &mut record, &views, true, &now)?;
+            cross_site(&mut views, &record, &now);
             if json {
                 let doc = serde_json::json!({
                     "format_version": 1,
@@ -348,7 +366,7 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
                             } else {
                                 ""
                             },
-                            human(b)
+                            crate::status_text::bytes(b)
                         )
                     },
                 );
@@ -379,25 +397,26 @@ fn wan_bytes(local: &Local, plan: &Plan) -> Option<u64> {
     (!s.tunnels.is_empty()).then(|| s.tunnels.iter().map(|t| t.tx_bytes).sum())
 }
 
+/// Slurm is done with the job (UNKNOWN too: neither squeue nor scontrol knows it any more).
 fn finished(state: &str) -> bool {
     !matches!(
         state,
-        "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "UNKNOWN"
+        "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED"
     )
 }
 
-/// Records the counters' end for jobs seen finished the first time; returns the record.
+/// Records the counters' end for jobs seen finished the first time, and saves the record then.
 fn record_ends(
-    local: &Local,
-    plan: &Plan,
+    path: &Path,
+    record: &mut JobsRecord,
     views: &[JobView],
     late: bool,
-) -> anyhow::Result<JobsRecord> {
-    let path = local.cluster_dir().join(JOBS_FILE);
-    let mut record = load_jobs(&path)?;
+    now: &dyn Fn() -> Option<u64>,
+) -> anyhow::Result<()> {
+    // A job in no state Slurm knows gets no end: when it ended cannot be told.
     let done: Vec<u64> = views
         .iter()
-        .filter(|v| finished(&v.state))
+        .filter(|v| finished(&v.state) && v.state != "UNKNOWN")
         .map(|v| v.id)
         .collect();
     let todo: Vec<&mut JobEntry> = record
@@ -408,25 +427,18 @@ fn record_ends(
         })
         .collect();
     if todo.is_empty() {
-        return Ok(record);
+        return Ok(());
     }
-    let now = wan_bytes(local, plan);
+    let now = now();
     for j in todo {
         j.wan_bytes_at_end = now;
         j.end_late = late;
     }
-    hybridgrid_local::ledger::write_atomic(
-        &path,
-        serde_json::to_string_pretty(&record)?.as_bytes(),
-        0o644,
-    )?;
-    Ok(record)
+    save_jobs(path, record)
 }
 
-/// Fills each view's cross-site bytes from the record (`now` for running jobs, read once).
-fn cross_site(views: &mut [JobView], record: &JobsRecord, now: impl FnOnce() -> Option<u64>) {
-    let mut now = Some(now);
-    let mut current = None;
+/// Fills each view's cross-site bytes from the record (`now`: the counters, for running jobs).
+fn cross_site(views: &mut [JobView], record: &JobsRecord, now: &dyn Fn() -> Option<u64>) {
     for v in views.iter_mut() {
         let Some(j) = record.jobs.iter().find(|j| j.id == v.id) else {
             continue;
@@ -438,10 +450,7 @@ fn cross_site(views: &mut [JobView], record: &JobsRecord, now: impl FnOnce() -> 
             v.cross_site_bytes_upper_bound = j.end_late;
             Some(e)
         } else if v.state == "RUNNING" {
-            if let Some(f) = now.take() {
-                current = f();
-            }
-            current
+            now()
         } else {
             None
         };
@@ -449,32 +458,15 @@ fn cross_site(views: &mut [JobView], record: &JobsRecord, now: impl FnOnce() -> 
     }
 }
 
-fn human(b: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 fn wait_for(local: &Local, plan: &Plan, id: u64, limit: Duration) -> anyhow::Result<JobView> {
     let deadline = Instant::now() + limit;
     loop {
-        let view = job_views(local, plan)?
+        let record = load_jobs(&local.cluster_dir().join(JOBS_FILE))?;
+        let view = job_views(local, plan, &record)?
             .into_iter()
             .find(|v| v.id == id)
             .context("the job left the record")?;
-        let finished = !matches!(
-            view.state.as_str(),
-            "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED"
-        );
+        let finished = finished(&view.state);
         // Finished and its output is on the master (or it failed without any).
         if finished && (view.output.is_some() || view.state != "COMPLETED") {
             return Ok(view);
@@ -492,8 +484,7 @@ struct ResultStatus {
     exit: i64,
 }
 
-fn job_views(local: &Local, plan: &Plan) -> anyhow::Result<Vec<JobView>> {
-    let record = load_jobs(&local.cluster_dir().join(JOBS_FILE))?;
+fn job_views(local: &Local, plan: &Plan, record: &JobsRecord) -> anyhow::Result<Vec<JobView>> {
     let master = master_of(plan)?;
     let results = datastore::results_dir(local.cluster_dir());
     // Pending and running jobs.

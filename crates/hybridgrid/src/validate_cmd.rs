@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use hybridgrid_core::model::{self, LoadError, Provider as Kind};
+use hybridgrid_core::model::{self, Cluster, LoadError, Provider as Kind};
 
 use crate::providers;
 
@@ -29,7 +29,7 @@ pub fn validate(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     }
-    let nodes: u64 = cluster.sites.iter().map(|s| 1 + s.worker_count()).sum();
+    let nodes = cluster.node_count();
     println!(
         "{}: ok — cluster {}, {} sites, {nodes} nodes{}",
         file.display(),
@@ -87,7 +87,7 @@ pub fn validate_json(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
         "ok": ok,
         "cluster": cluster.as_ref().map(|c| c.name.clone()),
         "sites": cluster.as_ref().map(|c| c.sites.len()),
-        "nodes": cluster.as_ref().map(|c| c.sites.iter().map(|s| 1 + s.worker_count()).sum::<u64>()),
+        "nodes": cluster.as_ref().map(Cluster::node_count),
         "diagnostics": diagnostics,
         "cloud_problems": cloud_problems,
     });

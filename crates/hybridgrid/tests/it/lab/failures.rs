@@ -9,7 +9,8 @@ use serde_json::Value;
 use super::{Lab, wait_until};
 use std::time::Duration;
 
-fn nft(ns: &str, args: &[&str]) -> String {
+/// `nft ARGS` in a namespace of the lab (its output; a failure fails the test).
+pub(super) fn nft(ns: &str, args: &[&str]) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "nft"])
         .args(args)

@@ -2,11 +2,10 @@
 //! make on a live cluster: a missing route, a missing allowed-address pair, a missing rule, a
 //! tunnel MTU above the underlay, a dead tunnel. `up` repairs each before the next.
 
-use std::process::Command;
-
 use serde_json::Value;
 
 use super::Lab;
+use super::failures::nft;
 
 const SRC: &str = "giessen-worker-1";
 const DST: &str = "bielefeld-worker-1";
@@ -35,20 +34,6 @@ fn broken(lab: &Lab) -> (String, String) {
         h["hop"].as_str().unwrap().to_owned(),
         h["fix"].as_str().unwrap_or_default().to_owned(),
     )
-}
-
-fn nft(ns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "nft"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn repaired(lab: &Lab) {
