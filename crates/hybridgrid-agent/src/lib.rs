@@ -1,8 +1,8 @@
 //! The node agent: everything that happens *on* a node, driven only by the node's
 //! configuration ([`hybridgrid_core::plan::NodeConfig`]) — hostname, `/etc/hosts`, ICMP
-//! redirects, forwarding, MSS clamp, routes, the WireGuard key and device — the same code on
-//! every provider (`hybridgrid agent apply` on a cloud VM, inside the node's namespaces on the
-//! local provider). `supervise` keeps a node as configured; `pull` merges configuration the
+//! redirects, forwarding, MSS clamp, routes, the WireGuard key and device, the Slurm role — the
+//! same code on every provider (`hybridgrid agent apply` on a cloud VM, inside the node's
+//! namespaces on the local provider). `supervise` keeps a node as configured; `pull` merges configuration the
 //! cloud's metadata service delivers after boot.
 //!
 //! Architecture invariant: depends on core and wg only; knows no provider.
@@ -10,6 +10,7 @@
 mod error;
 mod node;
 pub mod pull;
+pub mod slurm;
 pub mod sys;
 pub mod wg_impl;
 

@@ -43,14 +43,18 @@ pub fn read_public_key(state_dir: &Path) -> Option<PublicKey> {
 
 /// Applies `config` on this node. `exe` is the hybridgrid binary (for the userspace WireGuard
 /// daemon), `tag` names the node in process lists.
+///
+/// `wait_for_workers`: on the Slurm controller, how long to wait for every planned worker to
+/// register before its partitions are set (`up` passes it once it started the workers' slurmd).
 pub fn apply(
     config: &NodeConfig,
     state_dir: &Path,
     exe: &Path,
     tag: &str,
+    wait_for_workers: Duration,
 ) -> Result<AgentReport, AgentError> {
     let _lock = lock(state_dir)?;
-    apply_locked(config, state_dir, exe, tag)
+    apply_locked(config, state_dir, exe, tag, wait_for_workers)
 }
 
 /// One agent at a time on a node: `up` and the node's own supervisor both apply. Held until
@@ -77,6 +81,7 @@ fn apply_locked(
     state_dir: &Path,
     exe: &Path,
     tag: &str,
+    wait_for_workers: Duration,
 ) -> Result<AgentReport, AgentError> {
     let mut report = AgentReport::default();
     let applied = read_applied(state_dir);
@@ -141,6 +146,13 @@ fn apply_locked(
     if config.ip_forward {
         forwarding(true, &mut report.actions)?;
     }
+    crate::slurm::apply(
+        &config.slurm,
+        &config.hostname,
+        state_dir,
+        wait_for_workers,
+        &mut report.actions,
+    )?;
 
     if applied.as_ref() != Some(&config) {
         let text = serde_json::to_string_pretty(&config).map_err(|source| AgentError::Json {
@@ -443,12 +455,17 @@ pub fn supervise(
             .wireguard
             .as_ref()
             .is_some_and(|w| !interface_exists(&w.name));
-        if device_gone || last.elapsed() >= period {
+        // A dead daemon is started again within a second, not at the next period.
+        let daemon_dead =
+            read_applied(state_dir).is_some_and(|a| !crate::slurm::daemons_run(a.slurm.role));
+        if device_gone || daemon_dead || last.elapsed() >= period {
             last = std::time::Instant::now();
             // The configuration is read again under the lock: `up` may have written a newer
             // one while this waited for it.
             let result = lock(state_dir).and_then(|_lock| match read() {
-                Some(config) => apply_locked(&config, state_dir, exe, tag).map(drop),
+                Some(config) => {
+                    apply_locked(&config, state_dir, exe, tag, Duration::ZERO).map(drop)
+                }
                 None => Ok(()),
             });
             if let Err(e) = result {

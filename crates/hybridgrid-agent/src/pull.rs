@@ -96,7 +96,7 @@ pub fn pull(
         .map_err(|e| AgentError::Other(format!("{metadata_url}: {e}")))?;
     let merged = node_meta::merge(&base, &meta)
         .map_err(|e| AgentError::Other(format!("{metadata_url}: {e}")))?;
-    let applied = agent::apply(&merged, state_dir, exe, tag)?;
+    let applied = agent::apply(&merged, state_dir, exe, tag, Duration::ZERO)?;
     let version = meta.get(node_meta::VERSION_KEY).cloned();
     if let Some(v) = &version {
         let path = state_dir.join(VERSION_FILE);

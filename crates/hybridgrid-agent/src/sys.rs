@@ -74,6 +74,19 @@ pub fn ok(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The program's stdout if it ran and exited 0.
+pub fn ok_stdout(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `ip -n NS -batch -`: many changes to one namespace for one process start.
 pub fn ip_batch(ns: Option<&str>, lines: &[String]) -> Result<(), AgentError> {
     let mut args = Vec::new();

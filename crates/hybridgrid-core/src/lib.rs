@@ -17,4 +17,5 @@ pub mod plan;
 pub mod raw;
 pub mod reconcile;
 pub mod render;
+pub mod slurm_conf;
 pub mod submit;

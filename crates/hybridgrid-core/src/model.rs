@@ -48,6 +48,9 @@ impl Provider {
     }
 }
 
+/// The login user of Debian's cloud images.
+pub const DEFAULT_SSH_USER: &str = "debian";
+
 /// A validated cluster. Sites keep file order; exactly one is the master site.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
@@ -56,6 +59,8 @@ pub struct Cluster {
     /// Sources allowed to reach SSH on the nodes. Empty: SSH only from inside the cluster.
     pub admin_cidrs: Vec<Ipv4Net>,
     pub ssh_public_key: Option<String>,
+    /// openstack: the image's login user, which `up` and `exec` reach the nodes as (sudo).
+    pub ssh_user: String,
     pub tunnel: Tunnel,
     pub sites: Vec<Site>,
     pub datasets: Vec<Dataset>,
@@ -349,6 +354,10 @@ impl Validator<'_> {
             provider: provider?,
             admin_cidrs,
             ssh_public_key: raw.ssh_public_key.as_ref().map(|k| k.value.clone()),
+            ssh_user: raw
+                .ssh_user
+                .as_ref()
+                .map_or_else(|| DEFAULT_SSH_USER.to_owned(), |u| u.value.clone()),
             tunnel: tunnel?,
             sites: sites
                 .into_iter()

@@ -102,7 +102,7 @@ pub struct NodeConfig {
     pub mss_clamp: bool,
     pub routes: Vec<Route>,
     pub wireguard: Option<WgInterface>,
-    pub slurm: SlurmRole,
+    pub slurm: SlurmSetup,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -146,4 +146,55 @@ pub enum SlurmRole {
     Controller,
     Compute,
     None,
+}
+
+/// The node's part of Slurm, set up by the agent: munged everywhere, `slurmctld` on the
+/// controller, configless `slurmd` on compute nodes; a compute node the running slurmctld does
+/// not know (added later) joins as a dynamic node (`slurmd -Z`), so that growing the cluster
+/// never restarts the controller.
+///
+/// `role` is [`SlurmRole::None`] on gateways and, on every node, until the WireGuard mesh is
+/// complete: slurmd at the other sites reaches slurmctld only through the tunnels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmSetup {
+    pub role: SlurmRole,
+    pub controller_addr: Ipv4Addr,
+    pub ctld_port: u16,
+    /// Controller: the `slurm.conf` slurmctld starts with (and serves to configless slurmd).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub conf: String,
+    /// Controller: each partition's planned members; the agent keeps slurmctld's partitions so
+    /// and deletes dynamic nodes that left the plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionMembers>,
+    /// Compute: what the node registers with.
+    #[serde(default)]
+    pub cpus: u32,
+    #[serde(default)]
+    pub memory_mib: u64,
+    /// Compute: its site, as a Slurm feature.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub feature: String,
+}
+
+impl SlurmSetup {
+    /// No Slurm on this node (gateways; everyone before the mesh is complete).
+    pub fn none(controller_addr: Ipv4Addr, ctld_port: u16) -> Self {
+        SlurmSetup {
+            role: SlurmRole::None,
+            controller_addr,
+            ctld_port,
+            conf: String::new(),
+            partitions: Vec::new(),
+            cpus: 0,
+            memory_mib: 0,
+            feature: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMembers {
+    pub name: String,
+    pub nodes: Vec<String>,
 }

@@ -15,9 +15,11 @@ use crate::addr;
 use crate::change::Change;
 use crate::model::{ALL_PARTITION, Cluster, Provider, SLURMCTLD_PORT, SLURMD_PORT};
 pub use crate::node::{
-    NodeConfig, Protocol, Remote, Role, Route, SgRule, SlurmRole, WG_INTERFACE, WgInterface, WgPeer,
+    NodeConfig, PartitionMembers, Protocol, Remote, Role, Route, SgRule, SlurmRole, SlurmSetup,
+    WG_INTERFACE, WgInterface, WgPeer,
 };
 use crate::observed::Observed;
+pub use crate::slurm_conf::{Partition, SlurmPlan};
 
 /// Version of the JSON plan document (`hybridgrid plan --json`); bumped on incompatible changes.
 pub const PLAN_FORMAT_VERSION: u32 = 1;
@@ -99,26 +101,6 @@ pub struct NodePlan {
     pub image: Option<String>,
     /// Relays only: the node's WireGuard interface, one peer per other relay (full mesh).
     pub wireguard: Option<WgInterface>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlurmPlan {
-    pub cluster_name: String,
-    pub controller: String,
-    pub controller_addr: Ipv4Addr,
-    pub ctld_port: u16,
-    pub slurmd_port: u16,
-    pub srun_port_range: (u16, u16),
-    pub slurmd_timeout: u32,
-    pub message_timeout: u32,
-    pub partitions: Vec<Partition>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Partition {
-    pub name: String,
-    pub nodes: Vec<String>,
-    pub default: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -498,12 +480,77 @@ impl Plan {
             mss_clamp: node.role.is_relay(),
             routes,
             wireguard: node.wireguard.clone(),
-            slurm: match node.role {
-                Role::Master => SlurmRole::Controller,
-                Role::Worker => SlurmRole::Compute,
-                Role::Gateway => SlurmRole::None,
-            },
+            slurm: self.slurm_setup(node),
         }
+    }
+
+    /// Whether every relay knows every peer's key and endpoint: only then can slurmd at other
+    /// sites reach slurmctld, so only then do nodes get their Slurm role.
+    pub fn mesh_complete(&self) -> bool {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.wireguard.as_ref())
+            .all(|w| {
+                w.public_key.is_some()
+                    && w.peers
+                        .iter()
+                        .all(|p| p.public_key.is_some() && p.endpoint.is_some())
+            })
+    }
+
+    /// The planned workers as `slurm.conf` names them.
+    pub fn conf_nodes(&self) -> Vec<crate::slurm_conf::ConfNode<'_>> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Worker)
+            .map(|n| crate::slurm_conf::ConfNode {
+                name: &n.name,
+                addr: n.lan_ip,
+                cpus: n.cpus,
+                memory_mib: n.memory_mib,
+                feature: &n.site,
+            })
+            .collect()
+    }
+
+    fn slurm_setup(&self, node: &NodePlan) -> SlurmSetup {
+        let sl = &self.slurm;
+        let mut setup = SlurmSetup::none(sl.controller_addr, sl.ctld_port);
+        if !self.mesh_complete() {
+            return setup;
+        }
+        match node.role {
+            Role::Gateway => {}
+            Role::Master => {
+                setup.role = SlurmRole::Controller;
+                setup.conf = crate::slurm_conf::slurm_conf(&self.cluster, sl, &self.conf_nodes());
+                let workers: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.role == Role::Worker)
+                    .map(|n| n.name.clone())
+                    .collect();
+                setup.partitions = sl
+                    .partitions
+                    .iter()
+                    .map(|p| PartitionMembers {
+                        name: p.name.clone(),
+                        nodes: if p.name == ALL_PARTITION {
+                            workers.clone()
+                        } else {
+                            p.nodes.clone()
+                        },
+                    })
+                    .collect();
+            }
+            Role::Worker => {
+                setup.role = SlurmRole::Compute;
+                setup.cpus = node.cpus;
+                setup.memory_mib = node.memory_mib;
+                setup.feature = node.site.clone();
+            }
+        }
+        setup
     }
 
     pub fn node(&self, name: &str) -> Option<&NodePlan> {

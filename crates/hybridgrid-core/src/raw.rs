@@ -37,6 +37,7 @@ pub struct RawCluster {
     pub provider: Option<Sp<String>>,
     pub admin_cidrs: Vec<Sp<String>>,
     pub ssh_public_key: Option<Sp<String>>,
+    pub ssh_user: Option<Sp<String>>,
     pub tunnel: RawTunnel,
     pub sites: Vec<RawSite>,
     pub sites_pos: Pos,
@@ -385,6 +386,7 @@ impl Reader {
             "provider",
             "admin_cidrs",
             "ssh_public_key",
+            "ssh_user",
             "tunnel",
             "sites",
             "datasets",
@@ -406,6 +408,7 @@ impl Reader {
         c.provider = self.string(&m, "provider");
         c.admin_cidrs = self.string_list(&m, "admin_cidrs");
         c.ssh_public_key = self.string(&m, "ssh_public_key");
+        c.ssh_user = self.string(&m, "ssh_user");
         if let Some(t) = m.get("tunnel") {
             c.tunnel = self.tunnel(t, &m.path("tunnel"));
         }

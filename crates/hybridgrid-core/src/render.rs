@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::diff::rule_text;
-use crate::plan::{NodePlan, Plan, Role, Route, SlurmRole, WgInterface};
+use crate::plan::{NodePlan, Plan, Role, Route, WgInterface};
 
 /// Where the node agent keeps the WireGuard private key it made (mode 0600).
 pub const PRIVATE_KEY_PATH: &str = "/var/lib/hybridgrid/wg0.key";
@@ -64,7 +64,8 @@ pub fn render_each(plan: &Plan, emit: &mut dyn FnMut(&str, String)) {
             };
             emit(&format!("{dir}/hybridgrid/routes.sh"), text);
         }
-        if config.slurm == SlurmRole::Controller {
+        // Whether or not the mesh is complete yet (the node's Slurm role waits for it).
+        if node.role == Role::Master {
             emit(&format!("{dir}/slurm/slurm.conf"), slurm_conf(plan));
         }
     }
@@ -201,75 +202,7 @@ fn worker_routes(routes: &[Route]) -> String {
     s
 }
 
-/// `slurm.conf` for the controller; slurmd nodes fetch it (`SlurmctldParameters=enable_configless`).
+/// The controller's `slurm.conf` (see [`crate::slurm_conf::slurm_conf`]).
 pub fn slurm_conf(plan: &Plan) -> String {
-    let sl = &plan.slurm;
-    let mut s = header(plan, "slurm.conf");
-    let _ = writeln!(s, "ClusterName={}", sl.cluster_name);
-    let _ = writeln!(s, "SlurmctldHost={}({})", sl.controller, sl.controller_addr);
-    s.push_str("SlurmctldParameters=enable_configless\n");
-    s.push_str("SlurmUser=slurm\nSlurmdUser=root\n");
-    s.push_str("AuthType=auth/munge\nCredType=cred/munge\n");
-    let _ = writeln!(
-        s,
-        "SlurmctldPort={}\nSlurmdPort={}",
-        sl.ctld_port, sl.slurmd_port
-    );
-    let _ = writeln!(
-        s,
-        "SrunPortRange={}-{}",
-        sl.srun_port_range.0, sl.srun_port_range.1
-    );
-    s.push_str(
-        "StateSaveLocation=/var/lib/slurm/slurmctld\n\
-         SlurmdSpoolDir=/var/lib/slurm/slurmd\n\
-         SlurmctldPidFile=/run/slurm/slurmctld.pid\n\
-         SlurmdPidFile=/run/slurm/slurmd.pid\n\
-         SlurmctldLogFile=/var/log/slurm/slurmctld.log\n\
-         SlurmdLogFile=/var/log/slurm/slurmd.log\n\
-         ProctrackType=proctrack/linuxproc\n\
-         TaskPlugin=task/none\n\
-         JobAcctGatherType=jobacct_gather/none\n\
-         AccountingStorageType=accounting_storage/none\n\
-         SchedulerType=sched/backfill\n\
-         SelectType=select/cons_tres\n\
-         SelectTypeParameters=CR_Core\n\
-         MpiDefault=none\n\
-         MailProg=/bin/true\n\
-         ReturnToService=2\n",
-    );
-    s.push_str("# Sites are joined over the WAN: tolerate latency and short outages.\n");
-    let _ = writeln!(s, "SlurmdTimeout={}", sl.slurmd_timeout);
-    let _ = writeln!(s, "MessageTimeout={}", sl.message_timeout);
-    s.push_str("SlurmctldTimeout=300\nTCPTimeout=10\nBatchStartTimeout=60\n");
-    s.push_str(
-        "# The controller talks to every slurmd itself rather than relaying through other sites.\n",
-    );
-    s.push_str("TreeWidth=65533\n");
-    // Room for workers added later as dynamic nodes (`slurmd -Z`): no slurmctld restart.
-    let workers = plan.nodes.iter().filter(|n| n.role == Role::Worker).count();
-    let _ = writeln!(s, "MaxNodeCount={}", workers + 1024);
-    for node in plan.nodes.iter().filter(|n| n.role == Role::Worker) {
-        let _ = writeln!(
-            s,
-            "NodeName={} NodeAddr={} CPUs={} RealMemory={} Feature={} State=UNKNOWN",
-            node.name, node.lan_ip, node.cpus, node.memory_mib, node.site
-        );
-    }
-    for p in &sl.partitions {
-        let nodes = if p.name == crate::model::ALL_PARTITION {
-            " Nodes=ALL".to_owned()
-        } else if p.nodes.is_empty() {
-            String::new()
-        } else {
-            format!(" Nodes={}", p.nodes.join(","))
-        };
-        let default = if p.default { " Default=YES" } else { "" };
-        let _ = writeln!(
-            s,
-            "PartitionName={}{nodes}{default} MaxTime=INFINITE State=UP",
-            p.name
-        );
-    }
-    s
+    crate::slurm_conf::slurm_conf(&plan.cluster, &plan.slurm, &plan.conf_nodes())
 }

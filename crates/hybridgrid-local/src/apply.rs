@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hybridgrid_core::diff::Change;
-use hybridgrid_core::plan::{Plan, SgRule};
+use hybridgrid_core::plan::{NodePlan, Plan, Role, SgRule};
 use hybridgrid_engine::{Event, Sink};
 
 use crate::agent::{self, AgentReport};
@@ -136,17 +136,7 @@ impl Local {
     /// Before that a round's configure sets up the network only; the next round finds the Slurm
     /// daemons missing and comes back here.
     fn services(&self, plan: &Plan, progress: Sink<'_>) -> Result<(), LocalError> {
-        let mesh_complete = plan
-            .nodes
-            .iter()
-            .filter_map(|n| n.wireguard.as_ref())
-            .all(|w| {
-                w.public_key.is_some()
-                    && w.peers
-                        .iter()
-                        .all(|p| p.public_key.is_some() && p.endpoint.is_some())
-            });
-        if !mesh_complete {
+        if !plan.mesh_complete() {
             return Ok(());
         }
         // slurmd on the other sites reaches slurmctld through the tunnels.
@@ -157,25 +147,21 @@ impl Local {
         }
         let t = Instant::now();
         let results = crate::datastore::ensure_results(self, plan)?;
-        let slurm = crate::slurm::ensure(self, plan)?;
-        let started: Vec<String> = results.into_iter().chain(slurm.started).collect();
+        // The workers' agents started their slurmd: the controller's agent waits for them to
+        // register and puts them into their partitions.
+        let master = plan.nodes.iter().find(|n| n.role == Role::Master);
+        let slurm = match master {
+            Some(m) => self.agent_apply(m, Duration::from_secs(30))?.actions,
+            None => Vec::new(),
+        };
+        let started: Vec<String> = results
+            .into_iter()
+            .chain(slurm.into_iter().filter(|a| a.starts_with("partition")))
+            .collect();
         if !started.is_empty() {
-            // One line, whatever the size: the slurmd starts are counted, not listed, past a few.
-            let slurmd = started
-                .iter()
-                .filter(|s| s.starts_with("slurmd on "))
-                .count();
-            let mut shown: Vec<String> = started
-                .iter()
-                .filter(|s| slurmd <= 4 || !s.starts_with("slurmd on "))
-                .cloned()
-                .collect();
-            if slurmd > 4 {
-                shown.push(format!("slurmd on {slurmd} workers"));
-            }
             progress(Event::Note(format!(
                 "{} ({:.2}s)",
-                shown.join("; "),
+                started.join("; "),
                 t.elapsed().as_secs_f64()
             )));
         }
@@ -560,27 +546,40 @@ impl Local {
             .ok_or_else(|| LocalError::NoSuchNode(node.to_owned()))?;
         let dir = self.node_dir(node);
         let config = dir.join("node.json");
-        let text = serde_json::to_string_pretty(&plan.node_config(np)).map_err(|source| {
-            LocalError::Json {
+        let node_config = plan.node_config(np);
+        crate::slurm::prepare_node(self, node, node_config.slurm.role)?;
+        let text =
+            serde_json::to_string_pretty(&node_config).map_err(|source| LocalError::Json {
                 path: config.clone(),
                 source,
-            }
-        })?;
+            })?;
         crate::ledger::write_atomic(&config, text.as_bytes(), 0o644)?;
+        self.agent_apply(np, Duration::ZERO)
+    }
+
+    /// Runs the agent on `node` with the configuration last written to its `node.json`.
+    fn agent_apply(
+        &self,
+        node: &NodePlan,
+        wait_for_workers: Duration,
+    ) -> Result<AgentReport, LocalError> {
+        let dir = self.node_dir(&node.name);
         let out = self.agent(
-            node,
+            &node.name,
             &[
                 "apply",
                 "--config",
-                &config.display().to_string(),
+                &dir.join("node.json").display().to_string(),
                 "--state-dir",
                 &dir.display().to_string(),
                 "--tag",
-                &self.ns(node),
+                &self.ns(&node.name),
+                "--wait-for-workers",
+                &wait_for_workers.as_secs().to_string(),
             ],
         )?;
         serde_json::from_str(&out).map_err(|source| LocalError::Json {
-            path: PathBuf::from(format!("agent output of {node}")),
+            path: PathBuf::from(format!("agent output of {}", node.name)),
             source,
         })
     }

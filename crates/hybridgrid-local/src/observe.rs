@@ -273,7 +273,7 @@ fn live_applied(mut a: NodeConfig, live: &NodeLive, running: &BTreeSet<String>) 
     if let Some(routes) = &live.routes {
         a.routes.retain(|r| routes.contains(&r.destination));
     }
-    let slurm_runs = match a.slurm {
+    let slurm_runs = match a.slurm.role {
         SlurmRole::Controller => {
             running.contains("munged") && running.contains("slurmctld") && running.contains("nginx")
         }
@@ -281,7 +281,7 @@ fn live_applied(mut a: NodeConfig, live: &NodeLive, running: &BTreeSet<String>) 
         SlurmRole::None => true,
     };
     if !slurm_runs {
-        a.slurm = SlurmRole::None;
+        a.slurm.role = SlurmRole::None;
     }
     a
 }

@@ -28,6 +28,8 @@ pub enum OsError {
     CrashInjected(usize),
     /// server {name} did not become ACTIVE: {message}
     ServerFailed { name: String, message: String },
+    /// node {node}, over SSH: {detail}
+    Channel { node: String, detail: String },
     /// {0}
     Other(String),
 }

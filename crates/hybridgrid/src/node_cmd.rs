@@ -47,6 +47,10 @@ pub enum AgentCommand {
         state_dir: PathBuf,
         #[arg(long, default_value = "")]
         tag: String,
+        /// On the Slurm controller: seconds to wait for every planned worker to register
+        /// before setting the partitions.
+        #[arg(long, default_value_t = 0)]
+        wait_for_workers: u64,
     },
     /// Merge the configuration delivered through the cloud's metadata service (peers) into
     /// `--config` and apply it like `apply` (run every 30 s by a timer on openstack relays).
@@ -104,13 +108,20 @@ fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
             config,
             state_dir,
             tag,
+            wait_for_workers,
         } => {
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("reading {}", config.display()))?;
             let config: NodeConfig = serde_json::from_str(&text)
                 .with_context(|| format!("parsing {}", config.display()))?;
             let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
-            let report = hybridgrid_agent::apply(&config, &state_dir, &exe, &tag)?;
+            let report = hybridgrid_agent::apply(
+                &config,
+                &state_dir,
+                &exe,
+                &tag,
+                std::time::Duration::from_secs(wait_for_workers),
+            )?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }

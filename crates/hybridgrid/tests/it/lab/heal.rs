@@ -1,5 +1,5 @@
-//! A cluster that heals itself: each node's supervisor brings back a dead WireGuard device and
-//! re-applies its configuration on a short period; after a gateway's reboot, `up` leaves every
+//! A cluster that heals itself: each node's supervisor brings back a dead WireGuard device or
+//! Slurm daemon within a second or two and re-applies its configuration on a short period; after a gateway's reboot, `up` leaves every
 //! pair reachable at once (no ICMP redirect sends workers to the site router meanwhile).
 
 use std::process::Command;
@@ -119,4 +119,50 @@ fn regression_issue_11_after_a_gateways_reboot_and_up_every_pair_is_reachable_wi
     assert_full_mesh(&lab, 4, 2);
     let cache = lab.exec_ok("giessen-worker-1", &["ip", "-4", "route", "show", "cache"]);
     assert!(!cache.contains("redirected"), "{cache}");
+}
+
+/// The pid in a node's pid file (its `/run` is private to the node).
+fn pid_file(lab: &Lab, node: &str, file: &str) -> Option<u32> {
+    let out = lab.exec(node, &["cat", file]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[test]
+fn killed_slurm_daemons_come_back_within_5s_without_up() {
+    let Some(lab) = Lab::new("two-sites.yaml", "slk") else {
+        return;
+    };
+    lab.up();
+    for (node, file) in [
+        ("giessen-worker-1", "/run/slurm/slurmd.pid"),
+        ("giessen-worker-1", "/run/munge/munged.pid"),
+        ("bielefeld-master", "/run/slurm/slurmctld.pid"),
+    ] {
+        let old = pid_file(&lab, node, file).unwrap_or_else(|| panic!("{node}: no {file}"));
+        lab.exec_ok(node, &["kill", "-KILL", &old.to_string()]);
+        let t = Instant::now();
+        wait_until(
+            &format!("{node}: {file} back"),
+            Duration::from_secs(5),
+            || {
+                pid_file(&lab, node, file).is_some_and(|p| {
+                    p != old
+                        && lab
+                            .exec(node, &["kill", "-0", &p.to_string()])
+                            .status
+                            .success()
+                })
+            },
+        );
+        eprintln!("{node}: {file} back after {:?}", t.elapsed());
+    }
+    // Slurm works again: the worker is idle and runs a job.
+    wait_until("giessen-worker-1 idle", Duration::from_secs(30), || {
+        let out = lab.exec("bielefeld-master", &["sinfo", "-h", "-N", "-o", "%N %T"]);
+        String::from_utf8_lossy(&out.stdout).contains("giessen-worker-1 idle")
+    });
+    lab.exec_ok(
+        "bielefeld-master",
+        &["srun", "-p", "giessen", "-t", "1", "hostname"],
+    );
 }

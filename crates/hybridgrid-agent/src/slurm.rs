@@ -1,0 +1,322 @@
+//! The node's Slurm role ([`SlurmSetup`]): the munge key, `munged` on every Slurm node,
+//! `slurmctld` on the controller, configless `slurmd` on compute nodes. A worker the running
+//! slurmctld does not know (added later) joins as a dynamic node (`slurmd -Z`), and the
+//! controller's agent keeps slurmctld's partitions as planned, so it is put into its site's
+//! partition without restarting slurmctld.
+//!
+//! The daemons are started directly (not through the distribution's units, which `up` disables),
+//! the same on a cloud VM and in the local provider's node namespaces, and found again by their
+//! pid files; the node's supervisor starts a dead one again.
+//!
+//! The munge key reaches the node as `<state dir>/munge.key` (mode 0400), delivered by the
+//! provider over its node channel; it is never logged.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use hybridgrid_core::plan::{SlurmRole, SlurmSetup};
+
+use crate::AgentError;
+use crate::sys::{self, write_atomic};
+
+/// Where the provider puts the cluster's munge key, inside the agent's state directory.
+pub const MUNGE_KEY_FILE: &str = "munge.key";
+const MUNGED_PID: &str = "/run/munge/munged.pid";
+const SLURMCTLD_PID: &str = "/run/slurm/slurmctld.pid";
+const SLURMD_PID: &str = "/run/slurm/slurmd.pid";
+const SLURM_CONF: &str = "/etc/slurm/slurm.conf";
+const CTLD_START: Duration = Duration::from_secs(30);
+/// How long a compute node waits for slurmctld before its agent reports failure.
+const CTLD_REACHABLE: Duration = Duration::from_secs(60);
+/// Between two questions to slurmctld while waiting for it.
+const POLL: Duration = Duration::from_millis(250);
+
+/// The live pid of the daemon whose pid file is `path`.
+fn pid_of(path: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    sys::alive(pid).then_some(pid)
+}
+
+/// Whether every daemon of `role` runs (the supervisor checks this every second).
+pub fn daemons_run(role: SlurmRole) -> bool {
+    let munged = pid_of(MUNGED_PID).is_some();
+    match role {
+        SlurmRole::None => true,
+        SlurmRole::Controller => munged && pid_of(SLURMCTLD_PID).is_some(),
+        SlurmRole::Compute => munged && pid_of(SLURMD_PID).is_some(),
+    }
+}
+
+/// Brings the node's Slurm part to `setup`; idempotent, touches only what is missing.
+/// `wait_for_workers`: on the controller, first wait up to that long for every planned worker
+/// to have registered (after `up` started their slurmd), so the partitions hold them all.
+pub fn apply(
+    setup: &SlurmSetup,
+    name: &str,
+    state_dir: &Path,
+    wait_for_workers: Duration,
+    actions: &mut Vec<String>,
+) -> Result<(), AgentError> {
+    if setup.role == SlurmRole::None {
+        return Ok(());
+    }
+    munge(state_dir, actions)?;
+    for (dir, owner) in [
+        ("/run/slurm", "slurm:slurm"),
+        ("/var/lib/slurm", "slurm:slurm"),
+        ("/var/log/slurm", "slurm:slurm"),
+    ] {
+        std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
+        sys::run("chown", &[owner, dir])?;
+    }
+    match setup.role {
+        SlurmRole::Controller => controller(setup, wait_for_workers, actions),
+        SlurmRole::Compute => compute(setup, name, actions),
+        SlurmRole::None => Ok(()),
+    }
+}
+
+/// The key in `/etc/munge` (munge's, 0400) and `munged` running with it.
+fn munge(state_dir: &Path, actions: &mut Vec<String>) -> Result<(), AgentError> {
+    let source = state_dir.join(MUNGE_KEY_FILE);
+    let key = std::fs::read(&source).map_err(|e| {
+        AgentError::Other(format!(
+            "the cluster's munge key is not on this node ({}: {e}); `up` delivers it",
+            source.display()
+        ))
+    })?;
+    let target = Path::new("/etc/munge/munge.key");
+    let changed = std::fs::read(target).ok().as_deref() != Some(key.as_slice());
+    if changed {
+        write_atomic(target, &key, 0o400)?;
+        sys::run("chown", &["munge:munge", "/etc/munge/munge.key"])?;
+        actions.push("munge key".into());
+    }
+    std::fs::create_dir_all("/run/munge").map_err(AgentError::io("/run/munge"))?;
+    sys::run("chown", &["munge:munge", "/run/munge"])?;
+    let running = pid_of(MUNGED_PID);
+    if let (Some(pid), true) = (running, changed) {
+        // A munged with another key would reject every credential of the cluster.
+        sys::stop_processes(&[pid]);
+    }
+    if running.is_none() || changed {
+        sys::run(
+            "runuser",
+            &[
+                "-u",
+                "munge",
+                "--",
+                "munged",
+                "--log-file=/run/munge/munged.log",
+                &format!("--pid-file={MUNGED_PID}"),
+                "--seed-file=/run/munge/seed",
+            ],
+        )?;
+        sys::wait_for("munged", Duration::from_secs(10), || pid_of(MUNGED_PID))?;
+        actions.push("munged".into());
+    }
+    Ok(())
+}
+
+fn scontrol(args: &[&str]) -> Result<String, AgentError> {
+    sys::run("scontrol", args)
+}
+
+fn controller(
+    setup: &SlurmSetup,
+    wait_for_workers: Duration,
+    actions: &mut Vec<String>,
+) -> Result<(), AgentError> {
+    for d in ["/var/lib/slurm/slurmctld", "/var/lib/slurm/slurmd"] {
+        std::fs::create_dir_all(d).map_err(AgentError::io(d))?;
+        sys::run("chown", &["slurm:slurm", d])?;
+    }
+    // Written whenever it changed (client commands read it); slurmctld reads it only when it
+    // starts, and later workers join as dynamic nodes, so a running slurmctld is left alone.
+    if std::fs::read_to_string(SLURM_CONF).ok().as_deref() != Some(setup.conf.as_str()) {
+        write_atomic(Path::new(SLURM_CONF), setup.conf.as_bytes(), 0o644)?;
+        actions.push("slurm.conf".into());
+    }
+    if pid_of(SLURMCTLD_PID).is_none() {
+        sys::run("slurmctld", &[])?;
+        actions.push("slurmctld".into());
+    }
+    sys::wait_for("slurmctld to answer", CTLD_START, || {
+        let up = sys::ok_stdout("scontrol", &["ping"]).filter(|o| o.contains("is UP"));
+        if up.is_none() {
+            std::thread::sleep(POLL);
+        }
+        up
+    })?;
+    let planned: BTreeSet<&str> = setup
+        .partitions
+        .iter()
+        .flat_map(|p| p.nodes.iter().map(String::as_str))
+        .collect();
+    if !wait_for_workers.is_zero() {
+        // Best effort: a worker that does not come is left out and shown by `status`.
+        let _ = sys::wait_for("workers to register", wait_for_workers, || {
+            let known = known_nodes().unwrap_or_default();
+            let all = planned.iter().all(|n| known.contains(*n));
+            if !all {
+                std::thread::sleep(POLL);
+            }
+            all.then_some(())
+        });
+    }
+    sync_partitions(setup, &planned, actions)
+}
+
+/// The nodes slurmctld knows.
+fn known_nodes() -> Result<BTreeSet<String>, AgentError> {
+    Ok(scontrol(&["show", "nodes", "-o"])?
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .next()?
+                .strip_prefix("NodeName=")
+                .map(str::to_owned)
+        })
+        .collect())
+}
+
+/// Partition name → its nodes, as slurmctld has them (host lists expanded).
+fn partitions() -> Result<BTreeMap<String, BTreeSet<String>>, AgentError> {
+    let mut out = BTreeMap::new();
+    for line in scontrol(&["show", "partitions", "-o"])?.lines() {
+        let mut name = None;
+        let mut nodes = BTreeSet::new();
+        for w in line.split_whitespace() {
+            if let Some(n) = w.strip_prefix("PartitionName=") {
+                name = Some(n.to_owned());
+            }
+            if let Some(list) = w.strip_prefix("Nodes=")
+                && list != "(null)"
+                && !list.is_empty()
+            {
+                nodes = scontrol(&["show", "hostnames", list])?
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+            }
+        }
+        if let Some(name) = name {
+            out.insert(name, nodes);
+        }
+    }
+    Ok(out)
+}
+
+/// Keeps slurmctld's partitions as planned, with the planned workers it knows: creates a new
+/// site's partition, sets each partition's nodes, deletes partitions and dynamic nodes that left.
+fn sync_partitions(
+    setup: &SlurmSetup,
+    planned: &BTreeSet<&str>,
+    actions: &mut Vec<String>,
+) -> Result<(), AgentError> {
+    let known = known_nodes()?;
+    let current = partitions()?;
+    for p in &setup.partitions {
+        let wanted: BTreeSet<String> = p
+            .nodes
+            .iter()
+            .filter(|n| known.contains(*n))
+            .cloned()
+            .collect();
+        let list = wanted.iter().cloned().collect::<Vec<_>>().join(",");
+        let name = format!("PartitionName={}", p.name);
+        let nodes = format!("Nodes={list}");
+        match current.get(&p.name) {
+            None => {
+                let mut args = vec!["create", name.as_str(), "MaxTime=INFINITE", "State=UP"];
+                if !wanted.is_empty() {
+                    args.push(&nodes);
+                }
+                scontrol(&args)?;
+                actions.push(format!("partition {}", p.name));
+            }
+            Some(have) if !wanted.is_empty() && *have != wanted => {
+                scontrol(&["update", &name, &nodes])?;
+                actions.push(format!("partition {}: {} nodes", p.name, wanted.len()));
+            }
+            Some(_) => {}
+        }
+    }
+    for p in current
+        .keys()
+        .filter(|p| setup.partitions.iter().all(|q| &q.name != *p))
+    {
+        scontrol(&["delete", &format!("PartitionName={p}")])?;
+        actions.push(format!("remove partition {p}"));
+    }
+    for n in known.iter().filter(|n| !planned.contains(n.as_str())) {
+        scontrol(&["delete", &format!("NodeName={n}")])?;
+        actions.push(format!("remove Slurm node {n}"));
+    }
+    Ok(())
+}
+
+/// Where configless slurmd keeps the configuration it fetched (`SlurmdSpoolDir/conf-cache`).
+const CONF_CACHE: &str = "/var/lib/slurm/slurmd/conf-cache/slurm.conf";
+
+/// Whether the running slurmctld knows `name`: `None` when it cannot be asked.
+fn controller_knows(name: &str) -> Option<bool> {
+    if !Path::new(CONF_CACHE).is_file() {
+        return None;
+    }
+    let out = std::process::Command::new("scontrol")
+        .args(["show", "node", name, "-o"])
+        .env("SLURM_CONF", CONF_CACHE)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() && text.contains(&format!("NodeName={name} ")) {
+        Some(true)
+    } else if text.contains("not found") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn compute(setup: &SlurmSetup, name: &str, actions: &mut Vec<String>) -> Result<(), AgentError> {
+    std::fs::create_dir_all("/var/lib/slurm/slurmd").map_err(AgentError::io("/var/lib/slurm"))?;
+    if let Some(pid) = pid_of(SLURMD_PID) {
+        // A dynamic node is forgotten when slurmctld restarts without it in its slurm.conf
+        // (killed before it saved its state): register again.
+        if controller_knows(name) != Some(false) {
+            return Ok(());
+        }
+        sys::stop_processes(&[pid]);
+        actions.push("slurmd: slurmctld forgot this node".into());
+    }
+    let server = format!("{}:{}", setup.controller_addr, setup.ctld_port);
+    // slurmd fetches its configuration from slurmctld when it starts (and waits 10 s between
+    // tries): first wait for slurmctld, which at other sites answers once the tunnels are up.
+    let addr = std::net::SocketAddr::from((setup.controller_addr, setup.ctld_port));
+    sys::wait_for(&format!("slurmctld at {server}"), CTLD_REACHABLE, || {
+        let up = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
+        if !up {
+            std::thread::sleep(POLL);
+        }
+        up.then_some(())
+    })?;
+    let conf = format!(
+        "CPUs={} RealMemory={} Feature={}",
+        setup.cpus, setup.memory_mib, setup.feature
+    );
+    // A node in the running slurmctld's slurm.conf starts as itself; slurmd refuses to start
+    // when slurmctld does not know its name (a worker added later): then it joins as a
+    // dynamic node.
+    if sys::run("slurmd", &["--conf-server", &server]).is_ok() {
+        actions.push("slurmd".into());
+    } else {
+        sys::run("slurmd", &["-Z", "--conf-server", &server, "--conf", &conf])?;
+        actions.push("slurmd (dynamic node)".into());
+    }
+    sys::wait_for("slurmd", Duration::from_secs(20), || pid_of(SLURMD_PID))?;
+    Ok(())
+}

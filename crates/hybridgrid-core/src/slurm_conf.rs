@@ -1,0 +1,114 @@
+//! The controller's `slurm.conf`: the Slurm part of the plan and its one rendering. Below the
+//! plan (which puts the text into the controller's configuration) and `render` (which writes it).
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ALL_PARTITION;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmPlan {
+    pub cluster_name: String,
+    pub controller: String,
+    pub controller_addr: Ipv4Addr,
+    pub ctld_port: u16,
+    pub slurmd_port: u16,
+    pub srun_port_range: (u16, u16),
+    pub slurmd_timeout: u32,
+    pub message_timeout: u32,
+    pub partitions: Vec<Partition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    pub name: String,
+    pub nodes: Vec<String>,
+    pub default: bool,
+}
+
+/// A worker as `slurm.conf` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfNode<'a> {
+    pub name: &'a str,
+    pub addr: Ipv4Addr,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// Its site.
+    pub feature: &'a str,
+}
+
+/// `slurm.conf` for the cluster `cluster` with its planned workers. slurmctld reads it when it
+/// starts; workers added while it runs join as dynamic nodes (`slurmd -Z`) until the next start.
+pub fn slurm_conf(cluster: &str, sl: &SlurmPlan, workers: &[ConfNode<'_>]) -> String {
+    let mut s = format!(
+        "# hybridgrid: slurm.conf of cluster {cluster}. Generated from the cluster file: edit that instead.\n"
+    );
+    let _ = writeln!(s, "ClusterName={}", sl.cluster_name);
+    let _ = writeln!(s, "SlurmctldHost={}({})", sl.controller, sl.controller_addr);
+    s.push_str("SlurmctldParameters=enable_configless\n");
+    s.push_str("SlurmUser=slurm\nSlurmdUser=root\n");
+    s.push_str("AuthType=auth/munge\nCredType=cred/munge\n");
+    let _ = writeln!(
+        s,
+        "SlurmctldPort={}\nSlurmdPort={}",
+        sl.ctld_port, sl.slurmd_port
+    );
+    let _ = writeln!(
+        s,
+        "SrunPortRange={}-{}",
+        sl.srun_port_range.0, sl.srun_port_range.1
+    );
+    s.push_str(
+        "StateSaveLocation=/var/lib/slurm/slurmctld\n\
+         SlurmdSpoolDir=/var/lib/slurm/slurmd\n\
+         SlurmctldPidFile=/run/slurm/slurmctld.pid\n\
+         SlurmdPidFile=/run/slurm/slurmd.pid\n\
+         SlurmctldLogFile=/var/log/slurm/slurmctld.log\n\
+         SlurmdLogFile=/var/log/slurm/slurmd.log\n\
+         ProctrackType=proctrack/linuxproc\n\
+         TaskPlugin=task/none\n\
+         JobAcctGatherType=jobacct_gather/none\n\
+         AccountingStorageType=accounting_storage/none\n\
+         SchedulerType=sched/backfill\n\
+         SelectType=select/cons_tres\n\
+         SelectTypeParameters=CR_Core\n\
+         MpiDefault=none\n\
+         MailProg=/bin/true\n\
+         ReturnToService=2\n",
+    );
+    s.push_str("# Sites are joined over the WAN: tolerate latency and short outages.\n");
+    let _ = writeln!(s, "SlurmdTimeout={}", sl.slurmd_timeout);
+    let _ = writeln!(s, "MessageTimeout={}", sl.message_timeout);
+    s.push_str("SlurmctldTimeout=300\nTCPTimeout=10\nBatchStartTimeout=60\n");
+    s.push_str(
+        "# The controller talks to every slurmd itself rather than relaying through other sites.\n",
+    );
+    s.push_str("TreeWidth=65533\n");
+    // Room for workers added later as dynamic nodes (`slurmd -Z`): no slurmctld restart.
+    let _ = writeln!(s, "MaxNodeCount={}", workers.len() + 1024);
+    for w in workers {
+        let _ = writeln!(
+            s,
+            "NodeName={} NodeAddr={} CPUs={} RealMemory={} Feature={} State=UNKNOWN",
+            w.name, w.addr, w.cpus, w.memory_mib, w.feature
+        );
+    }
+    for p in &sl.partitions {
+        let nodes = if p.name == ALL_PARTITION {
+            " Nodes=ALL".to_owned()
+        } else if p.nodes.is_empty() {
+            String::new()
+        } else {
+            format!(" Nodes={}", p.nodes.join(","))
+        };
+        let default = if p.default { " Default=YES" } else { "" };
+        let _ = writeln!(
+            s,
+            "PartitionName={}{nodes}{default} MaxTime=INFINITE State=UP",
+            p.name
+        );
+    }
+    s
+}
