@@ -10,6 +10,8 @@
 mod error;
 mod node;
 pub mod pull;
+mod report;
+pub mod results;
 pub mod slurm;
 pub mod sys;
 pub mod wg_impl;
@@ -19,3 +21,4 @@ pub use node::{
     APPLIED_FILE, AgentReport, PUBLIC_KEY_FILE, WgStatus, apply, interface_exists, read_applied,
     read_public_key, supervise, wg_status,
 };
+pub use report::{NodeReport, report};

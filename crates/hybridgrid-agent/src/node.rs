@@ -149,7 +149,7 @@ fn apply_locked(
     crate::slurm::apply(
         &config.slurm,
         &config.hostname,
-        state_dir,
+        (state_dir, exe, tag),
         wait_for_workers,
         &mut report.actions,
     )?;
@@ -166,6 +166,11 @@ fn apply_locked(
 
 fn hosts_file(config: &NodeConfig) -> String {
     let mut s = String::from("127.0.0.1 localhost\n");
+    // Until the cluster's hosts arrive (they are not in a cloud node's user data), the node
+    // still resolves its own name, as Debian's installer writes it.
+    if config.hosts.iter().all(|(_, n)| n != &config.hostname) {
+        s.push_str(&format!("127.0.1.1 {}\n", config.hostname));
+    }
     for (ip, name) in &config.hosts {
         s.push_str(&format!("{ip} {name}\n"));
     }
@@ -456,8 +461,8 @@ pub fn supervise(
             .as_ref()
             .is_some_and(|w| !interface_exists(&w.name));
         // A dead daemon is started again within a second, not at the next period.
-        let daemon_dead =
-            read_applied(state_dir).is_some_and(|a| !crate::slurm::daemons_run(a.slurm.role));
+        let daemon_dead = read_applied(state_dir)
+            .is_some_and(|a| !crate::slurm::daemons_run(a.slurm.role, state_dir));
         if device_gone || daemon_dead || last.elapsed() >= period {
             last = std::time::Instant::now();
             // The configuration is read again under the lock: `up` may have written a newer

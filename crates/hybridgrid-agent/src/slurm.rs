@@ -38,12 +38,15 @@ fn pid_of(path: &str) -> Option<u32> {
     sys::alive(pid).then_some(pid)
 }
 
-/// Whether every daemon of `role` runs (the supervisor checks this every second).
-pub fn daemons_run(role: SlurmRole) -> bool {
+/// Whether every daemon of `role` runs (the supervisor checks this every second); the
+/// controller's include the results store.
+pub fn daemons_run(role: SlurmRole, state_dir: &Path) -> bool {
     let munged = pid_of(MUNGED_PID).is_some();
     match role {
         SlurmRole::None => true,
-        SlurmRole::Controller => munged && pid_of(SLURMCTLD_PID).is_some(),
+        SlurmRole::Controller => {
+            munged && pid_of(SLURMCTLD_PID).is_some() && crate::results::runs(state_dir)
+        }
         SlurmRole::Compute => munged && pid_of(SLURMD_PID).is_some(),
     }
 }
@@ -51,10 +54,12 @@ pub fn daemons_run(role: SlurmRole) -> bool {
 /// Brings the node's Slurm part to `setup`; idempotent, touches only what is missing.
 /// `wait_for_workers`: on the controller, first wait up to that long for every planned worker
 /// to have registered (after `up` started their slurmd), so the partitions hold them all.
+/// `exe` and `tag`: the hybridgrid binary and the node's name in process lists, for the results
+/// store the controller runs.
 pub fn apply(
     setup: &SlurmSetup,
     name: &str,
-    state_dir: &Path,
+    (state_dir, exe, tag): (&Path, &Path, &str),
     wait_for_workers: Duration,
     actions: &mut Vec<String>,
 ) -> Result<(), AgentError> {
@@ -71,7 +76,12 @@ pub fn apply(
         sys::run("chown", &[owner, dir])?;
     }
     match setup.role {
-        SlurmRole::Controller => controller(setup, wait_for_workers, actions),
+        SlurmRole::Controller => {
+            if let Some(store) = &setup.results_store {
+                crate::results::ensure(store, state_dir, exe, tag, actions)?;
+            }
+            controller(setup, wait_for_workers, actions)
+        }
         SlurmRole::Compute => compute(setup, name, actions),
         SlurmRole::None => Ok(()),
     }

@@ -175,7 +175,22 @@ pub struct SlurmSetup {
     /// Compute: its site, as a Slurm feature.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub feature: String,
+    /// Controller: the results store jobs upload their output to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_store: Option<ResultsStore>,
 }
+
+/// The master's results store: HTTP PUT and GET of `/results/<file>` on `addr:port`, from
+/// `allow` only (the cluster's site subnets and the tunnel).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultsStore {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub allow: Vec<Ipv4Net>,
+}
+
+/// The results store's port on the master.
+pub const RESULTS_PORT: u16 = 8080;
 
 impl SlurmSetup {
     /// No Slurm on this node (gateways; everyone before the mesh is complete).
@@ -189,6 +204,7 @@ impl SlurmSetup {
             cpus: 0,
             memory_mib: 0,
             feature: String::new(),
+            results_store: None,
         }
     }
 }

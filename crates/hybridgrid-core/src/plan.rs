@@ -15,8 +15,8 @@ use crate::addr;
 use crate::change::Change;
 use crate::model::{ALL_PARTITION, Cluster, Provider, SLURMCTLD_PORT, SLURMD_PORT};
 pub use crate::node::{
-    NodeConfig, PartitionMembers, Protocol, Remote, Role, Route, SgRule, SlurmRole, SlurmSetup,
-    WG_INTERFACE, WgInterface, WgPeer,
+    NodeConfig, PartitionMembers, Protocol, RESULTS_PORT, Remote, ResultsStore, Role, Route,
+    SgRule, SlurmRole, SlurmSetup, WG_INTERFACE, WgInterface, WgPeer,
 };
 use crate::observed::Observed;
 pub use crate::slurm_conf::{Partition, SlurmPlan};
@@ -498,6 +498,14 @@ impl Plan {
             })
     }
 
+    /// The URL jobs upload their output to (the master's results store).
+    pub fn results_url(&self) -> String {
+        format!(
+            "http://{}:{RESULTS_PORT}/results/",
+            self.slurm.controller_addr
+        )
+    }
+
     /// The planned workers as `slurm.conf` names them.
     pub fn conf_nodes(&self) -> Vec<crate::slurm_conf::ConfNode<'_>> {
         self.nodes
@@ -523,6 +531,16 @@ impl Plan {
             Role::Gateway => {}
             Role::Master => {
                 setup.role = SlurmRole::Controller;
+                setup.results_store = Some(ResultsStore {
+                    addr: node.lan_ip,
+                    port: RESULTS_PORT,
+                    allow: self
+                        .sites
+                        .iter()
+                        .map(|s| s.subnet)
+                        .chain(std::iter::once(self.tunnel.cidr))
+                        .collect(),
+                });
                 setup.conf = crate::slurm_conf::slurm_conf(&self.cluster, sl, &self.conf_nodes());
                 let workers: Vec<String> = self
                     .nodes

@@ -129,4 +129,11 @@ pub trait Provider: Send + Sync {
         let _ = (node, cmd);
         Err(EngineError::unsupported(self.name(), "exec", ""))
     }
+
+    /// Runs the shell script `script` as root on `node`, `input` on its standard input; its
+    /// exit code and standard output (`submit`, `jobs`).
+    fn run(&self, node: &str, script: &str, input: &[u8]) -> Result<(i32, Vec<u8>), EngineError> {
+        let _ = (node, script, input);
+        Err(EngineError::unsupported(self.name(), "run", ""))
+    }
 }

@@ -146,7 +146,6 @@ impl Local {
             )));
         }
         let t = Instant::now();
-        let results = crate::datastore::ensure_results(self, plan)?;
         // The workers' agents started their slurmd: the controller's agent waits for them to
         // register and puts them into their partitions.
         let master = plan.nodes.iter().find(|n| n.role == Role::Master);
@@ -154,9 +153,9 @@ impl Local {
             Some(m) => self.agent_apply(m, Duration::from_secs(30))?.actions,
             None => Vec::new(),
         };
-        let started: Vec<String> = results
+        let started: Vec<String> = slurm
             .into_iter()
-            .chain(slurm.into_iter().filter(|a| a.starts_with("partition")))
+            .filter(|a| a.starts_with("partition"))
             .collect();
         if !started.is_empty() {
             progress(Event::Note(format!(

@@ -1,27 +1,23 @@
-//! Data where it lives: each site's data store (the stand-in for the cloud's object storage) and
-//! the master's results store. Both are Debian's nginx, not a server written here.
+//! Data where it lives: each site's data store (the stand-in for the cloud's object storage),
+//! Debian's nginx, not a server written here.
 //!
 //! - The data store of site `S` runs in its own namespace `hg-<cluster>-S-store`, attached to the
 //!   site switch at `.4` (port security and the site's node security group apply, like a node),
 //!   default route via the site router and the other sites via the site's relay, so other sites
 //!   reach it only through the tunnels. It serves `<cluster state>/sites/S/store/` at
 //!   `http://<.4>/` (read-only, with directory listings).
-//! - The results store runs in the master's namespaces and accepts WebDAV `PUT` on
-//!   `http://<master>:8080/results/`, into `<cluster state>/results/`.
+//! - The master's results store is the node agent's (`hybridgrid_agent::results`), the same on
+//!   every provider; on this one its files are in the master's state directory.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use hybridgrid_core::plan::{Plan, Role, SgRule};
 use ipnet::Ipv4Net;
 
 use crate::infra::{self, Port};
 use crate::ledger::write_atomic;
-use crate::{Local, LocalError, names, sh, slurm};
-
-/// Port of the master's results store.
-pub const RESULTS_PORT: u16 = 8080;
+use crate::{Local, LocalError, names, sh};
 
 /// The store's pseudo node name: `<site>-store` (no node name ends that way).
 pub fn store_node(site: &str) -> String {
@@ -38,16 +34,11 @@ pub fn store_dir(cluster_dir: &Path, site: &str) -> PathBuf {
 }
 
 /// Where job results land on the master.
-pub fn results_dir(cluster_dir: &Path) -> PathBuf {
-    cluster_dir.join("results")
-}
-
-/// The URL jobs upload their output to.
-pub fn results_url(plan: &Plan) -> String {
-    format!(
-        "http://{}:{RESULTS_PORT}/results/",
-        plan.slurm.controller_addr
-    )
+pub fn results_dir(local: &Local, plan: &Plan) -> Option<PathBuf> {
+    let master = plan.nodes.iter().find(|n| n.role == Role::Master)?;
+    Some(hybridgrid_agent::results::dir(
+        &local.node_dir(&master.name),
+    ))
 }
 
 /// Whether a site of this subnet gets a data store (it has room for the store's address).
@@ -222,38 +213,5 @@ pub fn ensure_site(
             store.display()
         ));
     }
-    Ok(done)
-}
-
-/// Starts the master's results store (nginx with WebDAV PUT) if it does not run.
-pub fn ensure_results(local: &Local, plan: &Plan) -> Result<Vec<String>, LocalError> {
-    let mut done = Vec::new();
-    if let Some(master) = plan.nodes.iter().find(|n| n.role == Role::Master)
-        && local.exec_target(&master.name).is_ok()
-    {
-        let results = results_dir(local.cluster_dir());
-        std::fs::create_dir_all(&results).map_err(LocalError::io(&results))?;
-        let dir = local.cluster_dir().join("results-nginx");
-        let server = format!(
-            "  server {{\n    listen {}:{RESULTS_PORT};\n    client_max_body_size 1g;\n\
-             \x20   location /results/ {{\n      root {};\n      autoindex on;\n      dav_methods PUT;\n\
-             \x20     create_full_put_path on;\n      dav_access user:rw group:r all:r;\n    }}\n\
-             \x20   location / {{ return 404; }}\n  }}\n",
-            master.lan_ip,
-            local.cluster_dir().display()
-        );
-        let name = master.name.clone();
-        if start_nginx(&dir, &nginx_conf(&dir, &server), &|script| {
-            slurm::node_sh(local, &name, script)
-        })? {
-            done.push(format!(
-                "results store on {} at {}",
-                master.name,
-                results_url(plan)
-            ));
-        }
-    }
-    // nginx binds at once, but give a freshly started server a moment before jobs use it.
-    std::thread::sleep(Duration::from_millis(50));
     Ok(done)
 }

@@ -275,7 +275,9 @@ fn live_applied(mut a: NodeConfig, live: &NodeLive, running: &BTreeSet<String>) 
     }
     let slurm_runs = match a.slurm.role {
         SlurmRole::Controller => {
-            running.contains("munged") && running.contains("slurmctld") && running.contains("nginx")
+            running.contains("munged")
+                && running.contains("slurmctld")
+                && running.contains(agent::results::PROCESS_NAME)
         }
         SlurmRole::Compute => running.contains("munged") && running.contains("slurmd"),
         SlurmRole::None => true,

@@ -220,4 +220,28 @@ impl Provider for Local {
     fn exec(&self, node: &str, cmd: &[String]) -> Result<i32, EngineError> {
         self.exec_status(node, cmd).map_err(err)
     }
+
+    fn run(&self, node: &str, script: &str, input: &[u8]) -> Result<(i32, Vec<u8>), EngineError> {
+        use std::io::Write as _;
+        let t = self.exec_target(node).map_err(err)?;
+        let fail = |e: std::io::Error| {
+            err(LocalError::Command {
+                command: format!("nsenter ... sh on {node}"),
+                detail: e.to_string(),
+            })
+        };
+        let mut child = Process::new("nsenter")
+            .args(["-t", &t.pid.to_string(), "-m", "-u", "-n", "--wd=/", "--"])
+            .args(["sh", "-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .map_err(fail)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input);
+        }
+        let out = child.wait_with_output().map_err(fail)?;
+        Ok((out.status.code().unwrap_or(1), out.stdout))
+    }
 }

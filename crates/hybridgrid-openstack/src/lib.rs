@@ -12,9 +12,12 @@
 mod api;
 mod apply;
 mod boot;
+mod channel;
+mod cluster_nodes;
 mod down;
 mod error;
 pub mod ledger;
+pub mod nodes;
 mod provider;
 mod site;
 mod site_groups;
@@ -30,5 +33,5 @@ pub use provider::{OpenStack, Options, Problem};
 pub use site::{TAG, cluster_tag, site_tag};
 pub use userdata::{
     AGENT_PATH, AGENT_STATE_DIR, METADATA_URL, NODE_CONFIG_PATH, PUBLIC_KEY_MARKER, PULL_UNIT,
-    public_key_from_console, user_data, user_data_with,
+    boot_config, public_key_from_console, user_data, user_data_with,
 };

@@ -47,6 +47,16 @@ pub struct Options {
     pub boot_timeout: Duration,
     /// Receives every API call with its timing.
     pub trace: Option<CallTrace>,
+    /// Whether nodes are reached over SSH (the node channel): asked what they applied,
+    /// configured after boot, used by `exec`, `status`, `submit`. Off only for tests against
+    /// servers that do not boot (the test bed's fake host): then what the provider delivered
+    /// is taken as applied.
+    pub node_channel: bool,
+    /// The agent binary `up` installs on every node over the channel (the CLI's own); `None`:
+    /// the image has it.
+    pub agent_binary: Option<PathBuf>,
+    /// The SHA-256 a node checks the binary from `agent_url` against.
+    pub agent_sha256: Option<String>,
 }
 
 impl Options {
@@ -59,6 +69,9 @@ impl Options {
             server_timeout: Duration::from_secs(600),
             boot_timeout: Duration::from_secs(900),
             trace: None,
+            node_channel: true,
+            agent_binary: None,
+            agent_sha256: None,
         }
     }
 }
@@ -91,6 +104,8 @@ pub struct OpenStack {
     server_seconds: Mutex<BTreeMap<String, f64>>,
     /// A runtime of our own, for callers without one.
     runtime: OnceLock<std::result::Result<tokio::runtime::Runtime, String>>,
+    /// The agent binary as nodes get it, prepared once per run.
+    pub(crate) agent_binary: Mutex<Option<crate::nodes::AgentBinary>>,
 }
 
 fn err(e: OsError) -> EngineError {
@@ -112,6 +127,7 @@ impl OpenStack {
             last_observed: Mutex::new(None),
             server_seconds: Mutex::new(BTreeMap::new()),
             runtime: OnceLock::new(),
+            agent_binary: Mutex::new(None),
         })
     }
 
@@ -240,7 +256,7 @@ impl OpenStack {
                     site,
                     by_name[&cloud].clone(),
                     self.ledger.clone(),
-                    self.opts.agent_url.clone(),
+                    (self.opts.agent_url.clone(), self.opts.agent_sha256.clone()),
                     ssh.clone(),
                     self.opts.server_timeout,
                 )
@@ -255,6 +271,9 @@ impl OpenStack {
         let (mut observed, unattached) = self.observe_full(sites).await?;
         for (node, (_, ip)) in unattached {
             observed.reserved_public_ips.insert(node, ip);
+        }
+        if self.opts.node_channel {
+            self.ask_nodes(&mut observed).await;
         }
         *lock(&self.last_observed) = Some(observed.clone());
         Ok(observed)
@@ -290,7 +309,11 @@ impl Provider for OpenStack {
     }
 
     fn supports(&self, command: Command) -> bool {
-        matches!(command, Command::Up | Command::Down | Command::Status)
+        match command {
+            Command::Up | Command::Down | Command::Status => true,
+            Command::Exec | Command::Submit => self.opts.node_channel,
+            Command::Doctor | Command::Gc => false,
+        }
     }
 
     fn observe(&self) -> std::result::Result<Observed, EngineError> {
@@ -323,14 +346,23 @@ impl Provider for OpenStack {
         Ok(report)
     }
 
-    /// Nodes are up when their server is ACTIVE. Tunnels and reachability need the node
-    /// channel (SSH), which this provider does not have yet: they stay empty.
-    fn status(&self, plan: &Plan, _probe: Probe) -> std::result::Result<StatusReport, EngineError> {
-        let servers = self
+    /// Nodes are up when their server is ACTIVE; Slurm, tunnels and reachability as the nodes
+    /// report them over the channel.
+    fn status(&self, plan: &Plan, probe: Probe) -> std::result::Result<StatusReport, EngineError> {
+        let (servers, slurm, tunnels, reachability) = self
             .block(async {
                 let sites = self.connected().await?;
                 let lists = try_join_all(sites.iter().map(|ops| ops.servers(true))).await?;
-                Ok::<_, OsError>(lists.into_iter().flatten().collect::<Vec<_>>())
+                let servers: Vec<_> = lists.into_iter().flatten().collect();
+                if !self.opts.node_channel {
+                    return Ok::<_, OsError>((servers, None, Vec::new(), Vec::new()));
+                }
+                let (slurm, tunnels, reach) = tokio::join!(
+                    self.slurm_states(plan),
+                    self.tunnels(plan),
+                    self.reachability(plan, probe)
+                );
+                Ok((servers, slurm, tunnels, reach))
             })?
             .map_err(err)?;
         let nodes = plan
@@ -340,28 +372,69 @@ impl Provider for OpenStack {
                 let up = servers
                     .iter()
                     .any(|s| s.node == n.name && s.status == "ACTIVE");
-                NodeStatus::of(n, up, None)
+                let state = match (&slurm, n.role) {
+                    (_, hybridgrid_core::plan::Role::Gateway) => None,
+                    (None, _) if self.opts.node_channel => Some("no controller".to_owned()),
+                    (None, _) => None,
+                    (Some(_), hybridgrid_core::plan::Role::Master) => {
+                        Some("controller up".to_owned())
+                    }
+                    (Some(s), _) => {
+                        Some(s.get(&n.name).cloned().unwrap_or_else(|| "unknown".into()))
+                    }
+                };
+                NodeStatus::of(n, up, state)
             })
             .collect();
         Ok(StatusReport {
             format_version: 1,
             cluster: self.cluster.name.clone(),
             nodes,
-            tunnels: Vec::new(),
-            reachability: Vec::new(),
+            tunnels,
+            reachability,
         })
     }
 
-    fn exec(&self, _node: &str, _cmd: &[String]) -> std::result::Result<i32, EngineError> {
-        Err(EngineError::unsupported(
-            "openstack",
-            "exec",
-            "use SSH to the gateway's floating IP",
-        ))
+    /// Runs `cmd` on the node over SSH with this process's terminal.
+    fn exec(&self, node: &str, cmd: &[String]) -> std::result::Result<i32, EngineError> {
+        let plan = self.current_plan()?;
+        let args = self.exec_args(&plan, node, cmd).map_err(err)?;
+        let status = std::process::Command::new("ssh")
+            .args(&args)
+            .status()
+            .map_err(|e| err(OsError::Other(format!("running ssh: {e}"))))?;
+        Ok(status.code().unwrap_or(255))
+    }
+
+    fn run(
+        &self,
+        node: &str,
+        script: &str,
+        input: &[u8],
+    ) -> std::result::Result<(i32, Vec<u8>), EngineError> {
+        let plan = self.current_plan()?;
+        self.block(self.run_on(&plan, node, script, input))?
+            .map_err(err)
     }
 }
 
 impl OpenStack {
+    /// The plan of what exists now, from the clouds alone (no node is asked): where the nodes
+    /// are, for `exec` and `run`.
+    fn current_plan(&self) -> std::result::Result<Plan, EngineError> {
+        let observed = self
+            .block(async {
+                let sites = self.connected().await?;
+                let (mut observed, unattached) = self.observe_full(sites).await?;
+                for (node, (_, ip)) in unattached {
+                    observed.reserved_public_ips.insert(node, ip);
+                }
+                Ok::<_, OsError>(observed)
+            })?
+            .map_err(err)?;
+        Ok(hybridgrid_core::reconcile::plan(&self.cluster, &observed))
+    }
+
     /// One round's changes. Relays' floating IPs are allocated first, so that every new
     /// relay's user data has its peers' endpoints; then the sites concurrently (`apply_site`);
     /// then configuration of booted relays through their server metadata; then the new
@@ -452,9 +525,12 @@ impl OpenStack {
             .iter()
             .filter(|c| matches!(c, Change::ConfigureNode { node, .. } if !new_nodes.contains(node.as_str())))
             .collect();
-        applied
-            .partial
-            .extend(self.deliver(sites, boot_plan, &configure, sink).await?);
+        let partial = if self.opts.node_channel {
+            self.configure_nodes(boot_plan, &configure, sink).await?
+        } else {
+            self.deliver(sites, boot_plan, &configure, sink).await?
+        };
+        applied.partial.extend(partial);
         for c in changes {
             if let Change::ConfigureNode { node, .. } = c
                 && new_nodes.contains(node.as_str())

@@ -34,7 +34,9 @@ pub(crate) struct SiteOps {
     pub site: Site,
     pub cloud: Arc<Cloud>,
     pub ledger: Arc<Ledger>,
+    /// Where nodes download the agent, and the SHA-256 it must have.
     pub agent_url: Option<String>,
+    pub agent_sha256: Option<String>,
     pub ssh_public_key: Option<String>,
     pub server_timeout: Duration,
     pub(crate) flavors: OnceCell<Vec<Value>>,
@@ -64,7 +66,7 @@ impl SiteOps {
         site: Site,
         cloud: Arc<Cloud>,
         ledger: Arc<Ledger>,
-        agent_url: Option<String>,
+        (agent_url, agent_sha256): (Option<String>, Option<String>),
         ssh_public_key: Option<String>,
         server_timeout: Duration,
     ) -> Self {
@@ -74,6 +76,7 @@ impl SiteOps {
             cloud,
             ledger,
             agent_url,
+            agent_sha256,
             ssh_public_key,
             server_timeout,
             flavors: OnceCell::new(),

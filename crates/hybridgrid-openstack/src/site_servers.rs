@@ -179,7 +179,12 @@ impl SiteOps {
         (flavor_id, image_id): (String, String),
     ) -> Result<String> {
         let name = self.server_name(&node.name);
-        let ud = userdata::user_data_with(plan, node, self.agent_url.as_deref());
+        let ud = userdata::user_data_with(
+            plan,
+            node,
+            self.agent_url.as_deref(),
+            self.agent_sha256.as_deref(),
+        );
         let mut server = json!({
             "name": name,
             "flavorRef": flavor_id,

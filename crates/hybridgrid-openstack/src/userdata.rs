@@ -19,7 +19,18 @@ pub const PULL_SECONDS: u32 = 30;
 
 /// The user data for `node` when the image already carries the agent at [`AGENT_PATH`].
 pub fn user_data(plan: &Plan, node: &NodePlan) -> String {
-    user_data_with(plan, node, None)
+    user_data_with(plan, node, None, None)
+}
+
+/// What a node applies when it boots: its network part (routes, forwarding, and on relays the
+/// WireGuard device with the peers known so far). Neither `/etc/hosts` (every node of the
+/// cluster: too large for user data at a thousand nodes) nor the Slurm role (it needs the munge
+/// key, which never enters user data): both reach the node over the node channel.
+pub fn boot_config(plan: &Plan, node: &NodePlan) -> hybridgrid_core::plan::NodeConfig {
+    let mut config = plan.node_config_without_hosts(node);
+    config.slurm =
+        hybridgrid_core::plan::SlurmSetup::none(plan.slurm.controller_addr, plan.slurm.ctld_port);
+    config
 }
 
 /// The user data for `node`; with `agent_url` the node downloads the hybridgrid binary from there
@@ -30,18 +41,34 @@ pub fn user_data(plan: &Plan, node: &NodePlan) -> String {
 /// prints the WireGuard public key to the console ([`PUBLIC_KEY_MARKER`]) and installs a systemd
 /// timer running `hybridgrid agent pull` every [`PULL_SECONDS`] (peers delivered through the
 /// server's metadata after boot). Pure.
-pub fn user_data_with(plan: &Plan, node: &NodePlan, agent_url: Option<&str>) -> String {
-    let config = plan.node_config(node);
-    let config_json = serde_json::to_string_pretty(&config).unwrap_or_default();
+///
+/// The node's own daemons of munge and Slurm are the agent's to start: their distribution
+/// units are disabled first. `agent_sha256`: the download must have it, else it is not used.
+pub fn user_data_with(
+    plan: &Plan,
+    node: &NodePlan,
+    agent_url: Option<&str>,
+    agent_sha256: Option<&str>,
+) -> String {
+    let config = boot_config(plan, node);
+    let config_json = serde_json::to_string(&config).unwrap_or_default();
     let b64 = base64::engine::general_purpose::STANDARD.encode(config_json.as_bytes());
-    let mut runcmd = Vec::new();
+    let mut runcmd = vec![json!([
+        "sh",
+        "-c",
+        "systemctl disable -q --now munge slurmd slurmctld 2>/dev/null || true"
+    ])];
     if let Some(url) = agent_url {
+        let check = match agent_sha256 {
+            Some(sha) => format!("echo '{sha}  {AGENT_PATH}.part' | sha256sum -c --status && "),
+            None => String::new(),
+        };
         runcmd.push(json!([
             "sh",
             "-c",
             format!(
                 "test -x {AGENT_PATH} || {{ curl -fsSL --retry 10 -o {AGENT_PATH}.part \"$0\" && \
-                 chmod 0755 {AGENT_PATH}.part && mv {AGENT_PATH}.part {AGENT_PATH}; }}"
+                 {check}chmod 0755 {AGENT_PATH}.part && mv {AGENT_PATH}.part {AGENT_PATH}; }}"
             ),
             url,
         ]));
@@ -56,6 +83,12 @@ pub fn user_data_with(plan: &Plan, node: &NodePlan, agent_url: Option<&str>) -> 
         AGENT_STATE_DIR,
         "--tag",
         node.name,
+    ]));
+    // /etc/hosts is the agent's (the node channel delivers every node's address).
+    runcmd.push(json!([
+        "sh",
+        "-c",
+        format!("test -f {AGENT_STATE_DIR}/hosts && ln -sfn {AGENT_STATE_DIR}/hosts /etc/hosts")
     ]));
     let mut write_files = vec![json!({
         "path": NODE_CONFIG_PATH,
@@ -116,7 +149,7 @@ pub fn user_data_with(plan: &Plan, node: &NodePlan, agent_url: Option<&str>) -> 
         plan.cluster,
         node.name,
         node.role.as_str(),
-        serde_json::to_string_pretty(&doc).unwrap_or_default()
+        serde_json::to_string(&doc).unwrap_or_default()
     )
 }
 

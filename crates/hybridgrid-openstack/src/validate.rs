@@ -60,7 +60,7 @@ impl OpenStack {
                     site.clone(),
                     cloud,
                     self.ledger.clone(),
-                    None,
+                    (None, None),
                     None,
                     self.opts.server_timeout,
                 );

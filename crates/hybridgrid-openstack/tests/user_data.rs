@@ -9,7 +9,8 @@ use hybridgrid_core::diff::Observed;
 use hybridgrid_core::model::validate_text;
 use hybridgrid_core::plan::{self, NodeConfig};
 use hybridgrid_openstack::{
-    METADATA_URL, PUBLIC_KEY_MARKER, public_key_from_console, user_data, user_data_with,
+    METADATA_URL, PUBLIC_KEY_MARKER, boot_config, public_key_from_console, user_data,
+    user_data_with,
 };
 
 fn plan() -> plan::Plan {
@@ -34,7 +35,12 @@ fn user_data_passes_cloud_init_schema() {
     for node in &plan.nodes {
         for (i, ud) in [
             user_data(&plan, node),
-            user_data_with(&plan, node, Some("https://example.org/hybridgrid")),
+            user_data_with(
+                &plan,
+                node,
+                Some("https://example.org/hybridgrid"),
+                Some(&"ab".repeat(32)),
+            ),
         ]
         .into_iter()
         .enumerate()
@@ -79,7 +85,14 @@ fn user_data_carries_the_node_config() {
         .decode(b64)
         .unwrap();
     let config: NodeConfig = serde_json::from_slice(&json).unwrap();
-    assert_eq!(config, plan.node_config(node));
+    assert_eq!(config, boot_config(&plan, node));
+    // Neither every host of the cluster nor the Slurm role: those come over the node channel.
+    assert!(config.hosts.is_empty());
+    assert_eq!(config.slurm.role, plan::SlurmRole::None);
+    assert!(
+        ud.contains("systemctl disable -q --now munge slurmd slurmctld"),
+        "{ud}"
+    );
     assert_eq!(doc["hostname"], "giessen-gw");
     assert!(ud.contains("agent"), "{ud}");
     assert!(ud.contains(PUBLIC_KEY_MARKER), "relays print their key");
@@ -124,5 +137,42 @@ fn public_key_is_read_from_console_output() {
     assert_eq!(
         public_key_from_console(&format!("{PUBLIC_KEY_MARKER} nonsense")),
         None
+    );
+}
+
+/// Nova takes 64 KiB of user data; a node's stays far below at any cluster size, because it
+/// carries no list of the cluster's hosts (regression: it held every host).
+#[test]
+fn user_data_of_a_1000_node_plan_is_under_16_kib_for_every_node() {
+    let mut text =
+        String::from("name: big\nprovider: openstack\ntunnel:\n  cidr: 10.255.0.0/24\nsites:\n");
+    for i in 0..10 {
+        text.push_str(&format!(
+            "  - name: s{i}\n    cloud: c{i}\n    subnet: 10.{i}.0.0/16\n{}    gateway:\n      flavor: f\n      image: img\n    workers:\n      - count: 99\n        flavor: f\n        image: img\n",
+            if i == 0 { "    master: true\n" } else { "" }
+        ));
+    }
+    let (c, d) = validate_text(&text);
+    let plan = hybridgrid_core::reconcile::plan(
+        &c.unwrap_or_else(|| panic!("{d:?}")),
+        &Observed::default(),
+    );
+    assert_eq!(plan.nodes.len(), 1000);
+    let largest = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                user_data_with(&plan, n, Some("https://example.org/hybridgrid"), None).len(),
+                &n.name,
+            )
+        })
+        .max()
+        .unwrap();
+    assert!(
+        largest.0 < 16 * 1024,
+        "{} has {} bytes of user data",
+        largest.1,
+        largest.0
     );
 }

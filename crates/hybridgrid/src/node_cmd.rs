@@ -67,6 +67,36 @@ pub enum AgentCommand {
         #[arg(long, default_value = "")]
         tag: String,
     },
+    /// Keep the node as configured (a systemd service on cloud nodes): a dead WireGuard device
+    /// or Slurm daemon back within a second, `STATE_DIR/node.json` applied every `--period`.
+    Supervise {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        tag: String,
+        #[arg(long, default_value_t = 10)]
+        period: u64,
+    },
+    /// Print what this node applied (as its live state still shows it) and its WireGuard public
+    /// key, as JSON: what the openstack provider's `observe` reads over SSH.
+    Report {
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// The master's results store (started by the controller's agent).
+    ResultsStore {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Sources allowed (repeatable): the cluster's subnets.
+        #[arg(long = "allow")]
+        allow: Vec<ipnet::Ipv4Net>,
+        #[arg(long)]
+        pid_file: PathBuf,
+        #[arg(long, default_value = "")]
+        tag: String,
+    },
     /// Print the WireGuard device's status as JSON.
     WgStatus {
         #[arg(long, default_value = "wg0")]
@@ -135,6 +165,37 @@ fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
             let report =
                 hybridgrid_agent::pull::pull(&metadata_url, &config, &state_dir, &exe, &tag)?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Supervise {
+            state_dir,
+            tag,
+            period,
+        } => {
+            let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
+            hybridgrid_agent::supervise(
+                &state_dir,
+                &exe,
+                &tag,
+                std::time::Duration::from_secs(period),
+                &|e| eprintln!("supervisor: {e}"),
+            )
+        }
+        AgentCommand::ResultsStore {
+            dir,
+            listen,
+            allow,
+            pid_file,
+            tag: _,
+        } => {
+            hybridgrid_agent::results::serve(&dir, listen, &allow, &pid_file)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Report { state_dir } => {
+            println!(
+                "{}",
+                serde_json::to_string(&hybridgrid_agent::report(&state_dir))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         AgentCommand::WgStatus { interface } => {

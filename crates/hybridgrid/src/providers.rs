@@ -41,6 +41,13 @@ fn openstack(cluster: &Cluster) -> anyhow::Result<OpenStack> {
     let mut opts = hybridgrid_openstack::Options::new(hybridgrid_local::state_root());
     // `HYBRIDGRID_AGENT_URL`: where nodes download the hybridgrid binary (else the image has it).
     opts.agent_url = std::env::var("HYBRIDGRID_AGENT_URL").ok();
+    opts.agent_sha256 = std::env::var("HYBRIDGRID_AGENT_SHA256").ok();
+    // `up` installs this very binary on every node over SSH.
+    opts.agent_binary = Some(std::env::current_exe().context("locating the hybridgrid binary")?);
+    // Hidden test knob: servers that never boot (the test bed's fake host) have no SSH.
+    if std::env::var("HYBRIDGRID_NODE_CHANNEL").is_ok_and(|v| v == "off") {
+        opts.node_channel = false;
+    }
     // `-v`: every API call, with its cloud, duration and a failure's status.
     if tracing::enabled!(tracing::Level::DEBUG) {
         opts.trace = Some(hybridgrid_openstack::CallTrace(std::sync::Arc::new(

@@ -4,7 +4,9 @@
 //! batch script that exports the placement's environment, runs the script and uploads its output
 //! to the master's results store, and runs `sbatch` on the master. Submitted jobs are recorded in
 //! `<cluster state>/jobs.json`; `jobs` combines that record with `squeue`, `scontrol show job` and
-//! the results directory (there is no accounting daemon).
+//! the results store (there is no accounting daemon), and copies finished jobs' output to
+//! `<cluster state>/results/`. Everything on the master goes through the provider's
+//! [`Provider::run`], the same for every provider.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use base64::Engine as _;
 use clap::Subcommand;
 use hybridgrid_core::plan::{Plan, Role};
 use hybridgrid_core::submit::place;
-use hybridgrid_local::{Local, datastore, slurm};
+use hybridgrid_engine::{Command as Cmd, Probe, Provider};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +60,8 @@ pub enum SubmitCommand {
 
 const JOBS_FILE: &str = "jobs.json";
 const JOBS_FORMAT_VERSION: u32 = 1;
+/// Separates the parts of the master's answer in `job_views`.
+const SEP: &str = "--hybridgrid--";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct JobsRecord {
@@ -150,7 +154,7 @@ fn wrapper(plan: &Plan, name: &str, env: &[(String, String)], script: &[u8]) -> 
     let _ = writeln!(
         s,
         "export HYBRIDGRID_RESULTS_URL={}",
-        sh_quote(&datastore::results_url(plan))
+        sh_quote(&plan.results_url())
     );
     let b64 = base64::engine::general_purpose::STANDARD.encode(script);
     let interpreter = if script.starts_with(b"#!") {
@@ -186,6 +190,62 @@ fn master_of(plan: &Plan) -> anyhow::Result<String> {
         .context("the plan has no master")
 }
 
+/// A running cluster as `submit` and `jobs` see it: its provider, its plan, its master, and its
+/// state folder on this machine.
+struct Jobs {
+    provider: Box<dyn Provider>,
+    plan: Plan,
+    master: String,
+    dir: PathBuf,
+}
+
+impl Jobs {
+    fn open(file: &Path, command: Cmd) -> anyhow::Result<Option<Jobs>> {
+        let Some(cluster) = crate::load(file)? else {
+            return Ok(None);
+        };
+        let provider = crate::providers::open(&cluster, crate::providers::Knobs::default())?;
+        if !provider.supports(command) {
+            return Err(hybridgrid_engine::EngineError::unsupported(
+                provider.name(),
+                command.as_str(),
+                "",
+            )
+            .into());
+        }
+        let plan = hybridgrid_engine::plan(provider.as_ref(), &cluster)?;
+        Ok(Some(Jobs {
+            master: master_of(&plan)?,
+            dir: hybridgrid_local::state_root().join(&cluster.name),
+            provider,
+            plan,
+        }))
+    }
+
+    /// Runs `script` on the master; its standard output, or an error when it failed.
+    fn on_master(&self, what: &str, script: &str, input: &[u8]) -> anyhow::Result<String> {
+        let (code, out) = self.provider.run(&self.master, script, input)?;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        if code != 0 {
+            bail!(
+                "{what} on {} failed (exit {code}): {}",
+                self.master,
+                out.trim()
+            );
+        }
+        Ok(out)
+    }
+
+    fn jobs_path(&self) -> PathBuf {
+        self.dir.join(JOBS_FILE)
+    }
+
+    /// Where `jobs` keeps the copies of the jobs' output.
+    fn results_dir(&self) -> PathBuf {
+        self.dir.join("results")
+    }
+}
+
 pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SubmitCommand::Submit {
@@ -198,11 +258,11 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
             parsable,
             script,
         } => {
-            let Some(local) = crate::providers::local_only(&file, "submit")? else {
+            let Some(jobs) = Jobs::open(&file, Cmd::Submit)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let plan = local.plan()?;
-            let mut placement = place(&plan, &datasets, allow_cross_site)?;
+            let plan = &jobs.plan;
+            let mut placement = place(plan, &datasets, allow_cross_site)?;
             if let Some(p) = partition {
                 if !plan.slurm.partitions.iter().any(|x| x.name == p) {
                     let known: Vec<&str> = plan
@@ -247,33 +307,31 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
                     }
                 })
                 .collect();
-            let master = master_of(&plan)?;
-            let dir = local.cluster_dir().join("jobs");
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            let batch = dir.join(format!("{now}-{name}.sh"));
-            std::fs::write(&batch, wrapper(&plan, &name, &placement.env, &body))
-                .with_context(|| format!("writing {}", batch.display()))?;
-            let mut args = vec![
-                "sbatch".to_owned(),
-                "--parsable".to_owned(),
-                format!("--partition={}", placement.partition),
-                batch.display().to_string(),
-            ];
-            args.extend(script[1..].iter().cloned());
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let wan_at_submit = wan_bytes(&local, &plan);
-            let out = slurm::node_run(&local, &master, &args)?;
+            let batch = wrapper(plan, &name, &placement.env, &body);
+            // sbatch keeps its own copy of the script: the file on the master is removed at once.
+            let mut submit = format!(
+                "f=$(mktemp /tmp/hybridgrid-batch.XXXXXX) && cat > \"$f\" && \
+                 sbatch --parsable --partition={} \"$f\"",
+                sh_quote(&placement.partition)
+            );
+            for a in &script[1..] {
+                submit.push(' ');
+                submit.push_str(&sh_quote(a));
+            }
+            submit.push_str("; rc=$?; rm -f \"$f\"; exit $rc");
+            let wan_at_submit = wan_bytes(&jobs);
+            let out = jobs.on_master("sbatch", &submit, batch.as_bytes())?;
             let id: u64 = out
                 .trim()
                 .split(';')
                 .next()
                 .and_then(|s| s.parse().ok())
                 .with_context(|| format!("sbatch answered {out:?}"))?;
-            let jobs_path = local.cluster_dir().join(JOBS_FILE);
+            let jobs_path = jobs.jobs_path();
             let mut record = load_jobs(&jobs_path)?;
             record.jobs.push(JobEntry {
                 id,
@@ -287,7 +345,7 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
                 end_late: false,
             });
             save_jobs(&jobs_path, &record)?;
-            let output = datastore::results_dir(local.cluster_dir()).join(format!("{id}.out"));
+            let output = jobs.results_dir().join(format!("{id}.out"));
             if parsable {
                 println!("{id}");
             } else {
@@ -305,7 +363,7 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
             if !wait {
                 return Ok(ExitCode::SUCCESS);
             }
-            let view = wait_for(&local, &plan, id, Duration::from_secs(600))?;
+            let view = wait_for(&jobs, id, Duration::from_secs(600))?;
             // Read again: a `jobs` meanwhile may have recorded other jobs' ends.
             let mut record = load_jobs(&jobs_path)?;
             record_ends(
@@ -313,7 +371,7 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
                 &mut record,
                 std::slice::from_ref(&view),
                 false,
-                &|| wan_bytes(&local, &plan),
+                &|| wan_bytes(&jobs),
             )?;
             if !parsable {
                 println!(
@@ -330,16 +388,16 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
             })
         }
         SubmitCommand::Jobs { file, json } => {
-            let Some(local) = crate::providers::local_only(&file, "jobs")? else {
+            let Some(jobs) = Jobs::open(&file, Cmd::Submit)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let plan = local.plan()?;
-            let path = local.cluster_dir().join(JOBS_FILE);
+            let plan = &jobs.plan;
+            let path = jobs.jobs_path();
             let mut record = load_jobs(&path)?;
-            let mut views = job_views(&local, &plan, &record)?;
+            let mut views = job_views(&jobs, &record)?;
             // The relays' counters, read at most once for all jobs.
             let counters = std::cell::OnceCell::new();
-            let now = || *counters.get_or_init(|| wan_bytes(&local, &plan));
+            let now = || *counters.get_or_init(|| wan_bytes(&jobs));
             record_ends(&path, &mut record, &views, true, &now)?;
             cross_site(&mut views, &record, &now);
             if json {
@@ -391,9 +449,8 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
 
 /// Bytes all relays have sent into the tunnels (every byte that crosses sites is sent by exactly
 /// one relay); `None` when the tunnels cannot be read.
-fn wan_bytes(local: &Local, plan: &Plan) -> Option<u64> {
-    use hybridgrid_engine::{Probe, Provider as _};
-    let s = local.status(plan, Probe::None).ok()?;
+fn wan_bytes(jobs: &Jobs) -> Option<u64> {
+    let s = jobs.provider.status(&jobs.plan, Probe::None).ok()?;
     (!s.tunnels.is_empty()).then(|| s.tunnels.iter().map(|t| t.tx_bytes).sum())
 }
 
@@ -458,11 +515,11 @@ fn cross_site(views: &mut [JobView], record: &JobsRecord, now: &dyn Fn() -> Opti
     }
 }
 
-fn wait_for(local: &Local, plan: &Plan, id: u64, limit: Duration) -> anyhow::Result<JobView> {
+fn wait_for(jobs: &Jobs, id: u64, limit: Duration) -> anyhow::Result<JobView> {
     let deadline = Instant::now() + limit;
     loop {
-        let record = load_jobs(&local.cluster_dir().join(JOBS_FILE))?;
-        let view = job_views(local, plan, &record)?
+        let record = load_jobs(&jobs.jobs_path())?;
+        let view = job_views(jobs, &record)?
             .into_iter()
             .find(|v| v.id == id)
             .context("the job left the record")?;
@@ -474,7 +531,7 @@ fn wait_for(local: &Local, plan: &Plan, id: u64, limit: Duration) -> anyhow::Res
         if Instant::now() >= deadline {
             bail!("job {id} did not finish within {}s", limit.as_secs());
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -484,12 +541,34 @@ struct ResultStatus {
     exit: i64,
 }
 
-fn job_views(local: &Local, plan: &Plan, record: &JobsRecord) -> anyhow::Result<Vec<JobView>> {
-    let master = master_of(plan)?;
-    let results = datastore::results_dir(local.cluster_dir());
-    // Pending and running jobs.
-    let queue =
-        slurm::node_run(local, &master, &["squeue", "-h", "-o", "%i|%T|%N"]).unwrap_or_default();
+/// What the master knows of the recorded jobs, asked in one go: the queue, `scontrol show job`
+/// of each job, and each job's status file in the results store.
+fn job_views(jobs: &Jobs, record: &JobsRecord) -> anyhow::Result<Vec<JobView>> {
+    let plan = &jobs.plan;
+    let ids: Vec<String> = record.jobs.iter().map(|j| j.id.to_string()).collect();
+    let url = plan.results_url();
+    let script = format!(
+        "squeue -h -o '%i|%T|%N'; echo {SEP}\n\
+         for id in {ids}; do scontrol show job -o $id 2>/dev/null | head -n 1; done; echo {SEP}\n\
+         for id in {ids}; do printf '%s ' $id; curl -sf {url}$id.json | tr -d '\\n'; echo; done",
+        ids = ids.join(" "),
+    );
+    let answer = if ids.is_empty() {
+        String::new()
+    } else {
+        jobs.on_master("reading the jobs", &script, b"")?
+    };
+    let sep = format!("{SEP}\n");
+    let mut parts = answer.split(sep.as_str());
+    let queue = parts.next().unwrap_or_default();
+    let shown = parts.next().unwrap_or_default();
+    let statuses: std::collections::BTreeMap<&str, &str> = parts
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let results = jobs.results_dir();
     let mut views = Vec::new();
     for j in &record.jobs {
         let mut state = None;
@@ -504,11 +583,10 @@ fn job_views(local: &Local, plan: &Plan, record: &JobsRecord) -> anyhow::Result<
                 .get(2)
                 .filter(|s| !s.is_empty())
                 .map(|s| (*s).to_owned());
-        } else if let Ok(show) = slurm::node_run(
-            local,
-            &master,
-            &["scontrol", "show", "job", "-o", &j.id.to_string()],
-        ) {
+        } else if let Some(show) = shown
+            .lines()
+            .find(|l| l.starts_with(&format!("JobId={} ", j.id)))
+        {
             for w in show.split_whitespace() {
                 if let Some(s) = w.strip_prefix("JobState=") {
                     state = Some(s.to_owned());
@@ -520,11 +598,21 @@ fn job_views(local: &Local, plan: &Plan, record: &JobsRecord) -> anyhow::Result<
                 }
             }
         }
+        let status: Option<ResultStatus> = statuses
+            .get(j.id.to_string().as_str())
+            .and_then(|t| serde_json::from_str(t).ok());
+        // The output is copied here once the job finished and put it into the store.
         let out = results.join(format!("{}.out", j.id));
-        let status: Option<ResultStatus> =
-            std::fs::read_to_string(results.join(format!("{}.json", j.id)))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok());
+        if status.is_some() && !out.exists() {
+            let (code, bytes) =
+                jobs.provider
+                    .run(&jobs.master, &format!("curl -sf {url}{}.out", j.id), b"")?;
+            if code == 0 {
+                std::fs::create_dir_all(&results)
+                    .with_context(|| format!("creating {}", results.display()))?;
+                hybridgrid_local::ledger::write_atomic(&out, &bytes, 0o644)?;
+            }
+        }
         if let Some(st) = &status {
             node = Some(st.node.clone());
             if state.is_none() {

@@ -199,8 +199,14 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     let out = lab.hg_ok(&["submit", "-f", lab.f(), "--dataset", "genomes", "--", job]);
     assert!(out.contains("partition giessen"), "{out}");
     let id: String = out.split_whitespace().nth(2).unwrap().trim().to_owned();
+    // Finished with its output on the master, as `jobs` tells (it copies the output here).
     wait_until("the dataset job's output", Duration::from_secs(60), || {
-        results.join(format!("{id}.json")).exists()
+        let doc: serde_json::Value =
+            serde_json::from_str(&lab.hg_ok(&["jobs", "-f", lab.f(), "--json"])).unwrap();
+        doc["jobs"].as_array().unwrap().iter().any(|j| {
+            j["id"].as_u64().map(|v| v.to_string()).as_deref() == Some(id.as_str())
+                && !j["output"].is_null()
+        })
     });
     let moved = cross_site_bytes(&lab) - before;
     let text = std::fs::read_to_string(results.join(format!("{id}.out"))).unwrap();

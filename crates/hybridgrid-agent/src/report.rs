@@ -1,0 +1,37 @@
+//! What a node tells the provider's `observe` (`hybridgrid agent report`): the configuration it
+//! applied, as far as its live state still shows it (a WireGuard device that is gone, a Slurm
+//! daemon that does not run), and its WireGuard public key. Never a private key or the munge key.
+
+use std::path::Path;
+
+use hybridgrid_core::keys::PublicKey;
+use hybridgrid_core::plan::{NodeConfig, SlurmRole};
+use serde::{Deserialize, Serialize};
+
+use crate::node::{interface_exists, read_applied, read_public_key};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// `None`: the agent never applied a configuration on this node.
+    pub applied: Option<NodeConfig>,
+    pub public_key: Option<PublicKey>,
+}
+
+pub fn report(state_dir: &Path) -> NodeReport {
+    let applied = read_applied(state_dir).map(|mut a| {
+        if a.wireguard
+            .as_ref()
+            .is_some_and(|w| !interface_exists(&w.name))
+        {
+            a.wireguard = None;
+        }
+        if !crate::slurm::daemons_run(a.slurm.role, state_dir) {
+            a.slurm.role = SlurmRole::None;
+        }
+        a
+    });
+    NodeReport {
+        applied,
+        public_key: read_public_key(state_dir),
+    }
+}

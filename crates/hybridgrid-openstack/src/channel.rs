@@ -1,0 +1,265 @@
+//! The node channel: OpenSSH as the image's login user to a relay's floating IP and, through
+//! that relay, to the workers of its site on their site address (OpenSSH's `ProxyJump`,
+//! spelled as a `ProxyCommand` so that the options below hold for both hops). The user's own
+//! SSH set-up applies as it does for `ssh`: `~/.ssh/config`, the agent, their keys; the cluster
+//! file's `ssh_public_key` adds its private half when it lies beside it.
+//!
+//! Host keys are the cluster's own (`<state>/<cluster>/ssh/known_hosts`), each under the node's
+//! name (`HostKeyAlias`): accepted on first contact, refused if they change later. One
+//! connection per node is shared by every command of a run (`ControlMaster`).
+//!
+//! What goes over the channel as standard input (the node's configuration, the munge key, the
+//! agent binary) never appears in a command line, a log or an error.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt as _;
+
+use crate::error::{OsError, Result};
+
+/// How a node is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub node: String,
+    /// The relay's floating IP, or the worker's site address.
+    pub host: Ipv4Addr,
+    /// For a worker: its site's relay (name and floating IP).
+    pub jump: Option<(String, Ipv4Addr)>,
+}
+
+/// What a command on a node printed.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    cluster: String,
+    user: String,
+    identity: Option<PathBuf>,
+    dir: PathBuf,
+    connect_timeout: Duration,
+}
+
+impl Channel {
+    /// `dir` holds the cluster's known hosts and the shared connections' sockets.
+    pub fn new(cluster: &str, user: &str, ssh_public_key: Option<&str>, dir: PathBuf) -> Self {
+        Channel {
+            cluster: cluster.to_owned(),
+            user: user.to_owned(),
+            identity: ssh_public_key.and_then(private_key_beside),
+            dir,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The options every hop gets.
+    fn options(&self, node: &str) -> Vec<String> {
+        let mut o = vec![
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=accept-new".into(),
+            "-o".into(),
+            format!(
+                "UserKnownHostsFile={}",
+                self.dir.join("known_hosts").display()
+            ),
+            "-o".into(),
+            format!("HostKeyAlias={}-{node}", self.cluster),
+            "-o".into(),
+            format!("ConnectTimeout={}", self.connect_timeout.as_secs()),
+            "-o".into(),
+            "ServerAliveInterval=10".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+        ];
+        if let Some(id) = &self.identity {
+            o.push("-i".into());
+            o.push(id.display().to_string());
+        }
+        o
+    }
+
+    /// The `ssh` arguments that run `remote` on the target (`ssh … user@host -- remote`).
+    pub fn args(&self, target: &Target, remote: &str) -> Vec<String> {
+        let mut a = self.options(&target.node);
+        a.extend([
+            "-o".into(),
+            "ControlMaster=auto".into(),
+            "-o".into(),
+            // %C: a hash of host, port, user: short enough for a socket path.
+            format!("ControlPath={}/cm-%C", self.dir.display()),
+            "-o".into(),
+            "ControlPersist=60".into(),
+        ]);
+        if let Some((relay, ip)) = &target.jump {
+            let hop: Vec<String> = self
+                .options(relay)
+                .into_iter()
+                .map(|w| shell_quote(&w))
+                .collect();
+            a.push("-o".into());
+            a.push(format!(
+                "ProxyCommand=ssh {} -W %h:%p {}@{ip}",
+                hop.join(" "),
+                self.user
+            ));
+        }
+        a.push(format!("{}@{}", self.user, target.host));
+        a.push("--".into());
+        a.push(remote.to_owned());
+        a
+    }
+
+    /// Runs the shell script `script` as root on the target (through `sudo` unless the login
+    /// user is root), `input` on its standard input. A failed connection is an error; the
+    /// script's own exit code is in the output.
+    pub async fn run(&self, target: &Target, script: &str, input: &[u8]) -> Result<Output> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| OsError::Other(format!("{}: {e}", self.dir.display())))?;
+        let remote = if self.user == "root" {
+            format!("sh -c {}", shell_quote(script))
+        } else {
+            format!("sudo -n sh -c {}", shell_quote(script))
+        };
+        let mut child = tokio::process::Command::new("ssh")
+            .args(self.args(target, &remote))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| OsError::Other(format!("running ssh: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A script that does not read its input closes the pipe early: not an error.
+            let _ = stdin.write_all(input).await;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| OsError::Other(format!("running ssh: {e}")))?;
+        let code = out.status.code().unwrap_or(255);
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        // 255 is ssh's own failure (connection, authentication, host key).
+        if code == 255 {
+            return Err(OsError::Channel {
+                node: target.node.clone(),
+                detail: if stderr.is_empty() {
+                    "ssh failed".into()
+                } else {
+                    stderr
+                },
+            });
+        }
+        Ok(Output {
+            code,
+            stdout: out.stdout,
+            stderr,
+        })
+    }
+
+    /// Like [`Channel::run`], and a non-zero exit is an error naming `what`.
+    pub async fn run_ok(
+        &self,
+        target: &Target,
+        what: &str,
+        script: &str,
+        input: &[u8],
+    ) -> Result<Output> {
+        let out = self.run(target, script, input).await?;
+        if out.code != 0 {
+            return Err(OsError::Channel {
+                node: target.node.clone(),
+                detail: format!(
+                    "{what} failed (exit {}): {}",
+                    out.code,
+                    last_lines(&out.stderr)
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The known-hosts file and shared connections of the cluster.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// `X` for a public key file `X.pub` when `X` exists.
+fn private_key_beside(public: &str) -> Option<PathBuf> {
+    let path = match public.trim().strip_prefix("~/") {
+        Some(rest) => PathBuf::from(std::env::var_os("HOME")?).join(rest),
+        None => PathBuf::from(public.trim()),
+    };
+    let private = PathBuf::from(path.to_str()?.strip_suffix(".pub")?);
+    private.is_file().then_some(private)
+}
+
+fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+/// Single quotes for `sh`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_is_reached_through_its_relay_with_the_same_host_key_rules() {
+        let ch = Channel::new("c1", "debian", None, PathBuf::from("/s/ssh"));
+        let t = Target {
+            node: "a-worker-1".into(),
+            host: Ipv4Addr::new(10, 1, 0, 6),
+            jump: Some(("a-gw".into(), Ipv4Addr::new(203, 0, 113, 7))),
+        };
+        let args = ch.args(&t, "true");
+        let proxy = args
+            .iter()
+            .find(|a| a.starts_with("ProxyCommand="))
+            .expect("a proxy command");
+        assert!(proxy.contains("'HostKeyAlias=c1-a-gw'"), "{proxy}");
+        assert!(proxy.contains("'UserKnownHostsFile=/s/ssh/known_hosts'"));
+        assert!(proxy.ends_with("-W %h:%p debian@203.0.113.7"), "{proxy}");
+        assert!(args.contains(&"HostKeyAlias=c1-a-worker-1".to_owned()));
+        assert!(args.contains(&"StrictHostKeyChecking=accept-new".to_owned()));
+        assert_eq!(&args[args.len() - 3..], ["debian@10.1.0.6", "--", "true"]);
+    }
+
+    #[test]
+    fn the_private_key_beside_the_public_one_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("id_ed25519.pub");
+        std::fs::write(&public, "ssh-ed25519 AAAA test").unwrap();
+        assert_eq!(private_key_beside(public.to_str().unwrap()), None);
+        std::fs::write(dir.path().join("id_ed25519"), "private").unwrap();
+        assert_eq!(
+            private_key_beside(public.to_str().unwrap()),
+            Some(dir.path().join("id_ed25519"))
+        );
+        assert_eq!(private_key_beside("ssh-ed25519 AAAA inline"), None);
+    }
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}

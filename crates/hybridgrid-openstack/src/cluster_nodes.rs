@@ -1,0 +1,348 @@
+//! The openstack provider's side of its nodes, through the node channel: `observe` asks each
+//! server what it applied, `up` configures booted nodes, `status` reads Slurm, the tunnels and
+//! reachability from the nodes, `exec` and `run` reach a node.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt as _;
+use hybridgrid_core::diff::{Change, Observed};
+use hybridgrid_core::plan::{Plan, Role};
+use hybridgrid_engine::{Event, Probe, Reach, Sink, TunnelStatus};
+
+use crate::channel::{Channel, shell_quote};
+use crate::error::{OsError, Result};
+use crate::nodes::{self, AgentBinary};
+use crate::provider::OpenStack;
+
+/// SSH sessions at once (each is an `ssh` process on the user's machine).
+const CHANNELS_AT_ONCE: usize = 32;
+
+impl OpenStack {
+    pub(crate) fn channel(&self) -> Channel {
+        Channel::new(
+            &self.cluster.name,
+            &self.cluster.ssh_user,
+            self.cluster.ssh_public_key.as_deref(),
+            self.opts.state_root.join(&self.cluster.name).join("ssh"),
+        )
+    }
+
+    fn agent_binary(&self) -> Result<Option<AgentBinary>> {
+        let Some(exe) = &self.opts.agent_binary else {
+            return Ok(None);
+        };
+        let mut cached = self
+            .agent_binary
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cached.is_none() {
+            *cached = Some(AgentBinary::prepare(
+                exe,
+                &self.opts.state_root.join("agent-cache"),
+            )?);
+        }
+        Ok(cached.clone())
+    }
+
+    /// Replaces each node's `applied` with what the node itself reports over the channel
+    /// (`None` when it cannot be reached or never applied: a change the plan shows). A relay's
+    /// key the console did not show comes from the node too.
+    pub(crate) async fn ask_nodes(&self, observed: &mut Observed) {
+        let shape = hybridgrid_core::reconcile::plan(&self.cluster, observed);
+        let channel = self.channel();
+        let names: Vec<String> = observed.nodes.keys().cloned().collect();
+        let reports: Vec<(String, Option<hybridgrid_agent::NodeReport>)> =
+            futures::stream::iter(names.into_iter().map(|name| {
+                let target = nodes::target(&shape, &name);
+                let channel = &channel;
+                async move {
+                    let report = match &target {
+                        Some(t) => nodes::report(channel, t).await.ok(),
+                        None => None,
+                    };
+                    (name, report)
+                }
+            }))
+            .buffer_unordered(CHANNELS_AT_ONCE)
+            .collect()
+            .await;
+        for (name, report) in reports {
+            let Some(node) = observed.nodes.get_mut(&name) else {
+                continue;
+            };
+            match report {
+                Some(r) => {
+                    node.applied = r.applied;
+                    if node.public_key.is_none() {
+                        node.public_key = r.public_key;
+                    }
+                }
+                None => node.applied = None,
+            }
+        }
+    }
+
+    /// Configures booted nodes over the channel, then lets the master's agent wait for the
+    /// workers to register with Slurm. What could not be configured is returned as partial.
+    pub(crate) async fn configure_nodes(
+        &self,
+        plan: &Plan,
+        configure: &[&Change],
+        sink: Sink<'_>,
+    ) -> Result<Vec<(Change, String)>> {
+        if configure.is_empty() {
+            return Ok(Vec::new());
+        }
+        let channel = self.channel();
+        let agent = self.agent_binary()?;
+        let key = nodes::ensure_munge_key(&self.opts.state_root.join(&self.cluster.name))?;
+        let results: Vec<(Change, f64, Result<Vec<String>>)> =
+            futures::stream::iter(configure.iter().map(|c| {
+                let (channel, agent, key) = (&channel, agent.as_ref(), &key);
+                async move {
+                    let t = std::time::Instant::now();
+                    let Change::ConfigureNode { node, .. } = c else {
+                        return ((*c).clone(), 0.0, Ok(Vec::new()));
+                    };
+                    let r = match nodes::target(plan, node) {
+                        Some(target) => {
+                            nodes::configure(channel, &target, plan, agent, key, 0).await
+                        }
+                        None => Err(OsError::Other(format!(
+                            "{node} cannot be reached yet: its relay has no floating IP"
+                        ))),
+                    };
+                    ((*c).clone(), t.elapsed().as_secs_f64(), r)
+                }
+            }))
+            .buffer_unordered(CHANNELS_AT_ONCE)
+            .collect()
+            .await;
+        let mut partial = Vec::new();
+        let mut workers_configured = false;
+        for (c, seconds, r) in results {
+            match r {
+                Ok(details) => {
+                    if let Change::ConfigureNode { node, .. } = &c {
+                        workers_configured |=
+                            plan.node(node).is_some_and(|n| n.role == Role::Worker);
+                    }
+                    sink(Event::Applied {
+                        summary: c.summary(),
+                        seconds,
+                        details,
+                    });
+                }
+                Err(e) => {
+                    sink(Event::Failed {
+                        summary: c.summary(),
+                        error: e.to_string(),
+                    });
+                    partial.push((c, unreachable_help(&e, &self.cluster.admin_cidrs)));
+                }
+            }
+        }
+        // The workers' agents started slurmd: the master's agent waits for them to register and
+        // puts them into their partitions.
+        if workers_configured
+            && plan.mesh_complete()
+            && let Some(master) = plan.nodes.iter().find(|n| n.role == Role::Master)
+            && let Some(target) = nodes::target(plan, &master.name)
+        {
+            let t = std::time::Instant::now();
+            let done = nodes::configure(&channel, &target, plan, agent.as_ref(), &key, 30).await?;
+            let parts: Vec<String> = done
+                .into_iter()
+                .filter(|a| a.starts_with("partition") || a.starts_with("remove"))
+                .collect();
+            if !parts.is_empty() {
+                sink(Event::Note(format!(
+                    "Slurm on {}: {} ({:.1}s)",
+                    master.name,
+                    parts.join("; "),
+                    t.elapsed().as_secs_f64()
+                )));
+            }
+        }
+        Ok(partial)
+    }
+
+    /// Runs `script` as root on `node`; its exit code and standard output.
+    pub async fn run_on(
+        &self,
+        plan: &Plan,
+        node: &str,
+        script: &str,
+        input: &[u8],
+    ) -> Result<(i32, Vec<u8>)> {
+        let target = nodes::target(plan, node).ok_or_else(|| {
+            OsError::Other(format!(
+                "{node} is not in the plan or cannot be reached yet"
+            ))
+        })?;
+        let out = self.channel().run(&target, script, input).await?;
+        Ok((out.code, out.stdout))
+    }
+
+    /// The `ssh` command line that runs `cmd` on `node` as root, for `exec` (the user's terminal).
+    pub fn exec_args(&self, plan: &Plan, node: &str, cmd: &[String]) -> Result<Vec<String>> {
+        let target = nodes::target(plan, node).ok_or_else(|| {
+            OsError::Other(format!(
+                "{node} is not in the plan or cannot be reached yet"
+            ))
+        })?;
+        let quoted: Vec<String> = cmd.iter().map(|c| shell_quote(c)).collect();
+        let remote = if self.cluster.ssh_user == "root" {
+            quoted.join(" ")
+        } else {
+            format!("sudo -n {}", quoted.join(" "))
+        };
+        let channel = self.channel();
+        std::fs::create_dir_all(channel.dir())
+            .map_err(|e| OsError::Other(format!("{}: {e}", channel.dir().display())))?;
+        Ok(channel.args(&target, &remote))
+    }
+
+    /// Each node's Slurm state as the controller sees it (`sinfo`), `None` without an answer.
+    pub(crate) async fn slurm_states(&self, plan: &Plan) -> Option<BTreeMap<String, String>> {
+        let master = plan.nodes.iter().find(|n| n.role == Role::Master)?;
+        let (code, out) = self
+            .run_on(plan, &master.name, "sinfo -h -N -o '%N %T'", b"")
+            .await
+            .ok()?;
+        (code == 0).then(|| {
+            String::from_utf8_lossy(&out)
+                .lines()
+                .filter_map(|l| {
+                    let (n, s) = l.split_once(' ')?;
+                    Some((n.to_owned(), s.trim().to_owned()))
+                })
+                .collect()
+        })
+    }
+
+    /// Every relay's WireGuard peers, read on the relay.
+    pub(crate) async fn tunnels(&self, plan: &Plan) -> Vec<TunnelStatus> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let by_key: BTreeMap<String, String> = plan
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                Some((
+                    n.wireguard.as_ref()?.public_key?.to_base64(),
+                    n.name.clone(),
+                ))
+            })
+            .collect();
+        let relays: Vec<_> = plan
+            .nodes
+            .iter()
+            .filter(|n| n.wireguard.is_some())
+            .collect();
+        let statuses = futures::future::join_all(relays.iter().map(|n| async move {
+            let ifname = n.wireguard.as_ref().map_or("wg0", |w| w.name.as_str());
+            let script = format!(
+                "{} agent wg-status --interface {ifname}",
+                crate::userdata::AGENT_PATH
+            );
+            let status = match self.run_on(plan, &n.name, &script, b"").await {
+                Ok((0, out)) => serde_json::from_slice::<hybridgrid_agent::WgStatus>(&out).ok(),
+                _ => None,
+            };
+            (n.name.clone(), status)
+        }))
+        .await;
+        let mut out = Vec::new();
+        for (node, status) in statuses {
+            for p in status.map(|s| s.peers).unwrap_or_default() {
+                out.push(TunnelStatus {
+                    node: node.clone(),
+                    peer: by_key.get(&p.public_key).cloned().unwrap_or(p.public_key),
+                    endpoint: p.endpoint.map(|e| e.to_string()),
+                    handshake_age_s: (p.latest_handshake > 0)
+                        .then(|| now.saturating_sub(p.latest_handshake)),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                });
+            }
+        }
+        out
+    }
+
+    /// Reachability from the nodes: with [`Probe::Sample`] each node pings its relay and one
+    /// node of every other site; [`Probe::AllPairs`] every node pings every node. One SSH
+    /// session per source node, its pings in parallel.
+    pub(crate) async fn reachability(&self, plan: &Plan, probe: Probe) -> Vec<Reach> {
+        let pairs: Vec<(&str, Vec<&hybridgrid_core::plan::NodePlan>)> = plan
+            .nodes
+            .iter()
+            .map(|a| {
+                let to: Vec<_> = match probe {
+                    Probe::None => Vec::new(),
+                    Probe::AllPairs => plan.nodes.iter().filter(|b| b.name != a.name).collect(),
+                    Probe::Sample => {
+                        let mut v: Vec<_> = plan
+                            .sites
+                            .iter()
+                            .filter_map(|s| plan.relay_of(&s.name))
+                            .filter(|r| r.name != a.name)
+                            .collect();
+                        if let Some(w) = plan
+                            .nodes
+                            .iter()
+                            .find(|b| b.site != a.site && b.role == Role::Worker)
+                        {
+                            v.push(w);
+                        }
+                        v
+                    }
+                };
+                (a.name.as_str(), to)
+            })
+            .filter(|(_, to)| !to.is_empty())
+            .collect();
+        let results = futures::stream::iter(pairs.into_iter().map(|(from, to)| async move {
+            let mut script = String::new();
+            for b in &to {
+                script.push_str(&format!(
+                    "(ping -c 1 -W 2 {ip} >/dev/null 2>&1 && echo '{ip} ok' || echo '{ip} lost') &\n",
+                    ip = b.lan_ip
+                ));
+            }
+            script.push_str("wait\n");
+            let answer = self
+                .run_on(plan, from, &script, b"")
+                .await
+                .map(|(_, out)| String::from_utf8_lossy(&out).into_owned())
+                .unwrap_or_default();
+            to.iter()
+                .map(|b| Reach {
+                    from: from.to_owned(),
+                    to: b.name.clone(),
+                    ok: answer.lines().any(|l| l == format!("{} ok", b.lan_ip)),
+                })
+                .collect::<Vec<_>>()
+        }))
+        .buffer_unordered(CHANNELS_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+        results.into_iter().flatten().collect()
+    }
+}
+
+/// The reason a node could not be configured, with what to do when SSH did not get through.
+fn unreachable_help(e: &OsError, admin_cidrs: &[ipnet::Ipv4Net]) -> String {
+    match e {
+        OsError::Channel { .. } if admin_cidrs.is_empty() => format!(
+            "{e}; the nodes admit SSH from `admin_cidrs` only and the cluster file has none: add \
+             this machine's public address"
+        ),
+        OsError::Channel { .. } => {
+            format!("{e}; a booting node answers once cloud-init started sshd: run `up` again")
+        }
+        _ => e.to_string(),
+    }
+}

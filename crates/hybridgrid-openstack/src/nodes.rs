@@ -1,0 +1,257 @@
+//! What the openstack provider does on its nodes, over the node channel ([`Channel`]): asks a
+//! node what it applied (`hybridgrid agent report`), and configures a booted node — the agent
+//! binary (the CLI's own, checked by SHA-256 on the node), the node's configuration, the
+//! cluster's munge key (mode 0400, on standard input only), `hybridgrid agent apply`, and the
+//! agent's supervisor as a systemd service that survives a reboot.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use hybridgrid_agent::NodeReport;
+use hybridgrid_core::plan::{Plan, Role, SlurmRole};
+use sha2::Digest as _;
+
+use crate::channel::{Channel, Target, shell_quote};
+use crate::error::{OsError, Result};
+use crate::userdata::{AGENT_PATH, AGENT_STATE_DIR, PULL_UNIT};
+
+/// The systemd service running the agent's supervisor on every node.
+pub const AGENT_UNIT: &str = "hybridgrid-agent";
+/// The configuration the channel delivers (the supervisor applies it again every period).
+const CONFIG: &str = "/var/lib/hybridgrid/node.json";
+/// The cluster's munge key on the user's machine, beside the ledger (mode 0400).
+pub const MUNGE_KEY_FILE: &str = "munge.key";
+const MUNGE_KEY_BYTES: usize = 1024;
+
+/// How `plan`'s node `name` is reached: a relay at its floating IP, a worker through its site's
+/// relay. `None` while the relay has no floating IP.
+pub fn target(plan: &Plan, name: &str) -> Option<Target> {
+    let node = plan.node(name)?;
+    if node.role.is_relay() {
+        return Some(Target {
+            node: node.name.clone(),
+            host: node.public_ip?,
+            jump: None,
+        });
+    }
+    let relay = plan.relay_of(&node.site)?;
+    Some(Target {
+        node: node.name.clone(),
+        host: node.lan_ip,
+        jump: Some((relay.name.clone(), relay.public_ip?)),
+    })
+}
+
+/// What the node reports; `applied: None` when the agent is not on it yet or never applied.
+pub async fn report(channel: &Channel, target: &Target) -> Result<NodeReport> {
+    let out = channel
+        .run(
+            target,
+            &format!("{AGENT_PATH} agent report --state-dir {AGENT_STATE_DIR}"),
+            b"",
+        )
+        .await?;
+    if out.code != 0 {
+        return Ok(NodeReport {
+            applied: None,
+            public_key: None,
+        });
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| OsError::Channel {
+        node: target.node.clone(),
+        detail: format!("the agent's report is not valid: {e}"),
+    })
+}
+
+/// The agent binary the nodes get, with its SHA-256.
+#[derive(Debug, Clone)]
+pub struct AgentBinary {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+impl AgentBinary {
+    /// `exe` without its debug information (a tenth of the bytes to send to every node), made
+    /// once into `cache_dir`; `exe` itself when `objcopy` is not there.
+    pub fn prepare(exe: &Path, cache_dir: &Path) -> Result<AgentBinary> {
+        let io = |p: &Path| {
+            let p = p.to_owned();
+            move |e: std::io::Error| OsError::Other(format!("{}: {e}", p.display()))
+        };
+        let meta = std::fs::metadata(exe).map_err(io(exe))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        std::fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
+        let stripped = cache_dir.join(format!("hybridgrid-{}-{mtime}", meta.len()));
+        if !stripped.is_file() {
+            let tmp = stripped.with_extension("part");
+            let ok = std::process::Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(exe)
+                .arg(&tmp)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                std::fs::rename(&tmp, &stripped).map_err(io(&stripped))?;
+            } else {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        let path = if stripped.is_file() {
+            stripped
+        } else {
+            exe.to_owned()
+        };
+        let sha256 = sha256_file(&path)?;
+        Ok(AgentBinary { path, sha256 })
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| OsError::Other(format!("{}: {e}", path.display())))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| OsError::Other(format!("{}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>())
+}
+
+/// The cluster's munge key (made once: 1024 random bytes, mode 0400). Never logged.
+pub fn ensure_munge_key(cluster_dir: &Path) -> Result<Vec<u8>> {
+    let path = cluster_dir.join(MUNGE_KEY_FILE);
+    if let Ok(key) = std::fs::read(&path)
+        && key.len() == MUNGE_KEY_BYTES
+    {
+        return Ok(key);
+    }
+    let mut key = vec![0u8; MUNGE_KEY_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(|e| OsError::Other(format!("/dev/urandom: {e}")))?;
+    hybridgrid_engine::state::write_atomic(&path, &key, 0o400)?;
+    Ok(key)
+}
+
+/// The agent's supervisor as a systemd unit. `KillMode=process`: a restart of the supervisor
+/// leaves the daemons it started (WireGuard device, munged, slurmd) running.
+fn agent_unit(node: &str) -> String {
+    // No newline at the end: the configure script compares it with `$(cat …)`, which drops it.
+    format!(
+        "[Unit]\nDescription=hybridgrid: keep this node as configured\nAfter=network-online.target\n\n\
+         [Service]\nExecStart={AGENT_PATH} agent supervise --state-dir {AGENT_STATE_DIR} --tag {node} --period 10\n\
+         Restart=always\nRestartSec=2\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target"
+    )
+}
+
+/// Configures a booted node over the channel; returns what its agent did.
+/// `wait_for_workers`: on the master, seconds to wait for the workers to register with Slurm.
+pub async fn configure(
+    channel: &Channel,
+    target: &Target,
+    plan: &Plan,
+    agent: Option<&AgentBinary>,
+    munge_key: &[u8],
+    wait_for_workers: u64,
+) -> Result<Vec<String>> {
+    let node = plan
+        .node(&target.node)
+        .ok_or_else(|| OsError::Other(format!("{} is not in the plan", target.node)))?;
+    let config = plan.node_config(node);
+    let mut done = Vec::new();
+    if let Some(agent) = agent {
+        let have = channel
+            .run(target, &format!("sha256sum {AGENT_PATH} 2>/dev/null"), b"")
+            .await?;
+        if !have.stdout_text().starts_with(&agent.sha256) {
+            let bytes = tokio::fs::read(&agent.path)
+                .await
+                .map_err(|e| OsError::Other(format!("{}: {e}", agent.path.display())))?;
+            let part = format!("{AGENT_PATH}.part");
+            channel
+                .run_ok(
+                    target,
+                    "installing the agent",
+                    &format!(
+                        "set -e; cat > {part}; echo '{}  {part}' | sha256sum -c --status; \
+                         chmod 0755 {part}; mv -f {part} {AGENT_PATH}",
+                        agent.sha256
+                    ),
+                    &bytes,
+                )
+                .await?;
+            done.push(format!("agent {}", &agent.sha256[..12]));
+        }
+    }
+    let json = serde_json::to_vec_pretty(&config)
+        .map_err(|e| OsError::Other(format!("node configuration: {e}")))?;
+    channel
+        .run_ok(
+            target,
+            "writing the node's configuration",
+            &format!(
+                "set -e; umask 077; mkdir -p {AGENT_STATE_DIR}; cat > {CONFIG}.part; \
+                 mv -f {CONFIG}.part {CONFIG}"
+            ),
+            &json,
+        )
+        .await?;
+    if node.role != Role::Gateway && config.slurm.role != SlurmRole::None {
+        let key = format!(
+            "{AGENT_STATE_DIR}/{}",
+            hybridgrid_agent::slurm::MUNGE_KEY_FILE
+        );
+        channel
+            .run_ok(
+                target,
+                "delivering the munge key",
+                &format!(
+                    "set -e; umask 0377; rm -f {key}.part; cat > {key}.part; mv -f {key}.part {key}"
+                ),
+                munge_key,
+            )
+            .await?;
+    }
+    let unit = agent_unit(&node.name);
+    let out = channel
+        .run_ok(
+            target,
+            "hybridgrid agent apply",
+            &format!(
+                "set -e; {AGENT_PATH} agent apply --config {CONFIG} --state-dir {AGENT_STATE_DIR} \
+                 --tag {name} --wait-for-workers {wait_for_workers}; \
+                 u=/etc/systemd/system/{AGENT_UNIT}.service; \
+                 if [ \"$(cat $u 2>/dev/null)\" != {unit} ]; then printf '%s' {unit} > $u; \
+                 systemctl daemon-reload; systemctl enable -q {AGENT_UNIT}.service; \
+                 systemctl restart {AGENT_UNIT}.service; fi; \
+                 systemctl disable -q --now {PULL_UNIT}.timer 2>/dev/null || true; \
+                 [ -L /etc/hosts ] || ln -sfn {AGENT_STATE_DIR}/hosts /etc/hosts",
+                name = node.name,
+                unit = shell_quote(&unit),
+            ),
+            b"",
+        )
+        .await?;
+    let text = out.stdout_text();
+    let report: hybridgrid_agent::AgentReport = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    done.extend(report.actions);
+    Ok(done)
+}
