@@ -55,6 +55,10 @@ pub fn up(
             let settled = provider.settle(&plan, sink)?;
             if settled.observe_again && !settled_once {
                 settled_once = true;
+                // What the provider waited for may have made those changes possible (nodes
+                // that booted meanwhile): they are tried again.
+                partial.clear();
+                report.partial.clear();
                 continue;
             }
             report.notes = settled.notes;

@@ -168,6 +168,64 @@ impl OpenStack {
         Ok(partial)
     }
 
+    /// Nodes `up` could not configure yet (their `ConfigureNode` is still in the plan) are
+    /// waited for until cloud-init finished on them and they answer over the channel, at most
+    /// `boot_timeout`. Whether any now answers (observe and configure again), and a note per
+    /// node that does not.
+    pub(crate) async fn await_channel(&self, plan: &Plan) -> (bool, Vec<String>) {
+        let pending: Vec<&str> = plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::ConfigureNode { node, .. } => Some(node.as_str()),
+                _ => None,
+            })
+            .collect();
+        if pending.is_empty() || self.opts.boot_timeout.is_zero() {
+            return (false, Vec::new());
+        }
+        let channel = self.channel();
+        let limit = self.opts.boot_timeout;
+        let answers = futures::stream::iter(pending.into_iter().map(|node| {
+            let channel = &channel;
+            async move {
+                let Some(target) = nodes::target(plan, node) else {
+                    return (node, false);
+                };
+                let t = std::time::Instant::now();
+                loop {
+                    let done = channel
+                        .run(
+                            &target,
+                            "test -f /var/lib/cloud/instance/boot-finished",
+                            b"",
+                        )
+                        .await
+                        .is_ok_and(|o| o.code == 0);
+                    if done || t.elapsed() >= limit {
+                        return (node, done);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+            }
+        }))
+        .buffer_unordered(CHANNELS_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+        let again = answers.iter().any(|(_, ok)| *ok);
+        let notes = answers
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(n, _)| {
+                format!(
+                    "{n} did not answer over SSH within {}s: it is configured by the next `up`",
+                    limit.as_secs()
+                )
+            })
+            .collect();
+        (again, notes)
+    }
+
     /// Runs `script` as root on `node`; its exit code and standard output.
     pub async fn run_on(
         &self,

@@ -660,7 +660,12 @@ impl OpenStack {
             }
         }))
         .await?;
-        let (observe_again, notes) = boot::settled(&keyless, per_site);
+        let (mut observe_again, mut notes) = boot::settled(&keyless, per_site);
+        if self.opts.node_channel {
+            let (answered, more) = self.await_channel(plan).await;
+            observe_again |= answered;
+            notes.extend(more);
+        }
         Ok(Settled {
             observe_again,
             notes,

@@ -93,8 +93,9 @@ sites:
 fn options(dir: &std::path::Path) -> Options {
     let mut o = Options::new(dir.to_owned());
     o.clouds_file = Some(clouds());
-    // fake-image boots on the fake host: no console, no key to wait for
+    // fake-image boots on the fake host: no console, no key to wait for, no SSH
     o.boot_timeout = std::time::Duration::ZERO;
+    o.node_channel = false;
     o
 }
 

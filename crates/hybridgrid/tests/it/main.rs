@@ -1,8 +1,10 @@
 //! hybridgrid's one integration-test binary: the command line as users meet it (`cli`), and real
 //! clusters of the local provider in network namespaces (`lab`, with a guard that cleans up), and
-//! an openstack cluster against the project's OpenStack test bed (`openstack`).
+//! openstack clusters against the project's OpenStack test bed (`openstack`: the fake host's
+//! servers, API level; `openstack_cluster`: servers that boot, a cluster that runs jobs).
 
 mod cli;
 mod graph;
 mod lab;
 mod openstack;
+mod openstack_cluster;

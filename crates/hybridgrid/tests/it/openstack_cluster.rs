@@ -1,0 +1,319 @@
+//! An openstack cluster that runs jobs, through the command line as a user runs it, on the test
+//! bed's booting host (libvirt/QEMU): `up` of two sites, every node pings every node through
+//! `exec`, the relays shake hands, Slurm has every worker idle and runs `srun` per site, a job
+//! submitted for a dataset runs at the dataset's site and its output reaches the master's results
+//! store, `status` reports it all; a third site is added and removed again with `up`; `down`
+//! leaves nothing an API query finds.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)] // a test: its timings go to the log
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn clouds() -> PathBuf {
+    std::env::var_os("HYBRIDGRID_TESTBED_CLOUDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "HYBRIDGRID_TESTBED_CLOUDS is not set: run scripts/test.sh, or start the test bed \
+                 with `testbed/openstack/up.sh DIR` and export HYBRIDGRID_TESTBED_CLOUDS=DIR/clouds.yaml"
+            )
+        })
+}
+
+/// A cluster of the test run: removed (`down`) and its folder deleted on drop, also on panic.
+struct Cluster {
+    name: String,
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let name = format!("e2e{}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("hg-os-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("id_ed25519");
+        let ok = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", &name, "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ssh-keygen failed");
+        let file = dir.join("cluster.yaml");
+        let c = Cluster { name, dir, file };
+        c.write(&["a", "b"]);
+        c
+    }
+
+    /// The cluster file with these sites (a: master at cloud site-a; b and c share cloud site-b).
+    fn write(&self, sites: &[&str]) {
+        let mut text = format!(
+            "name: {}\nprovider: openstack\nssh_public_key: {}\nadmin_cidrs: [203.0.113.1/32]\n\
+             sites:\n",
+            self.name,
+            self.dir.join("id_ed25519.pub").display()
+        );
+        for s in sites {
+            let (cloud, subnet, workers) = match *s {
+                "a" => ("site-a", "10.81.0.0/24", 1),
+                "b" => ("site-b", "10.82.0.0/24", 1),
+                _ => ("site-b", "10.83.0.0/24", 0),
+            };
+            text.push_str(&format!(
+                "  - name: {s}\n    cloud: {cloud}\n    subnet: {subnet}\n    master: {}\n    \
+                 external_network: public\n    gateway: {{ flavor: g1.node, image: hybridgrid-node }}\n",
+                *s == "a"
+            ));
+            if workers > 0 {
+                text.push_str(&format!(
+                    "    workers:\n      - {{ count: {workers}, cpus: 1, memory: 512, flavor: g1.node, image: hybridgrid-node }}\n"
+                ));
+            }
+        }
+        text.push_str(
+            "datasets:\n  - name: reads\n    site: b\n    location: https://objects.site-b.example/reads/\n",
+        );
+        std::fs::write(&self.file, text).unwrap();
+    }
+
+    fn hg(&self, args: &[&str]) -> Output {
+        let t = Instant::now();
+        // `-f FILE` right after the command: `exec`'s `--` ends the options.
+        let out = Command::new(env!("CARGO_BIN_EXE_hybridgrid"))
+            .arg(args[0])
+            .arg("-f")
+            .arg(&self.file)
+            .args(&args[1..])
+            .env("OS_CLIENT_CONFIG_FILE", clouds())
+            .env("HYBRIDGRID_STATE_DIR", self.dir.join("state"))
+            .output()
+            .unwrap();
+        eprintln!(
+            "hybridgrid {} ({:.1}s): exit {:?}",
+            args.join(" "),
+            t.elapsed().as_secs_f64(),
+            out.status.code()
+        );
+        out
+    }
+
+    fn hg_ok(&self, args: &[&str]) -> String {
+        let out = self.hg(args);
+        assert!(
+            out.status.success(),
+            "hybridgrid {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `exec NODE -- sh -c SCRIPT`: its stdout, or a failure with everything it printed.
+    fn exec(&self, node: &str, script: &str) -> String {
+        self.hg_ok(&["exec", node, "--", "sh", "-c", script])
+    }
+
+    fn status(&self) -> (bool, Value) {
+        let out = self.hg(&["status", "--json"]);
+        (
+            out.status.success(),
+            serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Servers, networks, ports and floating IPs of the cluster an API query still finds.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for cloud in ["site-a", "site-b"] {
+            for what in [
+                &["server", "list", "-f", "value", "-c", "Name"][..],
+                &["network", "list", "-f", "value", "-c", "Name"],
+                &["port", "list", "-f", "value", "-c", "Name"],
+                &["security", "group", "list", "-f", "value", "-c", "Name"],
+                &["router", "list", "-f", "value", "-c", "Name"],
+            ] {
+                let out = Command::new("openstack")
+                    .env("OS_CLIENT_CONFIG_FILE", clouds())
+                    .args(["--os-cloud", cloud])
+                    .args(what)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "openstack {what:?} at {cloud}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                for l in String::from_utf8_lossy(&out.stdout).lines() {
+                    if l.starts_with(&format!("{}-", self.name)) {
+                        left.push(format!("{} {l}", what[0]));
+                    }
+                }
+            }
+        }
+        left
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.hg(&["down"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    eprintln!("{what}: after {:.1}s", t.elapsed().as_secs_f64());
+}
+
+fn workers_idle(status: &Value) -> bool {
+    status["nodes"].as_array().is_some_and(|nodes| {
+        nodes
+            .iter()
+            .filter(|n| n["role"] == "worker")
+            .all(|n| n["slurm"] == "idle")
+    })
+}
+
+#[test]
+fn openstack_cluster_runs_jobs_where_the_data_lives_and_grows_and_shrinks() {
+    let c = Cluster::new();
+    let t = Instant::now();
+    let up = c.hg(&["up"]);
+    let up_text = String::from_utf8_lossy(&up.stderr).into_owned();
+    eprintln!("{up_text}");
+    assert!(up.status.success(), "up failed:\n{up_text}");
+    eprintln!("up: {:.0}s", t.elapsed().as_secs_f64());
+
+    // Slurm: every worker idle (slurmd registers once the tunnels carry its traffic).
+    wait_until("every worker idle", Duration::from_secs(180), || {
+        workers_idle(&c.status().1)
+    });
+    let (healthy, status) = c.status();
+    assert!(healthy, "status is not healthy: {status:#}");
+    let nodes: Vec<(String, String)> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_owned(),
+                n["lan_ip"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(nodes.len(), 4, "{status:#}");
+    // The relays' tunnel: both ends shook hands recently.
+    let tunnels = status["tunnels"].as_array().unwrap();
+    assert_eq!(tunnels.len(), 2, "{status:#}");
+    for t in tunnels {
+        assert!(
+            t["handshake_age_s"].as_u64().is_some_and(|a| a < 180),
+            "no recent handshake: {t}"
+        );
+    }
+
+    // Every node pings every node, through `exec` (the node channel).
+    for (node, _) in &nodes {
+        let script: String = nodes
+            .iter()
+            .filter(|(n, _)| n != node)
+            .map(|(n, ip)| {
+                format!("ping -c 1 -W 3 {ip} >/dev/null && echo {n} ok || echo {n} lost;")
+            })
+            .collect();
+        let out = c.exec(node, &script);
+        assert!(!out.contains("lost"), "from {node}:\n{out}");
+        // /etc/hosts has every node: names resolve.
+        assert!(
+            c.exec(node, "getent hosts b-worker-1").contains("10.82.0."),
+            "{node} does not resolve b-worker-1"
+        );
+    }
+
+    // srun per site answers from that site's worker.
+    for site in ["a", "b"] {
+        let out = c.exec("a-master", &format!("srun -p {site} -t 1 hostname"));
+        assert_eq!(out.trim(), format!("{site}-worker-1"), "srun -p {site}");
+    }
+
+    // A job for the dataset at b runs at b; its output reaches the master's results store.
+    let job = c.dir.join("job.sh");
+    std::fs::write(
+        &job,
+        "#!/bin/sh\necho \"host=$(hostname) site=$HYBRIDGRID_SITE reads=$HYBRIDGRID_DATASET_READS\"\n",
+    )
+    .unwrap();
+    let id = c.hg_ok(&[
+        "submit",
+        "--dataset",
+        "reads",
+        "--wait",
+        "--parsable",
+        "--",
+        job.to_str().unwrap(),
+    ]);
+    let id = id.trim().to_owned();
+    let jobs: Value = serde_json::from_str(&c.hg_ok(&["jobs", "--json"])).unwrap();
+    let j = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"].as_u64().map(|v| v.to_string()) == Some(id.clone()))
+        .unwrap_or_else(|| panic!("job {id} not in {jobs:#}"))
+        .clone();
+    assert_eq!(j["state"], "COMPLETED", "{j:#}");
+    assert_eq!(j["node"], "b-worker-1", "{j:#}");
+    let output = std::fs::read_to_string(j["output"].as_str().unwrap()).unwrap();
+    assert!(
+        output.contains("host=b-worker-1 site=b reads=https://objects.site-b.example/reads/"),
+        "{output}"
+    );
+
+    // `up` again changes nothing: every node reports what it applied.
+    let again = c.hg(&["up"]);
+    let again_text = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(
+        again.status.success() && again_text.contains("no changes"),
+        "{again_text}"
+    );
+
+    // A third site joins with `up`, and leaves again.
+    c.write(&["a", "b", "c"]);
+    c.hg_ok(&["up"]);
+    wait_until("c's tunnels up", Duration::from_secs(180), || {
+        let (_, s) = c.status();
+        s["tunnels"].as_array().is_some_and(|t| {
+            t.len() == 6
+                && t.iter()
+                    .all(|x| x["handshake_age_s"].as_u64().is_some_and(|a| a < 180))
+        })
+    });
+    let out = c.exec("c-gw", "ping -c 1 -W 3 10.82.0.6 >/dev/null && echo ok");
+    assert_eq!(out.trim(), "ok", "c-gw does not reach b-worker-1");
+    c.write(&["a", "b"]);
+    c.hg_ok(&["up"]);
+    let (healthy, status) = c.status();
+    assert!(healthy, "{status:#}");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 4, "{status:#}");
+    let of_c = format!("{}-c-", c.name);
+    let left = c.leftovers();
+    assert!(
+        left.iter().all(|l| !l.contains(&of_c)),
+        "site c left: {left:?}"
+    );
+
+    let out = c.hg_ok(&["down"]);
+    let left = c.leftovers();
+    assert!(left.is_empty(), "left after down: {left:?}\n{out}");
+}
