@@ -4,6 +4,9 @@
 # prints MAC octets without their leading zero (fa:16:3e:57:81:8): that delete fails with exit 4,
 # which the agent retries with growing waits and no limit, and stops wiring new ports (a server
 # then fails: "Failed to allocate the network(s)"). Pad the octets of --among-src lists back.
+# And ebtables-nft cannot delete an --among-src rule by its match at all (RULE_DELETE: Invalid
+# argument, exit 4, even for the rule exactly as it lists it: seen when a port's allowed-address
+# pairs change): such a delete is done by the rule's number in the chain instead.
 args=()
 pad=0
 for a in "$@"; do
@@ -22,4 +25,27 @@ for a in "$@"; do
   [ "$a" = --among-src ] && pad=1
   args+=("$a")
 done
-exec /usr/sbin/ebtables "${args[@]}"
+/usr/sbin/ebtables "${args[@]}"
+rc=$?
+# -t TABLE [--concurrent] -D CHAIN RULE...: retry an --among-src delete by number.
+if [ "$rc" = 4 ]; then
+  table=filter; chain=; rule=(); i=0; n=${#args[@]}; del=0
+  while [ "$i" -lt "$n" ]; do
+    case "${args[$i]}" in
+      -t) table=${args[$((i + 1))]}; i=$((i + 2)); continue ;;
+      --concurrent) i=$((i + 1)); continue ;;
+      -D) del=1; chain=${args[$((i + 1))]}; rule=("${args[@]:$((i + 2))}"); break ;;
+    esac
+    i=$((i + 1))
+  done
+  if [ "$del" = 1 ] && [[ " ${rule[*]} " == *" --among-src "* ]]; then
+    want="${rule[*]}"
+    num=$(/usr/sbin/ebtables -t "$table" -L "$chain" --Ln 2>/dev/null |
+      awk -v want="$want" '/^[0-9]+\.? / { n = $1; sub(/^[0-9]+\.? /, ""); sub(/ +$/, ""); if ($0 == want) { sub(/\./, "", n); print n; exit } }')
+    if [ -n "$num" ]; then
+      /usr/sbin/ebtables -t "$table" --concurrent -D "$chain" "$num"
+      exit $?
+    fi
+  fi
+fi
+exit "$rc"

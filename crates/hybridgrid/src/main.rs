@@ -201,14 +201,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         progress::Verbosity::Normal => tracing::level_filters::LevelFilter::INFO,
         progress::Verbosity::Verbose => tracing::level_filters::LevelFilter::DEBUG,
     };
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .without_time()
-        .with_level(false)
-        .with_target(false)
-        .with_ansi(false)
-        .try_init();
+    // Our own lines at the chosen level; the libraries' (the OpenStack SDK's endpoint discovery,
+    // HTTP requests) only when they warn.
+    let only_ours = tracing_subscriber::filter::Targets::new()
+        .with_target("hybridgrid", level)
+        .with_default(tracing::level_filters::LevelFilter::WARN);
+    let _ =
+        tracing::subscriber::set_global_default(tracing_subscriber::layer::SubscriberExt::with(
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_max_level(level)
+                .without_time()
+                .with_level(false)
+                .with_target(false)
+                .with_ansi(false)
+                .finish(),
+            only_ours,
+        ));
     let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = progress::Progress::new(std::io::stderr(), live, verbosity);
     let show = |e: Event| progress.event(e);

@@ -236,7 +236,8 @@ fn openstack_cluster_runs_jobs_where_the_data_lives_and_grows_and_shrinks() {
         assert!(!out.contains("lost"), "from {node}:\n{out}");
         // /etc/hosts has every node: names resolve.
         assert!(
-            c.exec(node, "getent hosts b-worker-1").contains("10.82.0."),
+            c.exec(node, "getent ahostsv4 b-worker-1")
+                .contains("10.82.0."),
             "{node} does not resolve b-worker-1"
         );
     }
@@ -282,7 +283,8 @@ fn openstack_cluster_runs_jobs_where_the_data_lives_and_grows_and_shrinks() {
 
     // `up` again changes nothing: every node reports what it applied.
     let again = c.hg(&["up"]);
-    let again_text = String::from_utf8_lossy(&again.stderr).into_owned();
+    let again_text = String::from_utf8_lossy(&again.stdout).into_owned()
+        + &String::from_utf8_lossy(&again.stderr);
     assert!(
         again.status.success() && again_text.contains("no changes"),
         "{again_text}"
