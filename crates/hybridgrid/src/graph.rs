@@ -68,8 +68,8 @@ pub struct GraphTunnel {
 }
 
 /// The graph of `plan`, with node states from `status` when the cluster runs, and tunnel states
-/// too when `tunnels_observed` (the provider reads the relays' WireGuard devices: local; on
-/// openstack, status has no tunnels yet, and they are drawn as not observed).
+/// too when `tunnels_observed` (the provider read the relays' WireGuard devices: local always,
+/// openstack over its node channel).
 pub fn build(plan: &Plan, status: Option<&StatusReport>, tunnels_observed: bool) -> Graph {
     let up_of =
         |node: &str| status.and_then(|s| s.nodes.iter().find(|n| n.name == node).map(|n| n.up));

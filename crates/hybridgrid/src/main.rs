@@ -333,7 +333,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             };
-            let tunnels_observed = cluster.provider == model::Provider::Local;
+            // Local reads every relay's device; openstack reads them over the node channel (none
+            // without it: then the tunnels are drawn as not observed).
+            let tunnels_observed = cluster.provider == model::Provider::Local
+                || status.as_ref().is_some_and(|s| !s.tunnels.is_empty());
             let g = graph::build(&plan, status.as_ref(), tunnels_observed);
             if json {
                 println!("{}", serde_json::to_string_pretty(&g)?);

@@ -223,6 +223,16 @@ fn openstack_cluster_runs_jobs_where_the_data_lives_and_grows_and_shrinks() {
         );
     }
 
+    // The picture shows the tunnel as observed and up.
+    let graph: Value = serde_json::from_str(&c.hg_ok(&["graph", "--json"])).unwrap();
+    assert_eq!(graph["observed"], true, "{graph:#}");
+    assert!(
+        graph["tunnels"]
+            .as_array()
+            .is_some_and(|t| t.len() == 1 && t[0]["state"] == "up"),
+        "{graph:#}"
+    );
+
     // Every node pings every node, through `exec` (the node channel).
     for (node, _) in &nodes {
         let script: String = nodes
