@@ -119,16 +119,7 @@ pub fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             tag,
             state_dir,
             period,
-        } => {
-            let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
-            hybridgrid_agent::supervise(
-                &state_dir,
-                &exe,
-                &tag,
-                std::time::Duration::from_secs(period),
-                &|e| eprintln!("supervisor: {e}"),
-            )
-        }
+        } => supervise(&state_dir, &tag, period),
     }
 }
 
@@ -171,16 +162,7 @@ fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
             state_dir,
             tag,
             period,
-        } => {
-            let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
-            hybridgrid_agent::supervise(
-                &state_dir,
-                &exe,
-                &tag,
-                std::time::Duration::from_secs(period),
-                &|e| eprintln!("supervisor: {e}"),
-            )
-        }
+        } => supervise(&state_dir, &tag, period),
         AgentCommand::ResultsStore {
             dir,
             listen,
@@ -204,4 +186,16 @@ fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The node's supervisor (`hold` on local nodes, `agent supervise` under systemd on cloud nodes).
+fn supervise(state_dir: &std::path::Path, tag: &str, period: u64) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
+    hybridgrid_agent::supervise(
+        state_dir,
+        &exe,
+        tag,
+        std::time::Duration::from_secs(period),
+        &|e| eprintln!("supervisor: {e}"),
+    )
 }
