@@ -8,6 +8,8 @@ use hybridgrid_core::model::Cluster;
 use hybridgrid_core::plan::Plan;
 
 use crate::EngineError;
+use crate::doctor::{DOCTOR_FORMAT_VERSION, DoctorReport, diagnose};
+use crate::path::{PathReport, trace};
 use crate::provider::{Command, Event, Probe, Provider, Sink};
 use crate::report::{StatusReport, UpReport};
 
@@ -101,4 +103,48 @@ pub fn status(
     }
     let plan = plan(provider, cluster)?;
     provider.status(&plan, probe)
+}
+
+/// `doctor`: the provider's facts of the live cluster, diagnosed.
+pub fn doctor(provider: &dyn Provider, cluster: &Cluster) -> Result<DoctorReport, EngineError> {
+    if !provider.supports(Command::Doctor) {
+        return Err(EngineError::unsupported(provider.name(), "doctor", ""));
+    }
+    let plan = plan(provider, cluster)?;
+    let facts = provider.doctor_facts(&plan)?;
+    let findings = diagnose(&facts);
+    Ok(DoctorReport {
+        format_version: DOCTOR_FORMAT_VERSION,
+        cluster: facts.cluster.clone(),
+        healthy: findings.is_empty(),
+        findings,
+        facts,
+    })
+}
+
+/// `doctor --path SRC DST`: doctor's facts and findings plus the flow's own, followed hop by hop.
+pub fn doctor_path(
+    provider: &dyn Provider,
+    cluster: &Cluster,
+    src: &str,
+    dst: &str,
+) -> Result<PathReport, EngineError> {
+    if !provider.supports(Command::Doctor) {
+        return Err(EngineError::unsupported(
+            provider.name(),
+            "doctor --path",
+            "",
+        ));
+    }
+    let plan = plan(provider, cluster)?;
+    for n in [src, dst] {
+        if plan.node(n).is_none() {
+            return Err(EngineError::NoSuchNode(n.to_owned()));
+        }
+    }
+    let facts = provider.doctor_facts(&plan)?;
+    let findings = diagnose(&facts);
+    let pf = provider.path_facts(&plan, &facts, src, dst)?;
+    trace(&plan, &facts, &findings, &pf, src, dst)
+        .ok_or_else(|| EngineError::NoSuchNode(format!("{src} or {dst} (no path between them)")))
 }

@@ -10,6 +10,8 @@ pub enum EngineError {
     },
     /// the cluster did not settle after {rounds} rounds; still to do: {remaining}
     NotConverged { rounds: usize, remaining: String },
+    /// no node {0} in the cluster's plan
+    NoSuchNode(String),
     /// {0}
     Provider(Box<dyn std::error::Error + Send + Sync>),
 }

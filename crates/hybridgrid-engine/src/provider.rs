@@ -4,6 +4,8 @@ use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::plan::Plan;
 
 use crate::EngineError;
+use crate::doctor::Facts;
+use crate::path::PathFacts;
 use crate::report::{DownReport, StatusReport};
 
 /// What a provider reports while it works; the CLI shows it.
@@ -122,6 +124,27 @@ pub trait Provider: Send + Sync {
     fn status(&self, plan: &Plan, probe: Probe) -> Result<StatusReport, EngineError> {
         let _ = (plan, probe);
         Err(EngineError::unsupported(self.name(), "status", ""))
+    }
+
+    /// `doctor`: what the live cluster shows against `plan` — nodes up, rules and pairs missing,
+    /// tunnel MTUs and handshakes, pings over each tunnel (small and don't-fragment) and between
+    /// sites — for [`crate::doctor::diagnose`].
+    fn doctor_facts(&self, plan: &Plan) -> Result<Facts, EngineError> {
+        let _ = plan;
+        Err(EngineError::unsupported(self.name(), "doctor", ""))
+    }
+
+    /// `doctor --path SRC DST`: what only that flow needs beyond `facts` (both ends' routes,
+    /// the relays' forwarding, one ping).
+    fn path_facts(
+        &self,
+        plan: &Plan,
+        facts: &Facts,
+        src: &str,
+        dst: &str,
+    ) -> Result<PathFacts, EngineError> {
+        let _ = (plan, facts, src, dst);
+        Err(EngineError::unsupported(self.name(), "doctor --path", ""))
     }
 
     /// Runs `cmd` on `node` with this process's standard streams; its exit code.

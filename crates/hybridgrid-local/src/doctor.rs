@@ -1,18 +1,17 @@
-//! `hybridgrid doctor`: finds why a running local cluster misbehaves and says so in plain words,
-//! with the fix. [`gather`] reads the live cluster (nftables rules, sets and counters in the node,
-//! switch and router namespaces, the tunnel MTU, WireGuard handshakes, pings across the tunnel with
-//! don't-fragment set) into [`Facts`]; [`diagnose`] (pure, in `diagnose.rs`) turns them into
-//! findings.
+//! The local provider's facts for `hybridgrid doctor`: [`facts`] reads the live cluster
+//! (nftables rules, sets and counters in the node, switch and router namespaces, the tunnel MTU,
+//! WireGuard handshakes, pings across the tunnel with don't-fragment set) into [`Facts`]; the
+//! engine's pure `doctor::diagnose` turns them into findings, `path::trace` into hops.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use hybridgrid_core::plan::Plan;
 
-pub use crate::diagnose::{
-    DOCTOR_FORMAT_VERSION, DoctorReport, Facts, Finding, Kind, NodeFacts, PortFacts, Probe,
-    SiteFacts, TunnelFacts, diagnose,
-};
+use hybridgrid_core::model::Provider as ProviderKind;
+use hybridgrid_engine::doctor::{Facts, NodeFacts, PortFacts, Probe, SiteFacts, TunnelFacts};
+use hybridgrid_engine::path::PathFacts;
+
 use crate::provider::Local;
 use crate::{LocalError, live, names, sh};
 
@@ -68,12 +67,7 @@ fn read_counters(cluster: &str, plan: &Plan, ports: &BTreeMap<String, String>) -
 }
 
 /// Reads the live cluster: rules, sets, counters, MTUs, handshakes, and pings (DF and not).
-pub fn gather(local: &Local) -> Result<Facts, LocalError> {
-    gather_for(local, &local.plan()?)
-}
-
-/// [`gather`] for a plan already made (observing the cluster is the costly part of a plan).
-fn gather_for(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
+pub(crate) fn facts(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
     let ledger = local.ledger_snapshot();
     let cluster = plan.cluster.clone();
     let ports: BTreeMap<String, String> = ledger
@@ -230,6 +224,7 @@ fn gather_for(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
             let ps = after.portsec.get(&s.name).cloned().flatten();
             SiteFacts {
                 name: s.name.clone(),
+                cloud: None,
                 underlay_mtu: s.underlay_mtu,
                 ports: s
                     .allowed_address_pairs
@@ -265,6 +260,7 @@ fn gather_for(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
         .collect();
     Ok(Facts {
         cluster,
+        provider: ProviderKind::Local,
         tunnel_port: plan.tunnel.port,
         stateless_security_groups: ledger.stateless_security_groups,
         nodes,
@@ -274,34 +270,14 @@ fn gather_for(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
     })
 }
 
-/// Gathers and diagnoses.
-pub fn doctor(local: &Local) -> Result<DoctorReport, LocalError> {
-    let facts = gather(local)?;
-    let findings = diagnose(&facts);
-    Ok(DoctorReport {
-        format_version: DOCTOR_FORMAT_VERSION,
-        cluster: facts.cluster.clone(),
-        healthy: findings.is_empty(),
-        findings,
-        facts,
-    })
-}
-
-/// `doctor --path SRC DST`: doctor's facts and findings, the two ends' routes, the relays'
-/// forwarding and one ping, followed hop by hop ([`crate::path::trace`]).
-pub fn path(local: &Local, src: &str, dst: &str) -> Result<crate::path::PathReport, LocalError> {
-    let plan = local.plan()?;
-    let (Some(s), Some(d)) = (plan.node(src), plan.node(dst)) else {
-        let unknown = if plan.node(src).is_none() { src } else { dst };
-        return Err(LocalError::NoSuchNode(unknown.to_owned()));
-    };
-    let facts = gather_for(local, &plan)?;
-    let findings = diagnose(&facts);
+/// `doctor --path SRC DST`: the two ends' routes, the relays' forwarding and one ping.
+pub(crate) fn path_facts(local: &Local, plan: &Plan, src: &str, dst: &str) -> PathFacts {
+    let lan = |n: &str| plan.node(n).map(|n| n.lan_ip);
     let running = |n: &str| local.holder_pid(n).is_some();
-    let route = |from: &str, to: Ipv4Addr| {
+    let route = |from: &str, to: Option<Ipv4Addr>| {
+        let to = to?.to_string();
         running(from)
             .then(|| {
-                let to = to.to_string();
                 sh::run(
                     "ip",
                     &["-n", &local.ns(from), "-4", "-o", "route", "get", &to],
@@ -310,18 +286,12 @@ pub fn path(local: &Local, src: &str, dst: &str) -> Result<crate::path::PathRepo
             })
             .flatten()
     };
-    let relay = |site: &str| {
-        plan.sites
-            .iter()
-            .find(|x| x.name == site)
-            .map(|x| x.relay.clone())
-    };
-    let forwarding = |site: &str| {
-        let r = relay(site)?;
+    let forwarding = |node: &str| {
+        let r = plan.relay_of(&plan.node(node)?.site)?;
         let out = sh::run(
             "nsenter",
             &[
-                &sh::net_of(&local.ns(&r)),
+                &sh::net_of(&local.ns(&r.name)),
                 "--",
                 "cat",
                 "/proc/sys/net/ipv4/ip_forward",
@@ -330,13 +300,11 @@ pub fn path(local: &Local, src: &str, dst: &str) -> Result<crate::path::PathRepo
         .ok()?;
         Some(out.trim() == "1")
     };
-    let pf = crate::path::PathFacts {
-        src_route: route(src, d.lan_ip),
-        dst_route: route(dst, s.lan_ip),
-        src_relay_forwarding: forwarding(&s.site),
-        dst_relay_forwarding: forwarding(&d.site),
-        ping_ok: running(src) && live::ping(&local.ns(src), d.lan_ip, None),
-    };
-    crate::path::trace(&plan, &facts, &findings, &pf, src, dst)
-        .ok_or_else(|| LocalError::Other(format!("no path from {src} to {dst} in the plan")))
+    PathFacts {
+        src_route: route(src, lan(dst)),
+        dst_route: route(dst, lan(src)),
+        src_relay_forwarding: forwarding(src),
+        dst_relay_forwarding: forwarding(dst),
+        ping_ok: running(src) && lan(dst).is_some_and(|ip| live::ping(&local.ns(src), ip, None)),
+    }
 }

@@ -14,8 +14,7 @@
 mod apply;
 pub mod crash;
 pub mod datastore;
-mod diagnose;
-pub mod doctor;
+mod doctor;
 mod down;
 mod error;
 pub mod infra;
@@ -24,7 +23,6 @@ mod live;
 pub mod names;
 mod observe;
 mod par;
-pub mod path;
 pub mod provider;
 mod sh;
 pub mod slurm;

@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use hybridgrid_core::plan::{Plan, Protocol, Remote, SgRule};
+use hybridgrid_engine::doctor::MissingRule;
 use ipnet::Ipv4Net;
 
 use crate::sh;
@@ -65,7 +66,12 @@ pub(crate) fn rule_match(rule: &SgRule) -> Option<String> {
 }
 
 /// Planned rules of `node` (with a known remote) missing from its live `rules` chain.
-pub(crate) fn missing_rules(plan: &Plan, node: &str, site: &str, sg: Option<&str>) -> Vec<SgRule> {
+pub(crate) fn missing_rules(
+    plan: &Plan,
+    node: &str,
+    site: &str,
+    sg: Option<&str>,
+) -> Vec<MissingRule> {
     let live: Vec<String> = sg
         .map(|t| {
             chain_lines(t, "rules")
@@ -79,9 +85,12 @@ pub(crate) fn missing_rules(plan: &Plan, node: &str, site: &str, sg: Option<&str
         .unwrap_or(&[])
         .iter()
         .filter(|g| g.members.iter().any(|m| m == node))
-        .flat_map(|g| &g.rules)
-        .filter(|r| rule_match(r).is_some_and(|m| !live.contains(&m)))
-        .cloned()
+        .flat_map(|g| g.rules.iter().map(move |r| (g, r)))
+        .filter(|(_, r)| rule_match(r).is_some_and(|m| !live.contains(&m)))
+        .map(|(g, r)| MissingRule {
+            group: g.name.clone(),
+            rule: r.clone(),
+        })
         .collect()
 }
 

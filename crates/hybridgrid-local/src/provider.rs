@@ -10,6 +10,8 @@ use std::time::Duration;
 use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::model::Cluster;
 use hybridgrid_core::plan::Plan;
+use hybridgrid_engine::doctor::Facts;
+use hybridgrid_engine::path::PathFacts;
 use hybridgrid_engine::{
     Applied, Command, DownReport, EngineError, Probe, Provider, Settled, Sink, StatusReport,
 };
@@ -215,6 +217,20 @@ impl Provider for Local {
 
     fn status(&self, plan: &Plan, probe: Probe) -> Result<StatusReport, EngineError> {
         Ok(self.status_of(plan, probe))
+    }
+
+    fn doctor_facts(&self, plan: &Plan) -> Result<Facts, EngineError> {
+        crate::doctor::facts(self, plan).map_err(err)
+    }
+
+    fn path_facts(
+        &self,
+        plan: &Plan,
+        _facts: &Facts,
+        src: &str,
+        dst: &str,
+    ) -> Result<PathFacts, EngineError> {
+        Ok(crate::doctor::path_facts(self, plan, src, dst))
     }
 
     fn exec(&self, node: &str, cmd: &[String]) -> Result<i32, EngineError> {

@@ -15,7 +15,10 @@ use crate::error::{OsError, Result};
 use crate::ledger::Kind;
 use crate::site::SiteOps;
 
-pub(crate) type Created = Vec<(String, tokio::task::JoinHandle<Result<f64>>)>;
+pub(crate) type Created = Vec<(
+    String,
+    tokio::task::JoinHandle<Result<(f64, Option<String>)>>,
+)>;
 
 /// Applies one site's changes. Order: (network and subnet ∥ router ∥ groups) → (router
 /// interface ∥ rules ∥ per new node: port with its address pairs → (server ∥ floating IP once
@@ -180,11 +183,11 @@ pub(crate) async fn apply_site(
                 let at = Instant::now();
                 let server = async {
                     match existing {
-                        Some(id) => Ok((id, false)),
+                        Some(_) => Ok(None),
                         None => ops
                             .create_server(plan, np, &port, keypair.as_deref(), refs)
                             .await
-                            .map(|id| (id, true)),
+                            .map(Some),
                     }
                 };
                 let port_work = async {
@@ -209,18 +212,9 @@ pub(crate) async fn apply_site(
                     }
                     Ok::<_, OsError>(out)
                 };
-                let ((id, fresh), port_done) = tokio::try_join!(server, port_work)?;
+                let (build, port_done) = tokio::try_join!(server, port_work)?;
                 // Wait for ACTIVE in the background while the rest is built.
-                let waiter = fresh.then(|| {
-                    let (cloud, name, timeout) =
-                        (ops.cloud.clone(), node.clone(), ops.server_timeout);
-                    let task = tokio::spawn(async move {
-                        crate::site_servers::wait_active(cloud, id, name, timeout)
-                            .await
-                            .map(|()| at.elapsed().as_secs_f64())
-                    });
-                    (node.clone(), task)
-                });
+                let waiter = build.map(|b| (node.clone(), tokio::spawn(b.wait(at))));
                 Ok::<_, OsError>(Some((c.summary(), waiter, port_done)))
             }
         });

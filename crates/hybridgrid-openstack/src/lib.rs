@@ -14,6 +14,7 @@ mod apply;
 mod boot;
 mod channel;
 mod cluster_nodes;
+mod doctor;
 mod down;
 mod error;
 pub mod ledger;

@@ -14,6 +14,8 @@ use futures::future::try_join_all;
 use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::model::Cluster;
 use hybridgrid_core::plan::Plan;
+use hybridgrid_engine::doctor::Facts;
+use hybridgrid_engine::path::PathFacts;
 use hybridgrid_engine::{
     Applied, Command, DownReport, EngineError, Event, NodeStatus, Probe, Provider, Settled, Sink,
     StatusReport,
@@ -168,7 +170,7 @@ impl OpenStack {
 
     /// The sites of the file, and those only the ledger still knows (removed from the file:
     /// observed, so that the plan removes them).
-    async fn connected(&self) -> Result<&[SiteOps]> {
+    pub(crate) async fn connected(&self) -> Result<&[SiteOps]> {
         self.connected
             .get_or_try_init(|| async {
                 let ledger = self.ledger.snapshot();
@@ -311,8 +313,8 @@ impl Provider for OpenStack {
     fn supports(&self, command: Command) -> bool {
         match command {
             Command::Up | Command::Down | Command::Status => true,
-            Command::Exec | Command::Submit => self.opts.node_channel,
-            Command::Doctor | Command::Gc => false,
+            Command::Exec | Command::Submit | Command::Doctor => self.opts.node_channel,
+            Command::Gc => false,
         }
     }
 
@@ -393,6 +395,20 @@ impl Provider for OpenStack {
             tunnels,
             reachability,
         })
+    }
+
+    fn doctor_facts(&self, plan: &Plan) -> std::result::Result<Facts, EngineError> {
+        self.block(self.doctor_facts_async(plan))?.map_err(err)
+    }
+
+    fn path_facts(
+        &self,
+        plan: &Plan,
+        _facts: &Facts,
+        src: &str,
+        dst: &str,
+    ) -> std::result::Result<PathFacts, EngineError> {
+        self.block(self.path_facts_async(plan, src, dst))
     }
 
     /// Runs `cmd` on the node over SSH with this process's terminal.
@@ -543,9 +559,12 @@ impl OpenStack {
             }
         }
         for (node, task) in created {
-            let secs = task
+            let (secs, again) = task
                 .await
                 .map_err(|e| OsError::Other(format!("waiting for {node}: {e}")))??;
+            if let Some(note) = again {
+                sink(Event::Note(note));
+            }
             sink(Event::Note(format!("{node} ACTIVE after {secs:.1}s")));
             lock(&self.server_seconds).insert(node, secs);
         }

@@ -169,7 +169,8 @@ impl SiteOps {
         tokio::try_join!(self.flavor_id(flavor), self.image_id(image))
     }
 
-    /// Creates the node's server on its port (after [`Self::find_server`] found none); its id.
+    /// Creates the node's server on its port (after [`Self::find_server`] found none): the build
+    /// to wait for.
     pub async fn create_server(
         &self,
         plan: &Plan,
@@ -177,7 +178,7 @@ impl SiteOps {
         port_id: &str,
         keypair: Option<&str>,
         (flavor_id, image_id): (String, String),
-    ) -> Result<String> {
+    ) -> Result<ServerBuild> {
         let name = self.server_name(&node.name);
         let ud = userdata::user_data_with(
             plan,
@@ -207,17 +208,22 @@ impl SiteOps {
             // A new server makes a new WireGuard key: the old one is read again from its console.
             d.public_keys.remove(&node.name);
         })?;
-        self.record(Kind::Server, &name, None, State::Intended)?;
-        let v = self
-            .cloud
-            .create(
-                &format!("create server {name}"),
-                Req::post(NOVA, "servers", json!({ "server": server })),
-            )
-            .await?;
-        let id = s(&v["server"]["id"]);
-        self.record(Kind::Server, &name, Some(&id), State::Created)?;
-        Ok(id)
+        let mut build = ServerBuild {
+            cloud: self.cloud.clone(),
+            ledger: self.ledger.clone(),
+            site: (
+                self.site.name.clone(),
+                self.cloud.name.clone(),
+                self.site.subnet,
+            ),
+            node: node.name.clone(),
+            name,
+            id: String::new(),
+            request: json!({ "server": server }),
+            timeout: self.server_timeout,
+        };
+        build.create().await?;
+        Ok(build)
     }
 
     /// Waits until the server is ACTIVE; an ERROR status fails with Nova's fault message.
@@ -233,26 +239,7 @@ impl SiteOps {
 
     /// Deletes a server and waits until it is gone; `false` when it did not exist.
     pub async fn delete_server(&self, id: &str) -> Result<bool> {
-        let existed = self
-            .cloud
-            .delete("delete server", Req::delete(NOVA, format!("servers/{id}")))
-            .await?;
-        let t0 = Instant::now();
-        while self
-            .cloud
-            .get_opt("get server", Req::get(NOVA, format!("servers/{id}")))
-            .await?
-            .is_some()
-        {
-            if t0.elapsed() > self.server_timeout {
-                return Err(OsError::ServerFailed {
-                    name: id.to_owned(),
-                    message: "still there after delete".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        Ok(existed)
+        delete_server(&self.cloud, id, self.server_timeout).await
     }
 
     /// Replaces the delivery items of the server's metadata ([`node_meta`]) with `items`, keeping
@@ -317,6 +304,103 @@ impl SiteOps {
     }
 }
 
+/// Deletes a server and waits until it is gone; `false` when it did not exist.
+async fn delete_server(cloud: &Cloud, id: &str, timeout: Duration) -> Result<bool> {
+    let existed = cloud
+        .delete("delete server", Req::delete(NOVA, format!("servers/{id}")))
+        .await?;
+    let t0 = Instant::now();
+    while cloud
+        .get_opt("get server", Req::get(NOVA, format!("servers/{id}")))
+        .await?
+        .is_some()
+    {
+        if t0.elapsed() > timeout {
+            return Err(OsError::ServerFailed {
+                name: id.to_owned(),
+                message: "still there after delete".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(existed)
+}
+
+/// Whether Nova gave up a build because Neutron did not wire its port in time (the agent that
+/// plugs ports was busy): transient, and Nova does not reschedule such a build.
+fn network_allocation_failed(message: &str) -> bool {
+    message.contains("Failed to allocate the network")
+}
+
+/// A server being built: what [`ServerBuild::wait`] needs to wait for it and, once, to build it
+/// again. Owns everything so that it can run as a task while `up` goes on.
+pub(crate) struct ServerBuild {
+    cloud: Arc<Cloud>,
+    ledger: Arc<crate::ledger::Ledger>,
+    /// The site's name, cloud and subnet, as the ledger records them.
+    site: (String, String, ipnet::Ipv4Net),
+    pub node: String,
+    name: String,
+    pub id: String,
+    /// The create call's body (the same port, user data and metadata for a second build).
+    request: Value,
+    timeout: Duration,
+}
+
+impl ServerBuild {
+    fn record(&self, id: Option<&str>, state: State) -> Result<()> {
+        let (site, cloud, subnet) = &self.site;
+        self.ledger
+            .record(site, cloud, *subnet, Kind::Server, &self.name, id, state)
+    }
+
+    async fn create(&mut self) -> Result<()> {
+        self.record(None, State::Intended)?;
+        let v = self
+            .cloud
+            .create(
+                &format!("create server {}", self.name),
+                Req::post(NOVA, "servers", self.request.clone()),
+            )
+            .await?;
+        self.id = s(&v["server"]["id"]);
+        self.record(Some(&self.id), State::Created)
+    }
+
+    /// Waits until the server is ACTIVE: seconds from the create call, and a note when the first
+    /// build failed for want of its network and the server was built once more.
+    pub async fn wait(mut self, since: Instant) -> Result<(f64, Option<String>)> {
+        match wait_active(
+            self.cloud.clone(),
+            self.id.clone(),
+            self.node.clone(),
+            self.timeout,
+        )
+        .await
+        {
+            Err(OsError::ServerFailed { message, .. }) if network_allocation_failed(&message) => {
+                delete_server(&self.cloud, &self.id, self.timeout).await?;
+                self.create().await?;
+                wait_active(
+                    self.cloud.clone(),
+                    self.id.clone(),
+                    self.node.clone(),
+                    self.timeout,
+                )
+                .await?;
+                Ok((
+                    since.elapsed().as_secs_f64(),
+                    Some(format!(
+                        "{}: the first build failed ({message}): built once more",
+                        self.node
+                    )),
+                ))
+            }
+            r => r.map(|()| (since.elapsed().as_secs_f64(), None)),
+        }
+    }
+}
+
 /// Waits until the server is ACTIVE; an ERROR status fails with Nova's fault message. Owns its
 /// arguments so that it can run as a task while `up` goes on.
 pub(crate) async fn wait_active(
@@ -353,5 +437,18 @@ pub(crate) async fn wait_active(
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failed_network_allocation_builds_again() {
+        assert!(network_allocation_failed(
+            "Build of instance 00f2 aborted: Failed to allocate the network(s), not rescheduling."
+        ));
+        assert!(!network_allocation_failed("No valid host was found."));
     }
 }

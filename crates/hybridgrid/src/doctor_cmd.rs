@@ -1,17 +1,17 @@
-//! `hybridgrid doctor`: what is wrong with a running local cluster, in plain words, with the fix.
+//! `hybridgrid doctor`: what is wrong with a running cluster, in plain words, with the fix.
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use hybridgrid_local::doctor::DoctorReport;
+use hybridgrid_engine::doctor::DoctorReport;
 
 /// Exit 0 when healthy, 1 when there are findings.
 pub fn run(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let Some(local) = crate::providers::local_only(file, "doctor")? else {
+    let Some((cluster, provider)) = crate::open(file, crate::providers::Knobs::default())? else {
         return Ok(ExitCode::FAILURE);
     };
-    let report = hybridgrid_local::doctor::doctor(&local)?;
+    let report = hybridgrid_engine::doctor(provider.as_ref(), &cluster)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -26,10 +26,10 @@ pub fn run(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// `doctor --path SRC DST`: exit 0 when the flow works end to end, 1 otherwise.
 pub fn path(file: &Path, src: &str, dst: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let Some(local) = crate::providers::local_only(file, "doctor --path")? else {
+    let Some((cluster, provider)) = crate::open(file, crate::providers::Knobs::default())? else {
         return Ok(ExitCode::FAILURE);
     };
-    let r = hybridgrid_local::doctor::path(&local, src, dst)?;
+    let r = hybridgrid_engine::doctor_path(provider.as_ref(), &cluster, src, dst)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

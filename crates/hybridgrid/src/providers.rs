@@ -1,11 +1,9 @@
 //! The one place that maps a cluster file's `provider:` to a provider value; every lifecycle
 //! command goes through [`open`] and the engine.
 
-use std::path::Path;
-
 use anyhow::Context as _;
 use hybridgrid_core::model::{Cluster, Provider as Kind};
-use hybridgrid_engine::{EngineError, Provider};
+use hybridgrid_engine::Provider;
 use hybridgrid_local::Local;
 use hybridgrid_openstack::OpenStack;
 
@@ -75,21 +73,6 @@ pub fn open(cluster: &Cluster, knobs: Knobs) -> anyhow::Result<Box<dyn Provider>
         Kind::Local => Box::new(Local::open(cluster, local_options(knobs)?)?),
         Kind::OpenStack => Box::new(openstack(cluster)?),
     })
-}
-
-/// For the commands only the local provider has so far (`doctor`, `submit`, `jobs`): the file
-/// loaded, and an error naming the provider otherwise. `None`: the file has errors (reported).
-pub fn local_only(file: &Path, command: &'static str) -> anyhow::Result<Option<Local>> {
-    let Some(cluster) = crate::load(file)? else {
-        return Ok(None);
-    };
-    if cluster.provider != Kind::Local {
-        return Err(EngineError::unsupported(cluster.provider.as_str(), command, "").into());
-    }
-    Ok(Some(Local::open(
-        &cluster,
-        local_options(Knobs::default())?,
-    )?))
 }
 
 /// The OpenStack provider of an openstack cluster, for `validate --online`.

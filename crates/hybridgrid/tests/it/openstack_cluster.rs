@@ -162,8 +162,34 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            bed_log_tails();
+        }
         let _ = self.hg(&["down"]);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// On a failure: the ends of the test bed's agent logs (its folder is gone once CI is done).
+fn bed_log_tails() {
+    let Some(log) = clouds().parent().map(|d| d.join("log")) else {
+        return;
+    };
+    for (file, lines) in [
+        ("neutron-linuxbridge.log", 30),
+        ("nova-compute-libvirt.log", 30),
+        ("neutron.log", 15),
+    ] {
+        let text = std::fs::read_to_string(log.join(file)).unwrap_or_default();
+        let tail: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(" ERROR ") || l.contains(" WARNING ") || l.contains("Port "))
+            .filter(|l| !l.contains("Using RPCClient manually"))
+            .collect();
+        eprintln!("--- test bed {file}, last {lines} errors, warnings and port events:");
+        for l in &tail[tail.len().saturating_sub(lines)..] {
+            eprintln!("{}", l.chars().take(400).collect::<String>());
+        }
     }
 }
 
@@ -300,6 +326,10 @@ fn openstack_cluster_runs_jobs_where_the_data_lives_and_grows_and_shrinks() {
         "{again_text}"
     );
 
+    // `doctor` finds nothing wrong, then names a rule and a pair removed by hand with the
+    // `openstack` command that puts each back; that very command mends it.
+    doctor_names_what_was_removed_by_hand_with_the_openstack_command(&c);
+
     // A third site joins with `up`, and leaves again.
     c.write(&["a", "b", "c"]);
     c.hg_ok(&["up"]);
@@ -328,4 +358,144 @@ fn openstack_cluster_runs_jobs_where_the_data_lives_and_grows_and_shrinks() {
     let out = c.hg_ok(&["down"]);
     let left = c.leftovers();
     assert!(left.is_empty(), "left after down: {left:?}\n{out}");
+}
+
+/// The command a doctor fix names ("… or by hand: `openstack …`"), run as it is.
+fn run_fix(fix: &str) {
+    let cmd = fix
+        .split_once("by hand: `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(cmd, _)| cmd)
+        .unwrap_or_else(|| panic!("no command in the fix: {fix}"));
+    assert!(cmd.starts_with("openstack --os-cloud "), "{cmd}");
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .env("OS_CLIENT_CONFIG_FILE", clouds())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn openstack(cloud: &str, args: &[&str]) -> String {
+    let out = Command::new("openstack")
+        .env("OS_CLIENT_CONFIG_FILE", clouds())
+        .args(["--os-cloud", cloud])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openstack {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn doctor_names_what_was_removed_by_hand_with_the_openstack_command(c: &Cluster) {
+    let doctor = |args: &[&str]| -> (bool, Value) {
+        let out = c.hg(args);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor printed no JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), v)
+    };
+    let (ok, report) = doctor(&["doctor", "--json"]);
+    assert!(ok && report["healthy"] == true, "{report:#}");
+    let facts = &report["facts"];
+    assert_eq!(facts["provider"], "openstack", "{report:#}");
+    let tunnels = facts["tunnels"].as_array().unwrap();
+    assert_eq!(tunnels.len(), 2, "{report:#}");
+    assert!(
+        tunnels
+            .iter()
+            .all(|t| t["ping_ok"] == true && t["df_ok"] == true),
+        "{report:#}"
+    );
+    assert!(
+        facts["cross_site"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2 && p.iter().all(|x| x["ok"] == true)),
+        "{report:#}"
+    );
+    let (ok, path) = doctor(&["doctor", "--json", "--path", "a-worker-1", "b-worker-1"]);
+    assert!(ok && path["reachable"] == true, "{path:#}");
+    assert!(path["first_broken"].is_null(), "{path:#}");
+
+    // The rule that admits a-master's WireGuard at b's gateway group, deleted by hand.
+    let a_master_ip = c.status().1["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "a-master")
+        .and_then(|n| n["public_ip"].as_str().map(str::to_owned))
+        .unwrap();
+    let group = format!("{}-b-gateway", c.name);
+    let rules = openstack(
+        "site-b",
+        &[
+            "security", "group", "rule", "list", &group, "-f", "value", "-c", "ID", "-c",
+            "IP Range",
+        ],
+    );
+    let rule_id = rules
+        .lines()
+        .find(|l| l.ends_with(&format!("{a_master_ip}/32")))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no rule from {a_master_ip} in {group}:\n{rules}"))
+        .to_owned();
+    openstack("site-b", &["security", "group", "rule", "delete", &rule_id]);
+    let (ok, report) = doctor(&["doctor", "--json"]);
+    assert!(!ok && report["healthy"] == false, "{report:#}");
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["subject"] == "b-gw" && f["message"].as_str().unwrap().contains("udp 51820"))
+        .unwrap_or_else(|| panic!("no finding of the rule: {report:#}"))
+        .clone();
+    let fix = finding["fix"].as_str().unwrap();
+    assert!(
+        fix.contains(&format!(
+            "openstack --os-cloud site-b security group rule create --ingress --ethertype IPv4 \
+             --protocol udp --dst-port 51820:51820 --remote-ip {a_master_ip}/32 {group}"
+        )),
+        "{finding:#}"
+    );
+    run_fix(fix);
+
+    // b-gw's allowed-address pair for site a, removed by hand: the path a → b names it.
+    let port = format!("{}-b-gw-port", c.name);
+    openstack(
+        "site-b",
+        &[
+            "port",
+            "unset",
+            "--allowed-address",
+            "ip-address=10.81.0.0/24",
+            &port,
+        ],
+    );
+    let (ok, path) = doctor(&["doctor", "--json", "--path", "a-worker-1", "b-worker-1"]);
+    assert!(!ok, "{path:#}");
+    let hop = &path["hops"][path["first_broken"].as_u64().unwrap() as usize];
+    assert_eq!(
+        hop["hop"], "b-gw's port may send packets from 10.81.0.0/24",
+        "{path:#}"
+    );
+    let fix = hop["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("port set --allowed-address ip-address=10.81.0.0/24"),
+        "{hop:#}"
+    );
+    run_fix(fix);
+    wait_until("doctor healthy again", Duration::from_secs(60), || {
+        doctor(&["doctor", "--json"]).0
+    });
 }

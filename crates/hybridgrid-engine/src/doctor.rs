@@ -1,21 +1,27 @@
-//! The pure half of `hybridgrid doctor`: the [`Facts`] gathered from the live cluster (see
-//! `doctor.rs`) and [`diagnose`], which turns them into plain-word [`Finding`]s with the fix.
+//! The pure half of `hybridgrid doctor`, the same for every provider: the [`Facts`] a provider
+//! gathers from the live cluster ([`crate::Provider::doctor_facts`]) and [`diagnose`], which
+//! turns them into plain-word [`Finding`]s with the fix — on openstack also the `openstack …`
+//! command that mends it by hand.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use hybridgrid_core::model::WG_OVERHEAD;
+use hybridgrid_core::model::{Provider as ProviderKind, WG_OVERHEAD};
 use hybridgrid_core::plan::{Protocol, Remote, Role, SgRule};
-use hybridgrid_engine::HANDSHAKE_STALE_S;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+
+use crate::HANDSHAKE_STALE_S;
 
 pub const DOCTOR_FORMAT_VERSION: u32 = 1;
 
 /// What [`gather`] found on the live cluster.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Facts {
     pub cluster: String,
+    /// Who gathered the facts: the fixes name that provider's commands.
+    #[serde(default = "local_kind")]
+    pub provider: ProviderKind,
     pub tunnel_port: u16,
     pub stateless_security_groups: bool,
     pub nodes: Vec<NodeFacts>,
@@ -31,8 +37,9 @@ pub struct NodeFacts {
     pub role: Role,
     pub up: bool,
     /// Planned ingress rules (with a known remote) missing from the node's live rules.
-    pub missing_rules: Vec<SgRule>,
-    /// The security group's default-deny counters (ingress + forward): before and after probing.
+    pub missing_rules: Vec<MissingRule>,
+    /// The security group's default-deny counters (ingress + forward): before and after probing
+    /// (`None` where the cloud has no such counter: OpenStack).
     pub drops_before: Option<u64>,
     pub drops_after: Option<u64>,
     /// Relays: the planned and the live MTU of the tunnel interface.
@@ -43,6 +50,9 @@ pub struct NodeFacts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteFacts {
     pub name: String,
+    /// The site's entry in `clouds.yaml` (openstack).
+    #[serde(default)]
+    pub cloud: Option<String>,
     pub underlay_mtu: u16,
     pub ports: Vec<PortFacts>,
     /// IP fragments the site's router dropped (the emulated cloud edge passes no fragments).
@@ -53,12 +63,22 @@ pub struct SiteFacts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortFacts {
     pub node: String,
+    /// The switch port (local) or the Neutron port's ID (openstack).
     pub port: String,
     /// Planned allowed-address pairs missing from the port's live set.
     pub missing_pairs: Vec<Ipv4Net>,
     /// The port's "ip spoof" drop counter, before and after probing.
     pub spoof_before: Option<u64>,
     pub spoof_after: Option<u64>,
+}
+
+/// A planned rule the live security group lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingRule {
+    /// The security group's cloud-side name.
+    pub group: String,
+    #[serde(flatten)]
+    pub rule: SgRule,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +136,58 @@ pub struct DoctorReport {
 }
 
 const RESTORE: &str = "Run `hybridgrid up` to restore it.";
+
+fn local_kind() -> ProviderKind {
+    ProviderKind::Local
+}
+
+/// The fix for a missing rule: `up`, and on openstack the command that adds it by hand.
+pub(crate) fn rule_fix(f: &Facts, site: &str, m: &MissingRule) -> String {
+    match (f.provider, cloud_of(f, site)) {
+        (ProviderKind::OpenStack, Some(cloud)) => {
+            let proto = match m.rule.protocol {
+                Protocol::Any => "any",
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+                Protocol::Icmp => "icmp",
+            };
+            let ports = m
+                .rule
+                .ports
+                .map(|(a, b)| format!(" --dst-port {a}:{b}"))
+                .unwrap_or_default();
+            let remote = match &m.rule.remote {
+                Remote::Cidr(c) => c.to_string(),
+                Remote::PendingPublicIp(n) => format!("<{n}'s public IP>/32"),
+            };
+            format!(
+                "Run `hybridgrid up` to restore it, or by hand: `openstack --os-cloud {cloud} \
+                 security group rule create --ingress --ethertype IPv4 --protocol {proto}{ports} \
+                 --remote-ip {remote} {}`",
+                m.group
+            )
+        }
+        _ => RESTORE.into(),
+    }
+}
+
+/// The fix for a missing allowed-address pair on `port`.
+pub(crate) fn pair_fix(f: &Facts, site: &str, port: &str, pair: Ipv4Net) -> String {
+    match (f.provider, cloud_of(f, site)) {
+        (ProviderKind::OpenStack, Some(cloud)) => format!(
+            "Run `hybridgrid up` to restore it, or by hand: `openstack --os-cloud {cloud} port set \
+             --allowed-address ip-address={pair} {port}`"
+        ),
+        _ => RESTORE.into(),
+    }
+}
+
+fn cloud_of<'a>(f: &'a Facts, site: &str) -> Option<&'a str> {
+    f.sites
+        .iter()
+        .find(|s| s.name == site)
+        .and_then(|s| s.cloud.as_deref())
+}
 
 /// `udp 51820 from 198.51.100.100/32`
 pub fn rule_text(rule: &SgRule) -> String {
@@ -183,7 +255,9 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
             n.drops_before,
             n.drops_after,
         );
-        for rule in &n.missing_rules {
+        for m in &n.missing_rules {
+            let rule = &m.rule;
+            let fix = rule_fix(f, &n.site, m);
             let wg_peer = is_wireguard_rule(rule, f.tunnel_port)
                 .then(|| {
                     f.tunnels.iter().find(|t| {
@@ -211,7 +285,7 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
                             n.site,
                             rule_text(rule)
                         ),
-                        fix: RESTORE.into(),
+                        fix: fix.clone(),
                     });
                 }
                 Some(t) => out.push(Finding {
@@ -227,7 +301,7 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
                         t.peer,
                         n.name
                     ),
-                    fix: RESTORE.into(),
+                    fix: fix.clone(),
                 }),
                 None => out.push(Finding {
                     kind: Kind::MissingRule,
@@ -239,7 +313,7 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
                         rule_text(rule),
                         rule.description
                     ),
-                    fix: RESTORE.into(),
+                    fix: fix.clone(),
                 }),
             }
         }
@@ -261,7 +335,7 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
                          {}{counter}: the port lacks the allowed-address pair {pair}",
                         s.name, p.node, p.port
                     ),
-                    fix: RESTORE.into(),
+                    fix: pair_fix(f, &s.name, &p.port, *pair),
                 });
             }
         }
@@ -400,7 +474,18 @@ pub(crate) fn tunnel_ok(t: &TunnelFacts) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::live::tests::wg_rule;
+
+    fn wg_rule(ip: &str) -> MissingRule {
+        MissingRule {
+            group: "demo-giessen-gateway".into(),
+            rule: SgRule {
+                protocol: Protocol::Udp,
+                ports: Some((51820, 51820)),
+                remote: Remote::Cidr(format!("{ip}/32").parse().unwrap()),
+                description: "WireGuard from bielefeld-master".into(),
+            },
+        }
+    }
 
     fn node(name: &str, site: &str, role: Role) -> NodeFacts {
         NodeFacts {
@@ -431,6 +516,7 @@ mod tests {
     fn healthy() -> Facts {
         Facts {
             cluster: "demo".into(),
+            provider: ProviderKind::Local,
             tunnel_port: 51820,
             stateless_security_groups: true,
             nodes: vec![
@@ -442,6 +528,7 @@ mod tests {
                 .iter()
                 .map(|s| SiteFacts {
                     name: (*s).into(),
+                    cloud: None,
                     underlay_mtu: 1450,
                     ports: vec![PortFacts {
                         node: format!("{s}-x"),
@@ -491,6 +578,45 @@ mod tests {
              during the check)"
         );
         assert!(d[0].fix.contains("hybridgrid up"));
+    }
+
+    #[test]
+    fn on_openstack_the_fix_is_the_openstack_command_of_the_site_cloud() {
+        let mut f = healthy();
+        f.provider = ProviderKind::OpenStack;
+        f.stateless_security_groups = false;
+        for s in &mut f.sites {
+            s.cloud = Some(format!("cloud-{}", s.name));
+        }
+        f.nodes[1].missing_rules = vec![wg_rule("198.51.100.100")];
+        f.sites[1].ports[0] = PortFacts {
+            node: "giessen-gw".into(),
+            port: "8c1f".into(),
+            missing_pairs: vec!["10.10.0.0/24".parse().unwrap()],
+            spoof_before: None,
+            spoof_after: None,
+        };
+        f.tunnels = vec![
+            tunnel("bielefeld-master", "giessen-gw", "198.51.100.101", false),
+            tunnel("giessen-gw", "bielefeld-master", "198.51.100.100", false),
+        ];
+        let d = diagnose(&f);
+        assert_eq!(d.len(), 2, "{d:#?}");
+        assert_eq!(d[0].kind, Kind::NoHandshake);
+        assert_eq!(
+            d[0].fix,
+            "Run `hybridgrid up` to restore it, or by hand: `openstack --os-cloud cloud-giessen \
+             security group rule create --ingress --ethertype IPv4 --protocol udp --dst-port \
+             51820:51820 --remote-ip 198.51.100.100/32 demo-giessen-gateway`"
+        );
+        assert_eq!(d[1].kind, Kind::MissingAddressPair);
+        assert_eq!(
+            d[1].fix,
+            "Run `hybridgrid up` to restore it, or by hand: `openstack --os-cloud cloud-giessen \
+             port set --allowed-address ip-address=10.10.0.0/24 8c1f`"
+        );
+        // No counters on openstack: the message says what is missing, without a counter.
+        assert!(!d[1].message.contains("counter"), "{}", d[1].message);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! through its relay, the relay's port, the security groups, the tunnel and its MTU, to the
 //! destination and its route back; the first broken hop is named with the exact fix.
 //!
-//! Pure: built from doctor's [`Facts`] and [`Finding`]s plus what only a path needs
+//! Pure, for every provider: built from doctor's [`Facts`] and [`Finding`]s plus what only a path needs
 //! ([`PathFacts`]: the two ends' live routes, the relays' forwarding switch, one ping).
 
 use std::net::Ipv4Addr;
@@ -11,11 +11,11 @@ use hybridgrid_core::plan::{NodePlan, Plan, Remote};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::diagnose::{Facts, Finding, Kind};
+use crate::doctor::{Facts, Finding, Kind, pair_fix, rule_fix, rule_text, tunnel_ok};
 
 pub const PATH_FORMAT_VERSION: u32 = 1;
 
-/// Live facts of one flow, gathered by `doctor.rs`.
+/// Live facts of one flow, gathered by the provider ([`crate::Provider::path_facts`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathFacts {
     /// `ip -o route get DST` on the source (`None`: no route, or the node is down).
@@ -172,7 +172,7 @@ fn route_problem(
 
 fn missing_rule_from(facts: &Facts, node: &str, from: Ipv4Net) -> Option<(String, String)> {
     let n = facts.nodes.iter().find(|n| n.name == node)?;
-    let rule = n.missing_rules.iter().find(|r| match &r.remote {
+    let m = n.missing_rules.iter().find(|m| match &m.rule.remote {
         Remote::Cidr(c) => c.contains(&from.addr()) && c.prefix_len() <= from.prefix_len(),
         _ => false,
     })?;
@@ -180,10 +180,10 @@ fn missing_rule_from(facts: &Facts, node: &str, from: Ipv4Net) -> Option<(String
         format!(
             "{}'s security group lacks `{}` ({})",
             node,
-            crate::diagnose::rule_text(rule),
-            rule.description
+            rule_text(&m.rule),
+            m.rule.description
         ),
-        UP.to_owned(),
+        rule_fix(facts, &n.site, m),
     ))
 }
 
@@ -200,7 +200,7 @@ fn missing_pair(facts: &Facts, node: &str, pair: Ipv4Net) -> Option<(String, Str
                      it sends from {pair}",
                     node, p.port, s.name
                 ),
-                UP.to_owned(),
+                pair_fix(facts, &s.name, &p.port, pair),
             )
         })
 }
@@ -228,11 +228,7 @@ pub fn trace(
     let mut t = Trace { hops: Vec::new() };
     let down = |n: &str| as_problem(finding(findings, Kind::NodeDown, n));
 
-    t.hop(
-        format!("{src} is running"),
-        down(src),
-        "its namespace and holder are there",
-    );
+    t.hop(format!("{src} is running"), down(src), "it runs");
     // Whether the flow already has the hop "dst is running".
     let mut dst_checked = false;
     if s.site == d.site {
@@ -288,7 +284,7 @@ pub fn trace(
                 format!("{} has no peer {}", sr.name, dr.name),
                 UP.to_owned(),
             )),
-            Some(x) if !crate::diagnose::tunnel_ok(x) => Some((
+            Some(x) if !tunnel_ok(x) => Some((
                 format!(
                     "no working tunnel {} → {}: {}, ping over it {}",
                     sr.name,
