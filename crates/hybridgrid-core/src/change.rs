@@ -14,6 +14,11 @@ pub enum Change {
     CreateNetwork {
         site: String,
     },
+    /// local: emulate these WAN conditions on what leaves the site (`None`: none).
+    SetWan {
+        site: String,
+        wan: Option<crate::model::Wan>,
+    },
     CreateSecurityGroup {
         site: String,
         group: String,
@@ -73,6 +78,7 @@ impl Change {
     pub fn site(&self) -> &str {
         match self {
             Change::CreateNetwork { site }
+            | Change::SetWan { site, .. }
             | Change::CreateSecurityGroup { site, .. }
             | Change::AddRule { site, .. }
             | Change::CreateNode { site, .. }
@@ -91,6 +97,15 @@ impl Change {
     pub fn summary(&self) -> String {
         match self {
             Change::CreateNetwork { site } => format!("+ {site}: network, subnet and router"),
+            Change::SetWan { site, wan: Some(w) } => {
+                format!(
+                    "~ {site}: WAN conditions on what leaves {site}: {}",
+                    w.describe()
+                )
+            }
+            Change::SetWan { site, wan: None } => {
+                format!("~ {site}: no WAN conditions on what leaves {site}")
+            }
             Change::CreateSecurityGroup { site, group } => {
                 format!("+ {site}: security group {group}")
             }

@@ -25,6 +25,12 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
                 site: site.name.clone(),
             });
         }
+        if seen.wan != site.wan {
+            out.push(Change::SetWan {
+                site: site.name.clone(),
+                wan: site.wan,
+            });
+        }
         for group in &site.security_groups {
             let present = seen.security_groups.get(&group.name);
             if present.is_none() {

@@ -15,7 +15,10 @@ use crate::raw::{self, RawCluster, Sp};
 mod reserved;
 mod sites;
 mod tunnel;
+mod wan;
 mod workload;
+
+pub use wan::Wan;
 
 /// The underlay MTU of an OpenStack tenant network on VXLAN, the common case in research clouds.
 pub const DEFAULT_UNDERLAY_MTU: u16 = 1450;
@@ -92,6 +95,9 @@ pub struct Site {
     /// The site's relay node: the master on the master site, the VPN gateway elsewhere.
     pub gateway: NodeSpec,
     pub workers: Vec<WorkerGroup>,
+    /// local: the WAN conditions emulated on what leaves the site (`wan:`).
+    #[serde(default)]
+    pub wan: Option<Wan>,
 }
 
 impl Site {

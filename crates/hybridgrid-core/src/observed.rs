@@ -46,4 +46,7 @@ pub struct ObservedSite {
     pub security_groups: BTreeMap<String, Vec<SgRule>>,
     /// Allowed-address pairs present on each node's port (the user's own included).
     pub allowed_address_pairs: BTreeMap<String, Vec<Ipv4Net>>,
+    /// local: the WAN conditions emulated on what leaves the site, as the emulator runs them.
+    #[serde(default)]
+    pub wan: Option<crate::model::Wan>,
 }

@@ -65,6 +65,9 @@ pub struct SitePlan {
     pub external_network: Option<String>,
     pub security_groups: Vec<SecurityGroup>,
     pub allowed_address_pairs: Vec<AddressPairs>,
+    /// local: the WAN conditions emulated on what leaves the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wan: Option<crate::model::Wan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +369,7 @@ fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -
         cloud: site.cloud.clone(),
         network: site.network.clone(),
         external_network: site.external_network.clone(),
+        wan: site.wan,
         security_groups: vec![
             SecurityGroup {
                 name: format!("{}-{}-nodes", cluster.name, site.name),

@@ -10,6 +10,9 @@ use marked_yaml::{LoadError, LoaderOptions, Node};
 
 use crate::diag::{Diagnostic, Diagnostics, Pos, did_you_mean};
 
+mod wan;
+pub use wan::RawWan;
+
 /// A value with the position it was written at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sp<T> {
@@ -43,6 +46,7 @@ pub struct RawCluster {
     pub sites_pos: Pos,
     pub datasets: Vec<RawDataset>,
     pub slurm: RawSlurm,
+    pub wan: Option<RawWan>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -66,6 +70,7 @@ pub struct RawSite {
     pub external_network: Option<Sp<String>>,
     pub gateway: RawNodeSpec,
     pub workers: Vec<RawWorkerGroup>,
+    pub wan: Option<RawWan>,
 }
 
 /// Flavor and image of the master or gateway node.
@@ -391,6 +396,7 @@ impl Reader {
             "sites",
             "datasets",
             "slurm",
+            "wan",
         ];
         let mut c = RawCluster::default();
         let Some(m) = self.map(root, "", KEYS) else {
@@ -437,6 +443,9 @@ impl Reader {
         if let Some(s) = m.get("slurm") {
             c.slurm = self.slurm(s, &m.path("slurm"));
         }
+        if let Some(w) = m.get("wan") {
+            c.wan = Some(self.wan(w, &m.path("wan")));
+        }
         c
     }
 
@@ -466,6 +475,7 @@ impl Reader {
             "external_network",
             "gateway",
             "workers",
+            "wan",
         ];
         let mut s = RawSite {
             pos: pos_of(node),
@@ -497,6 +507,9 @@ impl Reader {
         }
         for (path, node) in self.list(&m, "workers") {
             s.workers.push(self.worker_group(node, &path));
+        }
+        if let Some(w) = m.get("wan") {
+            s.wan = Some(self.wan(w, &m.path("wan")));
         }
         s
     }

@@ -72,6 +72,7 @@ fn observed_as_planned(plan: &Plan) -> Observed {
             site.name.clone(),
             ObservedSite {
                 network: true,
+                wan: site.wan,
                 security_groups: site
                     .security_groups
                     .iter()

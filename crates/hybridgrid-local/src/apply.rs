@@ -254,6 +254,22 @@ impl Local {
                 mark(site);
                 Ok(details)
             }
+            Change::SetWan { site, wan } => {
+                let index = self
+                    .lock()
+                    .sites
+                    .get(site)
+                    .map(|e| e.index)
+                    .ok_or_else(|| missing(site))?;
+                crate::wan::ensure(
+                    c,
+                    site,
+                    index,
+                    wan.as_ref(),
+                    &self.opts.exe,
+                    self.cluster_dir(),
+                )
+            }
             Change::CreateSecurityGroup { site, group } => {
                 self.record(|l| {
                     l.sites

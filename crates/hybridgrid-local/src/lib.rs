@@ -27,6 +27,7 @@ pub mod provider;
 mod sh;
 pub mod slurm;
 mod status;
+pub mod wan;
 
 pub use down::gc;
 pub use error::LocalError;

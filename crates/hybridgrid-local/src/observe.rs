@@ -249,6 +249,7 @@ impl Local {
             network,
             security_groups,
             allowed_address_pairs,
+            wan: crate::wan::observed(cluster, site, entry.index),
         }
     }
 }

@@ -23,6 +23,29 @@ pub enum NodeCommand {
         #[arg(long)]
         tag: Option<String>,
     },
+    /// The emulated WAN link of a local site (runs in the cluster's internet namespace).
+    #[command(hide = true)]
+    WanLink {
+        /// The cluster and site it serves (for `observe` and `ps`).
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        site: String,
+        /// The site's index: its router's port `r-N`.
+        #[arg(long)]
+        index: u32,
+        #[arg(long)]
+        latency_ms: u32,
+        #[arg(long)]
+        jitter_ms: u32,
+        /// Hundredths of a percent.
+        #[arg(long)]
+        loss_bp: u32,
+        #[arg(long)]
+        bandwidth_kbit: Option<u64>,
+        #[arg(long, default_value = "")]
+        tag: String,
+    },
     /// Holds a node's namespaces open (runs on the node).
     #[command(hide = true)]
     Hold {
@@ -111,6 +134,27 @@ pub fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             hybridgrid_wg::run_userspace_device(
                 &ifname,
                 &hybridgrid_wg::UserspaceOptions::default(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::WanLink {
+            cluster: _,
+            site: _,
+            index,
+            latency_ms,
+            jitter_ms,
+            loss_bp,
+            bandwidth_kbit,
+            tag: _,
+        } => {
+            hybridgrid_local::wan::run_link(
+                index,
+                hybridgrid_core::model::Wan {
+                    latency_ms,
+                    jitter_ms,
+                    loss_bp,
+                    bandwidth_kbit,
+                },
             )?;
             Ok(ExitCode::SUCCESS)
         }

@@ -21,6 +21,7 @@ impl Validator<'_> {
     ) -> Vec<(&'r raw::RawSite, Option<Site>)> {
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         let mut out = Vec::new();
+        let wan_base = self.cluster_wan(raw, provider);
         for (i, s) in raw.sites.iter().enumerate() {
             let path = format!("sites[{i}]");
             let mut ok = true;
@@ -76,6 +77,8 @@ impl Validator<'_> {
                 },
             };
             let workers = self.worker_groups(s, &path, provider);
+            let wan = self.site_wan(s, &path, wan_base.flatten(), provider);
+            ok &= wan.is_ok();
             if let (Some(net), Some(groups)) = (subnet, &workers) {
                 let needed: u64 = groups.iter().map(|g| u64::from(g.count)).sum();
                 let capacity = addr::worker_capacity(net);
@@ -120,6 +123,7 @@ impl Validator<'_> {
                         image: s.gateway.image.as_ref().map(|c| c.value.clone()),
                     },
                     workers: workers?,
+                    wan: wan.ok().flatten(),
                 })
             });
             out.push((s, site));

@@ -330,6 +330,10 @@ fn openstack_cluster_runs_jobs_where_the_data_lives_and_grows_and_shrinks() {
     // `openstack` command that puts each back; that very command mends it.
     doctor_names_what_was_removed_by_hand_with_the_openstack_command(&c);
 
+    // A worker rebooted comes back by itself: its agent runs under systemd, its WireGuard
+    // routes, munged and slurmd return, and Slurm has it idle again.
+    a_rebooted_worker_is_idle_again_without_up(&c);
+
     // A third site joins with `up`, and leaves again.
     c.write(&["a", "b", "c"]);
     c.hg_ok(&["up"]);
@@ -472,13 +476,15 @@ fn doctor_names_what_was_removed_by_hand_with_the_openstack_command(c: &Cluster)
 
     // b-gw's allowed-address pair for site a, removed by hand: the path a → b names it.
     let port = format!("{}-b-gw-port", c.name);
+    // (A pair is removed with its MAC address: clear them all and put the tunnel's back.)
+    openstack("site-b", &["port", "set", "--no-allowed-address", &port]);
     openstack(
         "site-b",
         &[
             "port",
-            "unset",
+            "set",
             "--allowed-address",
-            "ip-address=10.81.0.0/24",
+            "ip-address=10.0.0.0/24",
             &port,
         ],
     );
@@ -498,4 +504,43 @@ fn doctor_names_what_was_removed_by_hand_with_the_openstack_command(c: &Cluster)
     wait_until("doctor healthy again", Duration::from_secs(60), || {
         doctor(&["doctor", "--json"]).0
     });
+}
+
+fn a_rebooted_worker_is_idle_again_without_up(c: &Cluster) {
+    let boot_id = || c.exec("b-worker-1", "cat /proc/sys/kernel/random/boot_id");
+    let before = boot_id();
+    openstack(
+        "site-b",
+        &[
+            "server",
+            "reboot",
+            "--wait",
+            &format!("{}-b-worker-1", c.name),
+        ],
+    );
+    wait_until(
+        "b-worker-1 answers after its reboot",
+        Duration::from_secs(300),
+        || {
+            let out = c.hg(&[
+                "exec",
+                "b-worker-1",
+                "--",
+                "cat",
+                "/proc/sys/kernel/random/boot_id",
+            ]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout) != before
+        },
+    );
+    assert_eq!(
+        c.exec("b-worker-1", "systemctl is-active hybridgrid-agent")
+            .trim(),
+        "active"
+    );
+    wait_until("b-worker-1 idle again", Duration::from_secs(180), || {
+        workers_idle(&c.status().1)
+    });
+    let out = c.exec("a-master", "srun -p b -t 1 hostname");
+    assert_eq!(out.trim(), "b-worker-1", "srun -p b after the reboot");
+    assert_ne!(boot_id(), before);
 }

@@ -14,6 +14,7 @@ mod engine;
 mod failures;
 mod heal;
 mod path;
+mod wan;
 
 mod slurm;
 
