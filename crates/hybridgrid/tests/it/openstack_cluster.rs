@@ -334,6 +334,10 @@ fn openstack_cluster_runs_jobs_where_the_data_lives_and_grows_and_shrinks() {
     // routes, munged and slurmd return, and Slurm has it idle again.
     a_rebooted_worker_is_idle_again_without_up(&c);
 
+    // The node heals itself without `up` (issue 11 on the bed): a deleted tunnel device is back
+    // within 5 s, a deleted route within the agent's period.
+    a_node_restores_its_tunnel_device_and_routes_by_itself(&c);
+
     // A third site joins with `up`, and leaves again.
     c.write(&["a", "b", "c"]);
     c.hg_ok(&["up"]);
@@ -543,4 +547,53 @@ fn a_rebooted_worker_is_idle_again_without_up(c: &Cluster) {
     let out = c.exec("a-master", "srun -p b -t 1 hostname");
     assert_eq!(out.trim(), "b-worker-1", "srun -p b after the reboot");
     assert_ne!(boot_id(), before);
+}
+
+fn a_node_restores_its_tunnel_device_and_routes_by_itself(c: &Cluster) {
+    // Timed on the node itself: a round trip of `exec` takes seconds under TCG.
+    let out = c.exec(
+        "b-gw",
+        "ip link del wg0; for i in $(seq 100); do \
+         ip link show wg0 >/dev/null 2>&1 && wg show wg0 peers | grep -q . && \
+         { echo back after $i; exit 0; }; sleep 0.1; done; echo gone",
+    );
+    let tenths: u32 = out
+        .trim()
+        .strip_prefix("back after ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("b-gw's wg0 did not come back within 10 s: {out}"));
+    eprintln!("b-gw's wg0 back after {:.1}s", f64::from(tenths) / 10.0);
+    assert!(
+        tenths <= 50,
+        "b-gw's wg0 came back after {tenths} tenths of a second"
+    );
+    let out = c.exec(
+        "b-worker-1",
+        "for i in $(seq 10); do ping -c 1 -W 1 10.81.0.6 >/dev/null && { echo ok; exit 0; }; done; echo lost",
+    );
+    assert_eq!(
+        out.trim(),
+        "ok",
+        "b-worker-1 does not reach a-worker-1 after wg0 came back"
+    );
+
+    let out = c.exec(
+        "b-worker-1",
+        "ip route del 10.81.0.0/24; for i in $(seq 300); do \
+         ip route show 10.81.0.0/24 | grep -q via && { echo back after $i; exit 0; }; \
+         sleep 0.1; done; echo gone",
+    );
+    let tenths: u32 = out
+        .trim()
+        .strip_prefix("back after ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("b-worker-1's route did not come back within 30 s: {out}"));
+    eprintln!(
+        "b-worker-1's route back after {:.1}s",
+        f64::from(tenths) / 10.0
+    );
+    assert!(
+        tenths <= 150,
+        "the route came back after {tenths} tenths (period 10 s)"
+    );
 }

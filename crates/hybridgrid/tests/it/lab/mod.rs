@@ -14,6 +14,7 @@ mod engine;
 mod failures;
 mod heal;
 mod path;
+mod soak;
 mod wan;
 
 mod slurm;
@@ -38,6 +39,17 @@ struct Lab {
 impl Lab {
     /// A cluster from `examples/<example>` renamed to a name unique to this test and process.
     fn new(example: &str, tag: &str) -> Option<Lab> {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../examples")
+                .join(example),
+        )
+        .unwrap();
+        Lab::with_text(&text, tag)
+    }
+
+    /// A cluster of this file text (its `name:` replaced by one unique to the test and process).
+    fn with_text(text: &str, tag: &str) -> Option<Lab> {
         if !is_root() {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -50,12 +62,6 @@ impl Lab {
         let root = std::env::temp_dir().join(format!("hg-lab-{name}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../examples")
-                .join(example),
-        )
-        .unwrap();
         let text = text
             .lines()
             .map(|l| {
