@@ -36,8 +36,9 @@ fn in_node(lab: &Lab, node: &str, args: &[&str], out: &std::path::Path) -> Child
         .unwrap()
 }
 
-/// The longest stretch without an answer in `ping -D` output over `[start, end]` (epoch s).
-fn longest_gap(text: &str, start: f64, end: f64) -> f64 {
+/// The longest stretch without an answer in `ping -D` output over `[start, end]` (epoch s), and
+/// when it began (s after `start`).
+fn longest_gap(text: &str, start: f64, end: f64) -> (f64, f64) {
     let mut times: Vec<f64> = text
         .lines()
         .filter(|l| l.contains("bytes from"))
@@ -45,9 +46,11 @@ fn longest_gap(text: &str, start: f64, end: f64) -> f64 {
         .collect();
     times.push(end);
     let mut last = start;
-    let mut gap: f64 = 0.0;
+    let mut gap: (f64, f64) = (0.0, 0.0);
     for t in times {
-        gap = gap.max(t - last);
+        if t - last > gap.0 {
+            gap = (t - last, last - start);
+        }
         last = t;
     }
     gap
@@ -179,6 +182,10 @@ fn twenty_sites_under_cross_site_traffic_no_pair_down_longer_than_10s() {
 fn the_longest_gap_counts_from_the_start_to_the_end() {
     let text = "[100.5] 64 bytes from 10.1.0.8: icmp_seq=1\n[102.5] 64 bytes from 10.1.0.8\n\
                 [110.0] 64 bytes from 10.1.0.8\n";
-    assert!((longest_gap(text, 100.0, 111.0) - 7.5).abs() < 1e-9);
-    assert!((longest_gap("", 100.0, 130.0) - 30.0).abs() < 1e-9);
+    let (gap, at) = longest_gap(text, 100.0, 111.0);
+    assert!(
+        (gap - 7.5).abs() < 1e-9 && (at - 2.5).abs() < 1e-9,
+        "{gap} {at}"
+    );
+    assert!((longest_gap("", 100.0, 130.0).0 - 30.0).abs() < 1e-9);
 }
