@@ -128,7 +128,7 @@ fn twenty_sites_under_cross_site_traffic_no_pair_down_longer_than_10s() {
     let mut worst = (0.0, 0, 0);
     let mut broken = Vec::new();
     for (a, b, out) in &probes {
-        let gap = longest_gap(
+        let (gap, at) = longest_gap(
             &std::fs::read_to_string(out).unwrap_or_default(),
             start,
             end,
@@ -137,7 +137,9 @@ fn twenty_sites_under_cross_site_traffic_no_pair_down_longer_than_10s() {
             worst = (gap, *a, *b);
         }
         if gap > MAX_GAP {
-            broken.push(format!("s{a} → s{b}: {gap:.1}s without an answer"));
+            broken.push(format!(
+                "s{a} → s{b}: {gap:.1}s without an answer from {at:.1}s into the soak"
+            ));
         }
     }
     let moved: u64 = (0..SITES)
