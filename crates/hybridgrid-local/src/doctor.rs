@@ -66,8 +66,20 @@ fn read_counters(cluster: &str, plan: &Plan, ports: &BTreeMap<String, String>) -
     c
 }
 
+impl Local {
+    /// `Provider::doctor_facts`.
+    pub(crate) fn doctor_facts_of(&self, plan: &Plan) -> Result<Facts, LocalError> {
+        facts(self, plan)
+    }
+
+    /// `Provider::path_facts`.
+    pub(crate) fn path_facts_of(&self, plan: &Plan, src: &str, dst: &str) -> PathFacts {
+        path_facts(self, plan, src, dst)
+    }
+}
+
 /// Reads the live cluster: rules, sets, counters, MTUs, handshakes, and pings (DF and not).
-pub(crate) fn facts(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
+fn facts(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
     let ledger = local.ledger_snapshot();
     let cluster = plan.cluster.clone();
     let ports: BTreeMap<String, String> = ledger
@@ -271,7 +283,7 @@ pub(crate) fn facts(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
 }
 
 /// `doctor --path SRC DST`: the two ends' routes, the relays' forwarding and one ping.
-pub(crate) fn path_facts(local: &Local, plan: &Plan, src: &str, dst: &str) -> PathFacts {
+fn path_facts(local: &Local, plan: &Plan, src: &str, dst: &str) -> PathFacts {
     let lan = |n: &str| plan.node(n).map(|n| n.lan_ip);
     let running = |n: &str| local.holder_pid(n).is_some();
     let route = |from: &str, to: Option<Ipv4Addr>| {

@@ -220,7 +220,7 @@ impl Provider for Local {
     }
 
     fn doctor_facts(&self, plan: &Plan) -> Result<Facts, EngineError> {
-        crate::doctor::facts(self, plan).map_err(err)
+        self.doctor_facts_of(plan).map_err(err)
     }
 
     fn path_facts(
@@ -230,7 +230,7 @@ impl Provider for Local {
         src: &str,
         dst: &str,
     ) -> Result<PathFacts, EngineError> {
-        Ok(crate::doctor::path_facts(self, plan, src, dst))
+        Ok(self.path_facts_of(plan, src, dst))
     }
 
     fn exec(&self, node: &str, cmd: &[String]) -> Result<i32, EngineError> {
