@@ -177,13 +177,22 @@ fn bed_log_tails() {
     };
     for (file, lines) in [
         ("neutron-linuxbridge.log", 30),
+        ("neutron-l3.log", 30),
+        ("neutron-dhcp.log", 15),
+        ("neutron-metadata.log", 15),
         ("nova-compute-libvirt.log", 30),
         ("neutron.log", 15),
     ] {
         let text = std::fs::read_to_string(log.join(file)).unwrap_or_default();
         let tail: Vec<&str> = text
             .lines()
-            .filter(|l| l.contains(" ERROR ") || l.contains(" WARNING ") || l.contains("Port "))
+            .filter(|l| {
+                l.contains(" ERROR ")
+                    || l.contains(" WARNING ")
+                    || l.contains("Port ")
+                    || l.contains("router")
+                    || l.contains("Traceback")
+            })
             .filter(|l| !l.contains("Using RPCClient manually"))
             .collect();
         eprintln!("--- test bed {file}, last {lines} errors, warnings and port events:");
