@@ -189,6 +189,25 @@ fn cloud_of<'a>(f: &'a Facts, site: &str) -> Option<&'a str> {
         .and_then(|s| s.cloud.as_deref())
 }
 
+/// The freshest handshake of `node`'s tunnel to `peer` seen in either reading (the probes in
+/// between may have started one): what [`TunnelFacts::handshake_age_s`] holds.
+pub fn freshest_handshake(
+    before: &[crate::TunnelStatus],
+    after: &[crate::TunnelStatus],
+    node: &str,
+    peer: &str,
+) -> Option<u64> {
+    let age = |st: &[crate::TunnelStatus]| {
+        st.iter()
+            .find(|t| t.node == node && t.peer == peer)
+            .and_then(|t| t.handshake_age_s)
+    };
+    match (age(before), age(after)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// `udp 51820 from 198.51.100.100/32`
 pub fn rule_text(rule: &SgRule) -> String {
     rule.match_text()

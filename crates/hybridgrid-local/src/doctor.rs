@@ -9,7 +9,9 @@ use std::net::Ipv4Addr;
 use hybridgrid_core::plan::Plan;
 
 use hybridgrid_core::model::Provider as ProviderKind;
-use hybridgrid_engine::doctor::{Facts, NodeFacts, PortFacts, Probe, SiteFacts, TunnelFacts};
+use hybridgrid_engine::doctor::{
+    Facts, NodeFacts, PortFacts, Probe, SiteFacts, TunnelFacts, freshest_handshake,
+};
 use hybridgrid_engine::path::PathFacts;
 
 use crate::provider::Local;
@@ -183,16 +185,7 @@ fn facts(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
         .iter()
         .zip(tunnel_results)
         .map(|((from, to, pip, _, df), (small, big))| {
-            // The freshest handshake seen, before or after the probes.
-            let age = |st: &[hybridgrid_engine::TunnelStatus]| {
-                st.iter()
-                    .find(|t| t.node == *from && t.peer == *to)
-                    .and_then(|t| t.handshake_age_s)
-            };
-            let handshake_age_s = match (age(&status), age(&status_after)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let handshake_age_s = freshest_handshake(&status, &status_after, from, to);
             TunnelFacts {
                 node: from.clone(),
                 peer: to.clone(),

@@ -14,9 +14,8 @@ use futures::future::try_join_all;
 use hybridgrid_core::diff::Change;
 use hybridgrid_core::model::Provider as ProviderKind;
 use hybridgrid_core::plan::{NodePlan, Plan, WG_INTERFACE};
-use hybridgrid_engine::TunnelStatus;
 use hybridgrid_engine::doctor::{
-    Facts, MissingRule, NodeFacts, PortFacts, Probe, SiteFacts, TunnelFacts,
+    Facts, MissingRule, NodeFacts, PortFacts, Probe, SiteFacts, TunnelFacts, freshest_handshake,
 };
 use hybridgrid_engine::path::PathFacts;
 
@@ -65,24 +64,14 @@ impl OpenStack {
         let tunnels = relays
             .iter()
             .flat_map(|r| r.tunnels.iter().map(move |t| (r, t)))
-            .map(|(r, t)| {
-                let age = |st: &[TunnelStatus]| {
-                    st.iter()
-                        .find(|s| s.node == r.node && s.peer == t.peer)
-                        .and_then(|s| s.handshake_age_s)
-                };
-                TunnelFacts {
-                    node: r.node.clone(),
-                    peer: t.peer.clone(),
-                    peer_public_ip: plan.node(&t.peer).and_then(|p| p.public_ip),
-                    handshake_age_s: match (age(&before), age(&after)) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    },
-                    ping_ok: t.small_ok,
-                    df_size: t.df_size,
-                    df_ok: t.df_ok,
-                }
+            .map(|(r, t)| TunnelFacts {
+                node: r.node.clone(),
+                peer: t.peer.clone(),
+                peer_public_ip: plan.node(&t.peer).and_then(|p| p.public_ip),
+                handshake_age_s: freshest_handshake(&before, &after, &r.node, &t.peer),
+                ping_ok: t.small_ok,
+                df_size: t.df_size,
+                df_ok: t.df_ok,
             })
             .collect();
         let mtus: BTreeMap<&str, Option<u16>> =
