@@ -2,6 +2,9 @@
 # Benchmarks of the local provider (docs/benchmarks.md, "Local provider"). Root; needs iperf3 and
 # wireguard-go (Debian packages). Everything runs in namespaces this script creates and removes.
 #   scripts/bench-local.sh [UP_RUNS] [IPERF_RUNS] [IPERF_SECONDS]
+# IMPLS (environment) chooses the relays' daemons of (b), default "gotatun wireguard-go";
+# "gotatun-none gotatun-tun gotatun wireguard-go" measures each offload step of the embedded
+# device (none: gotatun's own I/O; tun: + TUN offloads; gotatun: + UDP segmentation).
 # (a) wall time of `up` of examples/two-sites.yaml until `status` shows every node reaching every
 #     node (release build, fresh cluster each run);
 # (b) iperf3 TCP worker → worker across sites through the tunnel, the embedded gotatun device vs
@@ -54,20 +57,36 @@ echo "up alone (s): $(cut -d' ' -f1 "$WORK/up.txt" | stats)"
 echo "up until all reachable (s): $(cut -d' ' -f2 "$WORK/up.txt" | stats)"
 
 # (b) the tunnel: switch both relays' daemon in place (the agent starts the chosen one).
-switch_impl() { # gotatun | wireguard-go
+IMPLS=${IMPLS:-gotatun wireguard-go}
+switch_impl() { # gotatun | gotatun-none | gotatun-tun | wireguard-go
+    case $1 in
+        wireguard-go) want="wireguard-go -f wg0" ;;
+        gotatun-*) want="wg-userspace wg0 .*--offload ${1#gotatun-}" ;;
+        *) want="wg-userspace wg0 --tag [^ ]* $" ;;
+    esac
     for relay in bielefeld-master giessen-gw; do
         dir=$HYBRIDGRID_STATE_DIR/$C/nodes/$relay
-        pid=$(cat "$dir/wg0.pid")
-        kill "$pid" 2>/dev/null || true
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-        HYBRIDGRID_WG_IMPL=$1 "$B" exec -f "$F" "$relay" -- env HYBRIDGRID_WG_IMPL="$1" \
-            "$B" agent apply --config "$dir/node.json" --state-dir "$dir" --tag "$(ns "$relay")" >/dev/null
-    done
-    # Check that the relays really run the chosen daemon.
-    want=$([ "$1" = wireguard-go ] && echo "wireguard-go -f wg0" || echo "wg-userspace wg0")
-    for relay in bielefeld-master giessen-gw; do
-        ip netns pids "$(ns "$relay")" | xargs -I{} cat /proc/{}/cmdline 2>/dev/null | tr '\0' ' ' |
-            grep -q "$want" || { echo "$relay does not run $1" >&2; exit 1; }
+        # The node's supervisor (`hybridgrid hold`) restarts a dead daemon within a second, of
+        # its own kind: paused while the daemon is switched.
+        hold=$(ip netns pids "$(ns "$relay")" | while read -r p; do
+            if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q "hybridgrid hold "; then
+                echo "$p"
+            fi
+        done)
+        # Under the agent's lock, so it is not paused in the middle of a reconcile (holding it).
+        if [ -n "$hold" ]; then flock "$dir/agent.lock" kill -STOP $hold; fi
+        for attempt in $(seq 10); do
+            pid=$(cat "$dir/wg0.pid")
+            if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$want"; then
+                break
+            fi
+            [ "$attempt" -lt 10 ] || { echo "$relay does not run $1" >&2; exit 1; }
+            kill "$pid" 2>/dev/null || true
+            while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+            HYBRIDGRID_WG_IMPL=$1 "$B" exec -f "$F" "$relay" -- env HYBRIDGRID_WG_IMPL="$1" \
+                "$B" agent apply --config "$dir/node.json" --state-dir "$dir" --tag "$(ns "$relay")" >/dev/null
+        done
+        if [ -n "$hold" ]; then kill -CONT $hold; fi
     done
     # Until the tunnel carries traffic again.
     for _ in $(seq 100); do
@@ -99,7 +118,7 @@ for n in $VA $VB; do ip -n $n link set lo up; ip -n $n link set veth0 up; done
 
 : >"$WORK/tput.txt"
 for i in $(seq "$IPERF_RUNS"); do
-    for impl in gotatun wireguard-go; do
+    for impl in $IMPLS; do
         switch_impl $impl
         load=$(cut -d' ' -f1 /proc/loadavg)
         c0=$(daemon_cpu)
@@ -114,10 +133,10 @@ for i in $(seq "$IPERF_RUNS"); do
     echo "veth $v" >>"$WORK/tput.txt"
     echo "iperf run $i raw veth: $v Mbit/s"
 done
-for impl in gotatun wireguard-go veth; do
+for impl in $IMPLS veth; do
     echo "$impl Mbit/s: $(awk -v k=$impl '$1==k {print $2}' "$WORK/tput.txt" | stats)"
 done
-for impl in gotatun wireguard-go; do
+for impl in $IMPLS; do
     echo "$impl CPU-s per Gbit: $(awk -v k=$impl '$1==k {print $3}' "$WORK/tput.txt" | stats)"
 done
 g=$(awk '$1=="gotatun" {print $2}' "$WORK/tput.txt" | sort -g | awk '{v[NR]=$1} END {print (NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2}')

@@ -1,7 +1,9 @@
 //! Which userspace WireGuard daemon the agent starts on relays. A benchmarking knob (hidden):
 //! `HYBRIDGRID_WG_IMPL=wireguard-go` runs Debian's `wireguard-go` instead of the embedded gotatun
-//! device, so the same cluster can compare both (`scripts/bench-local.sh`). Both serve the same
-//! UAPI socket, so `wg`, `status` and the agent work unchanged.
+//! device, so the same cluster can compare both (`scripts/bench-local.sh`); `gotatun-none` and
+//! `gotatun-tun` run the embedded device with fewer kernel offloads (`wg-userspace --offload`),
+//! to measure each step. All serve the same UAPI socket, so `wg`, `status` and the agent work
+//! unchanged.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,7 +13,8 @@ pub const ENV: &str = "HYBRIDGRID_WG_IMPL";
 /// The daemon's command line: `hybridgrid wg-userspace IF --tag TAG` (gotatun, the default) or
 /// `wireguard-go -f IF`.
 pub(crate) fn daemon_command(exe: &Path, ifname: &str, tag: &str) -> Command {
-    if std::env::var(ENV).is_ok_and(|v| v == "wireguard-go") {
+    let choice = std::env::var(ENV).unwrap_or_default();
+    if choice == "wireguard-go" {
         let mut c = Command::new("wireguard-go");
         c.args(["-f", ifname]);
         // wireguard-go refuses to run on Linux without this.
@@ -20,6 +23,9 @@ pub(crate) fn daemon_command(exe: &Path, ifname: &str, tag: &str) -> Command {
     } else {
         let mut c = Command::new(exe);
         c.args(["wg-userspace", ifname, "--tag", tag]);
+        if let Some(offload) = choice.strip_prefix("gotatun-") {
+            c.args(["--offload", offload]);
+        }
         c
     }
 }

@@ -10,13 +10,18 @@
 //! Touching only changed peers matters here: gotatun applies any change to an existing peer by
 //! removing and re-adding it, which resets its session and counters.
 //!
+//! The device's data path uses the kernel's offloads (TSO on the TUN device, UDP segmentation
+//! on the underlay socket) around gotatun's own device; see [`Offload`].
+//!
 //! Addresses, MTU and link state are not set here; the agent does that with `ip`.
 
 mod backend;
 mod diff;
 mod error;
 mod state;
+mod tun_offload;
 mod uapi;
+mod udp_gso;
 mod userspace;
 pub mod wgtool;
 
@@ -27,5 +32,6 @@ pub use state::{
     DesiredDevice, DesiredPeer, DeviceState, Key, PeerState, key_from_base64, key_to_base64,
 };
 pub use userspace::{
-    DEFAULT_UDP_BUFFER_BYTES, UserspaceOptions, run_userspace_device, serve_userspace_device,
+    DEFAULT_UDP_BUFFER_BYTES, Offload, UserspaceOptions, run_userspace_device,
+    serve_userspace_device,
 };

@@ -8,11 +8,15 @@ use std::str::FromStr;
 use gotatun::device::DeviceBuilder;
 use gotatun::device::uapi::command::Request;
 use gotatun::device::uapi::{UapiClient, UapiServer};
+use gotatun::tun::{IpRecv, IpSend};
+use gotatun::udp::UdpTransportFactory;
+use gotatun::udp::socket::UdpSocketFactory;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::backend::{DEFAULT_SOCKET_DIR, validate_ifname};
-use crate::{WgError, uapi};
+use crate::udp_gso::GsoUdpFactory;
+use crate::{WgError, tun_offload, uapi};
 
 /// UDP socket buffers for the device: measured ~30% faster than the defaults here (the
 /// defaults drop packets at the receiving socket).
@@ -25,6 +29,34 @@ pub struct UserspaceOptions {
     pub socket_dir: PathBuf,
     /// `SO_RCVBUF`/`SO_SNDBUF` of the UDP socket; `None` keeps the OS default.
     pub udp_buffer_bytes: Option<usize>,
+    /// Which kernel offloads the data path uses.
+    pub offload: Offload,
+}
+
+/// The kernel offloads of the device's data path, each a measured step (docs/benchmarks.md,
+/// "Tunnel throughput"). [`Offload::All`] is what clusters run; the others exist to measure
+/// each step and as a way out should a kernel refuse one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Offload {
+    /// gotatun's own TUN (one packet per read and write) and UDP socket (`sendmmsg`, `UDP_GRO`).
+    None,
+    /// TSO/checksum offload on the TUN device: 64 KiB reads split in userspace, writes coalesced.
+    Tun,
+    /// The TUN offloads and UDP segmentation offload (`UDP_SEGMENT`) on the underlay socket.
+    #[default]
+    All,
+}
+
+impl FromStr for Offload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Offload::None),
+            "tun" => Ok(Offload::Tun),
+            "all" => Ok(Offload::All),
+            other => Err(format!("unknown offload {other:?}: none, tun or all")),
+        }
+    }
 }
 
 impl Default for UserspaceOptions {
@@ -32,6 +64,7 @@ impl Default for UserspaceOptions {
         UserspaceOptions {
             socket_dir: PathBuf::from(DEFAULT_SOCKET_DIR),
             udp_buffer_bytes: Some(DEFAULT_UDP_BUFFER_BYTES),
+            offload: Offload::default(),
         }
     }
 }
@@ -111,13 +144,52 @@ pub async fn serve_userspace_device(
         detail: format!("{e:#}"),
     };
 
-    let mut builder = DeviceBuilder::new().with_default_udp();
-    if let Some(n) = opts.udp_buffer_bytes {
-        builder = builder.udp_recv_buffer_size(n).udp_send_buffer_size(n);
-    }
+    let udp = UdpSocketFactory {
+        recv_buffer_size: opts.udp_buffer_bytes,
+        send_buffer_size: opts.udp_buffer_bytes,
+    };
     // TUN first, then the socket: a visible socket means a usable device (as wireguard-go).
-    let builder = builder.create_tun(ifname).map_err(|e| start_err(&e))?;
+    let builder = DeviceBuilder::new();
+    let offload_tun = match opts.offload {
+        Offload::None => None,
+        Offload::Tun | Offload::All => match tun_offload::create(ifname) {
+            Ok(halves) => Some(halves),
+            // An older kernel or a TUN without IFF_VNET_HDR: the device still works, slower.
+            Err(e) => {
+                tracing::warn!(ifname, "TUN offloads unavailable ({e}); one packet per I/O");
+                None
+            }
+        },
+    };
+    match (offload_tun, opts.offload) {
+        (None, _) => {
+            let builder = builder.with_udp(udp).create_tun(ifname);
+            let builder = builder.map_err(|e| start_err(&e))?;
+            serve_device(builder, ifname, opts, shutdown).await
+        }
+        (Some((tx, rx)), Offload::Tun) => {
+            let builder = builder.with_udp(udp).with_ip_pair(tx, rx);
+            serve_device(builder, ifname, opts, shutdown).await
+        }
+        (Some((tx, rx)), _) => {
+            let builder = builder.with_udp(GsoUdpFactory(udp)).with_ip_pair(tx, rx);
+            serve_device(builder, ifname, opts, shutdown).await
+        }
+    }
+}
 
+/// Binds the UAPI socket, builds the device and serves until `shutdown` or a fatal error.
+async fn serve_device<U, Tx, Rx>(
+    builder: DeviceBuilder<U, Tx, Rx>,
+    ifname: &str,
+    opts: &UserspaceOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WgError>
+where
+    U: UdpTransportFactory,
+    Tx: IpSend,
+    Rx: IpRecv,
+{
     let (listener, socket_file) = bind_socket(&uapi::socket_path(&opts.socket_dir, ifname))?;
     let (client, server) = UapiServer::new();
     let accept = AbortOnDrop(tokio::spawn(accept_loop(listener, client)));
@@ -126,8 +198,11 @@ pub async fn serve_userspace_device(
         .with_uapi(server)
         .build()
         .await
-        .map_err(|e| start_err(&e))?;
-    tracing::info!(ifname, "userspace WireGuard device up");
+        .map_err(|e| WgError::DeviceStart {
+            ifname: ifname.to_owned(),
+            detail: format!("{e:#}"),
+        })?;
+    tracing::info!(ifname, offload = ?opts.offload, "userspace WireGuard device up");
 
     let result = tokio::select! {
         () = device.wait() => Err(WgError::DeviceFailed(ifname.to_owned())),

@@ -22,6 +22,9 @@ pub enum NodeCommand {
         ifname: String,
         #[arg(long)]
         tag: Option<String>,
+        /// Kernel offloads of the data path: all (default), tun, none; for measuring each step.
+        #[arg(long, default_value = "all")]
+        offload: hybridgrid_wg::Offload,
     },
     /// The emulated WAN link of a local site (runs in the cluster's internet namespace).
     #[command(hide = true)]
@@ -130,11 +133,16 @@ pub enum AgentCommand {
 pub fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         NodeCommand::Agent { command } => agent(command),
-        NodeCommand::WgUserspace { ifname, tag: _ } => {
-            hybridgrid_wg::run_userspace_device(
-                &ifname,
-                &hybridgrid_wg::UserspaceOptions::default(),
-            )?;
+        NodeCommand::WgUserspace {
+            ifname,
+            tag: _,
+            offload,
+        } => {
+            let opts = hybridgrid_wg::UserspaceOptions {
+                offload,
+                ..hybridgrid_wg::UserspaceOptions::default()
+            };
+            hybridgrid_wg::run_userspace_device(&ifname, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
         NodeCommand::WanLink {

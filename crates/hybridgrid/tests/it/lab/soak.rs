@@ -80,6 +80,7 @@ fn twenty_sites_under_cross_site_traffic_no_pair_down_longer_than_10s() {
     let dir = lab.root.join("soak");
     std::fs::create_dir_all(&dir).unwrap();
     let mut children = Vec::new();
+    let mut clients = Vec::new();
     // Traffic: worker-2 of each site sends 5 Mbit/s to worker-1 of the next site, all along.
     for i in 0..SITES {
         let server = format!("s{i}-worker-1");
@@ -94,8 +95,10 @@ fn twenty_sites_under_cross_site_traffic_no_pair_down_longer_than_10s() {
     for i in 0..SITES {
         let client = format!("s{}-worker-2", (i + 1) % SITES);
         let to = lan(i, 1);
-        let d = (secs + 5).to_string();
-        children.push(in_node(
+        // The client must end by itself: a killed iperf3 prints no total, and the total is what
+        // the test reads (a run once counted 0 bytes so).
+        let d = secs.to_string();
+        clients.push(in_node(
             &lab,
             &client,
             &["iperf3", "-c", &to, "-b", "5M", "-t", &d, "-i", "0"],
@@ -121,7 +124,13 @@ fn twenty_sites_under_cross_site_traffic_no_pair_down_longer_than_10s() {
     }
     std::thread::sleep(Duration::from_secs(secs + 3));
     let end = start + secs as f64;
-    for c in &mut children {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for c in &mut clients {
+        while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for c in children.iter_mut().chain(&mut clients) {
         let _ = c.kill();
         let _ = c.wait();
     }
