@@ -25,6 +25,8 @@ VA=hg-benchveth-a
 VB=hg-benchveth-b
 
 cleanup() {
+    # A supervisor paused by switch_impl when the script stopped.
+    pkill -CONT -f "hybridgrid hold --tag $(ns '')" 2>/dev/null || true
     "$B" down -f "$F" >/dev/null 2>&1 || true
     ip netns del $VA 2>/dev/null || true
     ip netns del $VB 2>/dev/null || true
@@ -82,7 +84,10 @@ switch_impl() { # gotatun | gotatun-none | gotatun-tun | wireguard-go
             fi
             [ "$attempt" -lt 10 ] || { echo "$relay does not run $1" >&2; exit 1; }
             kill "$pid" 2>/dev/null || true
-            while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+            # A daemon the paused supervisor started stays a zombie until it is resumed.
+            while kill -0 "$pid" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do
+                sleep 0.05
+            done
             HYBRIDGRID_WG_IMPL=$1 "$B" exec -f "$F" "$relay" -- env HYBRIDGRID_WG_IMPL="$1" \
                 "$B" agent apply --config "$dir/node.json" --state-dir "$dir" --tag "$(ns "$relay")" >/dev/null
         done
@@ -139,7 +144,9 @@ done
 for impl in $IMPLS; do
     echo "$impl CPU-s per Gbit: $(awk -v k=$impl '$1==k {print $3}' "$WORK/tput.txt" | stats)"
 done
-g=$(awk '$1=="gotatun" {print $2}' "$WORK/tput.txt" | sort -g | awk '{v[NR]=$1} END {print (NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2}')
-w=$(awk '$1=="wireguard-go" {print $2}' "$WORK/tput.txt" | sort -g | awk '{v[NR]=$1} END {print (NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2}')
-echo "gotatun / wireguard-go (medians): $(echo "scale=2; $g / $w" | bc)"
+if [[ " $IMPLS " == *" gotatun "* && " $IMPLS " == *" wireguard-go "* ]]; then
+    g=$(awk '$1=="gotatun" {print $2}' "$WORK/tput.txt" | sort -g | awk '{v[NR]=$1} END {print (NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2}')
+    w=$(awk '$1=="wireguard-go" {print $2}' "$WORK/tput.txt" | sort -g | awk '{v[NR]=$1} END {print (NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2}')
+    echo "gotatun / wireguard-go (medians): $(echo "scale=2; $g / $w" | bc)"
+fi
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"

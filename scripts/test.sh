@@ -9,14 +9,30 @@ testbed/openstack/install.sh
 osbed=$(mktemp -d /tmp/hybridgrid-osbed.XXXXXX)
 cleanup() { testbed/openstack/down.sh "$osbed" >/dev/null 2>&1 || true; rm -rf "$osbed"; }
 trap cleanup EXIT
+# What a failed start names ("... failed (log/X.log)") is in the bed's folder, which cleanup
+# removes: print its end.
+bed_failure() {
+  tail -40 "$osbed/test-up.log" >&2
+  for log in $(grep -o '(log/[^ )]*' "$osbed/test-up.log" | tr -d '(' | sort -u || true); do
+    if [ -f "$osbed/$log" ]; then echo "--- $log" >&2; tail -40 "$osbed/$log" >&2; fi
+  done
+  return 0
+}
 # The control plane starts (about a minute) while the tests compile.
 testbed/openstack/up.sh "$osbed" >"$osbed/test-up.log" 2>&1 &
 up_pid=$!
 cargo test --workspace --locked --no-run
 if ! wait "$up_pid"; then
-  tail -40 "$osbed/test-up.log" >&2
-  echo "test: the OpenStack test bed did not start" >&2
-  exit 1
+  bed_failure
+  # up.sh stops what it started when it fails; one more try on a busy machine before giving up.
+  echo "test: the OpenStack test bed did not start; trying once more" >&2
+  testbed/openstack/down.sh "$osbed" >/dev/null 2>&1 || true
+  rm -rf "$osbed" && mkdir -p "$osbed"
+  if ! testbed/openstack/up.sh "$osbed" >"$osbed/test-up.log" 2>&1; then
+    bed_failure
+    echo "test: the OpenStack test bed did not start" >&2
+    exit 1
+  fi
 fi
 rm -f "$osbed/test-up.log"
 export HYBRIDGRID_TESTBED_CLOUDS="$osbed/clouds.yaml"

@@ -23,7 +23,11 @@ pub(crate) fn daemon_command(exe: &Path, ifname: &str, tag: &str) -> Command {
     } else {
         let mut c = Command::new(exe);
         c.args(["wg-userspace", ifname, "--tag", tag]);
-        if let Some(offload) = choice.strip_prefix("gotatun-") {
+        // Only a value the daemon takes (else the default): a bad one would make it exit, and
+        // its supervisor restart it, over and over. The benchmark checks what runs.
+        if let Some(offload) = choice.strip_prefix("gotatun-")
+            && offload.parse::<hybridgrid_wg::Offload>().is_ok()
+        {
             c.args(["--offload", offload]);
         }
         c

@@ -46,6 +46,18 @@ pub(crate) fn create(ifname: &str) -> io::Result<(OffloadTunTx, OffloadTunRx)> {
             "the kernel refused TUN offloads (IFF_VNET_HDR)",
         ));
     }
+    // A read splits into at most IDEAL_BATCH_SIZE packets: the kernel segments larger frames
+    // (tiny MSS) before they reach the TUN instead of handing over one tun-rs cannot split.
+    let segs = IDEAL_BATCH_SIZE.to_string();
+    let capped = std::process::Command::new("ip")
+        .args(["link", "set", "dev", ifname, "gso_max_segs", &segs])
+        .status();
+    if !capped.is_ok_and(|s| s.success()) {
+        tracing::warn!(
+            ifname,
+            "could not cap gso_max_segs at {segs}: frames of tiny segments drop"
+        );
+    }
     let dev = Arc::new(dev);
     let mtu = dev.mtu()?;
     let (mtu_tx, mtu_rx) = watch::channel(mtu);
@@ -86,10 +98,14 @@ async fn watch_mtu(dev: std::sync::Weak<AsyncDevice>, mut mtu: u16, tx: watch::S
     }
 }
 
-/// An error of the device itself (deleted, closed) ends the device, as gotatun's TUN does; a
-/// malformed frame is only logged. tun-rs reports the latter without an OS error code.
+/// An error of the device itself (deleted, closed) ends the device, as gotatun's TUN does
+/// (gotatun takes these codes as fatal); anything else (a frame tun-rs cannot split, a one-off
+/// errno) costs that frame only.
 fn is_device_error(e: &io::Error) -> bool {
-    e.raw_os_error().is_some()
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::EBADFD | libc::ENODEV)
+    )
 }
 
 /// The receiving half: gotatun's outgoing task reads packets to encrypt from here.
@@ -121,7 +137,11 @@ impl IpRecv for OffloadTunRx {
             {
                 Ok(n) => break n,
                 Err(e) if is_device_error(&e) => return Err(e),
-                Err(e) => tracing::warn!("dropped a frame from the TUN device: {e}"),
+                Err(e) => {
+                    tracing::warn!("dropped a frame from the TUN device: {e}");
+                    // A repeating error must not spin a core.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
         };
         let sizes = &self.sizes[..n];
@@ -185,14 +205,11 @@ async fn write_loop(dev: Arc<AsyncDevice>, mut queue: mpsc::Receiver<Packet<Ip>>
             .send_multiple(&mut gro, &mut bufs[..n], VIRTIO_NET_HDR_LEN)
             .await
         {
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EBADF | libc::EBADFD | libc::ENODEV)
-            ) {
+            if is_device_error(&e) {
                 tracing::error!("TUN device is gone: {e}");
                 return;
             }
-            tracing::debug!("TUN write failed: {e}");
+            tracing::warn!("TUN write of {n} packets failed: {e}");
         }
     }
 }

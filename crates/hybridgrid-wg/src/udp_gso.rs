@@ -126,6 +126,9 @@ impl UdpSend for GsoUdpSend {
         self.socket.send_to(packet, destination).await
     }
 
+    /// Sends in order: datagrams that cannot go segmented (runs of one, runs the kernel refused)
+    /// wait in `plain` only until the next segmented run, which flushes them first. A failed send
+    /// does not stop the others (other peers' routes are fine); the first error is returned.
     async fn send_many_to(
         &self,
         buf: &mut Self::SendManyBuf,
@@ -136,29 +139,35 @@ impl UdpSend for GsoUdpSend {
         }
         let shape: Vec<(usize, SocketAddr)> = packets.iter().map(|(p, a)| (p.len(), *a)).collect();
         let mut queued = packets.drain(..);
-        let mut rest: Vec<(Packet, SocketAddr)> = Vec::new();
-        let mut result = Ok(());
+        let mut plain: Vec<(Packet, SocketAddr)> = Vec::new();
+        let mut first_error = None;
         for len in segment_runs(&shape) {
             let run: Vec<(Packet, SocketAddr)> = queued.by_ref().take(len).collect();
-            let sent = if len > 1 {
-                self.send_segmented(&run).await
-            } else {
-                Ok(false)
-            };
-            match sent {
+            if len == 1 || !self.gso_works.load(Ordering::Relaxed) {
+                plain.extend(run);
+                continue;
+            }
+            if !plain.is_empty()
+                && let Err(e) = self.socket.send_many_to(buf, &mut plain).await
+            {
+                plain.clear();
+                first_error.get_or_insert(e);
+            }
+            match self.send_segmented(&run).await {
                 Ok(true) => {}
-                Ok(false) => rest.extend(run),
+                Ok(false) => plain.extend(run),
                 Err(e) => {
-                    result = Err(e);
-                    break;
+                    first_error.get_or_insert(e);
                 }
             }
         }
         drop(queued);
-        if !rest.is_empty() && result.is_ok() {
-            result = self.socket.send_many_to(buf, &mut rest).await;
+        if !plain.is_empty()
+            && let Err(e) = self.socket.send_many_to(buf, &mut plain).await
+        {
+            first_error.get_or_insert(e);
         }
-        result
+        first_error.map_or(Ok(()), Err)
     }
 
     fn max_number_of_packets_to_send(&self) -> usize {
@@ -177,6 +186,71 @@ impl UdpSend for GsoUdpSend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
+    use gotatun::udp::socket::SockOpt;
+    use std::time::Duration;
+
+    /// Regression: datagrams that could not go segmented (a run of one) were sent after the
+    /// segmented runs behind them, reordering a peer's packets.
+    #[tokio::test]
+    async fn a_peer_gets_its_datagrams_in_order_segmented_or_not() {
+        let bind = || {
+            let r = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            r
+        };
+        let (ra, rb) = (bind(), bind());
+        let (a, b) = (ra.local_addr().unwrap(), rb.local_addr().unwrap());
+        let socket = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), SockOpt::default()).unwrap();
+        let send = GsoUdpSend {
+            socket,
+            gso_works: Arc::new(AtomicBool::new(true)),
+        };
+        // (destination, size): a lone short one, a run, one to b, a run ending shorter.
+        let plan = [
+            (a, 500),
+            (a, 1200),
+            (a, 1200),
+            (a, 1200),
+            (b, 300),
+            (a, 1200),
+        ]
+        .into_iter()
+        .chain([(a, 1200), (a, 700)]);
+        let mut packets: Vec<(Packet, SocketAddr)> = plan
+            .enumerate()
+            .map(|(seq, (dst, size))| {
+                let mut bytes = BytesMut::zeroed(size);
+                bytes[0] = seq as u8;
+                (Packet::from_bytes(bytes), dst)
+            })
+            .collect();
+        let mut buf = Default::default();
+        send.send_many_to(&mut buf, &mut packets).await.unwrap();
+        let received = |r: &std::net::UdpSocket, n: usize| {
+            let mut got = Vec::new();
+            let mut data = [0u8; 2048];
+            for _ in 0..n {
+                let len = r.recv(&mut data).unwrap();
+                got.push((data[0], len));
+            }
+            got
+        };
+        assert_eq!(
+            received(&ra, 7),
+            vec![
+                (0, 500),
+                (1, 1200),
+                (2, 1200),
+                (3, 1200),
+                (5, 1200),
+                (6, 1200),
+                (7, 700)
+            ]
+        );
+        assert_eq!(received(&rb, 1), vec![(4, 300)]);
+        assert!(send.gso_works.load(Ordering::Relaxed), "loopback segments");
+    }
 
     fn a(port: u16) -> SocketAddr {
         SocketAddr::from(([192, 0, 2, 1], port))

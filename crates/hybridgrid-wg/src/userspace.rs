@@ -161,28 +161,37 @@ pub async fn serve_userspace_device(
             }
         },
     };
-    match (offload_tun, opts.offload) {
-        (None, _) => {
+    // UDP segmentation does not depend on the TUN: it stays when only the TUN offloads fail.
+    let gso = opts.offload == Offload::All;
+    match (offload_tun, gso) {
+        (None, false) => {
             let builder = builder.with_udp(udp).create_tun(ifname);
             let builder = builder.map_err(|e| start_err(&e))?;
-            serve_device(builder, ifname, opts, shutdown).await
+            serve_device(builder, ifname, opts, "none", shutdown).await
         }
-        (Some((tx, rx)), Offload::Tun) => {
+        (None, true) => {
+            let builder = builder.with_udp(GsoUdpFactory(udp)).create_tun(ifname);
+            let builder = builder.map_err(|e| start_err(&e))?;
+            serve_device(builder, ifname, opts, "udp", shutdown).await
+        }
+        (Some((tx, rx)), false) => {
             let builder = builder.with_udp(udp).with_ip_pair(tx, rx);
-            serve_device(builder, ifname, opts, shutdown).await
+            serve_device(builder, ifname, opts, "tun", shutdown).await
         }
-        (Some((tx, rx)), _) => {
+        (Some((tx, rx)), true) => {
             let builder = builder.with_udp(GsoUdpFactory(udp)).with_ip_pair(tx, rx);
-            serve_device(builder, ifname, opts, shutdown).await
+            serve_device(builder, ifname, opts, "tun+udp", shutdown).await
         }
     }
 }
 
-/// Binds the UAPI socket, builds the device and serves until `shutdown` or a fatal error.
+/// Binds the UAPI socket, builds the device and serves until `shutdown` or a fatal error;
+/// `offloads` names those in effect (for the log).
 async fn serve_device<U, Tx, Rx>(
     builder: DeviceBuilder<U, Tx, Rx>,
     ifname: &str,
     opts: &UserspaceOptions,
+    offloads: &str,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WgError>
 where
@@ -202,7 +211,8 @@ where
             ifname: ifname.to_owned(),
             detail: format!("{e:#}"),
         })?;
-    tracing::info!(ifname, offload = ?opts.offload, "userspace WireGuard device up");
+    // The offloads in effect, which may be fewer than asked for.
+    tracing::info!(ifname, offloads, "userspace WireGuard device up");
 
     let result = tokio::select! {
         () = device.wait() => Err(WgError::DeviceFailed(ifname.to_owned())),

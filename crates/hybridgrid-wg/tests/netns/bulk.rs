@@ -160,7 +160,18 @@ fn bulk_tcp_through_each_data_path_arrives_intact() {
                 / counter(&tb, node, &format!("{dir}_packets")).max(1)
         };
         let (read_size, write_size) = (per_packet("a", "tx"), per_packet("b", "rx"));
-        eprintln!("{name}: mean TUN read {read_size} B, mean TUN write {write_size} B");
+        // The underlay veth counts a segmented send as one packet of all its datagrams.
+        let sent = |what: &str| {
+            let path = format!("/sys/class/net/ul-b/statistics/tx_{what}");
+            tb.exec_ok("a", &["cat", &path])
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        };
+        let udp_size = sent("bytes") / sent("packets").max(1);
+        eprintln!(
+            "{name}: mean TUN read {read_size} B, TUN write {write_size} B, UDP send {udp_size} B"
+        );
         if offload == Offload::None {
             assert!(read_size <= TUNNEL_MTU && write_size <= TUNNEL_MTU);
         } else {
@@ -172,6 +183,14 @@ fn bulk_tcp_through_each_data_path_arrives_intact() {
                 write_size > 2 * TUNNEL_MTU,
                 "{name}: writes of {write_size} B: no GRO"
             );
+        }
+        if offload == Offload::All {
+            assert!(
+                udp_size > 4 * 1500,
+                "{name}: UDP sends of {udp_size} B: no segmentation"
+            );
+        } else {
+            assert!(udp_size <= 1500, "{name}: UDP sends of {udp_size} B");
         }
     }
 }
