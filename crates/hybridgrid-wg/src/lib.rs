@@ -19,6 +19,7 @@ mod backend;
 mod diff;
 mod error;
 mod state;
+mod task;
 mod tun_offload;
 mod uapi;
 mod udp_gso;

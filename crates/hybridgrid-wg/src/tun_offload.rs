@@ -18,19 +18,12 @@ use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
 use tokio::sync::{mpsc, watch};
 use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use crate::task::AbortOnDrop;
+
 /// Packets waiting for the writer task; as gotatun's own channels.
 const WRITE_QUEUE: usize = 4000;
 /// How often the MTU is read back (the agent sets it after the device exists); as gotatun.
 const MTU_POLL: Duration = Duration::from_secs(3);
-
-/// Aborts a task when the last handle goes.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Creates TUN device `ifname` with offloads and returns its two halves for gotatun's
 /// `DeviceBuilder::with_ip_pair`. Must run inside a tokio runtime.

@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::backend::{DEFAULT_SOCKET_DIR, validate_ifname};
+use crate::task::AbortOnDrop;
 use crate::udp_gso::GsoUdpFactory;
 use crate::{WgError, tun_offload, uapi};
 
@@ -47,15 +48,24 @@ pub enum Offload {
     All,
 }
 
+impl Offload {
+    /// The name `wg-userspace --offload` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Offload::None => "none",
+            Offload::Tun => "tun",
+            Offload::All => "all",
+        }
+    }
+}
+
 impl FromStr for Offload {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" => Ok(Offload::None),
-            "tun" => Ok(Offload::Tun),
-            "all" => Ok(Offload::All),
-            other => Err(format!("unknown offload {other:?}: none, tun or all")),
-        }
+        [Offload::None, Offload::Tun, Offload::All]
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| format!("unknown offload {s:?}: none, tun or all"))
     }
 }
 
@@ -100,15 +110,6 @@ impl Drop for SocketFile {
     }
 }
 
-/// Aborts the accept loop when the daemon ends, so no client reaches a stopped device.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 fn bind_socket(path: &Path) -> Result<(UnixListener, SocketFile), WgError> {
     let err = |source| WgError::Socket {
         path: path.to_owned(),
@@ -139,11 +140,7 @@ pub async fn serve_userspace_device(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WgError> {
     validate_ifname(ifname)?;
-    let start_err = |e: &dyn std::fmt::Display| WgError::DeviceStart {
-        ifname: ifname.to_owned(),
-        detail: format!("{e:#}"),
-    };
-
+    let start_err = |e: &dyn std::fmt::Display| start_error(ifname, e);
     let udp = UdpSocketFactory {
         recv_buffer_size: opts.udp_buffer_bytes,
         send_buffer_size: opts.udp_buffer_bytes,
@@ -185,6 +182,13 @@ pub async fn serve_userspace_device(
     }
 }
 
+fn start_error(ifname: &str, e: &dyn std::fmt::Display) -> WgError {
+    WgError::DeviceStart {
+        ifname: ifname.to_owned(),
+        detail: format!("{e:#}"),
+    }
+}
+
 /// Binds the UAPI socket, builds the device and serves until `shutdown` or a fatal error;
 /// `offloads` names those in effect (for the log).
 async fn serve_device<U, Tx, Rx>(
@@ -201,16 +205,14 @@ where
 {
     let (listener, socket_file) = bind_socket(&uapi::socket_path(&opts.socket_dir, ifname))?;
     let (client, server) = UapiServer::new();
+    // Ends with the daemon, so no client reaches a stopped device.
     let accept = AbortOnDrop(tokio::spawn(accept_loop(listener, client)));
 
     let mut device = builder
         .with_uapi(server)
         .build()
         .await
-        .map_err(|e| WgError::DeviceStart {
-            ifname: ifname.to_owned(),
-            detail: format!("{e:#}"),
-        })?;
+        .map_err(|e| start_error(ifname, &e))?;
     // The offloads in effect, which may be fewer than asked for.
     tracing::info!(ifname, offloads, "userspace WireGuard device up");
 

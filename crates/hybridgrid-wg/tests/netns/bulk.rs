@@ -146,7 +146,7 @@ fn bulk_tcp_through_each_data_path_arrives_intact() {
         tb.ping("a", "198.51.100.2");
 
         let (sent, received) = transfer(&tb);
-        let name = offload_name(offload);
+        let name = offload.name();
         assert!(
             sent.starts_with(&format!("{BYTES} ")),
             "{name}: sent {sent:?}"

@@ -193,7 +193,7 @@ impl Testbed {
             ])
             .env(DAEMON_IF, IFNAME)
             .env(DAEMON_DIR, self.socket_dir(node))
-            .env(DAEMON_OFFLOAD, offload_name(offload))
+            .env(DAEMON_OFFLOAD, offload.name())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -300,14 +300,6 @@ fn reap_stale() {
             run("ip", &["netns", "del", name]);
             let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{PREFIX}{pid}")));
         }
-    }
-}
-
-fn offload_name(offload: Offload) -> &'static str {
-    match offload {
-        Offload::None => "none",
-        Offload::Tun => "tun",
-        Offload::All => "all",
     }
 }
 
