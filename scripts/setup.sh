@@ -6,7 +6,7 @@ set -euo pipefail
 # curl is what jobs use to read datasets and upload results.
 # cloud-init: the tests check the openstack provider's user data with `cloud-init schema`.
 # chromium: the tests render `hybridgrid graph`'s SVG in a real browser (headless).
-PKGS=(iproute2 nftables wireguard-tools iputils-ping conntrack iperf3 wireguard-go procps util-linux
+PKGS=(iproute2 nftables wireguard-tools iputils-ping conntrack iperf3 wireguard-go procps util-linux bc
   slurm-wlm munge nginx-light curl cloud-init chromium)
 missing=()
 for p in "${PKGS[@]}"; do
