@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks of the local provider (docs/benchmarks.md, "Local provider"). Root; needs iperf3 and
-# wireguard-go, bc (Debian packages; scripts/setup.sh installs them). Everything runs in namespaces this script creates and removes.
+# Benchmarks of the local provider (docs/benchmarks.md, "Local provider"). Root; needs iperf3,
+# wireguard-go and bc (Debian packages; scripts/setup.sh installs them). Everything runs in
+# namespaces this script creates and removes.
 #   scripts/bench-local.sh [UP_RUNS] [IPERF_RUNS] [IPERF_SECONDS]
 # IMPLS (environment) chooses the relays' daemons of (b), default "gotatun wireguard-go";
 # "gotatun-none gotatun-tun gotatun wireguard-go" measures each offload step of the embedded
