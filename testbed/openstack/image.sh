@@ -69,8 +69,10 @@ mkdir -p "$WORK/out"
 cp "$R"/boot/vmlinuz-* "$WORK/out/vmlinuz"
 cp "$R"/boot/initrd.img-* "$WORK/out/initrd.img"
 # 2 GiB file system; the flavor's disk may be larger (cloud-init grows the file system).
-mkfs.ext4 -q -L root -d "$R" "$WORK/root.raw" 2G
-qemu-img convert -O qcow2 "$WORK/root.raw" "$WORK/out/root.qcow2"
+# Only the image's folder may reach stdout (up.sh reads it): mkfs says "Creating regular file"
+# there even with -q, which broke every first start of a fresh machine's bed.
+mkfs.ext4 -q -L root -d "$R" "$WORK/root.raw" 2G >&2
+qemu-img convert -O qcow2 "$WORK/root.raw" "$WORK/out/root.qcow2" >&2
 date -u +%FT%TZ >"$WORK/out/done"
 rm -rf "$OUT"; mv "$WORK/out" "$OUT"
 echo "image.sh: built $OUT in $(( $(date +%s) - T0 )) s ($(du -sh "$R" | cut -f1) root file system)" >&2

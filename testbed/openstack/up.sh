@@ -27,6 +27,7 @@ for c in keystone-manage neutron-server neutron-linuxbridge-agent libvirtd qemu-
 done
 # The guest image (cached by its recipe's hash; built on first use, about 2 minutes)
 IMAGE=$("$HERE/image.sh" "${OSBED_IMAGE_CACHE:-/var/cache/hybridgrid-osbed}") || die "guest image build failed"
+[ -d "$IMAGE" ] || die "image.sh named no folder: $IMAGE"
 
 # --- already up / partly up?
 if compgen -G "$B/run/*.pid" >/dev/null; then

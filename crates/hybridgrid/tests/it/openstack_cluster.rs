@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)] // a test: its timings go to the log
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -162,9 +163,6 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            bed_log_tails();
-        }
         let _ = self.hg(&["down"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -223,6 +221,22 @@ fn workers_idle(status: &Value) -> bool {
 #[test]
 fn openstack_cluster_runs_jobs_where_the_data_lives_and_grows_and_shrinks() {
     let c = Cluster::new();
+    let failed = std::panic::catch_unwind(AssertUnwindSafe(|| runs_jobs_grows_and_shrinks(&c)));
+    if let Err(payload) = failed {
+        bed_log_tails();
+        drop(c);
+        // CI shows the head and the tail of a failed test's output: the reason goes last too,
+        // after the bed's logs and `down` (it was lost in the middle once).
+        let reason = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("(a panic without a message)");
+        panic!("the end-to-end test failed (above, with its timings): {reason}");
+    }
+}
+
+fn runs_jobs_grows_and_shrinks(c: &Cluster) {
     let t = Instant::now();
     let up = c.hg(&["up"]);
     let up_text = String::from_utf8_lossy(&up.stderr).into_owned();
@@ -337,15 +351,15 @@ fn openstack_cluster_runs_jobs_where_the_data_lives_and_grows_and_shrinks() {
 
     // `doctor` finds nothing wrong, then names a rule and a pair removed by hand with the
     // `openstack` command that puts each back; that very command mends it.
-    doctor_names_what_was_removed_by_hand_with_the_openstack_command(&c);
+    doctor_names_what_was_removed_by_hand_with_the_openstack_command(c);
 
     // A worker rebooted comes back by itself: its agent runs under systemd, its WireGuard
     // routes, munged and slurmd return, and Slurm has it idle again.
-    a_rebooted_worker_is_idle_again_without_up(&c);
+    a_rebooted_worker_is_idle_again_without_up(c);
 
     // The node heals itself without `up` (issue 11 on the bed): a deleted tunnel device is back
     // within 5 s, a deleted route within the agent's period.
-    a_node_restores_its_tunnel_device_and_routes_by_itself(&c);
+    a_node_restores_its_tunnel_device_and_routes_by_itself(c);
 
     // A third site joins with `up`, and leaves again.
     c.write(&["a", "b", "c"]);
