@@ -13,12 +13,14 @@ pub mod pull;
 mod report;
 pub mod results;
 pub mod slurm;
+mod supervise;
 pub mod sys;
 pub mod wg_impl;
 
 pub use error::AgentError;
 pub use node::{
     APPLIED_FILE, AgentReport, PUBLIC_KEY_FILE, WgStatus, apply, interface_exists, read_applied,
-    read_public_key, supervise, wg_status,
+    read_public_key, wg_status,
 };
 pub use report::{NodeReport, report};
+pub use supervise::supervise;

@@ -61,7 +61,7 @@ pub fn apply(
 /// the returned file is dropped.
 /// On a fresh node (cloud-init's first run) the state folder does not exist yet: it is made,
 /// 0700 (it holds the WireGuard private key).
-fn lock(state_dir: &Path) -> Result<std::fs::File, AgentError> {
+pub(crate) fn lock(state_dir: &Path) -> Result<std::fs::File, AgentError> {
     if !state_dir.is_dir() {
         use std::os::unix::fs::DirBuilderExt as _;
         std::fs::DirBuilder::new()
@@ -76,7 +76,7 @@ fn lock(state_dir: &Path) -> Result<std::fs::File, AgentError> {
     Ok(lock)
 }
 
-fn apply_locked(
+pub(crate) fn apply_locked(
     config: &NodeConfig,
     state_dir: &Path,
     exe: &Path,
@@ -427,67 +427,6 @@ pub fn interface_exists(ifname: &str) -> bool {
         t.lines()
             .any(|l| l.trim_start().split(':').next() == Some(ifname))
     })
-}
-
-/// The node's own supervisor (run by the process that holds the node's namespaces): every
-/// second, a WireGuard device that is gone is brought back; every `period`, the whole
-/// configuration in `state_dir/node.json` is applied again, so routes, peers and forwarding
-/// changed by hand come back. `period` zero: no supervision. Never returns.
-pub fn supervise(
-    state_dir: &Path,
-    exe: &Path,
-    tag: &str,
-    period: Duration,
-    on_error: &dyn Fn(&AgentError),
-) -> ! {
-    let mut last = std::time::Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        reap_children();
-        if period.is_zero() {
-            continue;
-        }
-        let read = || {
-            std::fs::read_to_string(state_dir.join("node.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<NodeConfig>(&t).ok())
-        };
-        // Only a node that applied once is supervised: `up` makes the first apply.
-        let Some(config) = read().filter(|_| read_applied(state_dir).is_some()) else {
-            continue;
-        };
-        let device_gone = config
-            .wireguard
-            .as_ref()
-            .is_some_and(|w| !interface_exists(&w.name));
-        // A dead daemon is started again within a second, not at the next period.
-        let daemon_dead = read_applied(state_dir)
-            .is_some_and(|a| !crate::slurm::daemons_run(a.slurm.role, state_dir));
-        if device_gone || daemon_dead || last.elapsed() >= period {
-            last = std::time::Instant::now();
-            // The configuration is read again under the lock: `up` may have written a newer
-            // one while this waited for it.
-            let result = lock(state_dir).and_then(|_lock| match read() {
-                Some(config) => {
-                    apply_locked(&config, state_dir, exe, tag, Duration::ZERO).map(drop)
-                }
-                None => Ok(()),
-            });
-            if let Err(e) = result {
-                on_error(&e);
-            }
-        }
-    }
-}
-
-/// Collects exited children (the WireGuard daemons this process started): no zombies.
-fn reap_children() {
-    use nix::sys::wait::{WaitPidFlag, waitpid};
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if matches!(status, nix::sys::wait::WaitStatus::StillAlive) {
-            break;
-        }
-    }
 }
 
 /// One route of `ip -j route show`.

@@ -270,17 +270,20 @@ fn sync_partitions(
 /// Where configless slurmd keeps the configuration it fetched (`SlurmdSpoolDir/conf-cache`).
 const CONF_CACHE: &str = "/var/lib/slurm/slurmd/conf-cache/slurm.conf";
 
-/// Whether the running slurmctld knows `name`: `None` when it cannot be asked.
+/// How long a worker's periodic apply waits for slurmctld's answer: scontrol's own timeout
+/// (MessageTimeout, retried) held the node's supervisor ~20 s whenever the controller was
+/// unreachable, and with it every repair behind it.
+const ASK_CONTROLLER: Duration = Duration::from_secs(3);
+
+/// Whether the running slurmctld knows `name`: `None` when it cannot be asked (in time).
 fn controller_knows(name: &str) -> Option<bool> {
     if !Path::new(CONF_CACHE).is_file() {
         return None;
     }
-    let out = std::process::Command::new("scontrol")
-        .args(["show", "node", name, "-o"])
-        .env("SLURM_CONF", CONF_CACHE)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
+    let mut cmd = std::process::Command::new("scontrol");
+    cmd.args(["show", "node", name, "-o"])
+        .env("SLURM_CONF", CONF_CACHE);
+    let out = sys::output_within(cmd, ASK_CONTROLLER)?;
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if out.status.success() && text.contains(&format!("NodeName={name} ")) {

@@ -150,6 +150,32 @@ pub fn stop_processes(pids: &[u32]) {
     }
 }
 
+/// Runs `cmd` (stdin empty, output captured) and returns its output if it exits within
+/// `limit`; otherwise it is killed and reaped, and the answer is `None`. For small outputs:
+/// the pipes are read once it exited.
+pub fn output_within(mut cmd: Command, limit: Duration) -> Option<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().ok(),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
 /// Polls `check` every 10 ms until it returns `Some`, at most `limit`.
 pub fn wait_for<T>(
     what: &str,
@@ -193,4 +219,23 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AgentErro
     f.sync_all().map_err(AgentError::io(&tmp))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(AgentError::io(path))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_past_its_limit_is_killed_and_answers_nothing() {
+        let t = Instant::now();
+        let mut slow = Command::new("sleep");
+        slow.arg("30");
+        assert!(output_within(slow, Duration::from_millis(300)).is_none());
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let mut quick = Command::new("echo");
+        quick.arg("known");
+        let out = output_within(quick, Duration::from_secs(10)).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "known\n");
+    }
 }

@@ -232,7 +232,8 @@ fn openstack_cluster_runs_jobs_where_the_data_lives_and_grows_and_shrinks() {
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("(a panic without a message)");
-        panic!("the end-to-end test failed (above, with its timings): {reason}");
+        eprintln!("the end-to-end test failed (above, with its timings): {reason}");
+        std::panic::resume_unwind(payload);
     }
 }
 
@@ -589,23 +590,33 @@ fn a_rebooted_worker_is_idle_again_without_up(c: &Cluster) {
 }
 
 fn a_node_restores_its_tunnel_device_and_routes_by_itself(c: &Cluster) {
-    // Timed on the node itself: a round trip of `exec` takes seconds under TCG.
-    let out = c.exec(
+    // Timed on the node itself, by its clock: a round trip of `exec` takes seconds under TCG,
+    // and a loop that counted turns of `sleep 0.1` said 18.6 s in an `exec` of 35.6 s.
+    let back = |node: &str, break_it: &str, is_back: &str| -> f64 {
+        let out = c.exec(
+            node,
+            &format!(
+                "t0=$(date +%s%N); {break_it}; while [ $(( $(date +%s%N) - t0 )) -lt 30000000000 ]; do \
+                 if {is_back}; then echo back after $(( ($(date +%s%N) - t0) / 1000000 )) ms; exit 0; fi; \
+                 sleep 0.1; done; echo gone"
+            ),
+        );
+        let ms: u64 = out
+            .trim()
+            .strip_prefix("back after ")
+            .and_then(|r| r.strip_suffix(" ms"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{node}: not back within 30 s after `{break_it}`: {out}"));
+        let secs = Duration::from_millis(ms).as_secs_f64();
+        eprintln!("{node}: back after {secs:.1}s from `{break_it}`");
+        secs
+    };
+    let secs = back(
         "b-gw",
-        "ip link del wg0; for i in $(seq 100); do \
-         ip link show wg0 >/dev/null 2>&1 && wg show wg0 peers | grep -q . && \
-         { echo back after $i; exit 0; }; sleep 0.1; done; echo gone",
+        "ip link del wg0",
+        "ip link show wg0 >/dev/null 2>&1 && wg show wg0 peers | grep -q .",
     );
-    let tenths: u32 = out
-        .trim()
-        .strip_prefix("back after ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("b-gw's wg0 did not come back within 10 s: {out}"));
-    eprintln!("b-gw's wg0 back after {:.1}s", f64::from(tenths) / 10.0);
-    assert!(
-        tenths <= 50,
-        "b-gw's wg0 came back after {tenths} tenths of a second"
-    );
+    assert!(secs <= 5.0, "b-gw's wg0 came back after {secs:.1}s");
     let out = c.exec(
         "b-worker-1",
         "for i in $(seq 10); do ping -c 1 -W 1 10.81.0.6 >/dev/null && { echo ok; exit 0; }; done; echo lost",
@@ -616,23 +627,14 @@ fn a_node_restores_its_tunnel_device_and_routes_by_itself(c: &Cluster) {
         "b-worker-1 does not reach a-worker-1 after wg0 came back"
     );
 
-    let out = c.exec(
+    // The supervisor looks for planned routes every second; the period (10 s) bounds it.
+    let secs = back(
         "b-worker-1",
-        "ip route del 10.81.0.0/24; for i in $(seq 300); do \
-         ip route show 10.81.0.0/24 | grep -q via && { echo back after $i; exit 0; }; \
-         sleep 0.1; done; echo gone",
-    );
-    let tenths: u32 = out
-        .trim()
-        .strip_prefix("back after ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("b-worker-1's route did not come back within 30 s: {out}"));
-    eprintln!(
-        "b-worker-1's route back after {:.1}s",
-        f64::from(tenths) / 10.0
+        "ip route del 10.81.0.0/24",
+        "ip route show 10.81.0.0/24 | grep -q via",
     );
     assert!(
-        tenths <= 150,
-        "the route came back after {tenths} tenths (period 10 s)"
+        secs <= 10.0,
+        "b-worker-1's route came back after {secs:.1}s"
     );
 }
