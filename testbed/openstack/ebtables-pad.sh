@@ -7,6 +7,8 @@
 # And ebtables-nft cannot delete an --among-src rule by its match at all (RULE_DELETE: Invalid
 # argument, exit 4, even for the rule exactly as it lists it: seen when a port's allowed-address
 # pairs change): such a delete is done by the rule's number in the chain instead.
+# MAC octets without their leading zero (fa:16:3e:01:c6:bd -> fa:16:3e:1:c6:bd).
+unpad() { sed -E ':a; s/(^|[ :,])0([0-9a-fA-F])([:, ]|$)/\1\2\3/; ta'; }
 args=()
 pad=0
 for a in "$@"; do
@@ -39,9 +41,15 @@ if [ "$rc" = 4 ]; then
     i=$((i + 1))
   done
   if [ "$del" = 1 ] && [[ " ${rule[*]} " == *" --among-src "* ]]; then
-    want="${rule[*]}"
+    # Compared without the octets' leading zeros, as ebtables-nft lists them: the padded rule
+    # never matched the listing, so a port whose MAC has a 0x octet stalled the agent (retried
+    # forever, no port wired after it: "Failed to allocate the network(s)").
+    want=$(printf '%s\n' "${rule[*]}" | unpad)
     num=$(/usr/sbin/ebtables -t "$table" -L "$chain" --Ln 2>/dev/null |
-      awk -v want="$want" '/^[0-9]+\.? / { n = $1; sub(/^[0-9]+\.? /, ""); sub(/ +$/, ""); if ($0 == want) { sub(/\./, "", n); print n; exit } }')
+      awk '/^[0-9]+\.? / { n = $1; sub(/\./, "", n); sub(/^[0-9]+\.? /, ""); sub(/ +$/, ""); print n " " $0 }' |
+      while read -r n listed; do
+        if [ "$(printf '%s\n' "$listed" | unpad)" = "$want" ]; then echo "$n"; break; fi
+      done)
     if [ -n "$num" ]; then
       /usr/sbin/ebtables -t "$table" --concurrent -D "$chain" "$num"
       exit $?

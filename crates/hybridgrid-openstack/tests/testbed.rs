@@ -30,6 +30,8 @@ use serde_json::Value;
 
 #[path = "testbed/boot.rs"]
 mod boot;
+#[path = "testbed/ebtables.rs"]
+mod ebtables;
 
 fn clouds() -> PathBuf {
     match std::env::var_os("HYBRIDGRID_TESTBED_CLOUDS") {

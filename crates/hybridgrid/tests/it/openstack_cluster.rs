@@ -200,13 +200,41 @@ fn bed_log_tails() {
     }
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+/// Tries `f` every 3 s until it is `Ok`; on the time-out, fails with what it saw last.
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> Result<(), String>) {
     let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "timed out after {limit:?}: {what}");
+    while let Err(seen) = f() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?}: {what}; last seen:\n{seen}"
+        );
         std::thread::sleep(Duration::from_secs(3));
     }
     eprintln!("{what}: after {:.1}s", t.elapsed().as_secs_f64());
+}
+
+/// A command's stdout if it succeeded, else everything it printed.
+fn out_of(out: &Output) -> Result<String, String> {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{:?}: {stdout}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// `status --json` with every worker idle, or the document that says otherwise.
+fn all_workers_idle(c: &Cluster) -> Result<(), String> {
+    let status = c.status().1;
+    if workers_idle(&status) {
+        Ok(())
+    } else {
+        Err(format!("{status:#}"))
+    }
 }
 
 fn workers_idle(status: &Value) -> bool {
@@ -247,7 +275,7 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
 
     // Slurm: every worker idle (slurmd registers once the tunnels carry its traffic).
     wait_until("every worker idle", Duration::from_secs(180), || {
-        workers_idle(&c.status().1)
+        all_workers_idle(c)
     });
     let (healthy, status) = c.status();
     assert!(healthy, "status is not healthy: {status:#}");
@@ -367,11 +395,16 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
     c.hg_ok(&["up"]);
     wait_until("c's tunnels up", Duration::from_secs(180), || {
         let (_, s) = c.status();
-        s["tunnels"].as_array().is_some_and(|t| {
+        let up = s["tunnels"].as_array().is_some_and(|t| {
             t.len() == 6
                 && t.iter()
                     .all(|x| x["handshake_age_s"].as_u64().is_some_and(|a| a < 180))
-        })
+        });
+        if up {
+            Ok(())
+        } else {
+            Err(format!("{:#}", s["tunnels"]))
+        }
     });
     let out = c.exec("c-gw", "ping -c 1 -W 3 10.82.0.6 >/dev/null && echo ok");
     assert_eq!(out.trim(), "ok", "c-gw does not reach b-worker-1");
@@ -530,7 +563,12 @@ fn doctor_names_what_was_removed_by_hand_with_the_openstack_command(c: &Cluster)
     );
     run_fix(fix);
     wait_until("doctor healthy again", Duration::from_secs(60), || {
-        doctor(&["doctor", "--json"]).0
+        let (ok, report) = doctor(&["doctor", "--json"]);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{:#}", report["findings"]))
+        }
     });
 }
 
@@ -557,7 +595,11 @@ fn a_rebooted_worker_is_idle_again_without_up(c: &Cluster) {
                 "cat",
                 "/proc/sys/kernel/random/boot_id",
             ]);
-            out.status.success() && String::from_utf8_lossy(&out.stdout) != before
+            match out_of(&out) {
+                Ok(id) if id != before => Ok(()),
+                Ok(_) => Err("the boot id before the reboot".to_owned()),
+                Err(e) => Err(e),
+            }
         },
     );
     assert_eq!(
@@ -566,7 +608,7 @@ fn a_rebooted_worker_is_idle_again_without_up(c: &Cluster) {
         "active"
     );
     wait_until("b-worker-1 idle again", Duration::from_secs(180), || {
-        workers_idle(&c.status().1)
+        all_workers_idle(c)
     });
     // Idle is slurmctld's view; the first step launch after a boot has failed once with
     // "Communication connection failure" 5 s later (a CI run). A node that never takes a job
@@ -583,7 +625,13 @@ fn a_rebooted_worker_is_idle_again_without_up(c: &Cluster) {
                 "-c",
                 "srun -p b -t 1 hostname",
             ]);
-            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "b-worker-1"
+            out_of(&out).and_then(|o| {
+                if o.trim() == "b-worker-1" {
+                    Ok(())
+                } else {
+                    Err(o)
+                }
+            })
         },
     );
     assert_ne!(boot_id(), before);
