@@ -61,6 +61,32 @@ if PHASE == "compute":
                                "os_command_line": "root=/dev/vda console=tty0 console=ttyS0 no_timer_check",
                                "hw_disk_bus": "virtio", "hw_vif_model": "virtio"})
     print("bootstrap aggregates/flavor/images %.1fs" % (time.time() - t0))
+    # Warm-up: the L3 agent starts its privsep daemons at its first router. When two routers
+    # arrive at once (hybridgrid makes its sites in parallel), both start the same daemon, one
+    # call dies with "greenlet.error: cannot switch to a different thread", and the agent never
+    # finishes either router: no floating IP, no metadata, for good. One router here, alone,
+    # until the agent has set it up, starts every daemon first.
+    import subprocess
+    net = c.network.create_network(name="osbed-warmup")
+    sub = c.network.create_subnet(network_id=net.id, name="osbed-warmup", ip_version=4,
+                                  cidr="10.255.255.0/28", is_dhcp_enabled=False)
+    pub = c.network.find_network("public")
+    rt = c.network.create_router(name="osbed-warmup", external_gateway_info={"network_id": pub.id})
+    c.network.add_interface_to_router(rt, subnet_id=sub.id)
+    gw = c.network.get_router(rt.id).external_gateway_info["external_fixed_ips"][0]["ip_address"]
+    ns = "qrouter-" + rt.id
+    for _ in range(240):
+        addrs = subprocess.run(["ip", "netns", "exec", ns, "ip", "-4", "-o", "addr"],
+                               capture_output=True, text=True).stdout
+        if gw + "/" in addrs and "10.255.255.1/" in addrs:
+            break
+        time.sleep(0.5)
+    else:
+        sys.exit("the L3 agent did not set up the warm-up router within 120 s (log/neutron-l3.log)")
+    c.network.remove_interface_from_router(rt, subnet_id=sub.id)
+    c.network.delete_router(rt)
+    c.network.delete_network(net)
+    print("bootstrap L3 agent warm-up router %.1fs" % (time.time() - t0))
     sys.exit(0)
 
 assert PHASE == "cloud", PHASE
