@@ -40,10 +40,10 @@ pub fn supervise(
                 .and_then(|t| serde_json::from_str::<NodeConfig>(&t).ok())
         };
         // Only a node that applied once is supervised: `up` makes the first apply.
-        let Some(config) = read().filter(|_| read_applied(state_dir).is_some()) else {
+        let (Some(config), Some(applied)) = (read(), read_applied(state_dir)) else {
             continue;
         };
-        if something_is_gone(&config, state_dir) || last.elapsed() >= period {
+        if something_is_gone(&config, &applied, state_dir) || last.elapsed() >= period {
             last = Instant::now();
             // The configuration is read again under the lock: `up` may have written a newer
             // one while this waited for it.
@@ -61,13 +61,13 @@ pub fn supervise(
 }
 
 /// The WireGuard device, a Slurm daemon or a planned route is missing: a look, no process.
-fn something_is_gone(config: &NodeConfig, state_dir: &Path) -> bool {
+/// `applied`: what the agent last applied (its Slurm role says which daemons must run).
+fn something_is_gone(config: &NodeConfig, applied: &NodeConfig, state_dir: &Path) -> bool {
     let device_gone = config
         .wireguard
         .as_ref()
         .is_some_and(|w| !interface_exists(&w.name));
-    let daemon_dead = read_applied(state_dir)
-        .is_some_and(|a| !crate::slurm::daemons_run(a.slurm.role, state_dir));
+    let daemon_dead = !crate::slurm::daemons_run(applied.slurm.role, state_dir);
     // A route deleted by hand came back only with the next full apply, and a worker's full
     // apply asks the Slurm controller, which that very route leads to (31 s on the test bed).
     let route_gone = std::fs::read_to_string("/proc/net/route")
@@ -78,10 +78,10 @@ fn something_is_gone(config: &NodeConfig, state_dir: &Path) -> bool {
 /// The routes of `wanted` that the kernel's main table (`/proc/net/route`'s text) lacks:
 /// destination and prefix, and the next hop or device where the route names one.
 fn missing_routes<'a>(wanted: &'a [Route], proc_net_route: &str) -> Vec<&'a Route> {
-    let live: Vec<LiveRoute> = proc_net_route
+    let live: Vec<ProcRoute> = proc_net_route
         .lines()
         .skip(1)
-        .filter_map(LiveRoute::parse)
+        .filter_map(ProcRoute::parse)
         .collect();
     wanted
         .iter()
@@ -97,19 +97,19 @@ fn missing_routes<'a>(wanted: &'a [Route], proc_net_route: &str) -> Vec<&'a Rout
 }
 
 /// One line of `/proc/net/route`.
-struct LiveRoute {
+struct ProcRoute {
     iface: String,
     dst: Ipv4Addr,
     gateway: Ipv4Addr,
     prefix: u8,
 }
 
-impl LiveRoute {
-    fn parse(line: &str) -> Option<LiveRoute> {
+impl ProcRoute {
+    fn parse(line: &str) -> Option<ProcRoute> {
         let f: Vec<&str> = line.split_whitespace().collect();
         // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
         let (iface, dst, gateway, mask) = (f.first()?, f.get(1)?, f.get(2)?, f.get(7)?);
-        Some(LiveRoute {
+        Some(ProcRoute {
             iface: (*iface).to_owned(),
             dst: addr(dst)?,
             gateway: addr(gateway)?,
@@ -187,7 +187,7 @@ mod tests {
         let table = std::fs::read_to_string("/proc/net/route").unwrap();
         let lines = table.lines().skip(1).count();
         assert_eq!(
-            table.lines().skip(1).filter_map(LiveRoute::parse).count(),
+            table.lines().skip(1).filter_map(ProcRoute::parse).count(),
             lines
         );
     }

@@ -105,14 +105,7 @@ impl Cluster {
     }
 
     fn hg_ok(&self, args: &[&str]) -> String {
-        let out = self.hg(args);
-        assert!(
-            out.status.success(),
-            "hybridgrid {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        out_of(&self.hg(args)).unwrap_or_else(|e| panic!("hybridgrid {args:?} failed:\n{e}"))
     }
 
     /// `exec NODE -- sh -c SCRIPT`: its stdout, or a failure with everything it printed.
@@ -230,20 +223,17 @@ fn out_of(out: &Output) -> Result<String, String> {
 /// `status --json` with every worker idle, or the document that says otherwise.
 fn all_workers_idle(c: &Cluster) -> Result<(), String> {
     let status = c.status().1;
-    if workers_idle(&status) {
-        Ok(())
-    } else {
-        Err(format!("{status:#}"))
-    }
-}
-
-fn workers_idle(status: &Value) -> bool {
-    status["nodes"].as_array().is_some_and(|nodes| {
+    let idle = status["nodes"].as_array().is_some_and(|nodes| {
         nodes
             .iter()
             .filter(|n| n["role"] == "worker")
             .all(|n| n["slurm"] == "idle")
-    })
+    });
+    if idle {
+        Ok(())
+    } else {
+        Err(format!("{status:#}"))
+    }
 }
 
 #[test]
