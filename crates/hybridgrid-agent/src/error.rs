@@ -23,6 +23,8 @@ pub enum AgentError {
     Key(#[from] hybridgrid_core::keys::KeyError),
     /// timed out after {seconds}s waiting for {what}
     Timeout { what: String, seconds: u64 },
+    /// apt-get could not install {packages}: {detail}
+    PackageInstall { packages: String, detail: String },
     /// {0}
     Other(String),
 }
@@ -32,4 +34,20 @@ impl AgentError {
         let path = path.into();
         move |source| AgentError::Io { path, source }
     }
+}
+
+/// `error` and each of its causes whose text the error's own message does not already hold,
+/// joined by ": " (the messages embed some causes, e.g. `{path}: {source}`).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }

@@ -7,8 +7,10 @@
 //!
 //! Architecture invariant: depends on core and wg only; knows no provider.
 
+pub mod cli;
 mod error;
 mod node;
+pub mod packages;
 pub mod pull;
 mod report;
 pub mod results;
@@ -17,7 +19,7 @@ mod supervise;
 pub mod sys;
 pub mod wg_impl;
 
-pub use error::AgentError;
+pub use error::{AgentError, error_chain};
 pub use node::{
     APPLIED_FILE, AgentReport, PUBLIC_KEY_FILE, WgStatus, apply, interface_exists, read_applied,
     read_public_key, wg_status,

@@ -51,9 +51,6 @@ impl Provider {
     }
 }
 
-/// The login user of Debian's cloud images.
-pub const DEFAULT_SSH_USER: &str = "debian";
-
 /// A validated cluster. Sites keep file order; exactly one is the master site.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
@@ -62,8 +59,9 @@ pub struct Cluster {
     /// Sources allowed to reach SSH on the nodes. Empty: SSH only from inside the cluster.
     pub admin_cidrs: Vec<Ipv4Net>,
     pub ssh_public_key: Option<String>,
-    /// openstack: the image's login user, which `up` and `exec` reach the nodes as (sudo).
-    pub ssh_user: String,
+    /// openstack: the login user `up` and `exec` reach every node as (sudo); `None`: each
+    /// node's image says (the openstack provider asks Glance).
+    pub ssh_user: Option<String>,
     pub tunnel: Tunnel,
     pub sites: Vec<Site>,
     pub datasets: Vec<Dataset>,
@@ -116,9 +114,11 @@ pub struct NodeSpec {
 pub struct WorkerGroup {
     pub name: String,
     pub count: u32,
-    pub cpus: u32,
-    /// MiB, as Slurm's `RealMemory`.
-    pub memory_mib: u64,
+    /// `None`: the flavor's vCPUs where the provider knows the flavor, else 1.
+    pub cpus: Option<u32>,
+    /// MiB, as Slurm's `RealMemory`. `None`: what a guest of the flavor's RAM has left after its
+    /// kernel ([`crate::slurm_conf::usable_memory_mib`]), else 1024.
+    pub memory_mib: Option<u64>,
     pub spec: NodeSpec,
 }
 
@@ -360,10 +360,7 @@ impl Validator<'_> {
             provider: provider?,
             admin_cidrs,
             ssh_public_key: raw.ssh_public_key.as_ref().map(|k| k.value.clone()),
-            ssh_user: raw
-                .ssh_user
-                .as_ref()
-                .map_or_else(|| DEFAULT_SSH_USER.to_owned(), |u| u.value.clone()),
+            ssh_user: raw.ssh_user.as_ref().map(|u| u.value.clone()),
             tunnel: tunnel?,
             sites: sites
                 .into_iter()

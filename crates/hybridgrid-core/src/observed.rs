@@ -49,4 +49,14 @@ pub struct ObservedSite {
     /// local: the WAN conditions emulated on what leaves the site, as the emulator runs them.
     #[serde(default)]
     pub wan: Option<crate::model::Wan>,
+    /// openstack: the sizes of the flavors the cluster file names for this site, by name.
+    #[serde(default)]
+    pub flavors: BTreeMap<String, FlavorSize>,
+}
+
+/// What a cloud's flavor gives a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlavorSize {
+    pub vcpus: u32,
+    pub ram_mib: u64,
 }

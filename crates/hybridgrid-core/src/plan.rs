@@ -18,7 +18,7 @@ pub use crate::node::{
     NodeConfig, PartitionMembers, Protocol, RESULTS_PORT, Remote, ResultsStore, Role, Route,
     SgRule, SlurmRole, SlurmSetup, WG_INTERFACE, WgInterface, WgPeer,
 };
-use crate::observed::Observed;
+use crate::observed::{Observed, ObservedSite};
 pub use crate::slurm_conf::{Partition, SlurmPlan};
 
 /// Version of the JSON plan document (`hybridgrid plan --json`); bumped on incompatible changes.
@@ -136,6 +136,22 @@ pub fn relay_name(site: &str, role: Role) -> String {
     }
 }
 
+/// A worker's CPUs and memory as Slurm is told them: the cluster file's, else its flavor's (as
+/// the provider observed it), else 1 CPU and 1024 MiB.
+fn worker_size(group: &crate::model::WorkerGroup, site: Option<&ObservedSite>) -> (u32, u64) {
+    let flavor = group
+        .spec
+        .flavor
+        .as_ref()
+        .and_then(|f| site?.flavors.get(f));
+    let cpus = group.cpus.or(flavor.map(|f| f.vcpus)).unwrap_or(1);
+    let memory = group
+        .memory_mib
+        .or(flavor.map(|f| crate::slurm_conf::usable_memory_mib(f.ram_mib)))
+        .unwrap_or(1024);
+    (cpus, memory)
+}
+
 pub fn worker_name(site: &str, group: &str, index: u32) -> String {
     format!("{site}-{group}-{index}")
 }
@@ -173,6 +189,7 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
         });
         let mut index = 0u32;
         for group in &site.workers {
+            let (cpus, memory_mib) = worker_size(group, observed.sites.get(&site.name));
             for n in 1..=group.count {
                 let name = worker_name(&site.name, &group.name, n);
                 nodes.push(NodePlan {
@@ -182,8 +199,8 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
                     role: Role::Worker,
                     lan_ip: addr::worker_ip(site.subnet, index).unwrap_or(Ipv4Addr::UNSPECIFIED),
                     tunnel_ip: None,
-                    cpus: group.cpus,
-                    memory_mib: group.memory_mib,
+                    cpus,
+                    memory_mib,
                     flavor: group.spec.flavor.clone(),
                     image: group.spec.image.clone(),
                     wireguard: None,

@@ -112,3 +112,24 @@ pub fn slurm_conf(cluster: &str, sl: &SlurmPlan, workers: &[ConfNode<'_>]) -> St
     }
     s
 }
+
+/// The `RealMemory` (MiB) to declare for a server with `ram_mib` of RAM: what its kernel keeps for
+/// itself (code, page tables, a crash kernel on some distributions) is not the node's, and slurmd
+/// drains a node that reports less than declared ("Low RealMemory"). A sixteenth, at least
+/// 128 MiB: a 1 GiB Debian guest reports ~960 MiB, a 16 GiB Ubuntu one with its crash kernel
+/// ~15.6 GiB.
+pub fn usable_memory_mib(ram_mib: u64) -> u64 {
+    ram_mib.saturating_sub((ram_mib / 16).max(128)).max(1)
+}
+
+#[cfg(test)]
+mod usable_memory_tests {
+    use super::usable_memory_mib;
+
+    #[test]
+    fn a_guest_keeps_a_sixteenth_of_its_ram_and_at_least_128_mib() {
+        assert_eq!(usable_memory_mib(1024), 896);
+        assert_eq!(usable_memory_mib(16384), 15360);
+        assert_eq!(usable_memory_mib(64), 1);
+    }
+}

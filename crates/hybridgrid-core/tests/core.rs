@@ -73,6 +73,7 @@ fn observed_as_planned(plan: &Plan) -> Observed {
             ObservedSite {
                 network: true,
                 wan: site.wan,
+                flavors: Default::default(),
                 security_groups: site
                     .security_groups
                     .iter()
@@ -163,6 +164,33 @@ fn nothing_to_do_once_applied() {
             "{f}: a second plan after applying should be empty"
         );
     }
+}
+
+#[test]
+fn a_worker_without_cpus_or_memory_takes_its_flavors_size() {
+    let text = "name: f\nprovider: openstack\nadmin_cidrs: [192.0.2.0/24]\nsites:\n  - name: a\n    \
+                master: true\n    cloud: a\n    subnet: 10.1.0.0/24\n    external_network: ext\n    \
+                gateway: { flavor: small, image: debian-12-generic }\n    workers:\n      - { count: 1, \
+                flavor: big, image: debian-12-generic }\n      - { name: fixed, count: 1, cpus: 2, \
+                memory: 3000, flavor: big, image: debian-12-generic }\n";
+    let (cluster, diags) = validate_text(text);
+    let cluster = cluster.unwrap_or_else(|| panic!("{diags:?}"));
+    let size = |plan: &Plan, name: &str| {
+        let n = plan.node(name).unwrap();
+        (n.cpus, n.memory_mib)
+    };
+    // Before the cloud was asked: the defaults.
+    let plan = hybridgrid_core::reconcile::plan(&cluster, &Observed::default());
+    assert_eq!(size(&plan, "a-worker-1"), (1, 1024));
+    let mut observed = Observed::default();
+    observed.sites.entry("a".into()).or_default().flavors.insert(
+        "big".into(),
+        hybridgrid_core::observed::FlavorSize { vcpus: 8, ram_mib: 16384 },
+    );
+    let plan = hybridgrid_core::reconcile::plan(&cluster, &observed);
+    assert_eq!(size(&plan, "a-worker-1"), (8, 15360));
+    // What the file says wins.
+    assert_eq!(size(&plan, "a-fixed-1"), (2, 3000));
 }
 
 #[test]

@@ -250,6 +250,8 @@ impl Local {
             security_groups,
             allowed_address_pairs,
             wan: crate::wan::observed(cluster, site, entry.index),
+            // No flavors in the emulation: workers take the file's size or the defaults.
+            flavors: BTreeMap::new(),
         }
     }
 }

@@ -26,8 +26,19 @@ pub struct Target {
     pub node: String,
     /// The relay's floating IP, or the worker's site address.
     pub host: Ipv4Addr,
-    /// For a worker: its site's relay (name and floating IP).
-    pub jump: Option<(String, Ipv4Addr)>,
+    /// The login user of the node's image.
+    pub user: String,
+    /// For a worker: its site's relay.
+    pub jump: Option<Hop>,
+}
+
+/// The relay a worker is reached through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub node: String,
+    /// Its floating IP.
+    pub host: Ipv4Addr,
+    pub user: String,
 }
 
 /// What a command on a node printed.
@@ -47,7 +58,6 @@ impl Output {
 #[derive(Debug, Clone)]
 pub struct Channel {
     cluster: String,
-    user: String,
     identity: Option<PathBuf>,
     dir: PathBuf,
     connect_timeout: Duration,
@@ -55,10 +65,9 @@ pub struct Channel {
 
 impl Channel {
     /// `dir` holds the cluster's known hosts and the shared connections' sockets.
-    pub fn new(cluster: &str, user: &str, ssh_public_key: Option<&str>, dir: PathBuf) -> Self {
+    pub fn new(cluster: &str, ssh_public_key: Option<&str>, dir: PathBuf) -> Self {
         Channel {
             cluster: cluster.to_owned(),
-            user: user.to_owned(),
             identity: ssh_public_key.and_then(private_key_beside),
             dir,
             connect_timeout: Duration::from_secs(10),
@@ -105,20 +114,21 @@ impl Channel {
             "-o".into(),
             "ControlPersist=60".into(),
         ]);
-        if let Some((relay, ip)) = &target.jump {
+        if let Some(relay) = &target.jump {
             let hop: Vec<String> = self
-                .options(relay)
+                .options(&relay.node)
                 .into_iter()
                 .map(|w| shell_quote(&w))
                 .collect();
             a.push("-o".into());
             a.push(format!(
-                "ProxyCommand=ssh {} -W %h:%p {}@{ip}",
+                "ProxyCommand=ssh {} -W %h:%p {}@{}",
                 hop.join(" "),
-                self.user
+                relay.user,
+                relay.host
             ));
         }
-        a.push(format!("{}@{}", self.user, target.host));
+        a.push(format!("{}@{}", target.user, target.host));
         a.push("--".into());
         a.push(remote.to_owned());
         a
@@ -130,7 +140,7 @@ impl Channel {
     pub async fn run(&self, target: &Target, script: &str, input: &[u8]) -> Result<Output> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| OsError::Other(format!("{}: {e}", self.dir.display())))?;
-        let remote = if self.user == "root" {
+        let remote = if target.user == "root" {
             format!("sh -c {}", shell_quote(script))
         } else {
             format!("sudo -n sh -c {}", shell_quote(script))
@@ -157,11 +167,7 @@ impl Channel {
         if code == 255 {
             return Err(OsError::Channel {
                 node: target.node.clone(),
-                detail: if stderr.is_empty() {
-                    "ssh failed".into()
-                } else {
-                    stderr
-                },
+                detail: ssh_failure(target, stderr),
             });
         }
         Ok(Output {
@@ -199,6 +205,27 @@ impl Channel {
     }
 }
 
+/// What ssh said when it failed; a refused login also names the user it tried and the key that
+/// sets another.
+fn ssh_failure(target: &Target, stderr: String) -> String {
+    if stderr.is_empty() {
+        return "ssh failed".into();
+    }
+    if !stderr.contains("Permission denied") {
+        return stderr;
+    }
+    let users = match &target.jump {
+        Some(relay) if relay.user != target.user => {
+            format!("`{}` (through {} as `{}`)", target.user, relay.node, relay.user)
+        }
+        _ => format!("`{}`", target.user),
+    };
+    format!(
+        "{stderr} (logged in as {users}: the image's login user unless the cluster file's \
+         `ssh_user` names another; set `ssh_user` if the image has a different one)"
+    )
+}
+
 /// `X` for a public key file `X.pub` when `X` exists.
 fn private_key_beside(public: &str) -> Option<PathBuf> {
     let path = match public.trim().strip_prefix("~/") {
@@ -225,11 +252,16 @@ mod tests {
 
     #[test]
     fn a_worker_is_reached_through_its_relay_with_the_same_host_key_rules() {
-        let ch = Channel::new("c1", "debian", None, PathBuf::from("/s/ssh"));
+        let ch = Channel::new("c1", None, PathBuf::from("/s/ssh"));
         let t = Target {
             node: "a-worker-1".into(),
             host: Ipv4Addr::new(10, 1, 0, 6),
-            jump: Some(("a-gw".into(), Ipv4Addr::new(203, 0, 113, 7))),
+            user: "debian".into(),
+            jump: Some(Hop {
+                node: "a-gw".into(),
+                host: Ipv4Addr::new(203, 0, 113, 7),
+                user: "debian".into(),
+            }),
         };
         let args = ch.args(&t, "true");
         let proxy = args
@@ -242,6 +274,29 @@ mod tests {
         assert!(args.contains(&"HostKeyAlias=c1-a-worker-1".to_owned()));
         assert!(args.contains(&"StrictHostKeyChecking=accept-new".to_owned()));
         assert_eq!(&args[args.len() - 3..], ["debian@10.1.0.6", "--", "true"]);
+    }
+
+    #[test]
+    fn each_hop_logs_in_as_its_own_images_user_and_a_refusal_names_them() {
+        let ch = Channel::new("c1", None, PathBuf::from("/s/ssh"));
+        let t = Target {
+            node: "b-worker-1".into(),
+            host: Ipv4Addr::new(10, 2, 0, 6),
+            user: "ubuntu".into(),
+            jump: Some(Hop {
+                node: "b-gw".into(),
+                host: Ipv4Addr::new(203, 0, 113, 8),
+                user: "debian".into(),
+            }),
+        };
+        let args = ch.args(&t, "true");
+        let proxy = args.iter().find(|a| a.starts_with("ProxyCommand=")).unwrap();
+        assert!(proxy.ends_with("-W %h:%p debian@203.0.113.8"), "{proxy}");
+        assert_eq!(&args[args.len() - 3..], ["ubuntu@10.2.0.6", "--", "true"]);
+        let said = ssh_failure(&t, "ubuntu@10.2.0.6: Permission denied (publickey).".into());
+        assert!(said.contains("`ubuntu` (through b-gw as `debian`)"), "{said}");
+        assert!(said.contains("`ssh_user`"), "{said}");
+        assert_eq!(ssh_failure(&t, "Connection refused".into()), "Connection refused");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use hybridgrid_engine::{Event, Probe, Reach, Sink, TunnelStatus};
 
 use crate::channel::{Channel, shell_quote};
 use crate::error::{OsError, Result};
+use crate::login::LoginUsers;
 use crate::nodes::{self, AgentBinary};
 use crate::provider::OpenStack;
 
@@ -22,10 +23,27 @@ impl OpenStack {
     pub(crate) fn channel(&self) -> Channel {
         Channel::new(
             &self.cluster.name,
-            &self.cluster.ssh_user,
             self.cluster.ssh_public_key.as_deref(),
             self.opts.state_root.join(&self.cluster.name).join("ssh"),
         )
+    }
+
+    /// How `plan`'s node `name` is reached ([`nodes::target`], as its image's login user).
+    pub(crate) fn target(&self, plan: &Plan, name: &str) -> Option<crate::channel::Target> {
+        nodes::target(plan, name, &self.login_users())
+    }
+
+    /// The login user of each node: the cluster file's `ssh_user`, else what `observe` learned
+    /// of each image from Glance, else the image's name ([`crate::login`]).
+    pub(crate) fn login_users(&self) -> LoginUsers {
+        LoginUsers {
+            explicit: self.cluster.ssh_user.clone(),
+            by_image: self
+                .image_users
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
     }
 
     fn agent_binary(&self) -> Result<Option<AgentBinary>> {
@@ -54,7 +72,7 @@ impl OpenStack {
         let names: Vec<String> = observed.nodes.keys().cloned().collect();
         let reports: Vec<(String, Option<hybridgrid_agent::NodeReport>)> =
             futures::stream::iter(names.into_iter().map(|name| {
-                let target = nodes::target(&shape, &name);
+                let target = self.target(&shape, &name);
                 let channel = &channel;
                 async move {
                     let report = match &target {
@@ -105,7 +123,7 @@ impl OpenStack {
                     let Change::ConfigureNode { node, .. } = c else {
                         return ((*c).clone(), 0.0, Ok(Vec::new()));
                     };
-                    let r = match nodes::target(plan, node) {
+                    let r = match self.target(plan, node) {
                         Some(target) => {
                             nodes::configure(channel, &target, plan, agent, key, 0).await
                         }
@@ -121,6 +139,7 @@ impl OpenStack {
             .await;
         let mut partial = Vec::new();
         let mut workers_configured = false;
+        let mut fatal = None;
         for (c, seconds, r) in results {
             match r {
                 Ok(details) => {
@@ -139,16 +158,24 @@ impl OpenStack {
                         summary: c.summary(),
                         error: e.to_string(),
                     });
-                    partial.push((c, unreachable_help(&e, &self.cluster.admin_cidrs)));
+                    if matches!(e, OsError::PackageInstall { .. }) {
+                        fatal.get_or_insert(e);
+                    } else {
+                        partial.push((c, unreachable_help(&e, &self.cluster.admin_cidrs)));
+                    }
                 }
             }
+        }
+        // A node that cannot install its packages will not take its role by waiting: `up` fails.
+        if let Some(e) = fatal {
+            return Err(e);
         }
         // The workers' agents started slurmd: the master's agent waits for them to register and
         // puts them into their partitions.
         if workers_configured
             && plan.mesh_complete()
             && let Some(master) = plan.nodes.iter().find(|n| n.role == Role::Master)
-            && let Some(target) = nodes::target(plan, &master.name)
+            && let Some(target) = self.target(plan, &master.name)
         {
             let t = std::time::Instant::now();
             let done = nodes::configure(&channel, &target, plan, agent.as_ref(), &key, 30).await?;
@@ -189,7 +216,7 @@ impl OpenStack {
         let answers = futures::stream::iter(pending.into_iter().map(|node| {
             let channel = &channel;
             async move {
-                let Some(target) = nodes::target(plan, node) else {
+                let Some(target) = self.target(plan, node) else {
                     return (node, false);
                 };
                 let t = std::time::Instant::now();
@@ -234,7 +261,7 @@ impl OpenStack {
         script: &str,
         input: &[u8],
     ) -> Result<(i32, Vec<u8>)> {
-        let target = nodes::target(plan, node).ok_or_else(|| {
+        let target = self.target(plan, node).ok_or_else(|| {
             OsError::Other(format!(
                 "{node} is not in the plan or cannot be reached yet"
             ))
@@ -245,13 +272,13 @@ impl OpenStack {
 
     /// The `ssh` command line that runs `cmd` on `node` as root, for `exec` (the user's terminal).
     pub fn exec_args(&self, plan: &Plan, node: &str, cmd: &[String]) -> Result<Vec<String>> {
-        let target = nodes::target(plan, node).ok_or_else(|| {
+        let target = self.target(plan, node).ok_or_else(|| {
             OsError::Other(format!(
                 "{node} is not in the plan or cannot be reached yet"
             ))
         })?;
         let quoted: Vec<String> = cmd.iter().map(|c| shell_quote(c)).collect();
-        let remote = if self.cluster.ssh_user == "root" {
+        let remote = if target.user == "root" {
             quoted.join(" ")
         } else {
             format!("sudo -n {}", quoted.join(" "))

@@ -30,6 +30,8 @@ pub enum OsError {
     ServerFailed { name: String, message: String },
     /// node {node}, over SSH: {detail}
     Channel { node: String, detail: String },
+    /// node {node} lacks packages its role needs: {detail}
+    PackageInstall { node: String, detail: String },
     /// {0}
     Other(String),
 }

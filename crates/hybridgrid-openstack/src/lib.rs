@@ -18,6 +18,7 @@ mod doctor;
 mod down;
 mod error;
 pub mod ledger;
+mod login;
 pub mod nodes;
 mod provider;
 mod site;

@@ -1,8 +1,9 @@
 //! What the openstack provider does on its nodes, over the node channel ([`Channel`]): asks a
-//! node what it applied (`hybridgrid agent report`), and configures a booted node — the agent
-//! binary (the CLI's own, checked by SHA-256 on the node), the node's configuration, the
-//! cluster's munge key (mode 0400, on standard input only), `hybridgrid agent apply`, and the
-//! agent's supervisor as a systemd service that survives a reboot.
+//! node what it applied (`hybridgrid-agent agent report`), and configures a booted node — the
+//! agent binary (`hybridgrid-agent`, checked by SHA-256 on the node), the node's configuration,
+//! the distribution's packages its role needs and its image lacks (`agent install`), the
+//! cluster's munge key (mode 0400, on standard input only), `agent apply`, and the agent's
+//! supervisor as a systemd service that survives a reboot.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ use hybridgrid_agent::NodeReport;
 use hybridgrid_core::plan::{Plan, Role, SlurmRole};
 use sha2::Digest as _;
 
-use crate::channel::{Channel, Target, shell_quote};
+use crate::channel::{Channel, Hop, Target, shell_quote};
+use crate::login::LoginUsers;
 use crate::error::{OsError, Result};
 use crate::userdata::{AGENT_PATH, AGENT_STATE_DIR, PULL_UNIT};
 
@@ -24,13 +26,14 @@ pub const MUNGE_KEY_FILE: &str = "munge.key";
 const MUNGE_KEY_BYTES: usize = 1024;
 
 /// How `plan`'s node `name` is reached: a relay at its floating IP, a worker through its site's
-/// relay. `None` while the relay has no floating IP.
-pub fn target(plan: &Plan, name: &str) -> Option<Target> {
+/// relay, each as its image's login user. `None` while the relay has no floating IP.
+pub fn target(plan: &Plan, name: &str, users: &LoginUsers) -> Option<Target> {
     let node = plan.node(name)?;
     if node.role.is_relay() {
         return Some(Target {
             node: node.name.clone(),
             host: node.public_ip?,
+            user: users.of(node),
             jump: None,
         });
     }
@@ -38,7 +41,12 @@ pub fn target(plan: &Plan, name: &str) -> Option<Target> {
     Some(Target {
         node: node.name.clone(),
         host: node.lan_ip,
-        jump: Some((relay.name.clone(), relay.public_ip?)),
+        user: users.of(node),
+        jump: Some(Hop {
+            node: relay.name.clone(),
+            host: relay.public_ip?,
+            user: users.of(relay),
+        }),
     })
 }
 
@@ -78,14 +86,20 @@ impl AgentBinary {
             let p = p.to_owned();
             move |e: std::io::Error| OsError::Other(format!("{}: {e}", p.display()))
         };
-        let meta = std::fs::metadata(exe).map_err(io(exe))?;
+        let meta = std::fs::metadata(exe).map_err(|e| {
+            OsError::Other(format!(
+                "the node agent's binary {}: {e} (it is built with hybridgrid: `cargo build`, or \
+                 `cargo install --path crates/hybridgrid-agent` beside an installed hybridgrid)",
+                exe.display()
+            ))
+        })?;
         let mtime = meta
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
         std::fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
-        let stripped = cache_dir.join(format!("hybridgrid-{}-{mtime}", meta.len()));
+        let stripped = cache_dir.join(format!("hybridgrid-agent-{}-{mtime}", meta.len()));
         if !stripped.is_file() {
             let tmp = stripped.with_extension("part");
             let ok = std::process::Command::new("objcopy")
@@ -145,6 +159,27 @@ pub fn ensure_munge_key(cluster_dir: &Path) -> Result<Vec<u8>> {
         .map_err(|e| OsError::Other(format!("/dev/urandom: {e}")))?;
     hybridgrid_engine::state::write_atomic(&path, &key, 0o400)?;
     Ok(key)
+}
+
+/// What the node's role needs from the distribution's packages and its image lacks, installed by
+/// the agent (`agent install`, apt from the image's own sources); the packages it installed. A
+/// failure is [`OsError::PackageInstall`] with apt's reason: `up` stops there, since the node
+/// cannot take its role without them.
+async fn install_packages(channel: &Channel, target: &Target) -> Result<Vec<String>> {
+    let out = channel
+        .run(target, &format!("{AGENT_PATH} agent install --config {CONFIG}"), b"")
+        .await?;
+    if out.code != 0 {
+        let said = out.stderr.trim();
+        return Err(OsError::PackageInstall {
+            node: target.node.clone(),
+            detail: said
+                .strip_prefix("hybridgrid-agent: ")
+                .unwrap_or(said)
+                .to_owned(),
+        });
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or_default())
 }
 
 /// The agent's supervisor as a systemd unit. `KillMode=process`: a restart of the supervisor
@@ -210,6 +245,10 @@ pub async fn configure(
             &json,
         )
         .await?;
+    let installed = install_packages(channel, target).await?;
+    if !installed.is_empty() {
+        done.push(format!("installed {}", installed.join(" ")));
+    }
     if node.role != Role::Gateway && config.slurm.role != SlurmRole::None {
         let key = format!(
             "{AGENT_STATE_DIR}/{}",

@@ -39,8 +39,8 @@ pub struct Options {
     /// Test hook: `up` fails as if killed right after this many create calls went through
     /// (their ids are not recorded).
     pub crash_after: Option<usize>,
-    /// Where nodes download the hybridgrid binary (HTTPS URL); `None`: the image has it at
-    /// `/usr/local/bin/hybridgrid`.
+    /// Where nodes download the agent binary at first boot (HTTPS URL); `None`: the image has
+    /// it at `/usr/local/bin/hybridgrid-agent`, or the node channel brings it after boot.
     pub agent_url: Option<String>,
     /// How long a server may take to become ACTIVE (and to disappear on delete).
     pub server_timeout: Duration,
@@ -54,8 +54,8 @@ pub struct Options {
     /// servers that do not boot (the test bed's fake host): then what the provider delivered
     /// is taken as applied.
     pub node_channel: bool,
-    /// The agent binary `up` installs on every node over the channel (the CLI's own); `None`:
-    /// the image has it.
+    /// The agent binary `up` installs on every node over the channel (`hybridgrid-agent`);
+    /// `None`: the image has it.
     pub agent_binary: Option<PathBuf>,
     /// The SHA-256 a node checks the binary from `agent_url` against.
     pub agent_sha256: Option<String>,
@@ -108,6 +108,8 @@ pub struct OpenStack {
     runtime: OnceLock<std::result::Result<tokio::runtime::Runtime, String>>,
     /// The agent binary as nodes get it, prepared once per run.
     pub(crate) agent_binary: Mutex<Option<crate::nodes::AgentBinary>>,
+    /// (site, image) → its login user, from Glance's image properties (`observe`).
+    pub(crate) image_users: Mutex<BTreeMap<(String, String), String>>,
 }
 
 fn err(e: OsError) -> EngineError {
@@ -130,6 +132,7 @@ impl OpenStack {
             server_seconds: Mutex::new(BTreeMap::new()),
             runtime: OnceLock::new(),
             agent_binary: Mutex::new(None),
+            image_users: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -270,6 +273,7 @@ impl OpenStack {
     /// its port are `reserved_public_ips`.
     pub async fn observe_async(&self) -> Result<Observed> {
         let sites = self.connected().await?;
+        self.learn_login_users(sites).await;
         let (mut observed, unattached) = self.observe_full(sites).await?;
         for (node, (_, ip)) in unattached {
             observed.reserved_public_ips.insert(node, ip);
@@ -279,6 +283,36 @@ impl OpenStack {
         }
         *lock(&self.last_observed) = Some(observed.clone());
         Ok(observed)
+    }
+
+    /// Each site's images' login users from Glance (once per run; only when the cluster file
+    /// names no `ssh_user`). An image Glance does not show keeps the rule of its name.
+    async fn learn_login_users(&self, sites: &[SiteOps]) {
+        if self.cluster.ssh_user.is_some() || !lock(&self.image_users).is_empty() {
+            return;
+        }
+        let wanted = sites.iter().flat_map(|ops| {
+            let site = &ops.site;
+            let images = std::iter::once(&site.gateway.image)
+                .chain(site.workers.iter().map(|g| &g.spec.image))
+                .flatten()
+                .collect::<BTreeSet<_>>();
+            images.into_iter().map(move |image| async move {
+                let user = ops
+                    .image(image)
+                    .await
+                    .ok()
+                    .and_then(|v| crate::login::user_from_image(&v));
+                ((site.name.clone(), image.clone()), user)
+            })
+        });
+        let found = futures::future::join_all(wanted).await;
+        let mut users = lock(&self.image_users);
+        for (key, user) in found {
+            if let Some(user) = user {
+                users.insert(key, user);
+            }
+        }
     }
 
     /// The observed state, and the relays whose floating IP is allocated but not attached.

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use hybridgrid_core::diff::{ObservedNode, ObservedSite};
+use hybridgrid_core::observed::FlavorSize;
 use hybridgrid_core::plan::Plan;
 
 use crate::api::{NET, Req, s};
@@ -13,6 +14,26 @@ use crate::site::{SiteOps, parse_net};
 use crate::site_groups::rule_of;
 
 impl SiteOps {
+    /// The sizes of the flavors the cluster file names for this site (the plan sizes workers
+    /// without `cpus` or `memory` by them). A flavor the cloud does not list is left out:
+    /// `validate --online` and the server's create name it.
+    async fn flavor_sizes(&self) -> Result<BTreeMap<String, FlavorSize>> {
+        let named = std::iter::once(&self.site.gateway.flavor)
+            .chain(self.site.workers.iter().map(|g| &g.spec.flavor))
+            .flatten();
+        let all = self.flavors().await?;
+        Ok(named
+            .filter_map(|name| {
+                let f = crate::site::find_by_name_or_id(&all, name)?;
+                let size = FlavorSize {
+                    vcpus: u32::try_from(f["vcpus"].as_u64()?).ok()?,
+                    ram_mib: f["ram"].as_u64()?,
+                };
+                Some((name.clone(), size))
+            })
+            .collect())
+    }
+
     /// What exists of this site: network, groups and rules, nodes with their public IPs, pairs
     /// and keys.
     /// The third part: relays whose floating IP is allocated but not (yet) on their port.
@@ -39,14 +60,16 @@ impl SiteOps {
             }
         };
         // Independent lookups, concurrently.
-        let ((ids, network_ready), groups, relay_fips, servers) = tokio::try_join!(
+        let ((ids, network_ready), groups, relay_fips, servers, flavors) = tokio::try_join!(
             self.network_state(),
             self.security_groups(&group_names),
             relay_fips,
-            self.servers(false)
+            self.servers(false),
+            self.flavor_sizes()
         )?;
         let mut site = ObservedSite {
             network: network_ready,
+            flavors,
             ..Default::default()
         };
         for (name, g) in groups {

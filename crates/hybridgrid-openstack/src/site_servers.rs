@@ -108,6 +108,11 @@ impl SiteOps {
     }
 
     pub async fn image_id(&self, want: &str) -> Result<String> {
+        Ok(s(&self.image(want).await?["id"]))
+    }
+
+    /// Glance's record of the image `want` (an id or a name), with its properties.
+    pub async fn image(&self, want: &str) -> Result<Value> {
         if let Some(v) = self
             .cloud
             .get_opt(
@@ -118,7 +123,7 @@ impl SiteOps {
             .ok()
             .flatten()
         {
-            return Ok(s(&v["id"]));
+            return Ok(v);
         }
         let l = self
             .cloud
@@ -128,8 +133,8 @@ impl SiteOps {
                 "images",
             )
             .await?;
-        l.first()
-            .map(|i| s(&i["id"]))
+        l.into_iter()
+            .next()
             .ok_or_else(|| self.site_err(format!("image `{want}` not found")))
     }
 

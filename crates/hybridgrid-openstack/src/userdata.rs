@@ -4,8 +4,8 @@ use base64::Engine as _;
 use hybridgrid_core::plan::{NodePlan, Plan};
 use serde_json::json;
 
-/// Where nodes find the hybridgrid binary.
-pub const AGENT_PATH: &str = "/usr/local/bin/hybridgrid";
+/// Where nodes find the node agent's binary (`hybridgrid-agent`).
+pub const AGENT_PATH: &str = "/usr/local/bin/hybridgrid-agent";
 pub const NODE_CONFIG_PATH: &str = "/etc/hybridgrid/node.json";
 pub const AGENT_STATE_DIR: &str = "/var/lib/hybridgrid";
 /// What a relay prints to its console once it made its WireGuard key; the provider reads it

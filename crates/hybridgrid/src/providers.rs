@@ -40,8 +40,8 @@ fn openstack(cluster: &Cluster) -> anyhow::Result<OpenStack> {
     // `HYBRIDGRID_AGENT_URL`: where nodes download the hybridgrid binary (else the image has it).
     opts.agent_url = std::env::var("HYBRIDGRID_AGENT_URL").ok();
     opts.agent_sha256 = std::env::var("HYBRIDGRID_AGENT_SHA256").ok();
-    // `up` installs this very binary on every node over SSH.
-    opts.agent_binary = Some(std::env::current_exe().context("locating the hybridgrid binary")?);
+    // `up` installs the node agent's own binary (beside this one) on every node over SSH.
+    opts.agent_binary = Some(agent_binary()?);
     // Hidden test knob: servers that never boot (the test bed's fake host) have no SSH.
     if std::env::var("HYBRIDGRID_NODE_CHANNEL").is_ok_and(|v| v == "off") {
         opts.node_channel = false;
@@ -78,4 +78,15 @@ pub fn open(cluster: &Cluster, knobs: Knobs) -> anyhow::Result<Box<dyn Provider>
 /// The OpenStack provider of an openstack cluster, for `validate --online`.
 pub fn openstack_of(cluster: &Cluster) -> anyhow::Result<OpenStack> {
     openstack(cluster)
+}
+
+/// The node agent's binary, `hybridgrid-agent`, installed beside `hybridgrid` (`cargo build`
+/// and `cargo install --path crates/hybridgrid-agent` put it there). `HYBRIDGRID_AGENT_BINARY`
+/// names another.
+fn agent_binary() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("HYBRIDGRID_AGENT_BINARY") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
+    Ok(exe.with_file_name("hybridgrid-agent"))
 }

@@ -195,10 +195,11 @@ impl Validator<'_> {
                     None
                 }
             });
+            // `None` inside: not given, the flavor's (or the default where there is none).
             let cpus = match &g.cpus {
-                None => Some(1),
+                None => Some(None),
                 Some(c) => match u32::try_from(c.value) {
-                    Ok(v) if (1..=4096).contains(&v) => Some(v),
+                    Ok(v) if (1..=4096).contains(&v) => Some(Some(v)),
                     _ => {
                         self.error(
                             c.pos,
@@ -211,8 +212,8 @@ impl Validator<'_> {
                 },
             };
             let memory_mib = match &g.memory {
-                None => Some(1024),
-                Some(m) if m.value >= 1 => Some(m.value),
+                None => Some(None),
+                Some(m) if m.value >= 1 => Some(Some(m.value)),
                 Some(m) => {
                     self.error(
                         m.pos,

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The test bed's copy of Debian's generic cloud image: no munge, Slurm, WireGuard tools or
+/// nftables; apt from Debian's own sources, which the bed's DNS points at its mirror.
+const STOCK_IMAGE: &str = "debian-12-generic";
+
 fn clouds() -> PathBuf {
     std::env::var_os("HYBRIDGRID_TESTBED_CLOUDS")
         .map(PathBuf::from)
@@ -61,19 +65,21 @@ impl Cluster {
             self.dir.join("id_ed25519.pub").display()
         );
         for s in sites {
-            let (cloud, subnet, workers) = match *s {
-                "a" => ("site-a", "10.81.0.0/24", 1),
-                "b" => ("site-b", "10.82.0.0/24", 1),
-                _ => ("site-b", "10.83.0.0/24", 0),
+            // a and b boot the cloud's stock image (first boot installs what a node needs); c
+            // the bed's prepared one, which installs nothing.
+            let (cloud, subnet, workers, image) = match *s {
+                "a" => ("site-a", "10.81.0.0/24", 1, STOCK_IMAGE),
+                "b" => ("site-b", "10.82.0.0/24", 1, STOCK_IMAGE),
+                _ => ("site-b", "10.83.0.0/24", 0, "hybridgrid-node"),
             };
             text.push_str(&format!(
                 "  - name: {s}\n    cloud: {cloud}\n    subnet: {subnet}\n    master: {}\n    \
-                 external_network: public\n    gateway: {{ flavor: g1.node, image: hybridgrid-node }}\n",
+                 external_network: public\n    gateway: {{ flavor: g1.node, image: {image} }}\n",
                 *s == "a"
             ));
             if workers > 0 {
                 text.push_str(&format!(
-                    "    workers:\n      - {{ count: {workers}, cpus: 1, memory: 512, flavor: g1.node, image: hybridgrid-node }}\n"
+                    "    workers:\n      - {{ count: {workers}, flavor: g1.node, image: {image} }}\n"
                 ));
             }
         }
@@ -262,6 +268,20 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
     eprintln!("{up_text}");
     assert!(up.status.success(), "up failed:\n{up_text}");
     eprintln!("up: {:.0}s", t.elapsed().as_secs_f64());
+    // The stock image's nodes got their role's packages at first configuration, as the login
+    // user the image's Glance properties name (the file has no `ssh_user`).
+    for (node, packages) in [
+        ("a-master", "wireguard-tools munge slurm-client slurmctld"),
+        ("b-gw", "wireguard-tools"),
+        ("b-worker-1", "munge slurm-client slurmd"),
+    ] {
+        assert!(
+            up_text
+                .lines()
+                .any(|l| l.contains(node) && l.contains("installed") && l.contains(packages)),
+            "{node} did not report installing {packages}:\n{up_text}"
+        );
+    }
 
     // Slurm: every worker idle (slurmd registers once the tunnels carry its traffic).
     wait_until("every worker idle", Duration::from_secs(180), || {
@@ -319,6 +339,14 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
             "{node} does not resolve b-worker-1"
         );
     }
+
+    // Workers are sized by their flavor (g1.node: 1 vCPU, 1 GiB less what the kernel keeps),
+    // and Slurm has them idle at that size: no "Low RealMemory" drain.
+    let node = c.exec("a-master", "scontrol -o show node b-worker-1");
+    assert!(
+        node.contains("CPUTot=1 ") && node.contains("RealMemory=896 "),
+        "{node}"
+    );
 
     // srun per site answers from that site's worker.
     for site in ["a", "b"] {
@@ -382,7 +410,15 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
 
     // A third site joins with `up`, and leaves again.
     c.write(&["a", "b", "c"]);
-    c.hg_ok(&["up"]);
+    let grown = c.hg(&["up"]);
+    let grown_text = out_of(&grown).unwrap_or_else(|e| panic!("up with site c failed:\n{e}"))
+        + &String::from_utf8_lossy(&grown.stderr);
+    // c-gw's image is the bed's prepared one: nothing to install.
+    assert!(
+        grown_text.lines().any(|l| l.contains("c-gw") && l.contains("configure"))
+            && !grown_text.lines().any(|l| l.contains("c-gw") && l.contains("installed")),
+        "{grown_text}"
+    );
     wait_until("c's tunnels up", Duration::from_secs(180), || {
         let (_, s) = c.status();
         let up = s["tunnels"].as_array().is_some_and(|t| {

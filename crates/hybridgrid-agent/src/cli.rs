@@ -1,0 +1,159 @@
+//! The node commands, shared by the agent's own binary (`hybridgrid-agent`, what cloud nodes
+//! get) and the full CLI (`hybridgrid agent …`, what the local provider's nodes run): the same
+//! arguments and the same code behind them. Returns what to print; printing and exit codes are
+//! the binaries'.
+
+use std::path::{Path, PathBuf};
+
+use hybridgrid_core::plan::NodeConfig;
+
+use crate::AgentError;
+
+/// The commands that run on a node. The agent starts its own helpers with these words
+/// (`wg-userspace`, `agent results-store`) through whichever binary it runs as. Hidden from the
+/// full CLI's `--help` ([`VISIBLE`] shows them again in the agent's own binary).
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// The node agent (runs on the node).
+    #[command(hide = true)]
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// The userspace WireGuard device daemon (runs on the node).
+    #[command(hide = true)]
+    WgUserspace {
+        ifname: String,
+        #[arg(long)]
+        tag: Option<String>,
+        /// Kernel offloads of the data path: all (default), tun, none; for measuring each step.
+        #[arg(long, default_value = "all")]
+        offload: hybridgrid_wg::Offload,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentCommand {
+    /// Apply the node's configuration (JSON NodeConfig) idempotently.
+    Apply {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        tag: String,
+        /// On the Slurm controller: seconds to wait for every planned worker to register
+        /// before setting the partitions.
+        #[arg(long, default_value_t = 0)]
+        wait_for_workers: u64,
+    },
+    /// Install what the node's role needs from the distribution's packages and the node lacks
+    /// (apt; nothing runs when everything is there). Prints the installed packages as JSON.
+    Install {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Merge the configuration delivered through the cloud's metadata service (peers) into
+    /// `--config` and apply it like `apply` (run every 30 s by a timer on openstack relays).
+    Pull {
+        #[arg(
+            long,
+            default_value = "http://169.254.169.254/openstack/latest/meta_data.json"
+        )]
+        metadata_url: String,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        tag: String,
+    },
+    /// Keep the node as configured (a systemd service on cloud nodes): a dead WireGuard device
+    /// or Slurm daemon back within a second, `STATE_DIR/node.json` applied every `--period`.
+    Supervise {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        tag: String,
+        #[arg(long, default_value_t = 10)]
+        period: u64,
+    },
+    /// Print what this node applied (as its live state still shows it) and its WireGuard public
+    /// key, as JSON: what the openstack provider's `observe` reads over SSH.
+    Report {
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// The master's results store (started by the controller's agent).
+    ResultsStore {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Sources allowed (repeatable): the cluster's subnets.
+        #[arg(long = "allow")]
+        allow: Vec<ipnet::Ipv4Net>,
+        #[arg(long)]
+        pid_file: PathBuf,
+        #[arg(long, default_value = "")]
+        tag: String,
+    },
+    /// Print the WireGuard device's status as JSON.
+    WgStatus {
+        #[arg(long, default_value = "wg0")]
+        interface: String,
+    },
+}
+
+/// The subcommands of [`NodeCommand`], which the agent's own binary shows in its `--help`.
+pub const VISIBLE: [&str; 2] = ["agent", "wg-userspace"];
+
+/// Runs `cmd` as the binary `exe`; the line to print on standard output, if any. `log` receives
+/// what the supervisor meets while it runs (it never returns).
+pub fn run(cmd: NodeCommand, exe: &Path, log: &dyn Fn(&AgentError)) -> Result<Option<String>, AgentError> {
+    match cmd {
+        NodeCommand::Agent { command } => agent(command, exe, log),
+        NodeCommand::WgUserspace { ifname, tag: _, offload } => {
+            let opts = hybridgrid_wg::UserspaceOptions {
+                offload,
+                ..hybridgrid_wg::UserspaceOptions::default()
+            };
+            hybridgrid_wg::run_userspace_device(&ifname, &opts)?;
+            Ok(None)
+        }
+    }
+}
+
+fn agent(cmd: AgentCommand, exe: &Path, log: &dyn Fn(&AgentError)) -> Result<Option<String>, AgentError> {
+    match cmd {
+        AgentCommand::Apply { config, state_dir, tag, wait_for_workers } => {
+            let config = read_config(&config)?;
+            let wait = std::time::Duration::from_secs(wait_for_workers);
+            json(&crate::apply(&config, &state_dir, exe, &tag, wait)?)
+        }
+        AgentCommand::Install { config } => json(&crate::packages::install(&read_config(&config)?)?),
+        AgentCommand::Pull { metadata_url, config, state_dir, tag } => {
+            json(&crate::pull::pull(&metadata_url, &config, &state_dir, exe, &tag)?)
+        }
+        AgentCommand::Supervise { state_dir, tag, period } => {
+            crate::supervise(&state_dir, exe, &tag, std::time::Duration::from_secs(period), log)
+        }
+        AgentCommand::ResultsStore { dir, listen, allow, pid_file, tag: _ } => {
+            crate::results::serve(&dir, listen, &allow, &pid_file)?;
+            Ok(None)
+        }
+        AgentCommand::Report { state_dir } => json(&crate::report(&state_dir)),
+        AgentCommand::WgStatus { interface } => json(&crate::wg_status(&interface)?),
+    }
+}
+
+fn read_config(path: &Path) -> Result<NodeConfig, AgentError> {
+    let text = std::fs::read_to_string(path).map_err(AgentError::io(path))?;
+    serde_json::from_str(&text).map_err(|source| AgentError::Json { path: path.to_owned(), source })
+}
+
+fn json(value: &impl serde::Serialize) -> Result<Option<String>, AgentError> {
+    serde_json::to_string(value)
+        .map(Some)
+        .map_err(|e| AgentError::Other(format!("cannot write the report as JSON: {e}")))
+}

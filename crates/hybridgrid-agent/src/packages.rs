@@ -1,0 +1,245 @@
+//! What a node needs from its distribution's packages for its role, and installing what a stock
+//! cloud image lacks (`agent install`, run over the openstack node channel before `apply`).
+//!
+//! A package counts as present when the file the agent uses from it exists, so a node whose image
+//! already has everything starts no process here, and a host whose tools come from elsewhere is
+//! judged by what the agent runs, not by dpkg's records. Installing uses apt (Debian and Ubuntu):
+//! the distribution's own signed packages from whatever mirror the image's apt sources name.
+
+use std::path::Path;
+use std::process::Command;
+
+use hybridgrid_core::plan::{NodeConfig, SlurmRole};
+
+use crate::AgentError;
+
+/// A distribution package and the files that show it is installed (any one of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Package {
+    pub name: &'static str,
+    pub proof: &'static [&'static str],
+}
+
+const fn package(name: &'static str, proof: &'static [&'static str]) -> Package {
+    Package { name, proof }
+}
+
+// Every node: routes and addresses, the MSS clamp, and jobs' and the agent's HTTP client.
+const IPROUTE2: Package = package("iproute2", &["/usr/sbin/ip", "/sbin/ip", "/bin/ip"]);
+const NFTABLES: Package = package("nftables", &["/usr/sbin/nft", "/sbin/nft"]);
+const CURL: Package = package("curl", &["/usr/bin/curl"]);
+// Relays: `wg show` for people (the agent itself speaks the UAPI or netlink).
+const WIREGUARD_TOOLS: Package = package("wireguard-tools", &["/usr/bin/wg"]);
+// Slurm nodes.
+const MUNGE: Package = package("munge", &["/usr/sbin/munged"]);
+const SLURM_CLIENT: Package = package("slurm-client", &["/usr/bin/scontrol"]);
+const SLURMCTLD: Package = package("slurmctld", &["/usr/sbin/slurmctld"]);
+const SLURMD: Package = package("slurmd", &["/usr/sbin/slurmd"]);
+
+/// The packages `config`'s node needs, in a stable order.
+pub fn needed(config: &NodeConfig) -> Vec<Package> {
+    let mut all = vec![IPROUTE2, NFTABLES, CURL];
+    if config.wireguard.is_some() {
+        all.push(WIREGUARD_TOOLS);
+    }
+    match config.slurm.role {
+        SlurmRole::Controller => all.extend([MUNGE, SLURM_CLIENT, SLURMCTLD]),
+        // A worker's agent asks slurmctld about itself with `scontrol`.
+        SlurmRole::Compute => all.extend([MUNGE, SLURM_CLIENT, SLURMD]),
+        SlurmRole::None => {}
+    }
+    all
+}
+
+/// Of `config`'s packages, those none of whose files exist under `root` (`/` on a node).
+pub fn missing(config: &NodeConfig, root: &Path) -> Vec<Package> {
+    needed(config)
+        .into_iter()
+        .filter(|p| {
+            !p.proof
+                .iter()
+                .any(|f| root.join(f.trim_start_matches('/')).exists())
+        })
+        .collect()
+}
+
+/// Installs the packages `config` needs and the node lacks; their names (empty: nothing was
+/// missing, nothing ran). The distribution's daemons of munge and Slurm are the agent's to start:
+/// no service starts during the install (`policy-rc.d`), and their units are disabled after it.
+pub fn install(config: &NodeConfig) -> Result<Vec<String>, AgentError> {
+    let names: Vec<String> = missing(config, Path::new("/"))
+        .iter()
+        .map(|p| p.name.to_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let _no_services = NoServiceStarts::install()?;
+    apt(&["update"], &names)?;
+    let mut install = vec!["install", "--no-install-recommends"];
+    install.extend(names.iter().map(String::as_str));
+    apt(&install, &names)?;
+    // Best effort: a unit that does not exist (a package without one) is no failure.
+    let _ = Command::new("systemctl")
+        .args(["disable", "-q", "munge", "slurmd", "slurmctld"])
+        .output();
+    Ok(names)
+}
+
+/// Runs `apt-get` non-interactively; on failure, an error naming `packages` and apt's own words.
+fn apt(args: &[&str], packages: &[String]) -> Result<(), AgentError> {
+    let out = Command::new("apt-get")
+        .args([
+            "-q",
+            "-y",
+            // A stock image's first boot may run apt's own timers: wait for its lock, not fail.
+            "-o",
+            "DPkg::Lock::Timeout=300",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+        ])
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .map_err(|e| AgentError::PackageInstall {
+            packages: packages.join(" "),
+            detail: format!("apt-get could not start: {e}"),
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(AgentError::PackageInstall {
+        packages: packages.join(" "),
+        detail: apt_failure(
+            &String::from_utf8_lossy(&out.stdout),
+            &String::from_utf8_lossy(&out.stderr),
+        ),
+    })
+}
+
+/// apt's reason for a failure: its `E:` lines (the `W:` lines of an `update` that could not
+/// fetch an index are its reason there), else the end of what it printed.
+pub fn apt_failure(stdout: &str, stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().chain(stdout.lines()).collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("E: "))
+        .copied()
+        .collect();
+    let chosen = if errors.is_empty() {
+        let warnings: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.starts_with("W: "))
+            .copied()
+            .collect();
+        if warnings.is_empty() {
+            lines[lines.len().saturating_sub(3)..].to_vec()
+        } else {
+            warnings
+        }
+    } else {
+        errors
+    };
+    let text = chosen.join("; ");
+    if text.trim().is_empty() {
+        "apt-get failed and printed nothing".to_owned()
+    } else {
+        text
+    }
+}
+
+/// Debian's `policy-rc.d` (exit 101: "action forbidden") while packages install, removed again
+/// on drop unless it was there before.
+struct NoServiceStarts {
+    made: bool,
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+impl NoServiceStarts {
+    fn install() -> Result<NoServiceStarts, AgentError> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(NoServiceStarts { made: false });
+        }
+        crate::sys::write_atomic(Path::new(POLICY_RC_D), b"#!/bin/sh\nexit 101\n", 0o755)?;
+        Ok(NoServiceStarts { made: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.made {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use hybridgrid_core::plan::SlurmSetup;
+
+    fn config(role: SlurmRole, relay: bool) -> NodeConfig {
+        let mut slurm = SlurmSetup::none("10.0.0.1".parse().unwrap(), 6817);
+        slurm.role = role;
+        NodeConfig {
+            hostname: "n".into(),
+            hosts: Vec::new(),
+            ip_forward: relay,
+            mss_clamp: relay,
+            routes: Vec::new(),
+            wireguard: relay.then(|| hybridgrid_core::plan::WgInterface {
+                name: "wg0".into(),
+                address: "10.0.0.1/24".parse().unwrap(),
+                listen_port: 51820,
+                mtu: 1420,
+                public_key: None,
+                peers: Vec::new(),
+            }),
+            slurm,
+        }
+    }
+
+    fn names(p: &[Package]) -> Vec<&str> {
+        p.iter().map(|p| p.name).collect()
+    }
+
+    #[test]
+    fn each_role_needs_its_own_packages() {
+        assert_eq!(
+            names(&needed(&config(SlurmRole::Controller, true))),
+            ["iproute2", "nftables", "curl", "wireguard-tools", "munge", "slurm-client", "slurmctld"]
+        );
+        assert_eq!(
+            names(&needed(&config(SlurmRole::Compute, false))),
+            ["iproute2", "nftables", "curl", "munge", "slurm-client", "slurmd"]
+        );
+        assert_eq!(
+            names(&needed(&config(SlurmRole::None, true))),
+            ["iproute2", "nftables", "curl", "wireguard-tools"]
+        );
+    }
+
+    #[test]
+    fn a_package_whose_file_exists_is_not_missing() {
+        let root = tempfile::tempdir().unwrap();
+        for f in ["usr/sbin/ip", "usr/sbin/nft", "usr/bin/curl", "usr/sbin/munged"] {
+            let p = root.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"").unwrap();
+        }
+        let worker = config(SlurmRole::Compute, false);
+        assert_eq!(names(&missing(&worker, root.path())), ["slurm-client", "slurmd"]);
+    }
+
+    #[test]
+    fn apt_failure_names_apts_errors_first() {
+        let stderr = "W: Some index files failed to download.\nE: Unable to locate package slurmd\n";
+        assert_eq!(apt_failure("Reading package lists...\n", stderr), "E: Unable to locate package slurmd");
+        let update = "W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  \
+                      Could not resolve 'deb.debian.org'\n";
+        assert!(apt_failure("", update).contains("Could not resolve"));
+        assert_eq!(apt_failure("", ""), "apt-get failed and printed nothing");
+    }
+}
