@@ -48,7 +48,8 @@ pub enum AgentCommand {
         wait_for_workers: u64,
     },
     /// Install what the node's role needs from the distribution's packages and the node lacks
-    /// (apt; nothing runs when everything is there). Prints the installed packages as JSON.
+    /// (apt; nothing runs when everything is there). Prints what it installed and the node's
+    /// Slurm version as JSON.
     Install {
         #[arg(long)]
         config: PathBuf,
@@ -110,10 +111,18 @@ pub const VISIBLE: [&str; 2] = ["agent", "wg-userspace"];
 
 /// Runs `cmd` as the binary `exe`; the line to print on standard output, if any. `log` receives
 /// what the supervisor meets while it runs (it never returns).
-pub fn run(cmd: NodeCommand, exe: &Path, log: &dyn Fn(&AgentError)) -> Result<Option<String>, AgentError> {
+pub fn run(
+    cmd: NodeCommand,
+    exe: &Path,
+    log: &dyn Fn(&AgentError),
+) -> Result<Option<String>, AgentError> {
     match cmd {
         NodeCommand::Agent { command } => agent(command, exe, log),
-        NodeCommand::WgUserspace { ifname, tag: _, offload } => {
+        NodeCommand::WgUserspace {
+            ifname,
+            tag: _,
+            offload,
+        } => {
             let opts = hybridgrid_wg::UserspaceOptions {
                 offload,
                 ..hybridgrid_wg::UserspaceOptions::default()
@@ -124,21 +133,55 @@ pub fn run(cmd: NodeCommand, exe: &Path, log: &dyn Fn(&AgentError)) -> Result<Op
     }
 }
 
-fn agent(cmd: AgentCommand, exe: &Path, log: &dyn Fn(&AgentError)) -> Result<Option<String>, AgentError> {
+fn agent(
+    cmd: AgentCommand,
+    exe: &Path,
+    log: &dyn Fn(&AgentError),
+) -> Result<Option<String>, AgentError> {
     match cmd {
-        AgentCommand::Apply { config, state_dir, tag, wait_for_workers } => {
+        AgentCommand::Apply {
+            config,
+            state_dir,
+            tag,
+            wait_for_workers,
+        } => {
             let config = read_config(&config)?;
             let wait = std::time::Duration::from_secs(wait_for_workers);
             json(&crate::apply(&config, &state_dir, exe, &tag, wait)?)
         }
-        AgentCommand::Install { config } => json(&crate::packages::install(&read_config(&config)?)?),
-        AgentCommand::Pull { metadata_url, config, state_dir, tag } => {
-            json(&crate::pull::pull(&metadata_url, &config, &state_dir, exe, &tag)?)
-        }
-        AgentCommand::Supervise { state_dir, tag, period } => {
-            crate::supervise(&state_dir, exe, &tag, std::time::Duration::from_secs(period), log)
-        }
-        AgentCommand::ResultsStore { dir, listen, allow, pid_file, tag: _ } => {
+        AgentCommand::Install { config } => json(&crate::packages::install_and_report(
+            &read_config(&config)?,
+        )?),
+        AgentCommand::Pull {
+            metadata_url,
+            config,
+            state_dir,
+            tag,
+        } => json(&crate::pull::pull(
+            &metadata_url,
+            &config,
+            &state_dir,
+            exe,
+            &tag,
+        )?),
+        AgentCommand::Supervise {
+            state_dir,
+            tag,
+            period,
+        } => crate::supervise(
+            &state_dir,
+            exe,
+            &tag,
+            std::time::Duration::from_secs(period),
+            log,
+        ),
+        AgentCommand::ResultsStore {
+            dir,
+            listen,
+            allow,
+            pid_file,
+            tag: _,
+        } => {
             crate::results::serve(&dir, listen, &allow, &pid_file)?;
             Ok(None)
         }
@@ -149,7 +192,10 @@ fn agent(cmd: AgentCommand, exe: &Path, log: &dyn Fn(&AgentError)) -> Result<Opt
 
 fn read_config(path: &Path) -> Result<NodeConfig, AgentError> {
     let text = std::fs::read_to_string(path).map_err(AgentError::io(path))?;
-    serde_json::from_str(&text).map_err(|source| AgentError::Json { path: path.to_owned(), source })
+    serde_json::from_str(&text).map_err(|source| AgentError::Json {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn json(value: &impl serde::Serialize) -> Result<Option<String>, AgentError> {

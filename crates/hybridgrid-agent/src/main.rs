@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, FromArgMatches as _};
 
 #[derive(Debug, clap::Parser)]
-#[command(name = "hybridgrid-agent", version, about = "The hybridgrid node agent")]
+#[command(
+    name = "hybridgrid-agent",
+    version,
+    about = "The hybridgrid node agent"
+)]
 struct Args {
     #[command(subcommand)]
     command: hybridgrid_agent::cli::NodeCommand,

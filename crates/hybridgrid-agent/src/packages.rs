@@ -63,6 +63,35 @@ pub fn missing(config: &NodeConfig, root: &Path) -> Vec<Package> {
         .collect()
 }
 
+/// What `agent install` did: the packages it installed, and the node's Slurm as its role's daemon
+/// reports it (`slurm 22.05.8`; `None` on a node without a Slurm role).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InstallReport {
+    pub installed: Vec<String>,
+    pub slurm_version: Option<String>,
+}
+
+/// Installs what `config`'s node needs and lacks, then asks its Slurm daemon for its version.
+pub fn install_and_report(config: &NodeConfig) -> Result<InstallReport, AgentError> {
+    let installed = install(config)?;
+    Ok(InstallReport {
+        installed,
+        slurm_version: slurm_version(config.slurm.role),
+    })
+}
+
+/// What the role's Slurm daemon says its version is (`slurmd -V`).
+pub fn slurm_version(role: SlurmRole) -> Option<String> {
+    let daemon = match role {
+        SlurmRole::Controller => "slurmctld",
+        SlurmRole::Compute => "slurmd",
+        SlurmRole::None => return None,
+    };
+    let out = Command::new(daemon).arg("-V").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
 /// Installs the packages `config` needs and the node lacks; their names (empty: nothing was
 /// missing, nothing ran). The distribution's daemons of munge and Slurm are the agent's to start:
 /// no service starts during the install (`policy-rc.d`), and their units are disabled after it.
@@ -209,11 +238,26 @@ mod tests {
     fn each_role_needs_its_own_packages() {
         assert_eq!(
             names(&needed(&config(SlurmRole::Controller, true))),
-            ["iproute2", "nftables", "curl", "wireguard-tools", "munge", "slurm-client", "slurmctld"]
+            [
+                "iproute2",
+                "nftables",
+                "curl",
+                "wireguard-tools",
+                "munge",
+                "slurm-client",
+                "slurmctld"
+            ]
         );
         assert_eq!(
             names(&needed(&config(SlurmRole::Compute, false))),
-            ["iproute2", "nftables", "curl", "munge", "slurm-client", "slurmd"]
+            [
+                "iproute2",
+                "nftables",
+                "curl",
+                "munge",
+                "slurm-client",
+                "slurmd"
+            ]
         );
         assert_eq!(
             names(&needed(&config(SlurmRole::None, true))),
@@ -224,19 +268,31 @@ mod tests {
     #[test]
     fn a_package_whose_file_exists_is_not_missing() {
         let root = tempfile::tempdir().unwrap();
-        for f in ["usr/sbin/ip", "usr/sbin/nft", "usr/bin/curl", "usr/sbin/munged"] {
+        for f in [
+            "usr/sbin/ip",
+            "usr/sbin/nft",
+            "usr/bin/curl",
+            "usr/sbin/munged",
+        ] {
             let p = root.path().join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, b"").unwrap();
         }
         let worker = config(SlurmRole::Compute, false);
-        assert_eq!(names(&missing(&worker, root.path())), ["slurm-client", "slurmd"]);
+        assert_eq!(
+            names(&missing(&worker, root.path())),
+            ["slurm-client", "slurmd"]
+        );
     }
 
     #[test]
     fn apt_failure_names_apts_errors_first() {
-        let stderr = "W: Some index files failed to download.\nE: Unable to locate package slurmd\n";
-        assert_eq!(apt_failure("Reading package lists...\n", stderr), "E: Unable to locate package slurmd");
+        let stderr =
+            "W: Some index files failed to download.\nE: Unable to locate package slurmd\n";
+        assert_eq!(
+            apt_failure("Reading package lists...\n", stderr),
+            "E: Unable to locate package slurmd"
+        );
         let update = "W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  \
                       Could not resolve 'deb.debian.org'\n";
         assert!(apt_failure("", update).contains("Could not resolve"));

@@ -15,10 +15,17 @@ pub struct NodeReport {
     /// `None`: the agent never applied a configuration on this node.
     pub applied: Option<NodeConfig>,
     pub public_key: Option<PublicKey>,
+    /// What the Slurm daemon of the node's applied role says (`slurmd -V`).
+    #[serde(default)]
+    pub slurm_version: Option<String>,
 }
 
 pub fn report(state_dir: &Path) -> NodeReport {
-    let applied = read_applied(state_dir).map(|mut a| {
+    let applied = read_applied(state_dir);
+    let slurm_version = applied
+        .as_ref()
+        .and_then(|a| crate::packages::slurm_version(a.slurm.role));
+    let applied = applied.map(|mut a| {
         if a.wireguard
             .as_ref()
             .is_some_and(|w| !interface_exists(&w.name))
@@ -33,5 +40,6 @@ pub fn report(state_dir: &Path) -> NodeReport {
     NodeReport {
         applied,
         public_key: read_public_key(state_dir),
+        slurm_version,
     }
 }

@@ -18,4 +18,5 @@ pub mod raw;
 pub mod reconcile;
 pub mod render;
 pub mod slurm_conf;
+pub mod slurm_version;
 pub mod submit;

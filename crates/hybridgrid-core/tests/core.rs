@@ -183,10 +183,18 @@ fn a_worker_without_cpus_or_memory_takes_its_flavors_size() {
     let plan = hybridgrid_core::reconcile::plan(&cluster, &Observed::default());
     assert_eq!(size(&plan, "a-worker-1"), (1, 1024));
     let mut observed = Observed::default();
-    observed.sites.entry("a".into()).or_default().flavors.insert(
-        "big".into(),
-        hybridgrid_core::observed::FlavorSize { vcpus: 8, ram_mib: 16384 },
-    );
+    observed
+        .sites
+        .entry("a".into())
+        .or_default()
+        .flavors
+        .insert(
+            "big".into(),
+            hybridgrid_core::observed::FlavorSize {
+                vcpus: 8,
+                ram_mib: 16384,
+            },
+        );
     let plan = hybridgrid_core::reconcile::plan(&cluster, &observed);
     assert_eq!(size(&plan, "a-worker-1"), (8, 15360));
     // What the file says wins.

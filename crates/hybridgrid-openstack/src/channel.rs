@@ -216,7 +216,10 @@ fn ssh_failure(target: &Target, stderr: String) -> String {
     }
     let users = match &target.jump {
         Some(relay) if relay.user != target.user => {
-            format!("`{}` (through {} as `{}`)", target.user, relay.node, relay.user)
+            format!(
+                "`{}` (through {} as `{}`)",
+                target.user, relay.node, relay.user
+            )
         }
         _ => format!("`{}`", target.user),
     };
@@ -290,13 +293,22 @@ mod tests {
             }),
         };
         let args = ch.args(&t, "true");
-        let proxy = args.iter().find(|a| a.starts_with("ProxyCommand=")).unwrap();
+        let proxy = args
+            .iter()
+            .find(|a| a.starts_with("ProxyCommand="))
+            .unwrap();
         assert!(proxy.ends_with("-W %h:%p debian@203.0.113.8"), "{proxy}");
         assert_eq!(&args[args.len() - 3..], ["ubuntu@10.2.0.6", "--", "true"]);
         let said = ssh_failure(&t, "ubuntu@10.2.0.6: Permission denied (publickey).".into());
-        assert!(said.contains("`ubuntu` (through b-gw as `debian`)"), "{said}");
+        assert!(
+            said.contains("`ubuntu` (through b-gw as `debian`)"),
+            "{said}"
+        );
         assert!(said.contains("`ssh_user`"), "{said}");
-        assert_eq!(ssh_failure(&t, "Connection refused".into()), "Connection refused");
+        assert_eq!(
+            ssh_failure(&t, "Connection refused".into()),
+            "Connection refused"
+        );
     }
 
     #[test]

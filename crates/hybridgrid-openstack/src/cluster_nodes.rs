@@ -12,9 +12,11 @@ use hybridgrid_engine::{Event, Probe, Reach, Sink, TunnelStatus};
 
 use crate::channel::{Channel, shell_quote};
 use crate::error::{OsError, Result};
+use hybridgrid_core::slurm_version::{self, NodeSlurm, SlurmVersion};
+
 use crate::login::LoginUsers;
 use crate::nodes::{self, AgentBinary};
-use crate::provider::OpenStack;
+use crate::provider::{OpenStack, lock};
 
 /// SSH sessions at once (each is an `ssh` process on the user's machine).
 const CHANNELS_AT_ONCE: usize = 32;
@@ -38,11 +40,7 @@ impl OpenStack {
     pub(crate) fn login_users(&self) -> LoginUsers {
         LoginUsers {
             explicit: self.cluster.ssh_user.clone(),
-            by_image: self
-                .image_users
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            by_image: lock(&self.image_users).clone(),
         }
     }
 
@@ -50,10 +48,7 @@ impl OpenStack {
         let Some(exe) = &self.opts.agent_binary else {
             return Ok(None);
         };
-        let mut cached = self
-            .agent_binary
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cached = lock(&self.agent_binary);
         if cached.is_none() {
             *cached = Some(AgentBinary::prepare(
                 exe,
@@ -91,6 +86,9 @@ impl OpenStack {
             };
             match report {
                 Some(r) => {
+                    if let Some(v) = r.slurm_version {
+                        lock(&self.slurm_versions).insert(name.clone(), v);
+                    }
                     node.applied = r.applied;
                     if node.public_key.is_none() {
                         node.public_key = r.public_key;
@@ -102,7 +100,10 @@ impl OpenStack {
     }
 
     /// Configures booted nodes over the channel, then lets the master's agent wait for the
-    /// workers to register with Slurm. What could not be configured is returned as partial.
+    /// workers to register with Slurm. Every node is first prepared (agent, configuration,
+    /// packages), then the cluster's Slurm versions are checked, then the nodes take their
+    /// roles. What could not be configured is returned as partial; a node that cannot install
+    /// its packages, or Slurm versions that cannot run together, fail `up`.
     pub(crate) async fn configure_nodes(
         &self,
         plan: &Plan,
@@ -115,31 +116,29 @@ impl OpenStack {
         let channel = self.channel();
         let agent = self.agent_binary()?;
         let key = nodes::ensure_munge_key(&self.opts.state_root.join(&self.cluster.name))?;
-        let results: Vec<(Change, f64, Result<Vec<String>>)> =
-            futures::stream::iter(configure.iter().map(|c| {
-                let (channel, agent, key) = (&channel, agent.as_ref(), &key);
-                async move {
-                    let t = std::time::Instant::now();
-                    let Change::ConfigureNode { node, .. } = c else {
-                        return ((*c).clone(), 0.0, Ok(Vec::new()));
-                    };
-                    let r = match self.target(plan, node) {
-                        Some(target) => {
-                            nodes::configure(channel, &target, plan, agent, key, 0).await
-                        }
-                        None => Err(OsError::Other(format!(
-                            "{node} cannot be reached yet: its relay has no floating IP"
-                        ))),
-                    };
-                    ((*c).clone(), t.elapsed().as_secs_f64(), r)
-                }
-            }))
-            .buffer_unordered(CHANNELS_AT_ONCE)
-            .collect()
+        let prepared = self
+            .prepare_nodes(&channel, plan, configure, agent.as_ref())
             .await;
         let mut partial = Vec::new();
-        let mut workers_configured = false;
+        let mut ready = Vec::new();
         let mut fatal = None;
+        for (c, seconds, r) in prepared {
+            match r {
+                Ok(p) => ready.push((c, seconds, p)),
+                Err(e) => {
+                    if let Some(e) = self.failed(&c, e, &mut partial, sink) {
+                        fatal.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        // A node that cannot install its packages will not take its role by waiting: `up` fails.
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        self.check_slurm_versions(plan)?;
+        let results = self.finish_nodes(&channel, plan, ready, &key).await;
+        let mut workers_configured = false;
         for (c, seconds, r) in results {
             match r {
                 Ok(details) => {
@@ -154,21 +153,11 @@ impl OpenStack {
                     });
                 }
                 Err(e) => {
-                    sink(Event::Failed {
-                        summary: c.summary(),
-                        error: e.to_string(),
-                    });
-                    if matches!(e, OsError::PackageInstall { .. }) {
-                        fatal.get_or_insert(e);
-                    } else {
-                        partial.push((c, unreachable_help(&e, &self.cluster.admin_cidrs)));
+                    if let Some(e) = self.failed(&c, e, &mut partial, sink) {
+                        return Err(e);
                     }
                 }
             }
-        }
-        // A node that cannot install its packages will not take its role by waiting: `up` fails.
-        if let Some(e) = fatal {
-            return Err(e);
         }
         // The workers' agents started slurmd: the master's agent waits for them to register and
         // puts them into their partitions.
@@ -193,6 +182,106 @@ impl OpenStack {
             }
         }
         Ok(partial)
+    }
+
+    /// The first half of configuring each node ([`nodes::prepare`]), concurrently; each node's
+    /// Slurm version is remembered for [`OpenStack::check_slurm_versions`].
+    async fn prepare_nodes(
+        &self,
+        channel: &Channel,
+        plan: &Plan,
+        configure: &[&Change],
+        agent: Option<&AgentBinary>,
+    ) -> Vec<(Change, f64, Result<nodes::Prepared>)> {
+        futures::stream::iter(configure.iter().map(|c| async move {
+            let t = std::time::Instant::now();
+            let r = match c {
+                Change::ConfigureNode { node, .. } => match self.target(plan, node) {
+                    Some(target) => nodes::prepare(channel, &target, plan, agent).await,
+                    None => Err(OsError::Other(format!(
+                        "{node} cannot be reached yet: its relay has no floating IP"
+                    ))),
+                },
+                _ => Ok(nodes::Prepared::default()),
+            };
+            if let (Change::ConfigureNode { node, .. }, Ok(p)) = (c, &r)
+                && let Some(v) = &p.slurm_version
+            {
+                lock(&self.slurm_versions).insert(node.clone(), v.clone());
+            }
+            ((*c).clone(), t.elapsed().as_secs_f64(), r)
+        }))
+        .buffer_unordered(CHANNELS_AT_ONCE)
+        .collect()
+        .await
+    }
+
+    /// The second half ([`nodes::finish`]) for the prepared nodes, concurrently; each node's
+    /// seconds are both halves'.
+    async fn finish_nodes(
+        &self,
+        channel: &Channel,
+        plan: &Plan,
+        ready: Vec<(Change, f64, nodes::Prepared)>,
+        key: &[u8],
+    ) -> Vec<(Change, f64, Result<Vec<String>>)> {
+        futures::stream::iter(ready.into_iter().map(|(c, before, prepared)| async move {
+            let t = std::time::Instant::now();
+            let r = match c_target(self, plan, &c) {
+                Some(target) => nodes::finish(channel, &target, plan, key, 0, prepared.done).await,
+                None => Ok(prepared.done),
+            };
+            (c, before + t.elapsed().as_secs_f64(), r)
+        }))
+        .buffer_unordered(CHANNELS_AT_ONCE)
+        .collect()
+        .await
+    }
+
+    /// Reports a node that could not be configured; the error back when it must fail `up`
+    /// (its packages cannot be installed), else the node is partial.
+    fn failed(
+        &self,
+        c: &Change,
+        e: OsError,
+        partial: &mut Vec<(Change, String)>,
+        sink: Sink<'_>,
+    ) -> Option<OsError> {
+        sink(Event::Failed {
+            summary: c.summary(),
+            error: e.to_string(),
+        });
+        if matches!(e, OsError::PackageInstall { .. }) {
+            return Some(e);
+        }
+        partial.push((c.clone(), unreachable_help(&e, &self.cluster.admin_cidrs)));
+        None
+    }
+
+    /// Refuses Slurm versions that cannot run together ([`slurm_version::problems`]), among the
+    /// plan's nodes whose version is known (reported now or when observed).
+    fn check_slurm_versions(&self, plan: &Plan) -> Result<()> {
+        let known = lock(&self.slurm_versions).clone();
+        let nodes: Vec<NodeSlurm> = plan
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                Some(NodeSlurm {
+                    node: n.name.clone(),
+                    image: n.image.clone().unwrap_or_else(|| "?".into()),
+                    version: SlurmVersion::parse(known.get(&n.name)?)?,
+                    controller: n.role == Role::Master,
+                })
+            })
+            .collect();
+        let problems = slurm_version::problems(&nodes);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(OsError::SlurmVersions {
+                problems: problems.join("; "),
+            })
+        }
     }
 
     /// Nodes `up` could not configure yet (their `ConfigureNode` is still in the plan) are
@@ -429,5 +518,13 @@ fn unreachable_help(e: &OsError, admin_cidrs: &[ipnet::Ipv4Net]) -> String {
             format!("{e}; a booting node answers once cloud-init started sshd: run `up` again")
         }
         _ => e.to_string(),
+    }
+}
+
+/// The target of a `ConfigureNode` change.
+fn c_target(os: &OpenStack, plan: &Plan, c: &Change) -> Option<crate::channel::Target> {
+    match c {
+        Change::ConfigureNode { node, .. } => os.target(plan, node),
+        _ => None,
     }
 }

@@ -32,6 +32,8 @@ pub enum OsError {
     Channel { node: String, detail: String },
     /// node {node} lacks packages its role needs: {detail}
     PackageInstall { node: String, detail: String },
+    /// the nodes' Slurm versions cannot run together: {problems}
+    SlurmVersions { problems: String },
     /// {0}
     Other(String),
 }

@@ -13,8 +13,8 @@ use hybridgrid_core::plan::{Plan, Role, SlurmRole};
 use sha2::Digest as _;
 
 use crate::channel::{Channel, Hop, Target, shell_quote};
-use crate::login::LoginUsers;
 use crate::error::{OsError, Result};
+use crate::login::LoginUsers;
 use crate::userdata::{AGENT_PATH, AGENT_STATE_DIR, PULL_UNIT};
 
 /// The systemd service running the agent's supervisor on every node.
@@ -63,6 +63,7 @@ pub async fn report(channel: &Channel, target: &Target) -> Result<NodeReport> {
         return Ok(NodeReport {
             applied: None,
             public_key: None,
+            slurm_version: None,
         });
     }
     serde_json::from_slice(&out.stdout).map_err(|e| OsError::Channel {
@@ -162,12 +163,20 @@ pub fn ensure_munge_key(cluster_dir: &Path) -> Result<Vec<u8>> {
 }
 
 /// What the node's role needs from the distribution's packages and its image lacks, installed by
-/// the agent (`agent install`, apt from the image's own sources); the packages it installed. A
+/// the agent (`agent install`, apt from the image's own sources); what it installed and the
+/// node's Slurm version. A
 /// failure is [`OsError::PackageInstall`] with apt's reason: `up` stops there, since the node
 /// cannot take its role without them.
-async fn install_packages(channel: &Channel, target: &Target) -> Result<Vec<String>> {
+async fn install_packages(
+    channel: &Channel,
+    target: &Target,
+) -> Result<hybridgrid_agent::packages::InstallReport> {
     let out = channel
-        .run(target, &format!("{AGENT_PATH} agent install --config {CONFIG}"), b"")
+        .run(
+            target,
+            &format!("{AGENT_PATH} agent install --config {CONFIG}"),
+            b"",
+        )
         .await?;
     if out.code != 0 {
         let said = out.stderr.trim();
@@ -193,8 +202,16 @@ fn agent_unit(node: &str) -> String {
     )
 }
 
-/// Configures a booted node over the channel; returns what its agent did.
-/// `wait_for_workers`: on the master, seconds to wait for the workers to register with Slurm.
+/// What [`prepare`] did on a node: the agent's steps so far, and the node's Slurm version.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    pub done: Vec<String>,
+    pub slurm_version: Option<String>,
+}
+
+/// Configures a booted node over the channel ([`prepare`], then [`finish`]); returns what its
+/// agent did. `wait_for_workers`: on the master, seconds to wait for the workers to register
+/// with Slurm.
 pub async fn configure(
     channel: &Channel,
     target: &Target,
@@ -203,36 +220,35 @@ pub async fn configure(
     munge_key: &[u8],
     wait_for_workers: u64,
 ) -> Result<Vec<String>> {
-    let node = plan
-        .node(&target.node)
-        .ok_or_else(|| OsError::Other(format!("{} is not in the plan", target.node)))?;
-    let config = plan.node_config(node);
+    let prepared = prepare(channel, target, plan, agent).await?;
+    finish(
+        channel,
+        target,
+        plan,
+        munge_key,
+        wait_for_workers,
+        prepared.done,
+    )
+    .await
+}
+
+/// The first half of configuring a node: the agent binary (sent when the node's differs), the
+/// node's configuration, and the packages its role needs (`agent install`), which tell its
+/// Slurm version. Nothing of the node's role starts yet.
+pub async fn prepare(
+    channel: &Channel,
+    target: &Target,
+    plan: &Plan,
+    agent: Option<&AgentBinary>,
+) -> Result<Prepared> {
+    let node = plan_node(plan, target)?;
     let mut done = Vec::new();
-    if let Some(agent) = agent {
-        let have = channel
-            .run(target, &format!("sha256sum {AGENT_PATH} 2>/dev/null"), b"")
-            .await?;
-        if !have.stdout_text().starts_with(&agent.sha256) {
-            let bytes = tokio::fs::read(&agent.path)
-                .await
-                .map_err(|e| OsError::Other(format!("{}: {e}", agent.path.display())))?;
-            let part = format!("{AGENT_PATH}.part");
-            channel
-                .run_ok(
-                    target,
-                    "installing the agent",
-                    &format!(
-                        "set -e; cat > {part}; echo '{}  {part}' | sha256sum -c --status; \
-                         chmod 0755 {part}; mv -f {part} {AGENT_PATH}",
-                        agent.sha256
-                    ),
-                    &bytes,
-                )
-                .await?;
-            done.push(format!("agent {}", &agent.sha256[..12]));
-        }
+    if let Some(agent) = agent
+        && send_agent(channel, target, agent).await?
+    {
+        done.push(format!("agent {}", &agent.sha256[..12]));
     }
-    let json = serde_json::to_vec_pretty(&config)
+    let json = serde_json::to_vec_pretty(&plan.node_config(node))
         .map_err(|e| OsError::Other(format!("node configuration: {e}")))?;
     channel
         .run_ok(
@@ -245,10 +261,60 @@ pub async fn configure(
             &json,
         )
         .await?;
-    let installed = install_packages(channel, target).await?;
-    if !installed.is_empty() {
-        done.push(format!("installed {}", installed.join(" ")));
+    let report = install_packages(channel, target).await?;
+    if !report.installed.is_empty() {
+        done.push(format!("installed {}", report.installed.join(" ")));
     }
+    Ok(Prepared {
+        done,
+        slurm_version: report.slurm_version,
+    })
+}
+
+fn plan_node<'p>(plan: &'p Plan, target: &Target) -> Result<&'p hybridgrid_core::plan::NodePlan> {
+    plan.node(&target.node)
+        .ok_or_else(|| OsError::Other(format!("{} is not in the plan", target.node)))
+}
+
+/// Sends the agent binary unless the node has this very one (by SHA-256); whether it sent it.
+async fn send_agent(channel: &Channel, target: &Target, agent: &AgentBinary) -> Result<bool> {
+    let have = channel
+        .run(target, &format!("sha256sum {AGENT_PATH} 2>/dev/null"), b"")
+        .await?;
+    if have.stdout_text().starts_with(&agent.sha256) {
+        return Ok(false);
+    }
+    let bytes = tokio::fs::read(&agent.path)
+        .await
+        .map_err(|e| OsError::Other(format!("{}: {e}", agent.path.display())))?;
+    let part = format!("{AGENT_PATH}.part");
+    channel
+        .run_ok(
+            target,
+            "installing the agent",
+            &format!(
+                "set -e; cat > {part}; echo '{}  {part}' | sha256sum -c --status; \
+                 chmod 0755 {part}; mv -f {part} {AGENT_PATH}",
+                agent.sha256
+            ),
+            &bytes,
+        )
+        .await?;
+    Ok(true)
+}
+
+/// The second half: the munge key on Slurm nodes, `agent apply`, and the agent's supervisor as
+/// a systemd service; what the agent did, after `done`.
+pub async fn finish(
+    channel: &Channel,
+    target: &Target,
+    plan: &Plan,
+    munge_key: &[u8],
+    wait_for_workers: u64,
+    mut done: Vec<String>,
+) -> Result<Vec<String>> {
+    let node = plan_node(plan, target)?;
+    let config = plan.node_config(node);
     if node.role != Role::Gateway && config.slurm.role != SlurmRole::None {
         let key = format!(
             "{AGENT_STATE_DIR}/{}",

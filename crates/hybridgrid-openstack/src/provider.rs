@@ -110,6 +110,8 @@ pub struct OpenStack {
     pub(crate) agent_binary: Mutex<Option<crate::nodes::AgentBinary>>,
     /// (site, image) → its login user, from Glance's image properties (`observe`).
     pub(crate) image_users: Mutex<BTreeMap<(String, String), String>>,
+    /// Each node's Slurm version as it last reported it (`observe`, `agent install`).
+    pub(crate) slurm_versions: Mutex<BTreeMap<String, String>>,
 }
 
 fn err(e: OsError) -> EngineError {
@@ -133,6 +135,7 @@ impl OpenStack {
             runtime: OnceLock::new(),
             agent_binary: Mutex::new(None),
             image_users: Mutex::new(BTreeMap::new()),
+            slurm_versions: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -335,7 +338,7 @@ impl OpenStack {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

@@ -415,8 +415,12 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
         + &String::from_utf8_lossy(&grown.stderr);
     // c-gw's image is the bed's prepared one: nothing to install.
     assert!(
-        grown_text.lines().any(|l| l.contains("c-gw") && l.contains("configure"))
-            && !grown_text.lines().any(|l| l.contains("c-gw") && l.contains("installed")),
+        grown_text
+            .lines()
+            .any(|l| l.contains("c-gw") && l.contains("configure"))
+            && !grown_text
+                .lines()
+                .any(|l| l.contains("c-gw") && l.contains("installed")),
         "{grown_text}"
     );
     wait_until("c's tunnels up", Duration::from_secs(180), || {
