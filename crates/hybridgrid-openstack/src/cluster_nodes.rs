@@ -2,12 +2,12 @@
 //! server what it applied, `up` configures booted nodes, `status` reads Slurm, the tunnels and
 //! reachability from the nodes, `exec` and `run` reach a node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
 use hybridgrid_core::diff::{Change, Observed};
-use hybridgrid_core::plan::{Plan, Role};
+use hybridgrid_core::plan::{NodePlan, Plan, Role};
 use hybridgrid_engine::{Event, Probe, Reach, Sink, TunnelStatus};
 
 use crate::channel::{Channel, shell_quote};
@@ -116,6 +116,10 @@ impl OpenStack {
         let channel = self.channel();
         let agent = self.agent_binary()?;
         let key = nodes::ensure_munge_key(&self.opts.state_root.join(&self.cluster.name))?;
+        if let Some(agent) = &agent {
+            self.offer_agent_on_relays(&channel, plan, configure, agent, sink)
+                .await;
+        }
         let prepared = self
             .prepare_nodes(&channel, plan, configure, agent.as_ref())
             .await;
@@ -182,6 +186,44 @@ impl OpenStack {
             }
         }
         Ok(partial)
+    }
+
+    /// The relays of the sites with a node to configure get the agent first and offer it on
+    /// their site's network, so that this machine sends it once per site, not per node. A relay
+    /// that cannot (still booting) is left to its own `ConfigureNode`, and its workers get the
+    /// agent over the channel.
+    async fn offer_agent_on_relays(
+        &self,
+        channel: &Channel,
+        plan: &Plan,
+        configure: &[&Change],
+        agent: &AgentBinary,
+        sink: Sink<'_>,
+    ) {
+        let sites: BTreeSet<&str> = configure
+            .iter()
+            .filter_map(|c| match c {
+                Change::ConfigureNode { node, .. } => plan.node(node).map(|n| n.site.as_str()),
+                _ => None,
+            })
+            .collect();
+        let relays: Vec<&NodePlan> = sites.iter().filter_map(|s| plan.relay_of(s)).collect();
+        let offered = futures::future::join_all(relays.into_iter().filter_map(|relay| {
+            let target = self.target(plan, &relay.name)?;
+            Some(async move {
+                let r = nodes::offer_agent_on_relay(channel, &target, relay.lan_ip, agent).await;
+                (relay.name.clone(), r)
+            })
+        }))
+        .await;
+        for (relay, r) in offered {
+            if let Err(e) = r {
+                sink(Event::Note(format!(
+                    "{relay} does not offer the agent to its site's workers ({e}): they get it \
+                     from this machine"
+                )));
+            }
+        }
     }
 
     /// The first half of configuring each node ([`nodes::prepare`]), concurrently; each node's
@@ -450,7 +492,7 @@ impl OpenStack {
     /// node of every other site; [`Probe::AllPairs`] every node pings every node. One SSH
     /// session per source node, its pings in parallel.
     pub(crate) async fn reachability(&self, plan: &Plan, probe: Probe) -> Vec<Reach> {
-        let pairs: Vec<(&str, Vec<&hybridgrid_core::plan::NodePlan>)> = plan
+        let pairs: Vec<(&str, Vec<&NodePlan>)> = plan
             .nodes
             .iter()
             .map(|a| {

@@ -243,10 +243,18 @@ pub async fn prepare(
 ) -> Result<Prepared> {
     let node = plan_node(plan, target)?;
     let mut done = Vec::new();
-    if let Some(agent) = agent
-        && send_agent(channel, target, agent).await?
-    {
-        done.push(format!("agent {}", &agent.sha256[..12]));
+    if let Some(agent) = agent {
+        // A worker takes it from its relay, which `offer_agent_on_relay` readied.
+        let relay = target
+            .jump
+            .as_ref()
+            .and_then(|hop| plan.node(&hop.node))
+            .map(|r| r.lan_ip);
+        match send_agent(channel, target, agent, relay).await? {
+            Sent::Already => {}
+            Sent::OverChannel => done.push(format!("agent {}", &agent.sha256[..12])),
+            Sent::FromRelay => done.push(format!("agent {} from its relay", &agent.sha256[..12])),
+        }
     }
     let json = serde_json::to_vec_pretty(&plan.node_config(node))
         .map_err(|e| OsError::Other(format!("node configuration: {e}")))?;
@@ -276,31 +284,100 @@ fn plan_node<'p>(plan: &'p Plan, target: &Target) -> Result<&'p hybridgrid_core:
         .ok_or_else(|| OsError::Other(format!("{} is not in the plan", target.node)))
 }
 
-/// Sends the agent binary unless the node has this very one (by SHA-256); whether it sent it.
-async fn send_agent(channel: &Channel, target: &Target, agent: &AgentBinary) -> Result<bool> {
+/// Where a relay offers its agent binary to the workers of its site (the operator's machine
+/// sends it once per site, not once per node).
+const DIST_DIR: &str = "/var/lib/hybridgrid/dist";
+/// The port on the relay's site address; the site's own nodes only (its security group admits
+/// every port from the site's subnet, nothing from elsewhere).
+pub const DIST_PORT: u16 = 8790;
+/// The transient systemd unit serving [`DIST_DIR`] (Python's standard `http.server`, which a
+/// cloud image has for cloud-init), stopped after [`DIST_SECONDS`].
+const DIST_UNIT: &str = "hybridgrid-agent-dist";
+const DIST_SECONDS: u32 = 3600;
+
+/// How the agent reached a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// It had this very binary.
+    Already,
+    /// From the operator's machine over the channel.
+    OverChannel,
+    /// From its relay over the site's network.
+    FromRelay,
+}
+
+/// Makes sure the relay of `plan`'s site `site` has the agent and offers it to its workers on
+/// `DIST_PORT`; how the relay got it.
+pub async fn offer_agent_on_relay(
+    channel: &Channel,
+    relay: &Target,
+    lan_ip: std::net::Ipv4Addr,
+    agent: &AgentBinary,
+) -> Result<Sent> {
+    let sent = send_agent(channel, relay, agent, None).await?;
+    channel
+        .run_ok(
+            relay,
+            "offering the agent to the site's workers",
+            &format!(
+                "set -e; mkdir -p {DIST_DIR}; cp -f {AGENT_PATH} {DIST_DIR}/.part; \
+                 mv -f {DIST_DIR}/.part {DIST_DIR}/hybridgrid-agent; \
+                 systemctl is-active -q {DIST_UNIT} || ! command -v python3 >/dev/null || \
+                 systemd-run -q --unit={DIST_UNIT} --collect -p RuntimeMaxSec={DIST_SECONDS} \
+                 python3 -m http.server --bind {lan_ip} --directory {DIST_DIR} {DIST_PORT}"
+            ),
+            b"",
+        )
+        .await?;
+    Ok(sent)
+}
+
+/// Sends the agent binary unless the node has this very one (by SHA-256): from `relay` (its
+/// site address) when given and it answers, else from this machine over the channel.
+async fn send_agent(
+    channel: &Channel,
+    target: &Target,
+    agent: &AgentBinary,
+    relay: Option<std::net::Ipv4Addr>,
+) -> Result<Sent> {
     let have = channel
         .run(target, &format!("sha256sum {AGENT_PATH} 2>/dev/null"), b"")
         .await?;
     if have.stdout_text().starts_with(&agent.sha256) {
-        return Ok(false);
+        return Ok(Sent::Already);
+    }
+    let part = format!("{AGENT_PATH}.part");
+    let check_and_move = format!(
+        "echo '{}  {part}' | sha256sum -c --status; chmod 0755 {part}; mv -f {part} {AGENT_PATH}",
+        agent.sha256
+    );
+    if let Some(relay) = relay {
+        let fetched = channel
+            .run(
+                target,
+                &format!(
+                    "set -e; curl -fsS --retry 3 --max-time 120 -o {part} \
+                     http://{relay}:{DIST_PORT}/hybridgrid-agent; {check_and_move}"
+                ),
+                b"",
+            )
+            .await?;
+        if fetched.code == 0 {
+            return Ok(Sent::FromRelay);
+        }
     }
     let bytes = tokio::fs::read(&agent.path)
         .await
         .map_err(|e| OsError::Other(format!("{}: {e}", agent.path.display())))?;
-    let part = format!("{AGENT_PATH}.part");
     channel
         .run_ok(
             target,
             "installing the agent",
-            &format!(
-                "set -e; cat > {part}; echo '{}  {part}' | sha256sum -c --status; \
-                 chmod 0755 {part}; mv -f {part} {AGENT_PATH}",
-                agent.sha256
-            ),
+            &format!("set -e; cat > {part}; {check_and_move}"),
             &bytes,
         )
         .await?;
-    Ok(true)
+    Ok(Sent::OverChannel)
 }
 
 /// The second half: the munge key on Slurm nodes, `agent apply`, and the agent's supervisor as

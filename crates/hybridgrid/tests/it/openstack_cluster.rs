@@ -282,6 +282,15 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
             "{node} did not report installing {packages}:\n{up_text}"
         );
     }
+    // The workers took the agent from their relay, not from this machine.
+    for worker in ["a-worker-1", "b-worker-1"] {
+        assert!(
+            up_text
+                .lines()
+                .any(|l| l.contains(worker) && l.contains("from its relay")),
+            "{worker} did not get the agent from its relay:\n{up_text}"
+        );
+    }
 
     // Slurm: every worker idle (slurmd registers once the tunnels carry its traffic).
     wait_until("every worker idle", Duration::from_secs(180), || {
