@@ -3,31 +3,42 @@
 # cluster on the project's test bed (testbed/openstack, libvirt/QEMU with TCG), against the slowest
 # server's create -> cloud-init done in the same run.
 #
-# usage: scripts/bench-openstack-boot.sh BED_DIR [WORKERS_PER_SITE]     (the bed up in BED_DIR)
+# usage: scripts/bench-openstack-boot.sh BED_DIR [WORKERS_PER_SITE] [IMAGE]   (the bed up in BED_DIR)
+#   IMAGE: debian-12-generic (default: the cloud's stock image; `up` installs the node packages)
+#          or hybridgrid-node (the bed's prepared image, which has them).
 # Prints, per run: up's wall time; each server's create -> ACTIVE and create -> cloud-init done
 # (Nova's `created` to the "Cloud-init ... finished at" line of its console log); the ratio of up
-# to the slowest server; and when the relays' WireGuard handshake was first seen (over SSH).
-# The nodes fetch this build's hybridgrid binary from the host (203.0.113.1, the bed's bridge).
+# to the slowest server; the bytes this machine sent over SSH (TCP to port 22 of the bed's
+# floating IPs, an nftables counter: what the user's link carries); and when the relays' WireGuard
+# handshake was first seen (over SSH). Nodes get the agent the way users' nodes do: over the
+# node channel, once per site.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BED=$(cd "${1:?usage: bench-openstack-boot.sh BED_DIR [WORKERS_PER_SITE]}" && pwd)
+BED=$(cd "${1:?usage: bench-openstack-boot.sh BED_DIR [WORKERS_PER_SITE] [IMAGE]}" && pwd)
 WORKERS=${2:-0}
+IMAGE=${3:-debian-12-generic}
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$HOME/.cargo/bin OS_CLIENT_CONFIG_FILE=$BED/clouds.yaml
 [ -f "$BED/clouds.yaml" ] || { echo "bench: no test bed in $BED (testbed/openstack/up.sh $BED)" >&2; exit 1; }
-cargo build --release --locked -p hybridgrid >/dev/null 2>&1 || cargo build --release --locked -p hybridgrid
+cargo build --release --locked -p hybridgrid -p hybridgrid-agent >/dev/null 2>&1 ||
+  cargo build --release --locked -p hybridgrid -p hybridgrid-agent
 W=$(mktemp -d /tmp/hg-bench-boot.XXXXXX)
 NAME="bb$(( $$ % 100000 ))"
-cp target/release/hybridgrid "$W/hybridgrid"
+cp target/release/hybridgrid target/release/hybridgrid-agent "$W/"
 ssh-keygen -q -t ed25519 -N "" -C "$NAME" -f "$W/id"
-PORT=18098
-python3 -m http.server --bind 203.0.113.1 "$PORT" --directory "$W" >"$W/http.log" 2>&1 &
-SRV=$!
-HG() { HYBRIDGRID_STATE_DIR="$W/state" HYBRIDGRID_AGENT_URL="http://203.0.113.1:$PORT/hybridgrid" "$W/hybridgrid" "$@" -f "$W/cluster.yaml"; }
-cleanup() { HG down >"$W/down.log" 2>&1 || cat "$W/down.log" >&2; kill "$SRV" 2>/dev/null; rm -rf "$W"; }
+TABLE="hg-bench-$NAME"
+nft -f - <<NFT
+table inet $TABLE {
+  chain out { type filter hook output priority 0; policy accept;
+    ip daddr 203.0.113.0/24 tcp dport 22 counter name ssh_out; }
+  counter ssh_out { }
+}
+NFT
+HG() { HYBRIDGRID_STATE_DIR="$W/state" "$W/hybridgrid" "$@" -f "$W/cluster.yaml"; }
+cleanup() { HG down >"$W/down.log" 2>&1 || cat "$W/down.log" >&2; nft delete table inet "$TABLE" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
 trap "exit 130" INT TERM   # so that cleanup runs on a signal too
 site() {
-  printf '  - name: %s\n    cloud: %s\n    subnet: %s\n    master: %s\n    external_network: public\n    gateway: { flavor: g1.node, image: hybridgrid-node }\n    workers:\n      - { count: %s, flavor: g1.node, image: hybridgrid-node }\n' "$@"
+  printf '  - name: %s\n    cloud: %s\n    subnet: %s\n    master: %s\n    external_network: public\n    gateway: { flavor: g1.node, image: %s }\n    workers:\n      - { count: %s, flavor: g1.node, image: %s }\n' "$1" "$2" "$3" "$4" "$IMAGE" "$5" "$IMAGE"
 }
 {
   printf 'name: %s\nprovider: openstack\nssh_public_key: %s\nadmin_cidrs: [203.0.113.1/32]\nsites:\n' "$NAME" "$W/id.pub"
@@ -37,7 +48,9 @@ site() {
 t0=$(date +%s.%N)
 HG up >"$W/up.log" 2>&1 || { cat "$W/up.log" >&2; exit 1; }
 t_up=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
-echo "up: ${t_up} s ($(grep -c . "$W/up.log") lines of output)"
+echo "up: ${t_up} s ($(grep -c . "$W/up.log") lines of output), image $IMAGE, $WORKERS workers per site"
+ssh_bytes=$(nft -j list counter inet "$TABLE" ssh_out | python3 -c 'import json,sys; print([o["counter"]["bytes"] for o in json.load(sys.stdin)["nftables"] if "counter" in o][0])')
+echo "sent over SSH by this machine during up: $ssh_bytes bytes (agent $(stat -c %s "$W/hybridgrid-agent") bytes before stripping)"
 slowest=0
 for cloud in site-a site-b; do
   for id in $(openstack --os-cloud "$cloud" server list --name "^$NAME-" -f value -c ID); do

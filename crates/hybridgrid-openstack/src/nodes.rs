@@ -80,8 +80,8 @@ pub struct AgentBinary {
 }
 
 impl AgentBinary {
-    /// `exe` without its debug information (a tenth of the bytes to send to every node), made
-    /// once into `cache_dir`; `exe` itself when `objcopy` is not there.
+    /// `exe` stripped (no debug information, no symbol table: 4.6 MB of the release build's
+    /// 37 MB), made once into `cache_dir`; `exe` itself when `objcopy` is not there.
     pub fn prepare(exe: &Path, cache_dir: &Path) -> Result<AgentBinary> {
         let io = |p: &Path| {
             let p = p.to_owned();
@@ -104,7 +104,7 @@ impl AgentBinary {
         if !stripped.is_file() {
             let tmp = stripped.with_extension("part");
             let ok = std::process::Command::new("objcopy")
-                .arg("--strip-debug")
+                .arg("--strip-all")
                 .arg(exe)
                 .arg(&tmp)
                 .stderr(std::process::Stdio::null())

@@ -37,7 +37,8 @@ fn agent_period() -> anyhow::Result<std::time::Duration> {
 
 fn openstack(cluster: &Cluster) -> anyhow::Result<OpenStack> {
     let mut opts = hybridgrid_openstack::Options::new(hybridgrid_local::state_root());
-    // `HYBRIDGRID_AGENT_URL`: where nodes download the hybridgrid binary (else the image has it).
+    // `HYBRIDGRID_AGENT_URL`: where nodes download the agent binary at first boot (else the image
+    // has it or the node channel brings it).
     opts.agent_url = std::env::var("HYBRIDGRID_AGENT_URL").ok();
     opts.agent_sha256 = std::env::var("HYBRIDGRID_AGENT_SHA256").ok();
     // `up` installs the node agent's own binary (beside this one) on every node over SSH.
