@@ -2,7 +2,8 @@
 projects/users with quotas, an application credential, and DIR/clouds.yaml.
 
 usage: /usr/bin/python3 bootstrap.py DIR keystone|cloud
-       /usr/bin/python3 bootstrap.py DIR compute IMAGE_DIR   (once both compute hosts run)
+       /usr/bin/python3 bootstrap.py DIR compute IMAGE_DIR   (once both compute hosts run; IMAGE_DIR:
+         image.sh's folder, node/ -> hybridgrid-node, stock/ -> debian-12-generic)
 Uses Debian's python3-openstacksdk. All values are fixed test values for a throwaway local cloud.
 """
 import os, sys, time
@@ -48,18 +49,31 @@ if PHASE == "compute":
     # libvirt host `osbed`, fake-image (hypervisor_type=fake) on `osbed-fake`.
     # 1 vCPU, 1 GiB (a Debian guest with Slurm under TCG), 4 GB disk (the image's file system is 2 GiB)
     c.compute.create_flavor(name="g1.node", vcpus=1, ram=1024, disk=4, is_public=True)
-    img = sys.argv[3]
-    k = c.image.create_image(name="hybridgrid-node-kernel", filename=img + "/vmlinuz", disk_format="aki",
-                             container_format="aki", visibility="public", wait=True)
-    r = c.image.create_image(name="hybridgrid-node-ramdisk", filename=img + "/initrd.img", disk_format="ari",
-                             container_format="ari", visibility="public", wait=True)
-    c.image.create_image(name="hybridgrid-node", filename=img + "/root.qcow2", disk_format="qcow2",
-                         container_format="bare", visibility="public", wait=True,
-                         meta={"kernel_id": k.id, "ramdisk_id": r.id, "hypervisor_type": "qemu",
-                               # /dev/console is the last console= given: the serial port, whose
-                               # log is Nova's console-log API (Nova's default ends with hvc0)
-                               "os_command_line": "root=/dev/vda console=tty0 console=ttyS0 no_timer_check",
-                               "hw_disk_bus": "virtio", "hw_vif_model": "virtio"})
+    img = sys.argv[3]   # image.sh's folder: node/ and stock/ (vmlinuz, initrd.img, root.qcow2)
+    # /dev/console is the last console= given: the serial port, whose log is Nova's console-log
+    # API (Nova's default ends with hvc0)
+    boot = {"hypervisor_type": "qemu", "hw_disk_bus": "virtio", "hw_vif_model": "virtio",
+            "os_command_line": "root=/dev/vda console=tty0 console=ttyS0 no_timer_check"}
+    images = (("hybridgrid-node", img + "/node", {}),
+              # a stock Debian cloud image: hybridgrid installs what a node needs from the bed's
+              # Debian mirror; os_distro/os_admin_user are the standard Glance properties that
+              # name the distribution and its login user
+              ("debian-12-generic", img + "/stock", {"os_distro": "debian", "os_version": "12",
+                                                     "os_admin_user": "debian"}))
+
+    def upload(name, folder, props):
+        g = openstack.connect(region_name=REGION, **ADMIN).image   # one connection per thread
+        k = g.create_image(name=name + "-kernel", filename=folder + "/vmlinuz", disk_format="aki",
+                           container_format="aki", visibility="public", wait=True)
+        r = g.create_image(name=name + "-ramdisk", filename=folder + "/initrd.img", disk_format="ari",
+                           container_format="ari", visibility="public", wait=True)
+        g.create_image(name=name, filename=folder + "/root.qcow2", disk_format="qcow2",
+                       container_format="bare", visibility="public", wait=True,
+                       meta=dict(boot, kernel_id=k.id, ramdisk_id=r.id, **props))
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(len(images)) as ex:
+        for f in [ex.submit(upload, *i) for i in images]:
+            f.result()
     print("bootstrap aggregates/flavor/images %.1fs" % (time.time() - t0))
     # Warm-up: the L3 agent starts its privsep daemons at its first router. When two routers
     # arrive at once (hybridgrid makes its sites in parallel), both start the same daemon, one

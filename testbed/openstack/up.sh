@@ -5,13 +5,16 @@
 # and `osbed-fake` (the fake driver: API-level tests, nothing boots). The image picks the host.
 # The external network `public` is the bridge osbed-ext (203.0.113.1/24 on the host, no link to
 # any real interface; an nftables table keeps guests' traffic off the host's other interfaces).
+# On 203.0.113.1:80, nginx serves image.sh's Debian mirror; Neutron's dnsmasq tells guests that
+# deb.debian.org is 203.0.113.1, so a stock image's apt works unchanged.
 #
 # usage: up.sh DIR
 #   DIR holds everything: rendered configs (DIR/etc), databases, logs (DIR/log), PIDs (DIR/run),
 #   and the result DIR/clouds.yaml (entries site-a, site-b, site-a-appcred, admin).
 # Already up (every recorded PID alive, Keystone answering)? It says so and exits 0.
 # Partly up, or the ports are taken by something else? It fails with a message; run down.sh DIR.
-# Needs install.sh first. Ports (127.0.0.1 only): 3306 5672 25672 4369 5000 8774 8778 9292 9696.
+# Needs install.sh first. Ports (127.0.0.1 only): 3306 5672 25672 4369 5000 8774 8778 9292 9696;
+# 203.0.113.1:80 (the mirror, on the bed's own bridge).
 set -euo pipefail
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin   # Debian's python3, never a pyenv/venv one
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -25,9 +28,11 @@ alive() { [ -f "$1" ] && [ -d "/proc/$(cat "$1")" ]; }
 for c in keystone-manage neutron-server neutron-linuxbridge-agent libvirtd qemu-system-x86_64; do
   command -v $c >/dev/null || die "packages missing ($c): run $HERE/install.sh"
 done
-# The guest image (cached by its recipe's hash; built on first use, about 2 minutes)
+# The guest images and the Debian mirror (cached by their recipe's hash; built on first use, about
+# 2.5 minutes): IMAGE/stock, IMAGE/node (vmlinuz, initrd.img, root.qcow2), IMAGE/mirror
 IMAGE=$("$HERE/image.sh" "${OSBED_IMAGE_CACHE:-/var/cache/hybridgrid-osbed}") || die "guest image build failed"
-[ -d "$IMAGE" ] || die "image.sh named no folder: $IMAGE"
+[ -f "$IMAGE/node/root.qcow2" ] && [ -f "$IMAGE/stock/root.qcow2" ] && [ -d "$IMAGE/mirror" ] \
+  || die "image.sh named no folder with node/, stock/ and mirror/: $IMAGE"
 
 # --- already up / partly up?
 if compgen -G "$B/run/*.pid" >/dev/null; then
@@ -50,11 +55,12 @@ trap 'rc=$?; [ $rc -ne 0 ] && { echo "up.sh: failed, stopping what was started (
 rm -rf etc pylib mysql rabbit state log run clouds.yaml clouds.yaml.new
 cp -r "$HERE/etc" "$HERE/pylib" .
 find etc -type f -exec sed -i "s#@OSBED@#$B#g" {} +
+sed -i "s#@MIRROR@#$IMAGE/mirror#g" etc/nginx/nginx.conf
 chmod 755 "$B"   # mysqld runs as user mysql and must reach its datadir
 mkdir -p mysql run log rabbit/home rabbit/mnesia rabbit/log state/keystone/fernet-keys \
          state/keystone/credential-keys state/neutron/lock state/nova/lock state/nova/instances \
          state/glance/images state/glance/staging state/glance/tasks \
-         state/nova-libvirt/instances state/nova-libvirt/lock libvirt
+         state/nova-libvirt/instances state/nova-libvirt/lock state/nginx libvirt mirror-hide
 chown mysql:mysql mysql run
 nft list tables >run/nft-tables-before 2>/dev/null || true   # down.sh removes only tables made after
 
@@ -120,9 +126,17 @@ table inet osbed {
 }
 NFT
 start libvirt unshare -m --propagation private "$HERE/libvirt.sh" "$B"
+# The bed's Debian mirror (deb.debian.org for guests: Neutron's dnsmasq, etc/neutron/dnsmasq.conf)
+# on the host's address on osbed-ext, port 80 only
+start nginx nginx -p "$B/state/nginx" -c "$B/etc/nginx/nginx.conf" -e "$B/log/nginx-error.log"
 for _ in $(seq 1 100); do [ -S libvirt/run/libvirt-sock ] && break; sleep 0.1; done
 [ -S libvirt/run/libvirt-sock ] || die "libvirtd did not start (log/libvirt.out)"
-lap "osbed-ext bridge, libvirtd"
+for i in $(seq 1 50); do
+  curl -sf -o /dev/null http://203.0.113.1/debian/dists/bookworm/InRelease && break
+  [ "$i" = 50 ] && die "the Debian mirror (nginx on 203.0.113.1:80) did not answer (log/nginx-error.log, log/nginx.out)"
+  sleep 0.1
+done
+lap "osbed-ext bridge, libvirtd, Debian mirror on 203.0.113.1:80"
 
 # --- API services and Nova workers
 start placement uwsgi --ini etc/placement/uwsgi.ini
@@ -169,7 +183,7 @@ for i in $(seq 1 180); do
 done
 lap "both compute hosts and four Neutron agents up"
 python3 "$HERE/bootstrap.py" "$B" compute "$IMAGE" >>log/bootstrap.log 2>&1 || die "bootstrap (compute) failed (log/bootstrap.log)"
-lap "flavor g1.node, image hybridgrid-node (kernel, ramdisk, root)"
+lap "flavor g1.node, images hybridgrid-node and debian-12-generic (kernel, ramdisk, root)"
 for f in run/*.pid; do alive "$f" || die "$(basename "$f" .pid) died during start-up (see $B/log)"; done
 mv clouds.yaml.new clouds.yaml   # its presence marks a finished start-up
 lap "cloud ready: $(ls run/*.pid | wc -l) processes recorded in $B/run"
