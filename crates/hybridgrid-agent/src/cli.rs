@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hybridgrid_core::plan::NodeConfig;
+use hybridgrid_core::plan::{NodeConfig, Role};
 
 use crate::AgentError;
 
@@ -53,6 +53,10 @@ pub enum AgentCommand {
     Install {
         #[arg(long)]
         config: PathBuf,
+        /// The node's role (master, gateway, worker): also install what it needs once its
+        /// configuration is complete.
+        #[arg(long, value_parser = parse_role)]
+        role: Option<Role>,
     },
     /// Merge the configuration delivered through the cloud's metadata service (peers) into
     /// `--config` and apply it like `apply` (run every 30 s by a timer on openstack relays).
@@ -149,9 +153,10 @@ fn agent(
             let wait = std::time::Duration::from_secs(wait_for_workers);
             json(&crate::apply(&config, &state_dir, exe, &tag, wait)?)
         }
-        AgentCommand::Install { config } => json(&crate::packages::install_and_report(
-            &read_config(&config)?,
-        )?),
+        AgentCommand::Install { config, role } => {
+            let config = read_config(&config)?;
+            json(&crate::packages::install_and_report(&config, role)?)
+        }
         AgentCommand::Pull {
             metadata_url,
             config,
@@ -202,4 +207,11 @@ fn json(value: &impl serde::Serialize) -> Result<Option<String>, AgentError> {
     serde_json::to_string(value)
         .map(Some)
         .map_err(|e| AgentError::Other(format!("cannot write the report as JSON: {e}")))
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    [Role::Master, Role::Gateway, Role::Worker]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+        .ok_or_else(|| format!("`{text}` is not a role: master, gateway or worker"))
 }

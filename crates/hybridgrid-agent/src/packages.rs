@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use hybridgrid_core::plan::{NodeConfig, SlurmRole};
+use hybridgrid_core::plan::{NodeConfig, Role, SlurmRole};
 
 use crate::AgentError;
 
@@ -36,13 +36,20 @@ const SLURM_CLIENT: Package = package("slurm-client", &["/usr/bin/scontrol"]);
 const SLURMCTLD: Package = package("slurmctld", &["/usr/sbin/slurmctld"]);
 const SLURMD: Package = package("slurmd", &["/usr/sbin/slurmd"]);
 
-/// The packages `config`'s node needs, in a stable order.
-pub fn needed(config: &NodeConfig) -> Vec<Package> {
+/// The packages `config`'s node needs, in a stable order; with `role`, also what the node will
+/// need once its role is complete (a node's first configuration may come before the cluster's
+/// mesh, without its Slurm part: one apt run instead of two).
+pub fn needed(config: &NodeConfig, role: Option<Role>) -> Vec<Package> {
     let mut all = vec![IPROUTE2, NFTABLES, CURL];
-    if config.wireguard.is_some() {
+    if config.wireguard.is_some() || role.is_some_and(Role::is_relay) {
         all.push(WIREGUARD_TOOLS);
     }
-    match config.slurm.role {
+    let slurm = match (config.slurm.role, role) {
+        (SlurmRole::None, Some(Role::Master)) => SlurmRole::Controller,
+        (SlurmRole::None, Some(Role::Worker)) => SlurmRole::Compute,
+        (slurm, _) => slurm,
+    };
+    match slurm {
         SlurmRole::Controller => all.extend([MUNGE, SLURM_CLIENT, SLURMCTLD]),
         // A worker's agent asks slurmctld about itself with `scontrol`.
         SlurmRole::Compute => all.extend([MUNGE, SLURM_CLIENT, SLURMD]),
@@ -51,9 +58,9 @@ pub fn needed(config: &NodeConfig) -> Vec<Package> {
     all
 }
 
-/// Of `config`'s packages, those none of whose files exist under `root` (`/` on a node).
-pub fn missing(config: &NodeConfig, root: &Path) -> Vec<Package> {
-    needed(config)
+/// Of the packages [`needed`], those none of whose files exist under `root` (`/` on a node).
+pub fn missing(config: &NodeConfig, role: Option<Role>, root: &Path) -> Vec<Package> {
+    needed(config, role)
         .into_iter()
         .filter(|p| {
             !p.proof
@@ -71,12 +78,21 @@ pub struct InstallReport {
     pub slurm_version: Option<String>,
 }
 
-/// Installs what `config`'s node needs and lacks, then asks its Slurm daemon for its version.
-pub fn install_and_report(config: &NodeConfig) -> Result<InstallReport, AgentError> {
-    let installed = install(config)?;
+/// Installs what `config`'s node (of `role`) needs and lacks, then asks its Slurm daemon for
+/// its version.
+pub fn install_and_report(
+    config: &NodeConfig,
+    role: Option<Role>,
+) -> Result<InstallReport, AgentError> {
+    let installed = install(config, role)?;
+    let slurm = match role {
+        Some(Role::Master) => SlurmRole::Controller,
+        Some(Role::Worker) => SlurmRole::Compute,
+        _ => config.slurm.role,
+    };
     Ok(InstallReport {
         installed,
-        slurm_version: slurm_version(config.slurm.role),
+        slurm_version: slurm_version(slurm),
     })
 }
 
@@ -95,8 +111,8 @@ pub fn slurm_version(role: SlurmRole) -> Option<String> {
 /// Installs the packages `config` needs and the node lacks; their names (empty: nothing was
 /// missing, nothing ran). The distribution's daemons of munge and Slurm are the agent's to start:
 /// no service starts during the install (`policy-rc.d`), and their units are disabled after it.
-pub fn install(config: &NodeConfig) -> Result<Vec<String>, AgentError> {
-    let names: Vec<String> = missing(config, Path::new("/"))
+pub fn install(config: &NodeConfig, role: Option<Role>) -> Result<Vec<String>, AgentError> {
+    let names: Vec<String> = missing(config, role, Path::new("/"))
         .iter()
         .map(|p| p.name.to_owned())
         .collect();
@@ -237,7 +253,7 @@ mod tests {
     #[test]
     fn each_role_needs_its_own_packages() {
         assert_eq!(
-            names(&needed(&config(SlurmRole::Controller, true))),
+            names(&needed(&config(SlurmRole::Controller, true), None)),
             [
                 "iproute2",
                 "nftables",
@@ -249,7 +265,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            names(&needed(&config(SlurmRole::Compute, false))),
+            names(&needed(&config(SlurmRole::Compute, false), None)),
             [
                 "iproute2",
                 "nftables",
@@ -260,8 +276,33 @@ mod tests {
             ]
         );
         assert_eq!(
-            names(&needed(&config(SlurmRole::None, true))),
+            names(&needed(&config(SlurmRole::None, true), None)),
             ["iproute2", "nftables", "curl", "wireguard-tools"]
+        );
+        // Before the mesh is complete a master's configuration has no Slurm part yet: its role
+        // brings the controller's packages into the same apt run.
+        assert_eq!(
+            names(&needed(&config(SlurmRole::None, true), Some(Role::Master))),
+            [
+                "iproute2",
+                "nftables",
+                "curl",
+                "wireguard-tools",
+                "munge",
+                "slurm-client",
+                "slurmctld"
+            ]
+        );
+        assert_eq!(
+            names(&needed(&config(SlurmRole::None, false), Some(Role::Worker))),
+            [
+                "iproute2",
+                "nftables",
+                "curl",
+                "munge",
+                "slurm-client",
+                "slurmd"
+            ]
         );
     }
 
@@ -280,7 +321,7 @@ mod tests {
         }
         let worker = config(SlurmRole::Compute, false);
         assert_eq!(
-            names(&missing(&worker, root.path())),
+            names(&missing(&worker, None, root.path())),
             ["slurm-client", "slurmd"]
         );
     }

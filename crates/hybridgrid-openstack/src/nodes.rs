@@ -170,11 +170,13 @@ pub fn ensure_munge_key(cluster_dir: &Path) -> Result<Vec<u8>> {
 async fn install_packages(
     channel: &Channel,
     target: &Target,
+    role: Role,
 ) -> Result<hybridgrid_agent::packages::InstallReport> {
+    let role = role.as_str();
     let out = channel
         .run(
             target,
-            &format!("{AGENT_PATH} agent install --config {CONFIG}"),
+            &format!("{AGENT_PATH} agent install --config {CONFIG} --role {role}"),
             b"",
         )
         .await?;
@@ -269,7 +271,7 @@ pub async fn prepare(
             &json,
         )
         .await?;
-    let report = install_packages(channel, target).await?;
+    let report = install_packages(channel, target, node.role).await?;
     if !report.installed.is_empty() {
         done.push(format!("installed {}", report.installed.join(" ")));
     }
@@ -322,9 +324,13 @@ pub async fn offer_agent_on_relay(
             &format!(
                 "set -e; mkdir -p {DIST_DIR}; cp -f {AGENT_PATH} {DIST_DIR}/.part; \
                  mv -f {DIST_DIR}/.part {DIST_DIR}/hybridgrid-agent; \
-                 systemctl is-active -q {DIST_UNIT} || ! command -v python3 >/dev/null || \
+                 command -v python3 >/dev/null || exit 0; \
+                 systemctl is-active -q {DIST_UNIT} || \
                  systemd-run -q --unit={DIST_UNIT} --collect -p RuntimeMaxSec={DIST_SECONDS} \
-                 python3 -m http.server --bind {lan_ip} --directory {DIST_DIR} {DIST_PORT}"
+                 python3 -m http.server --bind {lan_ip} --directory {DIST_DIR} {DIST_PORT}; \
+                 for i in $(seq 1 60); do curl -fso /dev/null \
+                 http://{lan_ip}:{DIST_PORT}/hybridgrid-agent && exit 0; sleep 0.5; done; \
+                 echo 'the agent is not offered on {lan_ip}:{DIST_PORT} after 30 s' >&2; exit 1"
             ),
             b"",
         )
@@ -356,7 +362,7 @@ async fn send_agent(
             .run(
                 target,
                 &format!(
-                    "set -e; curl -fsS --retry 3 --max-time 120 -o {part} \
+                    "set -e; curl -fsS --retry 3 --retry-connrefused --max-time 120 -o {part} \
                      http://{relay}:{DIST_PORT}/hybridgrid-agent; {check_and_move}"
                 ),
                 b"",
