@@ -494,6 +494,10 @@ fn a_failed_package_install_stops_up_naming_node_and_package(c: &Cluster) {
     let text = String::from_utf8_lossy(&failed.stdout).into_owned()
         + &String::from_utf8_lossy(&failed.stderr);
     eprintln!(
+        "{}",
+        text.lines().rev().take(3).collect::<Vec<_>>().join("\n")
+    );
+    eprintln!(
         "up without slurmd in the mirror: {:.1}s",
         t.elapsed().as_secs_f64()
     );
