@@ -21,6 +21,9 @@ bed_failure() {
 # The control plane starts (about a minute) while the tests compile.
 testbed/openstack/up.sh "$osbed" >"$osbed/test-up.log" 2>&1 &
 up_pid=$!
+# `cargo test` builds the binaries of the package under test only: the openstack end-to-end test
+# (hybridgrid's) sends hybridgrid-agent, the agent crate's binary, beside hybridgrid.
+cargo build --workspace --locked --bins
 cargo test --workspace --locked --no-run
 if ! wait "$up_pid"; then
   bed_failure
