@@ -12,58 +12,23 @@ network behind its own router. Checks, in order:
      allowed-address pair and passes with one (counted in A's router namespace).
 Everything made is deleted again, also on failure; the run fails if anything is left.
 """
-import json, os, subprocess, sys, tempfile, threading, time
+import json, os, subprocess, sys, threading, time
 import openstack
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import smokelib
+from smokelib import Fail, check, log, wait
 
 DIR = sys.argv[1]
 RUN = "bs%d" % (os.getpid() % 100000)        # names of this run's objects
 SITES = (("site-a", "10.61.0"), ("site-b", "10.62.0"))
-HOST_IP = "203.0.113.1"                      # the host on the external bridge osbed-ext
-T0 = time.time()
-os.environ["OS_CLIENT_CONFIG_FILE"] = os.path.join(DIR, "clouds.yaml")
-W = tempfile.mkdtemp(prefix="osbed-smoke.")
-KEY = os.path.join(W, "id")
-subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", RUN, "-f", KEY], check=True)
-made = []                                    # (cloud, kind, id), deleted in reverse order
-
-
-def log(msg):
-    print("[%6.1fs] %s" % (time.time() - T0, msg), flush=True)
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Fail(what)
-    log("ok: " + what)
+W, KEY = smokelib.start(DIR, RUN, "osbed-smoke.")
+made = []                                    # (connection, kind, id), deleted in reverse order
 
 
 def ssh(fip, cmd, timeout=45, attempts=3):
     """Runs cmd on the guest. A guest under TCG on a loaded host can stall an SSH session for
     tens of seconds: a session that hangs is retried (every command here may run twice)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return subprocess.run(
-                ["ssh", "-i", KEY, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                 "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes",
-                 "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=4", "debian@" + fip, cmd],
-                capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log("ssh %s: no answer within %ds (attempt %d of %d): %s" % (fip, timeout, attempt, attempts, cmd[:60]))
-    raise Fail("ssh to %s hung %d times: %s" % (fip, attempts, cmd[:60]))
-
-
-def wait(what, fn, timeout, every=2.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(every)
-    raise Fail("timed out after %ds: %s" % (timeout, what))
+    return smokelib.ssh(KEY, fip, cmd, timeout, attempts, alive_max=4)
 
 
 class Site:
@@ -73,20 +38,8 @@ class Site:
 
     def build(self):
         c, p = self.c, "%s-%s" % (RUN, self.cloud)
-        net = c.network.create_network(name=p + "-net"); made.append((self, "network", net.id))
-        sub = c.network.create_subnet(network_id=net.id, name=p + "-sub", ip_version=4,
-                                      cidr=self.prefix + ".0/24")
-        pub = c.network.find_network("public")
-        r = c.network.create_router(name=p + "-r", external_gateway_info={"network_id": pub.id})
-        made.append((self, "router", r.id))
-        c.network.add_interface_to_router(r, subnet_id=sub.id); made.append((self, "router-if", (r.id, sub.id)))
-        sg = c.network.create_security_group(name=p + "-sg"); made.append((self, "sg", sg.id))
-        for proto, port in (("tcp", 22), ("icmp", None)):
-            c.network.create_security_group_rule(security_group_id=sg.id, direction="ingress",
-                                                 ethertype="IPv4", protocol=proto, port_range_min=port,
-                                                 port_range_max=port, remote_ip_prefix=HOST_IP + "/32")
-        kp = c.compute.create_keypair(name=p + "-key", public_key=open(KEY + ".pub").read())
-        made.append((self, "keypair", kp.name))
+        net, sub = smokelib.network(c, p, self.prefix + ".0/24", made)
+        pub, r, sg, kp = smokelib.access(c, p, sub, KEY, made)
         self.router, self.sg, self.net = r, sg, net
         user_data = (
             "#cloud-config\nruncmd:\n"
@@ -95,47 +48,17 @@ class Site:
             " | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"uuid\"])') > /dev/console\n"
         ) % self.marker
         self.created = time.time()
-        self.server = c.compute.create_server(
-            name=p + "-vm", image_id=c.image.find_image("hybridgrid-node").id,
+        self.server = smokelib.boot(
+            c, made, name=p + "-vm", image_id=c.image.find_image("hybridgrid-node").id,
             flavor_id=c.compute.find_flavor("g1.node").id, networks=[{"uuid": net.id}],
             security_groups=[{"name": sg.name}], key_name=kp.name,
             user_data=__import__("base64").b64encode(user_data.encode()).decode())
-        made.append((self, "server", self.server.id))
-        self.server = c.compute.wait_for_server(self.server, wait=300, interval=2)
         self.active = time.time() - self.created
-        self.port = next(c.network.ports(device_id=self.server.id, network_id=net.id))
-        fip = c.network.create_ip(floating_network_id=pub.id, port_id=self.port.id)
-        made.append((self, "fip", fip.id))
-        self.fip = fip.floating_ip_address
+        self.port, self.fip = smokelib.floating_ip(c, self.server, net, pub, made)
         self.fixed = self.port.fixed_ips[0]["ip_address"]
 
     def console(self):
         return self.c.compute.get_server_console_output(self.server)["output"]
-
-
-def cleanup():
-    for site, kind, ident in reversed(made):
-        c = site.c
-        try:
-            if kind == "server":
-                c.compute.delete_server(ident)
-                c.compute.wait_for_delete(c.compute.get_server(ident), wait=120)
-            elif kind == "fip":
-                c.network.delete_ip(ident)
-            elif kind == "router-if":
-                c.network.remove_interface_from_router(ident[0], subnet_id=ident[1])
-            elif kind == "router":
-                c.network.delete_router(ident)
-            elif kind == "network":
-                c.network.delete_network(ident)
-            elif kind == "sg":
-                c.network.delete_security_group(ident)
-            elif kind == "keypair":
-                c.compute.delete_keypair(ident)
-        except openstack.exceptions.NotFoundException:
-            pass
-        except Exception as e:  # keep deleting the rest; reported below
-            log("cleanup of %s %s: %s" % (kind, ident, e))
 
 
 def udp_probe(a, b, sport, tag):
@@ -188,7 +111,7 @@ def main():
         ok = subprocess.run(["ping", "-c", "3", "-W", "2", s.fip], capture_output=True).returncode == 0
         check(ok, "%s: floating IP %s answers ping from the host" % (s.cloud, s.fip))
         out = wait("SSH to %s" % s.fip, lambda: (lambda r: r.stdout if r.returncode == 0 else None)(
-            ssh(s.fip, "hostname")), 60)
+            ssh(s.fip, "hostname")), 60, 2)
         check(out.strip().endswith("-vm"), "%s: SSH to %s as debian (hostname %s)" % (s.cloud, s.fip, out.strip()))
     # 4: UDP 51820 A -> B only while B's security group has the rule
     r = ssh(b.fip, "setsid nohup python3 -c 'import socket; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
@@ -225,31 +148,13 @@ def main():
     a.c.network.update_port(a.port, allowed_address_pairs=[{"ip_address": spoof + "/32"}])
     check(wait("spoofed packets with the pair", lambda: (spoofed() or 0) > 0, 30, 1),
           "from %s through A's port: passes with the allowed-address pair" % spoof)
-    return sites
-
-
-rc = 0
-try:
-    sites = main()
     for s in sites:
         log("%s: create -> ACTIVE %.1fs, create -> cloud-init done (marker) %.0fs" % (s.cloud, s.active, s.cloud_init))
-except Fail as e:
-    log("FAIL: %s" % e)
-    rc = 1
-except Exception as e:
-    log("FAIL (error): %r" % e)
-    rc = 1
-finally:
-    cleanup()
-    left = []
-    for cloud, _ in SITES:
-        c = openstack.connect(cloud=cloud)
-        left += [s.name for s in c.compute.servers() if s.name.startswith(RUN)]
-        left += [n.name for n in c.network.networks() if n.name.startswith(RUN)]
-        left += [r.name for r in c.network.routers() if r.name.startswith(RUN)]
-    if left:
-        log("FAIL: left over after teardown: %s" % left)
-        rc = 1
-    subprocess.run(["rm", "-rf", W])
-log("boot_smoke: %s" % ("all OK" if rc == 0 else "FAILED"))
-sys.exit(rc)
+
+
+def teardown():
+    smokelib.cleanup(made)
+    return [name for cloud, _ in SITES for name in smokelib.leftovers(openstack.connect(cloud=cloud), RUN)]
+
+
+smokelib.run("boot_smoke", main, teardown, W)

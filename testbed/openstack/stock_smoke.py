@@ -16,61 +16,26 @@ as hybridgrid makes them (DHCP on, no dns_nameservers). Checks, in order:
      nftables awscli` succeeds (timed) and the programs are there.
 Everything made is deleted again, also on failure; the run fails if anything is left.
 """
-import base64, os, re, shlex, subprocess, sys, tempfile, time
+import base64, os, re, shlex, sys, time
 import openstack
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import smokelib
+from smokelib import HOST_IP, check, log, wait
 
 DIR = sys.argv[1]
 RUN = "ss%d" % (os.getpid() % 100000)
 CLOUD, PREFIX = "site-a", "10.63.0"
 IMAGE = "debian-12-generic"
-HOST_IP = "203.0.113.1"
 NODE_PKGS = "munge slurmd slurmctld slurm-client wireguard-tools nftables awscli"
-T0 = time.time()
-os.environ["OS_CLIENT_CONFIG_FILE"] = os.path.join(DIR, "clouds.yaml")
-W = tempfile.mkdtemp(prefix="osbed-stock.")
-KEY = os.path.join(W, "id")
-subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", RUN, "-f", KEY], check=True)
+W, KEY = smokelib.start(DIR, RUN, "osbed-stock.")
 HIDE = os.path.join(DIR, "mirror-hide", "wireguard-tools")
 c = openstack.connect(cloud=CLOUD)
-made = []                                    # (kind, id), deleted in reverse order
-
-
-def log(msg):
-    print("[%6.1fs] %s" % (time.time() - T0, msg), flush=True)
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Fail(what)
-    log("ok: " + what)
+made = []                                    # (connection, kind, id), deleted in reverse order
 
 
 def ssh(fip, cmd, timeout=60, attempts=3):
     """Runs cmd on the guest; a session that hangs (a TCG guest on a loaded host) is retried."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return subprocess.run(
-                ["ssh", "-i", KEY, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                 "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes",
-                 "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6", "debian@" + fip, cmd],
-                capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log("ssh %s: no answer within %ds (attempt %d of %d): %s" % (fip, timeout, attempt, attempts, cmd[:60]))
-    raise Fail("ssh to %s hung %d times: %s" % (fip, attempts, cmd[:60]))
-
-
-def wait(what, fn, timeout, every=3.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(every)
-    raise Fail("timed out after %ds: %s" % (timeout, what))
+    return smokelib.ssh(KEY, fip, cmd, timeout, attempts, alive_max=6)
 
 
 def detached(fip, name, cmd, timeout):
@@ -85,30 +50,6 @@ def detached(fip, name, cmd, timeout):
     return int(code), "%.1f" % (int(ms) / 1000), ssh(fip, "cat /tmp/%s.log" % name).stdout
 
 
-def cleanup():
-    for kind, ident in reversed(made):
-        try:
-            if kind == "server":
-                c.compute.delete_server(ident)
-                c.compute.wait_for_delete(c.compute.get_server(ident), wait=120)
-            elif kind == "fip":
-                c.network.delete_ip(ident)
-            elif kind == "router-if":
-                c.network.remove_interface_from_router(ident[0], subnet_id=ident[1])
-            elif kind == "router":
-                c.network.delete_router(ident)
-            elif kind == "network":
-                c.network.delete_network(ident)
-            elif kind == "sg":
-                c.network.delete_security_group(ident)
-            elif kind == "keypair":
-                c.compute.delete_keypair(ident)
-        except openstack.exceptions.NotFoundException:
-            pass
-        except Exception as e:  # keep deleting the rest; reported below
-            log("cleanup of %s %s: %s" % (kind, ident, e))
-
-
 def main():
     # 1. the image
     img = c.image.find_image(IMAGE)
@@ -121,32 +62,16 @@ def main():
           "%s: os_distro=%s os_admin_user=%s hypervisor_type=%s" % (
               IMAGE, props.get("os_distro"), props.get("os_admin_user"), props.get("hypervisor_type")))
     # a network as hybridgrid makes one: DHCP on, no dns_nameservers; a router to `public`
-    net = c.network.create_network(name=RUN + "-net"); made.append(("network", net.id))
-    sub = c.network.create_subnet(network_id=net.id, name=RUN + "-sub", ip_version=4, cidr=PREFIX + ".0/24")
+    net, sub = smokelib.network(c, RUN, PREFIX + ".0/24", made)
     check(sub.is_dhcp_enabled and not sub.dns_nameservers, "subnet: DHCP on, no dns_nameservers")
-    pub = c.network.find_network("public")
-    r = c.network.create_router(name=RUN + "-r", external_gateway_info={"network_id": pub.id})
-    made.append(("router", r.id))
-    c.network.add_interface_to_router(r, subnet_id=sub.id); made.append(("router-if", (r.id, sub.id)))
-    sg = c.network.create_security_group(name=RUN + "-sg"); made.append(("sg", sg.id))
-    for proto, port in (("tcp", 22), ("icmp", None)):
-        c.network.create_security_group_rule(security_group_id=sg.id, direction="ingress", ethertype="IPv4",
-                                             protocol=proto, port_range_min=port, port_range_max=port,
-                                             remote_ip_prefix=HOST_IP + "/32")
-    kp = c.compute.create_keypair(name=RUN + "-key", public_key=open(KEY + ".pub").read())
-    made.append(("keypair", kp.name))
+    pub, r, sg, kp = smokelib.access(c, RUN, sub, KEY, made)
     created = time.time()
-    server = c.compute.create_server(
-        name=RUN + "-vm", image_id=img.id, flavor_id=c.compute.find_flavor("g1.node").id,
+    server = smokelib.boot(
+        c, made, name=RUN + "-vm", image_id=img.id, flavor_id=c.compute.find_flavor("g1.node").id,
         networks=[{"uuid": net.id}], security_groups=[{"name": sg.name}], key_name=kp.name,
         user_data=base64.b64encode(b"#cloud-config\n{}\n").decode())
-    made.append(("server", server.id))
-    server = c.compute.wait_for_server(server, wait=300, interval=2)
     log("server %s ACTIVE after %.1fs" % (server.id, time.time() - created))
-    port = next(c.network.ports(device_id=server.id, network_id=net.id))
-    fip = c.network.create_ip(floating_network_id=pub.id, port_id=port.id)
-    made.append(("fip", fip.id))
-    fip = fip.floating_ip_address
+    port, fip = smokelib.floating_ip(c, server, net, pub, made)
     dhcp = [ip["ip_address"] for p in c.network.ports(network_id=net.id, device_owner="network:dhcp")
             for ip in p.fixed_ips]
     # 2. SSH; what the image holds
@@ -218,25 +143,11 @@ def access_log_summary():
     return counts
 
 
-rc = 0
-try:
-    main()
-except Fail as e:
-    log("FAIL: %s" % e)
-    rc = 1
-except Exception as e:
-    log("FAIL (error): %r" % e)
-    rc = 1
-finally:
+def teardown():
     if os.path.exists(HIDE):
         os.unlink(HIDE)
-    cleanup()
-    left = [s.name for s in c.compute.servers() if s.name.startswith(RUN)]
-    left += [n.name for n in c.network.networks() if n.name.startswith(RUN)]
-    left += [r.name for r in c.network.routers() if r.name.startswith(RUN)]
-    if left:
-        log("FAIL: left over after teardown: %s" % left)
-        rc = 1
-    subprocess.run(["rm", "-rf", W])
-log("stock_smoke: %s" % ("all OK" if rc == 0 else "FAILED"))
-sys.exit(rc)
+    smokelib.cleanup(made)
+    return smokelib.leftovers(c, RUN)
+
+
+smokelib.run("stock_smoke", main, teardown, W)
