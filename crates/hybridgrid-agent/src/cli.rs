@@ -103,6 +103,18 @@ pub enum AgentCommand {
         #[arg(long, default_value = "")]
         tag: String,
     },
+    /// A Slurm power program (slurmctld runs it on the controller with a host list): ask the
+    /// power service to make (`resume`) or remove (`suspend`) on-demand workers; a node it cannot
+    /// make is set DOWN with the reason. Prints the service's reply as JSON.
+    Power {
+        #[arg(value_parser = parse_verb)]
+        verb: hybridgrid_core::power::PowerVerb,
+        /// The power service's Unix socket.
+        #[arg(long)]
+        service: PathBuf,
+        /// Slurm's host list, e.g. `giessen-od-[1-2]`.
+        hostlist: String,
+    },
     /// Print the WireGuard device's status as JSON.
     WgStatus {
         #[arg(long, default_value = "wg0")]
@@ -191,6 +203,11 @@ fn agent(
             Ok(None)
         }
         AgentCommand::Report { state_dir } => json(&crate::report(&state_dir)),
+        AgentCommand::Power {
+            verb,
+            service,
+            hostlist,
+        } => json(&crate::power::run(verb, &service, &hostlist)?),
         AgentCommand::WgStatus { interface } => json(&crate::wg_status(&interface)?),
     }
 }
@@ -207,6 +224,14 @@ fn json(value: &impl serde::Serialize) -> Result<Option<String>, AgentError> {
     serde_json::to_string(value)
         .map(Some)
         .map_err(|e| AgentError::Other(format!("cannot write the report as JSON: {e}")))
+}
+
+fn parse_verb(text: &str) -> Result<hybridgrid_core::power::PowerVerb, String> {
+    use hybridgrid_core::power::PowerVerb;
+    [PowerVerb::Resume, PowerVerb::Suspend]
+        .into_iter()
+        .find(|v| v.as_str() == text)
+        .ok_or_else(|| format!("`{text}` is not a power verb: resume or suspend"))
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {

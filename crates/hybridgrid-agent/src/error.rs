@@ -36,18 +36,4 @@ impl AgentError {
     }
 }
 
-/// `error` and each of its causes whose text the error's own message does not already hold,
-/// joined by ": " (the messages embed some causes, e.g. `{path}: {source}`).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
-}
+pub use hybridgrid_core::error_chain;

@@ -11,6 +11,7 @@ pub mod cli;
 mod error;
 mod node;
 pub mod packages;
+pub mod power;
 pub mod pull;
 mod report;
 pub mod results;

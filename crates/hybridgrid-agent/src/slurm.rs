@@ -80,7 +80,12 @@ pub fn apply(
             if let Some(store) = &setup.results_store {
                 crate::results::ensure(store, state_dir, exe, tag, actions)?;
             }
-            controller(setup, wait_for_workers, actions)
+            crate::power::ensure_programs(setup.power_service.as_deref(), exe, actions)?;
+            controller(setup, wait_for_workers, actions)?;
+            if setup.power_service.is_some() {
+                crate::power::return_held_nodes(state_dir, actions)?;
+            }
+            Ok(())
         }
         SlurmRole::Compute => compute(setup, name, actions),
         SlurmRole::None => Ok(()),
@@ -143,10 +148,18 @@ fn controller(
         sys::run("chown", &["slurm:slurm", d])?;
     }
     // Written whenever it changed (client commands read it); slurmctld reads it only when it
-    // starts, and later workers join as dynamic nodes, so a running slurmctld is left alone.
-    if std::fs::read_to_string(SLURM_CONF).ok().as_deref() != Some(setup.conf.as_str()) {
+    // starts, and later workers join as dynamic nodes, so a running slurmctld is left alone —
+    // unless its power saving (programs, timeouts, cloud nodes) changed, which only a start reads.
+    let old = std::fs::read_to_string(SLURM_CONF).unwrap_or_default();
+    if old != setup.conf {
         write_atomic(Path::new(SLURM_CONF), setup.conf.as_bytes(), 0o644)?;
         actions.push("slurm.conf".into());
+        if let Some(pid) = pid_of(SLURMCTLD_PID)
+            && power_lines(&old) != power_lines(&setup.conf)
+        {
+            sys::stop_processes(&[pid]);
+            actions.push("slurmctld stopped: power saving changed".into());
+        }
     }
     if pid_of(SLURMCTLD_PID).is_none() {
         sys::run("slurmctld", &[])?;
@@ -176,6 +189,25 @@ fn controller(
         });
     }
     sync_partitions(setup, &planned, actions)
+}
+
+/// The lines of a `slurm.conf` that only a start of slurmctld reads: power saving and cloud nodes.
+fn power_lines(conf: &str) -> Vec<&str> {
+    const KEYS: [&str; 10] = [
+        "ResumeProgram=",
+        "SuspendProgram=",
+        "ResumeFailProgram=",
+        "SuspendTime=",
+        "SuspendTimeout=",
+        "ResumeTimeout=",
+        "ResumeRate=",
+        "SuspendRate=",
+        "PrivateData=",
+        "SuspendExcNodes=",
+    ];
+    conf.lines()
+        .filter(|l| KEYS.iter().any(|k| l.starts_with(k)) || l.contains("State=CLOUD"))
+        .collect()
 }
 
 /// The nodes slurmctld knows.
@@ -324,7 +356,11 @@ fn compute(setup: &SlurmSetup, name: &str, actions: &mut Vec<String>) -> Result<
     // A node in the running slurmctld's slurm.conf starts as itself; slurmd refuses to start
     // when slurmctld does not know its name (a worker added later): then it joins as a
     // dynamic node.
-    if sys::run("slurmd", &["--conf-server", &server]).is_ok() {
+    let mut args = vec!["--conf-server", server.as_str()];
+    if setup.boot_at_start {
+        args.push("-b");
+    }
+    if sys::run("slurmd", &args).is_ok() {
         actions.push("slurmd".into());
     } else {
         sys::run("slurmd", &["-Z", "--conf-server", &server, "--conf", &conf])?;

@@ -16,6 +16,15 @@ use crate::plan::Plan;
 
 /// Every change from `observed` to `plan`, creations first, removals last.
 pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
+    changes_waking(plan, observed, &BTreeSet::new())
+}
+
+/// As [`changes`], with the on-demand workers in `waking` made and configured like any node.
+/// The others that do not exist are asleep (powered down in Slurm): no drift.
+pub fn changes_waking(plan: &Plan, observed: &Observed, waking: &BTreeSet<String>) -> Vec<Change> {
+    let asleep = |node: &crate::plan::NodePlan| {
+        node.on_demand && !observed.nodes.contains_key(&node.name) && !waking.contains(&node.name)
+    };
     let mut out = Vec::new();
     let no_site = ObservedSite::default();
     for site in &plan.sites {
@@ -58,7 +67,7 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
             }
         }
     }
-    for node in &plan.nodes {
+    for node in plan.nodes.iter().filter(|n| !asleep(n)) {
         let seen = observed.nodes.get(&node.name);
         if seen.is_none() {
             out.push(Change::CreateNode {
@@ -106,7 +115,7 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
             }
         }
     }
-    for node in &plan.nodes {
+    for node in plan.nodes.iter().filter(|n| !asleep(n)) {
         let applied = observed
             .nodes
             .get(&node.name)

@@ -49,6 +49,14 @@ impl Provider {
             Provider::OpenStack => "openstack",
         }
     }
+
+    /// `slurm.resume_timeout` when the file gives none: how long a new node may take to boot.
+    pub fn default_resume_timeout(self) -> u32 {
+        match self {
+            Provider::Local => 60,
+            Provider::OpenStack => 900,
+        }
+    }
 }
 
 /// A validated cluster. Sites keep file order; exactly one is the master site.
@@ -120,6 +128,10 @@ pub struct WorkerGroup {
     /// kernel ([`crate::slurm_conf::usable_memory_mib`]), else 1024.
     pub memory_mib: Option<u64>,
     pub spec: NodeSpec,
+    /// Slurm's power saving: `up` makes none of the group's workers; Slurm wakes up to `count`
+    /// of them when jobs queue for their site and removes them after `suspend_time` idle.
+    #[serde(default)]
+    pub on_demand: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +148,23 @@ pub struct SlurmOptions {
     pub slurmd_timeout: u32,
     pub message_timeout: u32,
     pub default_partition: String,
+    /// Seconds an on-demand worker may stay idle before Slurm removes it.
+    #[serde(default = "default_suspend_time")]
+    pub suspend_time: u32,
+    /// Seconds Slurm waits for a woken on-demand worker to register before it gives up on it.
+    #[serde(default = "default_resume_timeout")]
+    pub resume_timeout: u32,
+}
+
+/// `slurm.suspend_time` when the file gives none.
+pub const DEFAULT_SUSPEND_TIME: u32 = 600;
+
+fn default_suspend_time() -> u32 {
+    DEFAULT_SUSPEND_TIME
+}
+
+fn default_resume_timeout() -> u32 {
+    Provider::Local.default_resume_timeout()
 }
 
 impl Cluster {
@@ -154,6 +183,14 @@ impl Cluster {
 
     pub fn site(&self, name: &str) -> Option<&Site> {
         self.sites.iter().find(|s| s.name == name)
+    }
+
+    /// Whether any worker group is on demand (Slurm's power saving is on).
+    pub fn has_on_demand(&self) -> bool {
+        self.sites
+            .iter()
+            .flat_map(|s| &s.workers)
+            .any(|g| g.on_demand)
     }
 }
 
@@ -350,7 +387,7 @@ impl Validator<'_> {
         self.node_names(&sites);
         self.master(raw, &sites);
         let datasets = self.datasets(raw, &sites);
-        let slurm = self.slurm(raw, &sites);
+        let slurm = self.slurm(raw, &sites, provider);
 
         if self.diags.has_errors() {
             return None;

@@ -178,6 +178,15 @@ pub struct SlurmSetup {
     /// Controller: the results store jobs upload their output to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results_store: Option<ResultsStore>,
+    /// Compute: slurmd reports the node booted when slurmd starts (`slurmd -b`). Slurm counts a
+    /// woken node as up only once it reports a boot after the wake-up; the local provider's
+    /// nodes share the host's kernel and with it its boot time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub boot_at_start: bool,
+    /// Controller with on-demand workers: the power service's socket, which Slurm's power
+    /// programs ask to make and remove nodes ([`crate::power`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_service: Option<String>,
 }
 
 /// The master's results store: HTTP PUT and GET of `/results/<file>` on `addr:port`, from
@@ -205,6 +214,8 @@ impl SlurmSetup {
             memory_mib: 0,
             feature: String::new(),
             results_store: None,
+            power_service: None,
+            boot_at_start: false,
         }
     }
 }

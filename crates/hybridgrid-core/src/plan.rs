@@ -19,7 +19,7 @@ pub use crate::node::{
     SgRule, SlurmRole, SlurmSetup, WG_INTERFACE, WgInterface, WgPeer,
 };
 use crate::observed::{Observed, ObservedSite};
-pub use crate::slurm_conf::{Partition, SlurmPlan};
+pub use crate::slurm_conf::{Partition, PowerSaving, SlurmPlan};
 
 /// Version of the JSON plan document (`hybridgrid plan --json`); bumped on incompatible changes.
 pub const PLAN_FORMAT_VERSION: u32 = 1;
@@ -104,6 +104,10 @@ pub struct NodePlan {
     pub image: Option<String>,
     /// Relays only: the node's WireGuard interface, one peer per other relay (full mesh).
     pub wireguard: Option<WgInterface>,
+    /// A worker Slurm wakes when jobs need it (`on_demand: true`): it exists only while Slurm
+    /// has it powered up, and its absence is no drift.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +190,7 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
             flavor: site.gateway.flavor.clone(),
             image: site.gateway.image.clone(),
             wireguard: None,
+            on_demand: false,
         });
         let mut index = 0u32;
         for group in &site.workers {
@@ -204,6 +209,7 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
                     flavor: group.spec.flavor.clone(),
                     image: group.spec.image.clone(),
                     wireguard: None,
+                    on_demand: group.on_demand,
                 });
                 index += 1;
             }
@@ -451,7 +457,21 @@ fn slurm_plan(cluster: &Cluster, nodes: &[NodePlan]) -> SlurmPlan {
         slurmd_timeout: cluster.slurm.slurmd_timeout,
         message_timeout: cluster.slurm.message_timeout,
         partitions,
+        power: power_saving(cluster, nodes),
     }
+}
+
+/// Slurm's power saving when some workers are on demand; the static ones are never suspended.
+fn power_saving(cluster: &Cluster, nodes: &[NodePlan]) -> Option<PowerSaving> {
+    let workers = || nodes.iter().filter(|n| n.role == Role::Worker);
+    workers().any(|n| n.on_demand).then(|| PowerSaving {
+        suspend_time: cluster.slurm.suspend_time,
+        resume_timeout: cluster.slurm.resume_timeout,
+        static_nodes: workers()
+            .filter(|n| !n.on_demand)
+            .map(|n| n.name.clone())
+            .collect(),
+    })
 }
 
 impl Plan {
@@ -538,6 +558,7 @@ impl Plan {
                 cpus: n.cpus,
                 memory_mib: n.memory_mib,
                 feature: &n.site,
+                on_demand: n.on_demand,
             })
             .collect()
     }
@@ -563,6 +584,10 @@ impl Plan {
                         .collect(),
                 });
                 setup.conf = crate::slurm_conf::slurm_conf(&self.cluster, sl, &self.conf_nodes());
+                setup.power_service = sl
+                    .power
+                    .as_ref()
+                    .map(|_| crate::power::power_socket(&self.cluster));
                 let workers: Vec<String> = self
                     .nodes
                     .iter()
@@ -587,6 +612,7 @@ impl Plan {
                 setup.cpus = node.cpus;
                 setup.memory_mib = node.memory_mib;
                 setup.feature = node.site.clone();
+                setup.boot_at_start = node.on_demand && self.provider == Provider::Local;
             }
         }
         setup

@@ -90,6 +90,7 @@ pub struct RawWorkerGroup {
     pub memory: Option<Sp<u64>>,
     pub flavor: Option<Sp<String>>,
     pub image: Option<Sp<String>>,
+    pub on_demand: Option<Sp<bool>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -108,6 +109,8 @@ pub struct RawSlurm {
     pub slurmd_timeout: Option<Sp<u64>>,
     pub message_timeout: Option<Sp<u64>>,
     pub default_partition: Option<Sp<String>>,
+    pub suspend_time: Option<Sp<u64>>,
+    pub resume_timeout: Option<Sp<u64>>,
 }
 
 /// Parses a cluster file's text. Returns the raw model (as complete as the text allows) and every
@@ -535,7 +538,15 @@ impl Reader {
         let Some(m) = self.map(
             node,
             path,
-            &["name", "count", "cpus", "memory", "flavor", "image"],
+            &[
+                "name",
+                "count",
+                "cpus",
+                "memory",
+                "flavor",
+                "image",
+                "on_demand",
+            ],
         ) else {
             return w;
         };
@@ -552,6 +563,7 @@ impl Reader {
         w.memory = self.uint(&m, "memory");
         w.flavor = self.string(&m, "flavor");
         w.image = self.string(&m, "image");
+        w.on_demand = self.boolean(&m, "on_demand");
         w
     }
 
@@ -585,6 +597,8 @@ impl Reader {
             "slurmd_timeout",
             "message_timeout",
             "default_partition",
+            "suspend_time",
+            "resume_timeout",
         ];
         let Some(m) = self.map(node, path, &keys) else {
             return s;
@@ -593,6 +607,8 @@ impl Reader {
         s.slurmd_timeout = self.uint(&m, "slurmd_timeout");
         s.message_timeout = self.uint(&m, "message_timeout");
         s.default_partition = self.string(&m, "default_partition");
+        s.suspend_time = self.uint(&m, "suspend_time");
+        s.resume_timeout = self.uint(&m, "resume_timeout");
         s
     }
 }

@@ -19,7 +19,28 @@ pub struct SlurmPlan {
     pub slurmd_timeout: u32,
     pub message_timeout: u32,
     pub partitions: Vec<Partition>,
+    /// Slurm's power saving, when some workers are on demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerSaving>,
 }
+
+/// Slurm's power saving for on-demand workers: slurmctld runs hybridgrid's programs (on the
+/// controller, at [`RESUME_PROGRAM`] and beside it) to make and remove them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerSaving {
+    pub suspend_time: u32,
+    pub resume_timeout: u32,
+    /// Workers that always exist: never suspended.
+    pub static_nodes: Vec<String>,
+}
+
+/// Slurm runs its power programs without arguments of their own, so each is a small script the
+/// controller's agent writes, calling `hybridgrid-agent power <verb>`.
+pub const RESUME_PROGRAM: &str = "/etc/slurm/hybridgrid-resume";
+pub const SUSPEND_PROGRAM: &str = "/etc/slurm/hybridgrid-suspend";
+pub const RESUME_FAIL_PROGRAM: &str = "/etc/slurm/hybridgrid-resume-fail";
+/// How long slurmctld gives the suspend program before it counts a node as powered down.
+pub const SUSPEND_TIMEOUT: u32 = 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Partition {
@@ -37,6 +58,8 @@ pub struct ConfNode<'a> {
     pub memory_mib: u64,
     /// Its site.
     pub feature: &'a str,
+    /// Declared `State=CLOUD`: Slurm makes it when jobs need it.
+    pub on_demand: bool,
 }
 
 /// `slurm.conf` for the cluster `cluster` with its planned workers. slurmctld reads it when it
@@ -88,10 +111,14 @@ pub fn slurm_conf(cluster: &str, sl: &SlurmPlan, workers: &[ConfNode<'_>]) -> St
     s.push_str("TreeWidth=65533\n");
     // Room for workers added later as dynamic nodes (`slurmd -Z`): no slurmctld restart.
     let _ = writeln!(s, "MaxNodeCount={}", workers.len() + 1024);
+    if let Some(power) = &sl.power {
+        power_saving(&mut s, power);
+    }
     for w in workers {
+        let state = if w.on_demand { "CLOUD" } else { "UNKNOWN" };
         let _ = writeln!(
             s,
-            "NodeName={} NodeAddr={} CPUs={} RealMemory={} Feature={} State=UNKNOWN",
+            "NodeName={} NodeAddr={} CPUs={} RealMemory={} Feature={} State={state}",
             w.name, w.addr, w.cpus, w.memory_mib, w.feature
         );
     }
@@ -111,6 +138,24 @@ pub fn slurm_conf(cluster: &str, sl: &SlurmPlan, workers: &[ConfNode<'_>]) -> St
         );
     }
     s
+}
+
+/// The power-saving lines: hybridgrid's programs, the timeouts, the static workers excluded.
+fn power_saving(s: &mut String, power: &PowerSaving) {
+    s.push_str("# On-demand workers: Slurm's power saving runs hybridgrid's programs.\n");
+    let _ = writeln!(s, "ResumeProgram={RESUME_PROGRAM}");
+    let _ = writeln!(s, "SuspendProgram={SUSPEND_PROGRAM}");
+    let _ = writeln!(s, "ResumeFailProgram={RESUME_FAIL_PROGRAM}");
+    let _ = writeln!(s, "SuspendTime={}", power.suspend_time);
+    let _ = writeln!(s, "SuspendTimeout={SUSPEND_TIMEOUT}");
+    let _ = writeln!(s, "ResumeTimeout={}", power.resume_timeout);
+    // No rate limits: every queued job's nodes are woken in one call, all sites at once.
+    s.push_str("ResumeRate=0\nSuspendRate=0\n");
+    // Without it Slurm 22.05 hides powered-down cloud nodes from sinfo.
+    s.push_str("PrivateData=cloud\n");
+    if !power.static_nodes.is_empty() {
+        let _ = writeln!(s, "SuspendExcNodes={}", power.static_nodes.join(","));
+    }
 }
 
 /// The `RealMemory` (MiB) to declare for a server with `ram_mib` of RAM: what its kernel keeps for

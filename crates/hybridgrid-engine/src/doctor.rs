@@ -36,6 +36,9 @@ pub struct NodeFacts {
     pub site: String,
     pub role: Role,
     pub up: bool,
+    /// An on-demand worker: not running is its resting state, no finding.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
     /// Planned ingress rules (with a known remote) missing from the node's live rules.
     pub missing_rules: Vec<MissingRule>,
     /// The security group's default-deny counters (ingress + forward): before and after probing
@@ -233,7 +236,7 @@ fn is_wireguard_rule(rule: &SgRule, port: u16) -> bool {
 pub fn diagnose(f: &Facts) -> Vec<Finding> {
     let mut out = Vec::new();
     let node = |name: &str| f.nodes.iter().find(|n| n.name == name);
-    for n in f.nodes.iter().filter(|n| !n.up) {
+    for n in f.nodes.iter().filter(|n| !n.up && !n.on_demand) {
         out.push(Finding {
             kind: Kind::NodeDown,
             subject: n.name.clone(),
@@ -512,6 +515,7 @@ mod tests {
             site: site.into(),
             role,
             up: true,
+            on_demand: false,
             missing_rules: Vec::new(),
             drops_before: Some(0),
             drops_after: Some(0),
@@ -575,6 +579,18 @@ mod tests {
     #[test]
     fn a_healthy_cluster_has_no_findings() {
         assert_eq!(diagnose(&healthy()), Vec::new());
+    }
+
+    #[test]
+    fn an_asleep_on_demand_worker_is_no_finding_and_a_dead_static_one_is() {
+        let mut f = healthy();
+        let mut asleep = node("giessen-od-1", "giessen", Role::Worker);
+        asleep.up = false;
+        asleep.on_demand = true;
+        f.nodes.push(asleep);
+        assert_eq!(diagnose(&f), Vec::new());
+        f.nodes.last_mut().unwrap().on_demand = false;
+        assert_eq!(diagnose(&f)[0].kind, Kind::NodeDown);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod doctor;
 mod engine;
 mod error;
 pub mod path;
+pub mod power;
 mod provider;
 mod report;
 pub mod state;

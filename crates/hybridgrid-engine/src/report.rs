@@ -76,9 +76,26 @@ pub struct NodeStatus {
     /// The node's Slurm state as the controller sees it (`sinfo`), for Slurm nodes.
     #[serde(default)]
     pub slurm: Option<String>,
+    /// An on-demand worker: not `up` is its resting state (powered down in Slurm), no fault.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
 }
 
 impl NodeStatus {
+    /// `up`, `asleep` (an on-demand worker that does not exist now) or `DOWN`.
+    pub fn state_word(&self) -> &'static str {
+        match (self.up, self.on_demand) {
+            (true, _) => "up",
+            (false, true) => "asleep",
+            (false, false) => "DOWN",
+        }
+    }
+
+    /// Whether reachability probes include it: every node that should exist now.
+    pub fn is_probed(&self) -> bool {
+        self.up || !self.on_demand
+    }
+
     /// A planned node's row: its addresses from the plan, `up` and `slurm` as observed.
     pub fn of(node: &NodePlan, up: bool, slurm: Option<String>) -> Self {
         NodeStatus {
@@ -90,6 +107,7 @@ impl NodeStatus {
             public_ip: node.public_ip,
             up,
             slurm,
+            on_demand: node.on_demand,
         }
     }
 }

@@ -317,6 +317,11 @@ impl Local {
             }
             Change::CreateNode { site, node, role } => {
                 let np = plan.node(node).ok_or_else(|| missing(node))?;
+                if let Some(reason) = self.refusal(node) {
+                    return Err(LocalError::Other(format!(
+                        "the emulated cloud refuses to make {node}: {reason}"
+                    )));
+                }
                 let sp = plan.site(site).ok_or_else(|| missing(site))?;
                 let ns = self.ns(node);
                 let entry = NodeEntry {

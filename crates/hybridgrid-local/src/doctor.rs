@@ -203,6 +203,7 @@ fn facts(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
         .iter()
         .map(|n| NodeFacts {
             name: n.name.clone(),
+            on_demand: n.on_demand,
             site: n.site.clone(),
             role: n.role,
             up: up.contains(&n.name),

@@ -162,13 +162,7 @@ pub fn gc(state_root: &Path) -> Result<Vec<String>, LocalError> {
         if dir.join("ledger.json").exists() {
             continue;
         }
-        for ns in all
-            .iter()
-            .filter(|ns| owner_of(ns).as_ref() == Some(cluster))
-        {
-            infra::remove_netns(ns)?;
-            removed.push(ns.clone());
-        }
+        // Processes first: the power service makes nodes while it runs.
         let stray: Vec<u32> = tagged_processes(&names::prefix(cluster))
             .into_iter()
             .filter(|&pid| {
@@ -184,6 +178,17 @@ pub fn gc(state_root: &Path) -> Result<Vec<String>, LocalError> {
             removed.push(format!("process {pid}"));
         }
         infra::stop_processes(&stray);
+        for ns in all
+            .iter()
+            .filter(|ns| owner_of(ns).as_ref() == Some(cluster))
+        {
+            infra::remove_netns(ns)?;
+            removed.push(ns.clone());
+        }
+        let socket = crate::power::power_socket(cluster);
+        if std::fs::remove_file(&socket).is_ok() {
+            removed.push(socket);
+        }
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(LocalError::io(&dir))?;
             removed.push(dir.display().to_string());

@@ -23,6 +23,7 @@ mod live;
 pub mod names;
 mod observe;
 mod par;
+pub mod power;
 pub mod provider;
 mod sh;
 pub mod slurm;

@@ -194,13 +194,21 @@ impl Provider for Local {
         changes: &[Change],
         sink: Sink<'_>,
     ) -> Result<Applied, EngineError> {
+        let _one_at_a_time = self.exclusive().map_err(err)?;
         self.claim().map_err(err)?;
         self.apply_changes(plan, changes, sink).map_err(err)?;
+        for started in self.ensure_power_service(plan).map_err(err)? {
+            sink(hybridgrid_engine::Event::Note(started));
+        }
         Ok(Applied::default())
     }
 
     /// Waits (20 s at most) until every relay has a handshake with every peer.
-    fn settle(&self, plan: &Plan, _sink: Sink<'_>) -> Result<Settled, EngineError> {
+    fn settle(&self, plan: &Plan, sink: Sink<'_>) -> Result<Settled, EngineError> {
+        // A power service that died is started again by the next `up`.
+        for started in self.ensure_power_service(plan).map_err(err)? {
+            sink(hybridgrid_engine::Event::Note(started));
+        }
         let pending = self.wait_handshakes(plan, Duration::from_secs(20));
         Ok(Settled {
             observe_again: false,
@@ -212,6 +220,12 @@ impl Provider for Local {
     }
 
     fn down(&self, sink: Sink<'_>) -> Result<DownReport, EngineError> {
+        // First of all: no node is made after `down` started.
+        self.stop_power_service();
+        let _one_at_a_time = match self.cluster_dir().exists() {
+            true => Some(self.exclusive().map_err(err)?),
+            false => None,
+        };
         self.remove_all(sink).map_err(err)
     }
 

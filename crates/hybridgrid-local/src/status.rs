@@ -172,7 +172,8 @@ impl Local {
             Probe::Sample if nodes.len() <= SMALL_CLUSTER => Probe::AllPairs,
             p => p,
         };
-        let pairs = probe_pairs(&nodes, probe);
+        let probed: Vec<NodeStatus> = nodes.iter().filter(|n| n.is_probed()).cloned().collect();
+        let pairs = probe_pairs(&probed, probe);
         let results = crate::par::map(&pairs, PROBES_AT_ONCE, |(a, b)| {
             let ok = self.holder(&l, &a.name).is_some()
                 && crate::live::ping(&self.ns(&a.name), b.lan_ip, None);

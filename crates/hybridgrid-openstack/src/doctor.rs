@@ -81,6 +81,7 @@ impl OpenStack {
             .iter()
             .map(|n| NodeFacts {
                 name: n.name.clone(),
+                on_demand: n.on_demand,
                 site: n.site.clone(),
                 role: n.role,
                 up: up.contains(&n.name),

@@ -114,6 +114,7 @@ mod tests {
             flavor: None,
             image: Some("Ubuntu-22.04".into()),
             wireguard: None,
+            on_demand: false,
         };
         let mut users = LoginUsers::default();
         assert_eq!(users.of(&node), "ubuntu");

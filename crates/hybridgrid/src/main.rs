@@ -20,6 +20,7 @@ use hybridgrid_engine::{Command as Cmd, EngineError, Event, Probe, Provider};
 mod doctor_cmd;
 mod graph;
 mod node_cmd;
+mod power_cmd;
 mod progress;
 mod providers;
 mod status_text;
@@ -530,6 +531,9 @@ fn plan_summary(plan: &Plan) -> String {
             }
             if n.role == Role::Worker {
                 let _ = write!(extra, "  {} CPUs, {} MiB", n.cpus, n.memory_mib);
+            }
+            if n.on_demand {
+                extra.push_str("  on demand (Slurm makes it when jobs need it)");
             }
             let _ = writeln!(
                 s,

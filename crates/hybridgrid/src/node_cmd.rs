@@ -36,6 +36,18 @@ pub enum NodeCommand {
         #[arg(long, default_value = "")]
         tag: String,
     },
+    /// The local provider's power service (runs on the host, started by `up`): makes and
+    /// removes on-demand workers when Slurm's power programs ask.
+    #[command(hide = true)]
+    PowerService {
+        #[arg(long)]
+        tag: String,
+        /// The validated cluster (`cluster.json` beside the ledger).
+        #[arg(long)]
+        cluster: PathBuf,
+        #[arg(long)]
+        socket: PathBuf,
+    },
     /// Holds a node's namespaces open (runs on the node).
     #[command(hide = true)]
     Hold {
@@ -81,6 +93,11 @@ pub fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        NodeCommand::PowerService {
+            tag: _,
+            cluster,
+            socket,
+        } => crate::power_cmd::serve(&cluster, &socket),
         // Holds the namespaces until SIGTERM (default action: exit), supervising the node.
         NodeCommand::Hold {
             tag,

@@ -25,7 +25,7 @@ pub fn status_text(r: &StatusReport) -> String {
     let _ = writeln!(s, "cluster {}", r.cluster);
     let _ = writeln!(
         s,
-        "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<5} slurm",
+        "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<6} slurm",
         "node", "site", "role", "lan", "tunnel", "public", "state"
     );
     for n in &r.nodes {
@@ -33,14 +33,14 @@ pub fn status_text(r: &StatusReport) -> String {
             |ip: Option<std::net::Ipv4Addr>| ip.map_or_else(|| "-".to_owned(), |i| i.to_string());
         let _ = writeln!(
             s,
-            "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<5} {}",
+            "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<6} {}",
             n.name,
             n.site,
             n.role.as_str(),
             n.lan_ip.to_string(),
             opt(n.tunnel_ip),
             opt(n.public_ip),
-            if n.up { "up" } else { "DOWN" },
+            n.state_word(),
             n.slurm.as_deref().unwrap_or("-")
         );
     }

@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -363,7 +363,7 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
             if !wait {
                 return Ok(ExitCode::SUCCESS);
             }
-            let view = wait_for(&jobs, id, Duration::from_secs(600))?;
+            let view = wait_for(&jobs, id)?;
             // Read again: a `jobs` meanwhile may have recorded other jobs' ends.
             let mut record = load_jobs(&jobs_path)?;
             record_ends(
@@ -515,8 +515,10 @@ fn cross_site(views: &mut [JobView], record: &JobsRecord, now: &dyn Fn() -> Opti
     }
 }
 
-fn wait_for(jobs: &Jobs, id: u64, limit: Duration) -> anyhow::Result<JobView> {
-    let deadline = Instant::now() + limit;
+/// Waits as long as the job takes, like `sbatch --wait` (waking an on-demand worker on a slow
+/// cloud takes minutes): asks every half second at first, then every 5 s.
+fn wait_for(jobs: &Jobs, id: u64) -> anyhow::Result<JobView> {
+    let mut pause = Duration::from_millis(500);
     loop {
         let record = load_jobs(&jobs.jobs_path())?;
         let view = job_views(jobs, &record)?
@@ -528,10 +530,8 @@ fn wait_for(jobs: &Jobs, id: u64, limit: Duration) -> anyhow::Result<JobView> {
         if finished && (view.output.is_some() || view.state != "COMPLETED") {
             return Ok(view);
         }
-        if Instant::now() >= deadline {
-            bail!("job {id} did not finish within {}s", limit.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -232,12 +232,25 @@ impl Validator<'_> {
                 };
                 ok &= self.openstack_spec(&spec, g.pos, &gpath);
             }
+            let on_demand = g.on_demand.as_ref().is_some_and(|o| o.value);
+            if let (Some(o), Some(Provider::OpenStack)) = (&g.on_demand, provider)
+                && o.value
+            {
+                ok = false;
+                self.error(
+                    o.pos,
+                    format!("{gpath}.on_demand"),
+                    "on-demand workers run on the local provider only, in this version",
+                    "give the group a fixed `count` (on openstack every worker exists from `up`)",
+                );
+            }
             match (count, cpus, memory_mib) {
                 (Some(count), Some(cpus), Some(memory_mib)) => groups.push(WorkerGroup {
                     name,
                     count,
                     cpus,
                     memory_mib,
+                    on_demand,
                     spec: NodeSpec {
                         flavor: g.flavor.as_ref().map(|c| c.value.clone()),
                         image: g.image.as_ref().map(|c| c.value.clone()),

@@ -5,7 +5,13 @@ use std::collections::BTreeMap;
 use crate::diag::did_you_mean;
 use crate::raw::{self, RawCluster, Sp};
 
-use super::{ALL_PARTITION, Dataset, SLURMCTLD_PORT, SLURMD_PORT, Site, SlurmOptions, Validator};
+use super::{
+    ALL_PARTITION, DEFAULT_SUSPEND_TIME, Dataset, Provider, SLURMCTLD_PORT, SLURMD_PORT, Site,
+    SlurmOptions, Validator,
+};
+
+/// The longest `slurm.suspend_time`: a week.
+const MAX_SUSPEND_TIME: u32 = 7 * 24 * 3600;
 
 impl Validator<'_> {
     pub(super) fn datasets(
@@ -63,6 +69,7 @@ impl Validator<'_> {
         &mut self,
         raw: &RawCluster,
         sites: &[(&raw::RawSite, Option<Site>)],
+        provider: Option<Provider>,
     ) -> Option<SlurmOptions> {
         let s = &raw.slurm;
         let srun_port_range = match &s.srun_port_range {
@@ -110,6 +117,23 @@ impl Validator<'_> {
         // WAN links drop and stall: be slower to declare nodes dead than Slurm's LAN defaults.
         let slurmd_timeout = timeout(&s.slurmd_timeout, 300, "slurmd_timeout", self);
         let message_timeout = timeout(&s.message_timeout, 30, "message_timeout", self);
+        let resume_default = provider.unwrap_or(Provider::Local).default_resume_timeout();
+        let resume_timeout = timeout(&s.resume_timeout, resume_default, "resume_timeout", self);
+        let suspend_time = match &s.suspend_time {
+            None => Some(DEFAULT_SUSPEND_TIME),
+            Some(t) => match u32::try_from(t.value) {
+                Ok(x) if (1..=MAX_SUSPEND_TIME).contains(&x) => Some(x),
+                _ => {
+                    self.error(
+                        t.pos,
+                        "slurm.suspend_time",
+                        format!("{} seconds is out of range", t.value),
+                        format!("use 1 to {MAX_SUSPEND_TIME} seconds (a week)"),
+                    );
+                    None
+                }
+            },
+        };
         let site_names: Vec<&str> = sites
             .iter()
             .filter_map(|(rs, _)| rs.name.as_ref().map(|n| n.value.as_str()))
@@ -137,6 +161,8 @@ impl Validator<'_> {
             slurmd_timeout: slurmd_timeout?,
             message_timeout: message_timeout?,
             default_partition: default_partition?,
+            suspend_time: suspend_time?,
+            resume_timeout: resume_timeout?,
         })
     }
 }

@@ -13,6 +13,7 @@ mod crash;
 mod engine;
 mod failures;
 mod heal;
+mod on_demand;
 mod path;
 mod soak;
 mod wan;
