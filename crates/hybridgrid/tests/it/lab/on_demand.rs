@@ -212,6 +212,24 @@ fn on_demand_workers_wake_at_their_site_and_leave_when_idle() {
             == 4
     });
 
+    // `down` while Slurm is waking a worker: nothing is left, and nothing is made after it.
+    wait_until("both workers powered down", Duration::from_secs(90), || {
+        slurm_states(&lab).iter().all(|(_, s)| s == "idle~")
+    });
+    lab.hg_ok(&[
+        "submit",
+        "-f",
+        lab.f(),
+        "--dataset",
+        "genomes",
+        "--",
+        job.to_str().unwrap(),
+    ]);
+    wait_until("a wake-up under way", Duration::from_secs(30), || {
+        slurm_states(&lab).iter().any(|(_, s)| s.ends_with('#'))
+    });
     lab.hg_ok(&["down", "-f", lab.f()]);
+    lab.assert_gone();
+    std::thread::sleep(Duration::from_secs(2));
     lab.assert_gone();
 }
