@@ -75,7 +75,37 @@ pub fn missing(config: &NodeConfig, role: Option<Role>, root: &Path) -> Vec<Pack
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstallReport {
     pub installed: Vec<String>,
+    /// What the node's first boot installed ([`boot_script`], run by cloud-init).
+    #[serde(default)]
+    pub installed_at_boot: Vec<String>,
     pub slurm_version: Option<String>,
+}
+
+/// Where the first boot's install ([`boot_script`]) records what it installed.
+pub const BOOT_INSTALLED: &str = "/var/lib/hybridgrid/boot-installed";
+
+/// A POSIX shell script for the node's first boot (cloud-init) that installs what [`needed`]
+/// finds missing — judged by the same files — with no service started meanwhile, and records
+/// the names in [`BOOT_INSTALLED`]. It overlaps apt with the rest of the cluster's boot; best
+/// effort: what it could not install, `agent install` installs later or reports, located.
+pub fn boot_script(config: &NodeConfig, role: Option<Role>) -> String {
+    let checks: Vec<String> = needed(config, role)
+        .iter()
+        .map(|p| {
+            let present: Vec<String> = p.proof.iter().map(|f| format!("[ -e {f} ]")).collect();
+            format!("{} || m=\"$m {}\"", present.join(" || "), p.name)
+        })
+        .collect();
+    format!(
+        "m=''; {checks}; [ -z \"$m\" ] && exit 0; \
+         printf '#!/bin/sh\\nexit 101\\n' > {POLICY_RC_D} && chmod 0755 {POLICY_RC_D}; \
+         o='-q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confold'; \
+         apt-get $o update && DEBIAN_FRONTEND=noninteractive apt-get $o install \
+         --no-install-recommends $m && mkdir -p {dir} && echo $m > {BOOT_INSTALLED}; \
+         rm -f {POLICY_RC_D}; systemctl disable -q munge slurmd slurmctld 2>/dev/null; true",
+        checks = checks.join("; "),
+        dir = "/var/lib/hybridgrid",
+    )
 }
 
 /// Installs what `config`'s node (of `role`) needs and lacks, then asks its Slurm daemon for
@@ -85,6 +115,11 @@ pub fn install_and_report(
     role: Option<Role>,
 ) -> Result<InstallReport, AgentError> {
     let installed = install(config, role)?;
+    // Reported once: the record is set aside after this report.
+    let installed_at_boot = std::fs::read_to_string(BOOT_INSTALLED)
+        .map(|t| t.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let _ = std::fs::rename(BOOT_INSTALLED, format!("{BOOT_INSTALLED}.reported"));
     let slurm = match role {
         Some(Role::Master) => SlurmRole::Controller,
         Some(Role::Worker) => SlurmRole::Compute,
@@ -92,6 +127,7 @@ pub fn install_and_report(
     };
     Ok(InstallReport {
         installed,
+        installed_at_boot,
         slurm_version: slurm_version(slurm),
     })
 }
@@ -324,6 +360,23 @@ mod tests {
             names(&missing(&worker, None, root.path())),
             ["slurm-client", "slurmd"]
         );
+    }
+
+    #[test]
+    fn the_boot_script_checks_the_roles_packages_and_is_valid_shell() {
+        let worker = config(SlurmRole::None, false);
+        let script = boot_script(&worker, Some(Role::Worker));
+        assert!(
+            script.contains(r#"[ -e /usr/sbin/slurmd ] || m="$m slurmd""#),
+            "{script}"
+        );
+        assert!(!script.contains("slurmctld ]"), "{script}");
+        assert!(script.contains("--no-install-recommends $m"), "{script}");
+        let syntax = Command::new("sh")
+            .args(["-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(syntax.status.success(), "{script}");
     }
 
     #[test]

@@ -272,6 +272,12 @@ pub async fn prepare(
         )
         .await?;
     let report = install_packages(channel, target, node.role).await?;
+    if !report.installed_at_boot.is_empty() {
+        done.push(format!(
+            "installed {} (at first boot)",
+            report.installed_at_boot.join(" ")
+        ));
+    }
     if !report.installed.is_empty() {
         done.push(format!("installed {}", report.installed.join(" ")));
     }

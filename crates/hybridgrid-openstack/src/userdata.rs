@@ -42,8 +42,9 @@ pub fn boot_config(plan: &Plan, node: &NodePlan) -> hybridgrid_core::plan::NodeC
 /// timer running `hybridgrid agent pull` every [`PULL_SECONDS`] (peers delivered through the
 /// server's metadata after boot). Pure.
 ///
-/// The node's own daemons of munge and Slurm are the agent's to start: their distribution
-/// units are disabled first. `agent_sha256`: the download must have it, else it is not used.
+/// The role's packages the image lacks are installed first, with apt from the image's own
+/// sources ([`hybridgrid_agent::packages::boot_script`]); the node's own daemons of munge and
+/// Slurm are the agent's to start: their distribution units are disabled. `agent_sha256`: the download must have it, else it is not used.
 pub fn user_data_with(
     plan: &Plan,
     node: &NodePlan,
@@ -53,11 +54,17 @@ pub fn user_data_with(
     let config = boot_config(plan, node);
     let config_json = serde_json::to_string(&config).unwrap_or_default();
     let b64 = base64::engine::general_purpose::STANDARD.encode(config_json.as_bytes());
-    let mut runcmd = vec![json!([
-        "sh",
-        "-c",
-        "systemctl disable -q --now munge slurmd slurmctld 2>/dev/null || true"
-    ])];
+    // The role's packages while the rest of the cluster boots (a stock image lacks them); what
+    // this leaves missing, the node channel's `agent install` installs or reports.
+    let install = hybridgrid_agent::packages::boot_script(&config, Some(node.role));
+    let mut runcmd = vec![
+        json!(["sh", "-c", install]),
+        json!([
+            "sh",
+            "-c",
+            "systemctl disable -q --now munge slurmd slurmctld 2>/dev/null || true"
+        ]),
+    ];
     if let Some(url) = agent_url {
         let check = match agent_sha256 {
             Some(sha) => format!("echo '{sha}  {AGENT_PATH}.part' | sha256sum -c --status && "),
