@@ -75,13 +75,11 @@ pub fn run(verb: PowerVerb, service: &Path, hostlist: &str) -> Result<PowerReply
         .map(str::to_owned)
         .collect();
     let request = PowerRequest { verb, nodes };
-    let reply = ask(service, &request).unwrap_or_else(|e| PowerReply {
-        done: Vec::new(),
-        failed: request
-            .nodes
-            .iter()
-            .map(|n| (n.clone(), format!("the power service did not answer: {e}")))
-            .collect(),
+    let reply = ask(service, &request).unwrap_or_else(|e| {
+        PowerReply::all_failed(
+            &request.nodes,
+            &format!("the power service did not answer: {e}"),
+        )
     });
     log(&format!(
         "{} {}: done {:?}, failed {:?}",
@@ -100,7 +98,6 @@ pub fn run(verb: PowerVerb, service: &Path, hostlist: &str) -> Result<PowerReply
 
 /// One request line to the service, one reply line back.
 fn ask(service: &Path, request: &PowerRequest) -> Result<PowerReply, AgentError> {
-    let io = AgentError::io(service);
     let mut stream = UnixStream::connect(service).map_err(AgentError::io(service))?;
     stream
         .set_read_timeout(Some(ANSWER_WITHIN))
@@ -111,7 +108,9 @@ fn ask(service: &Path, request: &PowerRequest) -> Result<PowerReply, AgentError>
         .write_all(format!("{line}\n").as_bytes())
         .map_err(AgentError::io(service))?;
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(AgentError::io(service))?;
     serde_json::from_str(&answer).map_err(|source| AgentError::Json {
         path: service.to_owned(),
         source,

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hybridgrid_core::plan::{SlurmRole, SlurmSetup};
+use hybridgrid_core::slurm_conf::power_saving_lines;
 
 use crate::AgentError;
 use crate::sys::{self, write_atomic};
@@ -155,7 +156,7 @@ fn controller(
         write_atomic(Path::new(SLURM_CONF), setup.conf.as_bytes(), 0o644)?;
         actions.push("slurm.conf".into());
         if let Some(pid) = pid_of(SLURMCTLD_PID)
-            && power_lines(&old) != power_lines(&setup.conf)
+            && power_saving_lines(&old) != power_saving_lines(&setup.conf)
         {
             sys::stop_processes(&[pid]);
             actions.push("slurmctld stopped: power saving changed".into());
@@ -189,25 +190,6 @@ fn controller(
         });
     }
     sync_partitions(setup, &planned, actions)
-}
-
-/// The lines of a `slurm.conf` that only a start of slurmctld reads: power saving and cloud nodes.
-fn power_lines(conf: &str) -> Vec<&str> {
-    const KEYS: [&str; 10] = [
-        "ResumeProgram=",
-        "SuspendProgram=",
-        "ResumeFailProgram=",
-        "SuspendTime=",
-        "SuspendTimeout=",
-        "ResumeTimeout=",
-        "ResumeRate=",
-        "SuspendRate=",
-        "PrivateData=",
-        "SuspendExcNodes=",
-    ];
-    conf.lines()
-        .filter(|l| KEYS.iter().any(|k| l.starts_with(k)) || l.contains("State=CLOUD"))
-        .collect()
 }
 
 /// The nodes slurmctld knows.

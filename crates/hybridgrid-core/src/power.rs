@@ -38,6 +38,19 @@ pub struct PowerReply {
     pub failed: BTreeMap<String, String>,
 }
 
+impl PowerReply {
+    /// Every one of `nodes` failed for `reason`.
+    pub fn all_failed<'a>(nodes: impl IntoIterator<Item = &'a String>, reason: &str) -> Self {
+        PowerReply {
+            done: Vec::new(),
+            failed: nodes
+                .into_iter()
+                .map(|n| (n.clone(), reason.to_owned()))
+                .collect(),
+        }
+    }
+}
+
 /// Where the power service of `cluster` listens. On local it runs on the host (the controller's
 /// namespaces share its file system); on a cloud node, on the controller itself.
 pub fn power_socket(cluster: &str) -> String {

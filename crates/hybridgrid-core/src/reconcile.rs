@@ -35,8 +35,7 @@ pub fn wake(
     observed: &Observed,
     nodes: &BTreeSet<String>,
 ) -> Result<Plan, NotOnDemand> {
-    let mut p = plan::layout(cluster, observed);
-    check_on_demand(&p, nodes)?;
+    let mut p = on_demand_layout(cluster, observed, nodes)?;
     p.changes = diff::changes_waking(&p, observed, nodes)
         .into_iter()
         .filter(|c| change_node(c).is_some_and(|n| nodes.contains(n)))
@@ -50,8 +49,7 @@ pub fn sleep(
     observed: &Observed,
     nodes: &BTreeSet<String>,
 ) -> Result<Plan, NotOnDemand> {
-    let mut p = plan::layout(cluster, observed);
-    check_on_demand(&p, nodes)?;
+    let mut p = on_demand_layout(cluster, observed, nodes)?;
     p.changes = nodes
         .iter()
         .filter_map(|n| {
@@ -65,7 +63,13 @@ pub fn sleep(
     Ok(p)
 }
 
-fn check_on_demand(p: &Plan, nodes: &BTreeSet<String>) -> Result<(), NotOnDemand> {
+/// The layout, once every one of `nodes` is an on-demand worker of it.
+fn on_demand_layout(
+    cluster: &Cluster,
+    observed: &Observed,
+    nodes: &BTreeSet<String>,
+) -> Result<Plan, NotOnDemand> {
+    let p = plan::layout(cluster, observed);
     match nodes
         .iter()
         .find(|n| p.node(n).is_none_or(|np| !np.on_demand))
@@ -74,7 +78,7 @@ fn check_on_demand(p: &Plan, nodes: &BTreeSet<String>) -> Result<(), NotOnDemand
             cluster: p.cluster.clone(),
             node: n.clone(),
         }),
-        None => Ok(()),
+        None => Ok(p),
     }
 }
 

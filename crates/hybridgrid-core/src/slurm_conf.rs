@@ -158,6 +158,28 @@ fn power_saving(s: &mut String, power: &PowerSaving) {
     }
 }
 
+/// The keys [`power_saving`] writes.
+const POWER_SAVING_KEYS: [&str; 10] = [
+    "ResumeProgram=",
+    "SuspendProgram=",
+    "ResumeFailProgram=",
+    "SuspendTime=",
+    "SuspendTimeout=",
+    "ResumeTimeout=",
+    "ResumeRate=",
+    "SuspendRate=",
+    "PrivateData=",
+    "SuspendExcNodes=",
+];
+
+/// The lines of a `slurm.conf` that only a start of slurmctld reads: power saving and the cloud
+/// nodes (the controller's agent restarts slurmctld when they change).
+pub fn power_saving_lines(conf: &str) -> Vec<&str> {
+    conf.lines()
+        .filter(|l| POWER_SAVING_KEYS.iter().any(|k| l.starts_with(k)) || l.contains("State=CLOUD"))
+        .collect()
+}
+
 /// The `RealMemory` (MiB) to declare for a server with `ram_mib` of RAM: what its kernel keeps for
 /// itself (code, page tables, a crash kernel on some distributions) is not the node's, and slurmd
 /// drains a node that reports less than declared ("Low RealMemory"). A sixteenth, at least
@@ -170,6 +192,21 @@ pub fn usable_memory_mib(ram_mib: u64) -> u64 {
 #[cfg(test)]
 mod usable_memory_tests {
     use super::usable_memory_mib;
+
+    #[test]
+    fn every_power_saving_line_written_is_recognised() {
+        let mut s = String::new();
+        super::power_saving(
+            &mut s,
+            &super::PowerSaving {
+                suspend_time: 20,
+                resume_timeout: 60,
+                static_nodes: vec!["a-worker-1".into()],
+            },
+        );
+        let written: Vec<&str> = s.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(super::power_saving_lines(&s), written);
+    }
 
     #[test]
     fn a_guest_keeps_a_sixteenth_of_its_ram_and_at_least_128_mib() {

@@ -34,7 +34,7 @@ pub fn power(
     };
     let reason = hybridgrid_core::error_chain(&e);
     if request.verb == PowerVerb::Suspend {
-        return Ok(failed_all(nodes, &reason));
+        return Ok(PowerReply::all_failed(&nodes, &reason));
     }
     // Which nodes came up all the same: those whose agent applied their configuration.
     let seen = provider.observe()?;
@@ -46,13 +46,6 @@ pub fn power(
     provider.apply(&cleanup, &cleanup.changes, sink)?;
     Ok(PowerReply {
         done,
-        ..failed_all(failed, &reason)
+        ..PowerReply::all_failed(&failed, &reason)
     })
-}
-
-fn failed_all(nodes: BTreeSet<String>, reason: &str) -> PowerReply {
-    PowerReply {
-        done: Vec::new(),
-        failed: nodes.into_iter().map(|n| (n, reason.to_owned())).collect(),
-    }
 }

@@ -71,14 +71,8 @@ fn answer(stream: UnixStream, cluster_file: &Path, allowed: &[u32]) -> anyhow::R
         request.verb.as_str(),
         request.nodes
     );
-    let reply = carry_out(cluster_file, &request).unwrap_or_else(|e| PowerReply {
-        done: Vec::new(),
-        failed: request
-            .nodes
-            .iter()
-            .map(|n| (n.clone(), format!("{e:#}")))
-            .collect(),
-    });
+    let reply = carry_out(cluster_file, &request)
+        .unwrap_or_else(|e| PowerReply::all_failed(&request.nodes, &format!("{e:#}")));
     eprintln!(
         "power service: done {:?}, failed {:?}",
         reply.done, reply.failed

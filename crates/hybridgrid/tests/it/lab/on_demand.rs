@@ -54,6 +54,27 @@ fn jobs(lab: &Lab) -> Vec<Value> {
     doc["jobs"].as_array().unwrap().clone()
 }
 
+/// A job for giessen's dataset, sent to giessen's partition.
+fn submit_for_genomes(lab: &Lab, job: &std::path::Path) {
+    let out = lab.hg_ok(&[
+        "submit",
+        "-f",
+        lab.f(),
+        "--dataset",
+        "genomes",
+        "--",
+        job.to_str().unwrap(),
+    ]);
+    assert!(out.contains("partition giessen"), "{out}");
+}
+
+/// Until both giessen workers are powered down (`idle~`).
+fn wait_asleep(lab: &Lab, limit: Duration) {
+    wait_until("both workers powered down", limit, || {
+        slurm_states(lab).iter().all(|(_, s)| s == "idle~")
+    });
+}
+
 fn no_changes(lab: &Lab) -> bool {
     lab.hg_ok(&["plan", "-f", lab.f()]).contains("no changes")
 }
@@ -107,16 +128,7 @@ fn on_demand_workers_wake_at_their_site_and_leave_when_idle() {
     std::fs::write(&job, "#!/bin/sh\nsleep 5\necho host=$(hostname)\n").unwrap();
     let submitted = Instant::now();
     for _ in 0..3 {
-        let out = lab.hg_ok(&[
-            "submit",
-            "-f",
-            lab.f(),
-            "--dataset",
-            "genomes",
-            "--",
-            job.to_str().unwrap(),
-        ]);
-        assert!(out.contains("partition giessen"), "{out}");
+        submit_for_genomes(&lab, &job);
     }
     let mut seen = BTreeSet::new();
     let mut first_start: Option<Duration> = None;
@@ -168,20 +180,9 @@ fn on_demand_workers_wake_at_their_site_and_leave_when_idle() {
         )
         .unwrap();
     }
-    wait_until("both workers powered down", Duration::from_secs(60), || {
-        slurm_states(&lab).iter().all(|(_, s)| s == "idle~")
-    });
+    wait_asleep(&lab, Duration::from_secs(60));
     let asked = Instant::now();
-    let out = lab.hg_ok(&[
-        "submit",
-        "-f",
-        lab.f(),
-        "--dataset",
-        "genomes",
-        "--",
-        job.to_str().unwrap(),
-    ]);
-    assert!(out.contains("partition giessen"), "{out}");
+    submit_for_genomes(&lab, &job);
     wait_until(
         "a DOWN worker with the cloud's reason",
         Duration::from_secs(20),
@@ -213,18 +214,8 @@ fn on_demand_workers_wake_at_their_site_and_leave_when_idle() {
     });
 
     // `down` while Slurm is waking a worker: nothing is left, and nothing is made after it.
-    wait_until("both workers powered down", Duration::from_secs(90), || {
-        slurm_states(&lab).iter().all(|(_, s)| s == "idle~")
-    });
-    lab.hg_ok(&[
-        "submit",
-        "-f",
-        lab.f(),
-        "--dataset",
-        "genomes",
-        "--",
-        job.to_str().unwrap(),
-    ]);
+    wait_asleep(&lab, Duration::from_secs(90));
+    submit_for_genomes(&lab, &job);
     wait_until("a wake-up under way", Duration::from_secs(30), || {
         slurm_states(&lab).iter().any(|(_, s)| s.ends_with('#'))
     });
