@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hybridgrid_core::power::{PowerReply, PowerRequest, PowerVerb, group_of};
@@ -41,6 +41,13 @@ pub fn ensure_programs(
     exe: &Path,
     actions: &mut Vec<String>,
 ) -> Result<(), AgentError> {
+    let exe = match service {
+        Some(_) => {
+            let dir = Path::new(RESUME_PROGRAM).parent().unwrap_or(Path::new("/"));
+            binary_slurm_can_run(exe, dir, actions)?
+        }
+        None => exe.to_owned(),
+    };
     for (path, verb) in [
         (RESUME_PROGRAM, "resume"),
         (SUSPEND_PROGRAM, "suspend"),
@@ -64,6 +71,45 @@ pub fn ensure_programs(
         }
     }
     Ok(())
+}
+
+/// Where the agent's binary lives may be closed to other users (a build under `/root`):
+/// slurmctld runs the power programs as `slurm`, so then a copy beside them serves.
+fn binary_slurm_can_run(
+    exe: &Path,
+    dir: &Path,
+    actions: &mut Vec<String>,
+) -> Result<PathBuf, AgentError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let open_to_all =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    if exe.ancestors().all(open_to_all) {
+        return Ok(exe.to_owned());
+    }
+    let copy = dir.join("hybridgrid-power-agent");
+    // Copied again when the binary changed: another size, or built after the copy was made.
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| Ok((m.len(), m.modified()?)))
+            .ok()
+    };
+    let stale = match (stamp(&copy), stamp(exe)) {
+        (Some((n, copied)), Some((m, built))) => n != m || built > copied,
+        _ => true,
+    };
+    if stale {
+        let part = copy.with_extension("part");
+        std::fs::copy(exe, &part).map_err(AgentError::io(&part))?;
+        std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o755))
+            .map_err(AgentError::io(&part))?;
+        std::fs::rename(&part, &copy).map_err(AgentError::io(&copy))?;
+        actions.push(format!(
+            "{} (slurm cannot reach {})",
+            copy.display(),
+            exe.display()
+        ));
+    }
+    Ok(copy)
 }
 
 /// `agent power VERB --service SOCKET HOSTLIST`, as slurmctld runs it: asks the power service,
@@ -353,6 +399,28 @@ mod tests {
             1000,
         );
         assert!(back.is_empty() && h == Holds::default());
+    }
+
+    #[test]
+    fn a_binary_in_a_closed_directory_is_copied_where_slurm_can_run_it() {
+        let closed = tempfile::tempdir().unwrap(); // 0700
+        let exe = closed.path().join("hybridgrid");
+        std::fs::write(&exe, b"#!/bin/sh\n").unwrap();
+        let programs = tempfile::tempdir().unwrap();
+        let mut actions = Vec::new();
+        let copy = binary_slurm_can_run(&exe, programs.path(), &mut actions).unwrap();
+        assert_eq!(copy, programs.path().join("hybridgrid-power-agent"));
+        assert_eq!(std::fs::read(&copy).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(actions.len(), 1);
+        // Unchanged: not copied again.
+        binary_slurm_can_run(&exe, programs.path(), &mut actions).unwrap();
+        assert_eq!(actions.len(), 1);
+        // A binary every user reaches is used where it is.
+        let sh = Path::new("/bin/sh");
+        assert_eq!(
+            binary_slurm_can_run(sh, programs.path(), &mut actions).unwrap(),
+            sh
+        );
     }
 
     #[test]
