@@ -223,7 +223,7 @@ fn read_config(path: &Path) -> Result<NodeConfig, AgentError> {
 fn json(value: &impl serde::Serialize) -> Result<Option<String>, AgentError> {
     serde_json::to_string(value)
         .map(Some)
-        .map_err(|e| AgentError::Other(format!("cannot write the report as JSON: {e}")))
+        .map_err(AgentError::encode("the report"))
 }
 
 fn parse_verb(text: &str) -> Result<hybridgrid_core::power::PowerVerb, String> {

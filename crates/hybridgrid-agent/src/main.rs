@@ -34,7 +34,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match hybridgrid_agent::cli::run(args.command, &exe, &|e| eprintln!("supervisor: {e}")) {
+    match hybridgrid_agent::cli::run(args.command, &exe, &|e| {
+        eprintln!("supervisor: {}", hybridgrid_agent::error_chain(e));
+    }) {
         Ok(Some(line)) => {
             println!("{line}");
             ExitCode::SUCCESS

@@ -495,22 +495,7 @@ fn routes(
     Ok(())
 }
 
-/// A WireGuard device as `hybridgrid status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WgStatus {
-    pub listen_port: u16,
-    pub peers: Vec<WgPeerStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WgPeerStatus {
-    pub public_key: String,
-    pub endpoint: Option<SocketAddr>,
-    /// Unix seconds of the latest handshake; 0 if none yet.
-    pub latest_handshake: u64,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-}
+pub use hybridgrid_core::wg_status::{WgPeerStatus, WgStatus};
 
 /// Reads the device on this node.
 pub fn wg_status(ifname: &str) -> Result<WgStatus, AgentError> {

@@ -124,7 +124,10 @@ pub fn run(verb: PowerVerb, service: &Path, hostlist: &str) -> Result<PowerReply
     let reply = ask(service, &request).unwrap_or_else(|e| {
         PowerReply::all_failed(
             &request.nodes,
-            &format!("the power service did not answer: {e}"),
+            &format!(
+                "the power service did not answer: {}",
+                crate::error_chain(&e)
+            ),
         )
     });
     log(&format!(
@@ -148,8 +151,7 @@ fn ask(service: &Path, request: &PowerRequest) -> Result<PowerReply, AgentError>
     stream
         .set_read_timeout(Some(ANSWER_WITHIN))
         .map_err(AgentError::io(service))?;
-    let line = serde_json::to_string(request)
-        .map_err(|e| AgentError::Other(format!("cannot write the power request: {e}")))?;
+    let line = serde_json::to_string(request).map_err(AgentError::encode("the power request"))?;
     stream
         .write_all(format!("{line}\n").as_bytes())
         .map_err(AgentError::io(service))?;
@@ -284,8 +286,7 @@ pub fn return_held_nodes(state_dir: &Path, actions: &mut Vec<String>) -> Result<
         actions.push(format!("{node}: back in service after a failed wake-up"));
     }
     if next != holds {
-        let text = serde_json::to_string(&next)
-            .map_err(|e| AgentError::Other(format!("cannot write {HOLDS_FILE}: {e}")))?;
+        let text = serde_json::to_string(&next).map_err(AgentError::encode(HOLDS_FILE))?;
         write_atomic(&path, text.as_bytes(), 0o600)?;
     }
     Ok(())

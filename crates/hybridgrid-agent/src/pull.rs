@@ -29,10 +29,19 @@ pub struct PullReport {
 
 /// GET over plain HTTP (the link-local metadata service), the body of a 200 answer.
 pub fn http_get(url: &str, timeout: Duration) -> Result<String, AgentError> {
-    let err = |m: String| AgentError::Other(format!("{url}: {m}"));
+    let io = |source| AgentError::HttpIo {
+        url: url.to_owned(),
+        source,
+    };
+    let answer = |detail: String| AgentError::Http {
+        url: url.to_owned(),
+        detail,
+    };
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| err("only http:// URLs".into()))?;
+        .ok_or_else(|| AgentError::NotHttp {
+            url: url.to_owned(),
+        })?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -44,36 +53,32 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<String, AgentError> {
     };
     let addr = target
         .to_socket_addrs()
-        .map_err(|e| err(e.to_string()))?
+        .map_err(io)?
         .next()
-        .ok_or_else(|| err("no address".into()))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| err(e.to_string()))?;
+        .ok_or_else(|| answer(format!("{target} has no address")))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(io)?;
     let request = format!(
         "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nAccept: application/json\r\n\
          Connection: close\r\n\r\n"
     );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| err(e.to_string()))?;
+    stream.write_all(request.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| err(e.to_string()))?;
+    stream.read_to_end(&mut raw).map_err(io)?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or_else(|| err("no HTTP header".into()))?;
+        .ok_or_else(|| answer("no HTTP header".into()))?;
     let status = head
         .lines()
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or_default();
     if status != "200" {
-        return Err(err(format!("HTTP status {status}")));
+        return Err(answer(format!("HTTP status {status}")));
     }
     Ok(body.to_owned())
 }
@@ -92,10 +97,12 @@ pub fn pull(
         source,
     })?;
     let body = http_get(metadata_url, Duration::from_secs(10))?;
-    let meta = node_meta::meta_from_json(&body)
-        .map_err(|e| AgentError::Other(format!("{metadata_url}: {e}")))?;
-    let merged = node_meta::merge(&base, &meta)
-        .map_err(|e| AgentError::Other(format!("{metadata_url}: {e}")))?;
+    let metadata = |source| AgentError::Metadata {
+        url: metadata_url.to_owned(),
+        source,
+    };
+    let meta = node_meta::meta_from_json(&body).map_err(metadata)?;
+    let merged = node_meta::merge(&base, &meta).map_err(metadata)?;
     let applied = agent::apply(&merged, state_dir, exe, tag, Duration::ZERO)?;
     let version = meta.get(node_meta::VERSION_KEY).cloned();
     if let Some(v) = &version {

@@ -96,11 +96,9 @@ pub fn apply(
 /// The key in `/etc/munge` (munge's, 0400) and `munged` running with it.
 fn munge(state_dir: &Path, actions: &mut Vec<String>) -> Result<(), AgentError> {
     let source = state_dir.join(MUNGE_KEY_FILE);
-    let key = std::fs::read(&source).map_err(|e| {
-        AgentError::Other(format!(
-            "the cluster's munge key is not on this node ({}: {e}); `up` delivers it",
-            source.display()
-        ))
+    let key = std::fs::read(&source).map_err(|e| AgentError::NoMungeKey {
+        path: source.clone(),
+        source: e,
     })?;
     let target = Path::new("/etc/munge/munge.key");
     let changed = std::fs::read(target).ok().as_deref() != Some(key.as_slice());

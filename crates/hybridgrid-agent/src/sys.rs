@@ -2,7 +2,7 @@
 //! processes, and the node's state files.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -197,28 +197,10 @@ pub fn wait_for<T>(
     }
 }
 
-/// Replaces `path` with `data`: temp file beside it with `mode`, fsync, rename. (The engine's
-/// `state` module does the same for the user's machine; the agent depends on core and wg only.)
+/// Replaces `path` with `data` atomically with `mode` (`hybridgrid_state::write_atomic`: the
+/// same rules on a node as on the user's machine).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AgentError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(AgentError::io(&tmp))?;
-    f.write_all(data).map_err(AgentError::io(&tmp))?;
-    f.sync_all().map_err(AgentError::io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(AgentError::io(path))
+    Ok(hybridgrid_state::write_atomic(path, data, mode)?)
 }
 
 #[cfg(test)]

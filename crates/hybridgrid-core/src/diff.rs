@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 pub use crate::change::{Change, rule_text};
 use crate::node::{NodeConfig, Remote, SgRule};
 pub use crate::observed::{Observed, ObservedNode, ObservedSite};
-use crate::plan::Plan;
+use crate::plan::{NodePlan, Plan, SitePlan};
 
 /// Every change from `observed` to `plan`, creations first, removals last.
 pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
@@ -21,117 +21,153 @@ pub fn changes(plan: &Plan, observed: &Observed) -> Vec<Change> {
 
 /// As [`changes`], with the on-demand workers in `waking` made and configured like any node.
 /// The others that do not exist are asleep (powered down in Slurm): no drift.
+///
+/// In this order: each site's network, WAN and security groups with their rules; nodes and
+/// their public IPs; allowed-address pairs; node configurations; then the removals — rules
+/// hybridgrid made that the plan no longer has, then nodes, groups and networks of sites that
+/// left the file.
 pub fn changes_waking(plan: &Plan, observed: &Observed, waking: &BTreeSet<String>) -> Vec<Change> {
-    let asleep = |node: &crate::plan::NodePlan| {
-        node.on_demand && !observed.nodes.contains_key(&node.name) && !waking.contains(&node.name)
-    };
+    let awake: Vec<&NodePlan> = plan
+        .nodes
+        .iter()
+        .filter(|node| {
+            !node.on_demand
+                || observed.nodes.contains_key(&node.name)
+                || waking.contains(&node.name)
+        })
+        .collect();
     let mut out = Vec::new();
-    let no_site = ObservedSite::default();
     for site in &plan.sites {
-        let seen = observed.sites.get(&site.name).unwrap_or(&no_site);
-        if !seen.network {
-            out.push(Change::CreateNetwork {
+        site_network_and_groups(site, observed, &mut out);
+    }
+    for node in &awake {
+        node_and_public_ip(node, observed, &mut out);
+    }
+    for site in &plan.sites {
+        address_pairs(site, observed, &mut out);
+    }
+    for node in &awake {
+        node_config(plan, node, observed, &mut out);
+    }
+    removed_rules(plan, observed, &mut out);
+    removed_nodes(plan, observed, &mut out);
+    removed_groups_and_networks(plan, observed, &mut out);
+    out
+}
+
+/// The site's network, its WAN, its security groups and their rules.
+fn site_network_and_groups(site: &SitePlan, observed: &Observed, out: &mut Vec<Change>) {
+    let no_site = ObservedSite::default();
+    let seen = observed.sites.get(&site.name).unwrap_or(&no_site);
+    if !seen.network {
+        out.push(Change::CreateNetwork {
+            site: site.name.clone(),
+        });
+    }
+    if seen.wan != site.wan {
+        out.push(Change::SetWan {
+            site: site.name.clone(),
+            wan: site.wan,
+        });
+    }
+    for group in &site.security_groups {
+        let present = seen.security_groups.get(&group.name);
+        if present.is_none() {
+            out.push(Change::CreateSecurityGroup {
                 site: site.name.clone(),
+                group: group.name.clone(),
             });
         }
-        if seen.wan != site.wan {
-            out.push(Change::SetWan {
-                site: site.name.clone(),
-                wan: site.wan,
-            });
-        }
-        for group in &site.security_groups {
-            let present = seen.security_groups.get(&group.name);
-            if present.is_none() {
-                out.push(Change::CreateSecurityGroup {
+        let present_keys: BTreeSet<_> = present.into_iter().flatten().map(SgRule::key).collect();
+        // A rule whose source is a public IP not allocated yet cannot be created; it becomes a
+        // change in the round after the IP exists.
+        let actionable = group
+            .rules
+            .iter()
+            .filter(|r| !matches!(r.remote, Remote::PendingPublicIp(_)));
+        for rule in actionable {
+            if !present_keys.contains(&rule.key()) {
+                out.push(Change::AddRule {
                     site: site.name.clone(),
                     group: group.name.clone(),
-                });
-            }
-            let present_keys: BTreeSet<_> =
-                present.into_iter().flatten().map(SgRule::key).collect();
-            // A rule whose source is a public IP not allocated yet cannot be created; it becomes a
-            // change in the round after the IP exists.
-            let actionable = group
-                .rules
-                .iter()
-                .filter(|r| !matches!(r.remote, Remote::PendingPublicIp(_)));
-            for rule in actionable {
-                if !present_keys.contains(&rule.key()) {
-                    out.push(Change::AddRule {
-                        site: site.name.clone(),
-                        group: group.name.clone(),
-                        rule: rule.clone(),
-                    });
-                }
-            }
-        }
-    }
-    for node in plan.nodes.iter().filter(|n| !asleep(n)) {
-        let seen = observed.nodes.get(&node.name);
-        if seen.is_none() {
-            out.push(Change::CreateNode {
-                site: node.site.clone(),
-                node: node.name.clone(),
-                role: node.role,
-            });
-        }
-        if node.role.is_relay() && seen.and_then(|s| s.public_ip).is_none() {
-            out.push(match observed.reserved_public_ips.get(&node.name) {
-                Some(ip) => Change::AttachPublicIp {
-                    site: node.site.clone(),
-                    node: node.name.clone(),
-                    ip: *ip,
-                },
-                None => Change::AssignPublicIp {
-                    site: node.site.clone(),
-                    node: node.name.clone(),
-                },
-            });
-        }
-    }
-    for site in &plan.sites {
-        let seen = observed.sites.get(&site.name).unwrap_or(&no_site);
-        for pairs in &site.allowed_address_pairs {
-            let present: BTreeSet<Ipv4Net> = seen
-                .allowed_address_pairs
-                .get(&pairs.node)
-                .into_iter()
-                .flatten()
-                .copied()
-                .collect();
-            let missing: Vec<Ipv4Net> = pairs
-                .pairs
-                .iter()
-                .filter(|p| !present.contains(p))
-                .copied()
-                .collect();
-            if !missing.is_empty() {
-                out.push(Change::AddAddressPairs {
-                    site: site.name.clone(),
-                    node: pairs.node.clone(),
-                    pairs: missing,
+                    rule: rule.clone(),
                 });
             }
         }
     }
-    for node in plan.nodes.iter().filter(|n| !asleep(n)) {
-        let applied = observed
-            .nodes
-            .get(&node.name)
-            .and_then(|n| n.applied.as_ref());
-        let details =
-            config_differences(applied, &plan.node_config_without_hosts(node), &plan.hosts);
-        if !details.is_empty() {
-            out.push(Change::ConfigureNode {
+}
+
+/// The node, and a relay's public IP (the one reserved for it, if any).
+fn node_and_public_ip(node: &NodePlan, observed: &Observed, out: &mut Vec<Change>) {
+    let seen = observed.nodes.get(&node.name);
+    if seen.is_none() {
+        out.push(Change::CreateNode {
+            site: node.site.clone(),
+            node: node.name.clone(),
+            role: node.role,
+        });
+    }
+    if node.role.is_relay() && seen.and_then(|s| s.public_ip).is_none() {
+        out.push(match observed.reserved_public_ips.get(&node.name) {
+            Some(ip) => Change::AttachPublicIp {
                 site: node.site.clone(),
                 node: node.name.clone(),
-                details,
+                ip: *ip,
+            },
+            None => Change::AssignPublicIp {
+                site: node.site.clone(),
+                node: node.name.clone(),
+            },
+        });
+    }
+}
+
+/// The allowed-address pairs each port of the site lacks.
+fn address_pairs(site: &SitePlan, observed: &Observed, out: &mut Vec<Change>) {
+    let no_site = ObservedSite::default();
+    let seen = observed.sites.get(&site.name).unwrap_or(&no_site);
+    for pairs in &site.allowed_address_pairs {
+        let present: BTreeSet<Ipv4Net> = seen
+            .allowed_address_pairs
+            .get(&pairs.node)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        let missing: Vec<Ipv4Net> = pairs
+            .pairs
+            .iter()
+            .filter(|p| !present.contains(p))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            out.push(Change::AddAddressPairs {
+                site: site.name.clone(),
+                node: pairs.node.clone(),
+                pairs: missing,
             });
         }
     }
-    // Removals: rules hybridgrid made that the plan no longer has, then nodes, groups and networks
-    // of sites that left the file.
+}
+
+/// The node's configuration, where what it applied differs from the plan.
+fn node_config(plan: &Plan, node: &NodePlan, observed: &Observed, out: &mut Vec<Change>) {
+    let applied = observed
+        .nodes
+        .get(&node.name)
+        .and_then(|n| n.applied.as_ref());
+    let details = config_differences(applied, &plan.node_config_without_hosts(node), &plan.hosts);
+    if !details.is_empty() {
+        out.push(Change::ConfigureNode {
+            site: node.site.clone(),
+            node: node.name.clone(),
+            details,
+        });
+    }
+}
+
+/// Rules hybridgrid made in a planned group that the plan no longer has.
+fn removed_rules(plan: &Plan, observed: &Observed, out: &mut Vec<Change>) {
     for (site_name, seen) in &observed.sites {
         let site = plan.site(site_name);
         for (group_name, rules) in &seen.security_groups {
@@ -148,6 +184,10 @@ pub fn changes_waking(plan: &Plan, observed: &Observed, waking: &BTreeSet<String
             }
         }
     }
+}
+
+/// Nodes the plan no longer has.
+fn removed_nodes(plan: &Plan, observed: &Observed, out: &mut Vec<Change>) {
     let planned: BTreeSet<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
     for (name, seen) in &observed.nodes {
         if !planned.contains(name.as_str()) {
@@ -157,6 +197,10 @@ pub fn changes_waking(plan: &Plan, observed: &Observed, waking: &BTreeSet<String
             });
         }
     }
+}
+
+/// Groups the plan no longer has, and the networks of sites that left the file.
+fn removed_groups_and_networks(plan: &Plan, observed: &Observed, out: &mut Vec<Change>) {
     for (site_name, seen) in &observed.sites {
         let site = plan.site(site_name);
         for group_name in seen.security_groups.keys() {
@@ -173,7 +217,6 @@ pub fn changes_waking(plan: &Plan, observed: &Observed, waking: &BTreeSet<String
             });
         }
     }
-    out
 }
 
 /// What the agent would change on a node, in words; empty when the node is as planned. `wanted`

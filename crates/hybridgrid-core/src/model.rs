@@ -197,7 +197,7 @@ impl Cluster {
 /// Why a cluster file could not be turned into a [`Cluster`].
 #[derive(Debug, displaydoc::Display, thiserror::Error)]
 pub enum LoadError {
-    /// cannot read cluster file {path}: {source}
+    /// cannot read cluster file {path}
     Read {
         path: PathBuf,
         #[source]
@@ -217,13 +217,17 @@ pub struct Loaded {
     pub warnings: Diagnostics,
 }
 
-/// Reads and validates a cluster file.
+/// Reads and validates a cluster file. A file that is not UTF-8 is [`LoadError::Invalid`] with
+/// one diagnostic at the first bad byte ([`utf8_diagnostic`]).
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let (cluster, diagnostics) = validate_text(&text);
+    let (cluster, diagnostics) = match std::str::from_utf8(&bytes) {
+        Ok(text) => validate_text(text),
+        Err(e) => (None, Diagnostics(vec![utf8_diagnostic(&bytes, &e)])),
+    };
     match cluster {
         Some(cluster) => Ok(Loaded {
             cluster,
@@ -234,6 +238,29 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
             diagnostics,
         }),
     }
+}
+
+/// The error of a file that is not UTF-8, at the line and column (in characters, 1-based) of its
+/// first bad byte.
+pub fn utf8_diagnostic(bytes: &[u8], error: &std::str::Utf8Error) -> Diagnostic {
+    let good = &bytes[..error.valid_up_to()];
+    // The part before the first bad byte is UTF-8 by definition.
+    let before = std::str::from_utf8(good).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
+    let byte = bytes.get(error.valid_up_to()).copied().unwrap_or_default();
+    Diagnostic::error(
+        Pos::new(line, column),
+        "",
+        format!("the file is not UTF-8 text: byte 0x{byte:02x} is not valid UTF-8 here"),
+    )
+    .with_help("save the cluster file as UTF-8")
 }
 
 /// Parses and validates a cluster file's text: the model if there were no errors, and every
@@ -458,5 +485,20 @@ mod tests {
         );
         let (cluster, diags) = validate_text(&file("local"));
         assert!(cluster.is_none() && diags.has_errors());
+    }
+
+    /// Line and column count characters: the `é` before the bad byte is one column.
+    #[test]
+    fn a_file_that_is_not_utf8_names_the_first_bad_byte() {
+        let mut bytes = "name: demo\nsites:\n  - name: gi\u{e9}".as_bytes().to_vec();
+        bytes.extend_from_slice(b"\xffssen\n");
+        let e = std::str::from_utf8(&bytes).unwrap_err();
+        let d = utf8_diagnostic(&bytes, &e);
+        assert_eq!(d.pos, Pos::new(3, 14));
+        assert_eq!(
+            d.display("c.yaml").to_string(),
+            "c.yaml:3:14: error: the file is not UTF-8 text: byte 0xff is not valid UTF-8 here\n  \
+             help: save the cluster file as UTF-8"
+        );
     }
 }

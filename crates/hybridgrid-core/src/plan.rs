@@ -168,55 +168,98 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
     let ranked: Vec<_> = std::iter::once(cluster.master_site())
         .chain(cluster.sites.iter().filter(|s| !s.master))
         .collect();
-
     let mut nodes: Vec<NodePlan> = Vec::new();
     for site in &cluster.sites {
-        let role = if site.master {
-            Role::Master
-        } else {
-            Role::Gateway
-        };
-        let name = relay_name(&site.name, role);
         let rank = ranked.iter().position(|s| s.name == site.name).unwrap_or(0) as u32;
-        nodes.push(NodePlan {
-            public_ip: observed.public_ip(&name),
-            name,
-            site: site.name.clone(),
-            role,
-            lan_ip: addr::relay_ip(site.subnet).unwrap_or(Ipv4Addr::UNSPECIFIED),
-            tunnel_ip: addr::tunnel_ip(overlay, rank),
-            cpus: 1,
-            memory_mib: 1024,
-            flavor: site.gateway.flavor.clone(),
-            image: site.gateway.image.clone(),
-            wireguard: None,
-            on_demand: false,
-        });
-        let mut index = 0u32;
-        for group in &site.workers {
-            let (cpus, memory_mib) = worker_size(group, observed.sites.get(&site.name));
-            for n in 1..=group.count {
-                let name = worker_name(&site.name, &group.name, n);
-                nodes.push(NodePlan {
-                    public_ip: None,
-                    name,
-                    site: site.name.clone(),
-                    role: Role::Worker,
-                    lan_ip: addr::worker_ip(site.subnet, index).unwrap_or(Ipv4Addr::UNSPECIFIED),
-                    tunnel_ip: None,
-                    cpus,
-                    memory_mib,
-                    flavor: group.spec.flavor.clone(),
-                    image: group.spec.image.clone(),
-                    wireguard: None,
-                    on_demand: group.on_demand,
-                });
-                index += 1;
-            }
+        nodes.push(relay_node(site, addr::tunnel_ip(overlay, rank), observed));
+        nodes.extend(worker_nodes(site, observed));
+    }
+    let hosts: Vec<(Ipv4Addr, String)> = nodes.iter().map(|n| (n.lan_ip, n.name.clone())).collect();
+    mesh(cluster, observed, &mut nodes);
+    let sites: Vec<SitePlan> = cluster
+        .sites
+        .iter()
+        .map(|site| site_plan(cluster, site, &nodes))
+        .collect();
+    let slurm = slurm_plan(cluster, &nodes);
+    Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        cluster: cluster.name.clone(),
+        provider: cluster.provider,
+        tunnel: TunnelPlan {
+            cidr: overlay,
+            port: cluster.tunnel.port,
+            mtu: cluster.tunnel.mtu,
+            keepalive: cluster.tunnel.keepalive,
+        },
+        sites,
+        nodes,
+        slurm,
+        datasets: dataset_plans(cluster),
+        hosts,
+        changes: Vec::new(),
+    }
+}
+
+/// The site's relay: the master at the master site, a gateway elsewhere.
+fn relay_node(
+    site: &crate::model::Site,
+    tunnel_ip: Option<Ipv4Addr>,
+    observed: &Observed,
+) -> NodePlan {
+    let role = if site.master {
+        Role::Master
+    } else {
+        Role::Gateway
+    };
+    let name = relay_name(&site.name, role);
+    NodePlan {
+        public_ip: observed.public_ip(&name),
+        name,
+        site: site.name.clone(),
+        role,
+        lan_ip: addr::relay_ip(site.subnet).unwrap_or(Ipv4Addr::UNSPECIFIED),
+        tunnel_ip,
+        cpus: 1,
+        memory_mib: 1024,
+        flavor: site.gateway.flavor.clone(),
+        image: site.gateway.image.clone(),
+        wireguard: None,
+        on_demand: false,
+    }
+}
+
+/// The site's workers, group by group, numbered from 1 in each group; their addresses in file
+/// order across the groups.
+fn worker_nodes(site: &crate::model::Site, observed: &Observed) -> Vec<NodePlan> {
+    let mut nodes = Vec::new();
+    let mut index = 0u32;
+    for group in &site.workers {
+        let (cpus, memory_mib) = worker_size(group, observed.sites.get(&site.name));
+        for n in 1..=group.count {
+            nodes.push(NodePlan {
+                public_ip: None,
+                name: worker_name(&site.name, &group.name, n),
+                site: site.name.clone(),
+                role: Role::Worker,
+                lan_ip: addr::worker_ip(site.subnet, index).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                tunnel_ip: None,
+                cpus,
+                memory_mib,
+                flavor: group.spec.flavor.clone(),
+                image: group.spec.image.clone(),
+                wireguard: None,
+                on_demand: group.on_demand,
+            });
+            index += 1;
         }
     }
+    nodes
+}
 
-    let hosts: Vec<(Ipv4Addr, String)> = nodes.iter().map(|n| (n.lan_ip, n.name.clone())).collect();
+/// The relays' full WireGuard mesh: each relay's device with every other relay as a peer (its
+/// tunnel address and its site's subnet), keys and endpoints as far as they are observed.
+fn mesh(cluster: &Cluster, observed: &Observed, nodes: &mut [NodePlan]) {
     let relays: Vec<(String, String, Option<Ipv4Addr>, Option<Ipv4Addr>)> = nodes
         .iter()
         .filter(|n| n.role.is_relay())
@@ -253,7 +296,7 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
             name: WG_INTERFACE.to_owned(),
             address: Ipv4Net::new(
                 node.tunnel_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                overlay.prefix_len(),
+                cluster.tunnel.cidr.prefix_len(),
             )
             .unwrap_or_default(),
             listen_port: cluster.tunnel.port,
@@ -262,15 +305,10 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
             peers,
         });
     }
+}
 
-    let sites: Vec<SitePlan> = cluster
-        .sites
-        .iter()
-        .map(|site| site_plan(cluster, site, &nodes))
-        .collect();
-
-    let slurm = slurm_plan(cluster, &nodes);
-    let datasets = cluster
+fn dataset_plans(cluster: &Cluster) -> Vec<DatasetPlan> {
+    cluster
         .datasets
         .iter()
         .map(|d| DatasetPlan {
@@ -280,29 +318,10 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
             url: dataset_url(&d.location, cluster.site(&d.site).map(|s| s.subnet)),
             partition: d.site.clone(),
         })
-        .collect();
-
-    Plan {
-        format_version: PLAN_FORMAT_VERSION,
-        cluster: cluster.name.clone(),
-        provider: cluster.provider,
-        tunnel: TunnelPlan {
-            cidr: overlay,
-            port: cluster.tunnel.port,
-            mtu: cluster.tunnel.mtu,
-            keepalive: cluster.tunnel.keepalive,
-        },
-        sites,
-        nodes,
-        slurm,
-        datasets,
-        hosts,
-        changes: Vec::new(),
-    }
+        .collect()
 }
 
 fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -> SitePlan {
-    let overlay = cluster.tunnel.cidr;
     let relay = nodes
         .iter()
         .find(|n| n.site == site.name && n.role.is_relay())
@@ -318,67 +337,8 @@ fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -
         .iter()
         .filter(|s| s.name != site.name)
         .map(|s| s.subnet)
-        .chain(std::iter::once(overlay))
+        .chain(std::iter::once(cluster.tunnel.cidr))
         .collect();
-
-    let mut node_rules = vec![SgRule {
-        protocol: Protocol::Any,
-        ports: None,
-        remote: Remote::Cidr(site.subnet),
-        description: "all traffic within the site".into(),
-    }];
-    let (srun_lo, srun_hi) = cluster.slurm.srun_port_range;
-    for &src in &remote_sources {
-        let from = describe_source(cluster, src);
-        for (protocol, ports, what) in [
-            (Protocol::Icmp, None, "ICMP"),
-            (Protocol::Tcp, None, "TCP"),
-            (Protocol::Udp, None, "UDP"),
-            (
-                Protocol::Tcp,
-                Some((SLURMCTLD_PORT, SLURMCTLD_PORT)),
-                "slurmctld",
-            ),
-            (Protocol::Tcp, Some((SLURMD_PORT, SLURMD_PORT)), "slurmd"),
-            (
-                Protocol::Tcp,
-                Some((srun_lo, srun_hi)),
-                "srun (SrunPortRange)",
-            ),
-        ] {
-            node_rules.push(SgRule {
-                protocol,
-                ports,
-                remote: Remote::Cidr(src),
-                description: format!("{what} from {from}"),
-            });
-        }
-    }
-    for &admin in &cluster.admin_cidrs {
-        node_rules.push(SgRule {
-            protocol: Protocol::Tcp,
-            ports: Some((22, 22)),
-            remote: Remote::Cidr(admin),
-            description: "SSH from admin network".into(),
-        });
-    }
-
-    // A stateful group lets a one-sided handshake through only until conntrack forgets it: every
-    // relay admits every peer relay, explicitly.
-    let gateway_rules: Vec<SgRule> = nodes
-        .iter()
-        .filter(|n| n.role.is_relay() && n.name != relay.name)
-        .map(|peer| SgRule {
-            protocol: Protocol::Udp,
-            ports: Some((cluster.tunnel.port, cluster.tunnel.port)),
-            remote: match peer.public_ip {
-                Some(ip) => Remote::Cidr(Ipv4Net::new(ip, 32).unwrap_or_default()),
-                None => Remote::PendingPublicIp(peer.name.clone()),
-            },
-            description: format!("WireGuard from {}", peer.name),
-        })
-        .collect();
-
     let mut pairs: Vec<Ipv4Net> = remote_sources.clone();
     pairs.sort();
     SitePlan {
@@ -397,12 +357,12 @@ fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -
             SecurityGroup {
                 name: format!("{}-{}-nodes", cluster.name, site.name),
                 members,
-                rules: node_rules,
+                rules: node_rules(cluster, site, &remote_sources),
             },
             SecurityGroup {
                 name: format!("{}-{}-gateway", cluster.name, site.name),
                 members: vec![relay.name.clone()],
-                rules: gateway_rules,
+                rules: gateway_rules(cluster, nodes, relay),
             },
         ],
         allowed_address_pairs: vec![AddressPairs {
@@ -411,6 +371,76 @@ fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -
             pairs,
         }],
     }
+}
+
+/// The rules of the site's `nodes` group: everything within the site; ICMP, TCP, UDP and
+/// Slurm's ports from every other site and the overlay; SSH from the admin networks.
+fn node_rules(
+    cluster: &Cluster,
+    site: &crate::model::Site,
+    remote_sources: &[Ipv4Net],
+) -> Vec<SgRule> {
+    let mut rules = vec![SgRule {
+        protocol: Protocol::Any,
+        ports: None,
+        remote: Remote::Cidr(site.subnet),
+        description: "all traffic within the site".into(),
+    }];
+    let (srun_lo, srun_hi) = cluster.slurm.srun_port_range;
+    for &src in remote_sources {
+        let from = describe_source(cluster, src);
+        for (protocol, ports, what) in [
+            (Protocol::Icmp, None, "ICMP"),
+            (Protocol::Tcp, None, "TCP"),
+            (Protocol::Udp, None, "UDP"),
+            (
+                Protocol::Tcp,
+                Some((SLURMCTLD_PORT, SLURMCTLD_PORT)),
+                "slurmctld",
+            ),
+            (Protocol::Tcp, Some((SLURMD_PORT, SLURMD_PORT)), "slurmd"),
+            (
+                Protocol::Tcp,
+                Some((srun_lo, srun_hi)),
+                "srun (SrunPortRange)",
+            ),
+        ] {
+            rules.push(SgRule {
+                protocol,
+                ports,
+                remote: Remote::Cidr(src),
+                description: format!("{what} from {from}"),
+            });
+        }
+    }
+    for &admin in &cluster.admin_cidrs {
+        rules.push(SgRule {
+            protocol: Protocol::Tcp,
+            ports: Some((22, 22)),
+            remote: Remote::Cidr(admin),
+            description: "SSH from admin network".into(),
+        });
+    }
+    rules
+}
+
+/// The rules of the site's `gateway` group. A stateful group lets a one-sided handshake through
+/// only until conntrack forgets it: every relay admits every peer relay, explicitly (a peer
+/// without its public IP yet is pending).
+fn gateway_rules(cluster: &Cluster, nodes: &[NodePlan], relay: &NodePlan) -> Vec<SgRule> {
+    nodes
+        .iter()
+        .filter(|n| n.role.is_relay() && n.name != relay.name)
+        .map(|peer| SgRule {
+            protocol: Protocol::Udp,
+            ports: Some((cluster.tunnel.port, cluster.tunnel.port)),
+            remote: match peer.public_ip {
+                Some(ip) => Remote::Cidr(Ipv4Net::new(ip, 32).unwrap_or_default()),
+                None => Remote::PendingPublicIp(peer.name.clone()),
+            },
+            description: format!("WireGuard from {}", peer.name),
+        })
+        .collect()
 }
 
 fn describe_source(cluster: &Cluster, net: Ipv4Net) -> String {

@@ -13,6 +13,12 @@ use crate::model::Cluster;
 use crate::observed::Observed;
 use crate::plan::{self, Plan};
 
+/// The cluster laid out with nothing observed: its sites, nodes, names and addresses, no
+/// change. What a provider's `observe` looks for.
+pub fn layout(cluster: &Cluster) -> Plan {
+    plan::layout(cluster, &Observed::default())
+}
+
 /// Builds the plan and its changes.
 pub fn plan(cluster: &Cluster, observed: &Observed) -> Plan {
     let mut p = plan::layout(cluster, observed);

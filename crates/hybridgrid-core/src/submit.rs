@@ -24,6 +24,8 @@ pub enum PlacementError {
     UnknownDataset { name: String, known: String },
     /// the datasets live at different sites ({sites}); a job runs at one site. Submit one job per site, or pass --allow-cross-site to read the others over the tunnel
     CrossSite { sites: String },
+    /// unknown partition `{name}`; the cluster has: {known}
+    UnknownPartition { name: String, known: String },
 }
 
 /// Places a job next to `datasets`. With `allow_cross_site`, datasets at several sites put the job
@@ -102,6 +104,40 @@ pub fn place(
     })
 }
 
+/// `placement` sent to `partition` instead (`submit --partition`): the site is that partition's
+/// when it is a site's, none when it is not (`all`); `HYBRIDGRID_SITE` follows.
+pub fn with_partition(
+    plan: &Plan,
+    mut placement: Placement,
+    partition: String,
+) -> Result<Placement, PlacementError> {
+    if !plan.slurm.partitions.iter().any(|x| x.name == partition) {
+        let known: Vec<&str> = plan
+            .slurm
+            .partitions
+            .iter()
+            .map(|x| x.name.as_str())
+            .collect();
+        return Err(PlacementError::UnknownPartition {
+            name: partition,
+            known: known.join(", "),
+        });
+    }
+    placement.site = plan
+        .sites
+        .iter()
+        .find(|s| s.name == partition)
+        .map(|s| s.name.clone());
+    placement.env.retain(|(k, _)| k != "HYBRIDGRID_SITE");
+    if let Some(site) = &placement.site {
+        placement
+            .env
+            .insert(0, ("HYBRIDGRID_SITE".to_owned(), site.clone()));
+    }
+    placement.partition = partition;
+    Ok(placement)
+}
+
 /// `HYBRIDGRID_DATASET_<NAME>`, upper-cased with `-` as `_`.
 pub fn dataset_env_name(name: &str) -> String {
     format!(
@@ -170,6 +206,25 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "unknown dataset `nope`; the cluster file defines: genomes, scans, more-genomes"
+        );
+    }
+
+    #[test]
+    fn another_partition_moves_the_job_and_its_site() {
+        let p = place(&plan(), &["genomes".into()], false).unwrap();
+        let to_a = with_partition(&plan(), p.clone(), "a".into()).unwrap();
+        assert_eq!(
+            (to_a.partition.as_str(), to_a.site.as_deref()),
+            ("a", Some("a"))
+        );
+        assert_eq!(to_a.env[0], ("HYBRIDGRID_SITE".into(), "a".into()));
+        let anywhere = with_partition(&plan(), p.clone(), "all".into()).unwrap();
+        assert_eq!(anywhere.site, None);
+        assert!(anywhere.env.iter().all(|(k, _)| k != "HYBRIDGRID_SITE"));
+        let e = with_partition(&plan(), p, "c".into()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown partition `c`; the cluster has: a, b, all"
         );
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use hybridgrid_core::model::{Provider as ProviderKind, WG_OVERHEAD};
-use hybridgrid_core::plan::{Protocol, Remote, Role, SgRule};
+use hybridgrid_core::plan::{NodePlan, Plan, Protocol, Remote, Role, SgRule};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +70,9 @@ pub struct PortFacts {
     pub port: String,
     /// Planned allowed-address pairs missing from the port's live set.
     pub missing_pairs: Vec<Ipv4Net>,
+    /// The cloud's own command that adds them by hand, where the provider has one (openstack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_hand: Option<String>,
     /// The port's "ip spoof" drop counter, before and after probing.
     pub spoof_before: Option<u64>,
     pub spoof_after: Option<u64>,
@@ -82,6 +85,9 @@ pub struct MissingRule {
     pub group: String,
     #[serde(flatten)]
     pub rule: SgRule,
+    /// The cloud's own command that adds it by hand, where the provider has one (openstack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_hand: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,52 +150,21 @@ fn local_kind() -> ProviderKind {
     ProviderKind::Local
 }
 
-/// The fix for a missing rule: `up`, and on openstack the command that adds it by hand.
-pub(crate) fn rule_fix(f: &Facts, site: &str, m: &MissingRule) -> String {
-    match (f.provider, cloud_of(f, site)) {
-        (ProviderKind::OpenStack, Some(cloud)) => {
-            let proto = match m.rule.protocol {
-                Protocol::Any => "any",
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-                Protocol::Icmp => "icmp",
-            };
-            let ports = m
-                .rule
-                .ports
-                .map(|(a, b)| format!(" --dst-port {a}:{b}"))
-                .unwrap_or_default();
-            let remote = match &m.rule.remote {
-                Remote::Cidr(c) => c.to_string(),
-                Remote::PendingPublicIp(n) => format!("<{n}'s public IP>/32"),
-            };
-            format!(
-                "Run `hybridgrid up` to restore it, or by hand: `openstack --os-cloud {cloud} \
-                 security group rule create --ingress --ethertype IPv4 --protocol {proto}{ports} \
-                 --remote-ip {remote} {}`",
-                m.group
-            )
-        }
-        _ => RESTORE.into(),
-    }
+/// The fix for a missing rule: `up`, and the provider's command that adds it by hand.
+pub(crate) fn rule_fix(m: &MissingRule) -> String {
+    by_hand_fix(m.by_hand.as_deref())
 }
 
-/// The fix for a missing allowed-address pair on `port`.
-pub(crate) fn pair_fix(f: &Facts, site: &str, port: &str, pair: Ipv4Net) -> String {
-    match (f.provider, cloud_of(f, site)) {
-        (ProviderKind::OpenStack, Some(cloud)) => format!(
-            "Run `hybridgrid up` to restore it, or by hand: `openstack --os-cloud {cloud} port set \
-             --allowed-address ip-address={pair} {port}`"
-        ),
-        _ => RESTORE.into(),
-    }
+/// The fix for a port's missing allowed-address pairs.
+pub(crate) fn pair_fix(p: &PortFacts) -> String {
+    by_hand_fix(p.by_hand.as_deref())
 }
 
-fn cloud_of<'a>(f: &'a Facts, site: &str) -> Option<&'a str> {
-    f.sites
-        .iter()
-        .find(|s| s.name == site)
-        .and_then(|s| s.cloud.as_deref())
+fn by_hand_fix(command: Option<&str>) -> String {
+    command.map_or_else(
+        || RESTORE.into(),
+        |c| format!("Run `hybridgrid up` to restore it, or by hand: `{c}`"),
+    )
 }
 
 /// The freshest handshake of `node`'s tunnel to `peer` seen in either reading (the probes in
@@ -209,6 +184,45 @@ pub fn freshest_handshake(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// What a provider measured of one node for `doctor` (nothing, by default: a cloud without
+/// such a counter leaves it `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeMeasures {
+    /// Planned ingress rules missing from the live ones (only kept for a running node).
+    pub missing_rules: Vec<MissingRule>,
+    pub drops_before: Option<u64>,
+    pub drops_after: Option<u64>,
+    pub live_mtu: Option<u16>,
+}
+
+/// Every planned node's facts, the same rows on every provider: the plan's words, whether it
+/// runs (`up`), and what `measure` read of it.
+pub fn node_facts(
+    plan: &Plan,
+    up: &BTreeSet<String>,
+    mut measure: impl FnMut(&NodePlan) -> NodeMeasures,
+) -> Vec<NodeFacts> {
+    plan.nodes
+        .iter()
+        .map(|n| {
+            let running = up.contains(&n.name);
+            let m = measure(n);
+            NodeFacts {
+                name: n.name.clone(),
+                site: n.site.clone(),
+                role: n.role,
+                up: running,
+                on_demand: n.on_demand,
+                missing_rules: if running { m.missing_rules } else { Vec::new() },
+                drops_before: m.drops_before,
+                drops_after: m.drops_after,
+                planned_mtu: n.wireguard.as_ref().map(|w| w.mtu),
+                live_mtu: m.live_mtu,
+            }
+        })
+        .collect()
 }
 
 /// `udp 51820 from 198.51.100.100/32`
@@ -232,54 +246,116 @@ fn is_wireguard_rule(rule: &SgRule, port: u16) -> bool {
     rule.protocol == Protocol::Udp && rule.ports == Some((port, port))
 }
 
-/// The findings from the facts; pure.
+/// The findings from the facts; pure. Causes first (a node down, a device missing, a rule, an
+/// address pair, the MTU), then what they do not explain (a tunnel down, a site unreachable).
 pub fn diagnose(f: &Facts) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let node = |name: &str| f.nodes.iter().find(|n| n.name == name);
-    for n in f.nodes.iter().filter(|n| !n.up && !n.on_demand) {
-        out.push(Finding {
-            kind: Kind::NodeDown,
-            subject: n.name.clone(),
-            message: format!("{} ({}) is not running", n.name, n.site),
-            fix: "Run `hybridgrid up` to create it again.".into(),
+    let mut d = Diagnosis {
+        f,
+        out: Vec::new(),
+        explained: BTreeSet::new(),
+        pair_sites: BTreeSet::new(),
+        mtu_nodes: BTreeSet::new(),
+    };
+    d.nodes_down();
+    d.devices_missing();
+    for n in f.nodes.iter().filter(|n| n.up) {
+        d.missing_rules(n);
+    }
+    d.missing_pairs();
+    for n in f.nodes.iter().filter(|n| n.up) {
+        d.mtu(n);
+    }
+    d.tunnels_unexplained();
+    d.sites_unexplained();
+    d.out
+}
+
+/// [`diagnose`] under way: the findings so far and what they explain.
+struct Diagnosis<'f> {
+    f: &'f Facts,
+    out: Vec<Finding>,
+    /// Tunnels (node, peer) a finding already explains.
+    explained: BTreeSet<(String, String)>,
+    /// Sites with a missing allowed-address pair.
+    pair_sites: BTreeSet<&'f str>,
+    /// Nodes with an MTU finding.
+    mtu_nodes: BTreeSet<&'f str>,
+}
+
+impl<'f> Diagnosis<'f> {
+    fn node(&self, name: &str) -> Option<&'f NodeFacts> {
+        self.f.nodes.iter().find(|n| n.name == name)
+    }
+
+    fn is_down(&self, name: &str) -> bool {
+        self.node(name).is_some_and(|n| !n.up)
+    }
+
+    fn push(&mut self, kind: Kind, subject: &str, message: String, fix: String) {
+        self.out.push(Finding {
+            kind,
+            subject: subject.to_owned(),
+            message,
+            fix,
         });
     }
-    // A relay whose tunnel device is gone explains every tunnel of it.
-    let mut explained: BTreeSet<(String, String)> = BTreeSet::new();
-    for n in f
-        .nodes
-        .iter()
-        .filter(|n| n.up && n.planned_mtu.is_some() && n.live_mtu.is_none())
-    {
-        out.push(Finding {
-            kind: Kind::DeviceMissing,
-            subject: n.name.clone(),
-            message: format!(
-                "{} has no WireGuard device wg0 (its daemon is not running): no tunnel of it works",
-                n.name
-            ),
-            fix: "The node's supervisor brings it back within seconds; otherwise run `hybridgrid \
-                  up`."
-                .into(),
-        });
-        for t in f
-            .tunnels
-            .iter()
-            .filter(|t| t.node == n.name || t.peer == n.name)
-        {
-            explained.insert((t.node.clone(), t.peer.clone()));
+
+    fn nodes_down(&mut self) {
+        for n in self.f.nodes.iter().filter(|n| !n.up && !n.on_demand) {
+            self.push(
+                Kind::NodeDown,
+                &n.name,
+                format!("{} ({}) is not running", n.name, n.site),
+                "Run `hybridgrid up` to create it again.".into(),
+            );
         }
     }
-    // Security-group rules: the WireGuard ones explain tunnels; the others are listed as such.
-    for n in f.nodes.iter().filter(|n| n.up) {
+
+    /// A relay whose tunnel device is gone explains every tunnel of it.
+    fn devices_missing(&mut self) {
+        let f = self.f;
+        for n in f
+            .nodes
+            .iter()
+            .filter(|n| n.up && n.planned_mtu.is_some() && n.live_mtu.is_none())
+        {
+            self.push(
+                Kind::DeviceMissing,
+                &n.name,
+                format!(
+                    "{} has no WireGuard device wg0 (its daemon is not running): no tunnel of it \
+                     works",
+                    n.name
+                ),
+                "The node's supervisor brings it back within seconds; otherwise run `hybridgrid \
+                 up`."
+                    .into(),
+            );
+            for t in f
+                .tunnels
+                .iter()
+                .filter(|t| t.node == n.name || t.peer == n.name)
+            {
+                self.explained.insert((t.node.clone(), t.peer.clone()));
+            }
+        }
+    }
+
+    /// Security-group rules: the WireGuard ones explain tunnels; the others are listed as such.
+    fn missing_rules(&mut self, n: &'f NodeFacts) {
+        let f = self.f;
         let drops = counter_text(
             &format!("{}'s ingress drop counter", n.name),
             n.drops_before,
             n.drops_after,
         );
+        let evidence = drops
+            .as_ref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
         for m in &n.missing_rules {
             let rule = &m.rule;
-            let fix = rule_fix(f, &n.site, m);
+            let fix = rule_fix(m);
             let wg_peer = is_wireguard_rule(rule, f.tunnel_port)
                 .then(|| {
                     f.tunnels.iter().find(|t| {
@@ -289,31 +365,21 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
                     })
                 })
                 .flatten();
-            let evidence = drops
-                .as_ref()
-                .map(|d| format!(" ({d})"))
-                .unwrap_or_default();
-            match wg_peer {
+            let (kind, message) = match wg_peer {
                 Some(t) if !tunnel_ok(t) => {
-                    explained.insert((t.node.clone(), t.peer.clone()));
-                    explained.insert((t.peer.clone(), t.node.clone()));
-                    out.push(Finding {
-                        kind: Kind::NoHandshake,
-                        subject: n.name.clone(),
-                        message: format!(
-                            "{} has no handshake with {}: {}'s security group lacks `{}`{evidence}",
-                            n.name,
-                            t.peer,
-                            n.site,
-                            rule_text(rule)
-                        ),
-                        fix: fix.clone(),
-                    });
+                    self.explained.insert((t.node.clone(), t.peer.clone()));
+                    self.explained.insert((t.peer.clone(), t.node.clone()));
+                    let message = format!(
+                        "{} has no handshake with {}: {}'s security group lacks `{}`{evidence}",
+                        n.name,
+                        t.peer,
+                        n.site,
+                        rule_text(rule)
+                    );
+                    (Kind::NoHandshake, message)
                 }
-                Some(t) => out.push(Finding {
-                    kind: Kind::MissingRule,
-                    subject: n.name.clone(),
-                    message: format!(
+                Some(t) => {
+                    let message = format!(
                         "{}'s security group lacks `{}` ({}); the tunnel to {} works only while \
                          connection tracking remembers {}'s own packets: it fails with a stateless \
                          group, a passive peer, or once the entry expires{evidence}",
@@ -322,52 +388,54 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
                         rule.description,
                         t.peer,
                         n.name
-                    ),
-                    fix: fix.clone(),
-                }),
-                None => out.push(Finding {
-                    kind: Kind::MissingRule,
-                    subject: n.name.clone(),
-                    message: format!(
+                    );
+                    (Kind::MissingRule, message)
+                }
+                None => {
+                    let message = format!(
                         "{}'s security group on {} lacks `{}` ({}){evidence}",
                         n.site,
                         n.name,
                         rule_text(rule),
                         rule.description
-                    ),
-                    fix: fix.clone(),
-                }),
+                    );
+                    (Kind::MissingRule, message)
+                }
+            };
+            self.push(kind, &n.name, message, fix);
+        }
+    }
+
+    fn missing_pairs(&mut self) {
+        let f = self.f;
+        for s in &f.sites {
+            for p in &s.ports {
+                let counter = counter_text("ip spoof", p.spoof_before, p.spoof_after)
+                    .map(|c| format!(" (counter {c})"))
+                    .unwrap_or_default();
+                for pair in &p.missing_pairs {
+                    self.pair_sites.insert(&s.name);
+                    self.push(
+                        Kind::MissingAddressPair,
+                        &p.node,
+                        format!(
+                            "cross-site packets from {pair} are dropped at {}'s switch on {}'s \
+                             port {}{counter}: the port lacks the allowed-address pair {pair}",
+                            s.name, p.node, p.port
+                        ),
+                        pair_fix(p),
+                    );
+                }
             }
         }
     }
-    // Allowed-address pairs.
-    let mut pair_sites: BTreeSet<&str> = BTreeSet::new();
-    for s in &f.sites {
-        for p in &s.ports {
-            let counter = counter_text("ip spoof", p.spoof_before, p.spoof_after)
-                .map(|c| format!(" (counter {c})"))
-                .unwrap_or_default();
-            for pair in &p.missing_pairs {
-                pair_sites.insert(&s.name);
-                out.push(Finding {
-                    kind: Kind::MissingAddressPair,
-                    subject: p.node.clone(),
-                    message: format!(
-                        "cross-site packets from {pair} are dropped at {}'s switch on {}'s port \
-                         {}{counter}: the port lacks the allowed-address pair {pair}",
-                        s.name, p.node, p.port
-                    ),
-                    fix: pair_fix(f, &s.name, &p.port, *pair),
-                });
-            }
-        }
-    }
-    // MTU of the tunnel against the underlay.
-    let mut mtu_nodes: BTreeSet<&str> = BTreeSet::new();
-    for n in f.nodes.iter().filter(|n| n.up) {
+
+    /// The tunnel's MTU against the underlay, and don't-fragment pings that failed.
+    fn mtu(&mut self, n: &'f NodeFacts) {
+        let f = self.f;
         let (Some(live), Some(site)) = (n.live_mtu, f.sites.iter().find(|s| s.name == n.site))
         else {
-            continue;
+            return;
         };
         let max = site.underlay_mtu.saturating_sub(WG_OVERHEAD);
         let failed: Vec<&str> = f
@@ -377,115 +445,121 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
             .map(|t| t.peer.as_str())
             .collect();
         if live > max {
-            mtu_nodes.insert(&n.name);
-            let mut msg = format!(
-                "wg0 MTU {live} on {} exceeds the underlay {} − {WG_OVERHEAD} = {max}: \
-                 {}-byte packets with DF set fail",
-                n.name,
-                site.underlay_mtu,
-                live.saturating_sub(28)
-            );
-            if !failed.is_empty() {
-                msg.push_str(&format!(" (ping to {} failed)", failed.join(", ")));
-            }
-            if let Some(c) = counter_text(
-                &format!("{}'s router fragment drops", site.name),
-                site.fragments_before,
-                site.fragments_after,
-            ) {
-                msg.push_str(&format!("; {c}"));
-            }
-            let fix = match n.planned_mtu {
-                Some(p) if p <= max => format!(
-                    "The plan says {p}: run `hybridgrid up` to restore it (keep `tunnel.mtu: auto`)."
-                ),
-                _ => format!("Set `tunnel.mtu: auto` (or at most {max}) and run `hybridgrid up`."),
-            };
-            out.push(Finding {
-                kind: Kind::MtuTooLarge,
-                subject: n.name.clone(),
-                message: msg,
-                fix,
-            });
+            self.mtu_nodes.insert(&n.name);
+            let (message, fix) = mtu_too_large(n, site, live, max, &failed);
+            self.push(Kind::MtuTooLarge, &n.name, message, fix);
         } else if let Some(p) = n.planned_mtu.filter(|p| *p != live) {
-            mtu_nodes.insert(&n.name);
-            out.push(Finding {
-                kind: Kind::MtuDrift,
-                subject: n.name.clone(),
-                message: format!("wg0 MTU on {} is {live}, the plan says {p}", n.name),
-                fix: RESTORE.into(),
-            });
+            self.mtu_nodes.insert(&n.name);
+            let message = format!("wg0 MTU on {} is {live}, the plan says {p}", n.name);
+            self.push(Kind::MtuDrift, &n.name, message, RESTORE.into());
         } else if !failed.is_empty() {
-            mtu_nodes.insert(&n.name);
-            out.push(Finding {
-                kind: Kind::MtuTooLarge,
-                subject: n.name.clone(),
-                message: format!(
-                    "{}-byte packets with DF set from {} to {} fail although wg0 MTU {live} fits \
-                     the underlay {}: the path carries less than the site's underlay MTU says",
-                    live.saturating_sub(28),
-                    n.name,
-                    failed.join(", "),
-                    site.underlay_mtu
-                ),
-                fix: "Set the site's `underlay_mtu` to what the network really carries and keep \
-                      `tunnel.mtu: auto`."
-                    .into(),
-            });
+            self.mtu_nodes.insert(&n.name);
+            let message = format!(
+                "{}-byte packets with DF set from {} to {} fail although wg0 MTU {live} fits \
+                 the underlay {}: the path carries less than the site's underlay MTU says",
+                live.saturating_sub(28),
+                n.name,
+                failed.join(", "),
+                site.underlay_mtu
+            );
+            let fix = "Set the site's `underlay_mtu` to what the network really carries and keep \
+                       `tunnel.mtu: auto`.";
+            self.push(Kind::MtuTooLarge, &n.name, message, fix.into());
         }
     }
-    // Tunnels down without a cause found above.
-    for t in &f.tunnels {
-        if tunnel_ok(t)
-            || explained.contains(&(t.node.clone(), t.peer.clone()))
-            || node(&t.node).is_some_and(|n| !n.up)
-            || node(&t.peer).is_some_and(|n| !n.up)
-        {
-            continue;
-        }
-        let hs = match t.handshake_age_s {
-            None => "never had a handshake".to_owned(),
-            Some(a) => format!("last had a handshake {a}s ago"),
-        };
-        out.push(Finding {
-            kind: Kind::NoHandshake,
-            subject: t.node.clone(),
-            message: format!(
-                "{} has no working tunnel to {}: it {hs}{}",
-                t.node,
-                t.peer,
-                if f.stateless_security_groups {
-                    ""
-                } else {
-                    ", and both security groups have their rules"
-                }
-            ),
-            fix: format!(
-                "Check that UDP {} reaches {} at {} (`hybridgrid exec -f FILE {} -- wg show`).",
-                f.tunnel_port,
-                t.peer,
-                t.peer_public_ip
-                    .map_or_else(|| "its public IP".to_owned(), |i| i.to_string()),
-                t.node
-            ),
-        });
-    }
-    // Cross-site probes that failed with nothing above to explain them.
-    if pair_sites.is_empty() && explained.is_empty() && mtu_nodes.is_empty() {
-        for p in f.cross_site.iter().filter(|p| !p.ok) {
-            if node(&p.from).is_some_and(|n| !n.up) || node(&p.to).is_some_and(|n| !n.up) {
+
+    /// Tunnels down without a cause found above.
+    fn tunnels_unexplained(&mut self) {
+        let f = self.f;
+        for t in &f.tunnels {
+            if tunnel_ok(t)
+                || self.explained.contains(&(t.node.clone(), t.peer.clone()))
+                || self.is_down(&t.node)
+                || self.is_down(&t.peer)
+            {
                 continue;
             }
-            out.push(Finding {
-                kind: Kind::Unreachable,
-                subject: p.from.clone(),
-                message: format!("{} cannot reach {}, and no cause was found", p.from, p.to),
-                fix: "Run `hybridgrid status` and compare the routes (`ip route`) on both sides."
-                    .into(),
-            });
+            let hs = match t.handshake_age_s {
+                None => "never had a handshake".to_owned(),
+                Some(a) => format!("last had a handshake {a}s ago"),
+            };
+            let rules = if f.stateless_security_groups {
+                ""
+            } else {
+                ", and both security groups have their rules"
+            };
+            let peer_ip = t
+                .peer_public_ip
+                .map_or_else(|| "its public IP".to_owned(), |i| i.to_string());
+            self.push(
+                Kind::NoHandshake,
+                &t.node,
+                format!(
+                    "{} has no working tunnel to {}: it {hs}{rules}",
+                    t.node, t.peer
+                ),
+                format!(
+                    "Check that UDP {} reaches {} at {peer_ip} (`hybridgrid exec -f FILE {} -- wg \
+                     show`).",
+                    f.tunnel_port, t.peer, t.node
+                ),
+            );
         }
     }
-    out
+
+    /// Cross-site probes that failed with nothing above to explain them.
+    fn sites_unexplained(&mut self) {
+        if !(self.pair_sites.is_empty() && self.explained.is_empty() && self.mtu_nodes.is_empty()) {
+            return;
+        }
+        for p in self.f.cross_site.iter().filter(|p| !p.ok) {
+            if self.is_down(&p.from) || self.is_down(&p.to) {
+                continue;
+            }
+            self.push(
+                Kind::Unreachable,
+                &p.from,
+                format!("{} cannot reach {}, and no cause was found", p.from, p.to),
+                "Run `hybridgrid status` and compare the routes (`ip route`) on both sides.".into(),
+            );
+        }
+    }
+}
+
+/// The finding for a tunnel MTU over what the underlay carries: its message and fix.
+fn mtu_too_large(
+    n: &NodeFacts,
+    site: &SiteFacts,
+    live: u16,
+    max: u16,
+    failed: &[&str],
+) -> (String, String) {
+    let mut msg = format!(
+        "wg0 MTU {live} on {} exceeds the underlay {} − {WG_OVERHEAD} = {max}: {}-byte packets \
+         with DF set fail",
+        n.name,
+        site.underlay_mtu,
+        live.saturating_sub(28)
+    );
+    if !failed.is_empty() {
+        msg.push_str(&format!(" (ping to {} failed)", failed.join(", ")));
+    }
+    if let Some(c) = counter_text(
+        &format!("{}'s router fragment drops", site.name),
+        site.fragments_before,
+        site.fragments_after,
+    ) {
+        msg.push_str(&format!("; {c}"));
+    }
+    let fix = match n.planned_mtu {
+        Some(p) if p <= max => {
+            format!(
+                "The plan says {p}: run `hybridgrid up` to restore it (keep `tunnel.mtu: auto`)."
+            )
+        }
+        _ => format!("Set `tunnel.mtu: auto` (or at most {max}) and run `hybridgrid up`."),
+    };
+    (msg, fix)
 }
 
 pub(crate) fn tunnel_ok(t: &TunnelFacts) -> bool {
@@ -506,6 +580,7 @@ mod tests {
                 remote: Remote::Cidr(format!("{ip}/32").parse().unwrap()),
                 description: "WireGuard from bielefeld-master".into(),
             },
+            by_hand: None,
         }
     }
 
@@ -557,6 +632,7 @@ mod tests {
                         node: format!("{s}-x"),
                         port: "p-5".into(),
                         missing_pairs: Vec::new(),
+                        by_hand: None,
                         spoof_before: Some(0),
                         spoof_after: Some(0),
                     }],
@@ -616,18 +692,18 @@ mod tests {
     }
 
     #[test]
-    fn on_openstack_the_fix_is_the_openstack_command_of_the_site_cloud() {
+    fn where_the_provider_has_a_command_by_hand_the_fix_names_it() {
         let mut f = healthy();
         f.provider = ProviderKind::OpenStack;
         f.stateless_security_groups = false;
-        for s in &mut f.sites {
-            s.cloud = Some(format!("cloud-{}", s.name));
-        }
-        f.nodes[1].missing_rules = vec![wg_rule("198.51.100.100")];
+        let mut rule = wg_rule("198.51.100.100");
+        rule.by_hand = Some("openstack … security group rule create …".into());
+        f.nodes[1].missing_rules = vec![rule];
         f.sites[1].ports[0] = PortFacts {
             node: "giessen-gw".into(),
             port: "8c1f".into(),
             missing_pairs: vec!["10.10.0.0/24".parse().unwrap()],
+            by_hand: Some("openstack … port set …".into()),
             spoof_before: None,
             spoof_after: None,
         };
@@ -640,15 +716,13 @@ mod tests {
         assert_eq!(d[0].kind, Kind::NoHandshake);
         assert_eq!(
             d[0].fix,
-            "Run `hybridgrid up` to restore it, or by hand: `openstack --os-cloud cloud-giessen \
-             security group rule create --ingress --ethertype IPv4 --protocol udp --dst-port \
-             51820:51820 --remote-ip 198.51.100.100/32 demo-giessen-gateway`"
+            "Run `hybridgrid up` to restore it, or by hand: `openstack … security group rule \
+             create …`"
         );
         assert_eq!(d[1].kind, Kind::MissingAddressPair);
         assert_eq!(
             d[1].fix,
-            "Run `hybridgrid up` to restore it, or by hand: `openstack --os-cloud cloud-giessen \
-             port set --allowed-address ip-address=10.10.0.0/24 8c1f`"
+            "Run `hybridgrid up` to restore it, or by hand: `openstack … port set …`"
         );
         // No counters on openstack: the message says what is missing, without a counter.
         assert!(!d[1].message.contains("counter"), "{}", d[1].message);
@@ -675,6 +749,7 @@ mod tests {
             node: "giessen-gw".into(),
             port: "p-5".into(),
             missing_pairs: vec!["10.10.0.0/24".parse().unwrap()],
+            by_hand: None,
             spoof_before: Some(2),
             spoof_after: Some(8),
         };

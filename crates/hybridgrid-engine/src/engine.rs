@@ -3,14 +3,15 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use hybridgrid_core::diff::Change;
+use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::model::Cluster;
 use hybridgrid_core::plan::Plan;
+use hybridgrid_core::reconcile;
 
 use crate::EngineError;
 use crate::doctor::{DOCTOR_FORMAT_VERSION, DoctorReport, diagnose};
 use crate::path::{PathReport, trace};
-use crate::provider::{Command, Event, Probe, Provider, Sink};
+use crate::provider::{Event, Nodes, Probe, Provider, Sink};
 use crate::report::{StatusReport, UpReport};
 
 /// Rounds `up` runs at most. A cluster converges in two or three (see ARCHITECTURE.md): the
@@ -21,10 +22,22 @@ pub const UP_REPORT_VERSION: u32 = 1;
 
 /// The plan against what exists: what `plan` prints and `up`'s first round applies.
 pub fn plan(provider: &dyn Provider, cluster: &Cluster) -> Result<Plan, EngineError> {
-    Ok(hybridgrid_core::reconcile::plan(
-        cluster,
-        &provider.observe()?,
-    ))
+    Ok(reconcile::plan(cluster, &observe(provider, cluster)?))
+}
+
+/// What exists of `cluster`, as the provider reads it from the live cloud.
+pub fn observe(provider: &dyn Provider, cluster: &Cluster) -> Result<Observed, EngineError> {
+    provider.observe(&reconcile::layout(cluster))
+}
+
+/// The provider's node access for `command`, or the error that it has none.
+pub fn nodes<'p>(
+    provider: &'p dyn Provider,
+    command: &'static str,
+) -> Result<&'p dyn Nodes, EngineError> {
+    provider
+        .nodes()
+        .ok_or_else(|| EngineError::unsupported(provider.name(), command, ""))
 }
 
 /// Creates or changes everything until a round finds no change, then lets the provider settle.
@@ -33,9 +46,6 @@ pub fn up(
     cluster: &Cluster,
     sink: Sink<'_>,
 ) -> Result<UpReport, EngineError> {
-    if !provider.supports(Command::Up) {
-        return Err(EngineError::unsupported(provider.name(), "up", ""));
-    }
     let start = Instant::now();
     let mut report = UpReport {
         format_version: UP_REPORT_VERSION,
@@ -46,7 +56,8 @@ pub fn up(
     let mut partial: BTreeSet<String> = BTreeSet::new();
     let mut settled_once = false;
     loop {
-        let plan = plan(provider, cluster)?;
+        let observed = observe(provider, cluster)?;
+        let plan = reconcile::plan(cluster, &observed);
         let todo: Vec<Change> = plan
             .changes
             .iter()
@@ -63,7 +74,8 @@ pub fn up(
                 report.partial.clear();
                 continue;
             }
-            report.notes = settled.notes;
+            report.notes = settled.pending.iter().map(|p| p.note.clone()).collect();
+            report.pending = settled.pending;
             break;
         }
         if report.rounds.len() == MAX_ROUNDS {
@@ -80,7 +92,7 @@ pub fn up(
             round: report.rounds.len() + 1,
             changes: todo.len(),
         });
-        let applied = provider.apply(&plan, &todo, sink)?;
+        let applied = provider.apply(&plan, &observed, &todo, sink)?;
         report.rounds.push(todo);
         for (change, why) in applied.partial {
             let summary = change.summary();
@@ -98,20 +110,15 @@ pub fn status(
     cluster: &Cluster,
     probe: Probe,
 ) -> Result<StatusReport, EngineError> {
-    if !provider.supports(Command::Status) {
-        return Err(EngineError::unsupported(provider.name(), "status", ""));
-    }
     let plan = plan(provider, cluster)?;
     provider.status(&plan, probe)
 }
 
 /// `doctor`: the provider's facts of the live cluster, diagnosed.
 pub fn doctor(provider: &dyn Provider, cluster: &Cluster) -> Result<DoctorReport, EngineError> {
-    if !provider.supports(Command::Doctor) {
-        return Err(EngineError::unsupported(provider.name(), "doctor", ""));
-    }
+    let nodes = nodes(provider, "doctor")?;
     let plan = plan(provider, cluster)?;
-    let facts = provider.doctor_facts(&plan)?;
+    let facts = nodes.doctor_facts(&plan)?;
     let findings = diagnose(&facts);
     Ok(DoctorReport {
         format_version: DOCTOR_FORMAT_VERSION,
@@ -129,22 +136,16 @@ pub fn doctor_path(
     src: &str,
     dst: &str,
 ) -> Result<PathReport, EngineError> {
-    if !provider.supports(Command::Doctor) {
-        return Err(EngineError::unsupported(
-            provider.name(),
-            "doctor --path",
-            "",
-        ));
-    }
+    let nodes = nodes(provider, "doctor --path")?;
     let plan = plan(provider, cluster)?;
     for n in [src, dst] {
         if plan.node(n).is_none() {
             return Err(EngineError::NoSuchNode(n.to_owned()));
         }
     }
-    let facts = provider.doctor_facts(&plan)?;
+    let facts = nodes.doctor_facts(&plan)?;
     let findings = diagnose(&facts);
-    let pf = provider.path_facts(&plan, &facts, src, dst)?;
+    let pf = nodes.path_facts(&plan, src, dst)?;
     trace(&plan, &facts, &findings, &pf, src, dst)
         .ok_or_else(|| EngineError::NoSuchNode(format!("{src} or {dst} (no path between them)")))
 }

@@ -1,9 +1,12 @@
-//! The reconcile engine: one [`Provider`] trait and the rounds that drive it.
+//! The reconcile engine: one [`Provider`] trait, the rounds that drive it, and every rule the
+//! providers share.
 //!
-//! Every lifecycle command goes through here, for every provider:
-//! `plan` = [`plan`] (observe → `core::plan`), `up` = [`up`] (rounds of observe → plan → apply
-//! until the plan has no change), `status` = [`status`], `doctor` = [`doctor()`] (facts from the provider, [`doctor::diagnose`]
-//! pure), `down` = [`Provider::down`].
+//! Every command that plans goes through here, for every provider: `plan` = [`plan`] (observe →
+//! `core::reconcile::plan`), `up` = [`up`] (rounds of observe → plan → apply until the plan has
+//! no change), `status` = [`status`] (probe choice and tunnel rows in [`status`](mod@status)),
+//! `doctor` = [`doctor()`] (facts from the provider, [`doctor::diagnose`] pure), on-demand
+//! workers = [`power::power`]. `down`, `exec` and `run` have nothing to plan: the CLI calls
+//! [`Provider::down`] and [`Nodes`] directly.
 //! Architecture invariant: the changes `plan` prints are the changes `up` applies in its first
 //! round — both come from [`plan`], and the engine never adds, drops or rewrites a change.
 //! A provider knows its cloud and nothing else; it never loops over rounds itself.
@@ -15,12 +18,16 @@ pub mod path;
 pub mod power;
 mod provider;
 mod report;
-pub mod state;
+pub mod status;
 
-pub use engine::{MAX_ROUNDS, doctor, doctor_path, plan, status, up};
+/// State on disk (its own small crate, shared with the agent): re-exported where the providers
+/// look for it.
+pub use hybridgrid_state as state;
+
+pub use engine::{MAX_ROUNDS, doctor, doctor_path, nodes, observe, plan, status, up};
 pub use error::EngineError;
-pub use provider::{Applied, Command, Event, Probe, Provider, Settled, Sink};
+pub use provider::{Applied, Command, Event, Nodes, Probe, Provider, Settled, Sink, supports};
 pub use report::{
-    DownReport, HANDSHAKE_STALE_S, NodeStatus, NotDeleted, Reach, StatusReport, TunnelStatus,
-    UpReport,
+    DownReport, HANDSHAKE_STALE_S, NodeStatus, NotDeleted, Pending, PendingKind, Reach,
+    StatusReport, TunnelStatus, UpReport,
 };

@@ -7,11 +7,11 @@
 
 use std::net::Ipv4Addr;
 
-use hybridgrid_core::plan::{NodePlan, Plan, Remote};
+use hybridgrid_core::plan::{NodePlan, Plan, Remote, SitePlan};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::doctor::{Facts, Finding, Kind, pair_fix, rule_fix, rule_text, tunnel_ok};
+use crate::doctor::{Facts, Finding, Kind, TunnelFacts, pair_fix, rule_fix, rule_text, tunnel_ok};
 
 pub const PATH_FORMAT_VERSION: u32 = 1;
 
@@ -183,7 +183,7 @@ fn missing_rule_from(facts: &Facts, node: &str, from: Ipv4Net) -> Option<(String
             rule_text(&m.rule),
             m.rule.description
         ),
-        rule_fix(facts, &n.site, m),
+        rule_fix(m),
     ))
 }
 
@@ -200,7 +200,7 @@ fn missing_pair(facts: &Facts, node: &str, pair: Ipv4Net) -> Option<(String, Str
                      it sends from {pair}",
                     node, p.port, s.name
                 ),
-                pair_fix(facts, &s.name, &p.port, pair),
+                pair_fix(p),
             )
         })
 }
@@ -214,144 +214,27 @@ pub fn trace(
     src: &str,
     dst: &str,
 ) -> Option<PathReport> {
-    let (s, d) = (plan.node(src)?, plan.node(dst)?);
-    let site = |name: &str| plan.sites.iter().find(|x| x.name == name);
-    let (ss, ds) = (site(&s.site)?, site(&d.site)?);
-    let (sr, dr) = (plan.node(&ss.relay)?, plan.node(&ds.relay)?);
-    let up = |n: &str| {
-        facts
-            .nodes
-            .iter()
-            .find(|x| x.name == n)
-            .is_some_and(|x| x.up)
-    };
+    let flow = Flow::new(plan, facts, findings, pf, src, dst)?;
     let mut t = Trace { hops: Vec::new() };
-    let down = |n: &str| as_problem(finding(findings, Kind::NodeDown, n));
-
-    t.hop(format!("{src} is running"), down(src), "it runs");
+    t.hop(format!("{src} is running"), flow.down(src), "it runs");
     // Whether the flow already has the hop "dst is running".
-    let mut dst_checked = false;
-    if s.site == d.site {
+    let dst_checked = if flow.s.site == flow.d.site {
         t.hop(
-            format!("{dst}'s security group admits {}", ss.subnet),
-            missing_rule_from(facts, dst, ss.subnet),
+            format!("{dst}'s security group admits {}", flow.ss.subnet),
+            missing_rule_from(facts, dst, flow.ss.subnet),
             "the site's own subnet is allowed",
         );
+        false
     } else {
-        // Out of the source: to its relay (or, on the relay, into the tunnel).
-        t.route_hop(s, "routes", sr, d.lan_ip, pf.src_route.as_deref());
-        if s.name != sr.name {
-            t.hop(format!("{} is running", sr.name), down(&sr.name), "");
-        }
-        t.forwarding_hop(&sr.name, "its LAN and the tunnel", pf.src_relay_forwarding);
-        t.hop(
-            format!("{}'s port may send replies from {}", sr.name, ds.subnet),
-            missing_pair(facts, &sr.name, ds.subnet),
-            "the allowed-address pair is there",
-        );
-        for relay in [sr, dr] {
-            t.hop(
-                format!("{}'s tunnel device", relay.name),
-                as_problem(finding(findings, Kind::DeviceMissing, &relay.name)),
-                "wg0 is up",
-            );
-        }
-        // The WireGuard rules of both gateway groups, then the handshake itself.
-        let wg_rule = |n: &str| {
-            findings
-                .iter()
-                .find(|f| {
-                    f.subject == n
-                        && matches!(f.kind, Kind::NoHandshake | Kind::MissingRule)
-                        && f.message.contains(&format!("udp {}", plan.tunnel.port))
-                })
-                .map(|f| (f.message.clone(), f.fix.clone()))
-        };
-        t.hop(
-            format!(
-                "{}'s and {}'s security groups pass UDP {} between them",
-                sr.name, dr.name, plan.tunnel.port
-            ),
-            wg_rule(&sr.name).or_else(|| wg_rule(&dr.name)),
-            "both rules are there",
-        );
-        let tunnel = facts
-            .tunnels
-            .iter()
-            .find(|x| x.node == sr.name && x.peer == dr.name);
-        let tunnel_problem = match tunnel {
-            None => Some((
-                format!("{} has no peer {}", sr.name, dr.name),
-                UP.to_owned(),
-            )),
-            Some(x) if !tunnel_ok(x) => Some((
-                format!(
-                    "no working tunnel {} → {}: {}, ping over it {}",
-                    sr.name,
-                    dr.name,
-                    x.handshake_age_s
-                        .map_or("never a handshake".to_owned(), |a| format!(
-                            "last handshake {a} s ago"
-                        )),
-                    if x.ping_ok { "answered" } else { "lost" }
-                ),
-                format!(
-                    "Check that UDP {} reaches {} at {} (`hybridgrid exec -f FILE {} -- wg show`), then run `hybridgrid up`.",
-                    plan.tunnel.port,
-                    dr.name,
-                    dr.public_ip
-                        .map_or("its public IP".to_owned(), |i| i.to_string()),
-                    sr.name
-                ),
-            )),
-            Some(_) => None,
-        };
-        t.hop(
-            format!("tunnel {} → {} (handshake, ping)", sr.name, dr.name),
-            tunnel_problem,
-            &tunnel
-                .and_then(|x| x.handshake_age_s)
-                .map_or(String::new(), |a| format!("handshake {a} s ago")),
-        );
-        let mtu = |n: &str| {
-            as_problem(
-                finding(findings, Kind::MtuTooLarge, n)
-                    .or_else(|| finding(findings, Kind::MtuDrift, n)),
-            )
-        };
-        t.hop(
-            format!("MTU of the tunnel {} ↔ {}", sr.name, dr.name),
-            mtu(&sr.name).or_else(|| mtu(&dr.name)),
-            "full-size packets with don't-fragment pass",
-        );
-        t.hop(
-            format!("{}'s port may send packets from {}", dr.name, ss.subnet),
-            missing_pair(facts, &dr.name, ss.subnet),
-            "the allowed-address pair is there",
-        );
-        t.forwarding_hop(&dr.name, "the tunnel and its LAN", pf.dst_relay_forwarding);
-        if d.name != dr.name {
-            t.hop(format!("{dst} is running"), down(dst), "");
-            dst_checked = true;
-        }
-        t.hop(
-            format!("{dst}'s security group admits {}", ss.subnet),
-            missing_rule_from(facts, dst, ss.subnet),
-            "the rule for the other site is there",
-        );
-        t.route_hop(
-            d,
-            "routes replies to",
-            dr,
-            s.lan_ip,
-            pf.dst_route.as_deref(),
-        );
-    }
-    if !dst_checked && !up(dst) {
-        t.hop(format!("{dst} is running"), down(dst), "");
+        flow.out_of_source(&mut t);
+        flow.through_tunnel(&mut t);
+        flow.onto_destination_lan(&mut t)
+    };
+    if !dst_checked && !flow.up(dst) {
+        t.hop(format!("{dst} is running"), flow.down(dst), "");
     }
     t.hop(
-        format!("ping {src} → {dst} ({})", d.lan_ip),
+        format!("ping {src} → {dst} ({})", flow.d.lan_ip),
         (!pf.ping_ok).then(|| {
             (
                 "no answer".to_owned(),
@@ -371,6 +254,204 @@ pub fn trace(
         first_broken,
         hops: t.hops,
     })
+}
+
+/// One flow [`trace`] follows: its two ends (`s`, `d`), their sites (`ss`, `ds`) and relays
+/// (`sr`, `dr`), with what doctor found.
+struct Flow<'a> {
+    plan: &'a Plan,
+    facts: &'a Facts,
+    findings: &'a [Finding],
+    pf: &'a PathFacts,
+    s: &'a NodePlan,
+    d: &'a NodePlan,
+    ss: &'a SitePlan,
+    ds: &'a SitePlan,
+    sr: &'a NodePlan,
+    dr: &'a NodePlan,
+}
+
+impl<'a> Flow<'a> {
+    fn new(
+        plan: &'a Plan,
+        facts: &'a Facts,
+        findings: &'a [Finding],
+        pf: &'a PathFacts,
+        src: &str,
+        dst: &str,
+    ) -> Option<Self> {
+        let (s, d) = (plan.node(src)?, plan.node(dst)?);
+        let site = |name: &str| plan.sites.iter().find(|x| x.name == name);
+        let (ss, ds) = (site(&s.site)?, site(&d.site)?);
+        let (sr, dr) = (plan.node(&ss.relay)?, plan.node(&ds.relay)?);
+        Some(Flow {
+            plan,
+            facts,
+            findings,
+            pf,
+            s,
+            d,
+            ss,
+            ds,
+            sr,
+            dr,
+        })
+    }
+
+    fn up(&self, n: &str) -> bool {
+        self.facts
+            .nodes
+            .iter()
+            .find(|x| x.name == n)
+            .is_some_and(|x| x.up)
+    }
+
+    fn down(&self, n: &str) -> Option<(String, String)> {
+        as_problem(finding(self.findings, Kind::NodeDown, n))
+    }
+
+    /// Out of the source: to its relay (or, on the relay, into the tunnel), and the relays'
+    /// devices.
+    fn out_of_source(&self, t: &mut Trace) {
+        let (s, d, sr, dr) = (self.s, self.d, self.sr, self.dr);
+        t.route_hop(s, "routes", sr, d.lan_ip, self.pf.src_route.as_deref());
+        if s.name != sr.name {
+            t.hop(format!("{} is running", sr.name), self.down(&sr.name), "");
+        }
+        t.forwarding_hop(
+            &sr.name,
+            "its LAN and the tunnel",
+            self.pf.src_relay_forwarding,
+        );
+        t.hop(
+            format!(
+                "{}'s port may send replies from {}",
+                sr.name, self.ds.subnet
+            ),
+            missing_pair(self.facts, &sr.name, self.ds.subnet),
+            "the allowed-address pair is there",
+        );
+        for relay in [sr, dr] {
+            t.hop(
+                format!("{}'s tunnel device", relay.name),
+                as_problem(finding(self.findings, Kind::DeviceMissing, &relay.name)),
+                "wg0 is up",
+            );
+        }
+    }
+
+    /// The WireGuard rules of both relays' groups, the handshake and ping, the MTU.
+    fn through_tunnel(&self, t: &mut Trace) {
+        let (sr, dr, port) = (self.sr, self.dr, self.plan.tunnel.port);
+        let wg_rule = |n: &str| {
+            self.findings
+                .iter()
+                .find(|f| {
+                    f.subject == n
+                        && matches!(f.kind, Kind::NoHandshake | Kind::MissingRule)
+                        && f.message.contains(&format!("udp {port}"))
+                })
+                .map(|f| (f.message.clone(), f.fix.clone()))
+        };
+        t.hop(
+            format!(
+                "{}'s and {}'s security groups pass UDP {port} between them",
+                sr.name, dr.name
+            ),
+            wg_rule(&sr.name).or_else(|| wg_rule(&dr.name)),
+            "both rules are there",
+        );
+        let tunnel = self
+            .facts
+            .tunnels
+            .iter()
+            .find(|x| x.node == sr.name && x.peer == dr.name);
+        t.hop(
+            format!("tunnel {} → {} (handshake, ping)", sr.name, dr.name),
+            self.tunnel_problem(tunnel),
+            &tunnel
+                .and_then(|x| x.handshake_age_s)
+                .map_or(String::new(), |a| format!("handshake {a} s ago")),
+        );
+        let mtu = |n: &str| {
+            as_problem(
+                finding(self.findings, Kind::MtuTooLarge, n)
+                    .or_else(|| finding(self.findings, Kind::MtuDrift, n)),
+            )
+        };
+        t.hop(
+            format!("MTU of the tunnel {} ↔ {}", sr.name, dr.name),
+            mtu(&sr.name).or_else(|| mtu(&dr.name)),
+            "full-size packets with don't-fragment pass",
+        );
+    }
+
+    fn tunnel_problem(&self, tunnel: Option<&TunnelFacts>) -> Option<(String, String)> {
+        let (sr, dr) = (self.sr, self.dr);
+        let x = match tunnel {
+            None => {
+                return Some((
+                    format!("{} has no peer {}", sr.name, dr.name),
+                    UP.to_owned(),
+                ));
+            }
+            Some(x) if tunnel_ok(x) => return None,
+            Some(x) => x,
+        };
+        let handshake = x
+            .handshake_age_s
+            .map_or("never a handshake".to_owned(), |a| {
+                format!("last handshake {a} s ago")
+            });
+        let ping = if x.ping_ok { "answered" } else { "lost" };
+        let peer_ip = dr
+            .public_ip
+            .map_or("its public IP".to_owned(), |i| i.to_string());
+        Some((
+            format!(
+                "no working tunnel {} → {}: {handshake}, ping over it {ping}",
+                sr.name, dr.name
+            ),
+            format!(
+                "Check that UDP {} reaches {} at {peer_ip} (`hybridgrid exec -f FILE {} -- wg \
+                 show`), then run `hybridgrid up`.",
+                self.plan.tunnel.port, dr.name, sr.name
+            ),
+        ))
+    }
+
+    /// From the destination's relay into its LAN, and the reply's route back; whether it
+    /// checked that the destination runs.
+    fn onto_destination_lan(&self, t: &mut Trace) -> bool {
+        let (s, d, dr, ss) = (self.s, self.d, self.dr, self.ss);
+        t.hop(
+            format!("{}'s port may send packets from {}", dr.name, ss.subnet),
+            missing_pair(self.facts, &dr.name, ss.subnet),
+            "the allowed-address pair is there",
+        );
+        t.forwarding_hop(
+            &dr.name,
+            "the tunnel and its LAN",
+            self.pf.dst_relay_forwarding,
+        );
+        let dst_checked = d.name != dr.name;
+        if dst_checked {
+            t.hop(format!("{} is running", d.name), self.down(&d.name), "");
+        }
+        t.hop(
+            format!("{}'s security group admits {}", d.name, ss.subnet),
+            missing_rule_from(self.facts, &d.name, ss.subnet),
+            "the rule for the other site is there",
+        );
+        t.route_hop(
+            d,
+            "routes replies to",
+            dr,
+            s.lan_ip,
+            self.pf.dst_route.as_deref(),
+        );
+        dst_checked
+    }
 }
 
 #[cfg(test)]

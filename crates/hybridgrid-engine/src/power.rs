@@ -20,13 +20,13 @@ pub fn power(
     sink: Sink<'_>,
 ) -> Result<PowerReply, EngineError> {
     let nodes: BTreeSet<String> = request.nodes.iter().cloned().collect();
-    let observed = provider.observe()?;
+    let observed = crate::observe(provider, cluster)?;
     let plan = match request.verb {
         PowerVerb::Resume => reconcile::wake(cluster, &observed, &nodes),
         PowerVerb::Suspend => reconcile::sleep(cluster, &observed, &nodes),
     }
     .map_err(EngineError::provider)?;
-    let Err(e) = provider.apply(&plan, &plan.changes, sink) else {
+    let Err(e) = provider.apply(&plan, &observed, &plan.changes, sink) else {
         return Ok(PowerReply {
             done: nodes.into_iter().collect(),
             ..PowerReply::default()
@@ -37,13 +37,13 @@ pub fn power(
         return Ok(PowerReply::all_failed(&nodes, &reason));
     }
     // Which nodes came up all the same: those whose agent applied their configuration.
-    let seen = provider.observe()?;
+    let seen = crate::observe(provider, cluster)?;
     let (done, failed): (Vec<String>, Vec<String>) = nodes
         .into_iter()
         .partition(|n| seen.nodes.get(n).is_some_and(|o| o.applied.is_some()));
     let failed: BTreeSet<String> = failed.into_iter().collect();
     let cleanup = reconcile::sleep(cluster, &seen, &failed).map_err(EngineError::provider)?;
-    provider.apply(&cleanup, &cleanup.changes, sink)?;
+    provider.apply(&cleanup, &seen, &cleanup.changes, sink)?;
     Ok(PowerReply {
         done,
         ..PowerReply::all_failed(&failed, &reason)

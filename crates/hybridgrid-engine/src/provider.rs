@@ -6,7 +6,7 @@ use hybridgrid_core::plan::Plan;
 use crate::EngineError;
 use crate::doctor::Facts;
 use crate::path::PathFacts;
-use crate::report::{DownReport, StatusReport};
+use crate::report::{DownReport, Pending, StatusReport};
 
 /// What a provider reports while it works; the CLI shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,8 +45,8 @@ pub struct Applied {
 pub struct Settled {
     /// Something came to exist while settling (a server that finished booting): observe again.
     pub observe_again: bool,
-    /// For the user: what is still pending and why.
-    pub notes: Vec<String>,
+    /// What is still pending and why.
+    pub pending: Vec<Pending>,
 }
 
 /// Which reachability probes `status` runs.
@@ -60,7 +60,8 @@ pub enum Probe {
     AllPairs,
 }
 
-/// The commands a provider may not support; [`Provider::supports`] answers for each.
+/// The lifecycle commands whose support differs between providers (or a provider's settings):
+/// [`supports`] answers from the trait itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     Up,
@@ -69,7 +70,6 @@ pub enum Command {
     Exec,
     Doctor,
     Submit,
-    Gc,
 }
 
 impl Command {
@@ -81,82 +81,83 @@ impl Command {
             Command::Exec => "exec",
             Command::Doctor => "doctor",
             Command::Submit => "submit",
-            Command::Gc => "gc",
         }
     }
 }
 
-/// A cloud (or the emulation of one) that holds a cluster.
+/// Whether `provider` can carry out `command`: every provider does `up`, `down` and `status`;
+/// the commands that run on nodes need [`Provider::nodes`]. The one answer, from the trait.
+pub fn supports(provider: &dyn Provider, command: Command) -> bool {
+    match command {
+        Command::Up | Command::Down | Command::Status => true,
+        Command::Exec | Command::Doctor | Command::Submit => provider.nodes().is_some(),
+    }
+}
+
+/// A cloud (or the emulation of one) that holds a cluster. Every method here is one a provider
+/// must have; what it may lack is behind [`Provider::nodes`]. (`gc` is no provider command: it
+/// sweeps this host of what crashed local runs left, `hybridgrid_local::gc`.)
 ///
 /// Architecture invariant: `observe` reads the live system — an object that is gone, a rule
 /// removed by hand, a node that did not apply its configuration shows as such — so drift is a
 /// change like any other. A provider never swallows an error into an empty state.
+///
+/// Architecture invariant: a provider never loops over rounds and keeps no observation between
+/// calls. The engine hands it the layout (to observe), the plan and the observation it was made
+/// from (to apply): what it applies is a function of its arguments and the live cloud.
 pub trait Provider: Send + Sync {
     /// `local`, `openstack`.
     fn name(&self) -> &'static str;
 
-    /// Whether the provider implements `command`; the CLI refuses the others with a clear error.
-    fn supports(&self, command: Command) -> bool;
-
-    /// What exists of the cluster now.
-    fn observe(&self) -> Result<Observed, EngineError>;
+    /// What exists of the cluster now. `layout`: the cluster laid out with nothing observed
+    /// (`core::reconcile::layout`): its sites, nodes, names and addresses, what to look for.
+    fn observe(&self, layout: &Plan) -> Result<Observed, EngineError>;
 
     /// Applies `changes` — the plan's own list, in its order — using `plan` for what each
-    /// change needs. Independent changes may run concurrently. Reports each through `sink`.
+    /// change needs; `observed` is what the plan was made from (a cloud that allocates an
+    /// address mid-round derives the plan with it from there: `reconcile::plan` on `observed`
+    /// and the new address, pure). Independent changes may run concurrently. Reports each
+    /// through `sink`.
     fn apply(
         &self,
         plan: &Plan,
+        observed: &Observed,
         changes: &[Change],
         sink: Sink<'_>,
     ) -> Result<Applied, EngineError>;
 
     /// Called when a round finds no change: wait for what the provider started to be usable
     /// (tunnels with a handshake, servers booted). Makes no change of the plan.
-    fn settle(&self, plan: &Plan, sink: Sink<'_>) -> Result<Settled, EngineError> {
-        let _ = (plan, sink);
-        Ok(Settled::default())
-    }
+    fn settle(&self, plan: &Plan, sink: Sink<'_>) -> Result<Settled, EngineError>;
 
-    /// Removes everything of the cluster, also what only the provider's ledger or tags know.
+    /// Removes everything of the cluster, also what only the provider's ledger or tags know;
+    /// reports each step through `sink` as it is done.
     fn down(&self, sink: Sink<'_>) -> Result<DownReport, EngineError>;
 
-    /// Nodes, tunnels and the reachability `probe` asks for, against `plan`.
-    fn status(&self, plan: &Plan, probe: Probe) -> Result<StatusReport, EngineError> {
-        let _ = (plan, probe);
-        Err(EngineError::unsupported(self.name(), "status", ""))
-    }
+    /// Nodes, tunnels and the reachability `probe` asks for, against `plan`; the rules every
+    /// provider shares are in [`crate::status`].
+    fn status(&self, plan: &Plan, probe: Probe) -> Result<StatusReport, EngineError>;
+
+    /// The nodes' own shells (`exec`, `submit`, `jobs`, `doctor`): `None` where this provider
+    /// cannot reach its nodes (openstack with the node channel off).
+    fn nodes(&self) -> Option<&dyn Nodes>;
+}
+
+/// What a provider does on its nodes.
+pub trait Nodes: Send + Sync {
+    /// Runs `cmd` on `node` with this process's standard streams; its exit code.
+    fn exec(&self, node: &str, cmd: &[String]) -> Result<i32, EngineError>;
+
+    /// Runs the shell script `script` as root on `node`, `input` on its standard input; its
+    /// exit code and standard output (`submit`, `jobs`).
+    fn run(&self, node: &str, script: &str, input: &[u8]) -> Result<(i32, Vec<u8>), EngineError>;
 
     /// `doctor`: what the live cluster shows against `plan` — nodes up, rules and pairs missing,
     /// tunnel MTUs and handshakes, pings over each tunnel (small and don't-fragment) and between
     /// sites — for [`crate::doctor::diagnose`].
-    fn doctor_facts(&self, plan: &Plan) -> Result<Facts, EngineError> {
-        let _ = plan;
-        Err(EngineError::unsupported(self.name(), "doctor", ""))
-    }
+    fn doctor_facts(&self, plan: &Plan) -> Result<Facts, EngineError>;
 
-    /// `doctor --path SRC DST`: what only that flow needs beyond `facts` (both ends' routes,
-    /// the relays' forwarding, one ping).
-    fn path_facts(
-        &self,
-        plan: &Plan,
-        facts: &Facts,
-        src: &str,
-        dst: &str,
-    ) -> Result<PathFacts, EngineError> {
-        let _ = (plan, facts, src, dst);
-        Err(EngineError::unsupported(self.name(), "doctor --path", ""))
-    }
-
-    /// Runs `cmd` on `node` with this process's standard streams; its exit code.
-    fn exec(&self, node: &str, cmd: &[String]) -> Result<i32, EngineError> {
-        let _ = (node, cmd);
-        Err(EngineError::unsupported(self.name(), "exec", ""))
-    }
-
-    /// Runs the shell script `script` as root on `node`, `input` on its standard input; its
-    /// exit code and standard output (`submit`, `jobs`).
-    fn run(&self, node: &str, script: &str, input: &[u8]) -> Result<(i32, Vec<u8>), EngineError> {
-        let _ = (node, script, input);
-        Err(EngineError::unsupported(self.name(), "run", ""))
-    }
+    /// `doctor --path SRC DST`: what only that flow needs beyond the doctor's facts (both ends'
+    /// routes, the relays' forwarding, one ping).
+    fn path_facts(&self, plan: &Plan, src: &str, dst: &str) -> Result<PathFacts, EngineError>;
 }

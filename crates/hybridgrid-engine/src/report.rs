@@ -15,9 +15,44 @@ pub struct UpReport {
     pub rounds: Vec<Vec<Change>>,
     /// Changes the provider could make only in part, with why (`up` does not retry them).
     pub partial: Vec<String>,
-    /// What is still pending and why (tunnels without a handshake, keys not reported yet).
+    /// What is still pending and why (tunnels without a handshake, keys not reported yet), in
+    /// words: each of `pending`'s notes.
     pub notes: Vec<String>,
+    /// The same, by kind and node, for scripts and tests.
+    #[serde(default)]
+    pub pending: Vec<Pending>,
     pub seconds: f64,
+}
+
+/// Something `up` leaves pending once its provider settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub kind: PendingKind,
+    /// The node it is about (for a tunnel, the relay that has no handshake).
+    pub node: String,
+    /// In words, with what to do.
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PendingKind {
+    /// A relay has not reported its WireGuard public key (openstack: on its console).
+    NoPublicKey,
+    /// A relay has no WireGuard handshake with a peer yet.
+    NoHandshake,
+    /// A booted node did not answer over the node channel: the next `up` configures it.
+    NoAnswer,
+}
+
+impl Pending {
+    pub fn new(kind: PendingKind, node: &str, note: String) -> Self {
+        Pending {
+            kind,
+            node: node.to_owned(),
+            note,
+        }
+    }
 }
 
 impl UpReport {

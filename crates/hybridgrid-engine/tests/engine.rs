@@ -10,7 +10,10 @@ use hybridgrid_core::diff::{Change, Observed, ObservedNode, ObservedSite};
 use hybridgrid_core::keys::PrivateKey;
 use hybridgrid_core::model::{self, Cluster};
 use hybridgrid_core::plan::Plan;
-use hybridgrid_engine::{Applied, Command, DownReport, EngineError, Event, Provider, Sink};
+use hybridgrid_engine::{
+    Applied, Command, DownReport, EngineError, Event, NodeStatus, Nodes, Probe, Provider, Settled,
+    Sink, StatusReport,
+};
 
 /// A cloud in memory. Keys appear only once a node exists, public IPs only once assigned: the
 /// same order a real cloud imposes, so `up` needs more than one round.
@@ -28,15 +31,13 @@ impl Provider for Double {
     fn name(&self) -> &'static str {
         "double"
     }
-    fn supports(&self, command: Command) -> bool {
-        command != Command::Exec
-    }
-    fn observe(&self) -> Result<Observed, EngineError> {
+    fn observe(&self, _layout: &Plan) -> Result<Observed, EngineError> {
         Ok(self.cloud.lock().unwrap().clone())
     }
     fn apply(
         &self,
         plan: &Plan,
+        _observed: &Observed,
         changes: &[Change],
         _sink: Sink<'_>,
     ) -> Result<Applied, EngineError> {
@@ -158,9 +159,31 @@ impl Provider for Double {
         }
         Ok(out)
     }
+    fn settle(&self, _plan: &Plan, _sink: Sink<'_>) -> Result<Settled, EngineError> {
+        Ok(Settled::default())
+    }
     fn down(&self, _sink: Sink<'_>) -> Result<DownReport, EngineError> {
         *self.cloud.lock().unwrap() = Observed::default();
         Ok(DownReport::default())
+    }
+    /// Every node that exists in the double's cloud is up; nothing is probed.
+    fn status(&self, plan: &Plan, _probe: Probe) -> Result<StatusReport, EngineError> {
+        let cloud = self.cloud.lock().unwrap();
+        let nodes = plan
+            .nodes
+            .iter()
+            .map(|n| NodeStatus::of(n, cloud.nodes.contains_key(&n.name), None))
+            .collect();
+        Ok(StatusReport::new(
+            &plan.cluster,
+            nodes,
+            Vec::new(),
+            Vec::new(),
+        ))
+    }
+    /// The double cannot reach its nodes.
+    fn nodes(&self) -> Option<&dyn Nodes> {
+        None
     }
 }
 
@@ -260,9 +283,11 @@ fn a_provider_that_makes_no_progress_is_an_error_naming_what_is_left() {
 fn an_unsupported_command_names_the_provider() {
     let c = cluster("two-sites.yaml");
     let double = Double::default();
-    let e = hybridgrid_engine::status(&double, &c, hybridgrid_engine::Probe::None).unwrap_err();
+    let e = hybridgrid_engine::doctor(&double, &c).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "provider double does not support `status` yet"
+        "provider double does not support `doctor` yet"
     );
+    assert!(!hybridgrid_engine::supports(&double, Command::Exec));
+    assert!(hybridgrid_engine::supports(&double, Command::Status));
 }

@@ -2,13 +2,15 @@
 //! Security groups and port security of a site are rendered once per batch of changes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::mem::discriminant;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hybridgrid_core::diff::Change;
-use hybridgrid_core::plan::{NodePlan, Plan, Role, SgRule};
+use hybridgrid_core::model::Wan;
+use hybridgrid_core::plan::{NodePlan, Plan, Role, SgRule, SitePlan};
 use hybridgrid_engine::{Event, Sink};
 
 use crate::agent::{self, AgentReport};
@@ -19,6 +21,31 @@ use crate::{LocalError, names, sh};
 
 /// Changes applied at once within a group of independent changes.
 const PARALLEL: usize = 8;
+
+/// The sites whose port security or security groups changed since they were last rendered.
+#[derive(Default)]
+struct DirtySites(Mutex<BTreeSet<String>>);
+
+impl DirtySites {
+    fn set(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn mark(&self, site: &str) {
+        self.set().insert(site.to_owned());
+    }
+
+    /// A site removed: nothing of it is left to render.
+    fn forget(&self, site: &str) {
+        self.set().remove(site);
+    }
+
+    fn take(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.set())
+    }
+}
 
 impl Local {
     /// Applies `changes` in order; runs of the same kind of change run in parallel.
@@ -32,103 +59,103 @@ impl Local {
         if let Some(stateless) = self.opts.stateless_security_groups {
             self.record(|l| l.stateless_security_groups = stateless)?;
         }
-        // The emulated internet is part of the first site's network (observe reports no site
-        // network without it).
-        let networks = changes
+        if changes
             .iter()
-            .any(|c| matches!(c, Change::CreateNetwork { .. }));
-        if networks
-            && (self.lock().inet != Some(ObjState::Ready)
-                || !sh::netns_exists(&names::ns_inet(&self.cluster.name)))
+            .any(|c| matches!(c, Change::CreateNetwork { .. }))
         {
-            let ns = names::ns_inet(&self.cluster.name);
-            self.record(|l| {
-                l.record_namespace(&ns);
-                l.inet = Some(ObjState::Creating);
-            })?;
-            let t = Instant::now();
-            infra::create_inet(&self.cluster.name)?;
-            // Routers of existing sites lost their uplink with the old internet: their sites
-            // are built again (observe reported their nodes missing, so they are made again too).
-            let sites: Vec<String> = self.lock().sites.keys().cloned().collect();
-            for site in &sites {
-                infra::remove_netns(&names::ns_router(&self.cluster.name, site))?;
-                infra::remove_netns(&names::ns_switch(&self.cluster.name, site))?;
-            }
-            self.record(|l| l.inet = Some(ObjState::Ready))?;
-            progress(Event::Note(format!(
-                "emulated internet 198.51.100.0/24 ({:.2}s)",
-                t.elapsed().as_secs_f64()
-            )));
+            self.ensure_inet(progress)?;
         }
-        let dirty: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-        let mut i = 0;
-        while i < changes.len() {
-            let kind = std::mem::discriminant(&changes[i]);
-            let j = changes[i..]
-                .iter()
-                .position(|c| std::mem::discriminant(c) != kind)
-                .map_or(changes.len(), |k| i + k);
-            let configure = matches!(changes[i], Change::ConfigureNode { .. });
+        let dirty = DirtySites::default();
+        let same_kind = |a: &Change, b: &Change| discriminant(a) == discriminant(b);
+        for run in changes.chunk_by(same_kind) {
+            // The sites are rendered before their nodes are configured; the services follow.
+            let configure = matches!(run[0], Change::ConfigureNode { .. });
             if configure {
                 self.flush(plan, &dirty)?;
             }
-            let mut errors = Vec::new();
-            for chunk in changes[i..j].chunks(PARALLEL) {
-                std::thread::scope(|s| {
-                    let handles: Vec<_> = chunk
-                        .iter()
-                        .map(|c| {
-                            let dirty = &dirty;
-                            s.spawn(move || {
-                                let t = Instant::now();
-                                (c, self.apply_one(plan, c, dirty), t.elapsed().as_secs_f64())
-                            })
-                        })
-                        .collect();
-                    for h in handles {
-                        match h.join() {
-                            Ok((c, Ok(details), seconds)) => {
-                                progress(Event::Applied {
-                                    summary: c.summary(),
-                                    seconds,
-                                    details,
-                                });
-                                crate::crash::applied_one();
-                            }
-                            Ok((c, Err(e), _)) => {
-                                progress(Event::Failed {
-                                    summary: c.summary(),
-                                    error: e.to_string(),
-                                });
-                                errors.push(e);
-                            }
-                            Err(_) => {
-                                errors.push(LocalError::Other("a worker thread panicked".into()))
-                            }
-                        }
-                    }
-                });
-            }
-            if !errors.is_empty() {
-                let count = errors.len();
-                let first = errors.remove(0);
-                return Err(if count == 1 {
-                    first
-                } else {
-                    LocalError::Failed {
-                        count,
-                        first: Box::new(first),
-                    }
-                });
-            }
+            self.apply_run(plan, run, &dirty, progress)?;
             if configure {
                 self.services(plan, progress)?;
             }
-            i = j;
         }
-        self.flush(plan, &dirty)?;
+        self.flush(plan, &dirty)
+    }
+
+    /// The emulated internet, made when a site network is to be made and it is not ready: it
+    /// is part of the first site's network (observe reports no site network without it).
+    fn ensure_inet(&self, progress: Sink<'_>) -> Result<(), LocalError> {
+        let ns = names::ns_inet(&self.cluster.name);
+        let ready = self.lock().inet == Some(ObjState::Ready);
+        if ready && sh::netns_exists(&ns) {
+            return Ok(());
+        }
+        self.record(|l| {
+            l.record_namespace(&ns);
+            l.inet = Some(ObjState::Creating);
+        })?;
+        let t = Instant::now();
+        infra::create_inet(&self.cluster.name)?;
+        // Routers of existing sites lost their uplink with the old internet: their sites
+        // are built again (observe reported their nodes missing, so they are made again too).
+        let sites: Vec<String> = self.lock().sites.keys().cloned().collect();
+        for site in &sites {
+            infra::remove_netns(&names::ns_router(&self.cluster.name, site))?;
+            infra::remove_netns(&names::ns_switch(&self.cluster.name, site))?;
+        }
+        self.record(|l| l.inet = Some(ObjState::Ready))?;
+        progress(Event::Note(format!(
+            "emulated internet 198.51.100.0/24 ({:.2}s)",
+            t.elapsed().as_secs_f64()
+        )));
         Ok(())
+    }
+
+    /// A run of changes of one kind, [`PARALLEL`] at a time. Every change of the run is tried
+    /// even when one fails; the run fails if any did.
+    fn apply_run(
+        &self,
+        plan: &Plan,
+        run: &[Change],
+        dirty: &DirtySites,
+        progress: Sink<'_>,
+    ) -> Result<(), LocalError> {
+        let mut errors = Vec::new();
+        for chunk in run.chunks(PARALLEL) {
+            errors.extend(self.apply_chunk(plan, chunk, dirty, progress));
+        }
+        one_error(errors)
+    }
+
+    /// Each change of `chunk` on a thread of its own, its outcome reported as it is joined;
+    /// the errors.
+    fn apply_chunk(
+        &self,
+        plan: &Plan,
+        chunk: &[Change],
+        dirty: &DirtySites,
+        progress: Sink<'_>,
+    ) -> Vec<LocalError> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        let t = Instant::now();
+                        (self.apply_one(plan, c, dirty), t.elapsed().as_secs_f64())
+                    })
+                })
+                .collect();
+            chunk
+                .iter()
+                .zip(handles)
+                .filter_map(|(c, h)| match h.join() {
+                    Ok((outcome, seconds)) => report(c, outcome, seconds, progress).err(),
+                    Err(_) => Some(LocalError::ChangePanicked {
+                        change: c.summary(),
+                    }),
+                })
+                .collect()
+        })
     }
 
     /// After nodes are configured: once the WireGuard mesh is complete (every relay knows every
@@ -167,279 +194,316 @@ impl Local {
         Ok(())
     }
 
+    /// One change made in the emulated cloud; what it did, for `up`'s output. A change to a
+    /// site's rules, ports or address pairs marks the site for the next [`Self::flush`].
     fn apply_one(
         &self,
         plan: &Plan,
         change: &Change,
-        dirty: &Mutex<BTreeSet<String>>,
+        dirty: &DirtySites,
     ) -> Result<Vec<String>, LocalError> {
-        let c = &self.cluster.name;
-        let mark = |site: &str| {
-            dirty
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(site.to_owned());
-        };
-        let missing = |what: &str| LocalError::Other(format!("{what} is not in the plan"));
         match change {
-            Change::CreateNetwork { site } => {
-                let sp = plan.site(site).ok_or_else(|| missing(site))?;
-                let (sw, rt) = (names::ns_switch(c, site), names::ns_router(c, site));
-                // Ready before this change: the switch and router (with the nodes' ports on
-                // them) stay, and only what is missing (the data store) is made.
-                let was_ready = self
-                    .lock()
-                    .sites
-                    .get(site)
-                    .is_some_and(|e| e.state == ObjState::Ready);
-                let entry = self.record(|l| {
-                    let index = l
-                        .sites
-                        .get(site)
-                        .map_or_else(|| l.free_site_index(), |s| s.index);
-                    l.record_namespace(&sw);
-                    l.record_namespace(&rt);
-                    let e = l.sites.entry(site.clone()).or_insert_with(|| SiteEntry {
-                        index,
-                        state: ObjState::Creating,
-                        subnet: sp.subnet,
-                        router_ip: sp.router_ip,
-                        router_public_ip: names::router_public_ip(index)
-                            .unwrap_or(Ipv4Addr::UNSPECIFIED),
-                        underlay_mtu: sp.underlay_mtu,
-                        security_groups: BTreeMap::new(),
-                        allowed_address_pairs: BTreeMap::new(),
-                        floating_ips: BTreeMap::new(),
-                    });
-                    e.state = ObjState::Creating;
-                    e.clone()
-                })?;
-                if names::router_public_ip(entry.index).is_none() {
-                    return Err(LocalError::Other(format!(
-                        "the local provider emulates at most {} sites",
-                        names::MAX_SITES
-                    )));
+            Change::CreateNetwork { site } => self.create_network(plan, site, dirty),
+            Change::SetWan { site, wan } => self.set_wan(site, wan.as_ref()),
+            Change::CreateSecurityGroup { site, group } => self.edit_site(site, dirty, |s| {
+                s.security_groups.entry(group.clone()).or_default();
+            }),
+            Change::AddRule { site, group, rule } => self.edit_site(site, dirty, |s| {
+                let rules = s.security_groups.entry(group.clone()).or_default();
+                if !rules.iter().any(|r| r.key() == rule.key()) {
+                    rules.push(rule.clone());
                 }
-                let mut details = vec![format!(
-                    "router {} ↔ {}",
-                    entry.router_ip, entry.router_public_ip
-                )];
-                // Only the data store is missing: the switch and router (and the nodes'
-                // ports on them) stay.
-                let built = was_ready && sh::netns_exists(&sw) && sh::netns_exists(&rt);
-                if built {
-                    details.clear();
-                } else {
-                    infra::create_site(&SiteSpec {
-                        cluster: c,
-                        site,
-                        index: entry.index,
-                        subnet: entry.subnet,
-                        router_ip: entry.router_ip,
-                        router_public_ip: entry.router_public_ip,
-                        mtu: entry.underlay_mtu,
-                    })?;
-                    self.record(|l| {
-                        if let Some(s) = l.sites.get_mut(site) {
-                            s.state = ObjState::Ready;
-                        }
-                    })?;
-                    // A router created again lost its NAT.
-                    self.render_router(site)?;
+            }),
+            Change::RemoveRule { site, group, rule } => self.edit_site(site, dirty, |s| {
+                if let Some(rules) = s.security_groups.get_mut(group) {
+                    rules.retain(|r| r.key() != rule.key());
                 }
-                let store = crate::datastore::ensure_site(self, plan, site, &|ns| {
-                    self.record(|l| l.record_namespace(ns))
-                })?;
-                details.extend(store);
-                mark(site);
-                Ok(details)
-            }
-            Change::SetWan { site, wan } => {
-                let index = self
-                    .lock()
-                    .sites
-                    .get(site)
-                    .map(|e| e.index)
-                    .ok_or_else(|| missing(site))?;
-                crate::wan::ensure(
-                    c,
-                    site,
-                    index,
-                    wan.as_ref(),
-                    &self.opts.exe,
-                    self.cluster_dir(),
-                )
-            }
-            Change::CreateSecurityGroup { site, group } => {
-                self.record(|l| {
-                    l.sites
-                        .get_mut(site)
-                        .map(|s| s.security_groups.entry(group.clone()).or_default().len())
-                })?;
-                mark(site);
-                Ok(Vec::new())
-            }
-            Change::AddRule { site, group, rule } => {
-                self.record(|l| {
-                    if let Some(rules) = l
-                        .sites
-                        .get_mut(site)
-                        .map(|s| s.security_groups.entry(group.clone()).or_default())
-                        && !rules.iter().any(|r| r.key() == rule.key())
-                    {
-                        rules.push(rule.clone());
-                    }
-                })?;
-                mark(site);
-                Ok(Vec::new())
-            }
-            Change::RemoveRule { site, group, rule } => {
-                self.record(|l| {
-                    if let Some(rules) = l
-                        .sites
-                        .get_mut(site)
-                        .and_then(|s| s.security_groups.get_mut(group))
-                    {
-                        rules.retain(|r| r.key() != rule.key());
-                    }
-                })?;
-                mark(site);
-                Ok(Vec::new())
-            }
-            Change::RemoveSecurityGroup { site, group } => {
-                self.record(|l| {
-                    l.sites
-                        .get_mut(site)
-                        .map(|s| s.security_groups.remove(group))
-                })?;
-                mark(site);
-                Ok(Vec::new())
-            }
+            }),
+            Change::RemoveSecurityGroup { site, group } => self.edit_site(site, dirty, |s| {
+                s.security_groups.remove(group);
+            }),
             Change::CreateNode { site, node, role } => {
-                let np = plan.node(node).ok_or_else(|| missing(node))?;
-                if let Some(reason) = self.refusal(node) {
-                    return Err(LocalError::Other(format!(
-                        "the emulated cloud refuses to make {node}: {reason}"
-                    )));
-                }
-                let sp = plan.site(site).ok_or_else(|| missing(site))?;
-                let ns = self.ns(node);
-                let entry = NodeEntry {
-                    site: site.clone(),
-                    role: *role,
-                    state: ObjState::Creating,
-                    lan_ip: np.lan_ip,
-                    port: names::node_port(sp.subnet, np.lan_ip),
-                    mac: names::node_mac(np.lan_ip),
-                    holder_pid: None,
-                };
-                self.record(|l| {
-                    l.record_namespace(&ns);
-                    l.nodes.insert(node.clone(), entry.clone());
-                })?;
-                let dir = self.node_dir(node);
-                create_private_dir(&dir)?;
-                // A node created again starts from scratch, but keeps its key.
-                let _ = std::fs::remove_file(dir.join(agent::APPLIED_FILE));
-                infra::create_node_net(&NodeSpec {
-                    cluster: c,
-                    site,
-                    node,
-                    lan_ip: np.lan_ip,
-                    subnet: sp.subnet,
-                    router_ip: sp.router_ip,
-                    mtu: sp.underlay_mtu,
-                    port: &entry.port,
-                    mac: &entry.mac,
-                })?;
-                let pid =
-                    infra::start_holder(c, node, &dir, &self.opts.exe, self.opts.agent_period)?;
-                self.record(|l| {
-                    if let Some(n) = l.nodes.get_mut(node) {
-                        n.state = ObjState::Ready;
-                        n.holder_pid = Some(pid);
-                    }
-                })?;
-                mark(site);
-                Ok(vec![format!(
-                    "{} on {}, holder pid {pid}",
-                    np.lan_ip, entry.port
-                )])
+                self.create_node(plan, site, node, *role, dirty)
             }
             Change::AssignPublicIp { site, node } | Change::AttachPublicIp { site, node, .. } => {
-                let fip = self.record(|l| {
-                    if let Some(ip) = l.sites.get(site).and_then(|s| s.floating_ips.get(node)) {
-                        return Ok::<_, LocalError>(*ip);
-                    }
-                    let slot = l.free_floating_slot();
-                    let ip = names::floating_ip(slot).ok_or_else(|| {
-                        LocalError::Other("no floating IP left in 198.51.100.0/24".into())
-                    })?;
-                    if let Some(s) = l.sites.get_mut(site) {
-                        s.floating_ips.insert(node.clone(), ip);
-                    }
-                    Ok(ip)
-                })??;
-                self.render_router(site)?;
-                Ok(vec![format!("{fip}")])
+                self.assign_floating_ip(site, node)
             }
-            Change::AddAddressPairs { site, node, pairs } => {
-                self.record(|l| {
-                    if let Some(list) = l
-                        .sites
-                        .get_mut(site)
-                        .map(|s| s.allowed_address_pairs.entry(node.clone()).or_default())
-                    {
-                        for p in pairs {
-                            if !list.contains(p) {
-                                list.push(*p);
-                            }
-                        }
+            Change::AddAddressPairs { site, node, pairs } => self.edit_site(site, dirty, |s| {
+                let list = s.allowed_address_pairs.entry(node.clone()).or_default();
+                for p in pairs {
+                    if !list.contains(p) {
+                        list.push(*p);
                     }
-                })?;
-                mark(site);
-                Ok(Vec::new())
-            }
+                }
+            }),
             Change::ConfigureNode { node, .. } => Ok(self.configure(plan, node)?.actions),
-            Change::RemoveNode { site, node } => {
-                let ns = self.ns(node);
-                infra::remove_netns(&ns)?;
-                let dir = self.node_dir(node);
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir).map_err(LocalError::io(&dir))?;
-                }
-                self.record(|l| {
-                    l.nodes.remove(node);
-                    l.namespaces.retain(|n| n != &ns);
-                    if let Some(s) = l.sites.get_mut(site) {
-                        s.floating_ips.remove(node);
-                        s.allowed_address_pairs.remove(node);
-                    }
-                })?;
-                if plan.site(site).is_some() {
-                    self.render_router(site)?;
-                    mark(site);
-                }
-                Ok(Vec::new())
-            }
-            Change::RemoveNetwork { site } => {
-                let (sw, rt) = (names::ns_switch(c, site), names::ns_router(c, site));
-                let store = crate::datastore::ns_store(c, site);
-                infra::remove_netns(&store)?;
-                self.record(|l| l.namespaces.retain(|n| n != &store))?;
-                infra::remove_netns(&rt)?;
-                infra::remove_netns(&sw)?;
-                self.record(|l| {
-                    l.sites.remove(site);
-                    l.namespaces.retain(|n| n != &sw && n != &rt);
-                })?;
-                dirty
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(site);
-                Ok(Vec::new())
-            }
+            Change::RemoveNode { site, node } => self.remove_node(plan, site, node, dirty),
+            Change::RemoveNetwork { site } => self.remove_network(site, dirty),
         }
+    }
+
+    /// A site's network: its switch and router, unless the site was ready and both are there
+    /// (with the nodes' ports on them); then whatever its data store lacks.
+    fn create_network(
+        &self,
+        plan: &Plan,
+        site: &str,
+        dirty: &DirtySites,
+    ) -> Result<Vec<String>, LocalError> {
+        let c = &self.cluster.name;
+        let sp = plan.site(site).ok_or_else(|| LocalError::SiteNotInPlan {
+            site: site.to_owned(),
+        })?;
+        let (sw, rt) = (names::ns_switch(c, site), names::ns_router(c, site));
+        let was_ready = self
+            .lock()
+            .sites
+            .get(site)
+            .is_some_and(|e| e.state == ObjState::Ready);
+        let entry = self.record_site_creating(site, sp, &sw, &rt)?;
+        if names::router_public_ip(entry.index).is_none() {
+            return Err(LocalError::TooManySites {
+                site: site.to_owned(),
+                max: names::MAX_SITES,
+            });
+        }
+        let mut details = Vec::new();
+        if !(was_ready && sh::netns_exists(&sw) && sh::netns_exists(&rt)) {
+            self.build_site(site, &entry)?;
+            details.push(format!(
+                "router {} ↔ {}",
+                entry.router_ip, entry.router_public_ip
+            ));
+        }
+        let store = crate::datastore::ensure_site(self, plan, site, &|ns| {
+            self.record(|l| l.record_namespace(ns))
+        })?;
+        details.extend(store);
+        dirty.mark(site);
+        Ok(details)
+    }
+
+    /// The ledger entry of `site` (a new one gets the first free index) recorded as being
+    /// created, with its switch and router namespaces.
+    fn record_site_creating(
+        &self,
+        site: &str,
+        sp: &SitePlan,
+        sw: &str,
+        rt: &str,
+    ) -> Result<SiteEntry, LocalError> {
+        self.record(|l| {
+            let index = l
+                .sites
+                .get(site)
+                .map_or_else(|| l.free_site_index(), |s| s.index);
+            l.record_namespace(sw);
+            l.record_namespace(rt);
+            let e = l.sites.entry(site.to_owned()).or_insert_with(|| SiteEntry {
+                index,
+                state: ObjState::Creating,
+                subnet: sp.subnet,
+                router_ip: sp.router_ip,
+                router_public_ip: names::router_public_ip(index).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                underlay_mtu: sp.underlay_mtu,
+                security_groups: BTreeMap::new(),
+                allowed_address_pairs: BTreeMap::new(),
+                floating_ips: BTreeMap::new(),
+            });
+            e.state = ObjState::Creating;
+            e.clone()
+        })
+    }
+
+    /// A site's switch and router made anew, the site then ready.
+    fn build_site(&self, site: &str, entry: &SiteEntry) -> Result<(), LocalError> {
+        infra::create_site(&SiteSpec {
+            cluster: &self.cluster.name,
+            site,
+            index: entry.index,
+            subnet: entry.subnet,
+            router_ip: entry.router_ip,
+            router_public_ip: entry.router_public_ip,
+            mtu: entry.underlay_mtu,
+        })?;
+        self.record(|l| {
+            if let Some(s) = l.sites.get_mut(site) {
+                s.state = ObjState::Ready;
+            }
+        })?;
+        // A router created again lost its NAT.
+        self.render_router(site)
+    }
+
+    /// The WAN conditions on a site's uplink: a `wan-link` process with them, or none.
+    fn set_wan(&self, site: &str, wan: Option<&Wan>) -> Result<Vec<String>, LocalError> {
+        let index = self
+            .lock()
+            .sites
+            .get(site)
+            .map(|e| e.index)
+            .ok_or_else(|| LocalError::NoSiteNetwork {
+                site: site.to_owned(),
+            })?;
+        crate::wan::ensure(
+            &self.cluster.name,
+            site,
+            index,
+            wan,
+            &self.opts.exe,
+            self.cluster_dir(),
+        )
+    }
+
+    /// A change to what the "cloud" holds for a site (security groups, address pairs), made in
+    /// the ledger only (none for a site it does not hold): the next flush renders the site.
+    fn edit_site(
+        &self,
+        site: &str,
+        dirty: &DirtySites,
+        edit: impl FnOnce(&mut SiteEntry),
+    ) -> Result<Vec<String>, LocalError> {
+        self.record(|l| {
+            if let Some(s) = l.sites.get_mut(site) {
+                edit(s);
+            }
+        })?;
+        dirty.mark(site);
+        Ok(Vec::new())
+    }
+
+    /// A node, unless the emulated cloud refuses it (a test hook): its ledger entry, a private
+    /// directory, its namespace with a port on the site switch, and the holder process that
+    /// keeps its namespaces.
+    fn create_node(
+        &self,
+        plan: &Plan,
+        site: &str,
+        node: &str,
+        role: Role,
+        dirty: &DirtySites,
+    ) -> Result<Vec<String>, LocalError> {
+        let c = &self.cluster.name;
+        let np = plan.node(node).ok_or_else(|| LocalError::NodeNotInPlan {
+            node: node.to_owned(),
+        })?;
+        if let Some(reason) = self.refusal(node) {
+            return Err(LocalError::Refused {
+                node: node.to_owned(),
+                reason,
+            });
+        }
+        let sp = plan.site(site).ok_or_else(|| LocalError::SiteNotInPlan {
+            site: site.to_owned(),
+        })?;
+        let ns = self.ns(node);
+        let entry = NodeEntry {
+            site: site.to_owned(),
+            role,
+            state: ObjState::Creating,
+            lan_ip: np.lan_ip,
+            port: names::node_port(sp.subnet, np.lan_ip),
+            mac: names::node_mac(np.lan_ip),
+            holder_pid: None,
+        };
+        self.record(|l| {
+            l.record_namespace(&ns);
+            l.nodes.insert(node.to_owned(), entry.clone());
+        })?;
+        let dir = self.node_dir(node);
+        create_private_dir(&dir)?;
+        // A node created again starts from scratch, but keeps its key.
+        let _ = std::fs::remove_file(dir.join(agent::APPLIED_FILE));
+        infra::create_node_net(&NodeSpec {
+            cluster: c,
+            site,
+            node,
+            lan_ip: np.lan_ip,
+            subnet: sp.subnet,
+            router_ip: sp.router_ip,
+            mtu: sp.underlay_mtu,
+            port: &entry.port,
+            mac: &entry.mac,
+        })?;
+        let pid = infra::start_holder(c, node, &dir, &self.opts.exe, self.opts.agent_period)?;
+        self.record(|l| {
+            if let Some(n) = l.nodes.get_mut(node) {
+                n.state = ObjState::Ready;
+                n.holder_pid = Some(pid);
+            }
+        })?;
+        dirty.mark(site);
+        Ok(vec![format!(
+            "{} on {}, holder pid {pid}",
+            np.lan_ip, entry.port
+        )])
+    }
+
+    /// A floating IP for `node`: the one it has, or the first free one; its router NATs it.
+    fn assign_floating_ip(&self, site: &str, node: &str) -> Result<Vec<String>, LocalError> {
+        let fip = self.record(|l| {
+            if let Some(ip) = l.sites.get(site).and_then(|s| s.floating_ips.get(node)) {
+                return Ok::<_, LocalError>(*ip);
+            }
+            let slot = l.free_floating_slot();
+            let ip = names::floating_ip(slot).ok_or_else(|| LocalError::NoFloatingIp {
+                site: site.to_owned(),
+                node: node.to_owned(),
+            })?;
+            if let Some(s) = l.sites.get_mut(site) {
+                s.floating_ips.insert(node.to_owned(), ip);
+            }
+            Ok(ip)
+        })??;
+        self.render_router(site)?;
+        Ok(vec![format!("{fip}")])
+    }
+
+    /// A node's namespace and directory removed, and the node with its floating IP and address
+    /// pairs out of the ledger; its site, if it stays, rendered without it.
+    fn remove_node(
+        &self,
+        plan: &Plan,
+        site: &str,
+        node: &str,
+        dirty: &DirtySites,
+    ) -> Result<Vec<String>, LocalError> {
+        let ns = self.ns(node);
+        infra::remove_netns(&ns)?;
+        let dir = self.node_dir(node);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(LocalError::io(&dir))?;
+        }
+        self.record(|l| {
+            l.nodes.remove(node);
+            l.namespaces.retain(|n| n != &ns);
+            if let Some(s) = l.sites.get_mut(site) {
+                s.floating_ips.remove(node);
+                s.allowed_address_pairs.remove(node);
+            }
+        })?;
+        if plan.site(site).is_some() {
+            self.render_router(site)?;
+            dirty.mark(site);
+        }
+        Ok(Vec::new())
+    }
+
+    /// A site's data store, router and switch removed, and the site out of the ledger.
+    fn remove_network(&self, site: &str, dirty: &DirtySites) -> Result<Vec<String>, LocalError> {
+        let c = &self.cluster.name;
+        let (sw, rt) = (names::ns_switch(c, site), names::ns_router(c, site));
+        let store = crate::datastore::ns_store(c, site);
+        infra::remove_netns(&store)?;
+        self.record(|l| l.namespaces.retain(|n| n != &store))?;
+        infra::remove_netns(&rt)?;
+        infra::remove_netns(&sw)?;
+        self.record(|l| {
+            l.sites.remove(site);
+            l.namespaces.retain(|n| n != &sw && n != &rt);
+        })?;
+        dirty.forget(site);
+        Ok(Vec::new())
     }
 
     fn render_router(&self, site: &str) -> Result<(), LocalError> {
@@ -457,16 +521,8 @@ impl Local {
     }
 
     /// Renders port security and security groups of the sites whose rules or ports changed.
-    pub(crate) fn flush(
-        &self,
-        plan: &Plan,
-        dirty: &Mutex<BTreeSet<String>>,
-    ) -> Result<(), LocalError> {
-        let sites = std::mem::take(
-            &mut *dirty
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+    fn flush(&self, plan: &Plan, dirty: &DirtySites) -> Result<(), LocalError> {
+        let sites = dirty.take();
         let l = self.lock().clone();
         let results: Vec<Result<(), LocalError>> = std::thread::scope(|s| {
             let handles: Vec<_> = sites
@@ -479,14 +535,17 @@ impl Local {
                 })
                 .map(|(site, entry)| {
                     let l = &l;
-                    s.spawn(move || self.render_site(plan, l, site, entry))
+                    (
+                        site,
+                        s.spawn(move || self.render_site(plan, l, site, entry)),
+                    )
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
+                .map(|(site, h)| {
                     h.join()
-                        .unwrap_or_else(|_| Err(LocalError::Other("render thread panicked".into())))
+                        .unwrap_or_else(|_| Err(LocalError::RenderPanicked { site: site.clone() }))
                 })
                 .collect()
         });
@@ -569,7 +628,7 @@ impl Local {
         let node_config = plan.node_config(np);
         crate::slurm::prepare_node(self, node, node_config.slurm.role)?;
         let text =
-            serde_json::to_string_pretty(&node_config).map_err(|source| LocalError::Json {
+            serde_json::to_string_pretty(&node_config).map_err(|source| LocalError::Encode {
                 path: config.clone(),
                 source,
             })?;
@@ -614,4 +673,48 @@ fn create_private_dir(dir: &Path) -> Result<(), LocalError> {
         .map_err(LocalError::io(dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(LocalError::io(dir))
+}
+
+/// Reports the outcome of one change to `progress`; an applied change counts for the crash hook.
+fn report(
+    change: &Change,
+    outcome: Result<Vec<String>, LocalError>,
+    seconds: f64,
+    progress: Sink<'_>,
+) -> Result<(), LocalError> {
+    match outcome {
+        Ok(details) => {
+            progress(Event::Applied {
+                summary: change.summary(),
+                seconds,
+                details,
+            });
+            crate::crash::applied_one();
+            Ok(())
+        }
+        Err(e) => {
+            progress(Event::Failed {
+                summary: change.summary(),
+                error: hybridgrid_core::error_chain(&e),
+            });
+            Err(e)
+        }
+    }
+}
+
+/// No error, the one error, or how many failed with the first of them.
+fn one_error(mut errors: Vec<LocalError>) -> Result<(), LocalError> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let count = errors.len();
+    let first = errors.remove(0);
+    Err(if count == 1 {
+        first
+    } else {
+        LocalError::Failed {
+            count,
+            first: Box::new(first),
+        }
+    })
 }

@@ -12,7 +12,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use hybridgrid_core::plan::{Plan, Role, SgRule};
+use hybridgrid_core::plan::{Plan, Role, SgRule, SitePlan};
 use ipnet::Ipv4Net;
 
 use crate::infra::{self, Port};
@@ -138,46 +138,10 @@ pub fn ensure_site(
     if !sh::netns_exists(&sw) {
         return Ok(done);
     }
-    let port = names::node_port(site.subnet, ip);
     // A store interrupted part-way (no address yet) is made again.
-    let complete = sh::netns_exists(&ns)
-        && sh::run(
-            "ip",
-            &["-n", &ns, "-4", "-o", "addr", "show", "dev", names::LAN_IF],
-        )
-        .is_ok_and(|o| o.contains(&format!(" {ip}/")));
-    if !complete {
+    if !has_address(&ns, ip) {
         record(&ns)?;
-        let _ = sh::run("ip", &["-n", &sw, "link", "del", &port]);
-        infra::fresh_netns(&ns)?;
-        sh::ip_batch(
-            Some(&sw),
-            &[
-                format!(
-                    "link add {port} mtu {} type veth peer name {} netns {ns}",
-                    site.underlay_mtu,
-                    names::LAN_IF
-                ),
-                format!("link set {port} master {} up", names::BRIDGE),
-            ],
-        )?;
-        sh::ip_batch(
-            Some(&ns),
-            &[
-                format!(
-                    "link set {} address {} mtu {} up",
-                    names::LAN_IF,
-                    names::node_mac(ip),
-                    site.underlay_mtu
-                ),
-                format!(
-                    "addr add {ip}/{} dev {}",
-                    site.subnet.prefix_len(),
-                    names::LAN_IF
-                ),
-                format!("route add default via {}", site.router_ip),
-            ],
-        )?;
+        create_store_net(site, &ns, &sw, ip)?;
         done.push(format!("+ data store of {} at {ip}", site.name));
     }
     // Other sites and the tunnel through the site's relay (idempotent: replace).
@@ -192,26 +156,72 @@ pub fn ensure_site(
             .collect();
         sh::ip_batch(Some(&ns), &routes)?;
     }
-    let store = store_dir(local.cluster_dir(), &site.name);
+    done.extend(serve_store(local, &site.name, &ns, ip)?);
+    Ok(done)
+}
+
+/// Whether the store's namespace `ns` exists and holds its address `ip`.
+fn has_address(ns: &str, ip: Ipv4Addr) -> bool {
+    sh::netns_exists(ns)
+        && sh::run(
+            "ip",
+            &["-n", ns, "-4", "-o", "addr", "show", "dev", names::LAN_IF],
+        )
+        .is_ok_and(|o| o.contains(&format!(" {ip}/")))
+}
+
+/// The store's namespace `ns` made afresh, with a port on the site switch `sw` and `ip` on it.
+fn create_store_net(site: &SitePlan, ns: &str, sw: &str, ip: Ipv4Addr) -> Result<(), LocalError> {
+    let port = names::node_port(site.subnet, ip);
+    let _ = sh::run("ip", &["-n", sw, "link", "del", &port]);
+    infra::fresh_netns(ns)?;
+    sh::ip_batch(
+        Some(sw),
+        &[
+            format!(
+                "link add {port} mtu {} type veth peer name {} netns {ns}",
+                site.underlay_mtu,
+                names::LAN_IF
+            ),
+            format!("link set {port} master {} up", names::BRIDGE),
+        ],
+    )?;
+    sh::ip_batch(
+        Some(ns),
+        &[
+            format!(
+                "link set {} address {} mtu {} up",
+                names::LAN_IF,
+                names::node_mac(ip),
+                site.underlay_mtu
+            ),
+            format!(
+                "addr add {ip}/{} dev {}",
+                site.subnet.prefix_len(),
+                names::LAN_IF
+            ),
+            format!("route add default via {}", site.router_ip),
+        ],
+    )
+}
+
+/// The site's store directory served by nginx in the store's namespace `ns` at `ip`; what it
+/// did, if it started nginx.
+fn serve_store(
+    local: &Local,
+    site: &str,
+    ns: &str,
+    ip: Ipv4Addr,
+) -> Result<Option<String>, LocalError> {
+    let store = store_dir(local.cluster_dir(), site);
     std::fs::create_dir_all(&store).map_err(LocalError::io(&store))?;
-    let dir = local
-        .cluster_dir()
-        .join("sites")
-        .join(&site.name)
-        .join("nginx");
+    let dir = local.cluster_dir().join("sites").join(site).join("nginx");
     let server = format!(
         "  server {{\n    listen {ip}:80;\n    root {};\n    autoindex on;\n  }}\n",
         store.display()
     );
-    let ns2 = ns.clone();
-    if start_nginx(&dir, &nginx_conf(&dir, &server), &|script| {
-        sh::run("ip", &["netns", "exec", &ns2, "sh", "-c", script])
-    })? {
-        done.push(format!(
-            "data store of {} serves {}",
-            site.name,
-            store.display()
-        ));
-    }
-    Ok(done)
+    let started = start_nginx(&dir, &nginx_conf(&dir, &server), &|script| {
+        sh::run("ip", &["netns", "exec", ns, "sh", "-c", script])
+    })?;
+    Ok(started.then(|| format!("data store of {site} serves {}", store.display())))
 }

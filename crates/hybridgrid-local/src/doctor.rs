@@ -6,13 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use hybridgrid_core::plan::Plan;
-
 use hybridgrid_core::model::Provider as ProviderKind;
+use hybridgrid_core::plan::{Plan, SitePlan};
 use hybridgrid_engine::doctor::{
-    Facts, NodeFacts, PortFacts, Probe, SiteFacts, TunnelFacts, freshest_handshake,
+    Facts, NodeMeasures, PortFacts, Probe, SiteFacts, TunnelFacts, freshest_handshake, node_facts,
 };
 use hybridgrid_engine::path::PathFacts;
+use hybridgrid_engine::status;
 
 use crate::provider::Local;
 use crate::{LocalError, live, names, sh};
@@ -80,6 +80,17 @@ impl Local {
     }
 }
 
+/// One tunnel `doctor` pings: from a relay to its peer's tunnel address, small and with
+/// don't-fragment at the relay's live MTU.
+#[derive(Debug)]
+struct TunnelJob {
+    from: String,
+    to: String,
+    peer_public_ip: Option<Ipv4Addr>,
+    tunnel_ip: Ipv4Addr,
+    df_size: Option<u16>,
+}
+
 /// Reads the live cluster: rules, sets, counters, MTUs, handshakes, and pings (DF and not).
 fn facts(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
     let ledger = local.ledger_snapshot();
@@ -97,172 +108,40 @@ fn facts(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
         .collect();
     let before = read_counters(&cluster, plan, &ports);
     let status = local.tunnels(plan);
-
-    // Probes, in parallel: relay ↔ relay over the tunnel (small and DF), site ↔ site.
-    let relays: Vec<_> = plan
-        .nodes
-        .iter()
-        .filter(|n| n.role.is_relay() && up.contains(&n.name))
-        .collect();
-    let live_mtus: BTreeMap<String, Option<u16>> = relays
-        .iter()
-        .map(|n| {
-            (
-                n.name.clone(),
-                live::live_mtu(
-                    &names::ns_node(&cluster, &n.name),
-                    n.wireguard
-                        .as_ref()
-                        .map_or(hybridgrid_core::plan::WG_INTERFACE, |w| w.name.as_str()),
-                ),
-            )
-        })
-        .collect();
-    let mut tunnel_jobs = Vec::new();
-    for n in &relays {
-        for p in n.wireguard.iter().flat_map(|w| &w.peers) {
-            let Some(peer) = plan.node(&p.node) else {
-                continue;
-            };
-            let Some(tip) = peer.tunnel_ip else { continue };
-            let df = live_mtus
-                .get(&n.name)
-                .copied()
-                .flatten()
-                .map(|m| m.saturating_sub(28));
-            tunnel_jobs.push((n.name.clone(), peer.name.clone(), peer.public_ip, tip, df));
-        }
-    }
-    let mut site_jobs = Vec::new();
-    let pick = |site: &str| {
-        plan.nodes
-            .iter()
-            .filter(|n| n.site == site && up.contains(&n.name))
-            .min_by_key(|n| n.role.is_relay())
-    };
-    for a in &plan.sites {
-        for b in plan.sites.iter().filter(|b| b.name != a.name) {
-            if let (Some(x), Some(y)) = (pick(&a.name), pick(&b.name)) {
-                site_jobs.push((x.name.clone(), y.name.clone(), y.lan_ip));
-            }
-        }
-    }
-    // Every ping in one pool: each tunnel's small and don't-fragment ping, each site pair.
-    let c = &cluster;
-    let mut pings: Vec<(String, Ipv4Addr, Option<u16>)> = Vec::new();
-    for (from, _, _, tip, df) in &tunnel_jobs {
-        pings.push((from.clone(), *tip, None));
-        pings.push((from.clone(), *tip, Some(df.unwrap_or(0))));
-    }
-    for (from, _, ip) in &site_jobs {
-        pings.push((from.clone(), *ip, None));
-    }
-    let answered: Vec<bool> = crate::par::map(&pings, PROBES_AT_ONCE, |(from, ip, df)| {
-        // A DF ping needs a known MTU (size 0 stands for "none").
-        *df != Some(0) && live::ping(&names::ns_node(c, from), *ip, *df)
-    })
-    .into_iter()
-    .map(|r| r.unwrap_or(false))
-    .collect();
-    let tunnel_results: Vec<(bool, bool)> = answered
-        .chunks(2)
-        .take(tunnel_jobs.len())
-        .map(|p| (p[0], p.get(1).copied().unwrap_or(false)))
-        .collect();
-    let cross_site: Vec<Probe> = site_jobs
-        .iter()
-        .zip(&answered[2 * tunnel_jobs.len()..])
-        .map(|((from, to, _), ok)| Probe {
-            from: from.clone(),
-            to: to.clone(),
-            ok: *ok,
-        })
-        .collect();
+    let live_mtus = live_mtus(&cluster, plan, &up);
+    let tunnel_jobs = tunnel_jobs(plan, &up, &live_mtus);
+    let (tunnel_pings, cross_site) = ping_all(&cluster, &tunnel_jobs, &site_jobs(plan, &up));
     let after = read_counters(&cluster, plan, &ports);
     let status_after = local.tunnels(plan);
 
     let tunnels = tunnel_jobs
         .iter()
-        .zip(tunnel_results)
-        .map(|((from, to, pip, _, df), (small, big))| {
-            let handshake_age_s = freshest_handshake(&status, &status_after, from, to);
-            TunnelFacts {
-                node: from.clone(),
-                peer: to.clone(),
-                peer_public_ip: *pip,
-                handshake_age_s,
-                ping_ok: small,
-                df_size: *df,
-                df_ok: big,
-            }
+        .zip(tunnel_pings)
+        .map(|(job, (small, big))| TunnelFacts {
+            node: job.from.clone(),
+            peer: job.to.clone(),
+            peer_public_ip: job.peer_public_ip,
+            handshake_age_s: freshest_handshake(&status, &status_after, &job.from, &job.to),
+            ping_ok: small,
+            df_size: job.df_size,
+            df_ok: big,
         })
         .collect();
-
-    let nodes = plan
-        .nodes
-        .iter()
-        .map(|n| NodeFacts {
-            name: n.name.clone(),
-            on_demand: n.on_demand,
-            site: n.site.clone(),
-            role: n.role,
-            up: up.contains(&n.name),
-            missing_rules: if up.contains(&n.name) {
-                live::missing_rules(
-                    plan,
-                    &n.name,
-                    &n.site,
-                    after.sg.get(&n.name).cloned().flatten().as_deref(),
-                )
-            } else {
-                Vec::new()
-            },
-            drops_before: before.drops.get(&n.name).copied().flatten(),
-            drops_after: after.drops.get(&n.name).copied().flatten(),
-            planned_mtu: n.wireguard.as_ref().map(|w| w.mtu),
-            live_mtu: live_mtus.get(&n.name).copied().flatten(),
-        })
-        .collect();
+    let nodes = node_facts(plan, &up, |n| NodeMeasures {
+        missing_rules: live::missing_rules(
+            plan,
+            &n.name,
+            &n.site,
+            after.sg.get(&n.name).cloned().flatten().as_deref(),
+        ),
+        drops_before: before.drops.get(&n.name).copied().flatten(),
+        drops_after: after.drops.get(&n.name).copied().flatten(),
+        live_mtu: live_mtus.get(&n.name).copied().flatten(),
+    });
     let sites = plan
         .sites
         .iter()
-        .map(|s| {
-            let ps = after.portsec.get(&s.name).cloned().flatten();
-            SiteFacts {
-                name: s.name.clone(),
-                cloud: None,
-                underlay_mtu: s.underlay_mtu,
-                ports: s
-                    .allowed_address_pairs
-                    .iter()
-                    .filter(|p| up.contains(&p.node))
-                    .filter_map(|p| {
-                        let port = ports.get(&p.node)?.clone();
-                        let live = ps
-                            .as_deref()
-                            .and_then(|t| {
-                                live::set_elements(t, &format!("aap_{}", port.replace('-', "_")))
-                            })
-                            .unwrap_or_default();
-                        let key = (s.name.clone(), p.node.clone());
-                        Some(PortFacts {
-                            node: p.node.clone(),
-                            port,
-                            missing_pairs: p
-                                .pairs
-                                .iter()
-                                .filter(|x| !live.iter().any(|l| l.contains(*x)))
-                                .copied()
-                                .collect(),
-                            spoof_before: before.spoof.get(&key).copied().flatten(),
-                            spoof_after: after.spoof.get(&key).copied().flatten(),
-                        })
-                    })
-                    .collect(),
-                fragments_before: before.fragments.get(&s.name).copied().flatten(),
-                fragments_after: after.fragments.get(&s.name).copied().flatten(),
-            }
-        })
+        .map(|s| site_facts(s, &up, &ports, &before, &after))
         .collect();
     Ok(Facts {
         cluster,
@@ -274,6 +153,155 @@ fn facts(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
         tunnels,
         cross_site,
     })
+}
+
+/// The tunnel device's MTU on every running relay.
+fn live_mtus(cluster: &str, plan: &Plan, up: &BTreeSet<String>) -> BTreeMap<String, Option<u16>> {
+    plan.nodes
+        .iter()
+        .filter(|n| n.role.is_relay() && up.contains(&n.name))
+        .map(|n| {
+            let ns = names::ns_node(cluster, &n.name);
+            (n.name.clone(), live::live_mtu(&ns, status::interface_of(n)))
+        })
+        .collect()
+}
+
+/// Every running relay's tunnels to its peers.
+fn tunnel_jobs(
+    plan: &Plan,
+    up: &BTreeSet<String>,
+    live_mtus: &BTreeMap<String, Option<u16>>,
+) -> Vec<TunnelJob> {
+    let mut jobs = Vec::new();
+    let relays = plan
+        .nodes
+        .iter()
+        .filter(|n| n.role.is_relay() && up.contains(&n.name));
+    for relay in relays {
+        let mtu = live_mtus.get(&relay.name).copied().flatten();
+        for p in relay.wireguard.iter().flat_map(|w| &w.peers) {
+            let Some(peer) = plan.node(&p.node) else {
+                continue;
+            };
+            let Some(tunnel_ip) = peer.tunnel_ip else {
+                continue;
+            };
+            jobs.push(TunnelJob {
+                from: relay.name.clone(),
+                to: peer.name.clone(),
+                peer_public_ip: peer.public_ip,
+                tunnel_ip,
+                df_size: mtu.map(|m| m.saturating_sub(28)),
+            });
+        }
+    }
+    jobs
+}
+
+/// For every ordered pair of sites, one running node of each (a worker where there is one):
+/// `(from, to, to's LAN address)`.
+fn site_jobs(plan: &Plan, up: &BTreeSet<String>) -> Vec<(String, String, Ipv4Addr)> {
+    let pick = |site: &str| {
+        plan.nodes
+            .iter()
+            .filter(|n| n.site == site && up.contains(&n.name))
+            .min_by_key(|n| n.role.is_relay())
+    };
+    let mut jobs = Vec::new();
+    for a in &plan.sites {
+        for b in plan.sites.iter().filter(|b| b.name != a.name) {
+            if let (Some(x), Some(y)) = (pick(&a.name), pick(&b.name)) {
+                jobs.push((x.name.clone(), y.name.clone(), y.lan_ip));
+            }
+        }
+    }
+    jobs
+}
+
+/// Every ping in one pool: each tunnel's small and don't-fragment ping, each site pair. Returns
+/// per tunnel `(small ok, DF ok)`, and the cross-site probes.
+fn ping_all(
+    cluster: &str,
+    tunnel_jobs: &[TunnelJob],
+    site_jobs: &[(String, String, Ipv4Addr)],
+) -> (Vec<(bool, bool)>, Vec<Probe>) {
+    let mut pings: Vec<(&str, Ipv4Addr, Option<u16>)> = Vec::new();
+    for job in tunnel_jobs {
+        pings.push((&job.from, job.tunnel_ip, None));
+        pings.push((&job.from, job.tunnel_ip, Some(job.df_size.unwrap_or(0))));
+    }
+    for (from, _, ip) in site_jobs {
+        pings.push((from, *ip, None));
+    }
+    let answered: Vec<bool> = crate::par::map(&pings, PROBES_AT_ONCE, |(from, ip, df)| {
+        // A DF ping needs a known MTU (size 0 stands for "none").
+        *df != Some(0) && live::ping(&names::ns_node(cluster, from), *ip, *df)
+    })
+    .into_iter()
+    .map(|r| r.unwrap_or(false))
+    .collect();
+    let tunnels = answered
+        .chunks(2)
+        .take(tunnel_jobs.len())
+        .map(|p| (p[0], p.get(1).copied().unwrap_or(false)))
+        .collect();
+    let cross_site = site_jobs
+        .iter()
+        .zip(&answered[2 * tunnel_jobs.len()..])
+        .map(|((from, to, _), ok)| Probe {
+            from: from.clone(),
+            to: to.clone(),
+            ok: *ok,
+        })
+        .collect();
+    (tunnels, cross_site)
+}
+
+/// A site's facts: its ports' allowed-address pairs against the switch's live sets, the spoof
+/// and fragment counters before and after the probes.
+fn site_facts(
+    site: &SitePlan,
+    up: &BTreeSet<String>,
+    ports: &BTreeMap<String, String>,
+    before: &Counters,
+    after: &Counters,
+) -> SiteFacts {
+    let ps = after.portsec.get(&site.name).cloned().flatten();
+    let ports = site
+        .allowed_address_pairs
+        .iter()
+        .filter(|p| up.contains(&p.node))
+        .filter_map(|p| {
+            let port = ports.get(&p.node)?.clone();
+            let live = ps
+                .as_deref()
+                .and_then(|t| live::set_elements(t, &format!("aap_{}", port.replace('-', "_"))))
+                .unwrap_or_default();
+            let key = (site.name.clone(), p.node.clone());
+            Some(PortFacts {
+                node: p.node.clone(),
+                port,
+                missing_pairs: p
+                    .pairs
+                    .iter()
+                    .filter(|x| !live.iter().any(|l| l.contains(*x)))
+                    .copied()
+                    .collect(),
+                by_hand: None,
+                spoof_before: before.spoof.get(&key).copied().flatten(),
+                spoof_after: after.spoof.get(&key).copied().flatten(),
+            })
+        })
+        .collect();
+    SiteFacts {
+        name: site.name.clone(),
+        cloud: None,
+        underlay_mtu: site.underlay_mtu,
+        ports,
+        fragments_before: before.fragments.get(&site.name).copied().flatten(),
+        fragments_after: after.fragments.get(&site.name).copied().flatten(),
+    }
 }
 
 /// `doctor --path SRC DST`: the two ends' routes, the relays' forwarding and one ping.

@@ -94,13 +94,10 @@ impl Local {
             return Local::open(&self.cluster, opts)?.remove_all(progress);
         }
         if sh::netns_exists(&names::ns_inet(&self.cluster.name)) {
-            return Err(LocalError::Other(format!(
-                "cluster {} has namespaces on this host but no ledger in {} and no owner record \
-                 naming another: set HYBRIDGRID_STATE_DIR to the state directory `up` used, or run \
-                 `hybridgrid gc` to remove the leftovers",
-                self.cluster.name,
-                self.cluster_dir().display()
-            )));
+            return Err(LocalError::Orphaned {
+                cluster: self.cluster.name.clone(),
+                dir: self.cluster_dir().to_owned(),
+            });
         }
         release_owner(&self.cluster.name, self.cluster_dir());
         Ok(DownReport::default())

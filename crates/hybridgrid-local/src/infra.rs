@@ -295,12 +295,13 @@ pub fn start_holder(
         Duration::from_secs(10),
         || {
             if !alive(pid) {
-                return Some(Err(LocalError::Other(format!(
-                    "the holder of {node} exited: {}",
-                    std::fs::read_to_string(state_dir.join("holder.log"))
+                return Some(Err(LocalError::HolderExited {
+                    node: node.to_owned(),
+                    log: std::fs::read_to_string(state_dir.join("holder.log"))
                         .unwrap_or_default()
                         .trim()
-                ))));
+                        .to_owned(),
+                }));
             }
             cmdline(pid).contains(" hold ").then_some(Ok(()))
         },

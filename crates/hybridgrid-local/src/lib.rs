@@ -35,10 +35,3 @@ pub use error::LocalError;
 /// The node agent, which the local provider runs inside each node's namespaces.
 pub use hybridgrid_agent as agent;
 pub use provider::{ExecTarget, Local, Options};
-
-/// The state root: `$HYBRIDGRID_STATE_DIR` or `/var/lib/hybridgrid`.
-pub fn state_root() -> std::path::PathBuf {
-    std::env::var_os("HYBRIDGRID_STATE_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from("/var/lib/hybridgrid"))
-}

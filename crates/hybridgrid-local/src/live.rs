@@ -90,6 +90,7 @@ pub(crate) fn missing_rules(
         .map(|(g, r)| MissingRule {
             group: g.name.clone(),
             rule: r.clone(),
+            by_hand: None,
         })
         .collect()
 }

@@ -65,10 +65,9 @@ fn named_netns_inode(ns: &str) -> Option<u64> {
 
 impl Local {
     /// What exists of the cluster, read from the live system.
-    pub(crate) fn observe_live(&self) -> Result<Observed, LocalError> {
+    pub(crate) fn observe_live(&self, shape: &Plan) -> Result<Observed, LocalError> {
         let l = self.lock().clone();
         let cluster = self.cluster.name.as_str();
-        let shape = hybridgrid_core::reconcile::plan(&self.cluster, &Observed::default());
         let planned: BTreeSet<&str> = shape.nodes.iter().map(|n| n.name.as_str()).collect();
         let holders: BTreeMap<&str, u32> = l
             .nodes
@@ -96,7 +95,7 @@ impl Local {
         for (name, s) in &l.sites {
             obs.sites.insert(
                 name.clone(),
-                self.observe_site(&l, &shape, name, s, inet, &procs, &nodes_live, stateless),
+                self.observe_site(&l, shape, name, s, inet, &procs, &nodes_live, stateless),
             );
         }
         for (name, n) in &l.nodes {

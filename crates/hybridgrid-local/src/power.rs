@@ -78,7 +78,7 @@ impl Local {
         }
         let file = self.cluster_dir().join(CLUSTER_FILE);
         let text =
-            serde_json::to_string_pretty(&self.cluster).map_err(|source| LocalError::Json {
+            serde_json::to_string_pretty(&self.cluster).map_err(|source| LocalError::Encode {
                 path: file.clone(),
                 source,
             })?;
@@ -126,10 +126,9 @@ impl Local {
         infra::wait_for("the power service", Duration::from_secs(10), || {
             if !infra::alive(pid) {
                 let why = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Some(Err(LocalError::Other(format!(
-                    "the power service exited: {}",
-                    why.trim()
-                ))));
+                return Some(Err(LocalError::PowerServiceExited {
+                    log: why.trim().to_owned(),
+                }));
             }
             socket.exists().then_some(Ok(()))
         })??;

@@ -13,7 +13,8 @@ use hybridgrid_core::plan::Plan;
 use hybridgrid_engine::doctor::Facts;
 use hybridgrid_engine::path::PathFacts;
 use hybridgrid_engine::{
-    Applied, Command, DownReport, EngineError, Probe, Provider, Settled, Sink, StatusReport,
+    Applied, DownReport, EngineError, Nodes, Pending, PendingKind, Probe, Provider, Settled, Sink,
+    StatusReport,
 };
 
 use crate::ledger::{Ledger, ObjState};
@@ -116,14 +117,6 @@ impl Local {
         self.holder(&self.lock(), node)
     }
 
-    /// The current plan against what exists.
-    pub fn plan(&self) -> Result<Plan, LocalError> {
-        Ok(hybridgrid_core::reconcile::plan(
-            &self.cluster,
-            &self.observe_live()?,
-        ))
-    }
-
     /// Records that this state directory owns the cluster on this host.
     fn claim(&self) -> Result<(), LocalError> {
         let owner = Path::new(OWNERS_DIR).join(&self.cluster.name);
@@ -180,17 +173,14 @@ impl Provider for Local {
         "local"
     }
 
-    fn supports(&self, _command: Command) -> bool {
-        true
-    }
-
-    fn observe(&self) -> Result<Observed, EngineError> {
-        self.observe_live().map_err(err)
+    fn observe(&self, layout: &Plan) -> Result<Observed, EngineError> {
+        self.observe_live(layout).map_err(err)
     }
 
     fn apply(
         &self,
         plan: &Plan,
+        _observed: &Observed,
         changes: &[Change],
         sink: Sink<'_>,
     ) -> Result<Applied, EngineError> {
@@ -212,9 +202,12 @@ impl Provider for Local {
         let pending = self.wait_handshakes(plan, Duration::from_secs(20));
         Ok(Settled {
             observe_again: false,
-            notes: pending
+            pending: pending
                 .iter()
-                .map(|(a, b)| format!("no WireGuard handshake yet between {a} and {b}"))
+                .map(|(a, b)| {
+                    let note = format!("no WireGuard handshake yet between {a} and {b}");
+                    Pending::new(PendingKind::NoHandshake, a, note)
+                })
                 .collect(),
         })
     }
@@ -233,17 +226,17 @@ impl Provider for Local {
         Ok(self.status_of(plan, probe))
     }
 
+    fn nodes(&self) -> Option<&dyn Nodes> {
+        Some(self)
+    }
+}
+
+impl Nodes for Local {
     fn doctor_facts(&self, plan: &Plan) -> Result<Facts, EngineError> {
         self.doctor_facts_of(plan).map_err(err)
     }
 
-    fn path_facts(
-        &self,
-        plan: &Plan,
-        _facts: &Facts,
-        src: &str,
-        dst: &str,
-    ) -> Result<PathFacts, EngineError> {
+    fn path_facts(&self, plan: &Plan, src: &str, dst: &str) -> Result<PathFacts, EngineError> {
         Ok(self.path_facts_of(plan, src, dst))
     }
 

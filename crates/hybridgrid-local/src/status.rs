@@ -1,68 +1,20 @@
 //! `status` for the local provider: nodes, tunnels (asked of each relay's agent) and who
 //! reaches whom.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hybridgrid_core::plan::{self, Plan};
-use hybridgrid_engine::{NodeStatus, Probe, Reach, StatusReport, TunnelStatus};
+use hybridgrid_core::plan::Plan;
+use hybridgrid_engine::status;
+use hybridgrid_engine::{NodeStatus, Probe, StatusReport, TunnelStatus};
 
 use crate::LocalError;
 use crate::agent::WgStatus;
 use crate::provider::Local;
 
-/// Up to this many nodes, `status` probes every pair by default.
-const SMALL_CLUSTER: usize = 16;
-
 /// Pings in flight at once: enough to probe a 220-node cluster's sample in seconds.
 const PROBES_AT_ONCE: usize = 48;
-
-/// Who pings whom. `Sample`: every node its own site's relay, and for every ordered pair of
-/// sites one node of each (a worker where there is one: the path through both relays), which
-/// covers every tunnel and every site's LAN; `AllPairs`: every node every other node.
-fn probe_pairs(nodes: &[NodeStatus], probe: Probe) -> Vec<(&NodeStatus, &NodeStatus)> {
-    match probe {
-        Probe::None => Vec::new(),
-        Probe::AllPairs => nodes
-            .iter()
-            .flat_map(|a| {
-                nodes
-                    .iter()
-                    .filter(move |b| b.name != a.name)
-                    .map(move |b| (a, b))
-            })
-            .collect(),
-        Probe::Sample => {
-            let relay = |site: &str| nodes.iter().find(|n| n.site == site && n.role.is_relay());
-            let delegate = |site: &str| {
-                nodes
-                    .iter()
-                    .find(|n| n.site == site && !n.role.is_relay())
-                    .or_else(|| relay(site))
-            };
-            let mut sites: Vec<&str> = Vec::new();
-            for n in nodes {
-                if !sites.contains(&n.site.as_str()) {
-                    sites.push(&n.site);
-                }
-            }
-            let mut out: Vec<(&NodeStatus, &NodeStatus)> = nodes
-                .iter()
-                .filter_map(|n| Some((n, relay(&n.site)?)))
-                .filter(|(a, b)| a.name != b.name)
-                .collect();
-            for a in &sites {
-                for b in sites.iter().filter(|b| *b != a) {
-                    if let (Some(x), Some(y)) = (delegate(a), delegate(b)) {
-                        out.push((x, y));
-                    }
-                }
-            }
-            out
-        }
-    }
-}
 
 impl Local {
     /// The node's WireGuard device, read by the agent inside the node.
@@ -74,52 +26,21 @@ impl Local {
         })
     }
 
+    /// Every relay's WireGuard peers, read by its agent (a relay that cannot be read has none).
     pub(crate) fn tunnels(&self, plan: &Plan) -> Vec<TunnelStatus> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let relays: Vec<_> = plan.nodes.iter().filter(|n| n.role.is_relay()).collect();
-        let by_key: BTreeMap<String, String> = relays
-            .iter()
-            .filter_map(|n| {
-                Some((
-                    n.wireguard.as_ref()?.public_key?.to_base64(),
-                    n.name.clone(),
-                ))
-            })
-            .collect();
-        let statuses: Vec<(String, Option<WgStatus>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = relays
-                .iter()
-                .map(|n| {
-                    s.spawn(move || {
-                        let ifname = n
-                            .wireguard
-                            .as_ref()
-                            .map_or(plan::WG_INTERFACE, |w| w.name.as_str());
-                        (n.name.clone(), self.wg_status(&n.name, ifname).ok())
-                    })
+        let readings: Vec<(String, WgStatus)> = std::thread::scope(|s| {
+            let handles: Vec<_> = status::relays(plan)
+                .into_iter()
+                .map(|(n, ifname)| {
+                    s.spawn(move || Some((n.name.clone(), self.wg_status(&n.name, ifname).ok()?)))
                 })
                 .collect();
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().ok().flatten())
+                .collect()
         });
-        let mut out = Vec::new();
-        for (node, status) in statuses {
-            let Some(status) = status else { continue };
-            for p in status.peers {
-                out.push(TunnelStatus {
-                    node: node.clone(),
-                    peer: by_key.get(&p.public_key).cloned().unwrap_or(p.public_key),
-                    endpoint: p.endpoint.map(|e| e.to_string()),
-                    handshake_age_s: (p.latest_handshake > 0)
-                        .then(|| now.saturating_sub(p.latest_handshake)),
-                    rx_bytes: p.rx_bytes,
-                    tx_bytes: p.tx_bytes,
-                });
-            }
-        }
-        out
+        status::tunnel_rows(plan, &readings, unix_now())
     }
 
     /// Waits until every relay has a handshake with every peer; returns the pairs still without.
@@ -167,29 +88,19 @@ impl Local {
             })
             .collect();
         let tunnels = self.tunnels(plan);
-        // A small cluster gets every pair: as cheap as the sample, and the matrix shows it all.
-        let probe = match probe {
-            Probe::Sample if nodes.len() <= SMALL_CLUSTER => Probe::AllPairs,
-            p => p,
-        };
-        let probed: Vec<NodeStatus> = nodes.iter().filter(|n| n.is_probed()).cloned().collect();
-        let pairs = probe_pairs(&probed, probe);
-        let results = crate::par::map(&pairs, PROBES_AT_ONCE, |(a, b)| {
-            let ok = self.holder(&l, &a.name).is_some()
-                && crate::live::ping(&self.ns(&a.name), b.lan_ip, None);
-            Reach {
-                from: a.name.clone(),
-                to: b.name.clone(),
-                ok,
-            }
+        let pairs = status::probe_pairs(&nodes, probe);
+        let results = crate::par::map(&pairs, PROBES_AT_ONCE, |p| {
+            let ok = self.holder(&l, &p.from).is_some()
+                && crate::live::ping(&self.ns(&p.from), p.to_ip, None);
+            p.reach(ok)
         });
         let reachability = results.into_iter().flatten().collect();
-        StatusReport {
-            format_version: 1,
-            cluster: self.cluster.name.clone(),
-            nodes,
-            tunnels,
-            reachability,
-        }
+        StatusReport::new(&self.cluster.name, nodes, tunnels, reachability)
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

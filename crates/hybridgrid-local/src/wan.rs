@@ -158,11 +158,17 @@ pub(crate) fn ensure(
         ],
     )?;
     let log = state_dir.join(format!("wan-{site}.log"));
-    spawn(&inet, exe, &link_args(cluster, site, index, w), &log)?;
+    spawn(site, &inet, exe, &link_args(cluster, site, index, w), &log)?;
     Ok(vec![format!("WAN link {}", w.describe())])
 }
 
-fn spawn(inet: &str, exe: &Path, args: &[String], log: &Path) -> Result<(), LocalError> {
+fn spawn(
+    site: &str,
+    inet: &str,
+    exe: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<(), LocalError> {
     use std::os::unix::process::CommandExt as _;
     use std::process::{Command, Stdio};
     let out = std::fs::File::create(log).map_err(LocalError::io(log))?;
@@ -191,10 +197,10 @@ fn spawn(inet: &str, exe: &Path, args: &[String], log: &Path) -> Result<(), Loca
     infra::wait_for("the WAN link", Duration::from_secs(10), || {
         if !infra::alive(pid) {
             let why = std::fs::read_to_string(log).unwrap_or_default();
-            return Some(Err(LocalError::Other(format!(
-                "the WAN link exited: {}",
-                why.trim()
-            ))));
+            return Some(Err(LocalError::WanLinkExited {
+                site: site.to_owned(),
+                log: why.trim().to_owned(),
+            }));
         }
         sh::run("ip", &["-n", inet, "-o", "link", "show", &tap])
             .is_ok_and(|o| o.contains(&format!("master {BRIDGE}")))
@@ -266,7 +272,10 @@ fn tap(name: &str) -> Result<tun::Device, LocalError> {
         match tun::create(&cfg) {
             Ok(d) => return Ok(d),
             Err(e) if t.elapsed() > Duration::from_secs(2) => {
-                return Err(LocalError::Other(format!("TAP {name}: {e}")));
+                return Err(LocalError::Tap {
+                    name: name.to_owned(),
+                    source: e,
+                });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -336,11 +345,11 @@ pub fn run_link(index: u32, wan: Wan) -> Result<(), LocalError> {
             to_inet.write_all(&frame)?;
         }
     });
-    for (what, t) in [("in", inbound), ("out", outbound), ("send", sender)] {
+    for (direction, t) in [("in", inbound), ("out", outbound), ("send", sender)] {
         match t.join() {
-            Ok(Err(e)) => return Err(LocalError::Other(format!("WAN link ({what}): {e}"))),
+            Ok(Err(source)) => return Err(LocalError::WanLink { direction, source }),
             Ok(Ok(())) => {}
-            Err(_) => return Err(LocalError::Other(format!("WAN link ({what}) panicked"))),
+            Err(_) => return Err(LocalError::WanLinkPanicked { direction }),
         }
     }
     Ok(())

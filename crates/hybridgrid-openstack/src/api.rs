@@ -19,7 +19,7 @@ use openstack_sdk::api::{ApiError, QueryAsync, raw};
 use openstack_sdk::config::ConfigFile;
 use serde_json::Value;
 
-use crate::error::{OsError, Result};
+use crate::error::{OsError, Result, Service};
 
 // 0.22.8's build.rs generates no plugin anchors for the published manifest: without a reference
 // from our own code the application-credential authenticator is not linked and
@@ -32,14 +32,12 @@ static APPCRED: &openstack_sdk_auth_applicationcredential::ApplicationCredential
 const NOVA_MICROVERSION: (u8, u8) = (2, 79);
 const ATTEMPTS: u32 = 6;
 
-/// Reads the clouds configuration: exactly `path` when given, else the standard locations
-/// (`OS_CLIENT_CONFIG_FILE`, `./clouds.yaml`, `~/.config/openstack/`, `/etc/openstack/`, plus
-/// `secure.yaml`), as the `openstack` CLI does.
+/// Reads the clouds configuration: exactly `path` when given (the CLI passes
+/// `OS_CLIENT_CONFIG_FILE` here), else the standard locations (`./clouds.yaml`,
+/// `~/.config/openstack/`, `/etc/openstack/`, plus `secure.yaml`), as the `openstack` CLI does.
 pub(crate) fn load_config(path: Option<&Path>) -> Result<ConfigFile> {
     // openstack_sdk reads `OS_CLIENT_CONFIG_PATH` but not `OS_CLIENT_CONFIG_FILE`, the variable
-    // the `openstack` CLI and openstacksdk honour: treat it as an explicit file.
-    let from_env = std::env::var_os("OS_CLIENT_CONFIG_FILE").map(std::path::PathBuf::from);
-    let path = path.or(from_env.as_deref());
+    // the `openstack` CLI and openstacksdk honour: the CLI's settings read it into `path`.
     let shown = path
         .map(|p| format!(" {}", p.display()))
         .unwrap_or_default();
@@ -117,7 +115,7 @@ pub struct CallTiming<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct Req {
     method: Method,
-    service: ServiceType,
+    service: Service,
     path: String,
     query: Vec<(String, String)>,
     body: Option<Value>,
@@ -125,8 +123,8 @@ pub(crate) struct Req {
 }
 
 impl Req {
-    fn new(method: Method, service: ServiceType, path: impl Into<String>) -> Self {
-        let microversion = matches!(service, ServiceType::Compute)
+    fn new(method: Method, service: Service, path: impl Into<String>) -> Self {
+        let microversion = matches!(service, Service::Nova)
             .then(|| ApiVersion::new(NOVA_MICROVERSION.0, NOVA_MICROVERSION.1));
         Req {
             method,
@@ -137,16 +135,16 @@ impl Req {
             microversion,
         }
     }
-    pub fn get(service: ServiceType, path: impl Into<String>) -> Self {
+    pub fn get(service: Service, path: impl Into<String>) -> Self {
         Req::new(Method::GET, service, path)
     }
-    pub fn post(service: ServiceType, path: impl Into<String>, body: Value) -> Self {
+    pub fn post(service: Service, path: impl Into<String>, body: Value) -> Self {
         Req::new(Method::POST, service, path).body(body)
     }
-    pub fn put(service: ServiceType, path: impl Into<String>, body: Value) -> Self {
+    pub fn put(service: Service, path: impl Into<String>, body: Value) -> Self {
         Req::new(Method::PUT, service, path).body(body)
     }
-    pub fn delete(service: ServiceType, path: impl Into<String>) -> Self {
+    pub fn delete(service: Service, path: impl Into<String>) -> Self {
         Req::new(Method::DELETE, service, path)
     }
     pub fn q(mut self, key: &str, value: impl Into<String>) -> Self {
@@ -167,7 +165,12 @@ impl RestEndpoint for Req {
         self.path.clone().into()
     }
     fn service_type(&self) -> ServiceType {
-        self.service.clone()
+        match self.service {
+            Service::Keystone => ServiceType::Identity,
+            Service::Neutron => ServiceType::Network,
+            Service::Nova => ServiceType::Compute,
+            Service::Glance => ServiceType::Image,
+        }
     }
     fn parameters(&self) -> QueryParams<'_> {
         let mut p = QueryParams::default();
@@ -275,10 +278,16 @@ impl Cloud {
                             .await
                             .map_err(|e| err(&e))?;
                     }
+                    // Every list and quota call is scoped by it: a token without one (not
+                    // scoped to a project) cannot build a cluster.
                     let project_id = os
                         .get_auth_info()
                         .and_then(|i| i.token.project.and_then(|p| p.id))
-                        .unwrap_or_default();
+                        .ok_or_else(|| OsError::MissingField {
+                            api: Service::Keystone,
+                            resource: format!("the token for cloud `{cloud}`"),
+                            field: "project.id",
+                        })?;
                     return Ok(Cloud {
                         name: cloud.to_owned(),
                         os,
@@ -359,10 +368,19 @@ impl Cloud {
         }
     }
 
-    /// A list call: the array under `key`.
-    pub async fn list(&self, what: &str, req: Req, key: &str) -> Result<Vec<Value>> {
-        let v = self.get(what, req).await?;
-        Ok(v[key].as_array().cloned().unwrap_or_default())
+    /// A list call: the array under `key` (an answer without it is an error, never an empty
+    /// list).
+    pub async fn list(&self, what: &str, req: Req, key: &'static str) -> Result<Vec<Value>> {
+        let api = req.service;
+        let mut v = self.get(what, req).await?;
+        match v.get_mut(key).map(Value::take) {
+            Some(Value::Array(list)) => Ok(list),
+            _ => Err(OsError::MissingField {
+                api,
+                resource: format!("the answer to `{what}`"),
+                field: key,
+            }),
+        }
     }
 
     /// A create call, counted by the crash switch.
@@ -402,17 +420,69 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A JSON string field, or "".
-pub(crate) fn s(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_owned()
+/// A string field of an answer that the code needs: missing, or not a string, it is
+/// [`OsError::MissingField`] naming `resource` (`"port c1-a-gw-port"`), `field` and the API.
+/// Fields that may be absent are read as `Option` (`v[field].as_str()`) instead.
+pub(crate) fn need_str(
+    v: &Value,
+    api: Service,
+    resource: &str,
+    field: &'static str,
+) -> Result<String> {
+    v[field]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| missing(api, resource, field))
 }
 
-/// Service types used.
-pub(crate) const NET: ServiceType = ServiceType::Network;
-pub(crate) const NOVA: ServiceType = ServiceType::Compute;
-pub(crate) const GLANCE: ServiceType = ServiceType::Image;
+/// The `id` of a resource in an answer ([`need_str`]).
+pub(crate) fn need_id(v: &Value, api: Service, resource: &str) -> Result<String> {
+    need_str(v, api, resource, "id")
+}
+
+/// An integer field of an answer that the code needs ([`need_str`]).
+pub(crate) fn need_i64(
+    v: &Value,
+    api: Service,
+    resource: &str,
+    field: &'static str,
+) -> Result<i64> {
+    v[field]
+        .as_i64()
+        .ok_or_else(|| missing(api, resource, field))
+}
+
+pub(crate) fn missing(api: Service, resource: &str, field: &'static str) -> OsError {
+    OsError::MissingField {
+        api,
+        resource: resource.to_owned(),
+        field,
+    }
+}
+
+/// The string values of an answer's array field (`tags`): absent is none.
+pub(crate) fn strings(v: &Value) -> impl Iterator<Item = &str> {
+    v.as_array().into_iter().flatten().filter_map(Value::as_str)
+}
+
+/// The APIs used.
+pub(crate) const NET: Service = Service::Neutron;
+pub(crate) const NOVA: Service = Service::Nova;
+pub(crate) const GLANCE: Service = Service::Glance;
 
 /// The `#[used]` anchor must be referenced from code that is compiled in.
 pub(crate) fn anchor_appcred() -> bool {
     !std::ptr::eq(APPCRED, std::ptr::null())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_field_names_the_resource_the_field_and_the_api() {
+        let v = serde_json::json!({ "port": { "name": "c1-a-gw-port" } });
+        let e = need_id(&v["port"], Service::Neutron, "port c1-a-gw-port").expect_err("no id");
+        assert_eq!(e.to_string(), "port c1-a-gw-port from Neutron has no `id`");
+    }
 }

@@ -1,24 +1,53 @@
 //! One site's changes of a round on OpenStack, as concurrent as their dependencies allow.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::try_join_all;
 use futures::{FutureExt, TryFutureExt};
 use hybridgrid_core::diff::Change;
-use hybridgrid_core::plan::{self, Plan};
+use hybridgrid_core::plan::{self, Plan, SitePlan};
 use hybridgrid_engine::{Event, Sink};
 use ipnet::Ipv4Net;
+use serde_json::Value;
 
-use crate::api::{NET, Req, s};
+use crate::api::{NET, Req, need_id};
 use crate::error::{OsError, Result};
 use crate::ledger::Kind;
-use crate::site::SiteOps;
+use crate::site::{NetIds, SiteOps};
 
-pub(crate) type Created = Vec<(
-    String,
-    tokio::task::JoinHandle<Result<(f64, Option<String>)>>,
-)>;
+/// A node this round made: how long its step took (port, lookups and the server's create
+/// call), and, when it created the server, the task waiting for it to become ACTIVE (its
+/// seconds from the create call, and a note when it was built twice).
+pub(crate) struct NewNode {
+    pub node: String,
+    pub seconds: f64,
+    pub active: Option<ActiveWait>,
+}
+
+/// A server's wait for ACTIVE: its seconds from the create call, and a note when it was built
+/// twice.
+pub(crate) type ActiveWait = tokio::task::JoinHandle<Result<(f64, Option<String>)>>;
+
+pub(crate) type Created = Vec<NewNode>;
+
+/// A change done, and how long its step took.
+struct Done {
+    summary: String,
+    seconds: f64,
+}
+
+/// Runs `step` and times it as the step of `change`.
+async fn timed<T>(change: &Change, step: impl Future<Output = Result<T>>) -> Result<Done> {
+    let t = Instant::now();
+    step.await?;
+    Ok(Done {
+        summary: change.summary(),
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
 
 /// Applies one site's changes. Order: (network and subnet ∥ router ∥ groups) → (router
 /// interface ∥ rules ∥ per new node: port with its address pairs → (server ∥ floating IP once
@@ -30,259 +59,428 @@ pub(crate) async fn apply_site(
     changes: Vec<Change>,
     progress: Sink<'_>,
 ) -> Result<Created> {
-    let changes = changes.as_slice();
     if changes.is_empty() {
         return Ok(Vec::new());
     }
-    let report = |summary: String| {
-        progress(Event::Applied {
-            summary,
-            seconds: 0.0,
-            details: Vec::new(),
-        });
-    };
-    let done = |c: &Change| report(c.summary());
     let site_plan = plan
         .site(&ops.site.name)
-        .ok_or_else(|| OsError::Other(format!("site {} not in the plan", ops.site.name)))?;
-    let create_net = changes
-        .iter()
-        .any(|c| matches!(c, Change::CreateNetwork { .. }));
-    let group_names: Vec<String> = site_plan
-        .security_groups
-        .iter()
-        .map(|g| g.name.clone())
-        .collect();
-    // Network and subnet ∥ router ∥ groups: none needs another.
-    let net = async {
-        if create_net {
-            ops.ensure_net_subnet().await
-        } else {
-            ops.require_net_ids().await
-        }
+        .ok_or_else(|| OsError::SiteNotInPlan {
+            site: ops.site.name.clone(),
+        })?;
+    let round = SiteRound {
+        ops,
+        plan,
+        site_plan,
+        changes: &changes,
+        progress,
+        started: Instant::now(),
     };
-    let router = async {
-        if create_net {
-            ops.ensure_router_only().await
-        } else {
-            Ok(None)
-        }
-    };
-    let new_groups = try_join_all(changes.iter().filter_map(|c| match c {
-        Change::CreateSecurityGroup { group, .. } => Some(async move {
-            ops.ensure_security_group(group).await?;
-            Ok::<_, OsError>(c.summary())
-        }),
-        _ => None,
-    }));
-    let (ids, router_id, group_summaries) = tokio::try_join!(net, router, new_groups)?;
-    for g in group_summaries {
-        report(g);
-    }
-    let groups = ops.security_groups(&group_names).await?;
-    let group_id = |name: &str| -> Result<String> {
-        groups
-            .get(name)
-            .map(|g| s(&g["id"]))
-            .ok_or_else(|| OsError::Other(format!("security group {name} not found")))
-    };
+    let (ids, router_id) = round.network_and_groups().await?;
+    let groups = round.groups().await?;
+    let created = round
+        .router_rules_and_nodes(&ids, router_id.as_deref(), &groups)
+        .await?;
+    round.ports_of_old_nodes(&ids).await?;
+    round.remove_nodes(&ids).await?;
+    Ok(created)
+}
 
-    let new_nodes: BTreeSet<&String> = changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::CreateNode { node, .. } => Some(node),
-            _ => None,
-        })
-        .collect();
-    // Router, rules and nodes in parallel. A new node's floating IP waits for the router
-    // interface only, its address pairs for its port only: both start while servers boot.
-    let router_ready = async {
-        if let Some(router_id) = &router_id {
-            ops.ensure_router_interface(router_id, &ids)
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Some(c) = changes
-                .iter()
-                .find(|c| matches!(c, Change::CreateNetwork { .. }))
-            {
-                done(c);
-            }
-        }
-        Ok::<_, String>(())
+/// One site's round: what each step of [`apply_site`] reads.
+struct SiteRound<'a> {
+    ops: &'a SiteOps,
+    plan: &'a Plan,
+    site_plan: &'a SitePlan,
+    changes: &'a [Change],
+    progress: Sink<'a>,
+    /// When the round began on this site (the network's step is timed from here).
+    started: Instant,
+}
+
+/// The site's security groups as Neutron has them, by the plan's names.
+struct Groups<'a> {
+    site: &'a str,
+    by_name: BTreeMap<String, Value>,
+}
+
+impl Groups<'_> {
+    fn id(&self, name: &str) -> Result<String> {
+        let g = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| OsError::NoSecurityGroup {
+                site: self.site.to_owned(),
+                group: name.to_owned(),
+            })?;
+        need_id(g, NET, &format!("security group {name}"))
     }
-    .shared();
-    let router = router_ready.clone().map_err(OsError::Other);
-    let rules = async {
+}
+
+impl SiteRound<'_> {
+    fn report(&self, done: impl IntoIterator<Item = Done>) {
+        for d in done {
+            (self.progress)(Event::Applied {
+                summary: d.summary,
+                seconds: d.seconds,
+                details: Vec::new(),
+            });
+        }
+    }
+
+    fn site(&self) -> String {
+        self.ops.site.name.clone()
+    }
+
+    /// Network and subnet ∥ router ∥ new groups: none needs another. Reports the groups; the
+    /// network's ids and the router's id (when hybridgrid makes the network).
+    async fn network_and_groups(&self) -> Result<(NetIds, Option<String>)> {
+        let ops = self.ops;
+        let create_net = self
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::CreateNetwork { .. }));
+        let net = async {
+            if create_net {
+                ops.ensure_net_subnet().await
+            } else {
+                ops.require_net_ids().await
+            }
+        };
+        let router = async {
+            if create_net {
+                ops.ensure_router_only().await
+            } else {
+                Ok(None)
+            }
+        };
+        let new_groups = try_join_all(self.changes.iter().filter_map(|c| match c {
+            Change::CreateSecurityGroup { group, .. } => {
+                Some(timed(c, ops.ensure_security_group(group)))
+            }
+            _ => None,
+        }));
+        let (ids, router_id, done) = tokio::try_join!(net, router, new_groups)?;
+        self.report(done);
+        Ok((ids, router_id))
+    }
+
+    async fn groups(&self) -> Result<Groups<'_>> {
+        let names: Vec<String> = self
+            .site_plan
+            .security_groups
+            .iter()
+            .map(|g| g.name.clone())
+            .collect();
+        Ok(Groups {
+            site: &self.ops.site.name,
+            by_name: self.ops.security_groups(&names).await?,
+        })
+    }
+
+    /// Router interface, rules and new nodes in parallel. A new node's floating IP waits for the
+    /// router interface only, its address pairs for its port only: both start while servers
+    /// boot.
+    async fn router_rules_and_nodes(
+        &self,
+        ids: &NetIds,
+        router_id: Option<&str>,
+        groups: &Groups<'_>,
+    ) -> Result<Created> {
+        let router_ready = self
+            .router_interface(router_id, ids)
+            .map_err(Arc::new)
+            .shared();
+        // The router's error, once: the nodes waiting for it only stop.
+        let router = router_ready.clone().map_err(OsError::Shared);
+        let (_, rules, nodes) = tokio::try_join!(
+            router,
+            self.rules(groups),
+            self.new_nodes(ids, groups, router_ready)
+        )?;
+        self.report(rules);
+        let mut created = Vec::new();
+        for (done, new) in nodes {
+            self.report(done);
+            created.push(new);
+        }
+        Ok(created)
+    }
+
+    /// The router's interface on the subnet (when hybridgrid makes the network); reports the
+    /// network, which is complete with it.
+    async fn router_interface(&self, router_id: Option<&str>, ids: &NetIds) -> Result<()> {
+        let Some(router_id) = router_id else {
+            return Ok(());
+        };
+        self.ops.ensure_router_interface(router_id, ids).await?;
+        if let Some(c) = self
+            .changes
+            .iter()
+            .find(|c| matches!(c, Change::CreateNetwork { .. }))
+        {
+            self.report([Done {
+                summary: c.summary(),
+                seconds: self.started.elapsed().as_secs_f64(),
+            }]);
+        }
+        Ok(())
+    }
+
+    /// Rules added, a bulk call per group (each rule's seconds are its group's call), then rules
+    /// removed, one by one.
+    async fn rules(&self, groups: &Groups<'_>) -> Result<Vec<Done>> {
         let mut by_group: BTreeMap<&str, Vec<&plan::SgRule>> = BTreeMap::new();
-        let mut out = Vec::new();
-        for c in changes {
+        for c in self.changes {
             if let Change::AddRule { group, rule, .. } = c {
                 by_group.entry(group.as_str()).or_default().push(rule);
-                out.push(c.summary());
             }
         }
-        try_join_all(
-            by_group
-                .iter()
-                .map(|(group, rules)| async { ops.add_rules(&group_id(group)?, rules).await }),
-        )
+        let seconds = try_join_all(by_group.iter().map(|(group, rules)| async move {
+            let t = Instant::now();
+            self.ops.add_rules(&groups.id(group)?, rules).await?;
+            Ok::<_, OsError>((*group, t.elapsed().as_secs_f64()))
+        }))
         .await?;
-        for c in changes {
-            if let Change::RemoveRule { group, rule, .. } = c {
-                if let Some(g) = groups.get(group.as_str()) {
-                    ops.remove_rule(g, rule).await?;
-                }
-                out.push(c.summary());
+        let seconds: BTreeMap<&str, f64> = seconds.into_iter().collect();
+        let mut out = Vec::new();
+        for c in self.changes {
+            if let Change::AddRule { group, .. } = c {
+                out.push(Done {
+                    summary: c.summary(),
+                    seconds: seconds.get(group.as_str()).copied().unwrap_or_default(),
+                });
             }
         }
-        Ok::<_, OsError>(out)
-    };
-    let nodes = async {
-        let new: Vec<&Change> = changes
+        for c in self.changes {
+            if let Change::RemoveRule { group, rule, .. } = c {
+                out.push(
+                    timed(c, async {
+                        match groups.by_name.get(group.as_str()) {
+                            Some(g) => self.ops.remove_rule(g, rule).await,
+                            None => Ok(()),
+                        }
+                    })
+                    .await?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every new node ([`SiteRound::new_node`]), concurrently; the keypair is made once for
+    /// all of them, concurrently with their ports and lookups.
+    async fn new_nodes(
+        &self,
+        ids: &NetIds,
+        groups: &Groups<'_>,
+        router_ready: impl Future<Output = Result<(), Arc<OsError>>> + Clone,
+    ) -> Result<Vec<(Vec<Done>, NewNode)>> {
+        let new: Vec<(&Change, &String)> = self
+            .changes
             .iter()
-            .filter(|c| matches!(c, Change::CreateNode { .. }))
+            .filter_map(|c| match c {
+                Change::CreateNode { node, .. } => Some((c, node)),
+                _ => None,
+            })
             .collect();
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        // The keypair, the port, the existing-server check and the flavor and image lookups
-        // need nothing of each other.
-        let keypair = ops.ensure_keypair().map_err(|e| e.to_string()).shared();
-        let futs = new.into_iter().map(|c| {
-            let keypair = keypair.clone();
-            let ids = &ids;
-            let group_id = &group_id;
-            let router_ready = router_ready.clone();
-            async move {
-                let Change::CreateNode { node, .. } = c else {
-                    return Ok(None);
-                };
-                let np = plan
-                    .node(node)
-                    .ok_or_else(|| OsError::Other(format!("node {node} not in the plan")))?;
-                let gids = site_plan
-                    .security_groups
-                    .iter()
-                    .filter(|g| g.members.contains(node))
-                    .map(|g| group_id(&g.name))
-                    .collect::<Result<Vec<_>>>()?;
-                // A new port gets its address pairs in its create call.
-                let pairs: Vec<Ipv4Net> = port_changes_of(changes, node)
-                    .filter_map(|c| match c {
-                        Change::AddAddressPairs { pairs, .. } => Some(pairs.iter().copied()),
-                        _ => None,
-                    })
-                    .flatten()
-                    .collect();
-                let ((port, new_port), existing, refs, keypair) = tokio::try_join!(
-                    ops.ensure_port(np, ids, &gids, &pairs),
-                    ops.find_server(node),
-                    ops.flavor_and_image(np),
-                    keypair.map_err(OsError::Other),
-                )?;
-                let at = Instant::now();
-                let server = async {
-                    match existing {
-                        Some(_) => Ok(None),
-                        None => ops
-                            .create_server(plan, np, &port, keypair.as_deref(), refs)
-                            .await
-                            .map(Some),
-                    }
-                };
-                let port_work = async {
-                    let mut out = Vec::new();
-                    for c in port_changes_of(changes, node) {
-                        match c {
-                            Change::AddAddressPairs { pairs, .. } => {
-                                if !new_port {
-                                    ops.add_address_pairs(&port, pairs).await?;
-                                }
-                            }
-                            Change::AssignPublicIp { .. } | Change::AttachPublicIp { .. } => {
-                                // The router's own error is reported by its branch.
-                                if router_ready.clone().await.is_err() {
-                                    break;
-                                }
-                                ops.ensure_floating_ip(node, &port, new_port).await?;
-                            }
-                            _ => continue,
-                        }
-                        out.push(c.summary());
-                    }
-                    Ok::<_, OsError>(out)
-                };
-                let (build, port_done) = tokio::try_join!(server, port_work)?;
-                // Wait for ACTIVE in the background while the rest is built.
-                let waiter = build.map(|b| (node.clone(), tokio::spawn(b.wait(at))));
-                Ok::<_, OsError>(Some((c.summary(), waiter, port_done)))
-            }
-        });
-        try_join_all(futs).await
-    };
-    let (_, rule_summaries, node_results) = tokio::try_join!(router, rules, nodes)?;
-    for r in rule_summaries {
-        report(r);
+        let keypair = self.ops.ensure_keypair().map_err(Arc::new).shared();
+        try_join_all(new.into_iter().map(|(c, node)| {
+            let keypair = keypair.clone().map_err(OsError::Shared);
+            self.new_node(c, node, ids, groups, keypair, router_ready.clone())
+        }))
+        .await
     }
-    let mut created = Vec::new();
-    for (summary, fresh, port_done) in node_results.into_iter().flatten() {
-        for s in std::iter::once(summary).chain(port_done) {
-            report(s);
-        }
-        created.extend(fresh);
-    }
-    // Floating IPs and address pairs of nodes that existed before this round (a new node's were
-    // done with its port above); concurrently per node.
-    let servers = ops.servers(false).await?;
-    let server_of = |node: &str| {
-        servers
+
+    /// A new node: its port (with its address pairs), the existing-server check and the flavor
+    /// and image lookups, then its server ∥ its port's floating IP once the router is ready.
+    /// The CreateNode's step ends with the server's create call; the server's wait for ACTIVE
+    /// is a task of its own.
+    async fn new_node(
+        &self,
+        c: &Change,
+        node: &String,
+        ids: &NetIds,
+        groups: &Groups<'_>,
+        keypair: impl Future<Output = Result<Option<String>>>,
+        router_ready: impl Future<Output = Result<(), Arc<OsError>>> + Clone,
+    ) -> Result<(Vec<Done>, NewNode)> {
+        let started = Instant::now();
+        let ops = self.ops;
+        let np = self
+            .plan
+            .node(node)
+            .ok_or_else(|| OsError::NodeNotInPlan { node: node.clone() })?;
+        let gids = self
+            .site_plan
+            .security_groups
             .iter()
-            .find(|s| s.node == node)
-            .map(|s| s.id.clone())
-    };
-    let late = changes.iter().filter_map(|c| match c {
-        Change::AssignPublicIp { node, .. }
-        | Change::AttachPublicIp { node, .. }
-        | Change::AddAddressPairs { node, .. }
-            if !new_nodes.contains(node) =>
-        {
-            Some((c, node))
-        }
-        _ => None,
-    });
-    let late = try_join_all(late.map(|(c, node)| {
-        let ids = &ids;
-        let server = server_of(node);
-        async move {
-            let port = ops
-                .node_port(node, server.as_deref(), &ids.net)
-                .await?
-                .ok_or_else(|| OsError::Other(format!("no port for {node}")))?;
-            let port_id = s(&port["id"]);
-            match c {
-                Change::AssignPublicIp { .. } | Change::AttachPublicIp { .. } => {
-                    ops.ensure_floating_ip(node, &port_id, false).await?;
-                }
+            .filter(|g| g.members.contains(node))
+            .map(|g| groups.id(&g.name))
+            .collect::<Result<Vec<_>>>()?;
+        // A new port gets its address pairs in its create call.
+        let pairs: Vec<Ipv4Net> = port_changes_of(self.changes, node)
+            .filter_map(|c| match c {
+                Change::AddAddressPairs { pairs, .. } => Some(pairs.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let ((port, new_port), existing, refs, keypair) = tokio::try_join!(
+            ops.ensure_port(np, ids, &gids, &pairs),
+            ops.find_server(node),
+            ops.flavor_and_image(np),
+            keypair,
+        )?;
+        let at = Instant::now();
+        let server = async {
+            let build = match existing {
+                Some(_) => None,
+                None => Some(
+                    ops.create_server(self.plan, np, &port, keypair.as_deref(), refs)
+                        .await?,
+                ),
+            };
+            Ok::<_, OsError>((build, started.elapsed().as_secs_f64()))
+        };
+        let port_work = self.new_port_changes(node, &port, new_port, router_ready);
+        let ((build, seconds), port_done) = tokio::try_join!(server, port_work)?;
+        let done = std::iter::once(Done {
+            summary: c.summary(),
+            seconds,
+        })
+        .chain(port_done)
+        .collect();
+        // Wait for ACTIVE in the background while the rest is built.
+        let active = build.map(|b| tokio::spawn(b.wait(at)));
+        Ok((
+            done,
+            NewNode {
+                node: node.clone(),
+                seconds,
+                active,
+            },
+        ))
+    }
+
+    /// A new node's port changes: address pairs (already in the create call of a new port)
+    /// and its floating IP, once the router interface exists.
+    async fn new_port_changes(
+        &self,
+        node: &str,
+        port: &str,
+        new_port: bool,
+        router_ready: impl Future<Output = Result<(), Arc<OsError>>> + Clone,
+    ) -> Result<Vec<Done>> {
+        let mut out = Vec::new();
+        for c in port_changes_of(self.changes, node) {
+            let done = match c {
                 Change::AddAddressPairs { pairs, .. } => {
-                    ops.add_address_pairs(&port_id, pairs).await?;
+                    timed(c, async {
+                        if new_port {
+                            return Ok(());
+                        }
+                        self.ops.add_address_pairs(port, pairs).await
+                    })
+                    .await?
                 }
-                _ => {}
+                Change::AssignPublicIp { .. } | Change::AttachPublicIp { .. } => {
+                    // The router's own error is reported by its branch.
+                    if router_ready.clone().await.is_err() {
+                        break;
+                    }
+                    timed(c, self.ops.ensure_floating_ip(node, port, new_port)).await?
+                }
+                _ => continue,
+            };
+            out.push(done);
+        }
+        Ok(out)
+    }
+
+    /// Floating IPs and address pairs of nodes that existed before this round (a new node's
+    /// were done with its port); concurrently.
+    async fn ports_of_old_nodes(&self, ids: &NetIds) -> Result<()> {
+        let new_nodes: BTreeSet<&String> = self
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::CreateNode { node, .. } => Some(node),
+                _ => None,
+            })
+            .collect();
+        let servers = self.ops.servers(false).await?;
+        let late = self.changes.iter().filter_map(|c| match c {
+            Change::AssignPublicIp { node, .. }
+            | Change::AttachPublicIp { node, .. }
+            | Change::AddAddressPairs { node, .. }
+                if !new_nodes.contains(node) =>
+            {
+                let server = servers
+                    .iter()
+                    .find(|s| s.node == *node)
+                    .map(|s| s.id.as_str());
+                Some(timed(c, self.old_port_change(c, node, server, ids)))
             }
-            Ok::<_, OsError>(c.summary())
-        }
-    }))
-    .await?;
-    for l in late {
-        report(l);
+            _ => None,
+        });
+        let done = try_join_all(late).await?;
+        self.report(done);
+        Ok(())
     }
-    // Nodes that left the file.
-    for c in changes {
-        if let Change::RemoveNode { node, .. } = c {
-            remove_node(ops, node, &ids.net).await?;
-            done(c);
+
+    async fn old_port_change(
+        &self,
+        c: &Change,
+        node: &str,
+        server: Option<&str>,
+        ids: &NetIds,
+    ) -> Result<()> {
+        let ops = self.ops;
+        let port = ops
+            .node_port(node, server, &ids.net)
+            .await?
+            .ok_or_else(|| OsError::NoPort {
+                site: self.site(),
+                node: node.to_owned(),
+            })?;
+        let port_id = need_id(&port, NET, &format!("port of {node}"))?;
+        match c {
+            Change::AssignPublicIp { .. } | Change::AttachPublicIp { .. } => {
+                ops.ensure_floating_ip(node, &port_id, false).await?;
+            }
+            Change::AddAddressPairs { pairs, .. } => {
+                ops.add_address_pairs(&port_id, pairs).await?;
+            }
+            _ => {}
         }
+        Ok(())
     }
-    Ok(created)
+
+    /// Nodes that left the file, one by one.
+    async fn remove_nodes(&self, ids: &NetIds) -> Result<()> {
+        for c in self.changes {
+            if let Change::RemoveNode { node, .. } = c {
+                let done = timed(c, remove_node(self.ops, node, Some(&ids.net))).await?;
+                self.report([done]);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn delete_fips(ops: &SiteOps, node: &str, fips: &[Value]) -> Result<()> {
+    for f in fips {
+        let id = need_id(f, NET, &format!("floating IP of {node}"))?;
+        ops.cloud
+            .delete(
+                "delete floating IP",
+                Req::delete(NET, format!("floatingips/{id}")),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// The changes to a node's port (floating IP, address pairs), in the plan's order.
@@ -295,48 +493,42 @@ fn port_changes_of<'a>(changes: &'a [Change], node: &'a str) -> impl Iterator<It
     })
 }
 
-pub(crate) async fn remove_node(ops: &SiteOps, node: &str, net_id: &str) -> Result<()> {
+/// Removes a node: its floating IPs (on its port, and an allocated one never attached), its
+/// server, its port (on the site's network `net_id`, when there is one), and what the ledger
+/// holds of it.
+pub(crate) async fn remove_node(ops: &SiteOps, node: &str, net_id: Option<&str>) -> Result<()> {
     let servers = ops.servers(true).await?;
     let server = servers.iter().find(|s| s.node == node);
-    let port = ops
-        .node_port(node, server.map(|s| s.id.as_str()), net_id)
-        .await?;
-    if let Some(p) = &port {
-        for f in ops
+    let port = match net_id {
+        Some(net_id) => {
+            ops.node_port(node, server.map(|s| s.id.as_str()), net_id)
+                .await?
+        }
+        None => None,
+    };
+    let port_id = match &port {
+        Some(p) => Some(need_id(p, NET, &format!("port of {node}"))?),
+        None => None,
+    };
+    if let Some(port_id) = &port_id {
+        let on_port = ops
             .cloud
             .list(
                 "list floating IPs",
-                Req::get(NET, "floatingips").q("port_id", s(&p["id"])),
+                Req::get(NET, "floatingips").q("port_id", port_id.as_str()),
                 "floatingips",
             )
-            .await?
-        {
-            ops.cloud
-                .delete(
-                    "delete floating IP",
-                    Req::delete(NET, format!("floatingips/{}", s(&f["id"]))),
-                )
-                .await?;
-        }
+            .await?;
+        delete_fips(ops, node, &on_port).await?;
     }
     // An allocated floating IP never attached to the port.
-    for f in ops.fips_named(node).await? {
-        ops.cloud
-            .delete(
-                "delete floating IP",
-                Req::delete(NET, format!("floatingips/{}", s(&f["id"]))),
-            )
-            .await?;
-    }
+    delete_fips(ops, node, &ops.fips_named(node).await?).await?;
     if let Some(srv) = server {
         ops.delete_server(&srv.id).await?;
     }
-    if let Some(p) = &port {
+    if let Some(port_id) = &port_id {
         ops.cloud
-            .delete(
-                "delete port",
-                Req::delete(NET, format!("ports/{}", s(&p["id"]))),
-            )
+            .delete("delete port", Req::delete(NET, format!("ports/{port_id}")))
             .await?;
     }
     for kind in [Kind::FloatingIp, Kind::Server, Kind::Port] {

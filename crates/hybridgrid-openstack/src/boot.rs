@@ -6,6 +6,7 @@
 //! console is still (a hung guest; a hypervisor without a console log) or whose cloud-init
 //! finished without a key (the user data failed: the console says why).
 
+use hybridgrid_engine::{Pending, PendingKind};
 use std::time::{Duration, Instant};
 
 use crate::site::SiteOps;
@@ -53,16 +54,17 @@ impl KeyWait {
 pub(crate) fn settled(
     keyless: &[&str],
     per_site: Vec<(bool, Vec<(String, KeyWait)>)>,
-) -> (bool, Vec<String>) {
+) -> (bool, Vec<Pending>) {
     let mut observe_again = false;
-    let mut notes = Vec::new();
+    let mut pending = Vec::new();
+    let no_key = |node: &str, note: String| Pending::new(PendingKind::NoPublicKey, node, note);
     let mut waited_for = std::collections::BTreeSet::new();
     for (waited, keys) in per_site {
         observe_again |= waited;
         for (node, outcome) in keys {
             match outcome {
                 KeyWait::Reported => observe_again = true,
-                other => notes.push(other.note(&node)),
+                other => pending.push(no_key(&node, other.note(&node))),
             }
             waited_for.insert(node);
         }
@@ -70,12 +72,11 @@ pub(crate) fn settled(
     // Relays without a server to wait for (not created yet): pending too, unless observing again
     if !observe_again {
         for n in keyless.iter().filter(|n| !waited_for.contains(**n)) {
-            notes.push(format!(
-                "{n} has not reported its WireGuard public key on its console yet"
-            ));
+            let note = format!("{n} has not reported its WireGuard public key on its console yet");
+            pending.push(no_key(n, note));
         }
     }
-    (observe_again, notes)
+    (observe_again, pending)
 }
 
 /// Whether `console` shows cloud-init's final line.

@@ -64,11 +64,17 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// `dir` holds the cluster's known hosts and the shared connections' sockets.
-    pub fn new(cluster: &str, ssh_public_key: Option<&str>, dir: PathBuf) -> Self {
+    /// `dir` holds the cluster's known hosts and the shared connections' sockets; `home` is
+    /// what `~/` stands for in `ssh_public_key`.
+    pub fn new(
+        cluster: &str,
+        ssh_public_key: Option<&str>,
+        home: Option<&Path>,
+        dir: PathBuf,
+    ) -> Self {
         Channel {
             cluster: cluster.to_owned(),
-            identity: ssh_public_key.and_then(private_key_beside),
+            identity: ssh_public_key.and_then(|k| private_key_beside(k, home)),
             dir,
             connect_timeout: Duration::from_secs(10),
         }
@@ -138,8 +144,7 @@ impl Channel {
     /// user is root), `input` on its standard input. A failed connection is an error; the
     /// script's own exit code is in the output.
     pub async fn run(&self, target: &Target, script: &str, input: &[u8]) -> Result<Output> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| OsError::Other(format!("{}: {e}", self.dir.display())))?;
+        self.ensure_dir()?;
         let remote = if target.user == "root" {
             format!("sh -c {}", shell_quote(script))
         } else {
@@ -152,15 +157,12 @@ impl Channel {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| OsError::Other(format!("running ssh: {e}")))?;
+            .map_err(ssh_error(target))?;
         if let Some(mut stdin) = child.stdin.take() {
             // A script that does not read its input closes the pipe early: not an error.
             let _ = stdin.write_all(input).await;
         }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|e| OsError::Other(format!("running ssh: {e}")))?;
+        let out = child.wait_with_output().await.map_err(ssh_error(target))?;
         let code = out.status.code().unwrap_or(255);
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         // 255 is ssh's own failure (connection, authentication, host key).
@@ -203,6 +205,21 @@ impl Channel {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Makes [`Channel::dir`] unless it exists.
+    pub fn ensure_dir(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| OsError::ChannelDir {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+}
+
+fn ssh_error(target: &Target) -> impl FnOnce(std::io::Error) -> OsError + '_ {
+    move |source| OsError::Ssh {
+        node: target.node.clone(),
+        source,
+    }
 }
 
 /// What ssh said when it failed; a refused login also names the user it tried and the key that
@@ -229,12 +246,18 @@ fn ssh_failure(target: &Target, stderr: String) -> String {
     )
 }
 
+/// `path` with a leading `~/` as `home` (unchanged without a home: reading it then fails,
+/// naming it).
+pub(crate) fn expand_home(path: &str, home: Option<&Path>) -> PathBuf {
+    match (path.trim().strip_prefix("~/"), home) {
+        (Some(rest), Some(home)) => home.join(rest),
+        _ => PathBuf::from(path.trim()),
+    }
+}
+
 /// `X` for a public key file `X.pub` when `X` exists.
-fn private_key_beside(public: &str) -> Option<PathBuf> {
-    let path = match public.trim().strip_prefix("~/") {
-        Some(rest) => PathBuf::from(std::env::var_os("HOME")?).join(rest),
-        None => PathBuf::from(public.trim()),
-    };
+fn private_key_beside(public: &str, home: Option<&Path>) -> Option<PathBuf> {
+    let path = expand_home(public, home);
     let private = PathBuf::from(path.to_str()?.strip_suffix(".pub")?);
     private.is_file().then_some(private)
 }
@@ -255,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_worker_is_reached_through_its_relay_with_the_same_host_key_rules() {
-        let ch = Channel::new("c1", None, PathBuf::from("/s/ssh"));
+        let ch = Channel::new("c1", None, None, PathBuf::from("/s/ssh"));
         let t = Target {
             node: "a-worker-1".into(),
             host: Ipv4Addr::new(10, 1, 0, 6),
@@ -281,7 +304,7 @@ mod tests {
 
     #[test]
     fn each_hop_logs_in_as_its_own_images_user_and_a_refusal_names_them() {
-        let ch = Channel::new("c1", None, PathBuf::from("/s/ssh"));
+        let ch = Channel::new("c1", None, None, PathBuf::from("/s/ssh"));
         let t = Target {
             node: "b-worker-1".into(),
             host: Ipv4Addr::new(10, 2, 0, 6),
@@ -316,13 +339,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let public = dir.path().join("id_ed25519.pub");
         std::fs::write(&public, "ssh-ed25519 AAAA test").unwrap();
-        assert_eq!(private_key_beside(public.to_str().unwrap()), None);
+        assert_eq!(private_key_beside(public.to_str().unwrap(), None), None);
         std::fs::write(dir.path().join("id_ed25519"), "private").unwrap();
         assert_eq!(
-            private_key_beside(public.to_str().unwrap()),
+            private_key_beside(public.to_str().unwrap(), None),
             Some(dir.path().join("id_ed25519"))
         );
-        assert_eq!(private_key_beside("ssh-ed25519 AAAA inline"), None);
+        assert_eq!(
+            private_key_beside("~/id_ed25519.pub", Some(dir.path())),
+            Some(dir.path().join("id_ed25519"))
+        );
+        assert_eq!(private_key_beside("ssh-ed25519 AAAA inline", None), None);
     }
 
     #[test]

@@ -6,9 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
+use futures::future::try_join_all;
 use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::plan::{NodePlan, Plan, Role};
-use hybridgrid_engine::{Event, Probe, Reach, Sink, TunnelStatus};
+use hybridgrid_core::wg_status::WgStatus;
+use hybridgrid_engine::status::{self, ProbePair};
+use hybridgrid_engine::{
+    Event, NodeStatus, Pending, PendingKind, Probe, Reach, Sink, StatusReport, TunnelStatus,
+};
 
 use crate::channel::{Channel, shell_quote};
 use crate::error::{OsError, Result};
@@ -26,6 +31,7 @@ impl OpenStack {
         Channel::new(
             &self.cluster.name,
             self.cluster.ssh_public_key.as_deref(),
+            self.opts.home.as_deref(),
             self.opts.state_root.join(&self.cluster.name).join("ssh"),
         )
     }
@@ -240,9 +246,7 @@ impl OpenStack {
             let r = match c {
                 Change::ConfigureNode { node, .. } => match self.target(plan, node) {
                     Some(target) => nodes::prepare(channel, &target, plan, agent).await,
-                    None => Err(OsError::Other(format!(
-                        "{node} cannot be reached yet: its relay has no floating IP"
-                    ))),
+                    None => Err(OsError::NoRelayAddress { node: node.clone() }),
                 },
                 _ => Ok(nodes::Prepared::default()),
             };
@@ -291,7 +295,7 @@ impl OpenStack {
     ) -> Option<OsError> {
         sink(Event::Failed {
             summary: c.summary(),
-            error: e.to_string(),
+            error: hybridgrid_core::error_chain(&e),
         });
         if matches!(e, OsError::PackageInstall { .. }) {
             return Some(e);
@@ -330,7 +334,7 @@ impl OpenStack {
     /// waited for until cloud-init finished on them and they answer over the channel, at most
     /// `boot_timeout`. Whether any now answers (observe and configure again), and a note per
     /// node that does not.
-    pub(crate) async fn await_channel(&self, plan: &Plan) -> (bool, Vec<String>) {
+    pub(crate) async fn await_channel(&self, plan: &Plan) -> (bool, Vec<Pending>) {
         let pending: Vec<&str> = plan
             .changes
             .iter()
@@ -375,10 +379,11 @@ impl OpenStack {
             .iter()
             .filter(|(_, ok)| !ok)
             .map(|(n, _)| {
-                format!(
+                let note = format!(
                     "{n} did not answer over SSH within {}s: it is configured by the next `up`",
                     limit.as_secs()
-                )
+                );
+                Pending::new(PendingKind::NoAnswer, n, note)
             })
             .collect();
         (again, notes)
@@ -392,10 +397,8 @@ impl OpenStack {
         script: &str,
         input: &[u8],
     ) -> Result<(i32, Vec<u8>)> {
-        let target = self.target(plan, node).ok_or_else(|| {
-            OsError::Other(format!(
-                "{node} is not in the plan or cannot be reached yet"
-            ))
+        let target = self.target(plan, node).ok_or_else(|| OsError::NoTarget {
+            node: node.to_owned(),
         })?;
         let out = self.channel().run(&target, script, input).await?;
         Ok((out.code, out.stdout))
@@ -403,10 +406,8 @@ impl OpenStack {
 
     /// The `ssh` command line that runs `cmd` on `node` as root, for `exec` (the user's terminal).
     pub fn exec_args(&self, plan: &Plan, node: &str, cmd: &[String]) -> Result<Vec<String>> {
-        let target = self.target(plan, node).ok_or_else(|| {
-            OsError::Other(format!(
-                "{node} is not in the plan or cannot be reached yet"
-            ))
+        let target = self.target(plan, node).ok_or_else(|| OsError::NoTarget {
+            node: node.to_owned(),
         })?;
         let quoted: Vec<String> = cmd.iter().map(|c| shell_quote(c)).collect();
         let remote = if target.user == "root" {
@@ -415,8 +416,7 @@ impl OpenStack {
             format!("sudo -n {}", quoted.join(" "))
         };
         let channel = self.channel();
-        std::fs::create_dir_all(channel.dir())
-            .map_err(|e| OsError::Other(format!("{}: {e}", channel.dir().display())))?;
+        channel.ensure_dir()?;
         Ok(channel.args(&target, &remote))
     }
 
@@ -438,94 +438,78 @@ impl OpenStack {
         })
     }
 
-    /// Every relay's WireGuard peers, read on the relay.
+    /// Every relay's WireGuard peers, read on the relay (a relay that cannot be read has none).
     pub(crate) async fn tunnels(&self, plan: &Plan) -> Vec<TunnelStatus> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let by_key: BTreeMap<String, String> = plan
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                Some((
-                    n.wireguard.as_ref()?.public_key?.to_base64(),
-                    n.name.clone(),
-                ))
-            })
-            .collect();
-        let relays: Vec<_> = plan
-            .nodes
-            .iter()
-            .filter(|n| n.wireguard.is_some())
-            .collect();
-        let statuses = futures::future::join_all(relays.iter().map(|n| async move {
-            let ifname = n.wireguard.as_ref().map_or("wg0", |w| w.name.as_str());
-            let script = format!(
-                "{} agent wg-status --interface {ifname}",
-                crate::userdata::AGENT_PATH
-            );
-            let status = match self.run_on(plan, &n.name, &script, b"").await {
-                Ok((0, out)) => serde_json::from_slice::<hybridgrid_agent::WgStatus>(&out).ok(),
-                _ => None,
-            };
-            (n.name.clone(), status)
-        }))
+        let readings = futures::future::join_all(status::relays(plan).into_iter().map(
+            |(n, ifname)| async move {
+                let script = format!(
+                    "{} agent wg-status --interface {ifname}",
+                    crate::userdata::AGENT_PATH
+                );
+                match self.run_on(plan, &n.name, &script, b"").await {
+                    Ok((0, out)) => Some((n.name.clone(), serde_json::from_slice(&out).ok()?)),
+                    _ => None,
+                }
+            },
+        ))
         .await;
-        let mut out = Vec::new();
-        for (node, status) in statuses {
-            for p in status.map(|s| s.peers).unwrap_or_default() {
-                out.push(TunnelStatus {
-                    node: node.clone(),
-                    peer: by_key.get(&p.public_key).cloned().unwrap_or(p.public_key),
-                    endpoint: p.endpoint.map(|e| e.to_string()),
-                    handshake_age_s: (p.latest_handshake > 0)
-                        .then(|| now.saturating_sub(p.latest_handshake)),
-                    rx_bytes: p.rx_bytes,
-                    tx_bytes: p.tx_bytes,
-                });
-            }
-        }
-        out
+        let readings: Vec<(String, WgStatus)> = readings.into_iter().flatten().collect();
+        status::tunnel_rows(plan, &readings, unix_now())
     }
 
-    /// Reachability from the nodes: with [`Probe::Sample`] each node pings its relay and one
-    /// node of every other site; [`Probe::AllPairs`] every node pings every node. One SSH
-    /// session per source node, its pings in parallel.
-    pub(crate) async fn reachability(&self, plan: &Plan, probe: Probe) -> Vec<Reach> {
-        let pairs: Vec<(&str, Vec<&NodePlan>)> = plan
+    /// `status`: nodes are up when their server is ACTIVE; Slurm, tunnels and reachability as
+    /// the nodes report them over the channel (without it, only the servers).
+    pub(crate) async fn status_of(&self, plan: &Plan, probe: Probe) -> Result<StatusReport> {
+        let sites = self.connected().await?;
+        let lists = try_join_all(sites.iter().map(|ops| ops.servers(true))).await?;
+        let active: BTreeSet<String> = lists
+            .into_iter()
+            .flatten()
+            .filter(|s| s.status == "ACTIVE")
+            .map(|s| s.node)
+            .collect();
+        let mut nodes: Vec<NodeStatus> = plan
             .nodes
             .iter()
-            .map(|a| {
-                let to: Vec<_> = match probe {
-                    Probe::None => Vec::new(),
-                    Probe::AllPairs => plan.nodes.iter().filter(|b| b.name != a.name).collect(),
-                    Probe::Sample => {
-                        let mut v: Vec<_> = plan
-                            .sites
-                            .iter()
-                            .filter_map(|s| plan.relay_of(&s.name))
-                            .filter(|r| r.name != a.name)
-                            .collect();
-                        if let Some(w) = plan
-                            .nodes
-                            .iter()
-                            .find(|b| b.site != a.site && b.role == Role::Worker)
-                        {
-                            v.push(w);
-                        }
-                        v
-                    }
-                };
-                (a.name.as_str(), to)
-            })
-            .filter(|(_, to)| !to.is_empty())
+            .map(|n| NodeStatus::of(n, active.contains(&n.name), None))
             .collect();
-        let results = futures::stream::iter(pairs.into_iter().map(|(from, to)| async move {
+        if !self.opts.node_channel {
+            return Ok(StatusReport::new(
+                &self.cluster.name,
+                nodes,
+                Vec::new(),
+                Vec::new(),
+            ));
+        }
+        let pairs = status::probe_pairs(&nodes, probe);
+        let (slurm, tunnels, reachability) = tokio::join!(
+            self.slurm_states(plan),
+            self.tunnels(plan),
+            self.reachability(plan, &pairs)
+        );
+        for n in &mut nodes {
+            n.slurm = slurm_word(slurm.as_ref(), n);
+        }
+        Ok(StatusReport::new(
+            &self.cluster.name,
+            nodes,
+            tunnels,
+            reachability,
+        ))
+    }
+
+    /// Runs `pairs`' pings: one SSH session per source node, its pings in parallel.
+    pub(crate) async fn reachability(&self, plan: &Plan, pairs: &[ProbePair]) -> Vec<Reach> {
+        let mut by_source: BTreeMap<&str, Vec<&ProbePair>> = BTreeMap::new();
+        for p in pairs {
+            by_source.entry(p.from.as_str()).or_default().push(p);
+        }
+        let results = futures::stream::iter(by_source.into_iter().map(|(from, to)| async move {
             let mut script = String::new();
-            for b in &to {
+            for p in &to {
                 script.push_str(&format!(
                     "(ping -c 1 -W 2 {ip} >/dev/null 2>&1 && echo '{ip} ok' || echo '{ip} lost') &\n",
-                    ip = b.lan_ip
+                    ip = p.to_ip
                 ));
             }
             script.push_str("wait\n");
@@ -535,11 +519,7 @@ impl OpenStack {
                 .map(|(_, out)| String::from_utf8_lossy(&out).into_owned())
                 .unwrap_or_default();
             to.iter()
-                .map(|b| Reach {
-                    from: from.to_owned(),
-                    to: b.name.clone(),
-                    ok: answer.lines().any(|l| l == format!("{} ok", b.lan_ip)),
-                })
+                .map(|p| p.reach(answer.lines().any(|l| l == format!("{} ok", p.to_ip))))
                 .collect::<Vec<_>>()
         }))
         .buffer_unordered(CHANNELS_AT_ONCE)
@@ -549,17 +529,39 @@ impl OpenStack {
     }
 }
 
+/// A node's Slurm word in `status`: the controller's view of a worker; the master's is whether
+/// the controller answered; gateways run no Slurm.
+fn slurm_word(states: Option<&BTreeMap<String, String>>, node: &NodeStatus) -> Option<String> {
+    match (states, node.role) {
+        (_, Role::Gateway) => None,
+        (None, _) => Some("no controller".to_owned()),
+        (Some(_), Role::Master) => Some("controller up".to_owned()),
+        (Some(s), _) => Some(
+            s.get(&node.name)
+                .cloned()
+                .unwrap_or_else(|| "unknown".into()),
+        ),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The reason a node could not be configured, with what to do when SSH did not get through.
 fn unreachable_help(e: &OsError, admin_cidrs: &[ipnet::Ipv4Net]) -> String {
+    let text = hybridgrid_core::error_chain(e);
     match e {
         OsError::Channel { .. } if admin_cidrs.is_empty() => format!(
-            "{e}; the nodes admit SSH from `admin_cidrs` only and the cluster file has none: add \
-             this machine's public address"
+            "{text}; the nodes admit SSH from `admin_cidrs` only and the cluster file has none: \
+             add this machine's public address"
         ),
         OsError::Channel { .. } => {
-            format!("{e}; a booting node answers once cloud-init started sshd: run `up` again")
+            format!("{text}; a booting node answers once cloud-init started sshd: run `up` again")
         }
-        _ => e.to_string(),
+        _ => text,
     }
 }
 

@@ -13,9 +13,10 @@ use futures::StreamExt as _;
 use futures::future::try_join_all;
 use hybridgrid_core::diff::Change;
 use hybridgrid_core::model::Provider as ProviderKind;
-use hybridgrid_core::plan::{NodePlan, Plan, WG_INTERFACE};
+use hybridgrid_core::plan::{NodePlan, Plan, Protocol, Remote, SgRule};
 use hybridgrid_engine::doctor::{
-    Facts, MissingRule, NodeFacts, PortFacts, Probe, SiteFacts, TunnelFacts, freshest_handshake,
+    Facts, MissingRule, NodeMeasures, PortFacts, Probe, SiteFacts, TunnelFacts, freshest_handshake,
+    node_facts,
 };
 use hybridgrid_engine::path::PathFacts;
 
@@ -37,12 +38,6 @@ fn ping_line(ip: Ipv4Addr, size: Option<u16>, tag: &str) -> String {
 
 fn answered(out: &str, tag: &str) -> bool {
     out.lines().any(|l| l == format!("{tag} ok"))
-}
-
-fn tunnel_device(n: &NodePlan) -> &str {
-    n.wireguard
-        .as_ref()
-        .map_or(WG_INTERFACE, |w| w.name.as_str())
 }
 
 impl OpenStack {
@@ -76,26 +71,11 @@ impl OpenStack {
             .collect();
         let mtus: BTreeMap<&str, Option<u16>> =
             relays.iter().map(|r| (r.node.as_str(), r.mtu)).collect();
-        let nodes = plan
-            .nodes
-            .iter()
-            .map(|n| NodeFacts {
-                name: n.name.clone(),
-                on_demand: n.on_demand,
-                site: n.site.clone(),
-                role: n.role,
-                up: up.contains(&n.name),
-                missing_rules: if up.contains(&n.name) {
-                    missing_rules(plan, &n.name)
-                } else {
-                    Vec::new()
-                },
-                drops_before: None,
-                drops_after: None,
-                planned_mtu: n.wireguard.as_ref().map(|w| w.mtu),
-                live_mtu: mtus.get(n.name.as_str()).copied().flatten(),
-            })
-            .collect();
+        let nodes = node_facts(plan, &up, |n| NodeMeasures {
+            missing_rules: missing_rules(plan, &n.name),
+            live_mtu: mtus.get(n.name.as_str()).copied().flatten(),
+            ..NodeMeasures::default()
+        });
         let ledger = self.ledger.snapshot();
         let port_of = |site: &str, node: &str| {
             let name = format!("{}-{node}-port", self.cluster.name);
@@ -117,12 +97,21 @@ impl OpenStack {
                     .allowed_address_pairs
                     .iter()
                     .filter(|p| up.contains(&p.node))
-                    .map(|p| PortFacts {
-                        node: p.node.clone(),
-                        port: port_of(&s.name, &p.node),
-                        missing_pairs: missing_pairs(plan, &p.node),
-                        spoof_before: None,
-                        spoof_after: None,
+                    .map(|p| {
+                        let port = port_of(&s.name, &p.node);
+                        let missing = missing_pairs(plan, &p.node);
+                        PortFacts {
+                            node: p.node.clone(),
+                            by_hand: s
+                                .cloud
+                                .as_deref()
+                                .filter(|_| !missing.is_empty())
+                                .map(|c| pairs_by_hand(c, &port, &missing)),
+                            port,
+                            missing_pairs: missing,
+                            spoof_before: None,
+                            spoof_after: None,
+                        }
                     })
                     .collect(),
                 fragments_before: None,
@@ -156,7 +145,10 @@ impl OpenStack {
                 .flat_map(|w| &w.peers)
                 .filter_map(|p| Some((p.node.as_str(), plan.node(&p.node)?.tunnel_ip?)))
                 .collect();
-            let mtu_script = format!("cat /sys/class/net/{}/mtu", tunnel_device(n));
+            let mtu_script = format!(
+                "cat /sys/class/net/{}/mtu",
+                hybridgrid_engine::status::interface_of(n)
+            );
             let mtu = match self.run_on(plan, &n.name, &mtu_script, b"").await {
                 Ok((0, out)) => String::from_utf8_lossy(&out).trim().parse::<u16>().ok(),
                 _ => None,
@@ -325,11 +317,46 @@ fn missing_rules(plan: &Plan, node: &str) -> Vec<MissingRule> {
                     .any(|g| &g.name == *group && g.members.iter().any(|m| m == node))
             })
         })
-        .map(|(_, group, rule)| MissingRule {
+        .map(|(site, group, rule)| MissingRule {
             group: group.clone(),
             rule: rule.clone(),
+            by_hand: plan
+                .site(site)
+                .and_then(|s| s.cloud.as_deref())
+                .map(|cloud| rule_by_hand(cloud, group, rule)),
         })
         .collect()
+}
+
+/// The `openstack` command that adds `rule` to `group` by hand.
+fn rule_by_hand(cloud: &str, group: &str, rule: &SgRule) -> String {
+    let proto = match rule.protocol {
+        Protocol::Any => "any",
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Icmp => "icmp",
+    };
+    let ports = rule
+        .ports
+        .map(|(a, b)| format!(" --dst-port {a}:{b}"))
+        .unwrap_or_default();
+    let remote = match &rule.remote {
+        Remote::Cidr(c) => c.to_string(),
+        Remote::PendingPublicIp(n) => format!("<{n}'s public IP>/32"),
+    };
+    format!(
+        "openstack --os-cloud {cloud} security group rule create --ingress --ethertype IPv4 \
+         --protocol {proto}{ports} --remote-ip {remote} {group}"
+    )
+}
+
+/// The `openstack` command that adds `pairs` to `port` by hand.
+fn pairs_by_hand(cloud: &str, port: &str, pairs: &[ipnet::Ipv4Net]) -> String {
+    let flags: String = pairs
+        .iter()
+        .map(|p| format!(" --allowed-address ip-address={p}"))
+        .collect();
+    format!("openstack --os-cloud {cloud} port set{flags} {port}")
 }
 
 /// Pairs the plan adds to `node`'s port: what the live port lacks.
@@ -347,6 +374,32 @@ fn missing_pairs(plan: &Plan, node: &str) -> Vec<ipnet::Ipv4Net> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fix_by_hand_is_the_openstack_command_of_the_site_cloud() {
+        let rule = SgRule {
+            protocol: Protocol::Udp,
+            ports: Some((51820, 51820)),
+            remote: Remote::Cidr(
+                "198.51.100.100/32"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!()),
+            ),
+            description: "WireGuard from bielefeld-master".into(),
+        };
+        assert_eq!(
+            rule_by_hand("cloud-giessen", "demo-giessen-gateway", &rule),
+            "openstack --os-cloud cloud-giessen security group rule create --ingress --ethertype \
+             IPv4 --protocol udp --dst-port 51820:51820 --remote-ip 198.51.100.100/32 \
+             demo-giessen-gateway"
+        );
+        let pair = "10.10.0.0/24".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(
+            pairs_by_hand("cloud-giessen", "8c1f", &[pair]),
+            "openstack --os-cloud cloud-giessen port set --allowed-address \
+             ip-address=10.10.0.0/24 8c1f"
+        );
+    }
 
     #[test]
     fn a_ping_line_reports_its_tag_and_sets_dont_fragment_only_with_a_size() {

@@ -1,6 +1,10 @@
 use std::path::PathBuf;
+use std::sync::Arc;
 
-/// What went wrong talking to the clouds or keeping the ledger.
+/// What went wrong talking to the clouds or the nodes, or keeping the ledger.
+///
+/// A variant with a `#[source]` names what failed and where; its cause is the source's own
+/// text, printed once by whoever prints the chain ([`hybridgrid_core::error_chain`]).
 #[derive(Debug, displaydoc::Display, thiserror::Error)]
 pub enum OsError {
     /// cannot read the clouds configuration{path}: {message}
@@ -18,8 +22,28 @@ pub enum OsError {
         status: Option<u16>,
         message: String,
     },
+    /// {resource} from {api} has no `{field}`
+    MissingField {
+        api: Service,
+        resource: String,
+        field: &'static str,
+    },
     /// site {site}: {message}
     Site { site: String, message: String },
+    /// site {site} is not in the plan
+    SiteNotInPlan { site: String },
+    /// site {site} is not in the cluster file
+    SiteNotInFile { site: String },
+    /// node {node} is not in the plan
+    NodeNotInPlan { node: String },
+    /// site {site}: security group {group} not found
+    NoSecurityGroup { site: String, group: String },
+    /// site {site}: node {node} has no port
+    NoPort { site: String, node: String },
+    // A step several others waited for (the keypair, the router's interface): its error as it
+    // is, reported once by the step's own branch.
+    /// {0}
+    Shared(#[source] Arc<OsError>),
     /// ledger {path}: {message}
     Ledger { path: PathBuf, message: String },
     /// {0}
@@ -28,14 +52,89 @@ pub enum OsError {
     CrashInjected(usize),
     /// server {name} did not become ACTIVE: {message}
     ServerFailed { name: String, message: String },
+    /// the task waiting for the server of {node} ended before it did
+    ServerWaitTask {
+        node: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// node {node}, over SSH: {detail}
     Channel { node: String, detail: String },
+    /// node {node} cannot be reached yet: its relay has no floating IP
+    NoRelayAddress { node: String },
+    /// node {node} is not in the plan or cannot be reached yet
+    NoTarget { node: String },
+    /// cannot create the node channel's directory {path}
+    ChannelDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// cannot run ssh for node {node}
+    Ssh {
+        node: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// cannot read the cluster file's `ssh_public_key` {path}
+    SshPublicKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// no node agent's binary at {path} (it is built with hybridgrid: `cargo build`, or `cargo install --path crates/hybridgrid-agent` beside an installed hybridgrid)
+    NoAgentBinary {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// cannot read the node agent's binary {path}
+    AgentBinaryRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// cannot keep the stripped node agent's binary at {path}
+    AgentCache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// cannot make the cluster's munge key: /dev/urandom cannot be read
+    MungeKeyRandom {
+        #[source]
+        source: std::io::Error,
+    },
+    /// cannot write the configuration of node {node} as JSON
+    NodeConfigJson {
+        node: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// node {node} lacks packages its role needs: {detail}
     PackageInstall { node: String, detail: String },
     /// the nodes' Slurm versions cannot run together: {problems}
     SlurmVersions { problems: String },
-    /// {0}
-    Other(String),
+    /// the openstack provider blocks: call it from a multi-threaded tokio runtime or from none
+    RuntimeFlavor,
+    /// cannot start the openstack provider's async runtime
+    Runtime {
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+}
+
+/// The OpenStack service an answer came from, for [`OsError::MissingField`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, displaydoc::Display)]
+pub enum Service {
+    /// Keystone
+    Keystone,
+    /// Neutron
+    Neutron,
+    /// Nova
+    Nova,
+    /// Glance
+    Glance,
 }
 
 impl OsError {
@@ -49,3 +148,32 @@ impl OsError {
 }
 
 pub type Result<T, E = OsError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let e = OsError::Ssh {
+            node: "a-gw".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no ssh here"),
+        };
+        assert_eq!(
+            hybridgrid_core::error_chain(&e),
+            "cannot run ssh for node a-gw: no ssh here"
+        );
+        let inner = OsError::Api {
+            cloud: "c1".into(),
+            what: "create keypair".into(),
+            status: Some(409),
+            message: "conflict".into(),
+        };
+        let e = OsError::Shared(Arc::new(inner));
+        assert_eq!(e.to_string(), "cloud `c1`: create keypair: conflict");
+        assert_eq!(
+            hybridgrid_core::error_chain(&e),
+            "cloud `c1`: create keypair: conflict"
+        );
+    }
+}

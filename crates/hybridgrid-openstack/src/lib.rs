@@ -30,7 +30,7 @@ mod userdata;
 mod validate;
 
 pub use api::{CallTiming, CallTrace};
-pub use error::{OsError, Result};
+pub use error::{OsError, Result, Service};
 pub use provider::{OpenStack, Options, Problem};
 pub use site::{TAG, cluster_tag, site_tag};
 pub use userdata::{

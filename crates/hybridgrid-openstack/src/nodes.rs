@@ -83,23 +83,20 @@ impl AgentBinary {
     /// `exe` stripped (no debug information, no symbol table: 4.6 MB of the release build's
     /// 37 MB), made once into `cache_dir`; `exe` itself when `objcopy` is not there.
     pub fn prepare(exe: &Path, cache_dir: &Path) -> Result<AgentBinary> {
-        let io = |p: &Path| {
-            let p = p.to_owned();
-            move |e: std::io::Error| OsError::Other(format!("{}: {e}", p.display()))
+        let cache = |p: &Path| {
+            let path = p.to_owned();
+            move |source| OsError::AgentCache { path, source }
         };
-        let meta = std::fs::metadata(exe).map_err(|e| {
-            OsError::Other(format!(
-                "the node agent's binary {}: {e} (it is built with hybridgrid: `cargo build`, or \
-                 `cargo install --path crates/hybridgrid-agent` beside an installed hybridgrid)",
-                exe.display()
-            ))
+        let meta = std::fs::metadata(exe).map_err(|source| OsError::NoAgentBinary {
+            path: exe.to_owned(),
+            source,
         })?;
         let mtime = meta
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
-        std::fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
+        std::fs::create_dir_all(cache_dir).map_err(cache(cache_dir))?;
         let stripped = cache_dir.join(format!("hybridgrid-agent-{}-{mtime}", meta.len()));
         if !stripped.is_file() {
             let tmp = stripped.with_extension("part");
@@ -111,7 +108,7 @@ impl AgentBinary {
                 .status()
                 .is_ok_and(|s| s.success());
             if ok {
-                std::fs::rename(&tmp, &stripped).map_err(io(&stripped))?;
+                std::fs::rename(&tmp, &stripped).map_err(cache(&stripped))?;
             } else {
                 let _ = std::fs::remove_file(&tmp);
             }
@@ -126,15 +123,17 @@ impl AgentBinary {
     }
 }
 
+/// The SHA-256 of the agent's binary at `path`, in hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| OsError::Other(format!("{}: {e}", path.display())))?;
+    let read = |source| OsError::AgentBinaryRead {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(read)?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| OsError::Other(format!("{}: {e}", path.display())))?;
+        let n = f.read(&mut buf).map_err(read)?;
         if n == 0 {
             break;
         }
@@ -157,7 +156,7 @@ pub fn ensure_munge_key(cluster_dir: &Path) -> Result<Vec<u8>> {
     let mut key = vec![0u8; MUNGE_KEY_BYTES];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut key))
-        .map_err(|e| OsError::Other(format!("/dev/urandom: {e}")))?;
+        .map_err(|source| OsError::MungeKeyRandom { source })?;
     hybridgrid_engine::state::write_atomic(&path, &key, 0o400)?;
     Ok(key)
 }
@@ -258,8 +257,12 @@ pub async fn prepare(
             Sent::FromRelay => done.push(format!("agent {} from its relay", &agent.sha256[..12])),
         }
     }
-    let json = serde_json::to_vec_pretty(&plan.node_config(node))
-        .map_err(|e| OsError::Other(format!("node configuration: {e}")))?;
+    let json = serde_json::to_vec_pretty(&plan.node_config(node)).map_err(|source| {
+        OsError::NodeConfigJson {
+            node: node.name.clone(),
+            source,
+        }
+    })?;
     channel
         .run_ok(
             target,
@@ -289,7 +292,9 @@ pub async fn prepare(
 
 fn plan_node<'p>(plan: &'p Plan, target: &Target) -> Result<&'p hybridgrid_core::plan::NodePlan> {
     plan.node(&target.node)
-        .ok_or_else(|| OsError::Other(format!("{} is not in the plan", target.node)))
+        .ok_or_else(|| OsError::NodeNotInPlan {
+            node: target.node.clone(),
+        })
 }
 
 /// Where a relay offers its agent binary to the workers of its site (the operator's machine
@@ -380,7 +385,10 @@ async fn send_agent(
     }
     let bytes = tokio::fs::read(&agent.path)
         .await
-        .map_err(|e| OsError::Other(format!("{}: {e}", agent.path.display())))?;
+        .map_err(|source| OsError::AgentBinaryRead {
+            path: agent.path.clone(),
+            source,
+        })?;
     channel
         .run_ok(
             target,

@@ -17,12 +17,12 @@ use hybridgrid_core::plan::Plan;
 use hybridgrid_engine::doctor::Facts;
 use hybridgrid_engine::path::PathFacts;
 use hybridgrid_engine::{
-    Applied, Command, DownReport, EngineError, Event, NodeStatus, Probe, Provider, Settled, Sink,
-    StatusReport,
+    Applied, DownReport, EngineError, Event, Nodes, Probe, Provider, Settled, Sink, StatusReport,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::api::{self, CallTrace, Cloud, CrashSwitch};
+use crate::apply::Created;
 use crate::boot;
 use crate::error::{OsError, Result};
 use crate::ledger::{LEDGER_FILE, Ledger, LedgerSite};
@@ -36,6 +36,8 @@ pub struct Options {
     pub clouds_file: Option<PathBuf>,
     /// `<state_root>/<cluster>/openstack-ledger.json` is the ledger.
     pub state_root: PathBuf,
+    /// What `~/` stands for in the cluster file's `ssh_public_key` (the user's home).
+    pub home: Option<PathBuf>,
     /// Test hook: `up` fails as if killed right after this many create calls went through
     /// (their ids are not recorded).
     pub crash_after: Option<usize>,
@@ -66,6 +68,7 @@ impl Options {
         Options {
             clouds_file: None,
             state_root,
+            home: None,
             crash_after: None,
             agent_url: None,
             server_timeout: Duration::from_secs(600),
@@ -101,11 +104,10 @@ pub struct OpenStack {
     /// The sites of the cluster file, connected once per run.
     connected: tokio::sync::OnceCell<Vec<SiteOps>>,
     /// What the last `observe` saw: `apply` plans the new servers' user data from it.
-    last_observed: Mutex<Option<Observed>>,
     /// Per server this value created: seconds from its create call to ACTIVE.
     server_seconds: Mutex<BTreeMap<String, f64>>,
     /// A runtime of our own, for callers without one.
-    runtime: OnceLock<std::result::Result<tokio::runtime::Runtime, String>>,
+    runtime: OnceLock<std::result::Result<tokio::runtime::Runtime, Arc<std::io::Error>>>,
     /// The agent binary as nodes get it, prepared once per run.
     pub(crate) agent_binary: Mutex<Option<crate::nodes::AgentBinary>>,
     /// (site, image) → its login user, from Glance's image properties (`observe`).
@@ -116,6 +118,23 @@ pub struct OpenStack {
 
 fn err(e: OsError) -> EngineError {
     EngineError::provider(e)
+}
+
+/// A group is removed only with its site (every site has the same two): a `RemoveSecurityGroup`
+/// of a site still in the plan is partial.
+fn groups_kept(plan: &Plan, changes: &[Change]) -> Vec<(Change, String)> {
+    changes
+        .iter()
+        .filter(
+            |c| matches!(c, Change::RemoveSecurityGroup { site, .. } if plan.site(site).is_some()),
+        )
+        .map(|c| {
+            (
+                c.clone(),
+                "a site keeps its security groups while it is in the file".into(),
+            )
+        })
+        .collect()
 }
 
 impl OpenStack {
@@ -130,7 +149,6 @@ impl OpenStack {
             opts,
             ledger: Arc::new(ledger),
             connected: tokio::sync::OnceCell::new(),
-            last_observed: Mutex::new(None),
             server_seconds: Mutex::new(BTreeMap::new()),
             runtime: OnceLock::new(),
             agent_binary: Mutex::new(None),
@@ -152,11 +170,7 @@ impl OpenStack {
     pub(crate) fn block<F: Future>(&self, f: F) -> std::result::Result<F::Output, EngineError> {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-                return Err(err(OsError::Other(
-                    "the openstack provider blocks: call it from a multi-threaded tokio runtime \
-                     or from none"
-                        .into(),
-                )));
+                return Err(err(OsError::RuntimeFlavor));
             }
             return Ok(tokio::task::block_in_place(|| handle.block_on(f)));
         }
@@ -164,13 +178,13 @@ impl OpenStack {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(Arc::new)
         });
         match rt {
             Ok(rt) => Ok(rt.block_on(f)),
-            Err(e) => Err(err(OsError::Other(format!(
-                "starting the async runtime: {e}"
-            )))),
+            Err(source) => Err(err(OsError::Runtime {
+                source: source.clone(),
+            })),
         }
     }
 
@@ -200,16 +214,10 @@ impl OpenStack {
         if k.starts_with("ssh-") || k.starts_with("ecdsa-") || k.starts_with("sk-") {
             return Ok(Some(k.to_owned()));
         }
-        let path = match k.strip_prefix("~/") {
-            Some(rest) => std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default()
-                .join(rest),
-            None => PathBuf::from(k),
-        };
+        let path = crate::channel::expand_home(k, self.opts.home.as_deref());
         std::fs::read_to_string(&path)
             .map(|t| Some(t.trim().to_owned()))
-            .map_err(|e| OsError::Other(format!("ssh_public_key {}: {e}", path.display())))
+            .map_err(|source| OsError::SshPublicKey { path, source })
     }
 
     /// Connects to every site's cloud, concurrently.
@@ -274,17 +282,16 @@ impl OpenStack {
 
     /// What exists of the cluster in its clouds; floating IPs allocated for a relay but not on
     /// its port are `reserved_public_ips`.
-    pub async fn observe_async(&self) -> Result<Observed> {
+    pub async fn observe_async(&self, layout: &Plan) -> Result<Observed> {
         let sites = self.connected().await?;
         self.learn_login_users(sites).await;
-        let (mut observed, unattached) = self.observe_full(sites).await?;
+        let (mut observed, unattached) = self.observe_full(sites, layout).await?;
         for (node, (_, ip)) in unattached {
             observed.reserved_public_ips.insert(node, ip);
         }
         if self.opts.node_channel {
             self.ask_nodes(&mut observed).await;
         }
-        *lock(&self.last_observed) = Some(observed.clone());
         Ok(observed)
     }
 
@@ -322,9 +329,9 @@ impl OpenStack {
     async fn observe_full(
         &self,
         sites: &[SiteOps],
+        layout: &Plan,
     ) -> Result<(Observed, BTreeMap<String, (String, Ipv4Addr)>)> {
-        let shape = hybridgrid_core::reconcile::plan(&self.cluster, &Observed::default());
-        let results = try_join_all(sites.iter().map(|s| s.observe(&shape))).await?;
+        let results = try_join_all(sites.iter().map(|s| s.observe(layout))).await?;
         let mut observed = Observed::default();
         let mut unattached = BTreeMap::new();
         for (ops, (site, nodes, fips)) in sites.iter().zip(results) {
@@ -347,25 +354,18 @@ impl Provider for OpenStack {
         "openstack"
     }
 
-    fn supports(&self, command: Command) -> bool {
-        match command {
-            Command::Up | Command::Down | Command::Status => true,
-            Command::Exec | Command::Submit | Command::Doctor => self.opts.node_channel,
-            Command::Gc => false,
-        }
-    }
-
-    fn observe(&self) -> std::result::Result<Observed, EngineError> {
-        self.block(self.observe_async())?.map_err(err)
+    fn observe(&self, layout: &Plan) -> std::result::Result<Observed, EngineError> {
+        self.block(self.observe_async(layout))?.map_err(err)
     }
 
     fn apply(
         &self,
         plan: &Plan,
+        observed: &Observed,
         changes: &[Change],
         sink: Sink<'_>,
     ) -> std::result::Result<Applied, EngineError> {
-        self.block(self.apply_async(plan, changes, sink))?
+        self.block(self.apply_async(plan, observed, changes, sink))?
             .map_err(err)
     }
 
@@ -373,67 +373,22 @@ impl Provider for OpenStack {
         self.block(self.settle_async(plan, sink))?.map_err(err)
     }
 
+    /// Reports each resource as it is deleted (`- <site>: <kind> <name> (<id>)`).
     fn down(&self, sink: Sink<'_>) -> std::result::Result<DownReport, EngineError> {
-        let report = self.block(self.down_async())?.map_err(err)?;
-        for d in &report.deleted {
-            sink(Event::Applied {
-                summary: format!("- {d}"),
-                seconds: 0.0,
-                details: Vec::new(),
-            });
-        }
-        Ok(report)
+        self.block(self.down_async(sink))?.map_err(err)
     }
 
-    /// Nodes are up when their server is ACTIVE; Slurm, tunnels and reachability as the nodes
-    /// report them over the channel.
     fn status(&self, plan: &Plan, probe: Probe) -> std::result::Result<StatusReport, EngineError> {
-        let (servers, slurm, tunnels, reachability) = self
-            .block(async {
-                let sites = self.connected().await?;
-                let lists = try_join_all(sites.iter().map(|ops| ops.servers(true))).await?;
-                let servers: Vec<_> = lists.into_iter().flatten().collect();
-                if !self.opts.node_channel {
-                    return Ok::<_, OsError>((servers, None, Vec::new(), Vec::new()));
-                }
-                let (slurm, tunnels, reach) = tokio::join!(
-                    self.slurm_states(plan),
-                    self.tunnels(plan),
-                    self.reachability(plan, probe)
-                );
-                Ok((servers, slurm, tunnels, reach))
-            })?
-            .map_err(err)?;
-        let nodes = plan
-            .nodes
-            .iter()
-            .map(|n| {
-                let up = servers
-                    .iter()
-                    .any(|s| s.node == n.name && s.status == "ACTIVE");
-                let state = match (&slurm, n.role) {
-                    (_, hybridgrid_core::plan::Role::Gateway) => None,
-                    (None, _) if self.opts.node_channel => Some("no controller".to_owned()),
-                    (None, _) => None,
-                    (Some(_), hybridgrid_core::plan::Role::Master) => {
-                        Some("controller up".to_owned())
-                    }
-                    (Some(s), _) => {
-                        Some(s.get(&n.name).cloned().unwrap_or_else(|| "unknown".into()))
-                    }
-                };
-                NodeStatus::of(n, up, state)
-            })
-            .collect();
-        Ok(StatusReport {
-            format_version: 1,
-            cluster: self.cluster.name.clone(),
-            nodes,
-            tunnels,
-            reachability,
-        })
+        self.block(self.status_of(plan, probe))?.map_err(err)
     }
 
+    fn nodes(&self) -> Option<&dyn Nodes> {
+        self.opts.node_channel.then_some(self as &dyn Nodes)
+    }
+}
+
+/// Through the node channel (SSH, workers through their site's relay).
+impl Nodes for OpenStack {
     fn doctor_facts(&self, plan: &Plan) -> std::result::Result<Facts, EngineError> {
         self.block(self.doctor_facts_async(plan))?.map_err(err)
     }
@@ -441,7 +396,6 @@ impl Provider for OpenStack {
     fn path_facts(
         &self,
         plan: &Plan,
-        _facts: &Facts,
         src: &str,
         dst: &str,
     ) -> std::result::Result<PathFacts, EngineError> {
@@ -455,7 +409,12 @@ impl Provider for OpenStack {
         let status = std::process::Command::new("ssh")
             .args(&args)
             .status()
-            .map_err(|e| err(OsError::Other(format!("running ssh: {e}"))))?;
+            .map_err(|source| {
+                err(OsError::Ssh {
+                    node: node.to_owned(),
+                    source,
+                })
+            })?;
         Ok(status.code().unwrap_or(255))
     }
 
@@ -478,7 +437,8 @@ impl OpenStack {
         let observed = self
             .block(async {
                 let sites = self.connected().await?;
-                let (mut observed, unattached) = self.observe_full(sites).await?;
+                let layout = hybridgrid_core::reconcile::layout(&self.cluster);
+                let (mut observed, unattached) = self.observe_full(sites, &layout).await?;
                 for (node, (_, ip)) in unattached {
                     observed.reserved_public_ips.insert(node, ip);
                 }
@@ -489,34 +449,47 @@ impl OpenStack {
     }
 
     /// One round's changes. Relays' floating IPs are allocated first, so that every new
-    /// relay's user data has its peers' endpoints; then the sites concurrently (`apply_site`);
-    /// then configuration of booted relays through their server metadata; then the new
-    /// servers are waited for (ACTIVE), so the next observe reads the relays' keys.
+    /// relay's user data has its peers' endpoints ([`OpenStack::boot_plan`]); then the sites
+    /// concurrently (`apply_site`), and the sites that left the file; then configuration of
+    /// booted nodes ([`OpenStack::configure_booted`]); then the new servers are waited for
+    /// (ACTIVE), so the next observe reads the relays' keys.
     async fn apply_async(
         &self,
         plan: &Plan,
+        observed: &Observed,
         changes: &[Change],
         sink: Sink<'_>,
     ) -> Result<Applied> {
         let sites = self.connected().await?;
-        let ops_of = |site: &str| {
-            sites
-                .iter()
-                .find(|o| o.site.name == site)
-                .ok_or_else(|| OsError::Other(format!("site {site} is not in the cluster file")))
+        let mut applied = Applied {
+            partial: groups_kept(plan, changes),
         };
-        let mut applied = Applied::default();
-        // A group is removed only with its site (every site has the same two).
-        for c in changes {
-            if let Change::RemoveSecurityGroup { site, .. } = c
-                && plan.site(site).is_some()
-            {
-                applied.partial.push((
-                    c.clone(),
-                    "a site keeps its security groups while it is in the file".into(),
-                ));
-            }
-        }
+        let boot_plan = self.boot_plan(sites, observed, changes).await?;
+        let boot_plan = boot_plan.as_ref().unwrap_or(plan);
+        let (created, removed) = self
+            .apply_sites(sites, plan, boot_plan, changes, sink)
+            .await?;
+        applied.partial.extend(removed);
+        let configured = self
+            .configure_booted(sites, boot_plan, changes, &created, sink)
+            .await?;
+        applied.partial.extend(configured);
+        self.await_active(created, sink).await?;
+        Ok(applied)
+    }
+
+    /// The relays' floating IPs of the round (`AssignPublicIp`), allocated before any server is
+    /// made, and the plan again with them: new servers' user data then has every relay's
+    /// endpoint. `None` when nothing was allocated (the engine's plan is the one).
+    ///
+    /// The plan is made again from `observed`, what the engine's plan was made from, and these
+    /// addresses (`reconcile::plan`, pure): the engine's plan has them as pending.
+    async fn boot_plan(
+        &self,
+        sites: &[SiteOps],
+        observed: &Observed,
+        changes: &[Change],
+    ) -> Result<Option<Plan>> {
         let to_allocate: Vec<(&str, &str)> = changes
             .iter()
             .filter_map(|c| match c {
@@ -524,23 +497,35 @@ impl OpenStack {
                 _ => None,
             })
             .collect();
+        if to_allocate.is_empty() {
+            return Ok(None);
+        }
         let allocated = try_join_all(to_allocate.iter().map(|(site, node)| async move {
-            let (ip, _) = ops_of(site)?.allocate_floating_ip(node).await?;
+            let ops = sites.iter().find(|o| o.site.name == *site).ok_or_else(|| {
+                OsError::SiteNotInFile {
+                    site: (*site).to_owned(),
+                }
+            })?;
+            let (ip, _) = ops.allocate_floating_ip(node).await?;
             Ok::<_, OsError>(((*node).to_owned(), ip))
         }))
         .await?;
-        let boot_plan = if allocated.is_empty() {
-            None
-        } else {
-            let seen = lock(&self.last_observed).clone();
-            let mut view = match seen {
-                Some(o) => o,
-                None => self.observe_async().await?,
-            };
-            view.reserved_public_ips.extend(allocated);
-            Some(hybridgrid_core::reconcile::plan(&self.cluster, &view))
-        };
-        let boot_plan = boot_plan.as_ref().unwrap_or(plan);
+        let mut view = observed.clone();
+        view.reserved_public_ips.extend(allocated);
+        Ok(Some(hybridgrid_core::reconcile::plan(&self.cluster, &view)))
+    }
+
+    /// The sites of the plan concurrently ([`crate::apply::apply_site`]), then the sites that
+    /// left the file concurrently: their nodes, then everything else of theirs. The nodes made,
+    /// and what could not be removed (partial).
+    async fn apply_sites(
+        &self,
+        sites: &[SiteOps],
+        plan: &Plan,
+        boot_plan: &Plan,
+        changes: &[Change],
+        sink: Sink<'_>,
+    ) -> Result<(Created, Vec<(Change, String)>)> {
         let (kept, leaving): (Vec<&SiteOps>, Vec<&SiteOps>) = sites
             .iter()
             .partition(|o| plan.site(&o.site.name).is_some());
@@ -553,7 +538,6 @@ impl OpenStack {
             crate::apply::apply_site(ops, boot_plan, mine, sink)
         }))
         .await?;
-        // Sites that left the file: their nodes, then everything else of theirs.
         let removed = try_join_all(leaving.into_iter().map(|ops| {
             let mine: Vec<&Change> = changes
                 .iter()
@@ -562,11 +546,23 @@ impl OpenStack {
             self.remove_site(ops, mine, sink)
         }))
         .await?;
-        applied.partial.extend(removed.into_iter().flatten());
-        let mut created = Vec::new();
-        for servers in results {
-            created.extend(servers);
-        }
+        Ok((
+            results.into_iter().flatten().collect(),
+            removed.into_iter().flatten().collect(),
+        ))
+    }
+
+    /// Configuration of the round's nodes: a new node's is in its server's user data (reported
+    /// with its node's seconds); a booted node's goes over the node channel, or without it
+    /// through server metadata ([`OpenStack::deliver`]). What could not be delivered, as partial.
+    async fn configure_booted(
+        &self,
+        sites: &[SiteOps],
+        plan: &Plan,
+        changes: &[Change],
+        created: &Created,
+        sink: Sink<'_>,
+    ) -> Result<Vec<(Change, String)>> {
         let new_nodes: BTreeSet<&str> = changes
             .iter()
             .filter_map(|c| match c {
@@ -579,33 +575,45 @@ impl OpenStack {
             .filter(|c| matches!(c, Change::ConfigureNode { node, .. } if !new_nodes.contains(node.as_str())))
             .collect();
         let partial = if self.opts.node_channel {
-            self.configure_nodes(boot_plan, &configure, sink).await?
+            self.configure_nodes(plan, &configure, sink).await?
         } else {
-            self.deliver(sites, boot_plan, &configure, sink).await?
+            self.deliver(sites, plan, &configure, sink).await?
         };
-        applied.partial.extend(partial);
         for c in changes {
             if let Change::ConfigureNode { node, .. } = c
                 && new_nodes.contains(node.as_str())
             {
                 sink(Event::Applied {
                     summary: c.summary(),
-                    seconds: 0.0,
+                    seconds: created
+                        .iter()
+                        .find(|n| n.node == *node)
+                        .map_or(0.0, |n| n.seconds),
                     details: vec!["in the server's user data".into()],
                 });
             }
         }
-        for (node, task) in created {
-            let (secs, again) = task
-                .await
-                .map_err(|e| OsError::Other(format!("waiting for {node}: {e}")))??;
+        Ok(partial)
+    }
+
+    /// Waits for the servers this round created to become ACTIVE.
+    async fn await_active(&self, created: Created, sink: Sink<'_>) -> Result<()> {
+        for new in created {
+            let Some(task) = new.active else {
+                continue;
+            };
+            let node = new.node;
+            let (secs, again) = task.await.map_err(|source| OsError::ServerWaitTask {
+                node: node.clone(),
+                source,
+            })??;
             if let Some(note) = again {
                 sink(Event::Note(note));
             }
             sink(Event::Note(format!("{node} ACTIVE after {secs:.1}s")));
             lock(&self.server_seconds).insert(node, secs);
         }
-        Ok(applied)
+        Ok(())
     }
 
     /// Configuration for booted nodes: a relay's peers go into its server metadata (its
@@ -648,6 +656,7 @@ impl OpenStack {
                     continue;
                 }
                 let items = hybridgrid_core::node_meta::items(&plan.node_config_without_hosts(np));
+                let t = std::time::Instant::now();
                 let metadata = match ops.set_delivery_metadata(srv, &items).await? {
                     Some(m) => m,
                     None => srv.metadata.clone(),
@@ -666,7 +675,7 @@ impl OpenStack {
                     .unwrap_or_default();
                 sink(Event::Applied {
                     summary: c.summary(),
-                    seconds: 0.0,
+                    seconds: t.elapsed().as_secs_f64(),
                     details: vec!["server metadata".into()],
                 });
                 if !left.is_empty() {
@@ -716,15 +725,15 @@ impl OpenStack {
             }
         }))
         .await?;
-        let (mut observe_again, mut notes) = boot::settled(&keyless, per_site);
+        let (mut observe_again, mut pending) = boot::settled(&keyless, per_site);
         if self.opts.node_channel {
             let (answered, more) = self.await_channel(plan).await;
             observe_again |= answered;
-            notes.extend(more);
+            pending.extend(more);
         }
         Ok(Settled {
             observe_again,
-            notes,
+            pending,
         })
     }
 }

@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::api::{Cloud, NET, Req, s};
+use crate::api::{Cloud, NET, Req, need_id, strings};
 use crate::error::{OsError, Result};
 use crate::ledger::{Kind, Ledger, State};
 
@@ -116,8 +116,8 @@ impl SiteOps {
     }
     /// Whether a Neutron resource carries this site's tags.
     pub fn tagged(&self, v: &Value) -> bool {
-        let have: Vec<String> = v["tags"].as_array().into_iter().flatten().map(s).collect();
-        self.tags().iter().all(|t| have.contains(t))
+        let have: Vec<&str> = strings(&v["tags"]).collect();
+        self.tags().iter().all(|t| have.contains(&t.as_str()))
     }
     /// The `tags` filter selecting this site's resources of the cluster.
     pub fn tag_filter(&self) -> String {
@@ -126,6 +126,11 @@ impl SiteOps {
             cluster_tag(&self.cluster),
             site_tag(&self.site.name)
         )
+    }
+
+    /// The `id` of this site's `what` (`"network"`, `"router"`) in Neutron's answer.
+    pub(crate) fn neutron_id(&self, v: &Value, what: &str) -> Result<String> {
+        need_id(v, NET, &format!("the {what} of site {}", self.site.name))
     }
 
     pub(crate) fn site_err(&self, message: impl Into<String>) -> OsError {
@@ -172,7 +177,7 @@ impl SiteOps {
             )
             .await?;
         let obj = v[singular].clone();
-        let id = s(&obj["id"]);
+        let id = need_id(&obj, NET, &format!("{singular} {name}"))?;
         self.record(kind, name, Some(&id), State::Created)?;
         self.ensure_tags(collection, &obj).await?;
         Ok(obj)
@@ -180,19 +185,14 @@ impl SiteOps {
 
     /// Puts the cluster's tags on a Neutron resource unless it has them already.
     pub(crate) async fn ensure_tags(&self, collection: &str, obj: &Value) -> Result<()> {
-        let have: BTreeSet<String> = obj["tags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(s)
-            .collect();
+        let have: BTreeSet<String> = strings(&obj["tags"]).map(str::to_owned).collect();
         let want = self.tags();
         if want.iter().all(|t| have.contains(t)) {
             return Ok(());
         }
         let mut all: BTreeSet<String> = have;
         all.extend(want);
-        let id = s(&obj["id"]);
+        let id = need_id(obj, NET, &format!("an entry of {collection}"))?;
         self.cloud
             .call(
                 &format!("tag {collection}/{id}"),
@@ -207,7 +207,11 @@ impl SiteOps {
         Ok(())
     }
 
-    pub(crate) async fn find_one(&self, collection: &str, req: Req) -> Result<Option<Value>> {
+    pub(crate) async fn find_one(
+        &self,
+        collection: &'static str,
+        req: Req,
+    ) -> Result<Option<Value>> {
         let l = self
             .cloud
             .list(&format!("list {collection}"), req, collection)
@@ -298,10 +302,13 @@ impl SiteOps {
         let Some(net) = self.find_network().await? else {
             return Ok(None);
         };
-        let net_id = s(&net["id"]);
-        Ok(self.find_subnet(&net_id).await?.map(|sub| NetIds {
+        let net_id = self.neutron_id(&net, "network")?;
+        let Some(sub) = self.find_subnet(&net_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(NetIds {
             net: net_id,
-            subnet: s(&sub["id"]),
+            subnet: self.neutron_id(&sub, "subnet")?,
         }))
     }
 
@@ -332,12 +339,13 @@ impl SiteOps {
         let Some(net) = net else {
             return Ok((None, false));
         };
-        let Some(sub) = self.find_subnet(&s(&net["id"])).await? else {
+        let net_id = self.neutron_id(&net, "network")?;
+        let Some(sub) = self.find_subnet(&net_id).await? else {
             return Ok((None, false));
         };
         let ids = NetIds {
-            net: s(&net["id"]),
-            subnet: s(&sub["id"]),
+            net: net_id,
+            subnet: self.neutron_id(&sub, "subnet")?,
         };
         if !own {
             return Ok((Some(ids), true));
@@ -352,7 +360,7 @@ impl SiteOps {
             return Ok((Some(ids), false));
         }
         let ready = self
-            .router_has_interface(&s(&router["id"]), &ids.net)
+            .router_has_interface(&self.neutron_id(&router, "router")?, &ids.net)
             .await?;
         Ok((Some(ids), ready))
     }
@@ -364,15 +372,16 @@ impl SiteOps {
                 .find_network()
                 .await?
                 .ok_or_else(|| self.site_err(format!("network `{n}` not found")))?;
-            let sub = self.find_subnet(&s(&net["id"])).await?.ok_or_else(|| {
+            let net_id = self.neutron_id(&net, "network")?;
+            let sub = self.find_subnet(&net_id).await?.ok_or_else(|| {
                 self.site_err(format!(
                     "network `{n}` has no subnet {} (the file's `subnet` must be the network's)",
                     self.site.subnet
                 ))
             })?;
             return Ok(NetIds {
-                net: s(&net["id"]),
-                subnet: s(&sub["id"]),
+                net: net_id,
+                subnet: self.neutron_id(&sub, "subnet")?,
             });
         }
         let net = match self.find_network().await? {
@@ -392,7 +401,7 @@ impl SiteOps {
                 .await?
             }
         };
-        let net_id = s(&net["id"]);
+        let net_id = self.neutron_id(&net, "network")?;
         let sub = match self.find_subnet(&net_id).await? {
             Some(sub) => {
                 self.ensure_tags("subnets", &sub).await?;
@@ -424,7 +433,7 @@ impl SiteOps {
         };
         Ok(NetIds {
             net: net_id,
-            subnet: s(&sub["id"]),
+            subnet: self.neutron_id(&sub, "subnet")?,
         })
     }
 
@@ -447,15 +456,18 @@ impl SiteOps {
                         "networks",
                     )
                     .await?;
+                let id = |n: &Value| need_id(n, NET, "an external network");
                 match &self.site.external_network {
                     Some(want) => l
                         .iter()
-                        .find(|n| s(&n["name"]) == *want || s(&n["id"]) == *want)
-                        .map(|n| s(&n["id"]))
+                        .find(|n| {
+                            n["name"].as_str() == Some(want) || n["id"].as_str() == Some(want)
+                        })
                         .ok_or_else(|| {
                             self.site_err(format!("external network `{want}` not found"))
-                        }),
-                    None if l.len() == 1 => Ok(s(&l[0]["id"])),
+                        })
+                        .and_then(id),
+                    None if l.len() == 1 => id(&l[0]),
                     None => Err(self.site_err(format!(
                         "{} external networks: name one with `external_network`",
                         l.len()
@@ -493,7 +505,7 @@ impl SiteOps {
                 .await?
             }
         };
-        Ok(Some(s(&router["id"])))
+        Ok(Some(self.neutron_id(&router, "router")?))
     }
 
     /// The router's interface on the subnet.
@@ -556,6 +568,6 @@ pub(crate) fn parse_net(text: &str) -> Option<Ipv4Net> {
 
 pub(crate) fn find_by_name_or_id<'a>(list: &'a [Value], want: &str) -> Option<&'a Value> {
     list.iter()
-        .find(|v| s(&v["id"]) == want)
-        .or_else(|| list.iter().find(|v| s(&v["name"]) == want))
+        .find(|v| v["id"].as_str() == Some(want))
+        .or_else(|| list.iter().find(|v| v["name"].as_str() == Some(want)))
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use hybridgrid_core::plan::{Protocol, Remote, SgRule};
 use serde_json::{Value, json};
 
-use crate::api::{NET, Req, s};
+use crate::api::{NET, Req, need_id};
 use crate::error::Result;
 use crate::ledger::Kind;
 use crate::site::SiteOps;
@@ -24,15 +24,19 @@ impl SiteOps {
             )
             .await?;
         Ok(l.into_iter()
-            .filter(|g| names.contains(&s(&g["name"])))
-            .map(|g| (s(&g["name"]), g))
+            .filter_map(|g| {
+                let name = g["name"]
+                    .as_str()
+                    .filter(|n| names.iter().any(|x| x == n))?;
+                Some((name.to_owned(), g))
+            })
             .collect())
     }
 
     pub async fn ensure_security_group(&self, name: &str) -> Result<String> {
         if let Some(g) = self.security_groups(&[name.to_owned()]).await?.remove(name) {
             self.ensure_tags("security-groups", &g).await?;
-            return Ok(s(&g["id"]));
+            return need_id(&g, NET, &format!("security group {name}"));
         }
         let g = self
             .create_neutron(
@@ -43,7 +47,7 @@ impl SiteOps {
                 json!({ "name": name, "description": self.description() }),
             )
             .await?;
-        Ok(s(&g["id"]))
+        need_id(&g, NET, &format!("security group {name}"))
     }
 
     /// Creates ingress rules in one bulk request; if Neutron refuses it with 409 (one of them
@@ -102,10 +106,11 @@ impl SiteOps {
             .flatten()
         {
             if rule_of(r).is_some_and(|x| x.key() == rule.key()) {
+                let id = need_id(r, NET, &format!("a rule of {}", rule.match_text()))?;
                 self.cloud
                     .delete(
                         "delete security group rule",
-                        Req::delete(NET, format!("security-group-rules/{}", s(&r["id"]))),
+                        Req::delete(NET, format!("security-group-rules/{id}")),
                     )
                     .await?;
             }
@@ -141,7 +146,7 @@ fn rule_body(group_id: &str, rule: &SgRule) -> Option<Value> {
 
 /// An ingress IPv4 rule as the plan writes it; `None` for egress, IPv6 and group-sourced rules.
 pub(crate) fn rule_of(r: &Value) -> Option<SgRule> {
-    if s(&r["direction"]) != "ingress" || s(&r["ethertype"]) != "IPv4" {
+    if r["direction"].as_str() != Some("ingress") || r["ethertype"].as_str() != Some("IPv4") {
         return None;
     }
     let cidr = parse_net(r["remote_ip_prefix"].as_str()?)?;
@@ -166,6 +171,8 @@ pub(crate) fn rule_of(r: &Value) -> Option<SgRule> {
         protocol,
         ports,
         remote: Remote::Cidr(cidr),
-        description: s(&r["description"]),
+        // Free text that may be null: no description is an empty one (the rule's identity,
+        // `SgRule::key`, leaves it out).
+        description: r["description"].as_str().unwrap_or_default().to_owned(),
     })
 }

@@ -7,11 +7,23 @@ use std::net::Ipv4Addr;
 use hybridgrid_core::diff::{ObservedNode, ObservedSite};
 use hybridgrid_core::observed::FlavorSize;
 use hybridgrid_core::plan::Plan;
+use ipnet::Ipv4Net;
+use serde_json::Value;
 
-use crate::api::{NET, Req, s};
-use crate::error::{OsError, Result};
-use crate::site::{SiteOps, parse_net};
+use crate::api::{NET, NOVA, Req, missing, need_id};
+use crate::error::Result;
+use crate::ledger::LedgerData;
+use crate::site::{FoundServer, NetIds, SiteOps, parse_net};
 use crate::site_groups::rule_of;
+
+/// What [`SiteOps::observe`] finds of one node: its observed state (when its server exists),
+/// its port's address pairs (when it has a port), and its floating IP when it has no server.
+type NodeSeen = (
+    String,
+    Option<ObservedNode>,
+    Option<Vec<Ipv4Net>>,
+    Option<Ipv4Addr>,
+);
 
 impl SiteOps {
     /// The sizes of the flavors the cluster file names for this site (the plan sizes workers
@@ -22,16 +34,34 @@ impl SiteOps {
             .chain(self.site.workers.iter().map(|g| &g.spec.flavor))
             .flatten();
         let all = self.flavors().await?;
-        Ok(named
-            .filter_map(|name| {
-                let f = crate::site::find_by_name_or_id(&all, name)?;
-                let size = FlavorSize {
-                    vcpus: u32::try_from(f["vcpus"].as_u64()?).ok()?,
-                    ram_mib: f["ram"].as_u64()?,
-                };
-                Some((name.clone(), size))
-            })
-            .collect())
+        let mut sizes = BTreeMap::new();
+        for name in named {
+            let Some(f) = crate::site::find_by_name_or_id(&all, name) else {
+                continue;
+            };
+            let what = format!("flavor {name}");
+            let vcpus = f["vcpus"].as_u64().and_then(|v| u32::try_from(v).ok());
+            let size = FlavorSize {
+                vcpus: vcpus.ok_or_else(|| missing(NOVA, &what, "vcpus"))?,
+                ram_mib: f["ram"]
+                    .as_u64()
+                    .ok_or_else(|| missing(NOVA, &what, "ram"))?,
+            };
+            sizes.insert(name.clone(), size);
+        }
+        Ok(sizes)
+    }
+
+    /// The names of this site's security groups: the plan's, or for a site that left the
+    /// file, the names its plan had.
+    fn group_names(&self, plan: &Plan) -> Vec<String> {
+        match plan.site(&self.site.name) {
+            Some(p) => p.security_groups.iter().map(|g| g.name.clone()).collect(),
+            None => ["nodes", "gateway"]
+                .iter()
+                .map(|g| format!("{}-{}-{g}", self.cluster, self.site.name))
+                .collect(),
+        }
     }
 
     /// What exists of this site: network, groups and rules, nodes with their public IPs, pairs
@@ -45,20 +75,14 @@ impl SiteOps {
         BTreeMap<String, ObservedNode>,
         BTreeMap<String, Ipv4Addr>,
     )> {
-        // A site that left the file still has the groups its plan had: by their names.
-        let group_names: Vec<String> = match plan.site(&self.site.name) {
-            Some(p) => p.security_groups.iter().map(|g| g.name.clone()).collect(),
-            None => ["nodes", "gateway"]
-                .iter()
-                .map(|g| format!("{}-{}-{g}", self.cluster, self.site.name))
-                .collect(),
-        };
+        let relay = plan.relay_of(&self.site.name).map(|n| n.name.clone());
         let relay_fips = async {
-            match plan.relay_of(&self.site.name) {
-                Some(relay) => self.fips_named(&relay.name).await,
+            match &relay {
+                Some(relay) => self.fips_named(relay).await,
                 None => Ok(Vec::new()),
             }
         };
+        let group_names = self.group_names(plan);
         // Independent lookups, concurrently.
         let ((ids, network_ready), groups, relay_fips, servers, flavors) = tokio::try_join!(
             self.network_state(),
@@ -73,97 +97,31 @@ impl SiteOps {
             ..Default::default()
         };
         for (name, g) in groups {
-            if !self.tagged(&g) {
-                continue;
+            if self.tagged(&g) {
+                let rules = g["security_group_rules"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(rule_of)
+                    .collect();
+                site.security_groups.insert(name, rules);
             }
-            let rules = g["security_group_rules"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(rule_of)
-                .collect();
-            site.security_groups.insert(name, rules);
         }
         let mut nodes = BTreeMap::new();
         let mut unattached = BTreeMap::new();
-        if let Some(relay) = plan.relay_of(&self.site.name) {
+        if let Some(relay) = &relay {
             for f in relay_fips {
                 if f["port_id"].is_null()
-                    && let Ok(ip) = self.fip_address(&relay.name, &f)
+                    && let Ok(ip) = self.fip_address(relay, &f)
                 {
-                    unattached.insert(relay.name.clone(), ip);
+                    unattached.insert(relay.clone(), ip);
                 }
             }
         }
         let Some(ids) = ids else {
             return Ok((site, nodes, unattached));
         };
-        let ledger = self.ledger.snapshot();
-        let relay = plan.relay_of(&self.site.name).map(|n| n.name.clone());
-        // Ports of relays matter even before their server exists (pairs, floating IP).
-        let mut names: BTreeSet<String> = servers.iter().map(|s| s.node.clone()).collect();
-        names.extend(relay.clone());
-        let futs = names.iter().map(|node| {
-            let srv = servers.iter().find(|s| &s.node == node);
-            let ids = &ids;
-            let ledger = &ledger;
-            let relay = &relay;
-            async move {
-                let port = self
-                    .node_port(node, srv.map(|s| s.id.as_str()), &ids.net)
-                    .await?;
-                let mut public_ip = None;
-                let mut pairs = None;
-                if let Some(p) = &port {
-                    let fips = self
-                        .cloud
-                        .list(
-                            "list floating IPs",
-                            Req::get(NET, "floatingips").q("port_id", s(&p["id"])),
-                            "floatingips",
-                        )
-                        .await?;
-                    public_ip = fips
-                        .first()
-                        .filter(|f| self.tagged(f))
-                        .and_then(|f| s(&f["floating_ip_address"]).parse::<Ipv4Addr>().ok());
-                    pairs = Some(
-                        p["allowed_address_pairs"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|a| parse_net(&s(&a["ip_address"])))
-                            .collect::<Vec<_>>(),
-                    );
-                }
-                let mut key = ledger.public_keys.get(node).cloned();
-                if key.is_none()
-                    && relay.as_deref() == Some(node.as_str())
-                    && let Some(srv) = srv.filter(|s| s.status == "ACTIVE")
-                {
-                    key = self.console_public_key(&srv.id).await;
-                    if let Some(k) = &key {
-                        self.ledger.update(|d| {
-                            d.public_keys.insert(node.clone(), k.clone());
-                        })?;
-                    }
-                }
-                // What the node applies: its user data, merged with what its metadata delivers.
-                let observed = srv.map(|srv| ObservedNode {
-                    site: self.site.name.clone(),
-                    public_ip,
-                    public_key: key
-                        .and_then(|k| hybridgrid_core::keys::PublicKey::from_base64(&k).ok()),
-                    applied: ledger.applied_config(node, &srv.metadata),
-                });
-                // A relay's port with its floating IP but no server (deleted by hand): the IP
-                // stays reserved for the server made again.
-                let reserved = public_ip.filter(|_| observed.is_none());
-                Ok::<_, OsError>((node.clone(), observed, pairs, reserved))
-            }
-        });
-        for r in futures::future::join_all(futs).await {
-            let (node, observed, pairs, reserved) = r?;
+        for (node, observed, pairs, reserved) in self.observe_nodes(&ids, &servers, relay).await? {
             if let Some(ip) = reserved {
                 unattached.insert(node.clone(), ip);
             }
@@ -175,5 +133,98 @@ impl SiteOps {
             }
         }
         Ok((site, nodes, unattached))
+    }
+
+    /// Every node with a server, and the relay even before its server exists (its port's
+    /// pairs and floating IP matter already), concurrently.
+    async fn observe_nodes(
+        &self,
+        ids: &NetIds,
+        servers: &[FoundServer],
+        relay: Option<String>,
+    ) -> Result<Vec<NodeSeen>> {
+        let ledger = self.ledger.snapshot();
+        let mut names: BTreeSet<String> = servers.iter().map(|s| s.node.clone()).collect();
+        names.extend(relay.clone());
+        let futs = names.iter().map(|node| {
+            let srv = servers.iter().find(|s| &s.node == node);
+            let is_relay = relay.as_deref() == Some(node.as_str());
+            self.observe_node(node, srv, is_relay, ids, &ledger)
+        });
+        futures::future::join_all(futs).await.into_iter().collect()
+    }
+
+    /// One node: its port's floating IP and address pairs, its key (a relay's from its
+    /// console, once), and what it applies: its user data merged with what its metadata
+    /// delivers.
+    async fn observe_node(
+        &self,
+        node: &String,
+        srv: Option<&FoundServer>,
+        is_relay: bool,
+        ids: &NetIds,
+        ledger: &LedgerData,
+    ) -> Result<NodeSeen> {
+        let port = self
+            .node_port(node, srv.map(|s| s.id.as_str()), &ids.net)
+            .await?;
+        let (public_ip, pairs) = match &port {
+            Some(p) => {
+                let (ip, pairs) = self.port_state(node, p).await?;
+                (ip, Some(pairs))
+            }
+            None => (None, None),
+        };
+        let mut key = ledger.public_keys.get(node).cloned();
+        if key.is_none()
+            && is_relay
+            && let Some(srv) = srv.filter(|s| s.status == "ACTIVE")
+        {
+            key = self.console_public_key(&srv.id).await;
+            if let Some(k) = &key {
+                self.ledger.update(|d| {
+                    d.public_keys.insert(node.clone(), k.clone());
+                })?;
+            }
+        }
+        let observed = srv.map(|srv| ObservedNode {
+            site: self.site.name.clone(),
+            public_ip,
+            public_key: key.and_then(|k| hybridgrid_core::keys::PublicKey::from_base64(&k).ok()),
+            applied: ledger.applied_config(node, &srv.metadata),
+        });
+        // A relay's port with its floating IP but no server (deleted by hand): the IP stays
+        // reserved for the server made again.
+        let reserved = public_ip.filter(|_| observed.is_none());
+        Ok((node.clone(), observed, pairs, reserved))
+    }
+
+    /// A node's port: its floating IP (the cluster's, tagged) and its allowed-address pairs.
+    async fn port_state(
+        &self,
+        node: &str,
+        port: &Value,
+    ) -> Result<(Option<Ipv4Addr>, Vec<Ipv4Net>)> {
+        let port_id = need_id(port, NET, &format!("the port of {node}"))?;
+        let fips = self
+            .cloud
+            .list(
+                "list floating IPs",
+                Req::get(NET, "floatingips").q("port_id", port_id),
+                "floatingips",
+            )
+            .await?;
+        let public_ip = match fips.first().filter(|f| self.tagged(f)) {
+            Some(f) => Some(self.fip_address(node, f)?),
+            None => None,
+        };
+        // Pairs that are not IPv4 (IPv6, a MAC only) are not the plan's.
+        let pairs = port["allowed_address_pairs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["ip_address"].as_str().and_then(parse_net))
+            .collect();
+        Ok((public_ip, pairs))
     }
 }

@@ -8,7 +8,7 @@ use hybridgrid_core::plan::NodePlan;
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 
-use crate::api::{NET, Req, s};
+use crate::api::{NET, Req, missing, need_id};
 use crate::error::Result;
 use crate::ledger::Kind;
 use crate::site::{NetIds, SiteOps, parse_net};
@@ -51,7 +51,7 @@ impl SiteOps {
     ) -> Result<(String, bool)> {
         if let Some(p) = self.find_port(&node.name, &ids.net).await? {
             self.ensure_tags("ports", &p).await?;
-            return Ok((s(&p["id"]), false));
+            return Ok((need_id(&p, NET, &format!("port of {}", node.name))?, false));
         }
         let name = self.port_name(&node.name);
         let pairs: Vec<Value> = pairs
@@ -74,7 +74,7 @@ impl SiteOps {
                 }),
             )
             .await?;
-        Ok((s(&p["id"]), true))
+        Ok((need_id(&p, NET, &format!("port {name}"))?, true))
     }
 
     /// The project's floating IPs named (by description) for this node.
@@ -89,14 +89,18 @@ impl SiteOps {
             )
             .await?;
         Ok(l.into_iter()
-            .filter(|f| s(&f["description"]) == name)
+            .filter(|f| f["description"].as_str() == Some(name.as_str()))
             .collect())
     }
 
+    /// The address of the node's floating IP: one without is an error.
     pub(crate) fn fip_address(&self, node: &str, fip: &Value) -> Result<Ipv4Addr> {
-        s(&fip["floating_ip_address"])
+        let field = "floating_ip_address";
+        fip[field]
+            .as_str()
+            .ok_or_else(|| missing(NET, &format!("the floating IP of {node}"), field))?
             .parse()
-            .map_err(|_| self.site_err(format!("floating IP of {node} has no address")))
+            .map_err(|_| self.site_err(format!("floating IP of {node} has no IPv4 address")))
     }
 
     /// The relay's floating IP, allocated unattached (tagged, ledgered) unless it has one: its
@@ -150,10 +154,11 @@ impl SiteOps {
         }
         if let Some(f) = self.fips_named(node).await?.into_iter().next() {
             self.ensure_tags("floatingips", &f).await?;
-            let id = s(&f["id"]);
+            let id = need_id(&f, NET, &format!("the floating IP of {node}"))?;
+            let ip = self.fip_address(node, &f)?;
             self.cloud
                 .call(
-                    &format!("attach floating IP {}", s(&f["floating_ip_address"])),
+                    &format!("attach floating IP {ip}"),
                     &Req::put(
                         NET,
                         format!("floatingips/{id}"),
@@ -162,7 +167,7 @@ impl SiteOps {
                     crate::api::Retry::Idempotent,
                 )
                 .await?;
-            return self.fip_address(node, &f);
+            return Ok(ip);
         }
         let ext = self.external_network().await?;
         let name = self.fip_name(node);
@@ -189,13 +194,16 @@ impl SiteOps {
             .cloud
             .get("get port", Req::get(NET, format!("ports/{port_id}")))
             .await?;
-        let mut list: Vec<Value> = v["port"]["allowed_address_pairs"]
+        // The PUT replaces the list: without the current one, nothing is written.
+        let field = "allowed_address_pairs";
+        let mut list: Vec<Value> = v["port"][field]
             .as_array()
             .cloned()
-            .unwrap_or_default();
+            .ok_or_else(|| missing(NET, &format!("port {port_id}"), field))?;
+        // Pairs that are not IPv4 (IPv6, a MAC only) are kept as they are.
         let present: BTreeSet<Ipv4Net> = list
             .iter()
-            .filter_map(|p| parse_net(&s(&p["ip_address"])))
+            .filter_map(|p| p["ip_address"].as_str().and_then(parse_net))
             .collect();
         let mut added = false;
         for p in pairs {

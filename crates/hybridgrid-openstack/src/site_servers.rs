@@ -10,7 +10,7 @@ use hybridgrid_core::node_meta;
 use hybridgrid_core::plan::{NodePlan, Plan};
 use serde_json::{Value, json};
 
-use crate::api::{Cloud, NOVA, Req, s};
+use crate::api::{Cloud, NOVA, Req, need_id, need_str};
 use crate::error::{OsError, Result};
 use crate::ledger::{Kind, State};
 use crate::site::{FoundServer, SiteOps, find_by_name_or_id};
@@ -62,53 +62,49 @@ impl SiteOps {
                 "servers",
             )
             .await?;
-        Ok(l.iter()
+        l.iter()
             .filter(|v| {
                 let md = &v["metadata"];
-                s(&md["hybridgrid_cluster"]) == self.cluster
-                    && s(&md["hybridgrid_site"]) == self.site.name
+                md["hybridgrid_cluster"].as_str() == Some(self.cluster.as_str())
+                    && md["hybridgrid_site"].as_str() == Some(self.site.name.as_str())
             })
-            .filter(|v| {
-                all || !matches!(
-                    s(&v["status"]).as_str(),
-                    "ERROR" | "DELETED" | "SOFT_DELETED"
-                )
+            .map(found_server)
+            .filter(|r| {
+                all || !r.as_ref().is_ok_and(|s| {
+                    matches!(s.status.as_str(), "ERROR" | "DELETED" | "SOFT_DELETED")
+                })
             })
-            .map(|v| FoundServer {
-                id: s(&v["id"]),
-                node: s(&v["metadata"]["hybridgrid_node"]),
-                status: s(&v["status"]),
-                metadata: v["metadata"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|(k, v)| v.as_str().map(|x| (k.clone(), x.to_owned())))
-                    .collect(),
-            })
-            .collect())
+            .collect()
     }
 
-    async fn flavor_id(&self, want: &str) -> Result<String> {
-        let flavors = self
-            .flavors
+    /// The cloud's flavors, listed once.
+    async fn flavor_list(&self) -> Result<&[Value]> {
+        self.flavors
             .get_or_try_init(|| async {
                 self.cloud
                     .list("list flavors", Req::get(NOVA, "flavors/detail"), "flavors")
                     .await
             })
-            .await?;
-        find_by_name_or_id(flavors, want)
-            .map(|f| s(&f["id"]))
-            .ok_or_else(|| self.site_err(format!("flavor `{want}` not found")))
+            .await
+            .map(Vec::as_slice)
+    }
+
+    async fn flavor_id(&self, want: &str) -> Result<String> {
+        let flavor = find_by_name_or_id(self.flavor_list().await?, want)
+            .ok_or_else(|| self.site_err(format!("flavor `{want}` not found")))?;
+        need_id(flavor, NOVA, &format!("flavor {want}"))
     }
 
     pub async fn flavors(&self) -> Result<Vec<Value>> {
-        self.flavor_id("").await.ok();
-        Ok(self.flavors.get().cloned().unwrap_or_default())
+        Ok(self.flavor_list().await?.to_vec())
     }
 
     pub async fn image_id(&self, want: &str) -> Result<String> {
-        Ok(s(&self.image(want).await?["id"]))
+        need_id(
+            &self.image(want).await?,
+            crate::api::GLANCE,
+            &format!("image {want}"),
+        )
     }
 
     /// Glance's record of the image `want` (an id or a name), with its properties.
@@ -309,6 +305,28 @@ impl SiteOps {
     }
 }
 
+/// A server of the cluster in Nova's answer.
+fn found_server(v: &Value) -> Result<FoundServer> {
+    let id = need_id(v, NOVA, "a server of the cluster")?;
+    let what = format!("server {id}");
+    Ok(FoundServer {
+        node: need_str(
+            &v["metadata"],
+            NOVA,
+            &format!("the metadata of {what}"),
+            "hybridgrid_node",
+        )?,
+        status: need_str(v, NOVA, &what, "status")?,
+        metadata: v["metadata"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| v.as_str().map(|x| (k.clone(), x.to_owned())))
+            .collect(),
+        id,
+    })
+}
+
 /// Deletes a server and waits until it is gone; `false` when it did not exist.
 async fn delete_server(cloud: &Cloud, id: &str, timeout: Duration) -> Result<bool> {
     let existed = cloud
@@ -368,7 +386,7 @@ impl ServerBuild {
                 Req::post(NOVA, "servers", self.request.clone()),
             )
             .await?;
-        self.id = s(&v["server"]["id"]);
+        self.id = need_id(&v["server"], NOVA, &format!("server {}", self.name))?;
         self.record(Some(&self.id), State::Created)
     }
 
@@ -421,7 +439,7 @@ pub(crate) async fn wait_active(
             let v = cloud
                 .get("get server", Req::get(NOVA, format!("servers/{id}")))
                 .await?;
-            match s(&v["server"]["status"]).as_str() {
+            match need_str(&v["server"], NOVA, &format!("server {name}"), "status")?.as_str() {
                 "ACTIVE" => return Ok(()),
                 "ERROR" => {
                     return Err(OsError::ServerFailed {

@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use hybridgrid_core::plan::{NodePlan, Plan};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Where nodes find the node agent's binary (`hybridgrid-agent`).
 pub const AGENT_PATH: &str = "/usr/local/bin/hybridgrid-agent";
@@ -66,37 +66,9 @@ pub fn user_data_with(
         ]),
     ];
     if let Some(url) = agent_url {
-        let check = match agent_sha256 {
-            Some(sha) => format!("echo '{sha}  {AGENT_PATH}.part' | sha256sum -c --status && "),
-            None => String::new(),
-        };
-        runcmd.push(json!([
-            "sh",
-            "-c",
-            format!(
-                "test -x {AGENT_PATH} || {{ curl -fsSL --retry 10 -o {AGENT_PATH}.part \"$0\" && \
-                 {check}chmod 0755 {AGENT_PATH}.part && mv {AGENT_PATH}.part {AGENT_PATH}; }}"
-            ),
-            url,
-        ]));
+        runcmd.push(agent_download(url, agent_sha256));
     }
-    runcmd.push(json!([
-        AGENT_PATH,
-        "agent",
-        "apply",
-        "--config",
-        NODE_CONFIG_PATH,
-        "--state-dir",
-        AGENT_STATE_DIR,
-        "--tag",
-        node.name,
-    ]));
-    // /etc/hosts is the agent's (the node channel delivers every node's address).
-    runcmd.push(json!([
-        "sh",
-        "-c",
-        format!("test -f {AGENT_STATE_DIR}/hosts && ln -sfn {AGENT_STATE_DIR}/hosts /etc/hosts")
-    ]));
+    runcmd.extend(agent_apply(&node.name));
     let mut write_files = vec![json!({
         "path": NODE_CONFIG_PATH,
         "owner": "root:root",
@@ -105,37 +77,9 @@ pub fn user_data_with(
         "content": b64,
     })];
     if node.role.is_relay() {
-        runcmd.push(json!([
-            "sh",
-            "-c",
-            format!(
-                "k=$(cat {AGENT_STATE_DIR}/wg/public.key) && echo \"{PUBLIC_KEY_MARKER} $k\" | \
-                 tee /dev/console"
-            ),
-        ]));
-        // Peers that become known after boot arrive through the server's metadata.
-        write_files.push(json!({
-            "path": format!("/etc/systemd/system/{PULL_UNIT}.service"),
-            "owner": "root:root",
-            "permissions": "0644",
-            "content": format!(
-                "[Unit]\nDescription=hybridgrid: apply configuration delivered through metadata\n\
-                 After=network-online.target\n\n[Service]\nType=oneshot\n\
-                 ExecStart={AGENT_PATH} agent pull --metadata-url {METADATA_URL} --config \
-                 {NODE_CONFIG_PATH} --state-dir {AGENT_STATE_DIR} --tag {}\n",
-                node.name
-            ),
-        }));
-        write_files.push(json!({
-            "path": format!("/etc/systemd/system/{PULL_UNIT}.timer"),
-            "owner": "root:root",
-            "permissions": "0644",
-            "content": format!(
-                "[Unit]\nDescription=hybridgrid: pull configuration every {PULL_SECONDS} s\n\n\
-                 [Timer]\nOnActiveSec={PULL_SECONDS}\nOnUnitActiveSec={PULL_SECONDS}\n\
-                 AccuracySec=1\n\n[Install]\nWantedBy=timers.target\n"
-            ),
-        }));
+        runcmd.push(make_key_without_agent());
+        runcmd.push(print_public_key());
+        write_files.extend(pull_units(&node.name));
         runcmd.push(json!(["systemctl", "daemon-reload"]));
         runcmd.push(json!([
             "systemctl",
@@ -158,6 +102,108 @@ pub fn user_data_with(
         node.role.as_str(),
         serde_json::to_string(&doc).unwrap_or_default()
     )
+}
+
+/// Downloads the agent to [`AGENT_PATH`] unless the image has it; with `sha256`, a download
+/// that does not have it is not used.
+fn agent_download(url: &str, sha256: Option<&str>) -> Value {
+    let check = match sha256 {
+        Some(sha) => format!("echo '{sha}  {AGENT_PATH}.part' | sha256sum -c --status && "),
+        None => String::new(),
+    };
+    json!([
+        "sh",
+        "-c",
+        format!(
+            "test -x {AGENT_PATH} || {{ curl -fsSL --retry 10 -o {AGENT_PATH}.part \"$0\" && \
+             {check}chmod 0755 {AGENT_PATH}.part && mv {AGENT_PATH}.part {AGENT_PATH}; }}"
+        ),
+        url,
+    ])
+}
+
+/// `agent apply` of the node's configuration, then `/etc/hosts` as the agent's (the node
+/// channel delivers every node's address).
+fn agent_apply(node: &str) -> [Value; 2] {
+    [
+        json!([
+            AGENT_PATH,
+            "agent",
+            "apply",
+            "--config",
+            NODE_CONFIG_PATH,
+            "--state-dir",
+            AGENT_STATE_DIR,
+            "--tag",
+            node,
+        ]),
+        json!([
+            "sh",
+            "-c",
+            format!(
+                "test -f {AGENT_STATE_DIR}/hosts && ln -sfn {AGENT_STATE_DIR}/hosts /etc/hosts"
+            )
+        ]),
+    ]
+}
+
+/// A relay whose image has no agent yet (a stock image: the agent arrives over the node
+/// channel) makes its WireGuard key pair at first boot with `wg` (the role's packages are
+/// installed by then), where the agent keeps it: its public key reaches the console, so the plan
+/// has the whole mesh when the agent first configures the node (one round less). The private key
+/// is made on the node and stays there (0600), as when the agent makes it.
+fn make_key_without_agent() -> Value {
+    let dir = format!("{AGENT_STATE_DIR}/wg");
+    json!([
+        "sh",
+        "-c",
+        format!(
+            "test -s {dir}/private.key || {{ command -v wg >/dev/null && umask 077 && \
+             mkdir -p {dir} && wg genkey >{dir}/.private.key.tmp && \
+             mv {dir}/.private.key.tmp {dir}/private.key; }}; test -s {dir}/public.key || \
+             {{ wg pubkey <{dir}/private.key >{dir}/public.key && chmod 0644 {dir}/public.key; }}"
+        ),
+    ])
+}
+
+/// A relay prints its WireGuard public key to the console ([`PUBLIC_KEY_MARKER`]).
+fn print_public_key() -> Value {
+    json!([
+        "sh",
+        "-c",
+        format!(
+            "k=$(cat {AGENT_STATE_DIR}/wg/public.key) && echo \"{PUBLIC_KEY_MARKER} $k\" | \
+             tee /dev/console"
+        ),
+    ])
+}
+
+/// The systemd service and timer with which a relay pulls peers that become known after boot
+/// from its server's metadata.
+fn pull_units(node: &str) -> [Value; 2] {
+    [
+        json!({
+            "path": format!("/etc/systemd/system/{PULL_UNIT}.service"),
+            "owner": "root:root",
+            "permissions": "0644",
+            "content": format!(
+                "[Unit]\nDescription=hybridgrid: apply configuration delivered through metadata\n\
+                 After=network-online.target\n\n[Service]\nType=oneshot\n\
+                 ExecStart={AGENT_PATH} agent pull --metadata-url {METADATA_URL} --config \
+                 {NODE_CONFIG_PATH} --state-dir {AGENT_STATE_DIR} --tag {node}\n"
+            ),
+        }),
+        json!({
+            "path": format!("/etc/systemd/system/{PULL_UNIT}.timer"),
+            "owner": "root:root",
+            "permissions": "0644",
+            "content": format!(
+                "[Unit]\nDescription=hybridgrid: pull configuration every {PULL_SECONDS} s\n\n\
+                 [Timer]\nOnActiveSec={PULL_SECONDS}\nOnUnitActiveSec={PULL_SECONDS}\n\
+                 AccuracySec=1\n\n[Install]\nWantedBy=timers.target\n"
+            ),
+        }),
+    ]
 }
 
 /// The public key a relay printed to its console, if it did.

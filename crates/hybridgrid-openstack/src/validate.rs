@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use hybridgrid_core::diff::Change;
+use hybridgrid_core::error_chain;
 use hybridgrid_core::plan::Plan;
+use serde_json::Value;
 
-use crate::api::{self, Cloud, NET, NOVA, Req, s};
+use crate::api::{self, Cloud, NET, NOVA, Req, need_i64};
 use crate::error::Result;
 use crate::provider::{OpenStack, Problem};
 use crate::site::{SiteOps, find_by_name_or_id};
@@ -51,7 +53,7 @@ impl OpenStack {
                 {
                     Ok(c) => Arc::new(c),
                     Err(e) => {
-                        problems.push(p(e.to_string()));
+                        problems.push(p(error_chain(&e)));
                         return problems;
                     }
                 };
@@ -65,7 +67,7 @@ impl OpenStack {
                     self.opts.server_timeout,
                 );
                 if let Err(e) = validate_site(&ops, plan, &mut problems).await {
-                    problems.push(p(e.to_string()));
+                    problems.push(p(error_chain(&e)));
                 }
                 problems
             }
@@ -74,147 +76,184 @@ impl OpenStack {
     }
 }
 
+/// One site's checks ([`OpenStack::validate_online`]): its nodes' flavors and images, its
+/// network, and the quotas against what the plan's changes create there.
 async fn validate_site(ops: &SiteOps, plan: &Plan, problems: &mut Vec<Problem>) -> Result<()> {
-    let site = ops.site.name.clone();
-    let p = |m: String| Problem {
-        site: site.clone(),
-        message: m,
-    };
-    let nodes: Vec<_> = plan.nodes.iter().filter(|n| n.site == site).collect();
+    let mut check = SiteCheck { ops, problems };
     let flavors = ops.flavors().await?;
-    let mut images_ok = BTreeMap::new();
-    for n in &nodes {
-        if let Some(f) = &n.flavor
-            && find_by_name_or_id(&flavors, f).is_none()
-            && !problems
-                .iter()
-                .any(|x| x.message.contains(&format!("`{f}`")))
-        {
-            problems.push(p(format!("flavor `{f}` not found (node {})", n.name)));
-        }
-        if let Some(i) = &n.image
-            && !images_ok.contains_key(i)
-        {
-            let ok = ops.image_id(i).await.is_ok();
-            images_ok.insert(i.clone(), ok);
-            if !ok {
-                problems.push(p(format!("image `{i}` not found (node {})", n.name)));
-            }
-        }
+    check.flavors_and_images(plan, &flavors).await;
+    check.network().await?;
+    let need = needs(ops, plan, &flavors)?;
+    check.compute_quota(&need).await?;
+    check.network_quota(&need).await
+}
+
+/// The problems found on one site.
+struct SiteCheck<'a> {
+    ops: &'a SiteOps,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl SiteCheck<'_> {
+    fn push(&mut self, message: String) {
+        self.problems.push(Problem {
+            site: self.ops.site.name.clone(),
+            message,
+        });
     }
-    if let Some(net) = &ops.site.network {
-        match ops.find_network().await {
-            Ok(Some(n)) => {
-                if ops.find_subnet(&s(&n["id"])).await?.is_none() {
-                    problems.push(p(format!(
-                        "network `{net}` has no subnet {}",
-                        ops.site.subnet
-                    )));
+
+    /// Each node's flavor (named once) and image exist.
+    async fn flavors_and_images(&mut self, plan: &Plan, flavors: &[Value]) {
+        let ops = self.ops;
+        let site = &ops.site.name;
+        let mut images_ok = BTreeMap::new();
+        for n in plan.nodes.iter().filter(|n| n.site == *site) {
+            if let Some(f) = &n.flavor
+                && find_by_name_or_id(flavors, f).is_none()
+                && !self
+                    .problems
+                    .iter()
+                    .any(|x| x.message.contains(&format!("`{f}`")))
+            {
+                self.push(format!("flavor `{f}` not found (node {})", n.name));
+            }
+            if let Some(i) = &n.image
+                && !images_ok.contains_key(i)
+            {
+                let ok = ops.image_id(i).await.is_ok();
+                images_ok.insert(i.clone(), ok);
+                if !ok {
+                    self.push(format!("image `{i}` not found (node {})", n.name));
                 }
             }
-            Ok(None) => problems.push(p(format!("network `{net}` not found"))),
-            Err(e) => problems.push(p(e.to_string())),
         }
     }
-    if let Err(e) = ops.external_network().await {
-        problems.push(p(e.to_string()));
+
+    /// The file's existing network with the site's subnet, and the external network.
+    async fn network(&mut self) -> Result<()> {
+        let ops = self.ops;
+        if let Some(net) = &ops.site.network {
+            match ops.find_network().await {
+                Ok(Some(n)) => {
+                    let net_id = ops.neutron_id(&n, "network")?;
+                    if ops.find_subnet(&net_id).await?.is_none() {
+                        self.push(format!("network `{net}` has no subnet {}", ops.site.subnet));
+                    }
+                }
+                Ok(None) => self.push(format!("network `{net}` not found")),
+                Err(e) => self.push(error_chain(&e)),
+            }
+        }
+        if let Err(e) = ops.external_network().await {
+            self.push(error_chain(&e));
+        }
+        Ok(())
     }
-    // What the plan's changes create here.
-    let mut need: BTreeMap<&str, i64> = BTreeMap::new();
-    for c in plan.changes.iter().filter(|c| c.site() == site) {
+
+    /// Nova's instances, cores and RAM.
+    async fn compute_quota(&mut self, need: &BTreeMap<&str, i64>) -> Result<()> {
+        let limits = self
+            .ops
+            .cloud
+            .get("get compute limits", Req::get(NOVA, "limits"))
+            .await?;
+        let abs = &limits["limits"]["absolute"];
+        for (what, max, used) in [
+            ("instances", "maxTotalInstances", "totalInstancesUsed"),
+            ("cores", "maxTotalCores", "totalCoresUsed"),
+            ("ram", "maxTotalRAMSize", "totalRAMUsed"),
+        ] {
+            let need = need.get(what).copied().unwrap_or(0);
+            let Some(limit) = limited(abs[max].as_i64(), need) else {
+                continue;
+            };
+            let used = need_i64(abs, NOVA, "the compute limits", used)?;
+            self.quota(what, limit, used, need);
+        }
+        Ok(())
+    }
+
+    /// Neutron's quotas of what the plan creates.
+    async fn network_quota(&mut self, need: &BTreeMap<&str, i64>) -> Result<()> {
+        let ops = self.ops;
+        let nq = ops
+            .cloud
+            .get(
+                "get network quota",
+                Req::get(NET, format!("quotas/{}/details", ops.cloud.project_id)),
+            )
+            .await?;
+        for what in [
+            "network",
+            "subnet",
+            "router",
+            "port",
+            "floatingip",
+            "security_group",
+            "security_group_rule",
+        ] {
+            let q = &nq["quota"][what];
+            let need = need.get(what).copied().unwrap_or(0);
+            let Some(limit) = limited(q["limit"].as_i64(), need) else {
+                continue;
+            };
+            let resource = format!("the {what} quota");
+            let used =
+                need_i64(q, NET, &resource, "used")? + need_i64(q, NET, &resource, "reserved")?;
+            self.quota(what, limit, used, need);
+        }
+        Ok(())
+    }
+
+    fn quota(&mut self, what: &str, limit: i64, used: i64, need: i64) {
+        if used + need > limit {
+            self.push(format!(
+                "quota {what}: the plan needs {need} more, {} of {limit} are free",
+                (limit - used).max(0)
+            ));
+        }
+    }
+}
+
+/// The limit that matters: none when the cloud sets none (or a negative one: unlimited) or
+/// the plan needs nothing of it.
+fn limited(limit: Option<i64>, need: i64) -> Option<i64> {
+    limit.filter(|l| *l >= 0 && need > 0)
+}
+
+/// What the plan's changes create on the site, by quota name.
+fn needs(ops: &SiteOps, plan: &Plan, flavors: &[Value]) -> Result<BTreeMap<&'static str, i64>> {
+    let mut need: BTreeMap<&'static str, i64> = BTreeMap::new();
+    let mut add = |what: &'static str, n: i64| *need.entry(what).or_default() += n;
+    for c in plan.changes.iter().filter(|c| c.site() == ops.site.name) {
         match c {
             Change::CreateNetwork { .. } if ops.site.network.is_none() => {
-                *need.entry("network").or_default() += 1;
-                *need.entry("subnet").or_default() += 1;
-                *need.entry("router").or_default() += 1;
-                *need.entry("port").or_default() += 1;
+                for what in ["network", "subnet", "router", "port"] {
+                    add(what, 1);
+                }
             }
             Change::CreateSecurityGroup { .. } => {
-                *need.entry("security_group").or_default() += 1;
+                add("security_group", 1);
                 // Neutron adds two egress rules to every new group.
-                *need.entry("security_group_rule").or_default() += 2;
+                add("security_group_rule", 2);
             }
-            Change::AddRule { .. } => *need.entry("security_group_rule").or_default() += 1,
-            Change::AssignPublicIp { .. } => *need.entry("floatingip").or_default() += 1,
+            Change::AddRule { .. } => add("security_group_rule", 1),
+            Change::AssignPublicIp { .. } => add("floatingip", 1),
             Change::CreateNode { node, .. } => {
-                *need.entry("port").or_default() += 1;
-                *need.entry("instances").or_default() += 1;
-                if let Some(f) = plan
+                add("port", 1);
+                add("instances", 1);
+                if let Some((name, f)) = plan
                     .node(node)
                     .and_then(|n| n.flavor.as_deref())
-                    .and_then(|f| find_by_name_or_id(&flavors, f))
+                    .and_then(|name| Some((name, find_by_name_or_id(flavors, name)?)))
                 {
-                    *need.entry("cores").or_default() += f["vcpus"].as_i64().unwrap_or(0);
-                    *need.entry("ram").or_default() += f["ram"].as_i64().unwrap_or(0);
+                    let what = format!("flavor {name}");
+                    add("cores", need_i64(f, NOVA, &what, "vcpus")?);
+                    add("ram", need_i64(f, NOVA, &what, "ram")?);
                 }
             }
             _ => {}
         }
     }
-    let limits = ops
-        .cloud
-        .get("get compute limits", Req::get(NOVA, "limits"))
-        .await?;
-    let abs = &limits["limits"]["absolute"];
-    for (what, max, used) in [
-        ("instances", "maxTotalInstances", "totalInstancesUsed"),
-        ("cores", "maxTotalCores", "totalCoresUsed"),
-        ("ram", "maxTotalRAMSize", "totalRAMUsed"),
-    ] {
-        check_quota(
-            what,
-            abs[max].as_i64(),
-            abs[used].as_i64().unwrap_or(0),
-            need.get(what).copied().unwrap_or(0),
-            &p,
-            problems,
-        );
-    }
-    let nq = ops
-        .cloud
-        .get(
-            "get network quota",
-            Req::get(NET, format!("quotas/{}/details", ops.cloud.project_id)),
-        )
-        .await?;
-    for what in [
-        "network",
-        "subnet",
-        "router",
-        "port",
-        "floatingip",
-        "security_group",
-        "security_group_rule",
-    ] {
-        let q = &nq["quota"][what];
-        check_quota(
-            what,
-            q["limit"].as_i64(),
-            q["used"].as_i64().unwrap_or(0) + q["reserved"].as_i64().unwrap_or(0),
-            need.get(what).copied().unwrap_or(0),
-            &p,
-            problems,
-        );
-    }
-    Ok(())
-}
-
-fn check_quota(
-    what: &str,
-    limit: Option<i64>,
-    used: i64,
-    need: i64,
-    p: &dyn Fn(String) -> Problem,
-    problems: &mut Vec<Problem>,
-) {
-    let Some(limit) = limit else { return };
-    if limit < 0 || need == 0 {
-        return;
-    }
-    if used + need > limit {
-        problems.push(p(format!(
-            "quota {what}: the plan needs {need} more, {} of {limit} are free",
-            (limit - used).max(0)
-        )));
-    }
+    Ok(need)
 }

@@ -134,10 +134,10 @@ fn down(os: &OpenStack) -> hybridgrid_engine::DownReport {
 
 /// Relays `up` noted as not having reported their WireGuard key.
 fn keys_pending(r: &UpReport) -> Vec<String> {
-    r.notes
+    r.pending
         .iter()
-        .filter(|n| n.contains("has not reported its WireGuard public key"))
-        .filter_map(|n| n.split_whitespace().next().map(str::to_owned))
+        .filter(|p| p.kind == hybridgrid_engine::PendingKind::NoPublicKey)
+        .map(|p| p.node.clone())
         .collect()
 }
 

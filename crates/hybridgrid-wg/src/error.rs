@@ -1,24 +1,25 @@
 use std::io;
 use std::path::PathBuf;
 
-/// Errors of WireGuard device handling.
-#[derive(Debug, thiserror::Error)]
+/// Errors of WireGuard device handling. The message is each variant's doc comment; a variant
+/// with a `#[source]` names what failed and where, and its cause is the source's own text.
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
 #[non_exhaustive]
 pub enum WgError {
-    /// The interface name is not a valid Linux interface name.
-    #[error("invalid interface name {0:?}: need 1-15 characters, no '/', whitespace or ':'")]
+    // The interface name is not a valid Linux interface name.
+    /// invalid interface name {0:?}: need 1-15 characters, no '/', whitespace or ':'
     InvalidIfname(String),
 
-    /// A key is not 32 bytes of base64 (or hex, on the UAPI socket).
-    #[error("invalid WireGuard key: {0}")]
+    // A key is not 32 bytes of base64 (or hex, on the UAPI socket).
+    /// invalid WireGuard key: {0}
     InvalidKey(String),
 
-    /// The desired configuration lists the same peer public key twice.
-    #[error("desired config lists peer {0} more than once")]
+    // The desired configuration lists the same peer public key twice.
+    /// desired config lists peer {0} more than once
     DuplicatePeer(String),
 
-    /// No userspace device answers on the UAPI socket (not running, or wrong socket dir).
-    #[error("cannot connect to WireGuard UAPI socket {path}: {source}")]
+    // No userspace device answers on the UAPI socket (not running, or wrong socket dir).
+    /// cannot connect to WireGuard UAPI socket {path}
     Connect {
         /// Socket path tried.
         path: PathBuf,
@@ -27,8 +28,8 @@ pub enum WgError {
         source: io::Error,
     },
 
-    /// Reading or writing the UAPI socket failed or timed out.
-    #[error("I/O error on WireGuard UAPI socket {path}: {source}")]
+    // Reading or writing the UAPI socket failed or timed out.
+    /// I/O error on WireGuard UAPI socket {path}
     Io {
         /// Socket path.
         path: PathBuf,
@@ -37,8 +38,8 @@ pub enum WgError {
         source: io::Error,
     },
 
-    /// The device answered a request with a non-zero errno.
-    #[error("WireGuard device {ifname} rejected the {op} request: errno={errno}")]
+    // The device answered a request with a non-zero errno.
+    /// WireGuard device {ifname} rejected the {op} request: errno={errno}
     Rejected {
         /// Interface name.
         ifname: String,
@@ -48,8 +49,8 @@ pub enum WgError {
         errno: i64,
     },
 
-    /// The device's answer does not follow the UAPI protocol.
-    #[error("malformed UAPI response from {ifname}: {detail}")]
+    // The device's answer does not follow the UAPI protocol.
+    /// malformed UAPI response from {ifname}: {detail}
     Protocol {
         /// Interface name.
         ifname: String,
@@ -57,8 +58,8 @@ pub enum WgError {
         detail: String,
     },
 
-    /// `wg(8)`, which drives kernel devices over netlink, failed or is missing.
-    #[error("wg(8) failed for {ifname}: {detail}")]
+    // `wg(8)`, which drives kernel devices over netlink, failed or is missing.
+    /// wg(8) failed for {ifname}: {detail}
     Tool {
         /// Interface name.
         ifname: String,
@@ -66,12 +67,12 @@ pub enum WgError {
         detail: String,
     },
 
-    /// Another daemon already serves this UAPI socket.
-    #[error("UAPI socket {0} is already served by a running daemon")]
+    // Another daemon already serves this UAPI socket.
+    /// UAPI socket {0} is already served by a running daemon
     SocketInUse(PathBuf),
 
-    /// Setting up the UAPI socket of the userspace device failed.
-    #[error("cannot set up UAPI socket {path}: {source}")]
+    // Setting up the UAPI socket of the userspace device failed.
+    /// cannot set up UAPI socket {path}
     Socket {
         /// Socket path.
         path: PathBuf,
@@ -80,8 +81,8 @@ pub enum WgError {
         source: io::Error,
     },
 
-    /// Creating or starting the userspace device failed.
-    #[error("cannot start userspace WireGuard device {ifname}: {detail}")]
+    // Creating or starting the userspace device failed.
+    /// cannot start userspace WireGuard device {ifname}: {detail}
     DeviceStart {
         /// Interface name.
         ifname: String,
@@ -89,11 +90,11 @@ pub enum WgError {
         detail: String,
     },
 
-    /// The userspace device stopped on a fatal error.
-    #[error("userspace WireGuard device {0} failed")]
+    // The userspace device stopped on a fatal error.
+    /// userspace WireGuard device {0} failed
     DeviceFailed(String),
 
-    /// Creating the async runtime or signal handlers for the daemon failed.
-    #[error("cannot set up the daemon runtime: {0}")]
+    // Creating the async runtime or signal handlers for the daemon failed.
+    /// cannot set up the daemon runtime
     Runtime(#[source] io::Error),
 }

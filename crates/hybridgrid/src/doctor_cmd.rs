@@ -6,9 +6,12 @@ use std::process::ExitCode;
 
 use hybridgrid_engine::doctor::DoctorReport;
 
+use crate::providers::Knobs;
+use crate::settings::Settings;
+
 /// Exit 0 when healthy, 1 when there are findings.
-pub fn run(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let Some((cluster, provider)) = crate::open(file, crate::providers::Knobs::default())? else {
+pub fn run(file: &Path, json: bool, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let Some((cluster, provider)) = crate::open(file, settings, Knobs::default())? else {
         return Ok(ExitCode::FAILURE);
     };
     let report = hybridgrid_engine::doctor(provider.as_ref(), &cluster)?;
@@ -25,8 +28,14 @@ pub fn run(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// `doctor --path SRC DST`: exit 0 when the flow works end to end, 1 otherwise.
-pub fn path(file: &Path, src: &str, dst: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let Some((cluster, provider)) = crate::open(file, crate::providers::Knobs::default())? else {
+pub fn path(
+    file: &Path,
+    src: &str,
+    dst: &str,
+    json: bool,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let Some((cluster, provider)) = crate::open(file, settings, Knobs::default())? else {
         return Ok(ExitCode::FAILURE);
     };
     let r = hybridgrid_engine::doctor_path(provider.as_ref(), &cluster, src, dst)?;

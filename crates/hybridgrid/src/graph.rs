@@ -214,10 +214,41 @@ fn positions(g: &Graph) -> (Vec<(f64, f64)>, f64, f64) {
     )
 }
 
-/// A standalone SVG document.
+/// A standalone SVG document: the title, the tunnels between the relays, the site boxes with
+/// their nodes, and the tunnels' labels last, over boxes and lines.
 pub fn svg(g: &Graph) -> String {
     let (pos, width, height) = positions(g);
     let mut out = String::new();
+    svg_title(&mut out, g, width, height);
+    let ends = |t: &GraphTunnel| Some((relay_anchor(g, &pos, &t.a)?, relay_anchor(g, &pos, &t.b)?));
+    for t in &g.tunnels {
+        if let Some(((x1, y1), (x2, y2))) = ends(t) {
+            let (color, dash) = match t.state {
+                TunnelState::Up => ("#16a34a", ""),
+                TunnelState::Down => ("#dc2626", ""),
+                TunnelState::Unknown => ("#9ca3af", r#" stroke-dasharray="6 4""#),
+            };
+            let _ = writeln!(
+                out,
+                r#"<line class="tunnel {state:?}" x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{color}" stroke-width="3"{dash}/>"#,
+                state = t.state
+            );
+        }
+    }
+    for (i, (s, &(x, y))) in g.sites.iter().zip(&pos).enumerate() {
+        site_box(&mut out, i, s, x, y);
+    }
+    for t in &g.tunnels {
+        if let Some(((x1, y1), (x2, y2))) = ends(t) {
+            tunnel_label_box(&mut out, t, (x1 + x2) / 2.0, (y1 + y2) / 2.0);
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// The document's opening tag, its white background and the cluster's title line.
+fn svg_title(out: &mut String, g: &Graph, width: f64, height: f64) {
     let _ = writeln!(
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="13">"#
@@ -235,105 +266,93 @@ pub fn svg(g: &Graph) -> String {
         nodes,
         if g.observed { "" } else { " (not observed)" }
     );
-    // Each relay's anchor: the middle of its row, the first in its box.
-    let anchor = |relay: &str| {
-        g.sites.iter().zip(&pos).find_map(|(s, (x, y))| {
-            (s.nodes.first().map(|n| n.name.as_str()) == Some(relay))
-                .then_some((x + BOX_W / 2.0, y + 44.0 + ROW_H / 2.0 - 4.0))
-        })
+}
+
+/// A relay's anchor: the middle of its row, the first in its site's box.
+fn relay_anchor(g: &Graph, pos: &[(f64, f64)], relay: &str) -> Option<(f64, f64)> {
+    g.sites.iter().zip(pos).find_map(|(s, (x, y))| {
+        (s.nodes.first().map(|n| n.name.as_str()) == Some(relay))
+            .then_some((x + BOX_W / 2.0, y + 44.0 + ROW_H / 2.0 - 4.0))
+    })
+}
+
+/// Site `i`'s box at `(x, y)`: its name and subnet, a row per node shown, and how many more.
+fn site_box(out: &mut String, i: usize, s: &GraphSite, x: f64, y: f64) {
+    let (fill, stroke) = (SITE_FILLS[i % 8], SITE_STROKES[i % 8]);
+    let h = box_height(s);
+    let _ = writeln!(
+        out,
+        r#"<g class="site"><rect x="{x:.1}" y="{y:.1}" width="{BOX_W}" height="{h:.1}" rx="10" fill="{fill}" stroke="{stroke}" stroke-width="2"/>"#
+    );
+    let _ = writeln!(
+        out,
+        r##"<text x="{:.1}" y="{:.1}" font-weight="bold" fill="#111827">{}{}</text><text x="{:.1}" y="{:.1}" fill="#374151">{}</text>"##,
+        x + 12.0,
+        y + 20.0,
+        esc(&s.name),
+        if s.master { " (master)" } else { "" },
+        x + 12.0,
+        y + 36.0,
+        esc(&s.subnet)
+    );
+    let shown = s.nodes.len().min(WORKERS_SHOWN + 1);
+    for (r, n) in s.nodes.iter().take(shown).enumerate() {
+        node_row(out, n, x, y + 44.0 + ROW_H * r as f64, stroke);
+    }
+    if s.nodes.len() > shown {
+        let _ = writeln!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" fill="#374151">… and {} more</text>"##,
+            x + 12.0,
+            y + 44.0 + ROW_H * shown as f64 + 13.0,
+            s.nodes.len() - shown
+        );
+    }
+    let _ = writeln!(out, "</g>");
+}
+
+/// One node's row at height `ry` of a box at `x`: a dot (up, down, not observed), its name and
+/// addresses.
+fn node_row(out: &mut String, n: &GraphNode, x: f64, ry: f64, stroke: &str) {
+    let dot = match n.up {
+        Some(true) => "#16a34a",
+        Some(false) => "#dc2626",
+        None => "#9ca3af",
     };
-    for t in &g.tunnels {
-        let (Some((x1, y1)), Some((x2, y2))) = (anchor(&t.a), anchor(&t.b)) else {
-            continue;
-        };
-        let (color, dash) = match t.state {
-            TunnelState::Up => ("#16a34a", ""),
-            TunnelState::Down => ("#dc2626", ""),
-            TunnelState::Unknown => ("#9ca3af", r#" stroke-dasharray="6 4""#),
-        };
-        let _ = writeln!(
-            out,
-            r#"<line class="tunnel {state:?}" x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{color}" stroke-width="3"{dash}/>"#,
-            state = t.state
-        );
-    }
-    for (i, (s, (x, y))) in g.sites.iter().zip(&pos).enumerate() {
-        let (fill, stroke) = (SITE_FILLS[i % 8], SITE_STROKES[i % 8]);
-        let h = box_height(s);
-        let _ = writeln!(
-            out,
-            r#"<g class="site"><rect x="{x:.1}" y="{y:.1}" width="{BOX_W}" height="{h:.1}" rx="10" fill="{fill}" stroke="{stroke}" stroke-width="2"/>"#
-        );
-        let _ = writeln!(
-            out,
-            r##"<text x="{:.1}" y="{:.1}" font-weight="bold" fill="#111827">{}{}</text><text x="{:.1}" y="{:.1}" fill="#374151">{}</text>"##,
-            x + 12.0,
-            y + 20.0,
-            esc(&s.name),
-            if s.master { " (master)" } else { "" },
-            x + 12.0,
-            y + 36.0,
-            esc(&s.subnet)
-        );
-        let shown = s.nodes.len().min(WORKERS_SHOWN + 1);
-        for (r, n) in s.nodes.iter().take(shown).enumerate() {
-            let ry = y + 44.0 + ROW_H * r as f64;
-            let dot = match n.up {
-                Some(true) => "#16a34a",
-                Some(false) => "#dc2626",
-                None => "#9ca3af",
-            };
-            let ip = n
-                .tunnel_ip
-                .as_ref()
-                .map_or(n.lan_ip.clone(), |t| format!("{} · {t}", n.lan_ip));
-            let _ = writeln!(
-                out,
-                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" rx="4" fill="#ffffff" stroke="{stroke}" stroke-width="1"/><circle cx="{:.1}" cy="{:.1}" r="4" fill="{dot}"/><text x="{:.1}" y="{:.1}" fill="#111827">{}</text><text x="{:.1}" y="{:.1}" font-size="11" fill="#6b7280" text-anchor="end">{}</text>"##,
-                x + 8.0,
-                ry,
-                BOX_W - 16.0,
-                ROW_H - 4.0,
-                x + 18.0,
-                ry + 9.0,
-                x + 28.0,
-                ry + 13.5,
-                esc(&n.name),
-                x + BOX_W - 14.0,
-                ry + 13.0,
-                esc(&ip)
-            );
-        }
-        if s.nodes.len() > shown {
-            let _ = writeln!(
-                out,
-                r##"<text x="{:.1}" y="{:.1}" fill="#374151">… and {} more</text>"##,
-                x + 12.0,
-                y + 44.0 + ROW_H * shown as f64 + 13.0,
-                s.nodes.len() - shown
-            );
-        }
-        let _ = writeln!(out, "</g>");
-    }
-    // Labels last, over boxes and lines.
-    for t in &g.tunnels {
-        let (Some((x1, y1)), Some((x2, y2))) = (anchor(&t.a), anchor(&t.b)) else {
-            continue;
-        };
-        let (mx, my) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
-        let label = tunnel_label(t);
-        let w = 7.0 * label.chars().count() as f64 + 12.0;
-        let _ = writeln!(
-            out,
-            r##"<rect x="{:.1}" y="{:.1}" width="{w:.1}" height="18" rx="3" fill="#ffffff" fill-opacity="0.9"/><text x="{mx:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#111827">{}</text>"##,
-            mx - w / 2.0,
-            my - 12.0,
-            my + 1.0,
-            esc(&label)
-        );
-    }
-    out.push_str("</svg>\n");
-    out
+    let ip = n
+        .tunnel_ip
+        .as_ref()
+        .map_or(n.lan_ip.clone(), |t| format!("{} · {t}", n.lan_ip));
+    let _ = writeln!(
+        out,
+        r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" rx="4" fill="#ffffff" stroke="{stroke}" stroke-width="1"/><circle cx="{:.1}" cy="{:.1}" r="4" fill="{dot}"/><text x="{:.1}" y="{:.1}" fill="#111827">{}</text><text x="{:.1}" y="{:.1}" font-size="11" fill="#6b7280" text-anchor="end">{}</text>"##,
+        x + 8.0,
+        ry,
+        BOX_W - 16.0,
+        ROW_H - 4.0,
+        x + 18.0,
+        ry + 9.0,
+        x + 28.0,
+        ry + 13.5,
+        esc(&n.name),
+        x + BOX_W - 14.0,
+        ry + 13.0,
+        esc(&ip)
+    );
+}
+
+/// A tunnel's label centred at `(mx, my)`, on a white box.
+fn tunnel_label_box(out: &mut String, t: &GraphTunnel, mx: f64, my: f64) {
+    let label = tunnel_label(t);
+    let w = 7.0 * label.chars().count() as f64 + 12.0;
+    let _ = writeln!(
+        out,
+        r##"<rect x="{:.1}" y="{:.1}" width="{w:.1}" height="18" rx="3" fill="#ffffff" fill-opacity="0.9"/><text x="{mx:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#111827">{}</text>"##,
+        mx - w / 2.0,
+        my - 12.0,
+        my + 1.0,
+        esc(&label)
+    );
 }
 
 fn dot_id(s: &str) -> String {

@@ -1,28 +1,30 @@
 //! The `hybridgrid` command line. Architecture invariant: only this crate knows about terminals,
-//! standard output and exit codes; everything else returns values and typed errors. Every
-//! lifecycle command loads the cluster file once, opens its provider (`providers.rs`) and goes
-//! through the engine.
+//! standard output and exit codes; everything else returns values and typed errors. A run reads
+//! its settings from the environment once (`settings.rs`); every lifecycle command loads the
+//! cluster file once and opens its provider (`providers.rs`); those that plan go through the
+//! engine, `down`, `exec` and `graph` to the provider directly, `gc` to the local provider's sweep.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use hybridgrid_core::diff::Change;
 use hybridgrid_core::model::{self, Cluster, LoadError};
-use hybridgrid_core::plan::{Plan, Remote, Role};
+use hybridgrid_core::plan::Plan;
 use hybridgrid_core::render;
-use hybridgrid_engine::{Command as Cmd, EngineError, Event, Probe, Provider};
+use hybridgrid_engine::{Command as Cmd, EngineError, Event, Probe, Provider, Sink};
+use settings::Settings;
 
 mod doctor_cmd;
 mod graph;
 mod node_cmd;
+mod plan_text;
 mod power_cmd;
 mod progress;
 mod providers;
+mod settings;
 mod status_text;
 mod submit_cmd;
 mod validate_cmd;
@@ -157,26 +159,47 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// `e` and its causes joined by ": ", each cause once: a level whose text equals the one before
+/// it (a transparent wrapper, `/// {0}` with `#[from]`) is skipped. No message of ours repeats
+/// its own cause, so that is the only repetition left.
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut previous: Option<String> = None;
+    for level in e.chain() {
+        let this = level.to_string();
+        if previous.as_ref() == Some(&this) {
+            continue;
+        }
+        if previous.is_some() {
+            text.push_str(": ");
+        }
+        text.push_str(&this);
+        previous = Some(this);
+    }
+    text
+}
+
 /// Loads the file and opens its provider; `None` when the file has errors (already reported).
 fn open(
     file: &Path,
+    settings: &Settings,
     knobs: providers::Knobs,
 ) -> anyhow::Result<Option<(Cluster, Box<dyn Provider>)>> {
     let Some(cluster) = load(file)? else {
         return Ok(None);
     };
-    let provider = providers::open(&cluster, knobs)?;
+    let provider = providers::open(&cluster, settings, knobs)?;
     Ok(Some((cluster, provider)))
 }
 
 fn require(provider: &dyn Provider, command: Cmd, hint: &str) -> anyhow::Result<()> {
-    if provider.supports(command) {
+    if hybridgrid_engine::supports(provider, command) {
         Ok(())
     } else {
         Err(EngineError::unsupported(provider.name(), command.as_str(), hint).into())
@@ -189,21 +212,68 @@ enum GraphFormat {
     Dot,
 }
 
+/// One run: the settings, the logging and progress `-q`/`-v` chose, then the subcommand.
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let knobs = providers::Knobs::default();
     let verbosity = match (cli.quiet, cli.verbose) {
         (true, _) => progress::Verbosity::Quiet,
         (false, true) => progress::Verbosity::Verbose,
         (false, false) => progress::Verbosity::Normal,
     };
-    // Plain progress lines and `-v`'s traces go through `tracing`, filtered by -q/-v.
+    init_logging(verbosity);
+    let settings = Settings::from_env()?;
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = progress::Progress::new(std::io::stderr(), live, verbosity);
+    let show = |e: Event| progress.event(e);
+    let s = &settings;
+    match cli.command {
+        Command::Validate { file, online, json } if json => {
+            validate_cmd::validate_json(&file, online, s)
+        }
+        Command::Validate { file, online, .. } => validate_cmd::validate(&file, online, s),
+        Command::Plan { file, json } => plan(&file, json, s),
+        Command::Render { file, out } => render_files(&file, &out, s),
+        Command::Up {
+            file,
+            stateless_security_groups,
+            json,
+        } => up(&file, stateless_security_groups, json, s, &show),
+        Command::Status {
+            file,
+            json,
+            no_ping,
+            all_pairs,
+        } => status(&file, json, probe(no_ping, all_pairs), s),
+        Command::Graph {
+            file,
+            format,
+            json,
+            offline,
+        } => draw(&file, format, json, offline, s),
+        Command::Exec { file, node, cmd } => exec(&file, &node, &cmd, s),
+        Command::Down { file } => down(&file, s, &show),
+        Command::Doctor {
+            file,
+            json,
+            path: Some(p),
+        } => doctor_cmd::path(&file, &p[0], &p[1], json, s),
+        Command::Doctor { file, json, .. } => doctor_cmd::run(&file, json, s),
+        Command::Gc => gc(s),
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
+        Command::Submit(cmd) => submit_cmd::run(cmd, s),
+        Command::Node(cmd) => node_cmd::run(cmd, s),
+    }
+}
+
+/// Plain progress lines and `-v`'s traces go through `tracing`, filtered by -q/-v: our own lines
+/// at the chosen level; the libraries' (the OpenStack SDK's endpoint discovery, HTTP requests)
+/// only when they warn.
+fn init_logging(verbosity: progress::Verbosity) {
     let level = match verbosity {
         progress::Verbosity::Quiet => tracing::level_filters::LevelFilter::WARN,
         progress::Verbosity::Normal => tracing::level_filters::LevelFilter::INFO,
         progress::Verbosity::Verbose => tracing::level_filters::LevelFilter::DEBUG,
     };
-    // Our own lines at the chosen level; the libraries' (the OpenStack SDK's endpoint discovery,
-    // HTTP requests) only when they warn.
     let only_ours = tracing_subscriber::filter::Targets::new()
         .with_target("hybridgrid", level)
         .with_default(tracing::level_filters::LevelFilter::WARN);
@@ -219,219 +289,220 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .finish(),
             only_ours,
         ));
-    let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let progress = progress::Progress::new(std::io::stderr(), live, verbosity);
-    let show = |e: Event| progress.event(e);
-    match cli.command {
-        Command::Validate { file, online, json } if json => {
-            validate_cmd::validate_json(&file, online)
-        }
-        Command::Validate { file, online, .. } => validate_cmd::validate(&file, online),
-        Command::Plan { file, json } => {
-            let Some((cluster, provider)) = open(&file, knobs)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let plan = hybridgrid_engine::plan(provider.as_ref(), &cluster)?;
-            if json {
-                println!("{}", plan.to_json());
-            } else {
-                print!("{}", plan_summary(&plan));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Render { file, out } => {
-            let Some((cluster, provider)) = open(&file, knobs)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let plan = hybridgrid_engine::plan(provider.as_ref(), &cluster)?;
-            let count = write_tree(&out, &plan)?;
-            println!("wrote {count} files to {}", out.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Up {
-            file,
-            stateless_security_groups,
-            json,
-        } => {
-            let knobs = providers::Knobs {
-                stateless_security_groups,
-            };
-            let Some((cluster, provider)) = open(&file, knobs)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let report = hybridgrid_engine::up(provider.as_ref(), &cluster, &show)?;
-            for p in &report.partial {
-                eprintln!("note: not done by `up`: {p}");
-            }
-            for n in &report.notes {
-                eprintln!("warning: {n}");
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else if report.change_count() == 0 {
-                println!("no changes: the cluster is as planned");
-            } else {
-                println!(
-                    "up: {} changes in {} rounds, {:.1}s",
-                    report.change_count(),
-                    report.rounds.len(),
-                    report.seconds
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Status {
-            file,
-            json,
-            no_ping,
-            all_pairs,
-        } => {
-            let Some((cluster, provider)) = open(&file, knobs)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let probe = match (no_ping, all_pairs) {
-                (true, _) => Probe::None,
-                (false, true) => Probe::AllPairs,
-                (false, false) => Probe::Sample,
-            };
-            let report = hybridgrid_engine::status(provider.as_ref(), &cluster, probe)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", status_text::status_text(&report));
-            }
-            if report.healthy() {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!(
-                    "hint: run `hybridgrid doctor -f {}` to find out why",
-                    file.display()
-                );
-                Ok(ExitCode::FAILURE)
-            }
-        }
-        Command::Graph {
-            file,
-            format,
-            json,
-            offline,
-        } => {
-            let Some((cluster, provider)) = open(&file, knobs)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            // The topology is the cluster file's; the tunnels' state is the running cluster's,
-            // when it can be read (a cluster that is not up has nothing to show there).
-            let plan = hybridgrid_core::reconcile::plan(&cluster, &Default::default());
-            let status = if offline || !provider.supports(Cmd::Status) {
-                None
-            } else {
-                match hybridgrid_engine::status(provider.as_ref(), &cluster, Probe::None) {
-                    Ok(s) if s.nodes.iter().any(|n| n.up) => Some(s),
-                    Ok(_) => None,
-                    Err(e) => {
-                        eprintln!("warning: drawing the cluster file only: {e}");
-                        None
-                    }
-                }
-            };
-            // Local reads every relay's device; openstack reads them over the node channel (none
-            // without it: then the tunnels are drawn as not observed).
-            let tunnels_observed = cluster.provider == model::Provider::Local
-                || status.as_ref().is_some_and(|s| !s.tunnels.is_empty());
-            let g = graph::build(&plan, status.as_ref(), tunnels_observed);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&g)?);
-            } else {
-                match format {
-                    GraphFormat::Svg => print!("{}", graph::svg(&g)),
-                    GraphFormat::Dot => print!("{}", graph::dot(&g)),
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Exec { file, node, cmd } => {
-            let Some((_, provider)) = open(&file, knobs)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            require(provider.as_ref(), Cmd::Exec, "")?;
-            let code = provider.exec(&node, &cmd)?;
-            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
-        }
-        Command::Down { file } => {
-            let Some((_, provider)) = open(&file, knobs)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            require(provider.as_ref(), Cmd::Down, "")?;
-            let report = provider.down(&show)?;
-            for n in &report.not_deleted {
-                eprintln!(
-                    "could not delete {} {} at site {} ({}): {}",
-                    n.kind,
-                    n.name,
-                    n.site,
-                    n.id.as_deref().unwrap_or("no id"),
-                    n.error
-                );
-            }
-            if !report.not_deleted.is_empty() {
-                println!(
-                    "down: deleted {}, {} left (listed above); run `down` again",
-                    report.deleted.len(),
-                    report.not_deleted.len()
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            if report.deleted.is_empty() {
-                println!("nothing to remove");
-            } else {
-                println!(
-                    "down: deleted {} resources; nothing of the cluster is left",
-                    report.deleted.len()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Doctor {
-            file,
-            json,
-            path: Some(p),
-        } => doctor_cmd::path(&file, &p[0], &p[1], json),
-        Command::Doctor { file, json, .. } => doctor_cmd::run(&file, json),
-        Command::Gc => {
-            let removed = hybridgrid_local::gc(&hybridgrid_local::state_root())?;
-            for r in &removed {
-                println!("removed {r}");
-            }
-            if removed.is_empty() {
-                println!("nothing to collect");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Completions { shell } => {
-            // The node-side commands are hidden from help: from completion too.
-            let full = <Cli as clap::CommandFactory>::command();
-            let mut cmd = full
-                .get_subcommands()
-                .filter(|s| !s.is_hide_set())
-                .fold(clap::Command::new("hybridgrid"), |c, s| {
-                    c.subcommand(s.clone())
-                });
-            clap_complete::generate(shell, &mut cmd, "hybridgrid", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
-                .context("writing the manual page")?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Submit(cmd) => submit_cmd::run(cmd),
-        Command::Node(cmd) => node_cmd::run(cmd),
+}
+
+fn probe(no_ping: bool, all_pairs: bool) -> Probe {
+    match (no_ping, all_pairs) {
+        (true, _) => Probe::None,
+        (false, true) => Probe::AllPairs,
+        (false, false) => Probe::Sample,
     }
 }
 
-/// Progress of `up` and `down` on standard error.
+/// `plan`: the summary, or the versioned document.
+fn plan(file: &Path, json: bool, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let Some((cluster, provider)) = open(file, settings, providers::Knobs::default())? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let plan = hybridgrid_engine::plan(provider.as_ref(), &cluster)?;
+    if json {
+        println!("{}", plan.to_json());
+    } else {
+        print!("{}", plan_text::plan_summary(&plan));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `render`: every file of the plan under `out`.
+fn render_files(file: &Path, out: &Path, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let Some((cluster, provider)) = open(file, settings, providers::Knobs::default())? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let plan = hybridgrid_engine::plan(provider.as_ref(), &cluster)?;
+    let count = write_tree(out, &plan)?;
+    println!("wrote {count} files to {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn up(
+    file: &Path,
+    stateless_security_groups: bool,
+    json: bool,
+    settings: &Settings,
+    show: Sink<'_>,
+) -> anyhow::Result<ExitCode> {
+    let knobs = providers::Knobs {
+        stateless_security_groups,
+    };
+    let Some((cluster, provider)) = open(file, settings, knobs)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let report = hybridgrid_engine::up(provider.as_ref(), &cluster, show)?;
+    for p in &report.partial {
+        eprintln!("note: not done by `up`: {p}");
+    }
+    for n in &report.notes {
+        eprintln!("warning: {n}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.change_count() == 0 {
+        println!("no changes: the cluster is as planned");
+    } else {
+        println!(
+            "up: {} changes in {} rounds, {:.1}s",
+            report.change_count(),
+            report.rounds.len(),
+            report.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status`: exit 1, with a hint, when the cluster is not healthy.
+fn status(file: &Path, json: bool, probe: Probe, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let Some((cluster, provider)) = open(file, settings, providers::Knobs::default())? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let report = hybridgrid_engine::status(provider.as_ref(), &cluster, probe)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", status_text::status_text(&report));
+    }
+    if report.healthy() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "hint: run `hybridgrid doctor -f {}` to find out why",
+            file.display()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `graph`: the topology is the cluster file's; the tunnels' state is the running cluster's,
+/// when it can be read (a cluster that is not up has nothing to show there).
+fn draw(
+    file: &Path,
+    format: GraphFormat,
+    json: bool,
+    offline: bool,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let Some((cluster, provider)) = open(file, settings, providers::Knobs::default())? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let plan = hybridgrid_core::reconcile::plan(&cluster, &Default::default());
+    let status = if offline || !hybridgrid_engine::supports(provider.as_ref(), Cmd::Status) {
+        None
+    } else {
+        match hybridgrid_engine::status(provider.as_ref(), &cluster, Probe::None) {
+            Ok(s) if s.nodes.iter().any(|n| n.up) => Some(s),
+            Ok(_) => None,
+            Err(e) => {
+                eprintln!(
+                    "warning: drawing the cluster file only: {}",
+                    hybridgrid_core::error_chain(&e)
+                );
+                None
+            }
+        }
+    };
+    // Local reads every relay's device; openstack reads them over the node channel (none
+    // without it: then the tunnels are drawn as not observed).
+    let tunnels_observed = cluster.provider == model::Provider::Local
+        || status.as_ref().is_some_and(|s| !s.tunnels.is_empty());
+    let g = graph::build(&plan, status.as_ref(), tunnels_observed);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&g)?);
+    } else {
+        match format {
+            GraphFormat::Svg => print!("{}", graph::svg(&g)),
+            GraphFormat::Dot => print!("{}", graph::dot(&g)),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `exec`: the command's own exit code.
+fn exec(file: &Path, node: &str, cmd: &[String], settings: &Settings) -> anyhow::Result<ExitCode> {
+    let Some((_, provider)) = open(file, settings, providers::Knobs::default())? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    require(provider.as_ref(), Cmd::Exec, "")?;
+    let code = hybridgrid_engine::nodes(provider.as_ref(), "exec")?.exec(node, cmd)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `down`: exit 1, with what is left, when something could not be deleted.
+fn down(file: &Path, settings: &Settings, show: Sink<'_>) -> anyhow::Result<ExitCode> {
+    let Some((_, provider)) = open(file, settings, providers::Knobs::default())? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    require(provider.as_ref(), Cmd::Down, "")?;
+    let report = provider.down(show)?;
+    for n in &report.not_deleted {
+        eprintln!(
+            "could not delete {} {} at site {} ({}): {}",
+            n.kind,
+            n.name,
+            n.site,
+            n.id.as_deref().unwrap_or("no id"),
+            n.error
+        );
+    }
+    if !report.not_deleted.is_empty() {
+        println!(
+            "down: deleted {}, {} left (listed above); run `down` again",
+            report.deleted.len(),
+            report.not_deleted.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if report.deleted.is_empty() {
+        println!("nothing to remove");
+    } else {
+        println!(
+            "down: deleted {} resources; nothing of the cluster is left",
+            report.deleted.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gc(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let removed = hybridgrid_local::gc(&settings.state_root)?;
+    for r in &removed {
+        println!("removed {r}");
+    }
+    if removed.is_empty() {
+        println!("nothing to collect");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The node-side commands are hidden from help: from completion too.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    let full = <Cli as clap::CommandFactory>::command();
+    let mut cmd = full
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .fold(clap::Command::new("hybridgrid"), |c, s| {
+            c.subcommand(s.clone())
+        });
+    clap_complete::generate(shell, &mut cmd, "hybridgrid", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn man() -> anyhow::Result<ExitCode> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cmd)
+        .render(&mut std::io::stdout())
+        .context("writing the manual page")?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Loads and validates; prints diagnostics. `None` when the file has errors (already reported).
 fn load(file: &Path) -> anyhow::Result<Option<Cluster>> {
     let shown = file.display().to_string();
@@ -485,107 +556,4 @@ fn write_tree(out: &Path, plan: &Plan) -> anyhow::Result<usize> {
         Some(e) => Err(e),
         None => Ok(count),
     }
-}
-
-fn plan_summary(plan: &Plan) -> String {
-    let mut s = String::new();
-    let relays = plan.nodes.iter().filter(|n| n.role.is_relay()).count();
-    let _ = writeln!(
-        s,
-        "cluster {} ({} provider): {} sites, {} nodes",
-        plan.cluster,
-        plan.provider.as_str(),
-        plan.sites.len(),
-        plan.nodes.len()
-    );
-    let _ = writeln!(
-        s,
-        "tunnel {} · UDP {} · MTU {} · keepalive {}s · full mesh of {} relays, {} links",
-        plan.tunnel.cidr,
-        plan.tunnel.port,
-        plan.tunnel.mtu,
-        plan.tunnel.keepalive,
-        relays,
-        relays * relays.saturating_sub(1) / 2
-    );
-    for site in &plan.sites {
-        let _ = writeln!(
-            s,
-            "\nsite {} {}{}",
-            site.name,
-            site.subnet,
-            if site.master { " (master site)" } else { "" }
-        );
-        for n in plan.nodes.iter().filter(|n| n.site == site.name) {
-            let mut extra = String::new();
-            if let Some(t) = n.tunnel_ip {
-                let _ = write!(extra, "  tunnel {t}");
-            }
-            if n.role.is_relay() {
-                match n.public_ip {
-                    Some(ip) => {
-                        let _ = write!(extra, "  public {ip}");
-                    }
-                    None => extra.push_str("  public (allocated by up)"),
-                }
-            }
-            if n.role == Role::Worker {
-                let _ = write!(extra, "  {} CPUs, {} MiB", n.cpus, n.memory_mib);
-            }
-            if n.on_demand {
-                extra.push_str("  on demand (Slurm makes it when jobs need it)");
-            }
-            let _ = writeln!(
-                s,
-                "  {:<24} {:<8} {:<15}{extra}",
-                n.name,
-                n.role.as_str(),
-                n.lan_ip.to_string()
-            );
-        }
-    }
-    if plan.changes.is_empty() {
-        s.push_str("\nno changes: the cluster is as planned\n");
-    } else {
-        let _ = writeln!(s, "\n{} changes:", plan.changes.len());
-        // A new group's rules are summed up on the group's line; `--json` lists each one.
-        let new_groups: Vec<&str> = plan
-            .changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::CreateSecurityGroup { group, .. } => Some(group.as_str()),
-                _ => None,
-            })
-            .collect();
-        for c in &plan.changes {
-            match c {
-                Change::AddRule { group, .. } if new_groups.contains(&group.as_str()) => {}
-                Change::CreateSecurityGroup { group, .. } => {
-                    let rules = plan
-                        .changes
-                        .iter()
-                        .filter(|c| matches!(c, Change::AddRule { group: g, .. } if g == group))
-                        .count();
-                    let pending = plan
-                        .sites
-                        .iter()
-                        .flat_map(|site| &site.security_groups)
-                        .filter(|g| &g.name == group)
-                        .flat_map(|g| &g.rules)
-                        .filter(|r| matches!(r.remote, Remote::PendingPublicIp(_)))
-                        .count();
-                    let later = if pending > 0 {
-                        format!(" (+{pending} once the peers' public IPs exist)")
-                    } else {
-                        String::new()
-                    };
-                    let _ = writeln!(s, "  {} with {rules} rules{later}", c.summary());
-                }
-                _ => {
-                    let _ = writeln!(s, "  {}", c.summary());
-                }
-            }
-        }
-    }
-    s
 }

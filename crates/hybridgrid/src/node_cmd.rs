@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Subcommand;
 
+use crate::settings::Settings;
+
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// The node agent and the userspace WireGuard device (run on the node): the agent crate's
@@ -62,11 +64,11 @@ pub enum NodeCommand {
     },
 }
 
-pub fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: NodeCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
     match cmd {
         NodeCommand::Agent(cmd) => {
             let exe = std::env::current_exe().context("locating the hybridgrid binary")?;
-            let line = hybridgrid_agent::cli::run(cmd, &exe, &|e| eprintln!("supervisor: {e}"))?;
+            let line = hybridgrid_agent::cli::run(cmd, &exe, &supervisor_error)?;
             if let Some(line) = line {
                 println!("{line}");
             }
@@ -97,7 +99,7 @@ pub fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             tag: _,
             cluster,
             socket,
-        } => crate::power_cmd::serve(&cluster, &socket),
+        } => crate::power_cmd::serve(&cluster, &socket, settings),
         // Holds the namespaces until SIGTERM (default action: exit), supervising the node.
         NodeCommand::Hold {
             tag,
@@ -115,6 +117,11 @@ fn supervise(state_dir: &std::path::Path, tag: &str, period: u64) -> anyhow::Res
         &exe,
         tag,
         std::time::Duration::from_secs(period),
-        &|e| eprintln!("supervisor: {e}"),
+        &supervisor_error,
     )
+}
+
+/// A failed run of the node's supervisor: it goes on, the error is logged.
+fn supervisor_error(e: &hybridgrid_agent::AgentError) {
+    eprintln!("supervisor: {}", hybridgrid_agent::error_chain(e));
 }

@@ -14,17 +14,18 @@ use hybridgrid_core::power::{PowerReply, PowerRequest};
 use hybridgrid_engine::Event;
 
 use crate::providers::{self, Knobs};
+use crate::settings::Settings;
 
 /// Serves `socket` until killed (`down` stops it first).
-pub fn serve(cluster_file: &Path, socket: &Path) -> anyhow::Result<ExitCode> {
+pub fn serve(cluster_file: &Path, socket: &Path, settings: &Settings) -> anyhow::Result<ExitCode> {
     let listener = bind(socket)?;
     let allowed = allowed_uids();
     for stream in listener.incoming() {
         let result = stream
             .context("accepting a connection")
-            .and_then(|s| answer(s, cluster_file, &allowed));
+            .and_then(|s| answer(s, cluster_file, &allowed, settings));
         if let Err(e) = result {
-            eprintln!("power service: {e:#}");
+            eprintln!("power service: {}", crate::error_text(&e));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -52,7 +53,12 @@ fn allowed_uids() -> Vec<u32> {
     std::iter::once(0).chain(slurm).collect()
 }
 
-fn answer(stream: UnixStream, cluster_file: &Path, allowed: &[u32]) -> anyhow::Result<()> {
+fn answer(
+    stream: UnixStream,
+    cluster_file: &Path,
+    allowed: &[u32],
+    settings: &Settings,
+) -> anyhow::Result<()> {
     let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
         .context("reading the caller's credentials")?;
     anyhow::ensure!(
@@ -71,8 +77,8 @@ fn answer(stream: UnixStream, cluster_file: &Path, allowed: &[u32]) -> anyhow::R
         request.verb.as_str(),
         request.nodes
     );
-    let reply = carry_out(cluster_file, &request)
-        .unwrap_or_else(|e| PowerReply::all_failed(&request.nodes, &format!("{e:#}")));
+    let reply = carry_out(cluster_file, &request, settings)
+        .unwrap_or_else(|e| PowerReply::all_failed(&request.nodes, &crate::error_text(&e)));
     eprintln!(
         "power service: done {:?}, failed {:?}",
         reply.done, reply.failed
@@ -83,12 +89,16 @@ fn answer(stream: UnixStream, cluster_file: &Path, allowed: &[u32]) -> anyhow::R
         .context("answering")
 }
 
-fn carry_out(cluster_file: &Path, request: &PowerRequest) -> anyhow::Result<PowerReply> {
+fn carry_out(
+    cluster_file: &Path,
+    request: &PowerRequest,
+    settings: &Settings,
+) -> anyhow::Result<PowerReply> {
     let text = std::fs::read_to_string(cluster_file)
         .with_context(|| format!("reading {}", cluster_file.display()))?;
     let cluster: Cluster = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a cluster", cluster_file.display()))?;
-    let provider = providers::open(&cluster, Knobs::default())?;
+    let provider = providers::open(&cluster, settings, Knobs::default())?;
     let sink = |e: Event| {
         if let Event::Failed { summary, error } = e {
             eprintln!("power service: {summary}: {error}");

@@ -22,6 +22,52 @@ pub(crate) fn bytes(n: u64) -> String {
 
 pub fn status_text(r: &StatusReport) -> String {
     let mut s = String::new();
+    node_table(&mut s, r);
+    if !r.tunnels.is_empty() {
+        let _ = writeln!(s, "tunnels:");
+        for t in &r.tunnels {
+            let hs = t.handshake_age_s.map_or_else(
+                || "no handshake".to_owned(),
+                |a| format!("handshake {a}s ago"),
+            );
+            let _ = writeln!(
+                s,
+                "  {} → {}: {hs}, rx {}, tx {}, endpoint {}",
+                t.node,
+                t.peer,
+                bytes(t.rx_bytes),
+                bytes(t.tx_bytes),
+                t.endpoint.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    let n = r.nodes.len();
+    let all_pairs = r.reachability.len() == n * n.saturating_sub(1);
+    let matrix = !r.reachability.is_empty() && all_pairs && n <= 30;
+    if matrix {
+        reachability_matrix(&mut s, r);
+    } else if !r.reachability.is_empty() {
+        let failed: Vec<_> = r.reachability.iter().filter(|x| !x.ok).collect();
+        let _ = writeln!(
+            s,
+            "reachability: {} of {} probes answered{}",
+            r.reachability.len() - failed.len(),
+            r.reachability.len(),
+            if all_pairs {
+                " (every pair)"
+            } else {
+                " (every node to its relay, every site to every other)"
+            }
+        );
+        for x in failed {
+            let _ = writeln!(s, "  ✗ {} → {}", x.from, x.to);
+        }
+    }
+    s
+}
+
+/// The cluster's line and a line per node.
+fn node_table(s: &mut String, r: &StatusReport) {
     let _ = writeln!(s, "cluster {}", r.cluster);
     let _ = writeln!(
         s,
@@ -44,72 +90,36 @@ pub fn status_text(r: &StatusReport) -> String {
             n.slurm.as_deref().unwrap_or("-")
         );
     }
-    if !r.tunnels.is_empty() {
-        let _ = writeln!(s, "tunnels:");
-        for t in &r.tunnels {
-            let hs = t.handshake_age_s.map_or_else(
-                || "no handshake".to_owned(),
-                |a| format!("handshake {a}s ago"),
-            );
-            let _ = writeln!(
-                s,
-                "  {} → {}: {hs}, rx {}, tx {}, endpoint {}",
-                t.node,
-                t.peer,
-                bytes(t.rx_bytes),
-                bytes(t.tx_bytes),
-                t.endpoint.as_deref().unwrap_or("-")
-            );
-        }
+}
+
+/// Every pair probed, as a matrix: ping from row to column.
+fn reachability_matrix(s: &mut String, r: &StatusReport) {
+    let _ = writeln!(s, "reachability (ping from row to column):");
+    let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
+    let w = names.iter().map(|n| n.len()).max().unwrap_or(4);
+    let _ = write!(s, "  {:w$}", "");
+    for (i, _) in names.iter().enumerate() {
+        let _ = write!(s, " {:>3}", i + 1);
     }
-    let n = r.nodes.len();
-    let all_pairs = r.reachability.len() == n * n.saturating_sub(1);
-    let matrix = !r.reachability.is_empty() && all_pairs && n <= 30;
-    if !r.reachability.is_empty() && !matrix {
-        let failed: Vec<_> = r.reachability.iter().filter(|x| !x.ok).collect();
-        let _ = writeln!(
-            s,
-            "reachability: {} of {} probes answered{}",
-            r.reachability.len() - failed.len(),
-            r.reachability.len(),
-            if all_pairs {
-                " (every pair)"
+    s.push('\n');
+    for (i, from) in names.iter().enumerate() {
+        let _ = write!(s, "  {from:w$}");
+        for to in &names {
+            let cell = if from == to {
+                "  ·"
             } else {
-                " (every node to its relay, every site to every other)"
-            }
-        );
-        for x in failed {
-            let _ = writeln!(s, "  ✗ {} → {}", x.from, x.to);
+                match r
+                    .reachability
+                    .iter()
+                    .find(|x| x.from == *from && x.to == *to)
+                {
+                    Some(x) if x.ok => "  ✓",
+                    Some(_) => "  ✗",
+                    None => "  ?",
+                }
+            };
+            s.push_str(cell);
         }
-    } else if matrix {
-        let _ = writeln!(s, "reachability (ping from row to column):");
-        let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
-        let w = names.iter().map(|n| n.len()).max().unwrap_or(4);
-        let _ = write!(s, "  {:w$}", "");
-        for (i, _) in names.iter().enumerate() {
-            let _ = write!(s, " {:>3}", i + 1);
-        }
-        s.push('\n');
-        for (i, from) in names.iter().enumerate() {
-            let _ = write!(s, "  {from:w$}");
-            for to in &names {
-                let cell = if from == to {
-                    "  ·".to_owned()
-                } else {
-                    match r
-                        .reachability
-                        .iter()
-                        .find(|x| x.from == *from && x.to == *to)
-                    {
-                        Some(x) if x.ok => "  ✓".to_owned(),
-                        Some(_) => "  ✗".to_owned(),
-                        None => "  ?".to_owned(),
-                    }
-                };
-                s.push_str(&cell);
-            }
-            let _ = writeln!(s, "   ({})", i + 1);
-        }
+        let _ = writeln!(s, "   ({})", i + 1);
     }
-    s
 }

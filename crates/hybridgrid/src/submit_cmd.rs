@@ -3,10 +3,11 @@
 //! `submit` places the job with [`hybridgrid_core::submit::place`], wraps the user's script in a
 //! batch script that exports the placement's environment, runs the script and uploads its output
 //! to the master's results store, and runs `sbatch` on the master. Submitted jobs are recorded in
-//! `<cluster state>/jobs.json`; `jobs` combines that record with `squeue`, `scontrol show job` and
-//! the results store (there is no accounting daemon), and copies finished jobs' output to
-//! `<cluster state>/results/`. Everything on the master goes through the provider's
-//! [`Provider::run`], the same for every provider.
+//! `<cluster state>/jobs.json` (a versioned document, `hybridgrid_engine::state`); `jobs`
+//! combines that record with `squeue`, `scontrol show job` and the results store (there is no
+//! accounting daemon; the answers are parsed by [`hybridgrid_core::jobs`]), and copies finished
+//! jobs' output to `<cluster state>/results/`. Everything on the master goes through the
+//! provider's `Nodes::run`, the same for every provider.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,39 +17,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use clap::Subcommand;
+use hybridgrid_core::jobs::{self as slurm_jobs, MasterAnswer};
 use hybridgrid_core::plan::{Plan, Role};
-use hybridgrid_core::submit::place;
+use hybridgrid_core::submit::{Placement, place, with_partition};
+use hybridgrid_engine::state;
 use hybridgrid_engine::{Command as Cmd, Probe, Provider};
 use serde::{Deserialize, Serialize};
+
+use crate::settings::Settings;
 
 #[derive(Debug, Subcommand)]
 pub enum SubmitCommand {
     /// Submit a job next to its datasets: `submit -f FILE [--dataset NAME]... -- SCRIPT [ARGS]`.
-    Submit {
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-        /// A dataset the job reads (repeatable); the job runs at the datasets' site.
-        #[arg(long = "dataset")]
-        datasets: Vec<String>,
-        /// Datasets at several sites: run where most of them are and read the rest over the tunnel.
-        #[arg(long)]
-        allow_cross_site: bool,
-        /// Send the job to this partition instead (a site or `all`), ignoring data locality.
-        #[arg(long)]
-        partition: Option<String>,
-        /// Job name (default: the script's file name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Wait until the job finished and its output is on the master; exit with its exit code.
-        #[arg(long)]
-        wait: bool,
-        /// Print only the job id.
-        #[arg(long)]
-        parsable: bool,
-        /// The script (a file on this machine) and its arguments.
-        #[arg(last = true, required = true)]
-        script: Vec<String>,
-    },
+    Submit(SubmitArgs),
     /// The jobs submitted with `submit`: site, state, node, exit code, output.
     Jobs {
         #[arg(short = 'f', long = "file")]
@@ -58,10 +39,36 @@ pub enum SubmitCommand {
     },
 }
 
+// `submit`'s arguments (its help is the variant's).
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// A dataset the job reads (repeatable); the job runs at the datasets' site.
+    #[arg(long = "dataset")]
+    datasets: Vec<String>,
+    /// Datasets at several sites: run where most of them are and read the rest over the tunnel.
+    #[arg(long)]
+    allow_cross_site: bool,
+    /// Send the job to this partition instead (a site or `all`), ignoring data locality.
+    #[arg(long)]
+    partition: Option<String>,
+    /// Job name (default: the script's file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Wait until the job finished and its output is on the master; exit with its exit code.
+    #[arg(long)]
+    wait: bool,
+    /// Print only the job id.
+    #[arg(long)]
+    parsable: bool,
+    /// The script (a file on this machine) and its arguments.
+    #[arg(last = true, required = true)]
+    script: Vec<String>,
+}
+
 const JOBS_FILE: &str = "jobs.json";
 const JOBS_FORMAT_VERSION: u32 = 1;
-/// Separates the parts of the master's answer in `job_views`.
-const SEP: &str = "--hybridgrid--";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct JobsRecord {
@@ -108,35 +115,18 @@ struct JobView {
     cross_site_bytes_upper_bound: bool,
 }
 
+/// The record of submitted jobs; an empty one when there is none yet.
 fn load_jobs(path: &Path) -> anyhow::Result<JobsRecord> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let r: JobsRecord = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a jobs record", path.display()))?;
-            if r.format_version != JOBS_FORMAT_VERSION {
-                bail!(
-                    "{}: format_version {}; this hybridgrid reads {JOBS_FORMAT_VERSION}",
-                    path.display(),
-                    r.format_version
-                );
-            }
-            Ok(r)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(JobsRecord {
+    Ok(
+        state::load(path, JOBS_FORMAT_VERSION)?.unwrap_or_else(|| JobsRecord {
             format_version: JOBS_FORMAT_VERSION,
             jobs: Vec::new(),
         }),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    )
 }
 
 fn save_jobs(path: &Path, record: &JobsRecord) -> anyhow::Result<()> {
-    hybridgrid_local::ledger::write_atomic(
-        path,
-        serde_json::to_string_pretty(record)?.as_bytes(),
-        0o644,
-    )?;
-    Ok(())
+    Ok(state::save(path, record, 0o644)?)
 }
 
 fn sh_quote(s: &str) -> String {
@@ -182,6 +172,22 @@ exit $rc
     s
 }
 
+/// The command that runs `sbatch` on the master with the batch script on its standard input;
+/// sbatch keeps its own copy of the script, so the file on the master is removed at once.
+fn sbatch_command(partition: &str, args: &[String]) -> String {
+    let mut submit = format!(
+        "f=$(mktemp /tmp/hybridgrid-batch.XXXXXX) && cat > \"$f\" && \
+         sbatch --parsable --partition={} \"$f\"",
+        sh_quote(partition)
+    );
+    for a in args {
+        submit.push(' ');
+        submit.push_str(&sh_quote(a));
+    }
+    submit.push_str("; rc=$?; rm -f \"$f\"; exit $rc");
+    submit
+}
+
 fn master_of(plan: &Plan) -> anyhow::Result<String> {
     plan.nodes
         .iter()
@@ -200,31 +206,36 @@ struct Jobs {
 }
 
 impl Jobs {
-    fn open(file: &Path, command: Cmd) -> anyhow::Result<Option<Jobs>> {
+    fn open(file: &Path, command: Cmd, settings: &Settings) -> anyhow::Result<Option<Jobs>> {
         let Some(cluster) = crate::load(file)? else {
             return Ok(None);
         };
-        let provider = crate::providers::open(&cluster, crate::providers::Knobs::default())?;
-        if !provider.supports(command) {
-            return Err(hybridgrid_engine::EngineError::unsupported(
-                provider.name(),
-                command.as_str(),
-                "",
-            )
-            .into());
-        }
+        let provider =
+            crate::providers::open(&cluster, settings, crate::providers::Knobs::default())?;
+        crate::require(provider.as_ref(), command, "")?;
         let plan = hybridgrid_engine::plan(provider.as_ref(), &cluster)?;
         Ok(Some(Jobs {
             master: master_of(&plan)?,
-            dir: hybridgrid_local::state_root().join(&cluster.name),
+            dir: settings.state_root.join(&cluster.name),
             provider,
             plan,
         }))
     }
 
+    /// Runs `script` on the master; its exit code and standard output.
+    fn run(
+        &self,
+        what: &'static str,
+        script: &str,
+        input: &[u8],
+    ) -> anyhow::Result<(i32, Vec<u8>)> {
+        let nodes = hybridgrid_engine::nodes(self.provider.as_ref(), what)?;
+        Ok(nodes.run(&self.master, script, input)?)
+    }
+
     /// Runs `script` on the master; its standard output, or an error when it failed.
     fn on_master(&self, what: &str, script: &str, input: &[u8]) -> anyhow::Result<String> {
-        let (code, out) = self.provider.run(&self.master, script, input)?;
+        let (code, out) = self.run("submit", script, input)?;
         let out = String::from_utf8_lossy(&out).into_owned();
         if code != 0 {
             bail!(
@@ -246,205 +257,171 @@ impl Jobs {
     }
 }
 
-pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: SubmitCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
     match cmd {
-        SubmitCommand::Submit {
-            file,
-            datasets,
-            allow_cross_site,
-            partition,
-            name,
-            wait,
-            parsable,
-            script,
-        } => {
-            let Some(jobs) = Jobs::open(&file, Cmd::Submit)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let plan = &jobs.plan;
-            let mut placement = place(plan, &datasets, allow_cross_site)?;
-            if let Some(p) = partition {
-                if !plan.slurm.partitions.iter().any(|x| x.name == p) {
-                    let known: Vec<&str> = plan
-                        .slurm
-                        .partitions
-                        .iter()
-                        .map(|x| x.name.as_str())
-                        .collect();
-                    bail!(
-                        "unknown partition `{p}`; the cluster has: {}",
-                        known.join(", ")
-                    );
-                }
-                placement.site = plan
-                    .sites
-                    .iter()
-                    .find(|s| s.name == p)
-                    .map(|s| s.name.clone());
-                placement.env.retain(|(k, _)| k != "HYBRIDGRID_SITE");
-                if let Some(site) = &placement.site {
-                    placement
-                        .env
-                        .insert(0, ("HYBRIDGRID_SITE".to_owned(), site.clone()));
-                }
-                placement.partition = p;
-            }
-            let path = PathBuf::from(&script[0]);
-            let body = std::fs::read(&path)
-                .with_context(|| format!("reading the job script {}", path.display()))?;
-            let name = name.unwrap_or_else(|| {
-                path.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "job".into())
-            });
-            let name: String = name
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            let batch = wrapper(plan, &name, &placement.env, &body);
-            // sbatch keeps its own copy of the script: the file on the master is removed at once.
-            let mut submit = format!(
-                "f=$(mktemp /tmp/hybridgrid-batch.XXXXXX) && cat > \"$f\" && \
-                 sbatch --parsable --partition={} \"$f\"",
-                sh_quote(&placement.partition)
-            );
-            for a in &script[1..] {
-                submit.push(' ');
-                submit.push_str(&sh_quote(a));
-            }
-            submit.push_str("; rc=$?; rm -f \"$f\"; exit $rc");
-            let wan_at_submit = wan_bytes(&jobs);
-            let out = jobs.on_master("sbatch", &submit, batch.as_bytes())?;
-            let id: u64 = out
-                .trim()
-                .split(';')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .with_context(|| format!("sbatch answered {out:?}"))?;
-            let jobs_path = jobs.jobs_path();
-            let mut record = load_jobs(&jobs_path)?;
-            record.jobs.push(JobEntry {
-                id,
-                name: name.clone(),
-                partition: placement.partition.clone(),
-                site: placement.site.clone(),
-                datasets: datasets.clone(),
-                submitted_unix: (now / 1_000_000_000) as u64,
-                wan_bytes_at_submit: wan_at_submit,
-                wan_bytes_at_end: None,
-                end_late: false,
-            });
-            save_jobs(&jobs_path, &record)?;
-            let output = jobs.results_dir().join(format!("{id}.out"));
-            if parsable {
-                println!("{id}");
-            } else {
-                let at = match (&placement.site, datasets.is_empty()) {
-                    (Some(s), false) => format!("site {s}, where {} lives", datasets.join(", ")),
-                    (Some(s), true) => format!("site {s}"),
-                    (None, _) => "any site".to_owned(),
-                };
-                println!(
-                    "submitted job {id} to partition {} ({at}); output: {}",
-                    placement.partition,
-                    output.display()
-                );
-            }
-            if !wait {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let view = wait_for(&jobs, id)?;
-            // Read again: a `jobs` meanwhile may have recorded other jobs' ends.
-            let mut record = load_jobs(&jobs_path)?;
-            record_ends(
-                &jobs_path,
-                &mut record,
-                std::slice::from_ref(&view),
-                false,
-                &|| wan_bytes(&jobs),
-            )?;
-            if !parsable {
-                println!(
-                    "job {id} {} on {} (site {}), exit {}",
-                    view.state,
-                    view.node.as_deref().unwrap_or("?"),
-                    view.ran_at.as_deref().unwrap_or("?"),
-                    view.exit.map_or_else(|| "?".to_owned(), |e| e.to_string())
-                );
-            }
-            Ok(match view.exit {
-                Some(0) => ExitCode::SUCCESS,
-                _ => ExitCode::FAILURE,
-            })
-        }
-        SubmitCommand::Jobs { file, json } => {
-            let Some(jobs) = Jobs::open(&file, Cmd::Submit)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let plan = &jobs.plan;
-            let path = jobs.jobs_path();
-            let mut record = load_jobs(&path)?;
-            let mut views = job_views(&jobs, &record)?;
-            // The relays' counters, read at most once for all jobs.
-            let counters = std::cell::OnceCell::new();
-            let now = || *counters.get_or_init(|| wan_bytes(&jobs));
-            record_ends(&path, &mut record, &views, true, &now)?;
-            cross_site(&mut views, &record, &now);
-            if json {
-                let doc = serde_json::json!({
-                    "format_version": 1,
-                    "cluster": plan.cluster,
-                    "jobs": views,
-                });
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  {:>10}  output",
-                "job", "name", "partition", "site", "state", "node", "exit", "cross-site"
-            );
-            for v in &views {
-                let wan = v.cross_site_bytes.map_or_else(
-                    || "-".to_owned(),
-                    |b| {
-                        format!(
-                            "{}{}",
-                            if v.cross_site_bytes_upper_bound {
-                                "≤"
-                            } else {
-                                ""
-                            },
-                            crate::status_text::bytes(b)
-                        )
-                    },
-                );
-                println!(
-                    "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  {wan:>10}  {}",
-                    v.id,
-                    v.name,
-                    v.partition,
-                    v.ran_at.as_deref().or(v.site.as_deref()).unwrap_or("-"),
-                    v.state,
-                    v.node.as_deref().unwrap_or("-"),
-                    v.exit.map_or_else(|| "-".to_owned(), |e| e.to_string()),
-                    v.output
-                        .as_ref()
-                        .map_or_else(|| "-".to_owned(), |p| p.display().to_string())
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        SubmitCommand::Submit(args) => submit(args, settings),
+        SubmitCommand::Jobs { file, json } => list_jobs(&file, json, settings),
     }
+}
+
+/// `submit`: places the job, sends it to the master's Slurm, records it; with `--wait`, waits
+/// for it and exits with its exit code.
+fn submit(args: SubmitArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let Some(jobs) = Jobs::open(&args.file, Cmd::Submit, settings)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let plan = &jobs.plan;
+    let mut placement = place(plan, &args.datasets, args.allow_cross_site)?;
+    if let Some(p) = args.partition {
+        placement = with_partition(plan, placement, p)?;
+    }
+    let path = PathBuf::from(&args.script[0]);
+    let body = std::fs::read(&path)
+        .with_context(|| format!("reading the job script {}", path.display()))?;
+    let name = slurm_jobs::job_name(&args.name.unwrap_or_else(|| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "job".into())
+    }));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let batch = wrapper(plan, &name, &placement.env, &body);
+    let wan_at_submit = wan_bytes(&jobs);
+    let sbatch = sbatch_command(&placement.partition, &args.script[1..]);
+    let out = jobs.on_master("sbatch", &sbatch, batch.as_bytes())?;
+    let id = slurm_jobs::sbatch_id(&out).with_context(|| format!("sbatch answered {out:?}"))?;
+    let jobs_path = jobs.jobs_path();
+    let mut record = load_jobs(&jobs_path)?;
+    record.jobs.push(JobEntry {
+        id,
+        name: name.clone(),
+        partition: placement.partition.clone(),
+        site: placement.site.clone(),
+        datasets: args.datasets.clone(),
+        submitted_unix: (now / 1_000_000_000) as u64,
+        wan_bytes_at_submit: wan_at_submit,
+        wan_bytes_at_end: None,
+        end_late: false,
+    });
+    save_jobs(&jobs_path, &record)?;
+    if args.parsable {
+        println!("{id}");
+    } else {
+        print_submitted(&jobs, id, &placement, &args.datasets);
+    }
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    wait_and_report(&jobs, id, args.parsable)
+}
+
+/// `submitted job ID to partition P (site S, where D lives); output: PATH`.
+fn print_submitted(jobs: &Jobs, id: u64, placement: &Placement, datasets: &[String]) {
+    let output = jobs.results_dir().join(format!("{id}.out"));
+    let at = match (&placement.site, datasets.is_empty()) {
+        (Some(s), false) => format!("site {s}, where {} lives", datasets.join(", ")),
+        (Some(s), true) => format!("site {s}"),
+        (None, _) => "any site".to_owned(),
+    };
+    println!(
+        "submitted job {id} to partition {} ({at}); output: {}",
+        placement.partition,
+        output.display()
+    );
+}
+
+/// `submit --wait`: waits for the job, records its end, says how it ended; its exit code.
+fn wait_and_report(jobs: &Jobs, id: u64, parsable: bool) -> anyhow::Result<ExitCode> {
+    let view = wait_for(jobs, id)?;
+    // Read again: a `jobs` meanwhile may have recorded other jobs' ends.
+    let jobs_path = jobs.jobs_path();
+    let mut record = load_jobs(&jobs_path)?;
+    record_ends(
+        &jobs_path,
+        &mut record,
+        std::slice::from_ref(&view),
+        false,
+        &|| wan_bytes(jobs),
+    )?;
+    if !parsable {
+        println!(
+            "job {id} {} on {} (site {}), exit {}",
+            view.state,
+            view.node.as_deref().unwrap_or("?"),
+            view.ran_at.as_deref().unwrap_or("?"),
+            view.exit.map_or_else(|| "?".to_owned(), |e| e.to_string())
+        );
+    }
+    Ok(match view.exit {
+        Some(0) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
+/// `jobs`: every recorded job as the master knows it now, as a table or a versioned document.
+fn list_jobs(file: &Path, json: bool, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let Some(jobs) = Jobs::open(file, Cmd::Submit, settings)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let path = jobs.jobs_path();
+    let mut record = load_jobs(&path)?;
+    let mut views = job_views(&jobs, &record)?;
+    // The relays' counters, read at most once for all jobs.
+    let counters = std::cell::OnceCell::new();
+    let now = || *counters.get_or_init(|| wan_bytes(&jobs));
+    record_ends(&path, &mut record, &views, true, &now)?;
+    cross_site(&mut views, &record, &now);
+    if json {
+        let doc = serde_json::json!({
+            "format_version": 1,
+            "cluster": jobs.plan.cluster,
+            "jobs": views,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", jobs_table(&views));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `jobs`' table: a header, then one line per job.
+fn jobs_table(views: &[JobView]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  {:>10}  output",
+        "job", "name", "partition", "site", "state", "node", "exit", "cross-site"
+    );
+    for v in views {
+        let wan = v.cross_site_bytes.map_or_else(
+            || "-".to_owned(),
+            |b| {
+                let bound = if v.cross_site_bytes_upper_bound {
+                    "≤"
+                } else {
+                    ""
+                };
+                format!("{bound}{}", crate::status_text::bytes(b))
+            },
+        );
+        let _ = writeln!(
+            s,
+            "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  {wan:>10}  {}",
+            v.id,
+            v.name,
+            v.partition,
+            v.ran_at.as_deref().or(v.site.as_deref()).unwrap_or("-"),
+            v.state,
+            v.node.as_deref().unwrap_or("-"),
+            v.exit.map_or_else(|| "-".to_owned(), |e| e.to_string()),
+            v.output
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |p| p.display().to_string())
+        );
+    }
+    s
 }
 
 /// Bytes all relays have sent into the tunnels (every byte that crosses sites is sent by exactly
@@ -452,14 +429,6 @@ pub fn run(cmd: SubmitCommand) -> anyhow::Result<ExitCode> {
 fn wan_bytes(jobs: &Jobs) -> Option<u64> {
     let s = jobs.provider.status(&jobs.plan, Probe::None).ok()?;
     (!s.tunnels.is_empty()).then(|| s.tunnels.iter().map(|t| t.tx_bytes).sum())
-}
-
-/// Slurm is done with the job (UNKNOWN too: neither squeue nor scontrol knows it any more).
-fn finished(state: &str) -> bool {
-    !matches!(
-        state,
-        "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED"
-    )
 }
 
 /// Records the counters' end for jobs seen finished the first time, and saves the record then.
@@ -473,7 +442,7 @@ fn record_ends(
     // A job in no state Slurm knows gets no end: when it ended cannot be told.
     let done: Vec<u64> = views
         .iter()
-        .filter(|v| finished(&v.state) && v.state != "UNKNOWN")
+        .filter(|v| slurm_jobs::finished(&v.state) && v.state != "UNKNOWN")
         .map(|v| v.id)
         .collect();
     let todo: Vec<&mut JobEntry> = record
@@ -525,7 +494,7 @@ fn wait_for(jobs: &Jobs, id: u64) -> anyhow::Result<JobView> {
             .into_iter()
             .find(|v| v.id == id)
             .context("the job left the record")?;
-        let finished = finished(&view.state);
+        let finished = slurm_jobs::finished(&view.state);
         // Finished and its output is on the master (or it failed without any).
         if finished && (view.output.is_some() || view.state != "COMPLETED") {
             return Ok(view);
@@ -535,90 +504,25 @@ fn wait_for(jobs: &Jobs, id: u64) -> anyhow::Result<JobView> {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct ResultStatus {
-    node: String,
-    exit: i64,
-}
-
 /// What the master knows of the recorded jobs, asked in one go: the queue, `scontrol show job`
 /// of each job, and each job's status file in the results store.
 fn job_views(jobs: &Jobs, record: &JobsRecord) -> anyhow::Result<Vec<JobView>> {
     let plan = &jobs.plan;
-    let ids: Vec<String> = record.jobs.iter().map(|j| j.id.to_string()).collect();
-    let url = plan.results_url();
-    let script = format!(
-        "squeue -h -o '%i|%T|%N'; echo {SEP}\n\
-         for id in {ids}; do scontrol show job -o $id 2>/dev/null | head -n 1; done; echo {SEP}\n\
-         for id in {ids}; do printf '%s ' $id; curl -sf {url}$id.json | tr -d '\\n'; echo; done",
-        ids = ids.join(" "),
-    );
+    let ids: Vec<u64> = record.jobs.iter().map(|j| j.id).collect();
     let answer = if ids.is_empty() {
         String::new()
     } else {
+        let script = slurm_jobs::query_script(&ids, &plan.results_url());
         jobs.on_master("reading the jobs", &script, b"")?
     };
-    let sep = format!("{SEP}\n");
-    let mut parts = answer.split(sep.as_str());
-    let queue = parts.next().unwrap_or_default();
-    let shown = parts.next().unwrap_or_default();
-    let statuses: std::collections::BTreeMap<&str, &str> = parts
-        .next()
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .collect();
-    let results = jobs.results_dir();
+    let answer = MasterAnswer::parse(&answer);
     let mut views = Vec::new();
     for j in &record.jobs {
-        let mut state = None;
-        let mut node = None;
-        if let Some(line) = queue
-            .lines()
-            .find(|l| l.split('|').next() == Some(j.id.to_string().as_str()))
-        {
-            let parts: Vec<&str> = line.split('|').collect();
-            state = parts.get(1).map(|s| (*s).to_owned());
-            node = parts
-                .get(2)
-                .filter(|s| !s.is_empty())
-                .map(|s| (*s).to_owned());
-        } else if let Some(show) = shown
-            .lines()
-            .find(|l| l.starts_with(&format!("JobId={} ", j.id)))
-        {
-            for w in show.split_whitespace() {
-                if let Some(s) = w.strip_prefix("JobState=") {
-                    state = Some(s.to_owned());
-                }
-                if let Some(n) = w.strip_prefix("NodeList=")
-                    && n != "(null)"
-                {
-                    node = Some(n.to_owned());
-                }
-            }
-        }
-        let status: Option<ResultStatus> = statuses
-            .get(j.id.to_string().as_str())
-            .and_then(|t| serde_json::from_str(t).ok());
-        // The output is copied here once the job finished and put it into the store.
-        let out = results.join(format!("{}.out", j.id));
-        if status.is_some() && !out.exists() {
-            let (code, bytes) =
-                jobs.provider
-                    .run(&jobs.master, &format!("curl -sf {url}{}.out", j.id), b"")?;
-            if code == 0 {
-                std::fs::create_dir_all(&results)
-                    .with_context(|| format!("creating {}", results.display()))?;
-                hybridgrid_local::ledger::write_atomic(&out, &bytes, 0o644)?;
-            }
-        }
-        if let Some(st) = &status {
-            node = Some(st.node.clone());
-            if state.is_none() {
-                state = Some(if st.exit == 0 { "COMPLETED" } else { "FAILED" }.to_owned());
-            }
-        }
+        let (state, node) = answer.slurm(j.id);
+        let result = answer.result(j.id);
+        let output = fetch_output(jobs, j.id, result.is_some())?;
+        // The node the status file names is where the script ran.
+        let node = result.as_ref().map(|r| r.node.clone()).or(node);
         let ran_at = node
             .as_ref()
             .and_then(|n| plan.node(n))
@@ -628,14 +532,31 @@ fn job_views(jobs: &Jobs, record: &JobsRecord) -> anyhow::Result<Vec<JobView>> {
             name: j.name.clone(),
             partition: j.partition.clone(),
             site: j.site.clone(),
-            state: state.unwrap_or_else(|| "UNKNOWN".to_owned()),
+            state: slurm_jobs::state(state, result.as_ref()),
             node,
             ran_at,
-            exit: status.map(|s| s.exit),
-            output: out.exists().then_some(out),
+            exit: result.map(|r| r.exit),
+            output,
             cross_site_bytes: None,
             cross_site_bytes_upper_bound: false,
         });
     }
     Ok(views)
+}
+
+/// The job's output on this machine: copied from the results store once the job finished and
+/// put it there (`finished`: its status file is there); `None` until then.
+fn fetch_output(jobs: &Jobs, id: u64, finished: bool) -> anyhow::Result<Option<PathBuf>> {
+    let results = jobs.results_dir();
+    let out = results.join(format!("{id}.out"));
+    if finished && !out.exists() {
+        let url = jobs.plan.results_url();
+        let (code, bytes) = jobs.run("jobs", &format!("curl -sf {url}{id}.out"), b"")?;
+        if code == 0 {
+            std::fs::create_dir_all(&results)
+                .with_context(|| format!("creating {}", results.display()))?;
+            state::write_atomic(&out, &bytes, 0o644)?;
+        }
+    }
+    Ok(out.exists().then_some(out))
 }

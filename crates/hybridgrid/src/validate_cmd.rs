@@ -7,14 +7,15 @@ use std::process::ExitCode;
 use hybridgrid_core::model::{self, Cluster, LoadError, Provider as Kind};
 
 use crate::providers;
+use crate::settings::Settings;
 
-pub fn validate(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
+pub fn validate(file: &Path, online: bool, settings: &Settings) -> anyhow::Result<ExitCode> {
     let Some(cluster) = crate::load(file)? else {
         return Ok(ExitCode::FAILURE);
     };
     let online = online && cluster.provider == Kind::OpenStack;
     if online {
-        let os = providers::openstack_of(&cluster)?;
+        let os = providers::openstack_of(&cluster, settings)?;
         let plan = hybridgrid_engine::plan(&os, &cluster)?;
         let problems = os.validate_online_blocking(&plan)?;
         for p in &problems {
@@ -46,7 +47,7 @@ pub fn validate(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
 
 /// `validate --json`: every diagnostic (and, `--online`, every problem in the clouds) as one
 /// document on standard output; exit 1 when there are errors.
-pub fn validate_json(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
+pub fn validate_json(file: &Path, online: bool, settings: &Settings) -> anyhow::Result<ExitCode> {
     use hybridgrid_core::diag::{Diagnostics, Severity};
     let diag_json = |d: &Diagnostics| -> Vec<serde_json::Value> {
         d.0.iter()
@@ -72,7 +73,7 @@ pub fn validate_json(file: &Path, online: bool) -> anyhow::Result<ExitCode> {
         .as_ref()
         .filter(|c| online && c.provider == Kind::OpenStack)
     {
-        let os = providers::openstack_of(c)?;
+        let os = providers::openstack_of(c, settings)?;
         let plan = hybridgrid_engine::plan(&os, c)?;
         cloud_problems = os
             .validate_online_blocking(&plan)?

@@ -25,39 +25,25 @@ impl Validator<'_> {
         sites: &[(&raw::RawSite, Option<Site>)],
     ) -> Option<Tunnel> {
         let t = &raw.tunnel;
-        let cidr = match &t.cidr {
-            Some(c) => self.cidr(c, "tunnel.cidr".into()),
-            None => Some(default_tunnel_cidr()),
-        };
-        if let Some(net) = cidr {
-            let needed = sites.len() as u64;
-            let capacity = addr::tunnel_capacity(net);
-            if needed > capacity {
-                self.error(
-                    t.cidr.as_ref().map(|c| c.pos).unwrap_or(t.pos),
-                    "tunnel.cidr",
-                    format!(
-                        "{net} has room for {capacity} gateways, but the cluster has {needed} sites"
-                    ),
-                    "use a larger tunnel range; a /24 holds 254 sites",
-                );
-            }
-        }
+        let cidr = self.tunnel_cidr(t, sites.len() as u64);
         let port = match &t.port {
             None => Some(51820),
             Some(p) => self.port(p, "tunnel.port".into()),
         };
         let keepalive = match &t.keepalive {
             None => Some(25),
-            Some(k) => {
-                match u16::try_from(k.value) {
-                    Ok(v) => Some(v),
-                    Err(_) => {
-                        self.error(k.pos, "tunnel.keepalive", format!("keepalive {} is out of range", k.value), "use seconds from 0 (off) to 65535; 25 suits NAT and stateful firewalls");
-                        None
-                    }
+            Some(k) => match u16::try_from(k.value) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    self.error(
+                        k.pos,
+                        "tunnel.keepalive",
+                        format!("keepalive {} is out of range", k.value),
+                        "use seconds from 0 (off) to 65535; 25 suits NAT and stateful firewalls",
+                    );
+                    None
                 }
-            }
+            },
         };
         // The tunnel must fit the smallest underlay among the sites.
         let underlay = sites
@@ -86,44 +72,7 @@ impl Validator<'_> {
             Some(Sp {
                 value: NumberOrWord::Number(n),
                 pos,
-            }) => {
-                let n16 = u16::try_from(*n).unwrap_or(u16::MAX);
-                if n16 < MIN_TUNNEL_MTU {
-                    self.error(
-                        *pos,
-                        "tunnel.mtu",
-                        format!("MTU {n} is below {MIN_TUNNEL_MTU}"),
-                        format!(
-                            "IPv6 and many tools need at least {MIN_TUNNEL_MTU}; `auto` gives {}",
-                            underlay - WG_OVERHEAD
-                        ),
-                    );
-                    None
-                } else if u32::from(n16) + u32::from(WG_OVERHEAD_IPV4) > u32::from(underlay) {
-                    self.error(
-                        *pos,
-                        "tunnel.mtu",
-                        format!("MTU {n} does not fit the underlay MTU {underlay}: WireGuard adds 60 to 80 bytes"),
-                        format!("use `auto` ({}) or at most {}", underlay - WG_OVERHEAD, underlay - WG_OVERHEAD_IPV4),
-                    );
-                    None
-                } else {
-                    if n16 + WG_OVERHEAD > underlay {
-                        self.diags.push(
-                            Diagnostic::warning(
-                                *pos,
-                                "tunnel.mtu",
-                                format!("MTU {n} fits the underlay {underlay} only over IPv4"),
-                            )
-                            .with_help(format!(
-                                "`auto` ({}) also works over IPv6 endpoints",
-                                underlay - WG_OVERHEAD
-                            )),
-                        );
-                    }
-                    Some(n16)
-                }
-            }
+            }) => self.tunnel_mtu(*n, *pos, underlay),
         };
         Some(Tunnel {
             cidr: cidr?,
@@ -131,6 +80,75 @@ impl Validator<'_> {
             mtu: mtu?,
             keepalive: keepalive?,
         })
+    }
+
+    /// The tunnel's range (the seed's when not given), with room for a gateway per site.
+    fn tunnel_cidr(&mut self, t: &raw::RawTunnel, sites: u64) -> Option<Ipv4Net> {
+        let cidr = match &t.cidr {
+            Some(c) => self.cidr(c, "tunnel.cidr".into()),
+            None => Some(default_tunnel_cidr()),
+        };
+        if let Some(net) = cidr {
+            let capacity = addr::tunnel_capacity(net);
+            if sites > capacity {
+                self.error(
+                    t.cidr.as_ref().map(|c| c.pos).unwrap_or(t.pos),
+                    "tunnel.cidr",
+                    format!(
+                        "{net} has room for {capacity} gateways, but the cluster has {sites} sites"
+                    ),
+                    "use a larger tunnel range; a /24 holds 254 sites",
+                );
+            }
+        }
+        cidr
+    }
+
+    /// A tunnel MTU given as a number: at least [`MIN_TUNNEL_MTU`] and within the smallest
+    /// underlay less WireGuard's IPv4 overhead (a warning when only IPv4 endpoints fit).
+    fn tunnel_mtu(&mut self, n: u64, pos: Pos, underlay: u16) -> Option<u16> {
+        let n16 = u16::try_from(n).unwrap_or(u16::MAX);
+        if n16 < MIN_TUNNEL_MTU {
+            self.error(
+                pos,
+                "tunnel.mtu",
+                format!("MTU {n} is below {MIN_TUNNEL_MTU}"),
+                format!(
+                    "IPv6 and many tools need at least {MIN_TUNNEL_MTU}; `auto` gives {}",
+                    underlay - WG_OVERHEAD
+                ),
+            );
+            return None;
+        }
+        if u32::from(n16) + u32::from(WG_OVERHEAD_IPV4) > u32::from(underlay) {
+            self.error(
+                pos,
+                "tunnel.mtu",
+                format!(
+                    "MTU {n} does not fit the underlay MTU {underlay}: WireGuard adds 60 to 80 bytes"
+                ),
+                format!(
+                    "use `auto` ({}) or at most {}",
+                    underlay - WG_OVERHEAD,
+                    underlay - WG_OVERHEAD_IPV4
+                ),
+            );
+            return None;
+        }
+        if n16 + WG_OVERHEAD > underlay {
+            self.diags.push(
+                Diagnostic::warning(
+                    pos,
+                    "tunnel.mtu",
+                    format!("MTU {n} fits the underlay {underlay} only over IPv4"),
+                )
+                .with_help(format!(
+                    "`auto` ({}) also works over IPv6 endpoints",
+                    underlay - WG_OVERHEAD
+                )),
+            );
+        }
+        Some(n16)
     }
 
     /// Site subnets and the tunnel must be disjoint: each is routed to exactly one place.

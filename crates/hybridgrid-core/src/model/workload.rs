@@ -72,53 +72,12 @@ impl Validator<'_> {
         provider: Option<Provider>,
     ) -> Option<SlurmOptions> {
         let s = &raw.slurm;
-        let srun_port_range = match &s.srun_port_range {
-            None => Some((60001, 63000)),
-            Some(r) => {
-                let parsed = r.value.split_once('-').and_then(|(a, b)| {
-                    Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
-                });
-                match parsed {
-                    Some((lo, hi))
-                        if lo >= 1024
-                            && lo <= hi
-                            && !(lo..=hi).contains(&SLURMCTLD_PORT)
-                            && !(lo..=hi).contains(&SLURMD_PORT) =>
-                    {
-                        Some((lo, hi))
-                    }
-                    _ => {
-                        self.error(
-                            r.pos,
-                            "slurm.srun_port_range",
-                            format!("`{}` is not a usable port range", r.value),
-                            "write LOW-HIGH above 1023 and apart from Slurm's 6817/6818, e.g. 60001-63000",
-                        );
-                        None
-                    }
-                }
-            }
-        };
-        let timeout = |v: &Option<Sp<u64>>, default: u32, key: &str, this: &mut Self| match v {
-            None => Some(default),
-            Some(t) => match u32::try_from(t.value) {
-                Ok(x) if (1..=65_533).contains(&x) => Some(x),
-                _ => {
-                    this.error(
-                        t.pos,
-                        format!("slurm.{key}"),
-                        format!("{} seconds is out of range", t.value),
-                        "use 1 to 65533 seconds",
-                    );
-                    None
-                }
-            },
-        };
+        let srun_port_range = self.srun_port_range(s);
         // WAN links drop and stall: be slower to declare nodes dead than Slurm's LAN defaults.
-        let slurmd_timeout = timeout(&s.slurmd_timeout, 300, "slurmd_timeout", self);
-        let message_timeout = timeout(&s.message_timeout, 30, "message_timeout", self);
+        let slurmd_timeout = self.timeout(&s.slurmd_timeout, 300, "slurmd_timeout");
+        let message_timeout = self.timeout(&s.message_timeout, 30, "message_timeout");
         let resume_default = provider.unwrap_or(Provider::Local).default_resume_timeout();
-        let resume_timeout = timeout(&s.resume_timeout, resume_default, "resume_timeout", self);
+        let resume_timeout = self.timeout(&s.resume_timeout, resume_default, "resume_timeout");
         let suspend_time = match &s.suspend_time {
             None => Some(DEFAULT_SUSPEND_TIME),
             Some(t) => match u32::try_from(t.value) {
@@ -134,11 +93,76 @@ impl Validator<'_> {
                 }
             },
         };
+        let default_partition = self.default_partition(s, sites);
+        Some(SlurmOptions {
+            srun_port_range: srun_port_range?,
+            slurmd_timeout: slurmd_timeout?,
+            message_timeout: message_timeout?,
+            default_partition: default_partition?,
+            suspend_time: suspend_time?,
+            resume_timeout: resume_timeout?,
+        })
+    }
+
+    /// `LOW-HIGH`, above 1023 and apart from Slurm's own ports (default 60001-63000).
+    fn srun_port_range(&mut self, s: &raw::RawSlurm) -> Option<(u16, u16)> {
+        let Some(r) = &s.srun_port_range else {
+            return Some((60001, 63000));
+        };
+        let parsed = r.value.split_once('-').and_then(|(a, b)| {
+            Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+        });
+        match parsed {
+            Some((lo, hi))
+                if lo >= 1024
+                    && lo <= hi
+                    && !(lo..=hi).contains(&SLURMCTLD_PORT)
+                    && !(lo..=hi).contains(&SLURMD_PORT) =>
+            {
+                Some((lo, hi))
+            }
+            _ => {
+                self.error(
+                    r.pos,
+                    "slurm.srun_port_range",
+                    format!("`{}` is not a usable port range", r.value),
+                    "write LOW-HIGH above 1023 and apart from Slurm's 6817/6818, e.g. 60001-63000",
+                );
+                None
+            }
+        }
+    }
+
+    /// A Slurm timeout in seconds, 1 to 65533 (`default` when not given).
+    fn timeout(&mut self, v: &Option<Sp<u64>>, default: u32, key: &str) -> Option<u32> {
+        let Some(t) = v else {
+            return Some(default);
+        };
+        match u32::try_from(t.value) {
+            Ok(x) if (1..=65_533).contains(&x) => Some(x),
+            _ => {
+                self.error(
+                    t.pos,
+                    format!("slurm.{key}"),
+                    format!("{} seconds is out of range", t.value),
+                    "use 1 to 65533 seconds",
+                );
+                None
+            }
+        }
+    }
+
+    /// `all` or a site's name (default `all`).
+    fn default_partition(
+        &mut self,
+        s: &raw::RawSlurm,
+        sites: &[(&raw::RawSite, Option<Site>)],
+    ) -> Option<String> {
         let site_names: Vec<&str> = sites
             .iter()
             .filter_map(|(rs, _)| rs.name.as_ref().map(|n| n.value.as_str()))
             .collect();
-        let default_partition = match &s.default_partition {
+        match &s.default_partition {
             None => Some(ALL_PARTITION.to_owned()),
             Some(p) if p.value == ALL_PARTITION || site_names.contains(&p.value.as_str()) => {
                 Some(p.value.clone())
@@ -155,14 +179,6 @@ impl Validator<'_> {
                 );
                 None
             }
-        };
-        Some(SlurmOptions {
-            srun_port_range: srun_port_range?,
-            slurmd_timeout: slurmd_timeout?,
-            message_timeout: message_timeout?,
-            default_partition: default_partition?,
-            suspend_time: suspend_time?,
-            resume_timeout: resume_timeout?,
-        })
+        }
     }
 }

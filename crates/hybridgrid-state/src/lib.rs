@@ -1,7 +1,10 @@
-//! State on disk, the same rules for every provider: versioned JSON documents, replaced
-//! atomically (temp file in the same directory, fsync, rename, fsync of the directory) with an
-//! explicit mode. A document that fails to parse, or has another version, is an error naming
-//! the file — never an empty state.
+//! State on disk, the same rules for every crate that writes any (the CLI, the engine, both
+//! providers, the node agent): where the user's state lives, versioned JSON documents, files
+//! replaced atomically (temp file in the same directory with an explicit mode, fsync, rename,
+//! fsync of the directory). A document that fails to parse, or has another version, is an error
+//! naming the file — never an empty state.
+//!
+//! Architecture invariant: this crate reads no environment; the CLI's settings decide the root.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,10 +15,14 @@ use serde::de::DeserializeOwned;
 /// Files that name a cluster's resources (ledgers): readable by root only.
 pub const PRIVATE: u32 = 0o600;
 
+/// Where clusters keep their state when the user names no other place
+/// (`HYBRIDGRID_STATE_DIR`): one folder per cluster below it.
+pub const DEFAULT_ROOT: &str = "/var/lib/hybridgrid";
+
 /// Why a state file could not be read or written.
 #[derive(Debug, displaydoc::Display, thiserror::Error)]
 pub enum StateError {
-    /// {path}: {source}
+    /// {path}
     Io {
         path: PathBuf,
         #[source]
