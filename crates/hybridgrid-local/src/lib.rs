@@ -16,6 +16,7 @@ pub mod crash;
 pub mod datastore;
 mod doctor;
 mod down;
+pub mod drift;
 mod error;
 pub mod infra;
 pub mod ledger;

@@ -3,39 +3,34 @@
 
 use std::process::Command;
 
-use serde_json::Value;
+use hybridgrid_core::diff::Change;
+use hybridgrid_core::plan::Plan;
+use hybridgrid_engine::UpReport;
+use hybridgrid_local::drift;
+use serde::de::DeserializeOwned;
 
 use super::{Lab, assert_full_mesh};
 
-fn json(text: &str) -> Value {
+fn json<T: DeserializeOwned>(text: &str) -> T {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 impl Lab {
-    fn planned(&self) -> Value {
-        json(&self.hg_ok(&["plan", "-f", self.f(), "--json"]))["changes"].clone()
+    fn planned(&self) -> Vec<Change> {
+        json::<Plan>(&self.hg_ok(&["plan", "-f", self.f(), "--json"])).changes
     }
 
-    fn up_json(&self) -> Value {
+    fn up_json(&self) -> UpReport {
         json(&self.hg_ok(&["up", "-f", self.f(), "--json"]))
     }
 
     /// `plan`'s changes are `up`'s first round, exactly; returns them.
-    fn assert_plan_is_up(&self) -> Value {
+    fn assert_plan_is_up(&self) -> Vec<Change> {
         let planned = self.planned();
         let report = self.up_json();
-        assert_eq!(report["rounds"][0], planned, "{report:#}");
+        assert_eq!(report.rounds.first(), Some(&planned), "{report:#?}");
         planned
     }
-}
-
-fn kinds(changes: &Value) -> Vec<String> {
-    changes
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["change"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[test]
@@ -46,9 +41,13 @@ fn plan_lists_exactly_what_up_applies_and_drift_is_a_change() {
     // No node supervisor: the drift must stay until `up` (see heal.rs for the supervisor).
     lab.env.push(("HYBRIDGRID_AGENT_PERIOD", "0".into()));
     let first = lab.assert_plan_is_up();
-    assert!(kinds(&first).contains(&"create_network".to_owned()));
+    assert!(
+        first
+            .iter()
+            .any(|c| matches!(c, Change::CreateNetwork { .. }))
+    );
     assert_full_mesh(&lab, 4, 2);
-    assert_eq!(lab.planned(), Value::Array(Vec::new()));
+    assert_eq!(lab.planned(), Vec::new());
 
     // The WireGuard device of giessen-gw dies (its userspace daemon killed): plan and up see it.
     let tag = format!("--tag {}giessen-gw", lab.prefix());
@@ -59,49 +58,34 @@ fn plan_lists_exactly_what_up_applies_and_drift_is_a_change() {
     assert!(out.success(), "no WireGuard daemon found for giessen-gw");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let drift = lab.assert_plan_is_up();
-    let text = drift.to_string();
+    let text = serde_json::to_string(&drift).unwrap();
     assert!(
         text.contains("giessen-gw") && text.contains("create wg0"),
-        "{drift:#}"
+        "{drift:#?}"
     );
 
     // A route deleted by hand on a worker.
     lab.exec_ok("giessen-worker-1", &["ip", "route", "del", "10.10.0.0/24"]);
     let drift = lab.assert_plan_is_up();
     assert!(
-        drift.to_string().contains("add route 10.10.0.0/24"),
-        "{drift:#}"
+        serde_json::to_string(&drift)
+            .unwrap()
+            .contains("add route 10.10.0.0/24"),
+        "{drift:#?}"
     );
 
     // A security-group rule removed from a node's live rules.
-    let ns = format!("{}bielefeld-worker-1", lab.prefix());
-    let listing = Command::new("ip")
-        .args([
-            "netns", "exec", &ns, "nft", "-a", "list", "chain", "inet", "hg_sg", "rules",
-        ])
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
-    let handle = listing
-        .lines()
-        .find(|l| l.contains("accept"))
-        .and_then(|l| l.rsplit("# handle ").next())
-        .unwrap_or_else(|| panic!("no rule: {listing}"))
-        .trim()
-        .to_owned();
-    let del = Command::new("ip")
-        .args([
-            "netns", "exec", &ns, "nft", "delete", "rule", "inet", "hg_sg", "rules", "handle",
-            &handle,
-        ])
-        .status()
-        .unwrap();
-    assert!(del.success());
+    let removed =
+        drift::remove_rule(&lab.name, "bielefeld-worker-1", |l| l.contains("accept")).unwrap();
+    assert!(removed.is_some(), "no rule to remove");
     let drift = lab.assert_plan_is_up();
-    assert!(kinds(&drift).contains(&"add_rule".to_owned()), "{drift:#}");
+    assert!(
+        drift.iter().any(|c| matches!(c, Change::AddRule { .. })),
+        "{drift:#?}"
+    );
 
     // Everything is back: nothing planned, every pair reachable.
-    assert_eq!(lab.planned(), Value::Array(Vec::new()));
+    assert_eq!(lab.planned(), Vec::new());
     assert_full_mesh(&lab, 4, 2);
 }
 

@@ -114,9 +114,7 @@ fn regression_issue_11_after_a_gateways_reboot_and_up_every_pair_is_reachable_wi
     let t = Instant::now();
     wait_until("every pair reachable", Duration::from_secs(10), || {
         let s = lab.status(true);
-        s["reachability"]
-            .as_array()
-            .is_some_and(|r| !r.is_empty() && r.iter().all(|x| x["ok"] == true))
+        !s.reachability.is_empty() && s.reachability.iter().all(|x| x.ok)
     });
     eprintln!("every pair reachable {:?} after up", t.elapsed());
     assert_full_mesh(&lab, 4, 2);

@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use hybridgrid_core::plan::Plan;
+use hybridgrid_engine::doctor::DoctorReport;
 use serde_json::Value;
 
 use super::{Lab, wait_until};
@@ -96,32 +98,17 @@ fn on_demand_workers_wake_at_their_site_and_leave_when_idle() {
         );
     }
     assert!(no_changes(&lab));
-    let plan: Value = serde_json::from_str(&lab.hg_ok(&["plan", "-f", lab.f(), "--json"])).unwrap();
-    let planned: Vec<&Value> = plan["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["on_demand"] == true)
-        .collect();
-    assert_eq!(planned.len(), 2, "{plan:#}");
+    let plan: Plan = serde_json::from_str(&lab.hg_ok(&["plan", "-f", lab.f(), "--json"])).unwrap();
+    let planned = plan.nodes.iter().filter(|n| n.on_demand).count();
+    assert_eq!(planned, 2, "{plan:#?}");
     let status = lab.status(true);
-    let asleep: Vec<&Value> = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["on_demand"] == true && n["up"] == false)
-        .collect();
-    assert_eq!(asleep.len(), 2, "{status:#}");
-    let failed: Vec<&Value> = status["reachability"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["ok"] != true)
-        .collect();
+    let asleep = status.nodes.iter().filter(|n| n.on_demand && !n.up).count();
+    assert_eq!(asleep, 2, "{status:#?}");
+    let failed: Vec<_> = status.reachability.iter().filter(|r| !r.ok).collect();
     assert!(failed.is_empty(), "asleep workers were probed: {failed:?}");
-    let doctor: Value =
+    let doctor: DoctorReport =
         serde_json::from_str(&lab.hg_ok(&["doctor", "-f", lab.f(), "--json"])).unwrap();
-    assert_eq!(doctor["healthy"], true, "{doctor:#}");
+    assert!(doctor.healthy, "{doctor:#?}");
 
     // Three jobs for giessen's dataset wake its workers and run there.
     let job = lab.root.join("job.sh");

@@ -2,18 +2,19 @@
 //! make on a live cluster: a missing route, a missing allowed-address pair, a missing rule, a
 //! tunnel MTU above the underlay, a dead tunnel. `up` repairs each before the next.
 
-use serde_json::Value;
+use hybridgrid_engine::path::PathReport;
+use hybridgrid_local::drift;
 
 use super::Lab;
-use super::failures::nft;
+use super::failures::{GIESSEN_GW, GIESSEN_SUBNET};
 
 const SRC: &str = "giessen-worker-1";
 const DST: &str = "bielefeld-worker-1";
 
 /// (exit success, the path report).
-fn path(lab: &Lab) -> (bool, Value) {
+fn path(lab: &Lab) -> (bool, PathReport) {
     let out = lab.hg(&["doctor", "-f", lab.f(), "--path", SRC, DST, "--json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let v: PathReport = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "doctor --path: {e}: {}",
             String::from_utf8_lossy(&out.stderr)
@@ -25,22 +26,17 @@ fn path(lab: &Lab) -> (bool, Value) {
 /// The first broken hop's name and its fix.
 fn broken(lab: &Lab) -> (String, String) {
     let (ok, v) = path(lab);
-    assert!(!ok, "doctor --path found nothing: {v:#}");
-    let i = v["first_broken"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{v:#}")) as usize;
-    let h = &v["hops"][i];
-    (
-        h["hop"].as_str().unwrap().to_owned(),
-        h["fix"].as_str().unwrap_or_default().to_owned(),
-    )
+    assert!(!ok, "doctor --path found nothing: {v:#?}");
+    let i = v.first_broken.unwrap_or_else(|| panic!("{v:#?}"));
+    let h = &v.hops[i];
+    (h.hop.clone(), h.fix.clone().unwrap_or_default())
 }
 
 fn repaired(lab: &Lab) {
     let out = lab.up();
     assert!(!out.contains("no changes"), "{out}");
     let (ok, v) = path(lab);
-    assert!(ok, "not repaired: {v:#}");
+    assert!(ok, "not repaired: {v:#?}");
 }
 
 #[test]
@@ -52,15 +48,8 @@ fn doctor_path_names_the_first_broken_hop_of_each_failure() {
     lab.env.push(("HYBRIDGRID_AGENT_PERIOD", "0".into()));
     lab.up();
     let (ok, v) = path(&lab);
-    assert!(ok, "{v:#}");
-    assert!(
-        v["hops"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|h| h["ok"] == true),
-        "{v:#}"
-    );
+    assert!(ok, "{v:#?}");
+    assert!(v.hops.iter().all(|h| h.ok), "{v:#?}");
     let text = lab.hg_ok(&["doctor", "-f", lab.f(), "--path", SRC, DST]);
     assert!(text.contains("every hop works"), "{text}");
 
@@ -72,38 +61,21 @@ fn doctor_path_names_the_first_broken_hop_of_each_failure() {
     repaired(&lab);
 
     // 2. The allowed-address pair for the other site's replies, off giessen-gw's port.
-    let sw = format!("{}giessen-sw", lab.prefix());
-    nft(
-        &sw,
-        &[
-            "delete",
-            "element",
-            "bridge",
-            "hg_portsec",
-            "aap_p_5",
-            "{ 10.10.0.0/24 }",
-        ],
+    let (subnet, bielefeld) = (
+        GIESSEN_SUBNET.parse().unwrap(),
+        "10.10.0.0/24".parse().unwrap(),
     );
+    drift::remove_address_pair(&lab.name, "giessen", subnet, GIESSEN_GW, bielefeld).unwrap();
     let (hop, _) = broken(&lab);
     assert_eq!(hop, "giessen-gw's port may send replies from 10.10.0.0/24");
     repaired(&lab);
 
     // 3. The destination's rule for ICMP from the other site, deleted.
-    let ns = format!("{}{DST}", lab.prefix());
-    let rules = nft(&ns, &["-a", "list", "chain", "inet", "hg_sg", "rules"]);
-    let handle = rules
-        .lines()
-        .find(|l| l.contains("10.20.0.0/24") && l.contains("icmp"))
-        .and_then(|l| l.rsplit("# handle ").next())
-        .unwrap_or_else(|| panic!("no icmp rule from 10.20.0.0/24 in:\n{rules}"))
-        .trim()
-        .to_owned();
-    nft(
-        &ns,
-        &[
-            "delete", "rule", "inet", "hg_sg", "rules", "handle", &handle,
-        ],
-    );
+    let removed = drift::remove_rule(&lab.name, DST, |l| {
+        l.contains("10.20.0.0/24") && l.contains("icmp")
+    })
+    .unwrap();
+    assert!(removed.is_some(), "no icmp rule from 10.20.0.0/24 on {DST}");
     let (hop, _) = broken(&lab);
     assert_eq!(
         hop,

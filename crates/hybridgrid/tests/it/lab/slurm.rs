@@ -3,6 +3,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use hybridgrid_core::plan::Role;
+
 use super::{Lab, wait_until};
 
 /// Every PID in the cluster's namespaces (holders, daemons, nginx, munged, slurm*).
@@ -115,15 +117,11 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     // (A node may show `completing` for a moment after srun.)
     wait_until("status shows Slurm", Duration::from_secs(30), || {
         let status = lab.status(false);
-        status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| match n["role"].as_str().unwrap() {
-                "worker" => n["slurm"] == "idle",
-                "master" => n["slurm"] == "controller up",
-                _ => n["slurm"].is_null(),
-            })
+        status.nodes.iter().all(|n| match n.role {
+            Role::Worker => n.slurm.as_deref() == Some("idle"),
+            Role::Master => n.slurm.as_deref() == Some("controller up"),
+            Role::Gateway => n.slurm.is_none(),
+        })
     });
 
     // The munge key: made once, 0400, the same on every Slurm node.

@@ -1,0 +1,89 @@
+//! What a cloud operator does to a running local cluster behind hybridgrid's back — a rule
+//! deleted from a security group, an allowed-address pair removed from a port — and the
+//! counters they would read, for the lab tests that break a cluster on purpose. Built on the
+//! emulation's own names (`names`, the tables `infra` renders), so no test names an nftables
+//! table, chain or set.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::{LocalError, live, names, sh};
+
+/// The table and chain of a node's security group (`infra::render_security_groups`).
+const SG_TABLE: &str = "hg_sg";
+const SG_CHAIN: &str = "rules";
+/// The switch's port-security table (`infra`): a chain and a set `aap_<port>` per port.
+const PORTSEC_TABLE: &str = "hg_portsec";
+
+fn nft_in(ns: &str, args: &[&str]) -> Result<String, LocalError> {
+    let mut all = vec![sh::net_of(ns), "--".to_owned(), "nft".to_owned()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    sh::run("nsenter", &refs)
+}
+
+/// `node`'s security group as `nft` lists it (its rules, their counters).
+pub fn security_group(cluster: &str, node: &str) -> Option<String> {
+    live::nft_table(&names::ns_node(cluster, node), "inet", SG_TABLE)
+}
+
+/// Deletes the first rule of `node`'s security group whose `nft` line satisfies `matching`;
+/// the line deleted, `None` when no rule matched.
+pub fn remove_rule(
+    cluster: &str,
+    node: &str,
+    matching: impl Fn(&str) -> bool,
+) -> Result<Option<String>, LocalError> {
+    let ns = names::ns_node(cluster, node);
+    let listing = nft_in(&ns, &["-a", "list", "chain", "inet", SG_TABLE, SG_CHAIN])?;
+    let Some(line) = listing.lines().find(|l| matching(l)) else {
+        return Ok(None);
+    };
+    let Some(handle) = line.rsplit("# handle ").next().map(str::trim) else {
+        return Ok(None);
+    };
+    nft_in(
+        &ns,
+        &[
+            "delete", "rule", "inet", SG_TABLE, SG_CHAIN, "handle", handle,
+        ],
+    )?;
+    Ok(Some(line.trim().to_owned()))
+}
+
+/// The switch port of the node at `lan_ip` on `site`'s `subnet`, as `nft` names its chain.
+fn port_chain(subnet: Ipv4Net, lan_ip: Ipv4Addr) -> String {
+    names::node_port(subnet, lan_ip).replace('-', "_")
+}
+
+/// Removes `pair` from the allowed-address pairs of the port of the node at `lan_ip` (on
+/// `site`'s `subnet`).
+pub fn remove_address_pair(
+    cluster: &str,
+    site: &str,
+    subnet: Ipv4Net,
+    lan_ip: Ipv4Addr,
+    pair: Ipv4Net,
+) -> Result<(), LocalError> {
+    let set = format!("aap_{}", port_chain(subnet, lan_ip));
+    let element = format!("{{ {pair} }}");
+    nft_in(
+        &names::ns_switch(cluster, site),
+        &["delete", "element", "bridge", PORTSEC_TABLE, &set, &element],
+    )?;
+    Ok(())
+}
+
+/// Packets the switch dropped as spoofed at the port of the node at `lan_ip`.
+pub fn spoof_drops(cluster: &str, site: &str, subnet: Ipv4Net, lan_ip: Ipv4Addr) -> Option<u64> {
+    let table = live::nft_table(&names::ns_switch(cluster, site), "bridge", PORTSEC_TABLE)?;
+    let chain = live::chain_lines(&table, &port_chain(subnet, lan_ip)).join("\n");
+    live::counter(&chain, "ip spoof")
+}
+
+/// Packets `site`'s switch dropped as spoofed, all ports together.
+pub fn spoof_drops_at_switch(cluster: &str, site: &str) -> Option<u64> {
+    let table = live::nft_table(&names::ns_switch(cluster, site), "bridge", PORTSEC_TABLE)?;
+    live::counter(&table, "ip spoof")
+}
