@@ -457,17 +457,22 @@ impl OpenStack {
         status::tunnel_rows(plan, &readings, unix_now())
     }
 
-    /// `status`: nodes are up when their server is ACTIVE; Slurm, tunnels and reachability as
-    /// the nodes report them over the channel (without it, only the servers).
-    pub(crate) async fn status_of(&self, plan: &Plan, probe: Probe) -> Result<StatusReport> {
+    /// The nodes whose server is ACTIVE, in every site: what `status` and `doctor` call up.
+    pub(crate) async fn active_nodes(&self) -> Result<BTreeSet<String>> {
         let sites = self.connected().await?;
         let lists = try_join_all(sites.iter().map(|ops| ops.servers(true))).await?;
-        let active: BTreeSet<String> = lists
+        Ok(lists
             .into_iter()
             .flatten()
             .filter(|s| s.status == "ACTIVE")
             .map(|s| s.node)
-            .collect();
+            .collect())
+    }
+
+    /// `status`: nodes are up when their server is ACTIVE; Slurm, tunnels and reachability as
+    /// the nodes report them over the channel (without it, only the servers).
+    pub(crate) async fn status_of(&self, plan: &Plan, probe: Probe) -> Result<StatusReport> {
+        let active = self.active_nodes().await?;
         let mut nodes: Vec<NodeStatus> = plan
             .nodes
             .iter()

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use futures::StreamExt as _;
-use futures::future::try_join_all;
 use hybridgrid_core::diff::Change;
 use hybridgrid_core::model::Provider as ProviderKind;
 use hybridgrid_core::plan::{NodePlan, Plan, Protocol, Remote, SgRule};
@@ -43,14 +42,7 @@ fn answered(out: &str, tag: &str) -> bool {
 impl OpenStack {
     /// The facts of the live cluster against `plan` (made from the live cloud).
     pub(crate) async fn doctor_facts_async(&self, plan: &Plan) -> Result<Facts> {
-        let sites = self.connected().await?;
-        let lists = try_join_all(sites.iter().map(|ops| ops.servers(true))).await?;
-        let up: BTreeSet<String> = lists
-            .iter()
-            .flatten()
-            .filter(|s| s.status == "ACTIVE")
-            .map(|s| s.node.clone())
-            .collect();
+        let up = self.active_nodes().await?;
         let before = self.tunnels(plan).await;
         let (relays, cross_site) =
             tokio::join!(self.probe_relays(plan, &up), self.probe_sites(plan, &up));
