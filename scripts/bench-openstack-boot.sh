@@ -6,6 +6,7 @@
 # usage: scripts/bench-openstack-boot.sh BED_DIR [WORKERS_PER_SITE] [IMAGE]   (the bed up in BED_DIR)
 #   IMAGE: debian-12-generic (default: the cloud's stock image; `up` installs the node packages)
 #          or hybridgrid-node (the bed's prepared image, which has them).
+# BENCH_UP_LOG=FILE keeps up's output (each round's start time, each step's seconds).
 # Prints, per run: up's wall time; each server's create -> ACTIVE and create -> cloud-init done
 # (Nova's `created` to the "Cloud-init ... finished at" line of its console log); the ratio of up
 # to the slowest server; the bytes this machine sent over SSH (TCP to port 22 of the bed's
@@ -34,7 +35,7 @@ table inet $TABLE {
 }
 NFT
 HG() { HYBRIDGRID_STATE_DIR="$W/state" "$W/hybridgrid" "$@" -f "$W/cluster.yaml"; }
-cleanup() { HG down >"$W/down.log" 2>&1 || cat "$W/down.log" >&2; nft delete table inet "$TABLE" 2>/dev/null; rm -rf "$W"; }
+cleanup() { [ -z "${BENCH_UP_LOG:-}" ] || cp "$W/up.log" "$BENCH_UP_LOG"; HG down >"$W/down.log" 2>&1 || cat "$W/down.log" >&2; nft delete table inet "$TABLE" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
 trap "exit 130" INT TERM   # so that cleanup runs on a signal too
 site() {

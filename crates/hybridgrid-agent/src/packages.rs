@@ -144,6 +144,14 @@ pub fn slurm_version(role: SlurmRole) -> Option<String> {
     (out.status.success() && !text.is_empty()).then_some(text)
 }
 
+/// The node's CPUs and memory as slurmd counts them (`slurmd -C`): what slurmctld compares
+/// with what the node was declared with.
+pub fn slurmd_counts() -> Option<hybridgrid_core::observed::MeasuredSize> {
+    let out = Command::new("slurmd").arg("-C").output().ok()?;
+    out.status.success().then_some(())?;
+    hybridgrid_core::slurm_conf::measured_size(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// Installs the packages `config` needs and the node lacks; their names (empty: nothing was
 /// missing, nothing ran). The distribution's daemons of munge and Slurm are the agent's to start:
 /// no service starts during the install (`policy-rc.d`), and their units are disabled after it.

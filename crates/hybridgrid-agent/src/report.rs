@@ -5,12 +5,13 @@
 use std::path::Path;
 
 use hybridgrid_core::keys::PublicKey;
+use hybridgrid_core::observed::MeasuredSize;
 use hybridgrid_core::plan::{NodeConfig, SlurmRole};
 use serde::{Deserialize, Serialize};
 
 use crate::node::{interface_exists, read_applied, read_public_key};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeReport {
     /// `None`: the agent never applied a configuration on this node.
     pub applied: Option<NodeConfig>,
@@ -18,13 +19,18 @@ pub struct NodeReport {
     /// What the Slurm daemon of the node's applied role says (`slurmd -V`).
     #[serde(default)]
     pub slurm_version: Option<String>,
+    /// A compute node's CPUs and memory as its slurmd counts them (`slurmd -C`).
+    #[serde(default)]
+    pub measured: Option<MeasuredSize>,
 }
 
 pub fn report(state_dir: &Path) -> NodeReport {
     let applied = read_applied(state_dir);
-    let slurm_version = applied
-        .as_ref()
-        .and_then(|a| crate::packages::slurm_version(a.slurm.role));
+    let role = applied.as_ref().map(|a| a.slurm.role);
+    let slurm_version = role.and_then(crate::packages::slurm_version);
+    let measured = role
+        .filter(|r| *r == SlurmRole::Compute)
+        .and_then(|_| crate::packages::slurmd_counts());
     let applied = applied.map(|mut a| {
         if a.wireguard
             .as_ref()
@@ -41,5 +47,6 @@ pub fn report(state_dir: &Path) -> NodeReport {
         applied,
         public_key: read_public_key(state_dir),
         slurm_version,
+        measured,
     }
 }

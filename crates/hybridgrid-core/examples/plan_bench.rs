@@ -42,6 +42,7 @@ fn main() {
                 public_ip: Some(std::net::Ipv4Addr::from(0xC633_6400u32 + i as u32)),
                 public_key: Some(PrivateKey::from_seed(&n.name).public_key()),
                 applied: None,
+                measured: None,
             },
         );
     }

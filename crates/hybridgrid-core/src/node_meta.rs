@@ -246,6 +246,7 @@ sites:
                     public_ip: Some(ip.into()),
                     public_key: (n == "b-gw").then_some(key),
                     applied: None,
+                    measured: None,
                 },
             );
         }

@@ -37,6 +37,17 @@ pub struct ObservedNode {
     pub public_key: Option<PublicKey>,
     /// The node configuration its agent last applied, if any.
     pub applied: Option<NodeConfig>,
+    /// What a booted worker's `slurmd -C` says it has (openstack; `None` before it reports).
+    #[serde(default)]
+    pub measured: Option<MeasuredSize>,
+}
+
+/// A node's CPUs and memory as its own slurmd counts them (`slurmd -C`): slurmctld drains a
+/// node that registers with less than it was declared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeasuredSize {
+    pub cpus: u32,
+    pub real_memory_mib: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ pub use crate::node::{
     NodeConfig, PartitionMembers, Protocol, RESULTS_PORT, Remote, ResultsStore, Role, Route,
     SgRule, SlurmRole, SlurmSetup, WG_INTERFACE, WgInterface, WgPeer,
 };
-use crate::observed::{Observed, ObservedSite};
+use crate::observed::{MeasuredSize, Observed, ObservedSite};
 pub use crate::slurm_conf::{Partition, PowerSaving, SlurmPlan};
 
 /// Version of the JSON plan document (`hybridgrid plan --json`); bumped on incompatible changes.
@@ -141,19 +141,40 @@ pub fn relay_name(site: &str, role: Role) -> String {
 }
 
 /// A worker's CPUs and memory as Slurm is told them: the cluster file's, else its flavor's (as
-/// the provider observed it), else 1 CPU and 1024 MiB.
-fn worker_size(group: &crate::model::WorkerGroup, site: Option<&ObservedSite>) -> (u32, u64) {
+/// the provider observed it) but never more than the booted node's `slurmd -C` counts (so
+/// slurmctld never drains it for "Low RealMemory"), else 1 CPU and 1024 MiB.
+fn worker_size(
+    group: &crate::model::WorkerGroup,
+    site: Option<&ObservedSite>,
+    measured: Option<MeasuredSize>,
+) -> (u32, u64) {
     let flavor = group
         .spec
         .flavor
         .as_ref()
         .and_then(|f| site?.flavors.get(f));
-    let cpus = group.cpus.or(flavor.map(|f| f.vcpus)).unwrap_or(1);
+    let cpus = group
+        .cpus
+        .or(flavor.map(|f| at_most(f.vcpus, measured.map(|m| m.cpus))))
+        .unwrap_or(1);
     let memory = group
         .memory_mib
-        .or(flavor.map(|f| crate::slurm_conf::usable_memory_mib(f.ram_mib)))
+        .or(flavor.map(|f| {
+            at_most(
+                crate::slurm_conf::usable_memory_mib(f.ram_mib),
+                measured.map(|m| m.real_memory_mib),
+            )
+        }))
         .unwrap_or(1024);
     (cpus, memory)
+}
+
+/// The flavor's figure, lowered to what the node counted when it counted less.
+fn at_most<T: Ord>(from_flavor: T, counted: Option<T>) -> T {
+    match counted {
+        Some(c) => c.min(from_flavor),
+        None => from_flavor,
+    }
 }
 
 pub fn worker_name(site: &str, group: &str, index: u32) -> String {
@@ -235,11 +256,13 @@ fn worker_nodes(site: &crate::model::Site, observed: &Observed) -> Vec<NodePlan>
     let mut nodes = Vec::new();
     let mut index = 0u32;
     for group in &site.workers {
-        let (cpus, memory_mib) = worker_size(group, observed.sites.get(&site.name));
         for n in 1..=group.count {
+            let name = worker_name(&site.name, &group.name, n);
+            let measured = observed.nodes.get(&name).and_then(|o| o.measured);
+            let (cpus, memory_mib) = worker_size(group, observed.sites.get(&site.name), measured);
             nodes.push(NodePlan {
                 public_ip: None,
-                name: worker_name(&site.name, &group.name, n),
+                name,
                 site: site.name.clone(),
                 role: Role::Worker,
                 lan_ip: addr::worker_ip(site.subnet, index).unwrap_or(Ipv4Addr::UNSPECIFIED),

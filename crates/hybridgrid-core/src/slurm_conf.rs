@@ -189,7 +189,22 @@ pub fn usable_memory_mib(ram_mib: u64) -> u64 {
     ram_mib.saturating_sub((ram_mib / 16).max(128)).max(1)
 }
 
+/// The CPUs and `RealMemory` in `slurmd -C`'s output (`NodeName=… CPUs=2 … RealMemory=960`);
+/// `None` when either is missing.
+pub fn measured_size(slurmd_c: &str) -> Option<crate::observed::MeasuredSize> {
+    let field = |key: &str| {
+        slurmd_c
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    };
+    Some(crate::observed::MeasuredSize {
+        cpus: field("CPUs")?.parse().ok()?,
+        real_memory_mib: field("RealMemory")?.parse().ok()?,
+    })
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests
 mod usable_memory_tests {
     use super::usable_memory_mib;
 
@@ -213,5 +228,15 @@ mod usable_memory_tests {
         assert_eq!(usable_memory_mib(1024), 896);
         assert_eq!(usable_memory_mib(16384), 15360);
         assert_eq!(usable_memory_mib(64), 1);
+    }
+
+    #[test]
+    fn slurmd_c_output_gives_cpus_and_real_memory() {
+        let out = "NodeName=b-worker-1 CPUs=2 Boards=1 SocketsPerBoard=2 CoresPerSocket=1 \
+                   ThreadsPerCore=1 RealMemory=960\nUpTime=0-00:09:26\n";
+        let m = super::measured_size(out).unwrap();
+        assert_eq!((m.cpus, m.real_memory_mib), (2, 960));
+        assert_eq!(super::measured_size("NodeName=x CPUs=2 UpTime=0"), None);
+        assert_eq!(super::measured_size("slurmd: error: something"), None);
     }
 }

@@ -47,6 +47,7 @@ fn observed_with_seeded_keys(cluster: &Cluster) -> Observed {
                 public_ip: Some(Ipv4Addr::new(198, 51, 100, 10 + i as u8)),
                 public_key: Some(PrivateKey::from_seed(&node.name).public_key()),
                 applied: None,
+                measured: None,
             },
         );
     }
@@ -64,6 +65,7 @@ fn observed_as_planned(plan: &Plan) -> Observed {
                 public_ip: node.public_ip,
                 public_key: node.wireguard.as_ref().and_then(|w| w.public_key),
                 applied: Some(plan.node_config(node)),
+                measured: None,
             },
         );
     }
@@ -199,6 +201,30 @@ fn a_worker_without_cpus_or_memory_takes_its_flavors_size() {
     assert_eq!(size(&plan, "a-worker-1"), (8, 15360));
     // What the file says wins.
     assert_eq!(size(&plan, "a-fixed-1"), (2, 3000));
+    // A booted node that counts less than its flavor (a kernel that keeps more, a CPU offline)
+    // is declared with what it counts; one that counts more keeps the flavor's.
+    let counted = |cpus, real_memory_mib| ObservedNode {
+        site: "a".into(),
+        public_ip: None,
+        public_key: None,
+        applied: None,
+        measured: Some(hybridgrid_core::observed::MeasuredSize {
+            cpus,
+            real_memory_mib,
+        }),
+    };
+    observed
+        .nodes
+        .insert("a-worker-1".into(), counted(7, 15000));
+    observed.nodes.insert("a-fixed-1".into(), counted(1, 1000));
+    let plan = hybridgrid_core::reconcile::plan(&cluster, &observed);
+    assert_eq!(size(&plan, "a-worker-1"), (7, 15000));
+    assert_eq!(size(&plan, "a-fixed-1"), (2, 3000), "the file still wins");
+    observed
+        .nodes
+        .insert("a-worker-1".into(), counted(16, 16000));
+    let plan = hybridgrid_core::reconcile::plan(&cluster, &observed);
+    assert_eq!(size(&plan, "a-worker-1"), (8, 15360));
 }
 
 #[test]

@@ -91,6 +91,7 @@ pub fn up(
         sink(Event::Round {
             round: report.rounds.len() + 1,
             changes: todo.len(),
+            seconds: start.elapsed().as_secs_f64(),
         });
         let applied = provider.apply(&plan, &observed, &todo, sink)?;
         report.rounds.push(todo);

@@ -11,10 +11,11 @@ use crate::report::{DownReport, Pending, StatusReport};
 /// What a provider reports while it works; the CLI shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A round starts with this many changes.
+    /// A round starts with this many changes, `seconds` after the command started.
     Round {
         round: usize,
         changes: usize,
+        seconds: f64,
     },
     /// One change (or one step of `down`) is done.
     Applied {

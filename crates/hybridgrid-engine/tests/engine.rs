@@ -96,6 +96,7 @@ impl Provider for Double {
                                 .is_relay()
                                 .then(|| PrivateKey::from_seed(node).public_key()),
                             applied: None,
+                            measured: None,
                         },
                     );
                 }

@@ -132,6 +132,8 @@ impl Local {
                         .and_then(|s| s.floating_ips.get(name).copied()),
                     public_key: agent::read_public_key(&dir),
                     applied,
+                    // Emulated nodes share the host's CPUs and memory: Slurm is told the file's.
+                    measured: None,
                 },
             );
         }

@@ -25,6 +25,10 @@ use crate::provider::{OpenStack, lock};
 
 /// SSH sessions at once (each is an `ssh` process on the user's machine).
 const CHANNELS_AT_ONCE: usize = 32;
+/// How often `up` looks whether a booting node finished (one command on an open connection).
+const BOOT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Seconds the master's agent waits for newly started workers to register with Slurm.
+const WORKERS_REGISTER: u64 = 30;
 
 impl OpenStack {
     pub(crate) fn channel(&self) -> Channel {
@@ -96,6 +100,7 @@ impl OpenStack {
                         lock(&self.slurm_versions).insert(name.clone(), v);
                     }
                     node.applied = r.applied;
+                    node.measured = r.measured;
                     if node.public_key.is_none() {
                         node.public_key = r.public_key;
                     }
@@ -147,15 +152,34 @@ impl OpenStack {
             return Err(e);
         }
         self.check_slurm_versions(plan)?;
-        let results = self.finish_nodes(&channel, plan, ready, &key).await;
-        let mut workers_configured = false;
+        // Workers that start slurmd now are waited for by the master's agent, so that `up` ends
+        // with them in their partitions: in the master's own `agent apply` when it is
+        // configured with them (no step after the round), else in a second apply on it.
+        let workers = configure
+            .iter()
+            .any(|c| configures_role(plan, c, Role::Worker));
+        let wait = if workers && plan.mesh_complete() {
+            WORKERS_REGISTER
+        } else {
+            0
+        };
+        let master_too = configure
+            .iter()
+            .any(|c| configures_role(plan, c, Role::Master));
+        let results = self
+            .finish_nodes(
+                &channel,
+                plan,
+                ready,
+                &key,
+                if master_too { wait } else { 0 },
+            )
+            .await;
+        let mut workers_started = false;
         for (c, seconds, r) in results {
             match r {
                 Ok(details) => {
-                    if let Change::ConfigureNode { node, .. } = &c {
-                        workers_configured |=
-                            plan.node(node).is_some_and(|n| n.role == Role::Worker);
-                    }
+                    workers_started |= configures_role(plan, &c, Role::Worker);
                     sink(Event::Applied {
                         summary: c.summary(),
                         seconds,
@@ -169,29 +193,44 @@ impl OpenStack {
                 }
             }
         }
-        // The workers' agents started slurmd: the master's agent waits for them to register and
-        // puts them into their partitions.
-        if workers_configured
-            && plan.mesh_complete()
-            && let Some(master) = plan.nodes.iter().find(|n| n.role == Role::Master)
-            && let Some(target) = self.target(plan, &master.name)
-        {
-            let t = std::time::Instant::now();
-            let done = nodes::configure(&channel, &target, plan, agent.as_ref(), &key, 30).await?;
-            let parts: Vec<String> = done
-                .into_iter()
-                .filter(|a| a.starts_with("partition") || a.starts_with("remove"))
-                .collect();
-            if !parts.is_empty() {
-                sink(Event::Note(format!(
-                    "Slurm on {}: {} ({:.1}s)",
-                    master.name,
-                    parts.join("; "),
-                    t.elapsed().as_secs_f64()
-                )));
-            }
+        if wait > 0 && !master_too && workers_started {
+            self.master_takes_workers(&channel, plan, &key, wait, sink)
+                .await?;
         }
         Ok(partial)
+    }
+
+    /// The master's agent waits for newly started workers to register and puts them into
+    /// their partitions (`agent apply` on the master, its configuration unchanged).
+    async fn master_takes_workers(
+        &self,
+        channel: &Channel,
+        plan: &Plan,
+        key: &[u8],
+        wait: u64,
+        sink: Sink<'_>,
+    ) -> Result<()> {
+        let Some(master) = plan.nodes.iter().find(|n| n.role == Role::Master) else {
+            return Ok(());
+        };
+        let Some(target) = self.target(plan, &master.name) else {
+            return Ok(());
+        };
+        let t = std::time::Instant::now();
+        let done = nodes::finish(channel, &target, plan, key, wait, Vec::new()).await?;
+        let parts: Vec<String> = done
+            .into_iter()
+            .filter(|a| a.starts_with("partition") || a.starts_with("remove"))
+            .collect();
+        if !parts.is_empty() {
+            sink(Event::Note(format!(
+                "Slurm on {}: {} ({:.1}s)",
+                master.name,
+                parts.join("; "),
+                t.elapsed().as_secs_f64()
+            )));
+        }
+        Ok(())
     }
 
     /// The relays of the sites with a node to configure get the agent first and offer it on
@@ -263,18 +302,27 @@ impl OpenStack {
     }
 
     /// The second half ([`nodes::finish`]) for the prepared nodes, concurrently; each node's
-    /// seconds are both halves'.
+    /// seconds are both halves'. The master's agent waits up to `master_waits` seconds for the
+    /// workers to register.
     async fn finish_nodes(
         &self,
         channel: &Channel,
         plan: &Plan,
         ready: Vec<(Change, f64, nodes::Prepared)>,
         key: &[u8],
+        master_waits: u64,
     ) -> Vec<(Change, f64, Result<Vec<String>>)> {
         futures::stream::iter(ready.into_iter().map(|(c, before, prepared)| async move {
             let t = std::time::Instant::now();
+            let wait = if configures_role(plan, &c, Role::Master) {
+                master_waits
+            } else {
+                0
+            };
             let r = match c_target(self, plan, &c) {
-                Some(target) => nodes::finish(channel, &target, plan, key, 0, prepared.done).await,
+                Some(target) => {
+                    nodes::finish(channel, &target, plan, key, wait, prepared.done).await
+                }
                 None => Ok(prepared.done),
             };
             (c, before + t.elapsed().as_secs_f64(), r)
@@ -334,7 +382,7 @@ impl OpenStack {
     /// waited for until cloud-init finished on them and they answer over the channel, at most
     /// `boot_timeout`. Whether any now answers (observe and configure again), and a note per
     /// node that does not.
-    pub(crate) async fn await_channel(&self, plan: &Plan) -> (bool, Vec<Pending>) {
+    pub(crate) async fn await_channel(&self, plan: &Plan, sink: Sink<'_>) -> (bool, Vec<Pending>) {
         let pending: Vec<&str> = plan
             .changes
             .iter()
@@ -348,6 +396,11 @@ impl OpenStack {
         }
         let channel = self.channel();
         let limit = self.opts.boot_timeout;
+        sink(Event::Note(format!(
+            "waiting for {} to finish booting and answer over SSH (at most {}s)",
+            pending.join(", "),
+            limit.as_secs()
+        )));
         let answers = futures::stream::iter(pending.into_iter().map(|node| {
             let channel = &channel;
             async move {
@@ -364,10 +417,17 @@ impl OpenStack {
                         )
                         .await
                         .is_ok_and(|o| o.code == 0);
-                    if done || t.elapsed() >= limit {
-                        return (node, done);
+                    if done {
+                        let waited = t.elapsed().as_secs_f64();
+                        sink(Event::Note(format!("{node} booted (waited {waited:.1}s)")));
+                        return (node, true);
                     }
-                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    if t.elapsed() >= limit {
+                        return (node, false);
+                    }
+                    // Cheap once the node's SSH connection is up (ControlMaster): the wait ends
+                    // within a second of cloud-init's end.
+                    tokio::time::sleep(BOOT_POLL).await;
                 }
             }
         }))
@@ -571,6 +631,11 @@ fn unreachable_help(e: &OsError, admin_cidrs: &[ipnet::Ipv4Net]) -> String {
 }
 
 /// The target of a `ConfigureNode` change.
+/// Whether `c` configures a node of `role`.
+fn configures_role(plan: &Plan, c: &Change, role: Role) -> bool {
+    matches!(c, Change::ConfigureNode { node, .. } if plan.node(node).is_some_and(|n| n.role == role))
+}
+
 fn c_target(os: &OpenStack, plan: &Plan, c: &Change) -> Option<crate::channel::Target> {
     match c {
         Change::ConfigureNode { node, .. } => os.target(plan, node),

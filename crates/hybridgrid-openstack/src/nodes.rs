@@ -60,11 +60,7 @@ pub async fn report(channel: &Channel, target: &Target) -> Result<NodeReport> {
         )
         .await?;
     if out.code != 0 {
-        return Ok(NodeReport {
-            applied: None,
-            public_key: None,
-            slurm_version: None,
-        });
+        return Ok(NodeReport::default());
     }
     serde_json::from_slice(&out.stdout).map_err(|e| OsError::Channel {
         node: target.node.clone(),

@@ -699,7 +699,7 @@ impl OpenStack {
     /// have not reported their WireGuard key yet are waited for while they boot
     /// ([`boot::await_relay_key`]), so that `up` returns a cluster whose tunnels can come up.
     /// Either observes again (a server became ACTIVE, a key appeared) or notes what is pending.
-    async fn settle_async(&self, plan: &Plan, _sink: Sink<'_>) -> Result<Settled> {
+    async fn settle_async(&self, plan: &Plan, sink: Sink<'_>) -> Result<Settled> {
         let sites = self.connected().await?;
         let keyless: Vec<&str> = plan
             .nodes
@@ -707,7 +707,7 @@ impl OpenStack {
             .filter(|n| n.wireguard.as_ref().is_some_and(|w| w.public_key.is_none()))
             .map(|n| n.name.as_str())
             .collect();
-        let per_site = try_join_all(sites.iter().map(|ops| {
+        let boots = try_join_all(sites.iter().map(|ops| {
             let keyless = &keyless;
             async move {
                 let list = ops.servers(true).await?;
@@ -723,14 +723,20 @@ impl OpenStack {
                 }
                 Ok::<_, OsError>((!pending.is_empty(), keys))
             }
-        }))
-        .await?;
-        let (mut observe_again, mut pending) = boot::settled(&keyless, per_site);
-        if self.opts.node_channel {
-            let (answered, more) = self.await_channel(plan).await;
-            observe_again |= answered;
-            pending.extend(more);
-        }
+        }));
+        // The relays' keys (their consoles) and the nodes' boots (the channel) are waited for
+        // at once: both end with the same first boots.
+        let channel = async {
+            if self.opts.node_channel {
+                self.await_channel(plan, sink).await
+            } else {
+                (false, Vec::new())
+            }
+        };
+        let (per_site, (answered, more)) = futures::join!(boots, channel);
+        let (mut observe_again, mut pending) = boot::settled(&keyless, per_site?);
+        observe_again |= answered;
+        pending.extend(more);
         Ok(Settled {
             observe_again,
             pending,

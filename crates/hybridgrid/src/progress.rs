@@ -160,7 +160,11 @@ fn plain(e: &Event) {
 /// The plain line of an event (also shown above the live block with `-v`).
 fn line(e: &Event) -> String {
     match e {
-        Event::Round { round, changes } => format!("round {round}: {changes} changes"),
+        Event::Round {
+            round,
+            changes,
+            seconds,
+        } => format!("round {round}: {changes} changes (at {seconds:.1}s)"),
         Event::Applied {
             summary,
             seconds,
@@ -204,6 +208,7 @@ mod tests {
             Event::Round {
                 round: 1,
                 changes: 4,
+                seconds: 0.0,
             },
             applied("+ a: network, subnet and router"),
             applied("+ b: network, subnet and router"),
@@ -274,7 +279,9 @@ mod tests {
         use tracing::level_filters::LevelFilter;
         let out = plain_at(LevelFilter::INFO, events());
         assert!(
-            out.starts_with("round 1: 4 changes\n   0.50s + a: network, subnet and router\n"),
+            out.starts_with(
+                "round 1: 4 changes (at 0.0s)\n   0.50s + a: network, subnet and router\n"
+            ),
             "{out}"
         );
         assert!(!out.contains('\x1b'));
