@@ -37,10 +37,7 @@ pub fn remove_rule(
 ) -> Result<Option<String>, LocalError> {
     let ns = names::ns_node(cluster, node);
     let listing = nft_in(&ns, &["-a", "list", "chain", "inet", SG_TABLE, SG_CHAIN])?;
-    let Some(line) = listing.lines().find(|l| matching(l)) else {
-        return Ok(None);
-    };
-    let Some(handle) = line.rsplit("# handle ").next().map(str::trim) else {
+    let Some((line, handle)) = first_rule(&listing, matching) else {
         return Ok(None);
     };
     nft_in(
@@ -49,7 +46,19 @@ pub fn remove_rule(
             "delete", "rule", "inet", SG_TABLE, SG_CHAIN, "handle", handle,
         ],
     )?;
-    Ok(Some(line.trim().to_owned()))
+    Ok(Some(line.to_owned()))
+}
+
+/// The first rule of an `nft -a list chain` listing that `matching` accepts, with its handle:
+/// the table's and chain's own lines (`table … {`, `chain … {`, which carry handles too) are
+/// not rules, and a line without a handle is not one `nft` could delete.
+fn first_rule(listing: &str, matching: impl Fn(&str) -> bool) -> Option<(&str, &str)> {
+    listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("table ") && !l.starts_with("chain ") && !l.contains('{'))
+        .filter(|l| matching(l))
+        .find_map(|l| Some((l, l.rsplit_once("# handle ")?.1.trim())))
 }
 
 /// The switch port of the node at `lan_ip` on `site`'s `subnet`, as `nft` names its chain.
@@ -86,4 +95,22 @@ pub fn spoof_drops(cluster: &str, site: &str, subnet: Ipv4Net, lan_ip: Ipv4Addr)
 pub fn spoof_drops_at_switch(cluster: &str, site: &str) -> Option<u64> {
     let table = live::nft_table(&names::ns_switch(cluster, site), "bridge", PORTSEC_TABLE)?;
     live::counter(&table, "ip spoof")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_rule;
+
+    #[test]
+    fn regression_a_matcher_that_fits_the_table_header_removes_a_rule_not_the_table() {
+        let listing = "table inet hg_sg { # handle 7\n\tchain input { # handle 1\n\t\ttype filter \
+                       hook input priority 0; policy drop;\n\t\tip saddr 10.71.0.0/24 accept # handle 4\n\
+                       \t\tudp dport 51820 accept # handle 5\n\t}\n}\n";
+        assert_eq!(
+            first_rule(listing, |l| l.contains("hg_sg") || l.contains("51820")),
+            Some(("udp dport 51820 accept # handle 5", "5"))
+        );
+        assert_eq!(first_rule(listing, |l| l.contains("input")), None);
+        assert_eq!(first_rule("ip saddr 1.2.3.4 accept", |_| true), None);
+    }
 }
