@@ -34,7 +34,7 @@ struct Counters {
 fn read_counters(cluster: &str, plan: &Plan, ports: &BTreeMap<String, String>) -> Counters {
     let mut c = Counters::default();
     let tables = crate::par::map(&plan.nodes, PROBES_AT_ONCE, |n| {
-        live::nft_table(&names::ns_node(cluster, &n.name), "inet", "hg_sg")
+        live::nft_table(&names::ns_node(cluster, &n.name), "inet", names::SG_TABLE)
     });
     for (n, sg) in plan.nodes.iter().zip(tables) {
         let sg = sg.flatten();
@@ -46,7 +46,11 @@ fn read_counters(cluster: &str, plan: &Plan, ports: &BTreeMap<String, String>) -
         c.sg.insert(n.name.clone(), sg);
     }
     for s in &plan.sites {
-        let ps = live::nft_table(&names::ns_switch(cluster, &s.name), "bridge", "hg_portsec");
+        let ps = live::nft_table(
+            &names::ns_switch(cluster, &s.name),
+            "bridge",
+            names::PORTSEC_TABLE,
+        );
         for n in plan.nodes.iter().filter(|n| n.site == s.name) {
             let Some(port) = ports.get(&n.name) else {
                 continue;
@@ -276,7 +280,7 @@ fn site_facts(
             let port = ports.get(&p.node)?.clone();
             let live = ps
                 .as_deref()
-                .and_then(|t| live::set_elements(t, &format!("aap_{}", port.replace('-', "_"))))
+                .and_then(|t| live::set_elements(t, &names::aap_set(&port.replace('-', "_"))))
                 .unwrap_or_default();
             let key = (site.name.clone(), p.node.clone());
             Some(PortFacts {

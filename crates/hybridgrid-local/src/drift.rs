@@ -8,13 +8,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use crate::names::{PORTSEC_TABLE, SG_CHAIN, SG_TABLE};
 use crate::{LocalError, live, names, sh};
-
-/// The table and chain of a node's security group (`infra::render_security_groups`).
-const SG_TABLE: &str = "hg_sg";
-const SG_CHAIN: &str = "rules";
-/// The switch's port-security table (`infra`): a chain and a set `aap_<port>` per port.
-const PORTSEC_TABLE: &str = "hg_portsec";
 
 fn nft_in(ns: &str, args: &[&str]) -> Result<String, LocalError> {
     let mut all = vec![sh::net_of(ns), "--".to_owned(), "nft".to_owned()];
@@ -75,7 +70,7 @@ pub fn remove_address_pair(
     lan_ip: Ipv4Addr,
     pair: Ipv4Net,
 ) -> Result<(), LocalError> {
-    let set = format!("aap_{}", port_chain(subnet, lan_ip));
+    let set = names::aap_set(&port_chain(subnet, lan_ip));
     let element = format!("{{ {pair} }}");
     nft_in(
         &names::ns_switch(cluster, site),

@@ -12,7 +12,7 @@ use hybridgrid_core::plan::SgRule;
 use ipnet::Ipv4Net;
 
 use crate::LocalError;
-use crate::names::{self, BRIDGE, LAN_IF, ROUTER_PORT, WAN_IF};
+use crate::names::{self, BRIDGE, LAN_IF, ROUTER_PORT, SG_CHAIN, SG_TABLE, WAN_IF};
 use crate::sh;
 
 /// Creates an empty namespace with `lo` up, replacing a partial one from an earlier attempt.
@@ -331,11 +331,12 @@ pub struct Port {
 /// Neutron port security on the site switch: a frame from a port must carry the port's MAC and
 /// its fixed IP or one of its allowed-address pairs. Counters show what was dropped.
 pub fn render_port_security(cluster: &str, site: &str, ports: &[Port]) -> Result<(), LocalError> {
-    let mut t = String::from(
-        "table bridge hg_portsec\ndelete table bridge hg_portsec\ntable bridge hg_portsec {\n",
-    );
+    let table = names::PORTSEC_TABLE;
+    let mut t =
+        format!("table bridge {table}\ndelete table bridge {table}\ntable bridge {table} {{\n");
     for p in ports {
         let id = p.name.replace('-', "_");
+        let aap = names::aap_set(&id);
         let elements = if p.pairs.is_empty() {
             String::new()
         } else {
@@ -344,7 +345,7 @@ pub fn render_port_security(cluster: &str, site: &str, ports: &[Port]) -> Result
         };
         let _ = write!(
             t,
-            "  set aap_{id} {{ type ipv4_addr; flags interval;{elements} }}\n  chain {id} {{\n    ether saddr != {mac} counter drop comment \"mac spoof\"\n    arp saddr ip {ip} accept\n    arp saddr ip @aap_{id} accept\n    ether type arp counter drop comment \"arp spoof\"\n    ip saddr {ip} accept\n    ip saddr @aap_{id} counter accept comment \"allowed-address pair\"\n    counter drop comment \"ip spoof\"\n  }}\n",
+            "  set {aap} {{ type ipv4_addr; flags interval;{elements} }}\n  chain {id} {{\n    ether saddr != {mac} counter drop comment \"mac spoof\"\n    arp saddr ip {ip} accept\n    arp saddr ip @{aap} accept\n    ether type arp counter drop comment \"arp spoof\"\n    ip saddr {ip} accept\n    ip saddr @{aap} counter accept comment \"allowed-address pair\"\n    counter drop comment \"ip spoof\"\n  }}\n",
             mac = p.mac,
             ip = p.ip
         );
@@ -391,11 +392,11 @@ pub fn render_security_groups(
     };
     let hook = |name: &str, hook: &str| {
         format!(
-            "  chain {name} {{\n    type filter hook {hook} priority filter; policy accept;\n    iifname != \"{LAN_IF}\" accept\n{ct}    jump rules\n    counter drop comment \"security group default deny\"\n  }}\n"
+            "  chain {name} {{\n    type filter hook {hook} priority filter; policy accept;\n    iifname != \"{LAN_IF}\" accept\n{ct}    jump {SG_CHAIN}\n    counter drop comment \"security group default deny\"\n  }}\n"
         )
     };
     let ruleset = format!(
-        "table inet hg_sg\ndelete table inet hg_sg\ntable inet hg_sg {{\n  chain rules {{\n{body}  }}\n{}{}}}\n",
+        "table inet {SG_TABLE}\ndelete table inet {SG_TABLE}\ntable inet {SG_TABLE} {{\n  chain {SG_CHAIN} {{\n{body}  }}\n{}{}}}\n",
         hook("ingress", "input"),
         hook("forward", "forward"),
     );

@@ -61,6 +61,19 @@ pub fn node_mac(lan_ip: Ipv4Addr) -> String {
     format!("02:68:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
+/// The `inet` nftables table of a node's security group, in the node's namespace.
+pub const SG_TABLE: &str = "hg_sg";
+/// The chain of that table that holds the group's rules (the hooks jump to it).
+pub const SG_CHAIN: &str = "rules";
+/// The `bridge` nftables table of a site switch's port security, in the switch's namespace.
+pub const PORTSEC_TABLE: &str = "hg_portsec";
+
+/// The nftables set of a switch port's allowed-address pairs; `port_chain` is the port's chain
+/// (its name with `_` for `-`).
+pub fn aap_set(port_chain: &str) -> String {
+    format!("aap_{port_chain}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

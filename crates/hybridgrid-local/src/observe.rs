@@ -145,7 +145,7 @@ impl Local {
         let names: Vec<&'a str> = holders.keys().copied().collect();
         let live = crate::par::map(&names, 32, |&node| {
             let ns = self.ns(node);
-            let rules = live::nft_table(&ns, "inet", "hg_sg")
+            let rules = live::nft_table(&ns, "inet", names::SG_TABLE)
                 .map(|t| (live::rule_lines(&t), t.contains("ct state")));
             let wg_mtu = live::live_mtu(&ns, plan::WG_INTERFACE);
             // A peer removed by hand is drift too (only where a device exists to ask).
@@ -228,7 +228,11 @@ impl Local {
             .collect();
         // Pairs as the site switch enforces them (an interval set merges neighbours: a pair is
         // there when an element covers it).
-        let portsec = live::nft_table(&names::ns_switch(cluster, site), "bridge", "hg_portsec");
+        let portsec = live::nft_table(
+            &names::ns_switch(cluster, site),
+            "bridge",
+            names::PORTSEC_TABLE,
+        );
         let allowed_address_pairs = entry
             .allowed_address_pairs
             .iter()
@@ -236,7 +240,7 @@ impl Local {
                 let port = l.nodes.get(node)?.port.replace('-', "_");
                 let elements = portsec
                     .as_deref()
-                    .and_then(|t| live::set_elements(t, &format!("aap_{port}")))
+                    .and_then(|t| live::set_elements(t, &names::aap_set(&port)))
                     .unwrap_or_default();
                 let live: Vec<Ipv4Net> = pairs
                     .iter()
