@@ -630,12 +630,12 @@ fn unreachable_help(e: &OsError, admin_cidrs: &[ipnet::Ipv4Net]) -> String {
     }
 }
 
-/// The target of a `ConfigureNode` change.
 /// Whether `c` configures a node of `role`.
 fn configures_role(plan: &Plan, c: &Change, role: Role) -> bool {
     matches!(c, Change::ConfigureNode { node, .. } if plan.node(node).is_some_and(|n| n.role == role))
 }
 
+/// The target of a `ConfigureNode` change.
 fn c_target(os: &OpenStack, plan: &Plan, c: &Change) -> Option<crate::channel::Target> {
     match c {
         Change::ConfigureNode { node, .. } => os.target(plan, node),

@@ -206,29 +206,6 @@ pub struct Prepared {
     pub slurm_version: Option<String>,
 }
 
-/// Configures a booted node over the channel ([`prepare`], then [`finish`]); returns what its
-/// agent did. `wait_for_workers`: on the master, seconds to wait for the workers to register
-/// with Slurm.
-pub async fn configure(
-    channel: &Channel,
-    target: &Target,
-    plan: &Plan,
-    agent: Option<&AgentBinary>,
-    munge_key: &[u8],
-    wait_for_workers: u64,
-) -> Result<Vec<String>> {
-    let prepared = prepare(channel, target, plan, agent).await?;
-    finish(
-        channel,
-        target,
-        plan,
-        munge_key,
-        wait_for_workers,
-        prepared.done,
-    )
-    .await
-}
-
 /// The first half of configuring a node: the agent binary (sent when the node's differs), the
 /// node's configuration, and the packages its role needs (`agent install`), which tell its
 /// Slurm version. Nothing of the node's role starts yet.
