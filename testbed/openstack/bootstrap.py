@@ -11,6 +11,11 @@ import openstack
 
 DIR, PHASE = sys.argv[1], sys.argv[2]
 AUTH = "http://127.0.0.1:5000/v3"
+# The public endpoints: the host's address on the bed's external bridge, where nginx proxies to
+# the services (etc/nginx/nginx.conf), so that guests reach the APIs as a real cloud's servers
+# reach its public endpoints (the power service on a cluster's master calls Nova and Neutron).
+PUBLIC = "http://203.0.113.1"
+PUBLIC_AUTH = PUBLIC + ":5000/v3"
 REGION = "RegionOne"
 SITES = ("site-a", "site-b")
 ADMIN = dict(auth_url=AUTH, username="admin", password="adminpass", project_name="admin",
@@ -35,7 +40,8 @@ if PHASE == "keystone":
                            ("glance", "image", "http://127.0.0.1:9292")):
         s = idn.create_service(name=name, type=typ)
         for iface in ("public", "internal", "admin"):
-            idn.create_endpoint(service_id=s.id, interface=iface, url=url, region_id=REGION)
+            u = url.replace("http://127.0.0.1", PUBLIC) if iface == "public" else url
+            idn.create_endpoint(service_id=s.id, interface=iface, url=u, region_id=REGION)
     # the two "sites": one project + one member user each
     for site in SITES:
         p = idn.create_project(name=site, domain_id=dom.id, description="hybridgrid test site " + site)
@@ -104,6 +110,10 @@ if PHASE == "compute":
     sys.exit(0)
 
 assert PHASE == "cloud", PHASE
+# Keystone's own public endpoint (its bootstrap made it on 127.0.0.1): now that nginx proxies it.
+for ep in idn.endpoints(interface="public"):
+    if ep.url.startswith("http://127.0.0.1:5000"):
+        idn.update_endpoint(ep, url=PUBLIC_AUTH + "/")
 for name, vcpus, ram, disk in (("m1.tiny", 1, 512, 1), ("m1.small", 1, 2048, 20), ("m1.medium", 2, 4096, 40)):
     c.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
 c.image.create_image(name="fake-image", data=b"\0" * 1048576, disk_format="raw",
@@ -131,7 +141,7 @@ ac = ua.identity.create_application_credential(user=uid, name="hybridgrid-test",
 
 def pw(user, password, project):
     return f"""    auth:
-      auth_url: {AUTH}
+      auth_url: {PUBLIC_AUTH}
       username: {user}
       password: {password}
       project_name: {project}
@@ -148,7 +158,7 @@ for site in SITES:
 y += f"""  site-a-appcred:
     auth_type: v3applicationcredential
     auth:
-      auth_url: {AUTH}
+      auth_url: {PUBLIC_AUTH}
       application_credential_id: {ac.id}
       application_credential_secret: site-a-appcred-secret
     region_name: {REGION}

@@ -43,6 +43,7 @@ fn main() {
                 public_key: Some(PrivateKey::from_seed(&n.name).public_key()),
                 applied: None,
                 measured: None,
+                instance: None,
             },
         );
     }

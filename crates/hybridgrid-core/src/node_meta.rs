@@ -247,6 +247,7 @@ sites:
                     public_key: (n == "b-gw").then_some(key),
                     applied: None,
                     measured: None,
+                    instance: None,
                 },
             );
         }

@@ -40,6 +40,10 @@ pub struct ObservedNode {
     /// What a booted worker's `slurmd -C` says it has (openstack; `None` before it reports).
     #[serde(default)]
     pub measured: Option<MeasuredSize>,
+    /// The machine the node runs on as the provider names it (openstack: its server's id): a
+    /// new one has new SSH host keys.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 /// A node's CPUs and memory as its own slurmd counts them (`slurmd -C`): slurmctld drains a

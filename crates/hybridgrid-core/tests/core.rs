@@ -48,6 +48,7 @@ fn observed_with_seeded_keys(cluster: &Cluster) -> Observed {
                 public_key: Some(PrivateKey::from_seed(&node.name).public_key()),
                 applied: None,
                 measured: None,
+                instance: None,
             },
         );
     }
@@ -66,6 +67,7 @@ fn observed_as_planned(plan: &Plan) -> Observed {
                 public_key: node.wireguard.as_ref().and_then(|w| w.public_key),
                 applied: Some(plan.node_config(node)),
                 measured: None,
+                instance: None,
             },
         );
     }
@@ -212,6 +214,7 @@ fn a_worker_without_cpus_or_memory_takes_its_flavors_size() {
             cpus,
             real_memory_mib,
         }),
+        instance: None,
     };
     observed
         .nodes

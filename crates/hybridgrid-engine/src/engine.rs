@@ -46,6 +46,22 @@ pub fn up(
     cluster: &Cluster,
     sink: Sink<'_>,
 ) -> Result<UpReport, EngineError> {
+    let plan_of = |observed: &Observed| Ok(reconcile::plan(cluster, observed));
+    converge(provider, &reconcile::layout(cluster), &plan_of, sink)
+}
+
+/// The plan a round applies, made from what that round observed.
+pub type PlanOf<'a> = dyn Fn(&Observed) -> Result<Plan, EngineError> + 'a;
+
+/// `up`'s rounds for any plan: observe, plan with `plan_of`, apply, until a round finds no
+/// change; then the provider settles (servers boot), and what settling made possible is
+/// tried once more. The power service converges the same way on the plans that wake nodes.
+pub fn converge(
+    provider: &dyn Provider,
+    layout: &Plan,
+    plan_of: &PlanOf<'_>,
+    sink: Sink<'_>,
+) -> Result<UpReport, EngineError> {
     let start = Instant::now();
     let mut report = UpReport {
         format_version: UP_REPORT_VERSION,
@@ -56,8 +72,8 @@ pub fn up(
     let mut partial: BTreeSet<String> = BTreeSet::new();
     let mut settled_once = false;
     loop {
-        let observed = observe(provider, cluster)?;
-        let plan = reconcile::plan(cluster, &observed);
+        let observed = provider.observe(layout)?;
+        let plan = plan_of(&observed)?;
         let todo: Vec<Change> = plan
             .changes
             .iter()

@@ -97,6 +97,7 @@ impl Provider for Double {
                                 .then(|| PrivateKey::from_seed(node).public_key()),
                             applied: None,
                             measured: None,
+                            instance: None,
                         },
                     );
                 }

@@ -134,6 +134,7 @@ impl Local {
                     applied,
                     // Emulated nodes share the host's CPUs and memory: Slurm is told the file's.
                     measured: None,
+                    instance: None,
                 },
             );
         }

@@ -228,6 +228,8 @@ pub(crate) struct Cloud {
     pub name: String,
     os: AsyncOpenStack,
     pub project_id: String,
+    /// The token's user (whose application credentials the power service gets).
+    pub user_id: String,
     crash: Arc<CrashSwitch>,
     trace: Option<CallTrace>,
 }
@@ -280,18 +282,21 @@ impl Cloud {
                     }
                     // Every list and quota call is scoped by it: a token without one (not
                     // scoped to a project) cannot build a cluster.
-                    let project_id = os
-                        .get_auth_info()
-                        .and_then(|i| i.token.project.and_then(|p| p.id))
+                    let info = os.get_auth_info();
+                    let project_id = info
+                        .as_ref()
+                        .and_then(|i| i.token.project.as_ref().and_then(|p| p.id.clone()))
                         .ok_or_else(|| OsError::MissingField {
                             api: Service::Keystone,
                             resource: format!("the token for cloud `{cloud}`"),
                             field: "project.id",
                         })?;
+                    let user_id = info.map(|i| i.token.user.id).unwrap_or_default();
                     return Ok(Cloud {
                         name: cloud.to_owned(),
                         os,
                         project_id,
+                        user_id,
                         crash,
                         trace,
                     });

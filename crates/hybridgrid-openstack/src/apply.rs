@@ -285,12 +285,32 @@ impl SiteRound<'_> {
         if new.is_empty() {
             return Ok(Vec::new());
         }
+        self.quota_headroom(&new).await?;
         let keypair = self.ops.ensure_keypair().map_err(Arc::new).shared();
         try_join_all(new.into_iter().map(|(c, node)| {
             let keypair = keypair.clone().map_err(OsError::Shared);
             self.new_node(c, node, ids, groups, keypair, router_ready.clone())
         }))
         .await
+    }
+
+    /// Before any of `new` is made: the site's quotas leave room for all of them, else the
+    /// round fails with the shortfall and nothing of them exists.
+    async fn quota_headroom(&self, new: &[(&Change, &String)]) -> Result<()> {
+        let changes: Vec<Change> = new.iter().map(|(c, _)| (*c).clone()).collect();
+        let shortfall = crate::validate::headroom(self.ops, self.plan, &changes).await?;
+        if shortfall.is_empty() {
+            return Ok(());
+        }
+        Err(OsError::Quota {
+            site: self.ops.site.name.clone(),
+            nodes: new
+                .iter()
+                .map(|(_, n)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            shortfall: shortfall.join("; "),
+        })
     }
 
     /// A new node: its port (with its address pairs), the existing-server check and the flavor

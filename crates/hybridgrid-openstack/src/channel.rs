@@ -5,12 +5,15 @@
 //! file's `ssh_public_key` adds its private half when it lies beside it.
 //!
 //! Host keys are the cluster's own (`<state>/<cluster>/ssh/known_hosts`), each under the node's
-//! name (`HostKeyAlias`): accepted on first contact, refused if they change later. One
+//! name (`HostKeyAlias`): accepted on first contact, refused if they change later while the
+//! node's machine is the same ([`Channel::forget_replaced`]: a node made again, such as an
+//! on-demand worker woken anew, is met as a new machine). One
 //! connection per node is shared by every command of a run (`ControlMaster`).
 //!
 //! What goes over the channel as standard input (the node's configuration, the munge key, the
 //! agent binary) never appears in a command line, a log or an error.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -204,6 +207,42 @@ impl Channel {
     /// The known-hosts file and shared connections of the cluster.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Forgets the host key of every node whose machine (`instances`: node → the provider's id
+    /// of it) is not the one this channel last met under its name: a node made again has new
+    /// host keys, and its next contact accepts them. Records the machines met.
+    pub fn forget_replaced(&self, instances: &BTreeMap<String, String>) -> Result<()> {
+        self.ensure_dir()?;
+        let path = self.dir.join("instances.json");
+        let mut met: BTreeMap<String, String> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let known = self.dir.join("known_hosts");
+        let mut changed = false;
+        for (node, instance) in instances {
+            if met.get(node) == Some(instance) {
+                continue;
+            }
+            if known.exists() {
+                let alias = format!("{}-{node}", self.cluster);
+                // Quietly: a node never met has nothing to remove.
+                let _ = std::process::Command::new("ssh-keygen")
+                    .args(["-q", "-R", &alias, "-f"])
+                    .arg(&known)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            met.insert(node.clone(), instance.clone());
+            changed = true;
+        }
+        if changed {
+            let text = serde_json::to_vec_pretty(&met).unwrap_or_default();
+            hybridgrid_engine::state::write_atomic(&path, &text, 0o600)?;
+        }
+        Ok(())
     }
 
     /// Makes [`Channel::dir`] unless it exists.

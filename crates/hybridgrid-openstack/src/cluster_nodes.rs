@@ -32,17 +32,42 @@ const WORKERS_REGISTER: u64 = 30;
 
 impl OpenStack {
     pub(crate) fn channel(&self) -> Channel {
+        let power_key = self
+            .opts
+            .power_host
+            .as_ref()
+            .map(|h| h.public_key_path().to_string_lossy().into_owned());
         Channel::new(
             &self.cluster.name,
-            self.cluster.ssh_public_key.as_deref(),
+            power_key.as_deref().or(self.cluster.ssh_public_key.as_deref()),
             self.opts.home.as_deref(),
             self.opts.state_root.join(&self.cluster.name).join("ssh"),
         )
     }
 
-    /// How `plan`'s node `name` is reached ([`nodes::target`], as its image's login user).
+    /// How `plan`'s node `name` is reached ([`nodes::target`], as its image's login user). The
+    /// power service on the master reaches only the on-demand workers it makes, directly on
+    /// their site address (the master routes every site's network).
     pub(crate) fn target(&self, plan: &Plan, name: &str) -> Option<crate::channel::Target> {
+        if self.opts.power_host.is_some() {
+            let node = plan.node(name).filter(|n| n.on_demand)?;
+            return Some(crate::channel::Target {
+                node: node.name.clone(),
+                host: node.lan_ip,
+                user: self.login_users().of(node),
+                jump: None,
+            });
+        }
         nodes::target(plan, name, &self.login_users())
+    }
+
+    /// The cluster's munge key: made on this machine by `up`, or on the master the copy its
+    /// agent keeps.
+    fn munge_key(&self) -> Result<Vec<u8>> {
+        match &self.opts.power_host {
+            Some(host) => host.read_munge_key(),
+            None => nodes::ensure_munge_key(&self.opts.state_root.join(&self.cluster.name)),
+        }
     }
 
     /// The login user of each node: the cluster file's `ssh_user`, else what `observe` learned
@@ -126,7 +151,7 @@ impl OpenStack {
         }
         let channel = self.channel();
         let agent = self.agent_binary()?;
-        let key = nodes::ensure_munge_key(&self.opts.state_root.join(&self.cluster.name))?;
+        let key = self.munge_key()?;
         if let Some(agent) = &agent {
             self.offer_agent_on_relays(&channel, plan, configure, agent, sink)
                 .await;

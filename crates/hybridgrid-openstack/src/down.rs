@@ -25,6 +25,10 @@ impl OpenStack {
     pub(crate) async fn down_async(&self, sink: Sink<'_>) -> Result<DownReport> {
         let ledger = self.ledger.snapshot();
         let sites = self.sites(&ledger.sites).await?;
+        // First of all: no on-demand worker is made after `down` started.
+        if self.cluster.has_on_demand() {
+            self.stop_power_service(&sites, sink).await;
+        }
         let mut report = DownReport::default();
         for r in join_all(sites.iter().map(|ops| down_site(ops, sink))).await {
             report.deleted.extend(r.deleted);

@@ -115,6 +115,22 @@ pub enum OsError {
     PackageInstall { node: String, detail: String },
     /// the nodes' Slurm versions cannot run together: {problems}
     SlurmVersions { problems: String },
+    /// cannot read {path} (the power service's files on the master)
+    PowerHostFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// on-demand workers need the full `hybridgrid` on the master, and this run knows no path to it
+    NoPowerBinary,
+    /// cloud `{cloud}`: cannot make the application credential the master's power service needs ({detail}); an application credential that is not `unrestricted` cannot make others: give the site credentials of a user
+    PowerCredential { cloud: String, detail: String },
+    /// site {site}: not enough quota for {nodes}: {shortfall}
+    Quota {
+        site: String,
+        nodes: String,
+        shortfall: String,
+    },
     /// the openstack provider blocks: call it from a multi-threaded tokio runtime or from none
     RuntimeFlavor,
     /// cannot start the openstack provider's async runtime

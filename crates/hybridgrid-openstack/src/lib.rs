@@ -20,6 +20,7 @@ mod error;
 pub mod ledger;
 mod login;
 pub mod nodes;
+pub mod power;
 mod provider;
 mod site;
 mod site_groups;
@@ -35,5 +36,5 @@ pub use provider::{OpenStack, Options, Problem};
 pub use site::{TAG, cluster_tag, site_tag};
 pub use userdata::{
     AGENT_PATH, AGENT_STATE_DIR, METADATA_URL, NODE_CONFIG_PATH, PUBLIC_KEY_MARKER, PULL_UNIT,
-    boot_config, public_key_from_console, user_data, user_data_with,
+    boot_config, public_key_from_console, user_data, user_data_for, user_data_with,
 };

@@ -61,6 +61,12 @@ pub struct Options {
     pub agent_binary: Option<PathBuf>,
     /// The SHA-256 a node checks the binary from `agent_url` against.
     pub agent_sha256: Option<String>,
+    /// The full `hybridgrid` `up` installs on the master of a cluster with on-demand workers
+    /// (its power service).
+    pub power_binary: Option<PathBuf>,
+    /// Set in the power service on the master: make and remove on-demand workers only, reaching
+    /// them directly ([`crate::power`]).
+    pub power_host: Option<crate::power::PowerHost>,
 }
 
 impl Options {
@@ -77,6 +83,8 @@ impl Options {
             node_channel: true,
             agent_binary: None,
             agent_sha256: None,
+            power_binary: None,
+            power_host: None,
         }
     }
 }
@@ -206,7 +214,7 @@ impl OpenStack {
     }
 
     /// The SSH public key: the file's `ssh_public_key` is a key or a path to one (`~` = HOME).
-    fn ssh_public_key(&self) -> Result<Option<String>> {
+    pub(crate) fn ssh_public_key(&self) -> Result<Option<String>> {
         let Some(k) = &self.cluster.ssh_public_key else {
             return Ok(None);
         };
@@ -224,6 +232,10 @@ impl OpenStack {
     pub(crate) async fn sites(&self, extra: &BTreeMap<String, LedgerSite>) -> Result<Vec<SiteOps>> {
         let config = api::load_config(self.opts.clouds_file.as_deref())?;
         let ssh = self.ssh_public_key()?;
+        let power_key = match &self.opts.power_host {
+            Some(host) => Some(host.public_key()?),
+            None => None,
+        };
         let mut specs: Vec<(hybridgrid_core::model::Site, String)> = Vec::new();
         for site in &self.cluster.sites {
             let cloud = site.cloud.clone().ok_or_else(|| OsError::NoCloudName {
@@ -267,7 +279,7 @@ impl OpenStack {
         Ok(specs
             .into_iter()
             .map(|(site, cloud)| {
-                SiteOps::new(
+                let mut ops = SiteOps::new(
                     &self.cluster.name,
                     site,
                     by_name[&cloud].clone(),
@@ -275,7 +287,9 @@ impl OpenStack {
                     (self.opts.agent_url.clone(), self.opts.agent_sha256.clone()),
                     ssh.clone(),
                     self.opts.server_timeout,
-                )
+                );
+                ops.power_key = power_key.clone();
+                ops
             })
             .collect())
     }
@@ -290,6 +304,12 @@ impl OpenStack {
             observed.reserved_public_ips.insert(node, ip);
         }
         if self.opts.node_channel {
+            let instances = observed
+                .nodes
+                .iter()
+                .filter_map(|(n, o)| Some((n.clone(), o.instance.clone()?)))
+                .collect();
+            self.channel().forget_replaced(&instances)?;
             self.ask_nodes(&mut observed).await;
         }
         Ok(observed)
@@ -434,17 +454,17 @@ impl OpenStack {
     /// The plan of what exists now, from the clouds alone (no node is asked): where the nodes
     /// are, for `exec` and `run`.
     fn current_plan(&self) -> std::result::Result<Plan, EngineError> {
-        let observed = self
-            .block(async {
-                let sites = self.connected().await?;
-                let layout = hybridgrid_core::reconcile::layout(&self.cluster);
-                let (mut observed, unattached) = self.observe_full(sites, &layout).await?;
-                for (node, (_, ip)) in unattached {
-                    observed.reserved_public_ips.insert(node, ip);
-                }
-                Ok::<_, OsError>(observed)
-            })?
-            .map_err(err)?;
+        self.block(async { self.plan_from_clouds(self.connected().await?).await })?
+            .map_err(err)
+    }
+
+    /// [`Self::current_plan`] on sites already connected.
+    pub(crate) async fn plan_from_clouds(&self, sites: &[SiteOps]) -> Result<Plan> {
+        let layout = hybridgrid_core::reconcile::layout(&self.cluster);
+        let (mut observed, unattached) = self.observe_full(sites, &layout).await?;
+        for (node, (_, ip)) in unattached {
+            observed.reserved_public_ips.insert(node, ip);
+        }
         Ok(hybridgrid_core::reconcile::plan(&self.cluster, &observed))
     }
 
@@ -737,6 +757,9 @@ impl OpenStack {
         let (mut observe_again, mut pending) = boot::settled(&keyless, per_site?);
         observe_again |= answered;
         pending.extend(more);
+        if !observe_again && self.opts.node_channel {
+            self.ensure_power_service(plan, sink).await?;
+        }
         Ok(Settled {
             observe_again,
             pending,

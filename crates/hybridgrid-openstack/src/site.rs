@@ -38,6 +38,8 @@ pub(crate) struct SiteOps {
     pub agent_url: Option<String>,
     pub agent_sha256: Option<String>,
     pub ssh_public_key: Option<String>,
+    /// The power service's public SSH key, for the on-demand workers it makes (on the master).
+    pub power_key: Option<String>,
     pub server_timeout: Duration,
     pub(crate) flavors: OnceCell<Vec<Value>>,
     ext_net: OnceCell<String>,
@@ -78,6 +80,7 @@ impl SiteOps {
             agent_url,
             agent_sha256,
             ssh_public_key,
+            power_key: None,
             server_timeout,
             flavors: OnceCell::new(),
             ext_net: OnceCell::new(),

@@ -193,6 +193,7 @@ impl SiteOps {
             public_key: key.and_then(|k| hybridgrid_core::keys::PublicKey::from_base64(&k).ok()),
             applied: ledger.applied_config(node, &srv.metadata),
             measured: None,
+            instance: Some(srv.id.clone()),
         });
         // A relay's port with its floating IP but no server (deleted by hand): the IP stays
         // reserved for the server made again.

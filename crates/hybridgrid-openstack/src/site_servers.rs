@@ -181,11 +181,11 @@ impl SiteOps {
         (flavor_id, image_id): (String, String),
     ) -> Result<ServerBuild> {
         let name = self.server_name(&node.name);
-        let ud = userdata::user_data_with(
+        let ud = userdata::user_data_for(
             plan,
             node,
-            self.agent_url.as_deref(),
-            self.agent_sha256.as_deref(),
+            (self.agent_url.as_deref(), self.agent_sha256.as_deref()),
+            self.power_key.as_deref(),
         );
         let mut server = json!({
             "name": name,

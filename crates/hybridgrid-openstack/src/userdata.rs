@@ -51,20 +51,33 @@ pub fn user_data_with(
     agent_url: Option<&str>,
     agent_sha256: Option<&str>,
 ) -> String {
+    user_data_for(plan, node, (agent_url, agent_sha256), None)
+}
+
+/// [`user_data_with`], and on an on-demand worker `power_key` among the login user's SSH keys:
+/// the public key of the power service on the master, which makes the node and reaches it over
+/// the mesh (the user's own key comes with the server's keypair).
+pub fn user_data_for(
+    plan: &Plan,
+    node: &NodePlan,
+    (agent_url, agent_sha256): (Option<&str>, Option<&str>),
+    power_key: Option<&str>,
+) -> String {
     let config = boot_config(plan, node);
     let config_json = serde_json::to_string(&config).unwrap_or_default();
     let b64 = base64::engine::general_purpose::STANDARD.encode(config_json.as_bytes());
     // The role's packages while the rest of the cluster boots (a stock image lacks them); what
     // this leaves missing, the node channel's `agent install` installs or reports.
     let install = hybridgrid_agent::packages::boot_script(&config, Some(node.role));
-    let mut runcmd = vec![
+    let mut runcmd = worker_routes(&config);
+    runcmd.extend([
         json!(["sh", "-c", install]),
         json!([
             "sh",
             "-c",
             "systemctl disable -q --now munge slurmd slurmctld 2>/dev/null || true"
         ]),
-    ];
+    ]);
     if let Some(url) = agent_url {
         runcmd.push(agent_download(url, agent_sha256));
     }
@@ -88,13 +101,16 @@ pub fn user_data_with(
             format!("{PULL_UNIT}.timer")
         ]));
     }
-    let doc = json!({
+    let mut doc = json!({
         "hostname": node.name,
         "preserve_hostname": false,
         "manage_etc_hosts": false,
         "write_files": write_files,
         "runcmd": runcmd,
     });
+    if let Some(key) = power_key.filter(|_| node.on_demand) {
+        doc["ssh_authorized_keys"] = json!([key.trim()]);
+    }
     format!(
         "#cloud-config\n# hybridgrid cluster {}: node {} ({})\n{}\n",
         plan.cluster,
@@ -102,6 +118,24 @@ pub fn user_data_with(
         node.role.as_str(),
         serde_json::to_string(&doc).unwrap_or_default()
     )
+}
+
+/// A worker's routes to the other sites through its relay, first of all at boot: the agent may
+/// not be on the image, and the master's power service reaches a worker it woke through the
+/// mesh before anything configured it. The agent keeps the same routes later.
+fn worker_routes(config: &hybridgrid_core::plan::NodeConfig) -> Vec<Value> {
+    config
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let via = r.via?;
+            Some(json!([
+                "sh",
+                "-c",
+                format!("ip route replace {} via {via} || true", r.destination)
+            ]))
+        })
+        .collect()
 }
 
 /// Downloads the agent to [`AGENT_PATH`] unless the image has it; with `sha256`, a download

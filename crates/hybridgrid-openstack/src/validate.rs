@@ -83,9 +83,25 @@ async fn validate_site(ops: &SiteOps, plan: &Plan, problems: &mut Vec<Problem>) 
     let flavors = ops.flavors().await?;
     check.flavors_and_images(plan, &flavors).await;
     check.network().await?;
-    let need = needs(ops, plan, &flavors)?;
+    let need = needs(ops, plan, &plan.changes, &flavors)?;
     check.compute_quota(&need).await?;
     check.network_quota(&need).await
+}
+
+/// Whether the site's quotas leave room for what `changes` create (checked before a node is
+/// made, so that a cloud out of quota is a clear reason rather than a server in ERROR): the
+/// shortfalls in words, none when there is room.
+pub(crate) async fn headroom(ops: &SiteOps, plan: &Plan, changes: &[Change]) -> Result<Vec<String>> {
+    let flavors = ops.flavors().await?;
+    let need = needs(ops, plan, changes, &flavors)?;
+    let mut problems = Vec::new();
+    let mut check = SiteCheck {
+        ops,
+        problems: &mut problems,
+    };
+    check.compute_quota(&need).await?;
+    check.network_quota(&need).await?;
+    Ok(problems.into_iter().map(|p| p.message).collect())
 }
 
 /// The problems found on one site.
@@ -221,11 +237,16 @@ fn limited(limit: Option<i64>, need: i64) -> Option<i64> {
     limit.filter(|l| *l >= 0 && need > 0)
 }
 
-/// What the plan's changes create on the site, by quota name.
-fn needs(ops: &SiteOps, plan: &Plan, flavors: &[Value]) -> Result<BTreeMap<&'static str, i64>> {
+/// What `changes` create on the site, by quota name.
+fn needs(
+    ops: &SiteOps,
+    plan: &Plan,
+    changes: &[Change],
+    flavors: &[Value],
+) -> Result<BTreeMap<&'static str, i64>> {
     let mut need: BTreeMap<&'static str, i64> = BTreeMap::new();
     let mut add = |what: &'static str, n: i64| *need.entry(what).or_default() += n;
-    for c in plan.changes.iter().filter(|c| c.site() == ops.site.name) {
+    for c in changes.iter().filter(|c| c.site() == ops.site.name) {
         match c {
             Change::CreateNetwork { .. } if ops.site.network.is_none() => {
                 for what in ["network", "subnet", "router", "port"] {

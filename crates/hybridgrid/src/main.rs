@@ -333,6 +333,7 @@ fn up(
 ) -> anyhow::Result<ExitCode> {
     let knobs = providers::Knobs {
         stateless_security_groups,
+        ..providers::Knobs::default()
     };
     let Some((cluster, provider)) = open(file, settings, knobs)? else {
         return Ok(ExitCode::FAILURE);

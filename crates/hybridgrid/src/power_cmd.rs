@@ -1,5 +1,5 @@
-//! `hybridgrid power-service`: the host side of Slurm's power saving on the local provider (see
-//! `hybridgrid_local::power`). One request at a time, each answered by the engine's `power`
+//! `hybridgrid power-service`: Slurm's power service, on the host for the local provider (see
+//! `hybridgrid_local::power`), on the master for openstack (`hybridgrid_openstack::power`). One request at a time, each answered by the engine's `power`
 //! with a provider opened afresh (its ledger as it is now).
 
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -98,7 +98,11 @@ fn carry_out(
         .with_context(|| format!("reading {}", cluster_file.display()))?;
     let cluster: Cluster = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a cluster", cluster_file.display()))?;
-    let provider = providers::open(&cluster, settings, Knobs::default())?;
+    let knobs = Knobs {
+        power_service: true,
+        ..Knobs::default()
+    };
+    let provider = providers::open(&cluster, settings, knobs)?;
     let sink = |e: Event| {
         if let Event::Failed { summary, error } = e {
             eprintln!("power service: {summary}: {error}");

@@ -14,6 +14,9 @@ use crate::settings::Settings;
 pub struct Knobs {
     /// local: security groups without connection tracking (tests of the rules themselves).
     pub stateless_security_groups: bool,
+    /// The run is Slurm's power service (on openstack: on the master, see
+    /// `hybridgrid_openstack::power`).
+    pub power_service: bool,
 }
 
 fn local_options(settings: &Settings, knobs: Knobs) -> anyhow::Result<hybridgrid_local::Options> {
@@ -26,7 +29,10 @@ fn local_options(settings: &Settings, knobs: Knobs) -> anyhow::Result<hybridgrid
     })
 }
 
-fn openstack_options(settings: &Settings) -> anyhow::Result<hybridgrid_openstack::Options> {
+fn openstack_options(
+    settings: &Settings,
+    knobs: Knobs,
+) -> anyhow::Result<hybridgrid_openstack::Options> {
     let mut opts = hybridgrid_openstack::Options::new(settings.state_root.clone());
     opts.clouds_file.clone_from(&settings.clouds_file);
     opts.home.clone_from(&settings.home);
@@ -35,6 +41,11 @@ fn openstack_options(settings: &Settings) -> anyhow::Result<hybridgrid_openstack
     // `up` installs the node agent's own binary (beside this one) on every node over SSH.
     opts.agent_binary = Some(agent_binary(settings)?);
     opts.node_channel = settings.node_channel;
+    // A cluster with on-demand workers gets this binary on its master, for the power service.
+    opts.power_binary = std::env::current_exe().ok();
+    if knobs.power_service {
+        opts.power_host = Some(hybridgrid_openstack::power::PowerHost::on_master());
+    }
     if let Some(timeout) = settings.boot_timeout {
         opts.boot_timeout = timeout;
     }
@@ -61,13 +72,19 @@ pub fn open(
 ) -> anyhow::Result<Box<dyn Provider>> {
     Ok(match cluster.provider {
         Kind::Local => Box::new(Local::open(cluster, local_options(settings, knobs)?)?),
-        Kind::OpenStack => Box::new(openstack_of(cluster, settings)?),
+        Kind::OpenStack => Box::new(OpenStack::new(
+            cluster,
+            openstack_options(settings, knobs)?,
+        )?),
     })
 }
 
 /// The OpenStack provider of an openstack cluster (also for `validate --online`).
 pub fn openstack_of(cluster: &Cluster, settings: &Settings) -> anyhow::Result<OpenStack> {
-    Ok(OpenStack::new(cluster, openstack_options(settings)?)?)
+    Ok(OpenStack::new(
+        cluster,
+        openstack_options(settings, Knobs::default())?,
+    )?)
 }
 
 /// The node agent's binary: `HYBRIDGRID_AGENT_BINARY`, else `hybridgrid-agent` installed beside

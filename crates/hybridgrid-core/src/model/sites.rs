@@ -280,17 +280,6 @@ impl Validator<'_> {
             ok &= self.openstack_spec(&spec, g.pos, gpath);
         }
         let on_demand = g.on_demand.as_ref().is_some_and(|o| o.value);
-        if let (Some(o), Some(Provider::OpenStack)) = (&g.on_demand, provider)
-            && o.value
-        {
-            ok = false;
-            self.error(
-                o.pos,
-                format!("{gpath}.on_demand"),
-                "on-demand workers run on the local provider only, in this version",
-                "give the group a fixed `count` (on openstack every worker exists from `up`)",
-            );
-        }
         let (count, (cpus, memory_mib)) = (count?, size?);
         ok.then(|| WorkerGroup {
             name,

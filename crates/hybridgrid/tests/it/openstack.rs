@@ -175,7 +175,7 @@ fn regression_issue_8_a_wrong_password_or_an_unreachable_cloud_is_an_error() {
     let gone = run.dir.join("unreachable.yaml");
     std::fs::write(
         &gone,
-        good.replace("http://127.0.0.1:5000/v3", "http://127.0.0.1:9/v3"),
+        good.replace("http://203.0.113.1:5000/v3", "http://127.0.0.1:9/v3"),
     )
     .unwrap();
     let out = run.with_clouds(&gone, &["plan"]);

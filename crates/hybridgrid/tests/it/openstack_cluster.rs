@@ -17,6 +17,10 @@ use serde_json::Value;
 /// The test bed's copy of Debian's generic cloud image: no munge, Slurm, WireGuard tools or
 /// nftables; apt from Debian's own sources, which the bed's DNS points at its mirror.
 const STOCK_IMAGE: &str = "debian-12-generic";
+/// Seconds b's on-demand worker may be idle before Slurm removes it.
+const SUSPEND_TIME: u32 = 30;
+/// The on-demand worker.
+const ON_DEMAND: &str = "b-od-1";
 
 fn clouds() -> PathBuf {
     std::env::var_os("HYBRIDGRID_TESTBED_CLOUDS")
@@ -82,7 +86,14 @@ impl Cluster {
                     "    workers:\n      - {{ count: {workers}, flavor: g1.node, image: {image} }}\n"
                 ));
             }
+            // b has one worker Slurm makes when jobs need it (issue 20): b-od-1.
+            if *s == "b" {
+                text.push_str(&format!(
+                    "      - {{ name: od, count: 1, on_demand: true, flavor: g1.node, image: {image} }}\n"
+                ));
+            }
         }
+        text.push_str(&format!("slurm:\n  suspend_time: {SUSPEND_TIME}\n"));
         text.push_str(
             "datasets:\n  - name: reads\n    site: b\n    location: https://objects.site-b.example/reads/\n",
         );
@@ -154,6 +165,14 @@ impl Cluster {
                         left.push(format!("{} {l}", what[0]));
                     }
                 }
+            }
+            // The power service's application credential.
+            let creds = openstack(
+                cloud,
+                &["application", "credential", "list", "-f", "value", "-c", "Name"],
+            );
+            for l in creds.lines().filter(|l| l.starts_with(&format!("{}-", self.name))) {
+                left.push(format!("application credential {l}"));
             }
         }
         left
@@ -242,7 +261,7 @@ fn all_workers_idle(c: &Cluster) -> Result<(), String> {
     let idle = status["nodes"].as_array().is_some_and(|nodes| {
         nodes
             .iter()
-            .filter(|n| n["role"] == "worker")
+            .filter(|n| n["role"] == "worker" && n["name"] != ON_DEMAND)
             .all(|n| n["slurm"] == "idle")
     });
     if idle {
@@ -309,10 +328,12 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
     });
     let (healthy, status) = c.status();
     assert!(healthy, "status is not healthy: {status:#}");
+    // The nodes that exist: b-od-1 is in the plan, powered down until a job needs it.
     let nodes: Vec<(String, String)> = status["nodes"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|n| n["name"] != ON_DEMAND)
         .map(|n| {
             (
                 n["name"].as_str().unwrap().to_owned(),
@@ -407,6 +428,11 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
         "{output}"
     );
 
+    // A second job for the dataset while b's static worker is busy wakes b-od-1, runs there,
+    // and Slurm removes it once idle; a quota too small for it is a DOWN node with the reason.
+    a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(c, &job);
+    a_quota_too_small_for_the_on_demand_worker_is_a_down_node_with_the_reason(c, &job);
+
     // `up` again changes nothing: every node reports what it applied.
     let again = c.hg(&["up"]);
     let again_text = String::from_utf8_lossy(&again.stdout).into_owned()
@@ -457,7 +483,7 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
     c.hg_ok(&["up"]);
     let (healthy, status) = c.status();
     assert!(healthy, "{status:#}");
-    assert_eq!(status["nodes"].as_array().unwrap().len(), 4, "{status:#}");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 5, "{status:#}");
     let of_c = format!("{}-c-", c.name);
     let left = c.leftovers();
     assert!(
@@ -472,6 +498,99 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
     let out = c.hg_ok(&["down"]);
     let left = c.leftovers();
     assert!(left.is_empty(), "left after down: {left:?}\n{out}");
+}
+
+/// b-worker-1 is held by a long job; `submit --dataset reads` wakes b-od-1 (its server made by
+/// the master's power service), the job runs there; `SUSPEND_TIME` after it ended the server is
+/// gone, Slurm shows the node powered down (`idle~`) and `plan` has no changes.
+fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(c: &Cluster, job: &std::path::Path) {
+    let server = format!("{}-{ON_DEMAND}", c.name);
+    let servers = || openstack("site-b", &["server", "list", "-f", "value", "-c", "Name"]);
+    assert!(!servers().contains(&server), "up made {server}");
+    let hold = c.exec(
+        "a-master",
+        "sbatch --parsable -p b -w b-worker-1 -t 60 --wrap 'sleep 3600'",
+    );
+    let t = Instant::now();
+    let id = c.hg_ok(&[
+        "submit",
+        "--dataset",
+        "reads",
+        "--wait",
+        "--parsable",
+        "--",
+        job.to_str().unwrap(),
+    ]);
+    eprintln!("job on a cold on-demand worker: {:.0}s", t.elapsed().as_secs_f64());
+    c.exec("a-master", &format!("scancel {}", hold.trim()));
+    let jobs: Value = serde_json::from_str(&c.hg_ok(&["jobs", "--json"])).unwrap();
+    let j = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"].as_u64().map(|v| v.to_string()) == Some(id.trim().to_owned()))
+        .unwrap_or_else(|| panic!("job {id} not in {jobs:#}"))
+        .clone();
+    assert_eq!(j["state"], "COMPLETED", "{j:#}");
+    assert_eq!(j["node"], ON_DEMAND, "{j:#}");
+    let limit = Duration::from_secs(u64::from(SUSPEND_TIME) + 300);
+    wait_until("the idle on-demand worker removed", limit, || {
+        let state = c.exec("a-master", &format!("sinfo -h -N -n {ON_DEMAND} -o %T"));
+        let list = servers();
+        if !list.contains(&server) && state.trim() == "idle~" {
+            Ok(())
+        } else {
+            Err(format!("slurm: {state}servers: {list}"))
+        }
+    });
+    let plan = c.hg_ok(&["plan"]);
+    assert!(plan.contains("no changes"), "{plan}");
+}
+
+/// With site-b's instance quota at what it uses, waking b-od-1 fails at once: Slurm has the
+/// node DOWN with the quota's reason and no server was made (none in ERROR).
+fn a_quota_too_small_for_the_on_demand_worker_is_a_down_node_with_the_reason(
+    c: &Cluster,
+    job: &std::path::Path,
+) {
+    let project = openstack("admin", &["project", "show", "site-b", "-f", "value", "-c", "id"]);
+    let project = project.trim();
+    let quota = |n: &str| openstack("admin", &["quota", "set", "--instances", n, project]);
+    let used = openstack("site-b", &["server", "list", "-f", "value", "-c", "ID"])
+        .lines()
+        .count();
+    quota(&used.to_string());
+    let restore = Restore(project.to_owned());
+    let hold = c.exec(
+        "a-master",
+        "sbatch --parsable -p b -w b-worker-1 -t 60 --wrap 'sleep 3600'",
+    );
+    let id = c.hg_ok(&["submit", "--dataset", "reads", "--parsable", "--", job.to_str().unwrap()]);
+    let mut reason = String::new();
+    wait_until("b-od-1 DOWN with the quota's reason", Duration::from_secs(120), || {
+        reason = c.exec("a-master", &format!("sinfo -h -R -n {ON_DEMAND} -o %E"));
+        if reason.contains("quota instances") {
+            Ok(())
+        } else {
+            Err(reason.clone())
+        }
+    });
+    let servers = openstack("site-b", &["server", "list", "-f", "value", "-c", "Name"]);
+    assert!(!servers.contains(ON_DEMAND), "a server was made: {servers}");
+    c.exec("a-master", &format!("scancel {} {}", hold.trim(), id.trim()));
+    drop(restore);
+}
+
+/// Puts site-b's instance quota back (also when the test fails).
+struct Restore(String);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = Command::new("openstack")
+            .env("OS_CLIENT_CONFIG_FILE", clouds())
+            .args(["--os-cloud", "admin", "quota", "set", "--instances", "50", &self.0])
+            .output();
+    }
 }
 
 /// The bed's mirror lacks slurmd (`mirror-hide`, testbed/openstack/README.md) and b-worker-1

@@ -1,0 +1,420 @@
+//! On-demand workers on openstack: Slurm's power service runs on the master.
+//!
+//! slurmctld's power programs (the agent's `power` command) ask the cluster's power service
+//! over a Unix socket on the master; the service is the full `hybridgrid` (`power-service`)
+//! with this provider in [`PowerHost`] mode: it makes and removes only on-demand workers,
+//! through the same `apply` as `up`, and reaches them directly on their site address over the
+//! mesh (the master routes every site's network), as root with an SSH key of its own that the
+//! new worker's user data authorizes.
+//!
+//! `up` gives the master what the service needs ([`OpenStack::ensure_power_service`]), over
+//! the node channel only: the `hybridgrid` binary, the validated cluster, and per cloud entry a
+//! Keystone application credential made from the user's credentials (a `clouds.yaml`, 0600).
+//! The master's SSH key is made on the master and never leaves it; the munge key is the
+//! master's own copy. `down` stops the service first and deletes the credentials.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+
+use hybridgrid_core::plan::{Plan, Role};
+use hybridgrid_engine::{Event, Sink};
+use serde_json::json;
+
+use crate::api::{Cloud, Req};
+use crate::channel::Target;
+use crate::error::{OsError, Result, Service};
+use crate::provider::OpenStack;
+use crate::site::SiteOps;
+use crate::userdata::AGENT_STATE_DIR;
+
+/// The service's files on the master: `cluster.json` and `clouds.yaml` (both 0600).
+pub const POWER_CONFIG_DIR: &str = "/etc/hybridgrid/power";
+/// The service's state root on the master: its ledger, known hosts and SSH key.
+pub const POWER_STATE_DIR: &str = "/var/lib/hybridgrid/power";
+/// The full `hybridgrid` on the master (the other nodes carry only the agent).
+pub const POWER_BINARY: &str = "/usr/local/bin/hybridgrid";
+/// The systemd unit running the service.
+pub const POWER_UNIT: &str = "hybridgrid-power";
+const SSH_KEY: &str = "id_ed25519";
+
+/// The provider as the power service on the master runs it.
+#[derive(Debug, Clone)]
+pub struct PowerHost {
+    /// The service's SSH key (private half; the public one beside it, `.pub`).
+    pub ssh_key: PathBuf,
+    /// The cluster's munge key as the master's agent keeps it.
+    pub munge_key: PathBuf,
+}
+
+impl PowerHost {
+    /// The paths `up` sets up on the master.
+    pub fn on_master() -> Self {
+        PowerHost {
+            ssh_key: PathBuf::from(POWER_STATE_DIR).join(SSH_KEY),
+            munge_key: PathBuf::from(AGENT_STATE_DIR).join(hybridgrid_agent::slurm::MUNGE_KEY_FILE),
+        }
+    }
+
+    pub fn public_key_path(&self) -> PathBuf {
+        let mut p = self.ssh_key.clone().into_os_string();
+        p.push(".pub");
+        PathBuf::from(p)
+    }
+
+    /// The service's public key, for the user data of the workers it makes.
+    pub fn public_key(&self) -> Result<String> {
+        let path = self.public_key_path();
+        std::fs::read_to_string(&path)
+            .map(|k| k.trim().to_owned())
+            .map_err(|source| OsError::SshPublicKey { path, source })
+    }
+
+    pub fn read_munge_key(&self) -> Result<Vec<u8>> {
+        std::fs::read(&self.munge_key).map_err(|source| OsError::PowerHostFile {
+            path: self.munge_key.clone(),
+            source,
+        })
+    }
+}
+
+/// The name of the application credential the master gets for cloud entry `cloud`.
+pub fn credential_name(cluster: &str, cloud: &str) -> String {
+    format!("{cluster}-power-{cloud}")
+}
+
+/// What the master has of the service, as the check script prints it.
+#[derive(Debug, Default)]
+struct OnMaster {
+    cluster_sha: String,
+    binary_sha: String,
+    unit_sha: String,
+    has_clouds: bool,
+    active: bool,
+}
+
+const CHECK: &str = "f() { sha256sum \"$1\" 2>/dev/null | cut -d' ' -f1; }; \
+    echo \"cluster=$(f /etc/hybridgrid/power/cluster.json)\"; \
+    echo \"binary=$(f /usr/local/bin/hybridgrid)\"; \
+    echo \"unit=$(f /etc/systemd/system/hybridgrid-power.service)\"; \
+    echo \"clouds=$(test -s /etc/hybridgrid/power/clouds.yaml && echo yes)\"; \
+    echo \"active=$(systemctl is-active hybridgrid-power 2>/dev/null)\"";
+
+impl OnMaster {
+    fn parse(text: &str) -> Self {
+        let mut m = OnMaster::default();
+        for (k, v) in text.lines().filter_map(|l| l.split_once('=')) {
+            match k {
+                "cluster" => m.cluster_sha = v.to_owned(),
+                "binary" => m.binary_sha = v.to_owned(),
+                "unit" => m.unit_sha = v.to_owned(),
+                "clouds" => m.has_clouds = v == "yes",
+                "active" => m.active = v == "active",
+                _ => {}
+            }
+        }
+        m
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The unit running the service of `cluster` on the master.
+fn unit(cluster: &str) -> String {
+    let socket = hybridgrid_core::power::power_socket(cluster);
+    format!(
+        "[Unit]\nDescription=hybridgrid: Slurm's power service of cluster {cluster}\n\
+         After=network-online.target\n\n[Service]\n\
+         Environment=HOME=/root\nEnvironment=HYBRIDGRID_STATE_DIR={POWER_STATE_DIR}\n\
+         Environment=OS_CLIENT_CONFIG_FILE={POWER_CONFIG_DIR}/clouds.yaml\n\
+         ExecStartPre=/bin/sh -c 'test -f {POWER_STATE_DIR}/{SSH_KEY} || ssh-keygen -q -t ed25519 -N \"\" -C hybridgrid-power -f {POWER_STATE_DIR}/{SSH_KEY}'\n\
+         ExecStart={POWER_BINARY} power-service --tag hg-{cluster}-power \
+         --cluster {POWER_CONFIG_DIR}/cluster.json --socket {socket}\n\
+         Restart=always\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
+}
+
+/// Writes standard input to `path` on the node (mode `mode`, replaced at once).
+fn write_script(path: &str, mode: &str) -> String {
+    format!(
+        "set -e; umask 077; mkdir -p \"$(dirname {path})\"; rm -f {path}.part; \
+         cat > {path}.part; chmod {mode} {path}.part; mv -f {path}.part {path}"
+    )
+}
+
+impl OpenStack {
+    /// The master's target and the channel, when the plan has on-demand workers and the master
+    /// can be reached.
+    fn master_target(&self, plan: &Plan) -> Option<Target> {
+        let master = plan.nodes.iter().find(|n| n.role == Role::Master)?;
+        self.target(plan, &master.name)
+    }
+
+    /// With on-demand workers: the master runs the power service with what it needs, each part
+    /// sent only when the master lacks it. What was sent, for `up`'s output.
+    pub(crate) async fn ensure_power_service(&self, plan: &Plan, sink: Sink<'_>) -> Result<()> {
+        if plan.slurm.power.is_none() || self.opts.power_host.is_some() {
+            return Ok(());
+        }
+        let Some(target) = self.master_target(plan) else {
+            return Ok(());
+        };
+        let channel = self.channel();
+        let out = channel
+            .run_ok(&target, "reading the power service", CHECK, b"")
+            .await?;
+        let seen = OnMaster::parse(&out.stdout_text());
+        let mut sent = Vec::new();
+        let cluster = self.power_cluster_json()?;
+        if seen.cluster_sha != sha256_hex(&cluster) {
+            let path = format!("{POWER_CONFIG_DIR}/cluster.json");
+            channel
+                .run_ok(&target, "sending the cluster", &write_script(&path, "0600"), &cluster)
+                .await?;
+            sent.push("the cluster");
+        }
+        let binary = self.power_binary()?;
+        if seen.binary_sha != crate::nodes::sha256_file(&binary)? {
+            let bytes = std::fs::read(&binary).map_err(|source| OsError::AgentBinaryRead {
+                path: binary.clone(),
+                source,
+            })?;
+            channel
+                .run_ok(
+                    &target,
+                    "sending hybridgrid",
+                    &write_script(POWER_BINARY, "0755"),
+                    &bytes,
+                )
+                .await?;
+            sent.push("hybridgrid");
+        }
+        if !seen.has_clouds {
+            let clouds = self.power_clouds_yaml().await?;
+            let path = format!("{POWER_CONFIG_DIR}/clouds.yaml");
+            channel
+                .run_ok(
+                    &target,
+                    "sending the application credentials",
+                    &write_script(&path, "0600"),
+                    clouds.as_bytes(),
+                )
+                .await?;
+            sent.push("application credentials");
+        }
+        let unit = unit(&self.cluster.name);
+        let unit_changed = seen.unit_sha != sha256_hex(unit.as_bytes());
+        if unit_changed || !sent.is_empty() || !seen.active {
+            let path = format!("/etc/systemd/system/{POWER_UNIT}.service");
+            let script = format!(
+                "{}; mkdir -p {POWER_STATE_DIR}; systemctl daemon-reload; \
+                 systemctl enable -q {POWER_UNIT}; systemctl restart {POWER_UNIT}",
+                write_script(&path, "0644")
+            );
+            channel
+                .run_ok(&target, "starting the power service", &script, unit.as_bytes())
+                .await?;
+            sink(Event::Note(format!(
+                "power service on {}{}",
+                target.node,
+                if sent.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (sent {})", sent.join(", "))
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// `down`'s first step: the master's power service stops (no node is made after it), then
+    /// the credentials it had are deleted. Best effort: a master that does not answer is gone
+    /// with its service, or cut off from the clouds once its credentials are.
+    pub(crate) async fn stop_power_service(&self, sites: &[SiteOps], sink: Sink<'_>) {
+        let plan = match self.opts.node_channel {
+            true => self.plan_from_clouds(sites).await.ok(),
+            false => None,
+        };
+        if let Some(target) = plan.and_then(|p| self.master_target(&p)) {
+            let stop = format!(
+                "systemctl disable -q --now {POWER_UNIT} 2>/dev/null; rm -f {POWER_CONFIG_DIR}/clouds.yaml; true"
+            );
+            let stopped = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                self.channel().run(&target, &stop, b""),
+            )
+            .await;
+            if matches!(stopped, Ok(Ok(ref o)) if o.code == 0) {
+                sink(Event::Note(format!("power service on {} stopped", target.node)));
+            }
+        }
+        let mut done = BTreeSet::new();
+        for ops in sites {
+            if !done.insert(ops.cloud.name.clone()) {
+                continue;
+            }
+            let name = credential_name(&self.cluster.name, &ops.cloud.name);
+            match delete_credentials(&ops.cloud, &name).await {
+                Ok(0) => {}
+                Ok(_) => sink(Event::Note(format!(
+                    "{}: application credential {name} deleted",
+                    ops.cloud.name
+                ))),
+                Err(e) => sink(Event::Note(format!(
+                    "{}: application credential {name} not deleted: {}",
+                    ops.cloud.name,
+                    hybridgrid_core::error_chain(&e)
+                ))),
+            }
+        }
+    }
+
+    /// The cluster as the service reads it: the file's, with the SSH public key itself rather
+    /// than a path on this machine.
+    fn power_cluster_json(&self) -> Result<Vec<u8>> {
+        let mut cluster = self.cluster.clone();
+        cluster.ssh_public_key = self.ssh_public_key()?;
+        serde_json::to_vec_pretty(&cluster).map_err(|source| OsError::NodeConfigJson {
+            node: "the power service's cluster".into(),
+            source,
+        })
+    }
+
+    fn power_binary(&self) -> Result<PathBuf> {
+        self.opts
+            .power_binary
+            .clone()
+            .ok_or_else(|| OsError::NoPowerBinary)
+    }
+
+    /// A `clouds.yaml` for the master: per cloud entry of the cluster a new application
+    /// credential (one of the same name is replaced: its secret is shown only when made).
+    async fn power_clouds_yaml(&self) -> Result<String> {
+        let config = crate::api::load_config(self.opts.clouds_file.as_deref())?;
+        let mut clouds = serde_json::Map::new();
+        for ops in self.connected().await? {
+            if clouds.contains_key(&ops.cloud.name) {
+                continue;
+            }
+            let profile = config
+                .get_cloud_config(&ops.cloud.name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| OsError::NoCloud {
+                    site: ops.site.name.clone(),
+                    cloud: ops.cloud.name.clone(),
+                })?;
+            let auth_url = profile
+                .auth
+                .as_ref()
+                .and_then(|a| a.auth_url.clone())
+                .ok_or_else(|| OsError::CloudsFile {
+                    path: String::new(),
+                    message: format!("cloud `{}` has no auth.auth_url", ops.cloud.name),
+                })?;
+            let name = credential_name(&self.cluster.name, &ops.cloud.name);
+            let (id, secret) = make_credential(&ops.cloud, &name, &self.cluster.name).await?;
+            let mut entry = json!({
+                "auth_type": "v3applicationcredential",
+                "auth": {
+                    "auth_url": auth_url,
+                    "application_credential_id": id,
+                    "application_credential_secret": secret,
+                },
+            });
+            if let Some(r) = &profile.region_name {
+                entry["region_name"] = json!(r);
+            }
+            if let Some(i) = &profile.interface {
+                entry["interface"] = json!(i);
+            }
+            if profile.verify == Some(false) {
+                entry["verify"] = json!(false);
+            }
+            clouds.insert(ops.cloud.name.clone(), entry);
+        }
+        // JSON is YAML.
+        Ok(json!({ "clouds": clouds }).to_string())
+    }
+}
+
+/// A new application credential `name` of the cloud's user for its project (restricted: it
+/// cannot make further credentials or trusts), replacing one of that name; its id and secret.
+async fn make_credential(cloud: &Cloud, name: &str, cluster: &str) -> Result<(String, String)> {
+    delete_credentials(cloud, name).await?;
+    let made = cloud
+        .create(
+            "create application credential",
+            Req::post(
+                Service::Keystone,
+                format!("users/{}/application_credentials", cloud.user_id),
+                json!({ "application_credential": {
+                    "name": name,
+                    "description": format!("hybridgrid cluster {cluster}: the master's power service (on-demand workers)"),
+                    "unrestricted": false,
+                }}),
+            ),
+        )
+        .await
+        .map_err(|e| OsError::PowerCredential {
+            cloud: cloud.name.clone(),
+            detail: hybridgrid_core::error_chain(&e),
+        })?;
+    let c = &made["application_credential"];
+    let field = |f: &'static str| -> Result<String> {
+        c[f].as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| crate::api::missing(Service::Keystone, "the application credential", f))
+    };
+    Ok((field("id")?, field("secret")?))
+}
+
+/// Deletes the cloud user's application credentials called `name`; how many.
+async fn delete_credentials(cloud: &Cloud, name: &str) -> Result<usize> {
+    let path = format!("users/{}/application_credentials", cloud.user_id);
+    let found = cloud
+        .list(
+            "list application credentials",
+            Req::get(Service::Keystone, path.clone()).q("name", name),
+            "application_credentials",
+        )
+        .await?;
+    let ids: Vec<&str> = found.iter().filter_map(|c| c["id"].as_str()).collect();
+    for id in &ids {
+        cloud
+            .delete(
+                "delete application credential",
+                Req::delete(Service::Keystone, format!("{path}/{id}")),
+            )
+            .await?;
+    }
+    Ok(ids.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_check_script_output_says_what_the_master_has() {
+        let m = OnMaster::parse("cluster=abc\nbinary=\nunit=def\nclouds=yes\nactive=inactive\n");
+        assert_eq!(m.cluster_sha, "abc");
+        assert_eq!(m.binary_sha, "");
+        assert!(m.has_clouds);
+        assert!(!m.active);
+    }
+
+    #[test]
+    fn the_unit_names_no_secret_and_runs_the_full_binary() {
+        let u = unit("c1");
+        assert!(u.contains("ExecStart=/usr/local/bin/hybridgrid power-service"));
+        assert!(u.contains("/run/hybridgrid/power/c1.sock"));
+        assert!(!u.contains("secret"));
+    }
+}
