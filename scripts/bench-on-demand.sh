@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Workers on demand on the local provider: submit → job start on a cold (powered-down) worker.
+# Workers on demand: submit → job start on a cold (powered-down) worker.
 #
-# usage: sudo scripts/bench-on-demand.sh [RUNS]   (root: the local provider makes namespaces)
+# usage: sudo scripts/bench-on-demand.sh [RUNS]            (local; root: it makes namespaces)
+#        scripts/bench-on-demand.sh RUNS BED [IMAGE]       (openstack on the test bed in BED,
+#                                                          testbed/openstack/up.sh BED first;
+#                                                          IMAGE: debian-12-generic by default)
 #
-# A two-site local cluster whose workers are all on demand (one group per site, count 1,
-# suspend_time 10). Each run waits until both workers are powered down again, then:
+# A two-site cluster whose workers are all on demand (one group per site, count 1,
+# suspend_time 10 on local, 30 on openstack; on openstack site a holds the master, site b a
+# gateway, and each worker's server is timed from its create to cloud-init's end as Nova shows
+# them: the goal compares submit → job start with that). Each run waits until both workers are powered down again, then:
 #   one site:   one job for bielefeld's partition;
 #   two sites:  one job for each site's partition, submitted together.
 # Prints, per job: submit → slurmctld asked the power service (the resume line in its log) →
@@ -13,7 +18,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
-cargo build --release --locked -p hybridgrid >/dev/null 2>&1 || cargo build --release --locked -p hybridgrid
+BED=${2:-}
+IMAGE=${3:-debian-12-generic}
+cargo build --release --locked -p hybridgrid -p hybridgrid-agent >/dev/null 2>&1 ||
+  cargo build --release --locked -p hybridgrid -p hybridgrid-agent
 W=$(mktemp -d /tmp/hg-bench-od.XXXXXX)
 NAME="bo$(( $$ % 100000 ))"
 cp target/release/hybridgrid "$W/"
@@ -22,6 +30,33 @@ HG() { "$W/hybridgrid" "$@"; }
 cleanup() { HG down -f "$W/cluster.yaml" >/dev/null 2>&1 || true; rm -rf "$W"; }
 trap cleanup EXIT
 trap "exit 130" INT TERM
+if [ -n "$BED" ]; then
+  export OS_CLIENT_CONFIG_FILE="$BED/clouds.yaml"
+  ssh-keygen -q -t ed25519 -N '' -f "$W/key"
+  cp target/release/hybridgrid-agent "$W/"
+  cat >"$W/cluster.yaml" <<YAML
+name: $NAME
+provider: openstack
+ssh_public_key: $W/key.pub
+admin_cidrs: [203.0.113.1/32]
+sites:
+  - name: bielefeld
+    cloud: site-a
+    master: true
+    subnet: 10.71.0.0/24
+    external_network: public
+    gateway: { flavor: g1.node, image: $IMAGE }
+    workers: [{ name: od, count: 1, flavor: g1.node, image: $IMAGE, on_demand: true }]
+  - name: giessen
+    cloud: site-b
+    subnet: 10.72.0.0/24
+    external_network: public
+    gateway: { flavor: g1.node, image: $IMAGE }
+    workers: [{ name: od, count: 1, flavor: g1.node, image: $IMAGE, on_demand: true }]
+slurm:
+  suspend_time: 30
+YAML
+else
 cat >"$W/cluster.yaml" <<YAML
 name: $NAME
 sites:
@@ -35,6 +70,7 @@ sites:
 slurm:
   suspend_time: 10
 YAML
+fi
 HG up -q -f "$W/cluster.yaml" >/dev/null
 M() { HG exec -f "$W/cluster.yaml" bielefeld-master -- "$@"; }
 asleep() { [ "$(M sinfo -h -N -o '%t' | sort -u | tr -d '\n')" = "idle~" ]; }
@@ -46,8 +82,20 @@ job_line() {
   node=$(M scontrol show job "$id" | field NodeList)
   start=$(M scontrol show job "$id" | field StartTime)
   reg=$(M scontrol show node "$node" | field SlurmdStartTime)
-  printf '  job %s on %s: registered %+d s, started %+d s after submit\n' "$id" "$node" \
+  printf '  job %s on %s: registered %+d s, started %+d s after submit' "$id" "$node" \
     $(( $(secs "$reg") - submitted )) $(( $(secs "$start") - submitted ))
+  [ -n "$BED" ] && server_line "$node" "$submitted"
+  echo
+}
+# openstack: the worker's server, created → cloud-init done (its console's "finished at"), from
+# submit; read while the server still exists (suspend_time keeps it a while).
+server_line() {
+  local node=$1 submitted=$2 cloud created done
+  cloud=site-a; [ "${node#giessen}" != "$node" ] && cloud=site-b
+  created=$(openstack --os-cloud $cloud server show "$NAME-$node" -f value -c created)
+  done=$(openstack --os-cloud $cloud console log show "$NAME-$node" | sed -n 's/.*Cloud-init v.* finished at \(.*\) +0000.*/\1/p' | tail -1)
+  printf '; server created %+d s, cloud-init done %+d s' $(( $(secs "$created") - submitted )) \
+    $(( $(secs "$done UTC") - submitted ))
 }
 for run in $(seq 1 "$RUNS"); do
   until asleep; do sleep 1; done
@@ -62,4 +110,5 @@ for run in $(seq 1 "$RUNS"); do
   job_line "$a" "$t"; job_line "$b" "$t"
 done
 echo "the power programs' log (Unix time, verb, nodes, reply):"
-M cat /var/log/slurm/hybridgrid-power.log | sed 's/^/  /'
+M sh -c 'cat /var/log/slurm/hybridgrid-power.log 2>/dev/null || journalctl -q -u hybridgrid-power' |
+  sed 's/^/  /' || true

@@ -24,7 +24,9 @@ pub mod status;
 /// look for it.
 pub use hybridgrid_state as state;
 
-pub use engine::{MAX_ROUNDS, PlanOf, converge, doctor, doctor_path, nodes, observe, plan, status, up};
+pub use engine::{
+    MAX_ROUNDS, PlanOf, converge, doctor, doctor_path, nodes, observe, plan, status, up,
+};
 pub use error::EngineError;
 pub use provider::{Applied, Command, Event, Nodes, Probe, Provider, Settled, Sink, supports};
 pub use report::{

@@ -11,8 +11,8 @@ use hybridgrid_core::power::{PowerReply, PowerRequest, PowerVerb};
 use hybridgrid_core::reconcile;
 
 use crate::EngineError;
-use crate::report::UpReport;
 use crate::provider::{Provider, Sink};
+use crate::report::UpReport;
 
 /// Carries out `request`: wakes nodes with `up`'s rounds on the plans that touch only them
 /// (a cloud server boots between two rounds), or removes them. Nodes that could not be made
@@ -28,14 +28,14 @@ pub fn power(
     let layout = reconcile::layout(cluster);
     let result = match request.verb {
         PowerVerb::Resume => {
-            let wake = |o: &Observed| {
-                reconcile::wake(cluster, o, &nodes).map_err(EngineError::provider)
-            };
+            let wake =
+                |o: &Observed| reconcile::wake(cluster, o, &nodes).map_err(EngineError::provider);
             crate::converge(provider, &layout, &wake, sink)
         }
         PowerVerb::Suspend => {
             let observed = provider.observe(&layout)?;
-            let plan = reconcile::sleep(cluster, &observed, &nodes).map_err(EngineError::provider)?;
+            let plan =
+                reconcile::sleep(cluster, &observed, &nodes).map_err(EngineError::provider)?;
             provider
                 .apply(&plan, &observed, &plan.changes, sink)
                 .map(|_| Default::default())

@@ -25,6 +25,11 @@ struct Double {
     partial_prefix: Option<&'static str>,
     /// Applies nothing at all (a provider that is broken).
     inert: bool,
+    /// A node created in a round cannot be configured in that round: it boots until the next
+    /// `settle` (a cloud server), or never (`boots_never`).
+    boots: bool,
+    boots_never: bool,
+    booting: Mutex<Vec<String>>,
 }
 
 impl Provider for Double {
@@ -51,6 +56,14 @@ impl Provider for Double {
             c.sites.get(s).cloned().unwrap_or_default()
         };
         for change in changes {
+            let booting = match change {
+                Change::ConfigureNode { node, .. } => self.booting.lock().unwrap().contains(node),
+                _ => false,
+            };
+            if booting {
+                out.partial.push((change.clone(), "still booting".into()));
+                continue;
+            }
             if self
                 .partial_prefix
                 .is_some_and(|p| change.summary().starts_with(p))
@@ -87,6 +100,9 @@ impl Provider for Double {
                     node,
                     role,
                 } => {
+                    if self.boots {
+                        self.booting.lock().unwrap().push(node.clone());
+                    }
                     cloud.nodes.insert(
                         node.clone(),
                         ObservedNode {
@@ -161,8 +177,17 @@ impl Provider for Double {
         }
         Ok(out)
     }
+    /// What booted answers now: observe again.
     fn settle(&self, _plan: &Plan, _sink: Sink<'_>) -> Result<Settled, EngineError> {
-        Ok(Settled::default())
+        let mut booting = self.booting.lock().unwrap();
+        let booted = !booting.is_empty() && !self.boots_never;
+        if booted {
+            booting.clear();
+        }
+        Ok(Settled {
+            observe_again: booted,
+            ..Settled::default()
+        })
     }
     fn down(&self, _sink: Sink<'_>) -> Result<DownReport, EngineError> {
         *self.cloud.lock().unwrap() = Observed::default();
@@ -292,4 +317,77 @@ fn an_unsupported_command_names_the_provider() {
     );
     assert!(!hybridgrid_engine::supports(&double, Command::Exec));
     assert!(hybridgrid_engine::supports(&double, Command::Status));
+}
+
+/// The fixture's two sites, giessen with a group `od` of one on-demand worker, brought up.
+fn with_an_on_demand_worker(double: &Double) -> Cluster {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/valid/two-sites.yaml"),
+    )
+    .unwrap()
+    .replace(
+        "datasets:",
+        "      - { name: od, count: 1, on_demand: true, cpus: 1, memory: 512 }\ndatasets:",
+    );
+    let (c, d) = model::validate_text(&text);
+    let c = c.unwrap_or_else(|| panic!("{d:?}"));
+    hybridgrid_engine::up(double, &c, &quiet).unwrap();
+    c
+}
+
+fn od_node(c: &Cluster) -> String {
+    let plan = hybridgrid_core::reconcile::layout(c);
+    plan.nodes
+        .iter()
+        .find(|n| n.on_demand)
+        .unwrap()
+        .name
+        .clone()
+}
+
+#[test]
+fn a_woken_node_that_boots_between_rounds_is_made_and_configured() {
+    let double = Double {
+        boots: true,
+        ..Double::default()
+    };
+    let c = with_an_on_demand_worker(&double);
+    let node = od_node(&c);
+    assert!(
+        !double.cloud.lock().unwrap().nodes.contains_key(&node),
+        "up made {node}"
+    );
+    let request = hybridgrid_core::power::PowerRequest {
+        verb: hybridgrid_core::power::PowerVerb::Resume,
+        nodes: vec![node.clone()],
+    };
+    let reply = hybridgrid_engine::power::power(&double, &c, &request, &quiet).unwrap();
+    assert_eq!(reply.done, vec![node.clone()], "{reply:?}");
+    let cloud = double.cloud.lock().unwrap();
+    assert!(
+        cloud.nodes[&node].applied.is_some(),
+        "configured after its boot"
+    );
+}
+
+#[test]
+fn a_woken_node_that_never_answers_fails_with_the_reason_and_is_removed() {
+    let double = Double {
+        boots: true,
+        boots_never: true,
+        ..Double::default()
+    };
+    let c = with_an_on_demand_worker(&double);
+    let node = od_node(&c);
+    let request = hybridgrid_core::power::PowerRequest {
+        verb: hybridgrid_core::power::PowerVerb::Resume,
+        nodes: vec![node.clone()],
+    };
+    let reply = hybridgrid_engine::power::power(&double, &c, &request, &quiet).unwrap();
+    assert!(reply.done.is_empty(), "{reply:?}");
+    assert!(reply.failed[&node].contains("still booting"), "{reply:?}");
+    assert!(
+        !double.cloud.lock().unwrap().nodes.contains_key(&node),
+        "{node} left behind"
+    );
 }

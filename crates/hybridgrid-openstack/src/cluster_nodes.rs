@@ -39,7 +39,9 @@ impl OpenStack {
             .map(|h| h.public_key_path().to_string_lossy().into_owned());
         Channel::new(
             &self.cluster.name,
-            power_key.as_deref().or(self.cluster.ssh_public_key.as_deref()),
+            power_key
+                .as_deref()
+                .or(self.cluster.ssh_public_key.as_deref()),
             self.opts.home.as_deref(),
             self.opts.state_root.join(&self.cluster.name).join("ssh"),
         )

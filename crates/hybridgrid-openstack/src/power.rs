@@ -16,7 +16,6 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-
 use hybridgrid_core::plan::{Plan, Role};
 use hybridgrid_engine::{Event, Sink};
 use serde_json::json;
@@ -175,7 +174,12 @@ impl OpenStack {
         if seen.cluster_sha != sha256_hex(&cluster) {
             let path = format!("{POWER_CONFIG_DIR}/cluster.json");
             channel
-                .run_ok(&target, "sending the cluster", &write_script(&path, "0600"), &cluster)
+                .run_ok(
+                    &target,
+                    "sending the cluster",
+                    &write_script(&path, "0600"),
+                    &cluster,
+                )
                 .await?;
             sent.push("the cluster");
         }
@@ -218,7 +222,12 @@ impl OpenStack {
                 write_script(&path, "0644")
             );
             channel
-                .run_ok(&target, "starting the power service", &script, unit.as_bytes())
+                .run_ok(
+                    &target,
+                    "starting the power service",
+                    &script,
+                    unit.as_bytes(),
+                )
                 .await?;
             sink(Event::Note(format!(
                 "power service on {}{}",
@@ -251,7 +260,10 @@ impl OpenStack {
             )
             .await;
             if matches!(stopped, Ok(Ok(ref o)) if o.code == 0) {
-                sink(Event::Note(format!("power service on {} stopped", target.node)));
+                sink(Event::Note(format!(
+                    "power service on {} stopped",
+                    target.node
+                )));
             }
         }
         let mut done = BTreeSet::new();

@@ -91,7 +91,11 @@ async fn validate_site(ops: &SiteOps, plan: &Plan, problems: &mut Vec<Problem>) 
 /// Whether the site's quotas leave room for what `changes` create (checked before a node is
 /// made, so that a cloud out of quota is a clear reason rather than a server in ERROR): the
 /// shortfalls in words, none when there is room.
-pub(crate) async fn headroom(ops: &SiteOps, plan: &Plan, changes: &[Change]) -> Result<Vec<String>> {
+pub(crate) async fn headroom(
+    ops: &SiteOps,
+    plan: &Plan,
+    changes: &[Change],
+) -> Result<Vec<String>> {
     let flavors = ops.flavors().await?;
     let need = needs(ops, plan, changes, &flavors)?;
     let mut problems = Vec::new();

@@ -176,3 +176,41 @@ fn user_data_of_a_1000_node_plan_is_under_16_kib_for_every_node() {
         largest.0
     );
 }
+
+/// A worker routes to the other sites through its relay from its first boot, before anything
+/// is installed (the image may lack the agent; the master's power service reaches a woken worker
+/// over the mesh); an on-demand worker also authorizes the power service's SSH key, a static one
+/// does not.
+#[test]
+fn a_worker_routes_from_first_boot_and_an_on_demand_one_trusts_the_power_service() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/openstack-two-sites.yaml"
+    ))
+    .unwrap()
+    .replace(
+        "datasets:",
+        "      - { name: od, count: 1, on_demand: true, flavor: de.NBI medium, image: Debian-12 }\ndatasets:",
+    );
+    let (c, d) = validate_text(&text);
+    let plan = hybridgrid_core::reconcile::plan(
+        &c.unwrap_or_else(|| panic!("{d:?}")),
+        &Observed::default(),
+    );
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPower hybridgrid-power";
+    let of = |name: &str| {
+        let node = plan.node(name).unwrap_or_else(|| panic!("no {name}"));
+        hybridgrid_openstack::user_data_for(&plan, node, (None, None), Some(key))
+    };
+    let woken = of("giessen-od-1");
+    assert!(woken.contains(key), "{woken}");
+    let route = "ip route replace 10.10.0.0/24 via 10.20.0.5 || true";
+    let (before, after) = woken.split_once(route).unwrap_or_else(|| panic!("{woken}"));
+    assert!(
+        !before.contains("apt-get") && after.contains("apt-get"),
+        "{woken}"
+    );
+    let fixed = of("giessen-worker-1");
+    assert!(!fixed.contains(key) && fixed.contains(route), "{fixed}");
+    assert!(!of("giessen-gw").contains("ip route replace"));
+}

@@ -169,9 +169,20 @@ impl Cluster {
             // The power service's application credential.
             let creds = openstack(
                 cloud,
-                &["application", "credential", "list", "-f", "value", "-c", "Name"],
+                &[
+                    "application",
+                    "credential",
+                    "list",
+                    "-f",
+                    "value",
+                    "-c",
+                    "Name",
+                ],
             );
-            for l in creds.lines().filter(|l| l.starts_with(&format!("{}-", self.name))) {
+            for l in creds
+                .lines()
+                .filter(|l| l.starts_with(&format!("{}-", self.name)))
+            {
                 left.push(format!("application credential {l}"));
             }
         }
@@ -503,7 +514,10 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
 /// b-worker-1 is held by a long job; `submit --dataset reads` wakes b-od-1 (its server made by
 /// the master's power service), the job runs there; `SUSPEND_TIME` after it ended the server is
 /// gone, Slurm shows the node powered down (`idle~`) and `plan` has no changes.
-fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(c: &Cluster, job: &std::path::Path) {
+fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(
+    c: &Cluster,
+    job: &std::path::Path,
+) {
     let server = format!("{}-{ON_DEMAND}", c.name);
     let servers = || openstack("site-b", &["server", "list", "-f", "value", "-c", "Name"]);
     assert!(!servers().contains(&server), "up made {server}");
@@ -521,7 +535,10 @@ fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(c: &Cluster, jo
         "--",
         job.to_str().unwrap(),
     ]);
-    eprintln!("job on a cold on-demand worker: {:.0}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "job on a cold on-demand worker: {:.0}s",
+        t.elapsed().as_secs_f64()
+    );
     c.exec("a-master", &format!("scancel {}", hold.trim()));
     let jobs: Value = serde_json::from_str(&c.hg_ok(&["jobs", "--json"])).unwrap();
     let j = jobs["jobs"]
@@ -553,7 +570,10 @@ fn a_quota_too_small_for_the_on_demand_worker_is_a_down_node_with_the_reason(
     c: &Cluster,
     job: &std::path::Path,
 ) {
-    let project = openstack("admin", &["project", "show", "site-b", "-f", "value", "-c", "id"]);
+    let project = openstack(
+        "admin",
+        &["project", "show", "site-b", "-f", "value", "-c", "id"],
+    );
     let project = project.trim();
     let quota = |n: &str| openstack("admin", &["quota", "set", "--instances", n, project]);
     let used = openstack("site-b", &["server", "list", "-f", "value", "-c", "ID"])
@@ -565,19 +585,33 @@ fn a_quota_too_small_for_the_on_demand_worker_is_a_down_node_with_the_reason(
         "a-master",
         "sbatch --parsable -p b -w b-worker-1 -t 60 --wrap 'sleep 3600'",
     );
-    let id = c.hg_ok(&["submit", "--dataset", "reads", "--parsable", "--", job.to_str().unwrap()]);
+    let id = c.hg_ok(&[
+        "submit",
+        "--dataset",
+        "reads",
+        "--parsable",
+        "--",
+        job.to_str().unwrap(),
+    ]);
     let mut reason = String::new();
-    wait_until("b-od-1 DOWN with the quota's reason", Duration::from_secs(120), || {
-        reason = c.exec("a-master", &format!("sinfo -h -R -n {ON_DEMAND} -o %E"));
-        if reason.contains("quota instances") {
-            Ok(())
-        } else {
-            Err(reason.clone())
-        }
-    });
+    wait_until(
+        "b-od-1 DOWN with the quota's reason",
+        Duration::from_secs(120),
+        || {
+            reason = c.exec("a-master", &format!("sinfo -h -R -n {ON_DEMAND} -o %E"));
+            if reason.contains("quota instances") {
+                Ok(())
+            } else {
+                Err(reason.clone())
+            }
+        },
+    );
     let servers = openstack("site-b", &["server", "list", "-f", "value", "-c", "Name"]);
     assert!(!servers.contains(ON_DEMAND), "a server was made: {servers}");
-    c.exec("a-master", &format!("scancel {} {}", hold.trim(), id.trim()));
+    c.exec(
+        "a-master",
+        &format!("scancel {} {}", hold.trim(), id.trim()),
+    );
     drop(restore);
 }
 
@@ -588,7 +622,15 @@ impl Drop for Restore {
     fn drop(&mut self) {
         let _ = Command::new("openstack")
             .env("OS_CLIENT_CONFIG_FILE", clouds())
-            .args(["--os-cloud", "admin", "quota", "set", "--instances", "50", &self.0])
+            .args([
+                "--os-cloud",
+                "admin",
+                "quota",
+                "set",
+                "--instances",
+                "50",
+                &self.0,
+            ])
             .output();
     }
 }
