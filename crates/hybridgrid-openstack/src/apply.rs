@@ -298,7 +298,7 @@ impl SiteRound<'_> {
     /// round fails with the shortfall and nothing of them exists.
     async fn quota_headroom(&self, new: &[(&Change, &String)]) -> Result<()> {
         let changes: Vec<Change> = new.iter().map(|(c, _)| (*c).clone()).collect();
-        let shortfall = crate::validate::headroom(self.ops, self.plan, &changes).await?;
+        let shortfall = crate::quota::headroom(self.ops, self.plan, &changes).await?;
         if shortfall.is_empty() {
             return Ok(());
         }

@@ -21,7 +21,9 @@ pub mod ledger;
 mod login;
 pub mod nodes;
 pub mod power;
+mod power_host;
 mod provider;
+mod quota;
 mod site;
 mod site_groups;
 mod site_observe;
@@ -32,6 +34,7 @@ mod validate;
 
 pub use api::{CallTiming, CallTrace};
 pub use error::{OsError, Result, Service};
+pub use power_host::PowerHost;
 pub use provider::{OpenStack, Options, Problem};
 pub use site::{TAG, cluster_tag, site_tag};
 pub use userdata::{

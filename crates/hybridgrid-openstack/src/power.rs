@@ -2,7 +2,7 @@
 //!
 //! slurmctld's power programs (the agent's `power` command) ask the cluster's power service
 //! over a Unix socket on the master; the service is the full `hybridgrid` (`power-service`)
-//! with this provider in [`PowerHost`] mode: it makes and removes only on-demand workers,
+//! with this provider in [`crate::PowerHost`] mode: it makes and removes only on-demand workers,
 //! through the same `apply` as `up`, and reaches them directly on their site address over the
 //! mesh (the master routes every site's network), as root with an SSH key of its own that the
 //! new worker's user data authorizes.
@@ -23,59 +23,9 @@ use serde_json::json;
 use crate::api::{Cloud, Req};
 use crate::channel::Target;
 use crate::error::{OsError, Result, Service};
+use crate::power_host::{POWER_BINARY, POWER_CONFIG_DIR, POWER_STATE_DIR, POWER_UNIT, SSH_KEY};
 use crate::provider::OpenStack;
 use crate::site::SiteOps;
-use crate::userdata::AGENT_STATE_DIR;
-
-/// The service's files on the master: `cluster.json` and `clouds.yaml` (both 0600).
-pub const POWER_CONFIG_DIR: &str = "/etc/hybridgrid/power";
-/// The service's state root on the master: its ledger, known hosts and SSH key.
-pub const POWER_STATE_DIR: &str = "/var/lib/hybridgrid/power";
-/// The full `hybridgrid` on the master (the other nodes carry only the agent).
-pub const POWER_BINARY: &str = "/usr/local/bin/hybridgrid";
-/// The systemd unit running the service.
-pub const POWER_UNIT: &str = "hybridgrid-power";
-const SSH_KEY: &str = "id_ed25519";
-
-/// The provider as the power service on the master runs it.
-#[derive(Debug, Clone)]
-pub struct PowerHost {
-    /// The service's SSH key (private half; the public one beside it, `.pub`).
-    pub ssh_key: PathBuf,
-    /// The cluster's munge key as the master's agent keeps it.
-    pub munge_key: PathBuf,
-}
-
-impl PowerHost {
-    /// The paths `up` sets up on the master.
-    pub fn on_master() -> Self {
-        PowerHost {
-            ssh_key: PathBuf::from(POWER_STATE_DIR).join(SSH_KEY),
-            munge_key: PathBuf::from(AGENT_STATE_DIR).join(hybridgrid_agent::slurm::MUNGE_KEY_FILE),
-        }
-    }
-
-    pub fn public_key_path(&self) -> PathBuf {
-        let mut p = self.ssh_key.clone().into_os_string();
-        p.push(".pub");
-        PathBuf::from(p)
-    }
-
-    /// The service's public key, for the user data of the workers it makes.
-    pub fn public_key(&self) -> Result<String> {
-        let path = self.public_key_path();
-        std::fs::read_to_string(&path)
-            .map(|k| k.trim().to_owned())
-            .map_err(|source| OsError::SshPublicKey { path, source })
-    }
-
-    pub fn read_munge_key(&self) -> Result<Vec<u8>> {
-        std::fs::read(&self.munge_key).map_err(|source| OsError::PowerHostFile {
-            path: self.munge_key.clone(),
-            source,
-        })
-    }
-}
 
 /// The name of the application credential the master gets for cloud entry `cloud`.
 pub fn credential_name(cluster: &str, cloud: &str) -> String {

@@ -66,7 +66,7 @@ pub struct Options {
     pub power_binary: Option<PathBuf>,
     /// Set in the power service on the master: make and remove on-demand workers only, reaching
     /// them directly ([`crate::power`]).
-    pub power_host: Option<crate::power::PowerHost>,
+    pub power_host: Option<crate::power_host::PowerHost>,
 }
 
 impl Options {

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
-use hybridgrid_core::diff::Change;
 use hybridgrid_core::error_chain;
 use hybridgrid_core::plan::Plan;
 use serde_json::Value;
 
-use crate::api::{self, Cloud, NET, NOVA, Req, need_i64};
+use crate::api::{self, Cloud};
 use crate::error::Result;
 use crate::provider::{OpenStack, Problem};
+use crate::quota;
 use crate::site::{SiteOps, find_by_name_or_id};
 
 impl OpenStack {
@@ -83,29 +83,11 @@ async fn validate_site(ops: &SiteOps, plan: &Plan, problems: &mut Vec<Problem>) 
     let flavors = ops.flavors().await?;
     check.flavors_and_images(plan, &flavors).await;
     check.network().await?;
-    let need = needs(ops, plan, &plan.changes, &flavors)?;
-    check.compute_quota(&need).await?;
-    check.network_quota(&need).await
-}
-
-/// Whether the site's quotas leave room for what `changes` create (checked before a node is
-/// made, so that a cloud out of quota is a clear reason rather than a server in ERROR): the
-/// shortfalls in words, none when there is room.
-pub(crate) async fn headroom(
-    ops: &SiteOps,
-    plan: &Plan,
-    changes: &[Change],
-) -> Result<Vec<String>> {
-    let flavors = ops.flavors().await?;
-    let need = needs(ops, plan, changes, &flavors)?;
-    let mut problems = Vec::new();
-    let mut check = SiteCheck {
-        ops,
-        problems: &mut problems,
-    };
-    check.compute_quota(&need).await?;
-    check.network_quota(&need).await?;
-    Ok(problems.into_iter().map(|p| p.message).collect())
+    let need = quota::needs(ops, plan, &plan.changes, &flavors)?;
+    for shortfall in quota::shortfalls(ops, &need).await? {
+        check.push(shortfall);
+    }
+    Ok(())
 }
 
 /// The problems found on one site.
@@ -169,116 +151,4 @@ impl SiteCheck<'_> {
         }
         Ok(())
     }
-
-    /// Nova's instances, cores and RAM.
-    async fn compute_quota(&mut self, need: &BTreeMap<&str, i64>) -> Result<()> {
-        let limits = self
-            .ops
-            .cloud
-            .get("get compute limits", Req::get(NOVA, "limits"))
-            .await?;
-        let abs = &limits["limits"]["absolute"];
-        for (what, max, used) in [
-            ("instances", "maxTotalInstances", "totalInstancesUsed"),
-            ("cores", "maxTotalCores", "totalCoresUsed"),
-            ("ram", "maxTotalRAMSize", "totalRAMUsed"),
-        ] {
-            let need = need.get(what).copied().unwrap_or(0);
-            let Some(limit) = limited(abs[max].as_i64(), need) else {
-                continue;
-            };
-            let used = need_i64(abs, NOVA, "the compute limits", used)?;
-            self.quota(what, limit, used, need);
-        }
-        Ok(())
-    }
-
-    /// Neutron's quotas of what the plan creates.
-    async fn network_quota(&mut self, need: &BTreeMap<&str, i64>) -> Result<()> {
-        let ops = self.ops;
-        let nq = ops
-            .cloud
-            .get(
-                "get network quota",
-                Req::get(NET, format!("quotas/{}/details", ops.cloud.project_id)),
-            )
-            .await?;
-        for what in [
-            "network",
-            "subnet",
-            "router",
-            "port",
-            "floatingip",
-            "security_group",
-            "security_group_rule",
-        ] {
-            let q = &nq["quota"][what];
-            let need = need.get(what).copied().unwrap_or(0);
-            let Some(limit) = limited(q["limit"].as_i64(), need) else {
-                continue;
-            };
-            let resource = format!("the {what} quota");
-            let used =
-                need_i64(q, NET, &resource, "used")? + need_i64(q, NET, &resource, "reserved")?;
-            self.quota(what, limit, used, need);
-        }
-        Ok(())
-    }
-
-    fn quota(&mut self, what: &str, limit: i64, used: i64, need: i64) {
-        if used + need > limit {
-            self.push(format!(
-                "quota {what}: the plan needs {need} more, {} of {limit} are free",
-                (limit - used).max(0)
-            ));
-        }
-    }
-}
-
-/// The limit that matters: none when the cloud sets none (or a negative one: unlimited) or
-/// the plan needs nothing of it.
-fn limited(limit: Option<i64>, need: i64) -> Option<i64> {
-    limit.filter(|l| *l >= 0 && need > 0)
-}
-
-/// What `changes` create on the site, by quota name.
-fn needs(
-    ops: &SiteOps,
-    plan: &Plan,
-    changes: &[Change],
-    flavors: &[Value],
-) -> Result<BTreeMap<&'static str, i64>> {
-    let mut need: BTreeMap<&'static str, i64> = BTreeMap::new();
-    let mut add = |what: &'static str, n: i64| *need.entry(what).or_default() += n;
-    for c in changes.iter().filter(|c| c.site() == ops.site.name) {
-        match c {
-            Change::CreateNetwork { .. } if ops.site.network.is_none() => {
-                for what in ["network", "subnet", "router", "port"] {
-                    add(what, 1);
-                }
-            }
-            Change::CreateSecurityGroup { .. } => {
-                add("security_group", 1);
-                // Neutron adds two egress rules to every new group.
-                add("security_group_rule", 2);
-            }
-            Change::AddRule { .. } => add("security_group_rule", 1),
-            Change::AssignPublicIp { .. } => add("floatingip", 1),
-            Change::CreateNode { node, .. } => {
-                add("port", 1);
-                add("instances", 1);
-                if let Some((name, f)) = plan
-                    .node(node)
-                    .and_then(|n| n.flavor.as_deref())
-                    .and_then(|name| Some((name, find_by_name_or_id(flavors, name)?)))
-                {
-                    let what = format!("flavor {name}");
-                    add("cores", need_i64(f, NOVA, &what, "vcpus")?);
-                    add("ram", need_i64(f, NOVA, &what, "ram")?);
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(need)
 }

@@ -44,7 +44,7 @@ fn openstack_options(
     // A cluster with on-demand workers gets this binary on its master, for the power service.
     opts.power_binary = std::env::current_exe().ok();
     if knobs.power_service {
-        opts.power_host = Some(hybridgrid_openstack::power::PowerHost::on_master());
+        opts.power_host = Some(hybridgrid_openstack::PowerHost::on_master());
     }
     if let Some(timeout) = settings.boot_timeout {
         opts.boot_timeout = timeout;
