@@ -93,9 +93,10 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// Every node up and every probed pair reachable.
+    /// Every node that should exist up (an on-demand worker asleep is at rest, not down) and
+    /// every probed pair reachable.
     pub fn healthy(&self) -> bool {
-        self.nodes.iter().all(|n| n.up) && self.reachability.iter().all(|r| r.ok)
+        self.nodes.iter().all(|n| n.up || n.on_demand) && self.reachability.iter().all(|r| r.ok)
     }
 }
 

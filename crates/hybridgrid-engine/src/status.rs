@@ -247,4 +247,18 @@ mod tests {
                 .all(|p| p.from != nodes[1].name && p.to != nodes[1].name)
         );
     }
+
+    /// Issue 20 on the bed: `status` exited 1 for a cluster whose only "down" node was an
+    /// on-demand worker at rest.
+    #[test]
+    fn regression_issue_20_an_asleep_on_demand_worker_leaves_status_healthy() {
+        let mut nodes = cluster(1);
+        nodes[1].on_demand = true;
+        nodes[1].up = false;
+        let report = crate::StatusReport::new("c", nodes.clone(), Vec::new(), Vec::new());
+        assert!(report.healthy());
+        nodes[1].on_demand = false;
+        let report = crate::StatusReport::new("c", nodes, Vec::new(), Vec::new());
+        assert!(!report.healthy(), "a static node down is unhealthy");
+    }
 }

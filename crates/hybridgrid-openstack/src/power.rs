@@ -21,7 +21,7 @@ use hybridgrid_engine::{Event, Sink};
 use serde_json::json;
 
 use crate::api::{Cloud, Req};
-use crate::channel::Target;
+use crate::channel::{Channel, Target};
 use crate::error::{OsError, Result, Service};
 use crate::power_host::{POWER_BINARY, POWER_CONFIG_DIR, POWER_STATE_DIR, POWER_UNIT, SSH_KEY};
 use crate::provider::OpenStack;
@@ -50,6 +50,11 @@ const CHECK: &str = "f() { sha256sum \"$1\" 2>/dev/null | cut -d' ' -f1; }; \
     echo \"active=$(systemctl is-active hybridgrid-power 2>/dev/null)\"";
 
 impl OnMaster {
+    /// Whether a service or its credentials are there.
+    fn is_set_up(&self) -> bool {
+        self.active || self.has_clouds
+    }
+
     fn parse(text: &str) -> Self {
         let mut m = OnMaster::default();
         for (k, v) in text.lines().filter_map(|l| l.split_once('=')) {
@@ -106,30 +111,73 @@ impl OpenStack {
     }
 
     /// With on-demand workers: the master runs the power service with what it needs, each part
-    /// sent only when the master lacks it. What was sent, for `up`'s output.
+    /// sent only when the master lacks it. Without: a service left from when the cluster had
+    /// some is stopped and its credentials deleted.
     pub(crate) async fn ensure_power_service(&self, plan: &Plan, sink: Sink<'_>) -> Result<()> {
-        if plan.slurm.power.is_none() || self.opts.power_host.is_some() {
+        if self.opts.power_host.is_some() {
             return Ok(());
         }
         let Some(target) = self.master_target(plan) else {
             return Ok(());
         };
         let channel = self.channel();
-        let out = channel
-            .run_ok(&target, "reading the power service", CHECK, b"")
+        let read = channel.run_ok(&target, "reading the power service", CHECK, b"");
+        if plan.slurm.power.is_none() {
+            // Best effort: a cluster without on-demand workers does not need its master for this.
+            let left = read
+                .await
+                .is_ok_and(|o| OnMaster::parse(&o.stdout_text()).is_set_up());
+            if left {
+                let sites = self.connected().await?;
+                self.retire_power_service(Some(&target), sites, sink).await;
+            }
+            return Ok(());
+        }
+        let seen = OnMaster::parse(&read.await?.stdout_text());
+        let sent = self.send_missing(&channel, &target, &seen).await?;
+        let unit = unit(&self.cluster.name);
+        if seen.unit_sha == sha256_hex(unit.as_bytes()) && sent.is_empty() && seen.active {
+            return Ok(());
+        }
+        let path = format!("/etc/systemd/system/{POWER_UNIT}.service");
+        let script = format!(
+            "{}; mkdir -p {POWER_STATE_DIR}; systemctl daemon-reload; \
+             systemctl enable -q {POWER_UNIT}; systemctl restart {POWER_UNIT}",
+            write_script(&path, "0644")
+        );
+        channel
+            .run_ok(
+                &target,
+                "starting the power service",
+                &script,
+                unit.as_bytes(),
+            )
             .await?;
-        let seen = OnMaster::parse(&out.stdout_text());
+        let what = match sent.is_empty() {
+            true => String::new(),
+            false => format!(" (sent {})", sent.join(", ")),
+        };
+        sink(Event::Note(format!(
+            "power service on {}{what}",
+            target.node
+        )));
+        Ok(())
+    }
+
+    /// What the master lacks of the service's files, sent; their names.
+    async fn send_missing(
+        &self,
+        channel: &Channel,
+        target: &Target,
+        seen: &OnMaster,
+    ) -> Result<Vec<&'static str>> {
         let mut sent = Vec::new();
         let cluster = self.power_cluster_json()?;
         if seen.cluster_sha != sha256_hex(&cluster) {
             let path = format!("{POWER_CONFIG_DIR}/cluster.json");
+            let script = write_script(&path, "0600");
             channel
-                .run_ok(
-                    &target,
-                    "sending the cluster",
-                    &write_script(&path, "0600"),
-                    &cluster,
-                )
+                .run_ok(target, "sending the cluster", &script, &cluster)
                 .await?;
             sent.push("the cluster");
         }
@@ -139,74 +187,56 @@ impl OpenStack {
                 path: binary.clone(),
                 source,
             })?;
+            let script = write_script(POWER_BINARY, "0755");
             channel
-                .run_ok(
-                    &target,
-                    "sending hybridgrid",
-                    &write_script(POWER_BINARY, "0755"),
-                    &bytes,
-                )
+                .run_ok(target, "sending hybridgrid", &script, &bytes)
                 .await?;
             sent.push("hybridgrid");
         }
         if !seen.has_clouds {
             let clouds = self.power_clouds_yaml().await?;
-            let path = format!("{POWER_CONFIG_DIR}/clouds.yaml");
+            let script = write_script(&format!("{POWER_CONFIG_DIR}/clouds.yaml"), "0600");
             channel
                 .run_ok(
-                    &target,
+                    target,
                     "sending the application credentials",
-                    &write_script(&path, "0600"),
+                    &script,
                     clouds.as_bytes(),
                 )
                 .await?;
             sent.push("application credentials");
         }
-        let unit = unit(&self.cluster.name);
-        let unit_changed = seen.unit_sha != sha256_hex(unit.as_bytes());
-        if unit_changed || !sent.is_empty() || !seen.active {
-            let path = format!("/etc/systemd/system/{POWER_UNIT}.service");
-            let script = format!(
-                "{}; mkdir -p {POWER_STATE_DIR}; systemctl daemon-reload; \
-                 systemctl enable -q {POWER_UNIT}; systemctl restart {POWER_UNIT}",
-                write_script(&path, "0644")
-            );
-            channel
-                .run_ok(
-                    &target,
-                    "starting the power service",
-                    &script,
-                    unit.as_bytes(),
-                )
-                .await?;
-            sink(Event::Note(format!(
-                "power service on {}{}",
-                target.node,
-                if sent.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (sent {})", sent.join(", "))
-                }
-            )));
-        }
-        Ok(())
+        Ok(sent)
     }
 
     /// `down`'s first step: the master's power service stops (no node is made after it), then
-    /// the credentials it had are deleted. Best effort: a master that does not answer is gone
-    /// with its service, or cut off from the clouds once its credentials are.
+    /// the credentials it had are deleted.
     pub(crate) async fn stop_power_service(&self, sites: &[SiteOps], sink: Sink<'_>) {
         let plan = match self.opts.node_channel {
             true => self.plan_from_clouds(sites).await.ok(),
             false => None,
         };
-        if let Some(target) = plan.and_then(|p| self.master_target(&p)) {
+        let target = plan.and_then(|p| self.master_target(&p));
+        self.retire_power_service(target.as_ref(), sites, sink)
+            .await;
+    }
+
+    /// Stops the service on the master (`target`) and deletes the credentials it had. Best
+    /// effort: a master that does not answer is gone with its service, or cut off from the
+    /// clouds once its credentials are.
+    async fn retire_power_service(
+        &self,
+        target: Option<&Target>,
+        sites: &[SiteOps],
+        sink: Sink<'_>,
+    ) {
+        if let Some(target) = target {
             let stop = format!(
                 "systemctl disable -q --now {POWER_UNIT} 2>/dev/null; rm -f {POWER_CONFIG_DIR}/clouds.yaml; true"
             );
             let stopped = tokio::time::timeout(
                 std::time::Duration::from_secs(30),
-                self.channel().run(&target, &stop, b""),
+                self.channel().run(target, &stop, b""),
             )
             .await;
             if matches!(stopped, Ok(Ok(ref o)) if o.code == 0) {
@@ -218,22 +248,24 @@ impl OpenStack {
         }
         let mut done = BTreeSet::new();
         for ops in sites {
-            if !done.insert(ops.cloud.name.clone()) {
-                continue;
+            if done.insert(ops.cloud.name.clone()) {
+                self.delete_power_credential(ops, sink).await;
             }
-            let name = credential_name(&self.cluster.name, &ops.cloud.name);
-            match delete_credentials(&ops.cloud, &name).await {
-                Ok(0) => {}
-                Ok(_) => sink(Event::Note(format!(
-                    "{}: application credential {name} deleted",
-                    ops.cloud.name
-                ))),
-                Err(e) => sink(Event::Note(format!(
-                    "{}: application credential {name} not deleted: {}",
-                    ops.cloud.name,
-                    hybridgrid_core::error_chain(&e)
-                ))),
-            }
+        }
+    }
+
+    async fn delete_power_credential(&self, ops: &SiteOps, sink: Sink<'_>) {
+        let name = credential_name(&self.cluster.name, &ops.cloud.name);
+        let cloud = &ops.cloud.name;
+        match delete_credentials(&ops.cloud, &name).await {
+            Ok(0) => {}
+            Ok(_) => sink(Event::Note(format!(
+                "{cloud}: application credential {name} deleted"
+            ))),
+            Err(e) => sink(Event::Note(format!(
+                "{cloud}: application credential {name} not deleted: {}",
+                hybridgrid_core::error_chain(&e)
+            ))),
         }
     }
 

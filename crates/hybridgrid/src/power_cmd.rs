@@ -1,6 +1,7 @@
 //! `hybridgrid power-service`: Slurm's power service, on the host for the local provider (see
-//! `hybridgrid_local::power`), on the master for openstack (`hybridgrid_openstack::power`). One request at a time, each answered by the engine's `power`
-//! with a provider opened afresh (its ledger as it is now).
+//! `hybridgrid_local::power`), on the master for openstack (`hybridgrid_openstack::power`). Each
+//! request is answered by the engine's `power` with a provider opened afresh (its ledger as it
+//! is now).
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
@@ -16,18 +17,26 @@ use hybridgrid_engine::Event;
 use crate::providers::{self, Knobs};
 use crate::settings::Settings;
 
-/// Serves `socket` until killed (`down` stops it first).
+/// Serves `socket` until killed (`down` stops it first). Each request in a thread of its own:
+/// a wake-up on a cloud takes minutes (a server boots), and Slurm asks again for the next
+/// site's nodes meanwhile. The local provider changes a cluster one request at a time all the
+/// same (its lock file); on openstack each request touches only its own nodes.
 pub fn serve(cluster_file: &Path, socket: &Path, settings: &Settings) -> anyhow::Result<ExitCode> {
     let listener = bind(socket)?;
     let allowed = allowed_uids();
-    for stream in listener.incoming() {
-        let result = stream
-            .context("accepting a connection")
-            .and_then(|s| answer(s, cluster_file, &allowed, settings));
-        if let Err(e) = result {
-            eprintln!("power service: {}", crate::error_text(&e));
+    std::thread::scope(|scope| {
+        for stream in listener.incoming() {
+            let allowed = &allowed;
+            scope.spawn(move || {
+                let result = stream
+                    .context("accepting a connection")
+                    .and_then(|s| answer(s, cluster_file, allowed, settings));
+                if let Err(e) = result {
+                    eprintln!("power service: {}", crate::error_text(&e));
+                }
+            });
         }
-    }
+    });
     Ok(ExitCode::SUCCESS)
 }
 
