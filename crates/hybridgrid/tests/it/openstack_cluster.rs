@@ -526,6 +526,7 @@ fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(
         "sbatch --parsable -p b -w b-worker-1 -t 60 --wrap 'sleep 3600'",
     );
     let t = Instant::now();
+    let submitted = utc_now();
     let id = c.hg_ok(&[
         "submit",
         "--dataset",
@@ -535,9 +536,24 @@ fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(
         "--",
         job.to_str().unwrap(),
     ]);
+    let took = t.elapsed().as_secs_f64();
+    // For docs/benchmarks.md: the job against its server's own boot, as Nova shows them.
+    let created = openstack(
+        "site-b",
+        &["server", "show", &server, "-f", "value", "-c", "created"],
+    );
+    let console = openstack("site-b", &["console", "log", "show", &server]);
+    let booted = console
+        .lines()
+        .filter_map(|l| l.split(" finished at ").nth(1))
+        .filter_map(|l| l.split(". Datasource").next())
+        .next_back()
+        .unwrap_or("?")
+        .to_owned();
     eprintln!(
-        "job on a cold on-demand worker: {:.0}s",
-        t.elapsed().as_secs_f64()
+        "job on a cold on-demand worker: submit → done {took:.0}s; submitted {submitted}, \
+         server created {}, cloud-init finished {booted}",
+        created.trim()
     );
     c.exec("a-master", &format!("scancel {}", hold.trim()));
     let jobs: Value = serde_json::from_str(&c.hg_ok(&["jobs", "--json"])).unwrap();
@@ -552,9 +568,11 @@ fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(
     assert_eq!(j["node"], ON_DEMAND, "{j:#}");
     let limit = Duration::from_secs(u64::from(SUSPEND_TIME) + 300);
     wait_until("the idle on-demand worker removed", limit, || {
+        // One line per partition the node is in.
         let state = c.exec("a-master", &format!("sinfo -h -N -n {ON_DEMAND} -o %T"));
+        let asleep = !state.trim().is_empty() && state.lines().all(|l| l.trim() == "idle~");
         let list = servers();
-        if !list.contains(&server) && state.trim() == "idle~" {
+        if !list.contains(&server) && asleep {
             Ok(())
         } else {
             Err(format!("slurm: {state}servers: {list}"))
@@ -562,6 +580,15 @@ fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(
     });
     let plan = c.hg_ok(&["plan"]);
     assert!(plan.contains("no changes"), "{plan}");
+}
+
+/// The time now, UTC, as Nova prints it.
+fn utc_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%FT%TZ"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// With site-b's instance quota at what it uses, waking b-od-1 fails at once: Slurm has the
