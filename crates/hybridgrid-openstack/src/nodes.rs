@@ -76,8 +76,9 @@ pub struct AgentBinary {
 }
 
 impl AgentBinary {
-    /// `exe` stripped (no debug information, no symbol table: 4.6 MB of the release build's
-    /// 37 MB), made once into `cache_dir`; `exe` itself when `objcopy` is not there.
+    /// `exe` stripped (no debug information, no symbol table: the agent is 4.6 MB of the release
+    /// build's 37 MB), made once into `cache_dir`; `exe` itself when `objcopy` is not there.
+    /// Also the full `hybridgrid` a master with on-demand workers gets.
     pub fn prepare(exe: &Path, cache_dir: &Path) -> Result<AgentBinary> {
         let cache = |p: &Path| {
             let path = p.to_owned();
@@ -93,7 +94,10 @@ impl AgentBinary {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
         std::fs::create_dir_all(cache_dir).map_err(cache(cache_dir))?;
-        let stripped = cache_dir.join(format!("hybridgrid-agent-{}-{mtime}", meta.len()));
+        let name = exe
+            .file_name()
+            .map_or_else(|| "binary".into(), |n| n.to_string_lossy().into_owned());
+        let stripped = cache_dir.join(format!("{name}-{}-{mtime}", meta.len()));
         if !stripped.is_file() {
             let tmp = stripped.with_extension("part");
             let ok = std::process::Command::new("objcopy")

@@ -181,10 +181,11 @@ impl OpenStack {
                 .await?;
             sent.push("the cluster");
         }
-        let binary = self.power_binary()?;
-        if seen.binary_sha != crate::nodes::sha256_file(&binary)? {
-            let bytes = std::fs::read(&binary).map_err(|source| OsError::AgentBinaryRead {
-                path: binary.clone(),
+        let cache = self.opts.state_root.join(&self.cluster.name).join("power");
+        let binary = crate::nodes::AgentBinary::prepare(&self.power_binary()?, &cache)?;
+        if seen.binary_sha != binary.sha256 {
+            let bytes = std::fs::read(&binary.path).map_err(|source| OsError::AgentBinaryRead {
+                path: binary.path.clone(),
                 source,
             })?;
             let script = write_script(POWER_BINARY, "0755");
