@@ -7,9 +7,10 @@
 #                                                          IMAGE: debian-12-generic by default)
 #
 # A two-site cluster whose workers are all on demand (one group per site, count 1,
-# suspend_time 10 on local, 30 on openstack; on openstack site a holds the master, site b a
-# gateway, and each worker's server is timed from its create to cloud-init's end as Nova shows
-# them: the goal compares submit → job start with that). Each run waits until both workers are powered down again, then:
+# suspend_time 10 on local, 120 on openstack: its servers are read after the jobs). On openstack
+# site a holds the master, site b a gateway, and each worker's server is timed from its create
+# to cloud-init's end as Nova shows them (the goal compares submit → job start with that).
+# Each run waits until both workers are powered down again, then:
 #   one site:   one job for bielefeld's partition;
 #   two sites:  one job for each site's partition, submitted together.
 # Prints, per job: submit → slurmctld asked the power service (the resume line in its log) →
@@ -54,7 +55,7 @@ sites:
     gateway: { flavor: g1.node, image: $IMAGE }
     workers: [{ name: od, count: 1, flavor: g1.node, image: $IMAGE, on_demand: true }]
 slurm:
-  suspend_time: 30
+  suspend_time: 120
 YAML
 else
 cat >"$W/cluster.yaml" <<YAML

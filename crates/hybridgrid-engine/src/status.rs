@@ -255,10 +255,10 @@ mod tests {
         let mut nodes = cluster(1);
         nodes[1].on_demand = true;
         nodes[1].up = false;
-        let report = crate::StatusReport::new("c", nodes.clone(), Vec::new(), Vec::new());
+        let report = StatusReport::new("c", nodes.clone(), Vec::new(), Vec::new());
         assert!(report.healthy());
         nodes[1].on_demand = false;
-        let report = crate::StatusReport::new("c", nodes, Vec::new(), Vec::new());
+        let report = StatusReport::new("c", nodes, Vec::new(), Vec::new());
         assert!(!report.healthy(), "a static node down is unhealthy");
     }
 }
