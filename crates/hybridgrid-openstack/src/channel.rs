@@ -96,7 +96,7 @@ impl Channel {
                 self.dir.join("known_hosts").display()
             ),
             "-o".into(),
-            format!("HostKeyAlias={}-{node}", self.cluster),
+            format!("HostKeyAlias={}", self.host_key_alias(node)),
             "-o".into(),
             format!("ConnectTimeout={}", self.connect_timeout.as_secs()),
             "-o".into(),
@@ -209,6 +209,12 @@ impl Channel {
         &self.dir
     }
 
+    /// The name a node's host key is kept under: the node's, not its address (a relay's floating
+    /// IP or a worker's site address can belong to another cluster's node later).
+    fn host_key_alias(&self, node: &str) -> String {
+        format!("{}-{node}", self.cluster)
+    }
+
     /// Forgets the host key of every node whose machine (`instances`: node → the provider's id
     /// of it) is not the one this channel last met under its name: a node made again has new
     /// host keys, and its next contact accepts them. Records the machines met.
@@ -226,10 +232,9 @@ impl Channel {
                 continue;
             }
             if known.exists() {
-                let alias = format!("{}-{node}", self.cluster);
                 // Quietly: a node never met has nothing to remove.
                 let _ = std::process::Command::new("ssh-keygen")
-                    .args(["-q", "-R", &alias, "-f"])
+                    .args(["-q", "-R", &self.host_key_alias(node), "-f"])
                     .arg(&known)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -252,6 +257,15 @@ impl Channel {
             source,
         })
     }
+}
+
+/// A script that writes its standard input to `path` on a node with `mode`, replacing the file
+/// at once (never readable by others while it is written: secrets go this way).
+pub fn install_stdin(path: &str, mode: &str) -> String {
+    format!(
+        "set -e; umask 077; mkdir -p \"$(dirname {path})\"; rm -f {path}.part; \
+         cat > {path}.part; chmod {mode} {path}.part; mv -f {path}.part {path}"
+    )
 }
 
 fn ssh_error(target: &Target) -> impl FnOnce(std::io::Error) -> OsError + '_ {

@@ -63,6 +63,12 @@ impl OpenStack {
         nodes::target(plan, name, &self.login_users())
     }
 
+    /// How the plan's master is reached, when it can be.
+    pub(crate) fn master_target(&self, plan: &Plan) -> Option<crate::channel::Target> {
+        let master = plan.nodes.iter().find(|n| n.role == Role::Master)?;
+        self.target(plan, &master.name)
+    }
+
     /// The cluster's munge key: made on this machine by `up`, or on the master the copy its
     /// agent keeps.
     fn munge_key(&self) -> Result<Vec<u8>> {
@@ -237,10 +243,7 @@ impl OpenStack {
         wait: u64,
         sink: Sink<'_>,
     ) -> Result<()> {
-        let Some(master) = plan.nodes.iter().find(|n| n.role == Role::Master) else {
-            return Ok(());
-        };
-        let Some(target) = self.target(plan, &master.name) else {
+        let Some(target) = self.master_target(plan) else {
             return Ok(());
         };
         let t = std::time::Instant::now();
@@ -252,7 +255,7 @@ impl OpenStack {
         if !parts.is_empty() {
             sink(Event::Note(format!(
                 "Slurm on {}: {} ({:.1}s)",
-                master.name,
+                target.node,
                 parts.join("; "),
                 t.elapsed().as_secs_f64()
             )));

@@ -139,10 +139,16 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>())
+    Ok(hex(&h.finalize()))
+}
+
+/// The SHA-256 of `bytes`, in hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The cluster's munge key (made once: 1024 random bytes, mode 0400). Never logged.
@@ -398,9 +404,7 @@ pub async fn finish(
             .run_ok(
                 target,
                 "delivering the munge key",
-                &format!(
-                    "set -e; umask 0377; rm -f {key}.part; cat > {key}.part; mv -f {key}.part {key}"
-                ),
+                &crate::channel::install_stdin(&key, "0400"),
                 munge_key,
             )
             .await?;

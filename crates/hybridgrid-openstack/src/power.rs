@@ -16,13 +16,14 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use hybridgrid_core::plan::{Plan, Role};
+use hybridgrid_core::plan::Plan;
 use hybridgrid_engine::{Event, Sink};
 use serde_json::json;
 
 use crate::api::{Cloud, Req};
-use crate::channel::{Channel, Target};
+use crate::channel::{Channel, Target, install_stdin};
 use crate::error::{OsError, Result, Service};
+use crate::nodes::sha256_hex;
 use crate::power_host::{POWER_BINARY, POWER_CONFIG_DIR, POWER_STATE_DIR, POWER_UNIT, SSH_KEY};
 use crate::provider::OpenStack;
 use crate::site::SiteOps;
@@ -71,14 +72,6 @@ impl OnMaster {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The unit running the service of `cluster` on the master.
 fn unit(cluster: &str) -> String {
     let socket = hybridgrid_core::power::power_socket(cluster);
@@ -94,22 +87,7 @@ fn unit(cluster: &str) -> String {
     )
 }
 
-/// Writes standard input to `path` on the node (mode `mode`, replaced at once).
-fn write_script(path: &str, mode: &str) -> String {
-    format!(
-        "set -e; umask 077; mkdir -p \"$(dirname {path})\"; rm -f {path}.part; \
-         cat > {path}.part; chmod {mode} {path}.part; mv -f {path}.part {path}"
-    )
-}
-
 impl OpenStack {
-    /// The master's target and the channel, when the plan has on-demand workers and the master
-    /// can be reached.
-    fn master_target(&self, plan: &Plan) -> Option<Target> {
-        let master = plan.nodes.iter().find(|n| n.role == Role::Master)?;
-        self.target(plan, &master.name)
-    }
-
     /// With on-demand workers: the master runs the power service with what it needs, each part
     /// sent only when the master lacks it. Without: a service left from when the cluster had
     /// some is stopped and its credentials deleted.
@@ -143,7 +121,7 @@ impl OpenStack {
         let script = format!(
             "{}; mkdir -p {POWER_STATE_DIR}; systemctl daemon-reload; \
              systemctl enable -q {POWER_UNIT}; systemctl restart {POWER_UNIT}",
-            write_script(&path, "0644")
+            install_stdin(&path, "0644")
         );
         channel
             .run_ok(
@@ -175,7 +153,7 @@ impl OpenStack {
         let cluster = self.power_cluster_json()?;
         if seen.cluster_sha != sha256_hex(&cluster) {
             let path = format!("{POWER_CONFIG_DIR}/cluster.json");
-            let script = write_script(&path, "0600");
+            let script = install_stdin(&path, "0600");
             channel
                 .run_ok(target, "sending the cluster", &script, &cluster)
                 .await?;
@@ -188,7 +166,7 @@ impl OpenStack {
                 path: binary.path.clone(),
                 source,
             })?;
-            let script = write_script(POWER_BINARY, "0755");
+            let script = install_stdin(POWER_BINARY, "0755");
             channel
                 .run_ok(target, "sending hybridgrid", &script, &bytes)
                 .await?;
@@ -196,7 +174,7 @@ impl OpenStack {
         }
         if !seen.has_clouds {
             let clouds = self.power_clouds_yaml().await?;
-            let script = write_script(&format!("{POWER_CONFIG_DIR}/clouds.yaml"), "0600");
+            let script = install_stdin(&format!("{POWER_CONFIG_DIR}/clouds.yaml"), "0600");
             channel
                 .run_ok(
                     target,

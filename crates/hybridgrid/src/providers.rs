@@ -72,18 +72,23 @@ pub fn open(
 ) -> anyhow::Result<Box<dyn Provider>> {
     Ok(match cluster.provider {
         Kind::Local => Box::new(Local::open(cluster, local_options(settings, knobs)?)?),
-        Kind::OpenStack => Box::new(OpenStack::new(
-            cluster,
-            openstack_options(settings, knobs)?,
-        )?),
+        Kind::OpenStack => Box::new(openstack_with(cluster, settings, knobs)?),
     })
 }
 
 /// The OpenStack provider of an openstack cluster (also for `validate --online`).
 pub fn openstack_of(cluster: &Cluster, settings: &Settings) -> anyhow::Result<OpenStack> {
+    openstack_with(cluster, settings, Knobs::default())
+}
+
+fn openstack_with(
+    cluster: &Cluster,
+    settings: &Settings,
+    knobs: Knobs,
+) -> anyhow::Result<OpenStack> {
     Ok(OpenStack::new(
         cluster,
-        openstack_options(settings, Knobs::default())?,
+        openstack_options(settings, knobs)?,
     )?)
 }
 

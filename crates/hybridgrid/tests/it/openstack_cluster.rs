@@ -130,6 +130,32 @@ impl Cluster {
         self.hg_ok(&["exec", node, "--", "sh", "-c", script])
     }
 
+    /// `submit --dataset reads --wait` of `job`: its Slurm job id.
+    fn submit_reads_and_wait(&self, job: &std::path::Path) -> String {
+        let id = self.hg_ok(&[
+            "submit",
+            "--dataset",
+            "reads",
+            "--wait",
+            "--parsable",
+            "--",
+            job.to_str().unwrap(),
+        ]);
+        id.trim().to_owned()
+    }
+
+    /// Job `id` as `jobs --json` reports it.
+    fn job(&self, id: &str) -> Value {
+        let jobs: Value = serde_json::from_str(&self.hg_ok(&["jobs", "--json"])).unwrap();
+        jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"].as_u64().map(|v| v.to_string()).as_deref() == Some(id))
+            .unwrap_or_else(|| panic!("job {id} not in {jobs:#}"))
+            .clone()
+    }
+
     fn status(&self) -> (bool, Value) {
         let out = self.hg(&["status", "--json"]);
         (
@@ -413,24 +439,7 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
         "#!/bin/sh\necho \"host=$(hostname) site=$HYBRIDGRID_SITE reads=$HYBRIDGRID_DATASET_READS\"\n",
     )
     .unwrap();
-    let id = c.hg_ok(&[
-        "submit",
-        "--dataset",
-        "reads",
-        "--wait",
-        "--parsable",
-        "--",
-        job.to_str().unwrap(),
-    ]);
-    let id = id.trim().to_owned();
-    let jobs: Value = serde_json::from_str(&c.hg_ok(&["jobs", "--json"])).unwrap();
-    let j = jobs["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["id"].as_u64().map(|v| v.to_string()) == Some(id.clone()))
-        .unwrap_or_else(|| panic!("job {id} not in {jobs:#}"))
-        .clone();
+    let j = c.job(&c.submit_reads_and_wait(&job));
     assert_eq!(j["state"], "COMPLETED", "{j:#}");
     assert_eq!(j["node"], "b-worker-1", "{j:#}");
     let output = std::fs::read_to_string(j["output"].as_str().unwrap()).unwrap();
@@ -527,15 +536,7 @@ fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(
     );
     let t = Instant::now();
     let submitted = utc_now();
-    let id = c.hg_ok(&[
-        "submit",
-        "--dataset",
-        "reads",
-        "--wait",
-        "--parsable",
-        "--",
-        job.to_str().unwrap(),
-    ]);
+    let id = c.submit_reads_and_wait(job);
     let took = t.elapsed().as_secs_f64();
     // For docs/benchmarks.md: the job against its server's own boot, as Nova shows them.
     let created = openstack(
@@ -556,14 +557,7 @@ fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(
         created.trim()
     );
     c.exec("a-master", &format!("scancel {}", hold.trim()));
-    let jobs: Value = serde_json::from_str(&c.hg_ok(&["jobs", "--json"])).unwrap();
-    let j = jobs["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["id"].as_u64().map(|v| v.to_string()) == Some(id.trim().to_owned()))
-        .unwrap_or_else(|| panic!("job {id} not in {jobs:#}"))
-        .clone();
+    let j = c.job(&id);
     assert_eq!(j["state"], "COMPLETED", "{j:#}");
     assert_eq!(j["node"], ON_DEMAND, "{j:#}");
     let limit = Duration::from_secs(u64::from(SUSPEND_TIME) + 300);
