@@ -17,12 +17,16 @@ use std::time::Duration;
 
 use hybridgrid_core::plan::{SlurmRole, SlurmSetup};
 use hybridgrid_core::slurm_conf::power_saving_lines;
+use hybridgrid_core::store::JOB_ENV_FILE;
 
 use crate::AgentError;
 use crate::sys::{self, write_atomic};
 
 /// Where the provider puts the cluster's munge key, inside the agent's state directory.
 pub const MUNGE_KEY_FILE: &str = "munge.key";
+/// Where the provider puts the site's object-store keys for jobs (`KEY='value'` lines, 0600),
+/// inside the agent's state directory; only on nodes of a site with a store.
+pub const STORE_ENV_FILE: &str = "store.env";
 const MUNGED_PID: &str = "/run/munge/munged.pid";
 const SLURMCTLD_PID: &str = "/run/slurm/slurmctld.pid";
 const SLURMD_PID: &str = "/run/slurm/slurmd.pid";
@@ -76,6 +80,7 @@ pub fn apply(
         std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
         sys::run("chown", &[owner, dir])?;
     }
+    job_env(state_dir, actions)?;
     match setup.role {
         SlurmRole::Controller => {
             if let Some(store) = &setup.results_store {
@@ -91,6 +96,33 @@ pub fn apply(
         SlurmRole::Compute => compute(setup, name, actions),
         SlurmRole::None => Ok(()),
     }
+}
+
+/// The site's store keys for jobs (`STORE_ENV_FILE` in the state directory, delivered by the
+/// provider to the nodes of a site with an object store) at [`JOB_ENV_FILE`], root's alone; no
+/// delivered file: none there either (the site has no store, or its keys were withdrawn).
+fn job_env(state_dir: &Path, actions: &mut Vec<String>) -> Result<(), AgentError> {
+    let target = Path::new(JOB_ENV_FILE);
+    let wanted = std::fs::read(state_dir.join(STORE_ENV_FILE)).ok();
+    let present = std::fs::read(target).ok();
+    if wanted == present {
+        return Ok(());
+    }
+    match wanted {
+        Some(env) => {
+            let dir = target.parent().unwrap_or(Path::new("/"));
+            std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(AgentError::io(dir))?;
+            write_atomic(target, &env, 0o600)?;
+            actions.push("object store keys for jobs".into());
+        }
+        None => {
+            std::fs::remove_file(target).map_err(AgentError::io(target))?;
+            actions.push("object store keys for jobs removed".into());
+        }
+    }
+    Ok(())
 }
 
 /// The key in `/etc/munge` (munge's, 0400) and `munged` running with it.

@@ -21,6 +21,7 @@ pub mod reconcile;
 pub mod render;
 pub mod slurm_conf;
 pub mod slurm_version;
+pub mod store;
 pub mod submit;
 pub mod wg_status;
 

@@ -138,8 +138,28 @@ pub struct WorkerGroup {
 pub struct Dataset {
     pub name: String,
     pub site: String,
-    pub location: String,
+    pub source: DataSource,
     pub size_gib: Option<u64>,
+}
+
+/// Where a dataset's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DataSource {
+    /// Objects under `prefix` (empty, or ending in `/`) in `bucket` of the site's object store.
+    Store { bucket: String, prefix: String },
+    /// Data outside the stores: a URL or an absolute path, given to jobs as written.
+    Location { location: String },
+}
+
+impl DataSource {
+    /// What a job is told: `s3://bucket/prefix`, or the location as written.
+    pub fn url(&self) -> String {
+        match self {
+            DataSource::Store { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            DataSource::Location { location } => location.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr;
 use crate::change::Change;
-use crate::model::{ALL_PARTITION, Cluster, Provider, SLURMCTLD_PORT, SLURMD_PORT};
+use crate::model::{ALL_PARTITION, Cluster, DataSource, Provider, SLURMCTLD_PORT, SLURMD_PORT};
 pub use crate::node::{
     NodeConfig, PartitionMembers, Protocol, RESULTS_PORT, Remote, ResultsStore, Role, Route,
     SgRule, SlurmRole, SlurmSetup, WG_INTERFACE, WgInterface, WgPeer,
@@ -114,21 +114,22 @@ pub struct NodePlan {
 pub struct DatasetPlan {
     pub name: String,
     pub site: String,
-    pub location: String,
-    /// What a job is given: a location relative to the site's data store becomes
-    /// `http://<data_store_ip>/<location>`; URLs and absolute paths stay as written.
+    #[serde(flatten)]
+    pub source: DataSource,
+    /// What a job is given: `s3://bucket/prefix` for data in the site's store, a location as
+    /// written.
     pub url: String,
     /// The Slurm partition that runs jobs next to this dataset.
     pub partition: String,
 }
 
-fn dataset_url(location: &str, subnet: Option<Ipv4Net>) -> String {
-    if location.contains("://") || location.starts_with('/') {
-        return location.to_owned();
-    }
-    match subnet.and_then(addr::data_store_ip) {
-        Some(ip) => format!("http://{ip}/{location}"),
-        None => location.to_owned(),
+impl DatasetPlan {
+    /// The bucket in the site's object store, if the dataset lives there.
+    pub fn bucket(&self) -> Option<&str> {
+        match &self.source {
+            DataSource::Store { bucket, .. } => Some(bucket),
+            DataSource::Location { .. } => None,
+        }
     }
 }
 
@@ -337,8 +338,8 @@ fn dataset_plans(cluster: &Cluster) -> Vec<DatasetPlan> {
         .map(|d| DatasetPlan {
             name: d.name.clone(),
             site: d.site.clone(),
-            location: d.location.clone(),
-            url: dataset_url(&d.location, cluster.site(&d.site).map(|s| s.subnet)),
+            source: d.source.clone(),
+            url: d.source.url(),
             partition: d.site.clone(),
         })
         .collect()
@@ -677,6 +678,27 @@ impl Plan {
 
     pub fn site(&self, name: &str) -> Option<&SitePlan> {
         self.sites.iter().find(|s| s.name == name)
+    }
+
+    /// Whether `site` holds a dataset in its object store: such a site runs a store (local) or
+    /// has one in its cloud (openstack), and its Slurm nodes get the store's keys.
+    pub fn site_has_store_data(&self, site: &str) -> bool {
+        self.datasets
+            .iter()
+            .any(|d| d.site == site && d.bucket().is_some())
+    }
+
+    /// The buckets of `site`'s datasets, each once.
+    pub fn site_buckets(&self, site: &str) -> Vec<&str> {
+        let mut b: Vec<&str> = self
+            .datasets
+            .iter()
+            .filter(|d| d.site == site)
+            .filter_map(DatasetPlan::bucket)
+            .collect();
+        b.sort_unstable();
+        b.dedup();
+        b
     }
 
     pub fn relay_of(&self, site: &str) -> Option<&NodePlan> {

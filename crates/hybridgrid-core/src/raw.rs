@@ -99,6 +99,8 @@ pub struct RawDataset {
     pub name: Option<Sp<String>>,
     pub site: Option<Sp<String>>,
     pub location: Option<Sp<String>>,
+    pub bucket: Option<Sp<String>>,
+    pub prefix: Option<Sp<String>>,
     pub size_gib: Option<Sp<u64>>,
 }
 
@@ -572,17 +574,28 @@ impl Reader {
             pos: pos_of(node),
             ..RawDataset::default()
         };
-        let Some(m) = self.map(node, path, &["name", "site", "location", "size_gib"]) else {
+        let keys = ["name", "site", "bucket", "prefix", "location", "size_gib"];
+        let Some(m) = self.map(node, path, &keys) else {
             return d;
         };
         d.name = self.string(&m, "name");
         d.site = self.string(&m, "site");
         d.location = self.string(&m, "location");
+        d.bucket = self.string(&m, "bucket");
+        d.prefix = self.string(&m, "prefix");
         d.size_gib = self.uint(&m, "size_gib");
-        for key in ["name", "site", "location"] {
+        for key in ["name", "site"] {
             if m.get(key).is_none() {
-                self.missing(&m, key, "a dataset needs `name`, `site` and `location`");
+                self.missing(&m, key, "a dataset needs `name`, `site` and a `bucket` (or a `location`)");
             }
+        }
+        if m.get("bucket").is_none() && m.get("location").is_none() {
+            self.missing(
+                &m,
+                "bucket",
+                "a dataset lives in a bucket of its site's object store (`bucket`, `prefix`), \
+                 or outside the stores at a `location` (a URL)",
+            );
         }
         d
     }

@@ -153,7 +153,7 @@ mod tests {
     use crate::model::validate_text;
 
     fn plan() -> Plan {
-        let text = "name: t\nsites:\n  - name: a\n    master: true\n    subnet: 10.1.0.0/24\n    workers: [{count: 1}]\n  - name: b\n    subnet: 10.2.0.0/24\n    workers: [{count: 1}]\ndatasets:\n  - {name: genomes, site: b, location: genomes/}\n  - {name: scans, site: a, location: http://store.example/scans/}\n  - {name: more-genomes, site: b, location: g2/}\n";
+        let text = "name: t\nsites:\n  - name: a\n    master: true\n    subnet: 10.1.0.0/24\n    workers: [{count: 1}]\n  - name: b\n    subnet: 10.2.0.0/24\n    workers: [{count: 1}]\ndatasets:\n  - {name: genomes, site: b, bucket: genomes}\n  - {name: scans, site: a, location: http://store.example/scans/}\n  - {name: more-genomes, site: b, bucket: genomes, prefix: g2}\n";
         let (cluster, diags) = validate_text(text);
         crate::reconcile::plan(
             &cluster.unwrap_or_else(|| panic!("{}", diags.render("t"))),
@@ -167,7 +167,7 @@ mod tests {
         assert_eq!(p.partition, "b");
         assert!(p.env.contains(&(
             "HYBRIDGRID_DATASET_GENOMES".into(),
-            "http://10.2.0.4/genomes/".into()
+            "s3://genomes/".into()
         )));
         assert!(p.env.contains(&("HYBRIDGRID_SITE".into(), "b".into())));
     }
@@ -192,7 +192,7 @@ mod tests {
         assert_eq!(p.partition, "b", "two of three datasets are at b");
         assert!(p.env.contains(&(
             "HYBRIDGRID_DATASET_MORE_GENOMES".into(),
-            "http://10.2.0.4/g2/".into()
+            "s3://genomes/g2/".into()
         )));
         assert!(p.env.contains(&(
             "HYBRIDGRID_DATASET_SCANS".into(),

@@ -28,7 +28,9 @@ pub use engine::{
     MAX_ROUNDS, PlanOf, converge, doctor, doctor_path, nodes, observe, plan, status, up,
 };
 pub use error::EngineError;
-pub use provider::{Applied, Command, Event, Nodes, Probe, Provider, Settled, Sink, supports};
+pub use provider::{
+    Applied, Command, Event, Nodes, Probe, Provider, Settled, Sink, Stores, supports,
+};
 pub use report::{
     DownReport, HANDSHAKE_STALE_S, NodeStatus, NotDeleted, Pending, PendingKind, Reach,
     StatusReport, TunnelStatus, UpReport,

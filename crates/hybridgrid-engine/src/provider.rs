@@ -1,7 +1,10 @@
 //! The one interface every provider implements.
 
 use hybridgrid_core::diff::{Change, Observed};
+use std::collections::BTreeMap;
+
 use hybridgrid_core::plan::Plan;
+use hybridgrid_core::store::StoreAccess;
 
 use crate::EngineError;
 use crate::doctor::Facts;
@@ -71,6 +74,7 @@ pub enum Command {
     Exec,
     Doctor,
     Submit,
+    Data,
 }
 
 impl Command {
@@ -82,6 +86,7 @@ impl Command {
             Command::Exec => "exec",
             Command::Doctor => "doctor",
             Command::Submit => "submit",
+            Command::Data => "data",
         }
     }
 }
@@ -92,6 +97,7 @@ pub fn supports(provider: &dyn Provider, command: Command) -> bool {
     match command {
         Command::Up | Command::Down | Command::Status => true,
         Command::Exec | Command::Doctor | Command::Submit => provider.nodes().is_some(),
+        Command::Data => provider.stores().is_some(),
     }
 }
 
@@ -142,6 +148,21 @@ pub trait Provider: Send + Sync {
     /// The nodes' own shells (`exec`, `submit`, `jobs`, `doctor`): `None` where this provider
     /// cannot reach its nodes (openstack with the node channel off).
     fn nodes(&self) -> Option<&dyn Nodes>;
+
+    /// The sites' object stores (`data`, the store bytes of `jobs`): `None` where this provider
+    /// does not reach them.
+    fn stores(&self) -> Option<&dyn Stores>;
+}
+
+/// What a provider knows of its sites' object stores.
+pub trait Stores: Send + Sync {
+    /// How this host reaches the store of `site` (endpoint, region, the site's keys); `None` if
+    /// the site has no store for the cluster.
+    fn access(&self, plan: &Plan, site: &str) -> Result<Option<StoreAccess>, EngineError>;
+
+    /// The bytes each site's store has sent so far, by site, for the stores whose counters this
+    /// provider can read; counters only grow while a store runs.
+    fn served_bytes(&self, plan: &Plan) -> BTreeMap<String, u64>;
 }
 
 /// What a provider does on its nodes.

@@ -212,6 +212,10 @@ impl Provider for Double {
     fn nodes(&self) -> Option<&dyn Nodes> {
         None
     }
+
+    fn stores(&self) -> Option<&dyn hybridgrid_engine::Stores> {
+        None
+    }
 }
 
 fn cluster(file: &str) -> Cluster {

@@ -1,23 +1,29 @@
-//! Data where it lives: each site's data store (the stand-in for the cloud's object storage),
-//! Debian's nginx, not a server written here.
+//! Data where it lives: the object store (S3) of each site that holds a dataset in a bucket —
+//! OpenStack Swift from Debian's packages (`crate::swift`), not a server written here.
 //!
 //! - The data store of site `S` runs in its own namespace `hg-<cluster>-S-store`, attached to the
 //!   site switch at `.4` (port security and the site's node security group apply, like a node),
 //!   default route via the site router and the other sites via the site's relay, so other sites
-//!   reach it only through the tunnels. It serves `<cluster state>/sites/S/store/` at
-//!   `http://<.4>/` (read-only, with directory listings).
+//!   reach it only through the tunnels. S3 at `http://<.4>:8080`, region `S`, one key per site
+//!   (`<cluster state>/sites/S/store/keys`, 0600), objects under `<cluster state>/sites/S/store/srv`.
+//! - An nftables counter in the store's namespace counts the bytes the store sends
+//!   ([`served_bytes`]): what `jobs` reports as read from each site's store.
+//! - Sites without such a dataset run no store. A store whose datasets left the cluster file
+//!   stays (it holds data) until `down`.
 //! - The master's results store is the node agent's (`hybridgrid_agent::results`), the same on
 //!   every provider; on this one its files are in the master's state directory.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use hybridgrid_core::plan::{Plan, Role, SgRule, SitePlan};
+use hybridgrid_core::plan::{NodePlan, Plan, Role, SgRule, SitePlan, SlurmRole};
 use ipnet::Ipv4Net;
 
 use crate::infra::{self, Port};
 use crate::ledger::write_atomic;
-use crate::{Local, LocalError, names, sh};
+use hybridgrid_core::store::StoreAccess;
+
+use crate::{Local, LocalError, names, sh, swift};
 
 /// The store's pseudo node name: `<site>-store` (no node name ends that way).
 pub fn store_node(site: &str) -> String {
@@ -41,9 +47,10 @@ pub fn results_dir(local: &Local, plan: &Plan) -> Option<PathBuf> {
     ))
 }
 
-/// Whether a site of this subnet gets a data store (it has room for the store's address).
-pub fn has_store(subnet: Ipv4Net) -> bool {
-    store_ip(subnet).is_some()
+/// Whether `site` (of this subnet) runs a data store: it holds a dataset in a bucket and has room
+/// for the store's address.
+pub fn has_store(plan: &Plan, site: &str, subnet: Ipv4Net) -> bool {
+    plan.site_has_store_data(site) && store_ip(subnet).is_some()
 }
 
 fn store_ip(subnet: Ipv4Net) -> Option<Ipv4Addr> {
@@ -74,50 +81,8 @@ pub fn render_security_group(
     infra::render_security_groups(cluster, &store_node(site), rules, stateless)
 }
 
-fn q(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
-}
-
-fn nginx_conf(dir: &Path, server: &str) -> String {
-    let d = dir.display();
-    format!(
-        "# hybridgrid: generated, rewritten by `up`.\n\
-         user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{\n  access_log {d}/access.log;\n  sendfile on;\n  default_type application/octet-stream;\n\
-         \x20 client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n\
-         \x20 fastcgi_temp_path {d}/tmp/fastcgi;\n  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
-         {server}}}\n"
-    )
-}
-
-/// Starts nginx with `conf` in the current namespaces of `enter` (a prefix command) unless its
-/// PID file names a live process. Returns true if it started it.
-fn start_nginx(
-    dir: &Path,
-    conf: &str,
-    enter: &dyn Fn(&str) -> Result<String, LocalError>,
-) -> Result<bool, LocalError> {
-    for sub in ["tmp", "tmp/body"] {
-        let p = dir.join(sub);
-        std::fs::create_dir_all(&p).map_err(LocalError::io(&p))?;
-    }
-    let conf_path = dir.join("nginx.conf");
-    write_atomic(&conf_path, conf.as_bytes(), 0o644)?;
-    let pid_file = dir.join("nginx.pid");
-    let out = enter(&format!(
-        "f={pid}; if [ -f $f ] && kill -0 \"$(cat $f)\" 2>/dev/null; then echo running; \
-         else rm -f $f; if nginx -e {err} -c {conf}; then echo started; \
-         else sleep 1; kill -0 \"$(cat $f)\" && echo running; fi; fi",
-        pid = q(&pid_file),
-        err = q(&dir.join("error.log")),
-        conf = q(&conf_path),
-    ))?;
-    Ok(out.lines().any(|l| l == "started"))
-}
-
-/// Creates the data store of `site` if it lacks one (or one interrupted part-way) and starts
-/// its nginx; sets its routes to the other sites through the site's relay. `record` writes a
+/// Creates the data store of `site` if it holds a dataset in a bucket and lacks one (or one
+/// interrupted part-way) and starts its Swift; sets its routes to the other sites through the site's relay. `record` writes a
 /// namespace to the ledger before it is created. Returns what it did.
 pub fn ensure_site(
     local: &Local,
@@ -130,6 +95,9 @@ pub fn ensure_site(
     let Some(site) = plan.site(site_name) else {
         return Ok(done);
     };
+    if !plan.site_has_store_data(site_name) {
+        return Ok(done);
+    }
     let ns = ns_store(cluster, &site.name);
     let Some(ip) = store_ip(site.subnet) else {
         return Ok(done);
@@ -205,23 +173,154 @@ fn create_store_net(site: &SitePlan, ns: &str, sw: &str, ip: Ipv4Addr) -> Result
     )
 }
 
-/// The site's store directory served by nginx in the store's namespace `ns` at `ip`; what it
-/// did, if it started nginx.
+/// The site's Swift configured and started in the store's namespace `ns` at `ip`, with the
+/// counter of the bytes it sends; what it did, if it started a server.
 fn serve_store(
     local: &Local,
     site: &str,
     ns: &str,
     ip: Ipv4Addr,
 ) -> Result<Option<String>, LocalError> {
-    let store = store_dir(local.cluster_dir(), site);
-    std::fs::create_dir_all(&store).map_err(LocalError::io(&store))?;
-    let dir = local.cluster_dir().join("sites").join(site).join("nginx");
-    let server = format!(
-        "  server {{\n    listen {ip}:80;\n    root {};\n    autoindex on;\n  }}\n",
-        store.display()
+    let dir = store_dir(local.cluster_dir(), site);
+    let keys = store_keys(&dir)?;
+    let layout = swift::Layout::new(&dir);
+    swift::configure(&layout, ip, site, &keys.secret, &keys.hash)?;
+    ensure_counter(ns)?;
+    let started = swift::start(&layout, ns, ip)?;
+    Ok(started.then(|| format!("data store of {site}: S3 at http://{ip}:{}", swift::PORT)))
+}
+
+/// The store's secrets: the S3 secret key and Swift's hash suffix, made once (0600).
+struct StoreKeys {
+    secret: String,
+    hash: String,
+}
+
+fn store_keys(dir: &Path) -> Result<StoreKeys, LocalError> {
+    let path = dir.join("keys");
+    let parse = |text: &str| {
+        let mut lines = text.lines();
+        let (secret, hash) = (lines.next()?, lines.next()?);
+        (secret.len() == 40 && hash.len() == 40).then(|| StoreKeys {
+            secret: secret.to_owned(),
+            hash: hash.to_owned(),
+        })
+    };
+    if let Some(keys) = std::fs::read_to_string(&path).ok().as_deref().and_then(parse) {
+        return Ok(keys);
+    }
+    std::fs::create_dir_all(dir).map_err(LocalError::io(dir))?;
+    let keys = StoreKeys {
+        secret: random_hex()?,
+        hash: random_hex()?,
+    };
+    write_atomic(&path, format!("{}\n{}\n", keys.secret, keys.hash).as_bytes(), 0o600)?;
+    Ok(keys)
+}
+
+/// 20 random bytes in hex.
+fn random_hex() -> Result<String, LocalError> {
+    let mut bytes = [0u8; 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(LocalError::io("/dev/urandom"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// How this host reaches the store of `site`, if the site has one: S3 at the store's address,
+/// from inside the store's namespace.
+pub fn access(local: &Local, plan: &Plan, site: &str) -> Result<Option<StoreAccess>, LocalError> {
+    let Some(sp) = plan.site(site) else {
+        return Ok(None);
+    };
+    let Some(ip) = store_ip(sp.subnet).filter(|_| plan.site_has_store_data(site)) else {
+        return Ok(None);
+    };
+    let keys = store_keys(&store_dir(local.cluster_dir(), site))?;
+    Ok(Some(StoreAccess {
+        site: site.to_owned(),
+        endpoint: format!("http://{ip}:{}", swift::PORT),
+        region: site.to_owned(),
+        access_key: swift::ACCESS_KEY.to_owned(),
+        secret_key: keys.secret,
+        netns: Some(ns_store(&plan.cluster, site)),
+    }))
+}
+
+/// Whether the process names of a store's namespace include every Swift server.
+pub fn all_running(names: &std::collections::BTreeSet<String>) -> bool {
+    swift::process_names().iter().all(|n| names.contains(n))
+}
+
+/// The store keys of `node`'s site for its jobs, in the node's own state (0600, the agent puts
+/// them where jobs load them): only on Slurm nodes of a site with a store; removed elsewhere.
+pub fn deliver_job_env(local: &Local, plan: &Plan, node: &NodePlan) -> Result<(), LocalError> {
+    let path = local
+        .node_dir(&node.name)
+        .join(hybridgrid_agent::slurm::STORE_ENV_FILE);
+    let slurm_node = plan.node_config(node).slurm.role != SlurmRole::None;
+    match access(local, plan, &node.site)?.filter(|_| slurm_node) {
+        Some(a) => {
+            let env = a.job_env();
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(env.as_str()) {
+                write_atomic(&path, env.as_bytes(), 0o600)?;
+            }
+        }
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(LocalError::io(&path)(e));
+            }
+            _ => {}
+        },
+    }
+    Ok(())
+}
+
+/// Every bucket of the plan's datasets made in its site's store where it is missing (`up`
+/// settles here, so a dataset added to a running cluster gets its bucket); what it made.
+pub fn ensure_buckets(local: &Local, plan: &Plan) -> Result<Vec<String>, LocalError> {
+    let mut made = Vec::new();
+    for site in &plan.sites {
+        let Some(access) = access(local, plan, &site.name)? else {
+            continue;
+        };
+        let buckets = plan.site_buckets(&site.name);
+        let new = hybridgrid_store::open(&access, |store| {
+            let mut new = Vec::new();
+            for b in &buckets {
+                if store.ensure_bucket(b)? {
+                    new.push(format!("bucket {b} made in the store of {}", site.name));
+                }
+            }
+            Ok(new)
+        })?;
+        made.extend(new);
+    }
+    Ok(made)
+}
+
+const COUNTER_TABLE: &str = "hybridgrid_store";
+
+/// An nftables counter of what the store sends from its S3 port (idempotent).
+fn ensure_counter(ns: &str) -> Result<(), LocalError> {
+    let rules = format!(
+        "table inet {COUNTER_TABLE} {{\n  counter served {{ }}\n  chain out {{\n    \
+         type filter hook output priority 0; policy accept;\n    \
+         tcp sport {} counter name served\n  }}\n}}\n",
+        swift::PORT
     );
-    let started = start_nginx(&dir, &nginx_conf(&dir, &server), &|script| {
-        sh::run("ip", &["netns", "exec", ns, "sh", "-c", script])
-    })?;
-    Ok(started.then(|| format!("data store of {site} serves {}", store.display())))
+    let present = sh::run("ip", &["netns", "exec", ns, "nft", "list", "counter", "inet", COUNTER_TABLE, "served"]).is_ok();
+    if present {
+        return Ok(());
+    }
+    sh::nft(Some(ns), &rules)
+}
+
+/// The bytes the store of `site` has sent (its S3 answers, headers included) since it started;
+/// `None` if the site runs no store.
+pub fn served_bytes(cluster: &str, site: &str) -> Option<u64> {
+    let ns = ns_store(cluster, site);
+    let out = sh::run("ip", &["netns", "exec", &ns, "nft", "list", "counter", "inet", COUNTER_TABLE, "served"]).ok()?;
+    let after = out.split("bytes ").nth(1)?;
+    after.split_whitespace().next()?.parse().ok()
 }

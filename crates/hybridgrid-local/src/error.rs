@@ -6,6 +6,8 @@ use std::path::PathBuf;
 /// text, printed once by whoever prints the chain ([`hybridgrid_core::error_chain`]).
 #[derive(Debug, displaydoc::Display, thiserror::Error)]
 pub enum LocalError {
+    /// {0}
+    Store(#[from] hybridgrid_store::StoreError),
     /// `{command}` failed: {detail}
     Command { command: String, detail: String },
     /// {path}

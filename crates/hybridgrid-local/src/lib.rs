@@ -14,6 +14,7 @@
 mod apply;
 pub mod crash;
 pub mod datastore;
+mod swift;
 mod doctor;
 mod down;
 pub mod drift;

@@ -182,10 +182,10 @@ impl Local {
         let cluster = self.cluster.name.as_str();
         // The site's data store stands for its object storage: part of the site's network here.
         let store_serves = shape.site(site).is_none()
-            || !datastore::has_store(entry.subnet)
+            || !datastore::has_store(shape, site, entry.subnet)
             || named_netns_inode(&datastore::ns_store(cluster, site))
                 .and_then(|i| procs.get(&i))
-                .is_some_and(|p| p.contains("nginx"));
+                .is_some_and(datastore::all_running);
         let network = entry.state == ObjState::Ready
             && inet
             && sh::netns_exists(&names::ns_switch(cluster, site))

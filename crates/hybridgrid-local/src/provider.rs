@@ -2,6 +2,7 @@
 //! `observe.rs` reads the live emulation, `apply.rs` makes each change, `status.rs` reads
 //! tunnels and reachability, `down.rs` removes a cluster and collects leftovers.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 use std::sync::{Mutex, MutexGuard};
@@ -10,11 +11,12 @@ use std::time::Duration;
 use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::model::Cluster;
 use hybridgrid_core::plan::Plan;
+use hybridgrid_core::store::StoreAccess;
 use hybridgrid_engine::doctor::Facts;
 use hybridgrid_engine::path::PathFacts;
 use hybridgrid_engine::{
     Applied, DownReport, EngineError, Nodes, Pending, PendingKind, Probe, Provider, Settled, Sink,
-    StatusReport,
+    StatusReport, Stores,
 };
 
 use crate::ledger::{Ledger, ObjState};
@@ -190,6 +192,9 @@ impl Provider for Local {
         for started in self.ensure_power_service(plan).map_err(err)? {
             sink(hybridgrid_engine::Event::Note(started));
         }
+        for made in crate::datastore::ensure_buckets(self, plan).map_err(err)? {
+            sink(hybridgrid_engine::Event::Note(made));
+        }
         Ok(Applied::default())
     }
 
@@ -198,6 +203,9 @@ impl Provider for Local {
         // A power service that died is started again by the next `up`.
         for started in self.ensure_power_service(plan).map_err(err)? {
             sink(hybridgrid_engine::Event::Note(started));
+        }
+        for made in crate::datastore::ensure_buckets(self, plan).map_err(err)? {
+            sink(hybridgrid_engine::Event::Note(made));
         }
         let pending = self.wait_handshakes(plan, Duration::from_secs(20));
         Ok(Settled {
@@ -228,6 +236,26 @@ impl Provider for Local {
 
     fn nodes(&self) -> Option<&dyn Nodes> {
         Some(self)
+    }
+
+    fn stores(&self) -> Option<&dyn Stores> {
+        Some(self)
+    }
+}
+
+impl Stores for Local {
+    fn access(&self, plan: &Plan, site: &str) -> Result<Option<StoreAccess>, EngineError> {
+        crate::datastore::access(self, plan, site).map_err(err)
+    }
+
+    fn served_bytes(&self, plan: &Plan) -> BTreeMap<String, u64> {
+        plan.sites
+            .iter()
+            .filter_map(|s| {
+                let bytes = crate::datastore::served_bytes(&plan.cluster, &s.name)?;
+                Some((s.name.clone(), bytes))
+            })
+            .collect()
     }
 }
 

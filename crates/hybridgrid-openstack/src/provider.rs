@@ -405,6 +405,11 @@ impl Provider for OpenStack {
     fn nodes(&self) -> Option<&dyn Nodes> {
         self.opts.node_channel.then_some(self as &dyn Nodes)
     }
+
+    fn stores(&self) -> Option<&dyn hybridgrid_engine::Stores> {
+        // The openstack half of the object-store issue: the sites' Swift/RadosGW, EC2 keys.
+        None
+    }
 }
 
 /// Through the node channel (SSH, workers through their site's relay).

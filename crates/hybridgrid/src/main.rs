@@ -17,6 +17,7 @@ use hybridgrid_core::render;
 use hybridgrid_engine::{Command as Cmd, EngineError, Event, Probe, Provider, Sink};
 use settings::Settings;
 
+mod data_cmd;
 mod doctor_cmd;
 mod graph;
 mod node_cmd;
@@ -150,6 +151,9 @@ enum Command {
     Man,
     #[command(flatten)]
     Submit(submit_cmd::SubmitCommand),
+    /// Datasets in their site's object store: `data put|ls|get|rm -f FILE DATASET ...`.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
     #[command(flatten)]
     Node(node_cmd::NodeCommand),
 }
@@ -261,6 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completions { shell } => completions(shell),
         Command::Man => man(),
         Command::Submit(cmd) => submit_cmd::run(cmd, s),
+        Command::Data(cmd) => data_cmd::run(cmd, s),
         Command::Node(cmd) => node_cmd::run(cmd, s),
     }
 }

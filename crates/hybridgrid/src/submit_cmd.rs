@@ -9,6 +9,7 @@
 //! jobs' output to `<cluster state>/results/`. Everything on the master goes through the
 //! provider's `Nodes::run`, the same for every provider.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -93,6 +94,36 @@ struct JobEntry {
     wan_bytes_at_end: Option<u64>,
     #[serde(default)]
     end_late: bool,
+    /// Bytes each site's store had sent when the job was submitted and once it was seen
+    /// finished (see [`store_bytes`]), by site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    store_bytes_at_submit: Option<BTreeMap<String, u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    store_bytes_at_end: Option<BTreeMap<String, u64>>,
+}
+
+impl JobEntry {
+    /// Counters were read at submit and not yet at the end.
+    fn end_uncounted(&self) -> bool {
+        (self.wan_bytes_at_submit.is_some() || self.store_bytes_at_submit.is_some())
+            && self.wan_bytes_at_end.is_none()
+            && self.store_bytes_at_end.is_none()
+    }
+}
+
+/// The cluster's byte counters at one moment: what the relays sent into the tunnels, and what
+/// each site's store sent.
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    wan: Option<u64>,
+    stores: Option<BTreeMap<String, u64>>,
+}
+
+fn counters(jobs: &Jobs) -> Counters {
+    Counters {
+        wan: wan_bytes(jobs),
+        stores: store_bytes(jobs),
+    }
 }
 
 /// One line of `jobs`.
@@ -113,6 +144,10 @@ struct JobView {
     cross_site_bytes: Option<u64>,
     /// The end was taken at a later `jobs`, after the job had finished: an upper bound.
     cross_site_bytes_upper_bound: bool,
+    /// Bytes read from each site's object store while the job ran (site → bytes), counted at
+    /// the stores: like `cross_site_bytes`, the whole cluster's in that window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store_bytes: Option<BTreeMap<String, u64>>,
 }
 
 /// The record of submitted jobs; an empty one when there is none yet.
@@ -146,6 +181,10 @@ fn wrapper(plan: &Plan, name: &str, env: &[(String, String)], script: &[u8]) -> 
         "export HYBRIDGRID_RESULTS_URL={}",
         sh_quote(&plan.results_url())
     );
+    // The site's object-store keys are on its nodes only, never in this script (slurmctld keeps
+    // batch scripts on the master, at another site).
+    let env = sh_quote(hybridgrid_core::store::JOB_ENV_FILE);
+    let _ = writeln!(s, "if [ -r {env} ]; then set -a; . {env}; set +a; fi");
     let b64 = base64::engine::general_purpose::STANDARD.encode(script);
     let interpreter = if script.starts_with(b"#!") {
         ""
@@ -288,7 +327,7 @@ fn submit(args: SubmitArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let batch = wrapper(plan, &name, &placement.env, &body);
-    let wan_at_submit = wan_bytes(&jobs);
+    let at_submit = counters(&jobs);
     let sbatch = sbatch_command(&placement.partition, &args.script[1..]);
     let out = jobs.on_master("sbatch", &sbatch, batch.as_bytes())?;
     let id = slurm_jobs::sbatch_id(&out).with_context(|| format!("sbatch answered {out:?}"))?;
@@ -301,9 +340,11 @@ fn submit(args: SubmitArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
         site: placement.site.clone(),
         datasets: args.datasets.clone(),
         submitted_unix: (now / 1_000_000_000) as u64,
-        wan_bytes_at_submit: wan_at_submit,
+        wan_bytes_at_submit: at_submit.wan,
         wan_bytes_at_end: None,
         end_late: false,
+        store_bytes_at_submit: at_submit.stores,
+        store_bytes_at_end: None,
     });
     save_jobs(&jobs_path, &record)?;
     if args.parsable {
@@ -343,7 +384,7 @@ fn wait_and_report(jobs: &Jobs, id: u64, parsable: bool) -> anyhow::Result<ExitC
         &mut record,
         std::slice::from_ref(&view),
         false,
-        &|| wan_bytes(jobs),
+        &|| counters(jobs),
     )?;
     if !parsable {
         println!(
@@ -368,9 +409,9 @@ fn list_jobs(file: &Path, json: bool, settings: &Settings) -> anyhow::Result<Exi
     let path = jobs.jobs_path();
     let mut record = load_jobs(&path)?;
     let mut views = job_views(&jobs, &record)?;
-    // The relays' counters, read at most once for all jobs.
-    let counters = std::cell::OnceCell::new();
-    let now = || *counters.get_or_init(|| wan_bytes(&jobs));
+    // The counters, read at most once for all jobs.
+    let read = std::cell::OnceCell::new();
+    let now = || read.get_or_init(|| counters(&jobs)).clone();
     record_ends(&path, &mut record, &views, true, &now)?;
     cross_site(&mut views, &record, &now);
     if json {
@@ -391,8 +432,8 @@ fn jobs_table(views: &[JobView]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  {:>10}  output",
-        "job", "name", "partition", "site", "state", "node", "exit", "cross-site"
+        "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  {:>10}  {:<24} output",
+        "job", "name", "partition", "site", "state", "node", "exit", "cross-site", "store reads"
     );
     for v in views {
         let wan = v.cross_site_bytes.map_or_else(
@@ -406,9 +447,10 @@ fn jobs_table(views: &[JobView]) -> String {
                 format!("{bound}{}", crate::status_text::bytes(b))
             },
         );
+        let reads = store_reads(v.store_bytes.as_ref());
         let _ = writeln!(
             s,
-            "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  {wan:>10}  {}",
+            "{:>6}  {:<16} {:<10} {:<10} {:<10} {:<20} {:>4}  {wan:>10}  {reads:<24} {}",
             v.id,
             v.name,
             v.partition,
@@ -424,11 +466,32 @@ fn jobs_table(views: &[JobView]) -> String {
     s
 }
 
+/// `site bytes` for each store that sent something, or `-`.
+fn store_reads(bytes: Option<&BTreeMap<String, u64>>) -> String {
+    let parts: Vec<String> = bytes
+        .into_iter()
+        .flatten()
+        .filter(|(_, b)| **b > 0)
+        .map(|(site, b)| format!("{site} {}", crate::status_text::bytes(*b)))
+        .collect();
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// Bytes all relays have sent into the tunnels (every byte that crosses sites is sent by exactly
 /// one relay); `None` when the tunnels cannot be read.
 fn wan_bytes(jobs: &Jobs) -> Option<u64> {
     let s = jobs.provider.status(&jobs.plan, Probe::None).ok()?;
     (!s.tunnels.is_empty()).then(|| s.tunnels.iter().map(|t| t.tx_bytes).sum())
+}
+
+/// Bytes each site's store has sent; `None` where the provider reads no store's counter.
+fn store_bytes(jobs: &Jobs) -> Option<BTreeMap<String, u64>> {
+    let read = jobs.provider.stores()?.served_bytes(&jobs.plan);
+    (!read.is_empty()).then_some(read)
 }
 
 /// Records the counters' end for jobs seen finished the first time, and saves the record then.
@@ -437,7 +500,7 @@ fn record_ends(
     record: &mut JobsRecord,
     views: &[JobView],
     late: bool,
-    now: &dyn Fn() -> Option<u64>,
+    now: &dyn Fn() -> Counters,
 ) -> anyhow::Result<()> {
     // A job in no state Slurm knows gets no end: when it ended cannot be told.
     let done: Vec<u64> = views
@@ -448,40 +511,52 @@ fn record_ends(
     let todo: Vec<&mut JobEntry> = record
         .jobs
         .iter_mut()
-        .filter(|j| {
-            done.contains(&j.id) && j.wan_bytes_at_submit.is_some() && j.wan_bytes_at_end.is_none()
-        })
+        .filter(|j| done.contains(&j.id) && j.end_uncounted())
         .collect();
     if todo.is_empty() {
         return Ok(());
     }
     let now = now();
     for j in todo {
-        j.wan_bytes_at_end = now;
+        j.wan_bytes_at_end = now.wan;
+        j.store_bytes_at_end = now.stores.clone();
         j.end_late = late;
     }
     save_jobs(path, record)
 }
 
-/// Fills each view's cross-site bytes from the record (`now`: the counters, for running jobs).
-fn cross_site(views: &mut [JobView], record: &JobsRecord, now: &dyn Fn() -> Option<u64>) {
+/// Fills each view's cross-site and store bytes from the record (`now`: the counters, for
+/// running jobs).
+fn cross_site(views: &mut [JobView], record: &JobsRecord, now: &dyn Fn() -> Counters) {
     for v in views.iter_mut() {
         let Some(j) = record.jobs.iter().find(|j| j.id == v.id) else {
             continue;
         };
-        let Some(start) = j.wan_bytes_at_submit else {
-            continue;
-        };
-        let end = if let Some(e) = j.wan_bytes_at_end {
+        let end = if !j.end_uncounted() {
             v.cross_site_bytes_upper_bound = j.end_late;
-            Some(e)
+            Counters {
+                wan: j.wan_bytes_at_end,
+                stores: j.store_bytes_at_end.clone(),
+            }
         } else if v.state == "RUNNING" {
             now()
         } else {
-            None
+            Counters::default()
         };
-        v.cross_site_bytes = end.map(|e| e.saturating_sub(start));
+        if let (Some(start), Some(end)) = (j.wan_bytes_at_submit, end.wan) {
+            v.cross_site_bytes = Some(end.saturating_sub(start));
+        }
+        if let (Some(start), Some(end)) = (&j.store_bytes_at_submit, &end.stores) {
+            v.store_bytes = Some(store_deltas(start, end));
+        }
     }
+}
+
+/// Per site, what a store sent between two readings (a store that started meanwhile: all it sent).
+fn store_deltas(start: &BTreeMap<String, u64>, end: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    end.iter()
+        .map(|(site, e)| (site.clone(), e.saturating_sub(start.get(site).copied().unwrap_or(0))))
+        .collect()
 }
 
 /// Waits as long as the job takes, like `sbatch --wait` (waking an on-demand worker on a slow
@@ -539,6 +614,7 @@ fn job_views(jobs: &Jobs, record: &JobsRecord) -> anyhow::Result<Vec<JobView>> {
             output,
             cross_site_bytes: None,
             cross_site_bytes_upper_bound: false,
+            store_bytes: None,
         });
     }
     Ok(views)

@@ -5,8 +5,14 @@ use std::collections::BTreeMap;
 use crate::diag::did_you_mean;
 use crate::raw::{self, RawCluster, Sp};
 
+/// A prefix as S3 keys use it: no leading `/`, and a trailing `/` unless empty.
+fn prefix_of(raw: &str) -> String {
+    let p = raw.trim_matches('/');
+    if p.is_empty() { String::new() } else { format!("{p}/") }
+}
+
 use super::{
-    ALL_PARTITION, DEFAULT_SUSPEND_TIME, Dataset, Provider, SLURMCTLD_PORT, SLURMD_PORT, Site,
+    ALL_PARTITION, DEFAULT_SUSPEND_TIME, DataSource, Dataset, Provider, SLURMCTLD_PORT, SLURMD_PORT, Site,
     SlurmOptions, Validator,
 };
 
@@ -53,16 +59,88 @@ impl Validator<'_> {
                     help,
                 );
             }
-            if let (Some(name), Some(site), Some(location)) = (&d.name, &d.site, &d.location) {
+            let source = self.data_source(d, &path);
+            if let (Some(name), Some(site), Some(source)) = (&d.name, &d.site, source) {
                 out.push(Dataset {
                     name: name.value.clone(),
                     site: site.value.clone(),
-                    location: location.value.clone(),
+                    source,
                     size_gib: d.size_gib.as_ref().map(|s| s.value),
                 });
             }
         }
         out
+    }
+
+    /// A dataset's `bucket` and `prefix`, or its `location`: one of the two forms.
+    fn data_source(&mut self, d: &raw::RawDataset, path: &str) -> Option<DataSource> {
+        match (&d.bucket, &d.location) {
+            (Some(_), Some(l)) => {
+                self.error(
+                    l.pos,
+                    format!("{path}.location"),
+                    "a dataset has a `bucket` or a `location`, not both",
+                    "keep `bucket` (and `prefix`) for data in the site's object store",
+                );
+                None
+            }
+            (Some(b), None) => {
+                let bucket = self.bucket(b, format!("{path}.bucket"))?;
+                let prefix = d.prefix.as_ref().map_or_else(String::new, |p| prefix_of(&p.value));
+                Some(DataSource::Store { bucket, prefix })
+            }
+            (None, Some(l)) => {
+                if let Some(p) = &d.prefix {
+                    self.error(
+                        p.pos,
+                        format!("{path}.prefix"),
+                        "`prefix` belongs to a dataset in a bucket",
+                        "add `bucket:`, or write the whole URL as `location`",
+                    );
+                }
+                self.location(l, format!("{path}.location"))
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// A bucket name S3 accepts everywhere: 3 to 63 lowercase letters, digits, `-` and `.`,
+    /// starting and ending with a letter or digit.
+    fn bucket(&mut self, b: &Sp<String>, path: String) -> Option<String> {
+        let v = b.value.as_str();
+        let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let valid = (3..=63).contains(&v.len())
+            && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && edge_ok(v.chars().next())
+            && edge_ok(v.chars().last())
+            && !v.contains("..");
+        if valid {
+            return Some(v.to_owned());
+        }
+        self.error(
+            b.pos,
+            path,
+            format!("`{v}` is not a valid bucket name"),
+            "use 3 to 63 lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit",
+        );
+        None
+    }
+
+    /// Data outside the stores: a URL (`https://…`, `s3://…`) or an absolute path.
+    fn location(&mut self, l: &Sp<String>, path: String) -> Option<DataSource> {
+        if l.value.contains("://") || l.value.starts_with('/') {
+            return Some(DataSource::Location {
+                location: l.value.clone(),
+            });
+        }
+        self.error(
+            l.pos,
+            path,
+            format!("`{}` is neither a URL nor an absolute path", l.value),
+            "data in the site's object store is a `bucket:` (with `prefix:`); \
+             a `location` is data outside the stores, e.g. https://host/path/",
+        );
+        None
     }
 
     pub(super) fn slurm(

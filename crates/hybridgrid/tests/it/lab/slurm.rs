@@ -1,4 +1,5 @@
-//! Slurm across sites, data stores, `submit` and `jobs` on real 2-site local clusters.
+//! Slurm across sites, the sites' object stores (S3: `data`, jobs reading at home), `submit` and
+//! `jobs` on real 2-site local clusters.
 
 use std::process::Command;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use hybridgrid_core::plan::Role;
 
 use super::{Lab, wait_until};
 
-/// Every PID in the cluster's namespaces (holders, daemons, nginx, munged, slurm*).
+/// Every PID in the cluster's namespaces (holders, daemons, Swift, munged, slurm*).
 fn cluster_pids(lab: &Lab) -> Vec<u32> {
     lab.namespaces()
         .iter()
@@ -34,7 +35,7 @@ fn comm(pid: u32) -> String {
 fn down_and_gone(lab: &Lab) {
     let pids = cluster_pids(lab);
     let names: Vec<String> = pids.iter().map(|&p| comm(p)).collect();
-    for daemon in ["slurmctld", "slurmd", "munged", "nginx"] {
+    for daemon in ["slurmctld", "slurmd", "munged", "swift-proxy-ser"] {
         assert!(names.iter().any(|n| n == daemon), "no {daemon}: {names:?}");
     }
     lab.hg_ok(&["down", "-f", lab.f()]);
@@ -90,10 +91,11 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     let Some(lab) = Lab::new("two-sites.yaml", "slm") else {
         return;
     };
-    // A second dataset at the master site, for the cross-site refusal.
+    // A second dataset at the master site, outside the stores, for the cross-site refusal:
+    // bielefeld holds no dataset in a bucket and runs no store.
     let text = std::fs::read_to_string(&lab.file).unwrap().replace(
         "slurm:\n",
-        "  - name: scans\n    site: bielefeld\n    location: scans/\nslurm:\n",
+        "  - name: scans\n    site: bielefeld\n    location: https://scans.example/\nslurm:\n",
     );
     std::fs::write(&lab.file, text).unwrap();
     lab.up();
@@ -134,28 +136,22 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     );
     assert_eq!(std::fs::metadata(&key).unwrap().len(), 1024);
 
-    // Seed the dataset at giessen's data store: 8 MiB.
-    let size: u64 = 8 << 20;
-    let genomes = cluster_dir.join("sites/giessen/store/genomes");
-    std::fs::create_dir_all(&genomes).unwrap();
-    let data: Vec<u8> = b"ACGT"
-        .iter()
-        .copied()
-        .cycle()
-        .take(size as usize)
-        .collect();
-    std::fs::write(genomes.join("chr1.fa"), &data).unwrap();
-    // The store answers at its site; from the other site only through the tunnel.
+    // giessen's dataset is in giessen's store, put there from here; bielefeld runs none.
+    let size: u64 = 64 << 20;
+    assert!(lab.namespaces().iter().any(|n| n.ends_with("-giessen-store")));
+    assert!(!lab.namespaces().iter().any(|n| n.ends_with("-bielefeld-store")));
+    let chr1 = lab.root.join("chr1.fa");
+    let data: Vec<u8> = b"ACGT".iter().copied().cycle().take(size as usize).collect();
+    std::fs::write(&chr1, &data).unwrap();
+    let put = lab.hg_ok(&["data", "put", "-f", lab.f(), "genomes", chr1.to_str().unwrap()]);
+    assert!(put.contains("s3://genomes/chr1.fa at giessen"), "{put}");
+    let ls = lab.hg_ok(&["data", "ls", "-f", lab.f(), "genomes"]);
+    assert!(ls.contains(&format!("{size}  chr1.fa")), "{ls}");
+    let keys = Store::of(&lab, "giessen");
+    // Read from the other site (the keys in this process's environment only): it comes through
+    // the tunnel.
     let before = cross_site_bytes(&lab);
-    let n = lab.exec_ok(
-        "bielefeld-worker-1",
-        &[
-            "sh",
-            "-c",
-            "curl -sf http://10.20.0.4/genomes/chr1.fa | wc -c",
-        ],
-    );
-    assert_eq!(n.trim(), size.to_string());
+    assert_eq!(keys.read_from(&lab, "bielefeld-worker-1", "s3://genomes/chr1.fa"), size);
     let naive = cross_site_bytes(&lab) - before;
     assert!(naive > size, "a cross-site read moved only {naive} bytes");
 
@@ -163,8 +159,9 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     std::fs::write(
         &job,
         "#!/bin/sh\necho \"host=$(hostname) site=$HYBRIDGRID_SITE arg=$1\"\n\
-         if [ -n \"${HYBRIDGRID_DATASET_GENOMES:-}\" ]; then\n\
-         \x20 echo \"bytes=$(curl -sf \"${HYBRIDGRID_DATASET_GENOMES}chr1.fa\" | wc -c)\"\nfi\n",
+         echo \"keys=${AWS_ACCESS_KEY_ID:-none}\"\n\
+         if [ -n \"${AWS_ENDPOINT_URL:-}\" ]; then\n\
+         \x20 echo \"bytes=$(aws --endpoint-url \"$AWS_ENDPOINT_URL\" s3 cp \"${HYBRIDGRID_DATASET_GENOMES}chr1.fa\" - | wc -c)\"\nfi\n",
     )
     .unwrap();
     let job = job.to_str().unwrap();
@@ -214,9 +211,10 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     );
     assert!(text.contains(&format!("bytes={size}")), "{text}");
     assert!(
-        moved < size / 20,
+        moved < size / 100,
         "the located job moved {moved} bytes across sites (the data is {size})"
     );
+    keys.nowhere_but_giessen(&lab, &id);
 
     // Datasets at two sites: refused unless allowed.
     let refused = lab.hg(&[
@@ -270,7 +268,14 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
         assert_eq!(j["cross_site_bytes_upper_bound"], false, "{j}");
     }
     assert_eq!(jobs[2]["cross_site_bytes_upper_bound"], true, "{}", jobs[2]);
-    assert!(wan(&jobs[3]) >= size, "the cross-site job: {}", jobs[3]);
+    // The located job read its bytes from giessen's store, none from another.
+    let store = &jobs[2]["store_bytes"];
+    assert!(store["giessen"].as_u64().unwrap() >= size, "{}", jobs[2]);
+    assert_eq!(store.as_object().unwrap().len(), 1, "one store only: {}", jobs[2]);
+    // The cross-site job ran at bielefeld, where giessen's keys never are: it read nothing.
+    assert!(wan(&jobs[3]) < size / 20, "the cross-site job: {}", jobs[3]);
+    let out3 = std::fs::read_to_string(results.join(format!("{}.out", jobs[3]["id"]))).unwrap();
+    assert!(out3.contains("keys=none"), "{out3}");
     assert_eq!(
         jobs[3]["cross_site_bytes_upper_bound"], false,
         "{}",
@@ -279,7 +284,7 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     let table = lab.hg_ok(&["jobs", "-f", lab.f()]);
     assert!(table.contains("COMPLETED"), "{table}");
     assert!(
-        table.contains("cross-site") && table.contains("MiB"),
+        table.contains("cross-site") && table.contains("giessen 64."),
         "{table}"
     );
 
@@ -287,6 +292,69 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     assert!(lab.up().contains("no changes"));
     down_and_gone(&lab);
 }
+
+/// A site's store keys, as the operator's state holds them.
+struct Store {
+    site: String,
+    secret: String,
+    endpoint: String,
+}
+
+impl Store {
+    fn of(lab: &Lab, site: &str) -> Store {
+        let keys = lab.state().join(&lab.name).join(format!("sites/{site}/store/keys"));
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777, 0o600);
+        let text = std::fs::read_to_string(&keys).unwrap();
+        let secret = text.lines().next().unwrap().to_owned();
+        let plan: serde_json::Value =
+            serde_json::from_str(&lab.hg_ok(&["plan", "-f", lab.f(), "--json"])).unwrap();
+        let sites = plan["sites"].as_array().unwrap();
+        let at = sites.iter().find(|s| s["name"] == site).unwrap();
+        let ip = at["data_store_ip"].as_str().unwrap();
+        Store {
+            site: site.to_owned(),
+            secret,
+            endpoint: format!("http://{ip}:8080"),
+        }
+    }
+
+    /// `aws s3 cp URL -` in `node`'s network namespace with these keys in its environment (not
+    /// on its command line); the bytes read.
+    fn read_from(&self, lab: &Lab, node: &str, url: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("hg-{}-{node}", lab.name), "sh", "-c"])
+            .arg(format!("aws --endpoint-url {} s3 cp {url} - | wc -c", self.endpoint))
+            .env("AWS_ACCESS_KEY_ID", "hybridgrid:data")
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_DEFAULT_REGION", &self.site)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// The secret is on giessen's Slurm nodes (root's, 0600) and nowhere at bielefeld: not in
+    /// its nodes' state, not where jobs load keys, not in the batch script slurmctld keeps.
+    fn nowhere_but_giessen(&self, lab: &Lab, job: &str) {
+        let mode = lab.exec_ok("giessen-worker-1", &["stat", "-c", "%a %U", JOB_ENV]);
+        assert_eq!(mode.trim(), "600 root");
+        let on_worker = lab.exec_ok("giessen-worker-1", &["cat", JOB_ENV]);
+        assert!(on_worker.contains(&self.secret));
+        for node in ["bielefeld-master", "bielefeld-worker-1"] {
+            let found = lab.exec(node, &["cat", JOB_ENV]);
+            assert!(!found.status.success(), "{node} has a store key file");
+            let dir = lab.state().join(&lab.name).join("nodes").join(node);
+            let grep = Command::new("grep").args(["-rlF", &self.secret]).arg(&dir).output().unwrap();
+            assert!(grep.stdout.is_empty(), "{node}: {}", String::from_utf8_lossy(&grep.stdout));
+        }
+        let batch = lab.exec_ok("bielefeld-master", &["scontrol", "write", "batch_script", job, "-"]);
+        assert!(batch.contains(JOB_ENV) && !batch.contains(&self.secret), "{batch}");
+    }
+}
+
+const JOB_ENV: &str = hybridgrid_core::store::JOB_ENV_FILE;
 
 fn pid_on(lab: &Lab, node: &str, file: &str) -> String {
     lab.exec_ok(node, &["cat", file]).trim().to_owned()
