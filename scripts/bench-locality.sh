@@ -19,13 +19,19 @@ cleanup() { "$hg" down -f "$file" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 "$hg" up -f "$file" >/dev/null 2>&1
-store=$HYBRIDGRID_STATE_DIR/$name/sites/giessen/store/genomes
-mkdir -p "$store"
-head -c $((SIZE_MIB << 20)) < <(yes ACGTTGCAGGCATTCA) > "$store/chr1.fa"
+head -c $((SIZE_MIB << 20)) < <(yes ACGTTGCAGGCATTCA) > "$work/chr1.fa"
+"$hg" data put -f "$file" genomes "$work/chr1.fa" >/dev/null
+# The naive baseline reads from any site, where giessen's keys are not: the bucket is made
+# public-read (by the operator, with giessen's keys, from the store's own namespace), and both
+# runs read the same object by plain HTTP.
+secret=$(head -1 "$HYBRIDGRID_STATE_DIR/$name/sites/giessen/store/keys")
+AWS_ACCESS_KEY_ID=hybridgrid:data AWS_SECRET_ACCESS_KEY=$secret AWS_DEFAULT_REGION=giessen \
+  ip netns exec "hg-$name-giessen-store" aws --endpoint-url http://10.20.0.4:8080 \
+  s3api put-bucket-acl --bucket genomes --acl public-read
 cat > "$work/job.sh" <<'JOB'
 #!/bin/sh
 # Reads the dataset at whatever node it runs on, writes a one-line result.
-n=$(curl -sf "${HYBRIDGRID_DATASET_GENOMES}chr1.fa" | wc -c)
+n=$(curl -sf "http://10.20.0.4:8080/genomes/chr1.fa" | wc -c)
 echo "$(hostname) read $n bytes"
 JOB
 # Every worker registered before the clock starts.

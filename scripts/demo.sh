@@ -14,16 +14,16 @@ echo; echo "== hybridgrid status -f $file"; $hg status -f $file
 echo; echo "== hybridgrid exec -f $file bielefeld-master -- sinfo"
 $hg exec -f $file bielefeld-master -- sinfo
 
-# A located job. The dataset `genomes` lives in giessen's data store (nginx at giessen's .4,
-# standing in for the cloud's object storage); seed it with 64 MiB of deterministic data.
+# A located job. The dataset `genomes` lives in giessen's object store (S3: OpenStack Swift at
+# giessen's .4); put 64 MiB of deterministic data there from this machine.
 cluster=$(awk '/^name:/ {print $2; exit}' $file)
 state=${HYBRIDGRID_STATE_DIR:-/var/lib/hybridgrid}/$cluster
-store=$state/sites/giessen/store/genomes
 size=$((64 << 20))
-if [ "$(stat -c %s $store/chr1.fa 2>/dev/null || echo 0)" != "$size" ]; then
-  mkdir -p $store
-  head -c $size < <(yes ACGTTGCAGGCATTCA) > $store/chr1.fa
-fi
+chr1=$(mktemp -d /tmp/hybridgrid-demo.XXXXXX)/chr1.fa
+head -c $size < <(yes ACGTTGCAGGCATTCA) > $chr1
+echo; echo "== hybridgrid data put -f $file genomes $chr1"; $hg data put -f $file genomes $chr1
+rm -rf "$(dirname $chr1)"
+echo; echo "== hybridgrid data ls -f $file genomes"; $hg data ls -f $file genomes
 # Bytes that crossed between the sites: giessen's gateway's WireGuard transfer counters.
 cross() { $hg exec -f $file giessen-gw -- wg show wg0 transfer | awk '{s += $2 + $3} END {print s + 0}'; }
 job=examples/jobs/count-bases.sh
@@ -37,7 +37,7 @@ echo; echo "== its output, on the master: $state/results/$id.out"
 cat $state/results/$id.out
 echo; echo "== hybridgrid jobs -f $file"; $hg jobs -f $file
 echo
-echo "The job read $size bytes at giessen; bytes that crossed sites meanwhile (giessen-gw wg0): $((after - before))"
+echo "The job read $size bytes from giessen's store; bytes that crossed sites meanwhile (giessen-gw wg0): $((after - before))"
 cat <<TXT
 
 The cluster is running. Try:
@@ -46,6 +46,7 @@ The cluster is running. Try:
   $hg plan -f $file                                # nothing to do: the cluster is as planned
   $hg exec -f $file bielefeld-master -- srun -p giessen hostname
   $hg submit -f $file --dataset genomes -- $job   # runs where the data lives
-  $hg jobs -f $file                                # site, state, node, output of each job
+  $hg jobs -f $file                                # site, state, node, output, store reads
+  $hg data ls -f $file genomes                     # the dataset's objects in giessen's store
   $hg down -f $file                                # remove everything
 TXT

@@ -2,12 +2,12 @@
 # Installs what hybridgrid needs on a Debian machine (idempotent): the Debian packages its local
 # provider runs for real and the tools its tests use. Rust comes from the pinned toolchain.
 set -euo pipefail
-# Slurm, munge and nginx (data stores, results store) run inside the cluster's namespaces;
-# curl is what jobs use to read datasets and upload results.
+# Slurm, munge and OpenStack Swift (the sites' object stores, S3 by its s3api) run inside the
+# cluster's namespaces; curl uploads results, awscli is how jobs and tests read datasets.
 # cloud-init: the tests check the openstack provider's user data with `cloud-init schema`.
 # chromium: the tests render `hybridgrid graph`'s SVG in a real browser (headless).
 PKGS=(iproute2 nftables wireguard-tools iputils-ping conntrack iperf3 wireguard-go procps util-linux bc
-  slurm-wlm munge nginx-light curl cloud-init chromium)
+  slurm-wlm munge swift-proxy swift-account swift-container swift-object curl awscli cloud-init chromium)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Packages must not start their services on the host (nginx on :80, munged, slurmctld): the
+  # Packages must not start their services on the host (swift, munged, slurmctld): the
   # cluster runs its own inside its namespaces. policy-rc.d 101 = "action forbidden".
   policy=/usr/sbin/policy-rc.d
   own_policy=
