@@ -21,18 +21,17 @@ trap cleanup EXIT
 "$hg" up -f "$file" >/dev/null 2>&1
 head -c $((SIZE_MIB << 20)) < <(yes ACGTTGCAGGCATTCA) > "$work/chr1.fa"
 "$hg" data put -f "$file" genomes "$work/chr1.fa" >/dev/null
-# The naive baseline reads from any site, where giessen's keys are not: the bucket is made
-# public-read (by the operator, with giessen's keys, from the store's own namespace), and both
-# runs read the same object by plain HTTP.
+# The naive baseline runs at any site, where giessen's keys are not: both runs read the same
+# object by plain HTTP through a presigned URL (signed here by the operator with giessen's keys,
+# valid one hour, for this one object).
 secret=$(head -1 "$HYBRIDGRID_STATE_DIR/$name/sites/giessen/store/keys")
-AWS_ACCESS_KEY_ID=hybridgrid:data AWS_SECRET_ACCESS_KEY=$secret AWS_DEFAULT_REGION=giessen \
-  ip netns exec "hg-$name-giessen-store" aws --endpoint-url http://10.20.0.4:8080 \
-  s3api put-bucket-acl --bucket genomes --acl public-read
-cat > "$work/job.sh" <<'JOB'
+url=$(AWS_ACCESS_KEY_ID=hybridgrid:data AWS_SECRET_ACCESS_KEY=$secret AWS_DEFAULT_REGION=giessen \
+  aws --endpoint-url http://10.20.0.4:8080 s3 presign s3://genomes/chr1.fa --expires-in 3600)
+cat > "$work/job.sh" <<JOB
 #!/bin/sh
 # Reads the dataset at whatever node it runs on, writes a one-line result.
-n=$(curl -sf "http://10.20.0.4:8080/genomes/chr1.fa" | wc -c)
-echo "$(hostname) read $n bytes"
+n=\$(curl -sf '$url' | wc -c)
+echo "\$(hostname) read \$n bytes"
 JOB
 # Every worker registered before the clock starts.
 for _ in $(seq 100); do

@@ -184,7 +184,8 @@ fn serve_store(
     let dir = store_dir(local.cluster_dir(), site);
     let keys = store_keys(&dir)?;
     let layout = swift::Layout::new(&dir);
-    swift::configure(&layout, ip, site, &keys.secret, &keys.hash)?;
+    let rings = local.cluster_dir().join("swift-rings");
+    swift::configure(&layout, &rings, (ip, site), &keys.secret, &keys.hash)?;
     ensure_counter(ns)?;
     let started = swift::start(&layout, ns, ip)?;
     Ok(started.then(|| format!("data store of {site}: S3 at http://{ip}:{}", swift::PORT)))

@@ -106,11 +106,13 @@ fn proxy_conf(l: &Layout, ip: Ipv4Addr, region: &str, secret: &str) -> String {
     s
 }
 
-/// Writes the configurations (0600: the proxy's holds the key) and builds the rings once.
+/// Writes the configurations (0600: the proxy's holds the key) and copies in the rings, which are
+/// the same for every store (one device on the namespace's loopback): built once per cluster in
+/// `rings` (each `swift-ring-builder` run costs a second of CPU).
 pub fn configure(
     l: &Layout,
-    ip: Ipv4Addr,
-    region: &str,
+    rings: &Path,
+    (ip, region): (Ipv4Addr, &str),
     secret: &str,
     hash: &str,
 ) -> Result<(), LocalError> {
@@ -123,17 +125,29 @@ pub fn configure(
     for (name, port) in SERVERS {
         let conf = backend_conf(l, name, port);
         write_atomic(&l.etc.join(format!("{name}-server.conf")), conf.as_bytes(), 0o600)?;
-        build_ring(l, name, port)?;
+        let ring = format!("{name}.ring.gz");
+        if !l.etc.join(&ring).exists() {
+            let template = template_ring(rings, name, port)?;
+            let data = std::fs::read(&template).map_err(LocalError::io(&template))?;
+            write_atomic(&l.etc.join(&ring), &data, 0o644)?;
+        }
     }
     Ok(())
 }
 
-/// `<name>.ring.gz` with the one device, unless it exists.
-fn build_ring(l: &Layout, name: &str, port: u16) -> Result<(), LocalError> {
-    if l.etc.join(format!("{name}.ring.gz")).exists() {
-        return Ok(());
+/// `<rings>/<name>.ring.gz` with the one device, built unless it exists (one builder at a time:
+/// sites are set up in parallel).
+fn template_ring(rings: &Path, name: &str, port: u16) -> Result<PathBuf, LocalError> {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ring = rings.join(format!("{name}.ring.gz"));
+    if ring.exists() {
+        return Ok(ring);
     }
-    let builder = l.etc.join(format!("{name}.builder"));
+    std::fs::create_dir_all(rings).map_err(LocalError::io(rings))?;
+    let builder = rings.join(format!("{name}.builder"));
     let _ = std::fs::remove_file(&builder);
     let b = builder.display().to_string();
     let device = format!("r1z1-127.0.0.1:{port}/d1");
@@ -141,13 +155,13 @@ fn build_ring(l: &Layout, name: &str, port: u16) -> Result<(), LocalError> {
     sh::run("swift-ring-builder", &[&b, "add", &device, "1"])?;
     // `rebalance` exits 1 with a warning on a one-device ring that is balanced anyway.
     let _ = sh::run("swift-ring-builder", &[&b, "rebalance"]);
-    if !l.etc.join(format!("{name}.ring.gz")).exists() {
+    if !ring.exists() {
         return Err(LocalError::Command {
             command: format!("swift-ring-builder {b} rebalance"),
             detail: "no ring was written".into(),
         });
     }
-    Ok(())
+    Ok(ring)
 }
 
 /// The processes' names as `/proc/PID/comm` shows them (the script's name, cut to 15 bytes).
