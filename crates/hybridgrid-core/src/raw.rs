@@ -586,7 +586,11 @@ impl Reader {
         d.size_gib = self.uint(&m, "size_gib");
         for key in ["name", "site"] {
             if m.get(key).is_none() {
-                self.missing(&m, key, "a dataset needs `name`, `site` and a `bucket` (or a `location`)");
+                self.missing(
+                    &m,
+                    key,
+                    "a dataset needs `name`, `site` and a `bucket` (or a `location`)",
+                );
             }
         }
         if m.get("bucket").is_none() && m.get("location").is_none() {

@@ -75,13 +75,22 @@ mod tests {
     #[test]
     fn debug_shows_no_key() {
         let text = format!("{:?}", access());
-        assert!(!text.contains("s3cr") && !text.contains("hybridgrid:data"), "{text}");
+        assert!(
+            !text.contains("s3cr") && !text.contains("hybridgrid:data"),
+            "{text}"
+        );
     }
 
     #[test]
     fn the_job_env_is_shell_quoted() {
         let env = access().job_env();
-        assert!(env.contains("AWS_SECRET_ACCESS_KEY='s3cr'\\''et'\n"), "{env}");
-        assert!(env.contains("AWS_ENDPOINT_URL='http://10.20.0.4:8080'\n"), "{env}");
+        assert!(
+            env.contains("AWS_SECRET_ACCESS_KEY='s3cr'\\''et'\n"),
+            "{env}"
+        );
+        assert!(
+            env.contains("AWS_ENDPOINT_URL='http://10.20.0.4:8080'\n"),
+            "{env}"
+        );
     }
 }

@@ -165,10 +165,10 @@ mod tests {
     fn a_job_goes_to_its_datasets_site() {
         let p = place(&plan(), &["genomes".into()], false).unwrap();
         assert_eq!(p.partition, "b");
-        assert!(p.env.contains(&(
-            "HYBRIDGRID_DATASET_GENOMES".into(),
-            "s3://genomes/".into()
-        )));
+        assert!(
+            p.env
+                .contains(&("HYBRIDGRID_DATASET_GENOMES".into(), "s3://genomes/".into()))
+        );
         assert!(p.env.contains(&("HYBRIDGRID_SITE".into(), "b".into())));
     }
 

@@ -207,7 +207,11 @@ fn store_keys(dir: &Path) -> Result<StoreKeys, LocalError> {
             hash: hash.to_owned(),
         })
     };
-    if let Some(keys) = std::fs::read_to_string(&path).ok().as_deref().and_then(parse) {
+    if let Some(keys) = std::fs::read_to_string(&path)
+        .ok()
+        .as_deref()
+        .and_then(parse)
+    {
         return Ok(keys);
     }
     std::fs::create_dir_all(dir).map_err(LocalError::io(dir))?;
@@ -215,7 +219,11 @@ fn store_keys(dir: &Path) -> Result<StoreKeys, LocalError> {
         secret: random_hex()?,
         hash: random_hex()?,
     };
-    write_atomic(&path, format!("{}\n{}\n", keys.secret, keys.hash).as_bytes(), 0o600)?;
+    write_atomic(
+        &path,
+        format!("{}\n{}\n", keys.secret, keys.hash).as_bytes(),
+        0o600,
+    )?;
     Ok(keys)
 }
 
@@ -246,6 +254,22 @@ pub fn access(local: &Local, plan: &Plan, site: &str) -> Result<Option<StoreAcce
         secret_key: keys.secret,
         netns: Some(ns_store(&plan.cluster, site)),
     }))
+}
+
+/// The Swift servers of the cluster's stores wherever they run, by their configuration's path on
+/// their command line: also those left in a namespace that an `up` killed part-way replaced,
+/// which no named namespace holds (`down` stops them).
+pub fn servers_anywhere(cluster_dir: &Path) -> Vec<u32> {
+    let sites = format!("{}/sites/", cluster_dir.display());
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let cmd = infra::cmdline(pid);
+            cmd.contains("swift-") && cmd.contains(&sites) && infra::alive(pid)
+        })
+        .collect()
 }
 
 /// Whether the process names of a store's namespace include every Swift server.
@@ -310,7 +334,21 @@ fn ensure_counter(ns: &str) -> Result<(), LocalError> {
          tcp sport {} counter name served\n  }}\n}}\n",
         swift::PORT
     );
-    let present = sh::run("ip", &["netns", "exec", ns, "nft", "list", "counter", "inet", COUNTER_TABLE, "served"]).is_ok();
+    let present = sh::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "list",
+            "counter",
+            "inet",
+            COUNTER_TABLE,
+            "served",
+        ],
+    )
+    .is_ok();
     if present {
         return Ok(());
     }
@@ -321,7 +359,21 @@ fn ensure_counter(ns: &str) -> Result<(), LocalError> {
 /// `None` if the site runs no store.
 pub fn served_bytes(cluster: &str, site: &str) -> Option<u64> {
     let ns = ns_store(cluster, site);
-    let out = sh::run("ip", &["netns", "exec", &ns, "nft", "list", "counter", "inet", COUNTER_TABLE, "served"]).ok()?;
+    let out = sh::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "nft",
+            "list",
+            "counter",
+            "inet",
+            COUNTER_TABLE,
+            "served",
+        ],
+    )
+    .ok()?;
     let after = out.split("bytes ").nth(1)?;
     after.split_whitespace().next()?.parse().ok()
 }

@@ -61,6 +61,7 @@ impl Local {
         // Processes tagged for this cluster whose namespace went away some other way.
         let stray = tagged_processes(&names::prefix(&self.cluster.name));
         infra::stop_processes(&stray);
+        infra::stop_processes(&crate::datastore::servers_anywhere(self.cluster_dir()));
         if self.cluster_dir().exists() {
             std::fs::remove_dir_all(self.cluster_dir())
                 .map_err(LocalError::io(&self.cluster_dir()))?;

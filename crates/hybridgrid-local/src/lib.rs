@@ -14,7 +14,6 @@
 mod apply;
 pub mod crash;
 pub mod datastore;
-mod swift;
 mod doctor;
 mod down;
 pub mod drift;
@@ -30,6 +29,7 @@ pub mod provider;
 mod sh;
 pub mod slurm;
 mod status;
+mod swift;
 pub mod wan;
 
 pub use down::gc;

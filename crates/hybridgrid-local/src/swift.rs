@@ -119,12 +119,20 @@ pub fn configure(
     for d in [&l.etc, &l.srv.join("d1"), &l.run] {
         std::fs::create_dir_all(d).map_err(LocalError::io(d))?;
     }
-    write_atomic(&l.etc.join("swift.conf"), swift_conf(hash).as_bytes(), 0o600)?;
+    write_atomic(
+        &l.etc.join("swift.conf"),
+        swift_conf(hash).as_bytes(),
+        0o600,
+    )?;
     let proxy = proxy_conf(l, ip, region, secret);
     write_atomic(&l.etc.join("proxy-server.conf"), proxy.as_bytes(), 0o600)?;
     for (name, port) in SERVERS {
         let conf = backend_conf(l, name, port);
-        write_atomic(&l.etc.join(format!("{name}-server.conf")), conf.as_bytes(), 0o600)?;
+        write_atomic(
+            &l.etc.join(format!("{name}-server.conf")),
+            conf.as_bytes(),
+            0o600,
+        )?;
         let ring = format!("{name}.ring.gz");
         if !l.etc.join(&ring).exists() {
             let template = template_ring(rings, name, port)?;
@@ -136,7 +144,8 @@ pub fn configure(
 }
 
 /// `<rings>/<name>.ring.gz` with the one device, built unless it exists (one builder at a time:
-/// sites are set up in parallel).
+/// sites are set up in parallel). Built in a folder of this process's own and renamed into place:
+/// a `swift-ring-builder` left running by a killed `up` writes only into its own folder.
 fn template_ring(rings: &Path, name: &str, port: u16) -> Result<PathBuf, LocalError> {
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = BUILDING
@@ -146,21 +155,22 @@ fn template_ring(rings: &Path, name: &str, port: u16) -> Result<PathBuf, LocalEr
     if ring.exists() {
         return Ok(ring);
     }
-    std::fs::create_dir_all(rings).map_err(LocalError::io(rings))?;
-    let builder = rings.join(format!("{name}.builder"));
-    let _ = std::fs::remove_file(&builder);
+    let work = rings.join(format!(".build-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(LocalError::io(&work))?;
+    let builder = work.join(format!("{name}.builder"));
     let b = builder.display().to_string();
     let device = format!("r1z1-127.0.0.1:{port}/d1");
     sh::run("swift-ring-builder", &[&b, "create", PART_POWER, "1", "1"])?;
     sh::run("swift-ring-builder", &[&b, "add", &device, "1"])?;
     // `rebalance` exits 1 with a warning on a one-device ring that is balanced anyway.
     let _ = sh::run("swift-ring-builder", &[&b, "rebalance"]);
-    if !ring.exists() {
-        return Err(LocalError::Command {
-            command: format!("swift-ring-builder {b} rebalance"),
-            detail: "no ring was written".into(),
-        });
-    }
+    let built = work.join(format!("{name}.ring.gz"));
+    std::fs::rename(&built, &ring).map_err(|_| LocalError::Command {
+        command: format!("swift-ring-builder {b} rebalance"),
+        detail: "no ring was written".into(),
+    })?;
+    let _ = std::fs::remove_dir_all(&work);
     Ok(ring)
 }
 
@@ -176,16 +186,23 @@ pub fn process_names() -> Vec<String> {
         .collect()
 }
 
-/// Starts each server whose PID file names no live process, in the namespace `ns`; then waits
-/// (up to 20 s) until the proxy answers its health check. Returns true if it started any.
+/// Starts each server whose PID file names no live process of this namespace, in the namespace
+/// `ns`; then waits (up to 20 s) until the proxy answers its health check. Returns true if it
+/// started any. A server left in a namespace that was made afresh since (an `up` killed part-way)
+/// is stopped first: it holds no port here, and nothing else would stop it.
 pub fn start(l: &Layout, ns: &str, ip: Ipv4Addr) -> Result<bool, LocalError> {
-    let mut script = String::from("started=\n");
+    let mut script = String::from(
+        "started=\nhere=$(readlink /proc/self/ns/net)\n\
+         ours() { [ -n \"$1\" ] && [ \"$(readlink /proc/$1/ns/net 2>/dev/null)\" = \"$here\" ]; }\n\
+         swift() { case $(cat /proc/$1/comm 2>/dev/null) in swift-*) true ;; *) false ;; esac; }\n",
+    );
     for name in ["account", "container", "object", "proxy"] {
         let pid = q(&l.run.join(format!("{name}.pid")));
         let conf = q(&l.etc.join(format!("{name}-server.conf")));
         let log = q(&l.run.join(format!("{name}.err")));
         script.push_str(&format!(
-            "if ! {{ [ -f {pid} ] && kill -0 \"$(cat {pid})\" 2>/dev/null; }}; then \
+            "p=$(cat {pid} 2>/dev/null)\n\
+             if ! ours \"$p\"; then [ -n \"$p\" ] && swift \"$p\" && kill \"$p\"; \
              setsid swift-{name}-server {conf} </dev/null >>{log} 2>&1 & echo $! > {pid}; started=1; fi\n"
         ));
     }
@@ -194,15 +211,22 @@ pub fn start(l: &Layout, ns: &str, ip: Ipv4Addr) -> Result<bool, LocalError> {
          curl -sf -o /dev/null http://{ip}:{PORT}/healthcheck && {{ echo ${{started:+started}}; exit 0; }}; \
          sleep 0.2; done; echo 'the Swift proxy does not answer at {ip}:{PORT}' >&2; exit 1\n"
     ));
-    let out = sh::run("ip", &["netns", "exec", ns, "sh", "-c", &script]).map_err(|e| {
+    // The script's text is long and says nothing the reader needs: the error names the store,
+    // the address and the proxy's last words.
+    let out = sh::run("ip", &["netns", "exec", ns, "sh", "-c", &script]).map_err(|_| {
         let err = std::fs::read_to_string(l.run.join("proxy.err")).unwrap_or_default();
         let tail: Vec<&str> = err.lines().rev().take(3).collect();
-        match tail.is_empty() {
-            true => e,
-            false => LocalError::Command {
-                command: format!("swift-proxy-server in {ns}"),
-                detail: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
-            },
+        let last = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
+        LocalError::Command {
+            command: format!("swift-proxy-server in {ns}"),
+            detail: format!(
+                "no answer at http://{ip}:{PORT}/healthcheck within 20 s{}",
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its log ends: {last}")
+                }
+            ),
         }
     })?;
     Ok(out.lines().any(|l| l == "started"))

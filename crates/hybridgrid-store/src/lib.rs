@@ -231,11 +231,7 @@ impl Store<'_> {
             let url = b.put_object(Some(&self.credentials), key).sign(SIGNED_FOR);
             let file = File::open(path).map_err(io(path))?;
             let what = format!("uploading {key}");
-            self.send(
-                self.http.put(url).body(Body::sized(file, size)),
-                &what,
-                &[],
-            )?;
+            self.send(self.http.put(url).body(Body::sized(file, size)), &what, &[])?;
             progress(size);
             return Ok(size);
         }
@@ -258,8 +254,8 @@ impl Store<'_> {
         let what = format!("starting the upload of {key}");
         let response = self.send(self.http.post(url), &what, &[])?;
         let text = self.text(response, &what)?;
-        let reply = CreateMultipartUpload::parse_response(&text)
-            .map_err(|_| self.reply_error(&what))?;
+        let reply =
+            CreateMultipartUpload::parse_response(&text).map_err(|_| self.reply_error(&what))?;
         Ok(reply.upload_id().to_owned())
     }
 
@@ -356,8 +352,7 @@ impl Store<'_> {
             }
             let response = self.send(self.http.get(action.sign(SIGNED_FOR)), &what, &[])?;
             let text = self.text(response, &what)?;
-            let page =
-                ListObjectsV2::parse_response(&text).map_err(|_| self.reply_error(&what))?;
+            let page = ListObjectsV2::parse_response(&text).map_err(|_| self.reply_error(&what))?;
             out.extend(page.contents.into_iter().map(|c| Object {
                 key: c.key,
                 size: c.size.unwrap_or(0),
@@ -401,7 +396,9 @@ impl Store<'_> {
     /// Deletes object `key` of `bucket` (no error if it was not there).
     pub fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
         let b = self.bucket(bucket)?;
-        let url = b.delete_object(Some(&self.credentials), key).sign(SIGNED_FOR);
+        let url = b
+            .delete_object(Some(&self.credentials), key)
+            .sign(SIGNED_FOR);
         let what = format!("deleting {key}");
         self.send(self.http.delete(url), &what, &[404]).map(drop)
     }
@@ -423,7 +420,8 @@ mod tests {
 
     #[test]
     fn an_s3_error_document_gives_its_code() {
-        let body = "<?xml version='1.0'?>\n<Error><Code>NoSuchBucket</Code><Message>x</Message></Error>";
+        let body =
+            "<?xml version='1.0'?>\n<Error><Code>NoSuchBucket</Code><Message>x</Message></Error>";
         assert_eq!(s3_error_code(body), Some("NoSuchBucket"));
         assert_eq!(s3_error_code("<CompleteMultipartUploadResult/>"), None);
     }

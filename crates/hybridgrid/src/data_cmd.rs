@@ -101,17 +101,20 @@ impl Target {
 }
 
 fn dataset_of<'p>(plan: &'p Plan, name: &str) -> anyhow::Result<&'p DatasetPlan> {
-    plan.datasets.iter().find(|d| d.name == name).with_context(|| {
-        let known: Vec<&str> = plan.datasets.iter().map(|d| d.name.as_str()).collect();
-        format!(
-            "unknown dataset `{name}`; the cluster file defines: {}",
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
-        )
-    })
+    plan.datasets
+        .iter()
+        .find(|d| d.name == name)
+        .with_context(|| {
+            let known: Vec<&str> = plan.datasets.iter().map(|d| d.name.as_str()).collect();
+            format!(
+                "unknown dataset `{name}`; the cluster file defines: {}",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
 }
 
 pub fn run(cmd: DataCommand, settings: &Settings) -> anyhow::Result<ExitCode> {

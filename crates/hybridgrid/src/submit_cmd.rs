@@ -553,9 +553,17 @@ fn cross_site(views: &mut [JobView], record: &JobsRecord, now: &dyn Fn() -> Coun
 }
 
 /// Per site, what a store sent between two readings (a store that started meanwhile: all it sent).
-fn store_deltas(start: &BTreeMap<String, u64>, end: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+fn store_deltas(
+    start: &BTreeMap<String, u64>,
+    end: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
     end.iter()
-        .map(|(site, e)| (site.clone(), e.saturating_sub(start.get(site).copied().unwrap_or(0))))
+        .map(|(site, e)| {
+            (
+                site.clone(),
+                e.saturating_sub(start.get(site).copied().unwrap_or(0)),
+            )
+        })
         .collect()
 }
 

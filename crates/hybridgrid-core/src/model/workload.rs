@@ -8,12 +8,16 @@ use crate::raw::{self, RawCluster, Sp};
 /// A prefix as S3 keys use it: no leading `/`, and a trailing `/` unless empty.
 fn prefix_of(raw: &str) -> String {
     let p = raw.trim_matches('/');
-    if p.is_empty() { String::new() } else { format!("{p}/") }
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!("{p}/")
+    }
 }
 
 use super::{
-    ALL_PARTITION, DEFAULT_SUSPEND_TIME, DataSource, Dataset, Provider, SLURMCTLD_PORT, SLURMD_PORT, Site,
-    SlurmOptions, Validator,
+    ALL_PARTITION, DEFAULT_SUSPEND_TIME, DataSource, Dataset, Provider, SLURMCTLD_PORT,
+    SLURMD_PORT, Site, SlurmOptions, Validator,
 };
 
 /// The longest `slurm.suspend_time`: a week.
@@ -86,7 +90,10 @@ impl Validator<'_> {
             }
             (Some(b), None) => {
                 let bucket = self.bucket(b, format!("{path}.bucket"))?;
-                let prefix = d.prefix.as_ref().map_or_else(String::new, |p| prefix_of(&p.value));
+                let prefix = d
+                    .prefix
+                    .as_ref()
+                    .map_or_else(String::new, |p| prefix_of(&p.value));
                 Some(DataSource::Store { bucket, prefix })
             }
             (None, Some(l)) => {
@@ -108,9 +115,11 @@ impl Validator<'_> {
     /// starting and ending with a letter or digit.
     fn bucket(&mut self, b: &Sp<String>, path: String) -> Option<String> {
         let v = b.value.as_str();
-        let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let edge_ok =
+            |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         let valid = (3..=63).contains(&v.len())
-            && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && v.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
             && edge_ok(v.chars().next())
             && edge_ok(v.chars().last())
             && !v.contains("..");

@@ -110,3 +110,59 @@ fn down_with_another_state_dir_finds_the_ledger_through_the_owner_record() {
     lab.hg_ok(&["down", "-f", lab.f()]);
     lab.assert_gone();
 }
+
+/// The Swift servers of this lab's stores: `(pid, network namespace)`, found by the state
+/// directory on their command lines, wherever they run.
+fn store_servers(lab: &Lab) -> Vec<(u32, String)> {
+    let state = lab.state().display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("swift-") && cmd.contains(&state)
+        })
+        .map(|pid| {
+            let ns = std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            (pid, ns)
+        })
+        .collect()
+}
+
+/// What broke: an `up` killed while making giessen's store left its servers running in a
+/// namespace the next `up` replaced; their PID files looked alive, so the new namespace got no
+/// proxy and `up` failed waiting for it.
+#[test]
+fn regression_a_store_made_again_runs_its_servers_in_its_new_namespace() {
+    let Some(lab) = Lab::new("two-sites.yaml", "sto") else {
+        return;
+    };
+    lab.up();
+    let before = store_servers(&lab);
+    assert_eq!(before.len(), 4, "{before:?}");
+    hybridgrid_local::drift::lose_store_network(&lab.name, "giessen").unwrap();
+    let out = lab.up();
+    assert!(!out.contains("no changes"), "{out}");
+    let after = store_servers(&lab);
+    assert_eq!(
+        after.len(),
+        4,
+        "the old servers were not stopped: {after:?}"
+    );
+    assert!(after.iter().all(|(_, ns)| ns == &after[0].1), "{after:?}");
+    assert!(
+        !after.iter().any(|a| before.contains(a)),
+        "{before:?} {after:?}"
+    );
+    lab.hg_ok(&["data", "ls", "-f", lab.f(), "genomes"]);
+    // `down` right after such a loss stops the servers no named namespace holds.
+    hybridgrid_local::drift::lose_store_network(&lab.name, "giessen").unwrap();
+    lab.hg_ok(&["down", "-f", lab.f()]);
+    lab.assert_gone();
+    super::wait_until("no store server left", Duration::from_secs(5), || {
+        store_servers(&lab).is_empty()
+    });
+}

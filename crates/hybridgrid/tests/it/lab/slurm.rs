@@ -138,12 +138,32 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
 
     // giessen's dataset is in giessen's store, put there from here; bielefeld runs none.
     let size: u64 = 64 << 20;
-    assert!(lab.namespaces().iter().any(|n| n.ends_with("-giessen-store")));
-    assert!(!lab.namespaces().iter().any(|n| n.ends_with("-bielefeld-store")));
+    assert!(
+        lab.namespaces()
+            .iter()
+            .any(|n| n.ends_with("-giessen-store"))
+    );
+    assert!(
+        !lab.namespaces()
+            .iter()
+            .any(|n| n.ends_with("-bielefeld-store"))
+    );
     let chr1 = lab.root.join("chr1.fa");
-    let data: Vec<u8> = b"ACGT".iter().copied().cycle().take(size as usize).collect();
+    let data: Vec<u8> = b"ACGT"
+        .iter()
+        .copied()
+        .cycle()
+        .take(size as usize)
+        .collect();
     std::fs::write(&chr1, &data).unwrap();
-    let put = lab.hg_ok(&["data", "put", "-f", lab.f(), "genomes", chr1.to_str().unwrap()]);
+    let put = lab.hg_ok(&[
+        "data",
+        "put",
+        "-f",
+        lab.f(),
+        "genomes",
+        chr1.to_str().unwrap(),
+    ]);
     assert!(put.contains("s3://genomes/chr1.fa at giessen"), "{put}");
     let ls = lab.hg_ok(&["data", "ls", "-f", lab.f(), "genomes"]);
     assert!(ls.contains(&format!("{size}  chr1.fa")), "{ls}");
@@ -151,7 +171,10 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     // Read from the other site (the keys in this process's environment only): it comes through
     // the tunnel.
     let before = cross_site_bytes(&lab);
-    assert_eq!(keys.read_from(&lab, "bielefeld-worker-1", "s3://genomes/chr1.fa"), size);
+    assert_eq!(
+        keys.read_from(&lab, "bielefeld-worker-1", "s3://genomes/chr1.fa"),
+        size
+    );
     let naive = cross_site_bytes(&lab) - before;
     assert!(naive > size, "a cross-site read moved only {naive} bytes");
 
@@ -271,7 +294,12 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
     // The located job read its bytes from giessen's store, none from another.
     let store = &jobs[2]["store_bytes"];
     assert!(store["giessen"].as_u64().unwrap() >= size, "{}", jobs[2]);
-    assert_eq!(store.as_object().unwrap().len(), 1, "one store only: {}", jobs[2]);
+    assert_eq!(
+        store.as_object().unwrap().len(),
+        1,
+        "one store only: {}",
+        jobs[2]
+    );
     // The cross-site job ran at bielefeld, where giessen's keys never are: it read nothing.
     assert!(wan(&jobs[3]) < size / 20, "the cross-site job: {}", jobs[3]);
     let out3 = std::fs::read_to_string(results.join(format!("{}.out", jobs[3]["id"]))).unwrap();
@@ -302,9 +330,15 @@ struct Store {
 
 impl Store {
     fn of(lab: &Lab, site: &str) -> Store {
-        let keys = lab.state().join(&lab.name).join(format!("sites/{site}/store/keys"));
+        let keys = lab
+            .state()
+            .join(&lab.name)
+            .join(format!("sites/{site}/store/keys"));
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let text = std::fs::read_to_string(&keys).unwrap();
         let secret = text.lines().next().unwrap().to_owned();
         let plan: serde_json::Value =
@@ -323,15 +357,28 @@ impl Store {
     /// on its command line); the bytes read.
     fn read_from(&self, lab: &Lab, node: &str, url: &str) -> u64 {
         let out = Command::new("ip")
-            .args(["netns", "exec", &format!("hg-{}-{node}", lab.name), "sh", "-c"])
-            .arg(format!("aws --endpoint-url {} s3 cp {url} - | wc -c", self.endpoint))
+            .args([
+                "netns",
+                "exec",
+                &format!("hg-{}-{node}", lab.name),
+                "sh",
+                "-c",
+            ])
+            .arg(format!(
+                "aws --endpoint-url {} s3 cp {url} - | wc -c",
+                self.endpoint
+            ))
             .env("AWS_ACCESS_KEY_ID", "hybridgrid:data")
             .env("AWS_SECRET_ACCESS_KEY", &self.secret)
             .env("AWS_DEFAULT_REGION", &self.site)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     }
 
@@ -346,11 +393,25 @@ impl Store {
             let found = lab.exec(node, &["cat", JOB_ENV]);
             assert!(!found.status.success(), "{node} has a store key file");
             let dir = lab.state().join(&lab.name).join("nodes").join(node);
-            let grep = Command::new("grep").args(["-rlF", &self.secret]).arg(&dir).output().unwrap();
-            assert!(grep.stdout.is_empty(), "{node}: {}", String::from_utf8_lossy(&grep.stdout));
+            let grep = Command::new("grep")
+                .args(["-rlF", &self.secret])
+                .arg(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                grep.stdout.is_empty(),
+                "{node}: {}",
+                String::from_utf8_lossy(&grep.stdout)
+            );
         }
-        let batch = lab.exec_ok("bielefeld-master", &["scontrol", "write", "batch_script", job, "-"]);
-        assert!(batch.contains(JOB_ENV) && !batch.contains(&self.secret), "{batch}");
+        let batch = lab.exec_ok(
+            "bielefeld-master",
+            &["scontrol", "write", "batch_script", job, "-"],
+        );
+        assert!(
+            batch.contains(JOB_ENV) && !batch.contains(&self.secret),
+            "{batch}"
+        );
     }
 }
 
