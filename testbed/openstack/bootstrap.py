@@ -18,6 +18,11 @@ PUBLIC = "http://203.0.113.1"
 PUBLIC_AUTH = PUBLIC + ":5000/v3"
 REGION = "RegionOne"
 SITES = ("site-a", "site-b")
+# Each cloud has its own region: the same Nova, Neutron and Glance in each, its own object store
+# (Swift with S3 on 203.0.113.1, testbed/openstack/swift.sh). RegionOne stays for the services'
+# own clients (nova.conf, neutron.conf) and the admin cloud.
+SITE_REGION = {"site-a": "RegionA", "site-b": "RegionB"}
+OBJECT_STORE_PORT = {"site-a": 8090, "site-b": 8091}
 ADMIN = dict(auth_url=AUTH, username="admin", password="adminpass", project_name="admin",
              user_domain_name="Default", project_domain_name="Default")
 t0 = time.time()
@@ -30,7 +35,9 @@ if PHASE == "keystone":
     roles = {r.name: r for r in idn.roles()}
     if "service" not in roles:
         roles["service"] = idn.create_role(name="service")
-    for u in ("nova", "placement", "neutron", "glance"):
+    for region in SITE_REGION.values():
+        idn.create_region(id=region)
+    for u in ("nova", "placement", "neutron", "glance", "swift"):
         user = idn.create_user(name=u, password=u + "pass", domain_id=dom.id)
         for rn in ("admin", "service"):
             idn.assign_project_role_to_user(svc, user, roles[rn])
@@ -39,9 +46,21 @@ if PHASE == "keystone":
                            ("neutron", "network", "http://127.0.0.1:9696"),
                            ("glance", "image", "http://127.0.0.1:9292")):
         s = idn.create_service(name=name, type=typ)
+        for region in (REGION, *SITE_REGION.values()):
+            for iface in ("public", "internal", "admin"):
+                u = url.replace("http://127.0.0.1", PUBLIC) if iface == "public" else url
+                idn.create_endpoint(service_id=s.id, interface=iface, url=u, region_id=region)
+    # Keystone itself in every region (keystone-manage bootstrap made RegionOne's)
+    keystone = next(sv for sv in idn.services() if sv.type == "identity")
+    for e in [e for e in idn.endpoints(service_id=keystone.id) if e.region_id == REGION]:
+        for region in SITE_REGION.values():
+            u = e.url.replace("http://127.0.0.1", PUBLIC) if e.interface == "public" else e.url
+            idn.create_endpoint(service_id=keystone.id, interface=e.interface, url=u, region_id=region)
+    swift = idn.create_service(name="swift", type="object-store")
+    for site, region in SITE_REGION.items():
+        u = f"{PUBLIC}:{OBJECT_STORE_PORT[site]}/v1/AUTH_%(tenant_id)s"
         for iface in ("public", "internal", "admin"):
-            u = url.replace("http://127.0.0.1", PUBLIC) if iface == "public" else url
-            idn.create_endpoint(service_id=s.id, interface=iface, url=u, region_id=REGION)
+            idn.create_endpoint(service_id=swift.id, interface=iface, url=u, region_id=region)
     # the two "sites": one project + one member user each
     for site in SITES:
         p = idn.create_project(name=site, domain_id=dom.id, description="hybridgrid test site " + site)
@@ -139,7 +158,7 @@ ac = ua.identity.create_application_credential(user=uid, name="hybridgrid-test",
                                                secret="site-a-appcred-secret",
                                                description="hybridgrid test bed")
 
-def pw(user, password, project):
+def pw(user, password, project, region=REGION):
     return f"""    auth:
       auth_url: {PUBLIC_AUTH}
       username: {user}
@@ -147,21 +166,21 @@ def pw(user, password, project):
       project_name: {project}
       user_domain_name: Default
       project_domain_name: Default
-    region_name: {REGION}
+    region_name: {region}
     identity_api_version: 3
     interface: public
 """
 
 y = "# written by testbed/openstack/up.sh -- a throwaway local test cloud, fixed test passwords\nclouds:\n"
 for site in SITES:
-    y += f"  {site}:\n    auth_type: password\n" + pw(site, site + "-pass", site)
+    y += f"  {site}:\n    auth_type: password\n" + pw(site, site + "-pass", site, SITE_REGION[site])
 y += f"""  site-a-appcred:
     auth_type: v3applicationcredential
     auth:
       auth_url: {PUBLIC_AUTH}
       application_credential_id: {ac.id}
       application_credential_secret: site-a-appcred-secret
-    region_name: {REGION}
+    region_name: {SITE_REGION["site-a"]}
     identity_api_version: 3
     interface: public
 """

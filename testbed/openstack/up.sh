@@ -13,13 +13,15 @@
 #   and the result DIR/clouds.yaml (entries site-a, site-b, site-a-appcred, admin).
 # Already up (every recorded PID alive, Keystone answering)? It says so and exits 0.
 # Partly up, or the ports are taken by something else? It fails with a message; run down.sh DIR.
-# Needs install.sh first. Ports (127.0.0.1 only): 3306 5672 25672 4369 5000 8774 8778 9292 9696;
-# 203.0.113.1:80 (the mirror, on the bed's own bridge).
+# Needs install.sh first. Ports (127.0.0.1 only): 3306 5672 25672 4369 5000 8774 8778 9292 9696,
+# 6210-6212 and 6220-6222 (Swift's backends); on the bed's own bridge: 203.0.113.1:80 (the mirror),
+# 203.0.113.1:8090 and :8091 (the object stores of site-a and site-b: Swift with S3, regions
+# RegionA and RegionB).
 set -euo pipefail
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin   # Debian's python3, never a pyenv/venv one
 HERE=$(cd "$(dirname "$0")" && pwd)
 B=$(mkdir -p "${1:?usage: up.sh DIR}" && cd "$1" && pwd)
-PORTS="3306 5672 25672 5000 8774 8775 8778 9292 9696"
+PORTS="3306 5672 25672 5000 8774 8775 8778 9292 9696 6210 6211 6212 6220 6221 6222"
 die() { echo "up.sh: $*" >&2; exit 1; }
 T0=$(date +%s%N); lap() { awk -v t="$(( $(date +%s%N) - T0 ))" -v m="$*" 'BEGIN{printf "[%6.1fs] %s\n", t/1e9, m}'; }
 waitfor() { for _ in $(seq 1 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; die "timeout waiting for $1 (see $B/log)"; }
@@ -63,6 +65,10 @@ mkdir -p mysql run log rabbit/home rabbit/mnesia rabbit/log state/keystone/ferne
          state/nova-libvirt/instances state/nova-libvirt/lock state/nginx libvirt mirror-hide
 chown mysql:mysql mysql run
 nft list tables >run/nft-tables-before 2>/dev/null || true   # down.sh removes only tables made after
+
+# Each cloud's object store rendered meanwhile (its rings take a few seconds of CPU).
+( "$HERE/swift.sh" "$B" site-a RegionA 8090 6210 && "$HERE/swift.sh" "$B" site-b RegionB 8091 6220 ) \
+  >log/swift-render.log 2>&1 & P_SWIFT=$!
 
 # every service in its own session/process group, PID recorded (down.sh kills by these); what
 # they spawn carries OSBED_DIR in its environment (privsep daemons leave DIR and the group)
@@ -137,6 +143,12 @@ for i in $(seq 1 50); do
   sleep 0.1
 done
 lap "osbed-ext bridge, libvirtd, Debian mirror on 203.0.113.1:80"
+wait $P_SWIFT || die "rendering the object stores failed (log/swift-render.log)"
+for cloud in site-a site-b; do
+  for s in object container account proxy; do
+    start "swift-$cloud-$s" "swift-$s-server" "$B/etc/swift-$cloud/$s-server.conf"
+  done
+done
 
 # --- API services and Nova workers
 start placement uwsgi --ini etc/placement/uwsgi.ini
@@ -150,7 +162,8 @@ start nova-compute-libvirt python3 -c 'import sys; from nova.cmd.compute import 
   --config-file "$B/etc/nova/nova.conf" --config-file "$B/etc/nova/nova-libvirt.conf" --log-file "$B/log/nova-compute-libvirt.log"
 start nova-metadata uwsgi --ini etc/nova/uwsgi-metadata.ini
 start nova-api uwsgi --ini etc/nova/uwsgi.ini
-for u in http://127.0.0.1:8778 http://127.0.0.1:9696 http://127.0.0.1:9292 http://127.0.0.1:8774 http://127.0.0.1:8775; do waitfor $u; done
+for u in http://127.0.0.1:8778 http://127.0.0.1:9696 http://127.0.0.1:9292 http://127.0.0.1:8774 http://127.0.0.1:8775 \
+         http://203.0.113.1:8090/healthcheck http://203.0.113.1:8091/healthcheck; do waitfor $u; done
 lap "all APIs answer"
 # Neutron's agents once its RPC server consumes (an agent whose first call times out waits a minute)
 for i in $(seq 1 60); do

@@ -35,6 +35,8 @@ const MUNGE: Package = package("munge", &["/usr/sbin/munged"]);
 const SLURM_CLIENT: Package = package("slurm-client", &["/usr/bin/scontrol"]);
 const SLURMCTLD: Package = package("slurmctld", &["/usr/sbin/slurmctld"]);
 const SLURMD: Package = package("slurmd", &["/usr/sbin/slurmd"]);
+// Workers: how jobs read their site's object store (`aws --endpoint-url "$AWS_ENDPOINT_URL" s3 …`).
+const AWSCLI: Package = package("awscli", &["/usr/bin/aws"]);
 
 /// The packages `config`'s node needs, in a stable order; with `role`, also what the node will
 /// need once its role is complete (a node's first configuration may come before the cluster's
@@ -52,7 +54,7 @@ pub fn needed(config: &NodeConfig, role: Option<Role>) -> Vec<Package> {
     match slurm {
         SlurmRole::Controller => all.extend([MUNGE, SLURM_CLIENT, SLURMCTLD]),
         // A worker's agent asks slurmctld about itself with `scontrol`.
-        SlurmRole::Compute => all.extend([MUNGE, SLURM_CLIENT, SLURMD]),
+        SlurmRole::Compute => all.extend([MUNGE, SLURM_CLIENT, SLURMD, AWSCLI]),
         SlurmRole::None => {}
     }
     all
@@ -316,7 +318,8 @@ mod tests {
                 "curl",
                 "munge",
                 "slurm-client",
-                "slurmd"
+                "slurmd",
+                "awscli"
             ]
         );
         assert_eq!(
@@ -345,7 +348,8 @@ mod tests {
                 "curl",
                 "munge",
                 "slurm-client",
-                "slurmd"
+                "slurmd",
+                "awscli"
             ]
         );
     }
@@ -366,7 +370,7 @@ mod tests {
         let worker = config(SlurmRole::Compute, false);
         assert_eq!(
             names(&missing(&worker, None, root.path())),
-            ["slurm-client", "slurmd"]
+            ["slurm-client", "slurmd", "awscli"]
         );
     }
 

@@ -360,6 +360,16 @@ impl Cloud {
         }
     }
 
+    /// The region this connection uses (the clouds.yaml entry's `region_name`).
+    pub fn region(&self) -> Option<String> {
+        self.os.get_region_name()
+    }
+
+    /// The service catalog of the token.
+    pub fn catalog(&self) -> Option<Vec<openstack_sdk::types::identity::v3::ServiceEndpoints>> {
+        self.os.get_token_catalog()
+    }
+
     pub async fn get(&self, what: &str, req: Req) -> Result<Value> {
         self.call(what, &req, Retry::Idempotent).await
     }

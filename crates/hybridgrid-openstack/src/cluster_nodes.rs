@@ -69,6 +69,25 @@ impl OpenStack {
         self.target(plan, &master.name)
     }
 
+    /// What nodes get on standard input: the munge key, and the store keys of each site that
+    /// holds a dataset in a bucket (`up` only: the power service on the master holds no store
+    /// keys, so an on-demand worker gets none).
+    async fn node_secrets(&self, plan: &Plan) -> Result<nodes::Secrets> {
+        let store_envs = match &self.opts.power_host {
+            Some(_) => BTreeMap::new(),
+            None => self
+                .store_accesses(plan)
+                .await?
+                .into_iter()
+                .map(|(site, a)| (site, a.job_env()))
+                .collect(),
+        };
+        Ok(nodes::Secrets {
+            munge_key: self.munge_key()?,
+            store_envs,
+        })
+    }
+
     /// The cluster's munge key: made on this machine by `up`, or on the master the copy its
     /// agent keeps.
     fn munge_key(&self) -> Result<Vec<u8>> {
@@ -159,7 +178,7 @@ impl OpenStack {
         }
         let channel = self.channel();
         let agent = self.agent_binary()?;
-        let key = self.munge_key()?;
+        let key = self.node_secrets(plan).await?;
         if let Some(agent) = &agent {
             self.offer_agent_on_relays(&channel, plan, configure, agent, sink)
                 .await;
@@ -239,7 +258,7 @@ impl OpenStack {
         &self,
         channel: &Channel,
         plan: &Plan,
-        key: &[u8],
+        key: &nodes::Secrets,
         wait: u64,
         sink: Sink<'_>,
     ) -> Result<()> {
@@ -339,7 +358,7 @@ impl OpenStack {
         channel: &Channel,
         plan: &Plan,
         ready: Vec<(Change, f64, nodes::Prepared)>,
-        key: &[u8],
+        key: &nodes::Secrets,
         master_waits: u64,
     ) -> Vec<(Change, f64, Result<Vec<String>>)> {
         futures::stream::iter(ready.into_iter().map(|(c, before, prepared)| async move {

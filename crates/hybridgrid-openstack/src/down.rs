@@ -35,6 +35,26 @@ impl OpenStack {
             report.not_deleted.extend(r.not_deleted);
         }
         delete_keypairs(&sites, &mut report, sink).await;
+        for (site, r) in self.delete_store_keys(&sites).await {
+            match r {
+                Ok(()) => {
+                    let what = format!("{site}: EC2 credential (the object store's S3 keys)");
+                    sink(Event::Applied {
+                        summary: format!("- {what}"),
+                        seconds: 0.0,
+                        details: Vec::new(),
+                    });
+                    report.deleted.push(what);
+                }
+                Err(e) => report.not_deleted.push(NotDeleted {
+                    site,
+                    kind: "EC2 credential".into(),
+                    name: "the object store's S3 keys".into(),
+                    id: None,
+                    error: error_chain(&e),
+                }),
+            }
+        }
         self.keep_not_deleted(&report)?;
         Ok(report)
     }

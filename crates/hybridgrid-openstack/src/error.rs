@@ -125,6 +125,31 @@ pub enum OsError {
     NoPowerBinary,
     /// cloud `{cloud}`: cannot make the application credential the master's power service needs ({detail}); an application credential that is not `unrestricted` cannot make others: give the site credentials of a user
     PowerCredential { cloud: String, detail: String },
+    /// site {site} holds a dataset in a bucket, but cloud `{cloud}` has no public object-store endpoint in its catalog (region {region})
+    NoObjectStore {
+        site: String,
+        cloud: String,
+        region: String,
+    },
+    /// site {site}: cannot make the S3 keys (EC2 credentials) of its object store in cloud `{cloud}` ({detail}); an application credential that is not `unrestricted` cannot make them: give the site credentials of a user
+    StoreKeys {
+        site: String,
+        cloud: String,
+        detail: String,
+    },
+    /// cannot keep the object stores' keys in {path}
+    StoreKeysDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// the task making the buckets ended before it did
+    BucketTask {
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// {0}
+    Store(#[from] hybridgrid_store::StoreError),
     /// site {site}: not enough quota for {nodes}: {shortfall}
     Quota {
         site: String,

@@ -383,18 +383,39 @@ async fn send_agent(
     Ok(Sent::OverChannel)
 }
 
-/// The second half: the munge key on Slurm nodes, `agent apply`, and the agent's supervisor as
-/// a systemd service; what the agent did, after `done`.
+/// What a node gets over the channel on standard input only: the cluster's munge key, and its
+/// site's store keys for jobs (`KEY='value'` lines) where the site has a store.
+pub struct Secrets {
+    pub munge_key: Vec<u8>,
+    /// Site → the store's environment for jobs (`StoreAccess::job_env`).
+    pub store_envs: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("store_sites", &self.store_envs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The second half: the munge key (and the site's store keys) on Slurm nodes, `agent apply`,
+/// and the agent's supervisor as a systemd service; what the agent did, after `done`.
 pub async fn finish(
     channel: &Channel,
     target: &Target,
     plan: &Plan,
-    munge_key: &[u8],
+    secrets: &Secrets,
     wait_for_workers: u64,
     mut done: Vec<String>,
 ) -> Result<Vec<String>> {
     let node = plan_node(plan, target)?;
     let config = plan.node_config(node);
+    let store_env = format!(
+        "{AGENT_STATE_DIR}/{}",
+        hybridgrid_agent::slurm::STORE_ENV_FILE
+    );
+    let mut withdraw = String::new();
     if node.role != Role::Gateway && config.slurm.role != SlurmRole::None {
         let key = format!(
             "{AGENT_STATE_DIR}/{}",
@@ -405,9 +426,22 @@ pub async fn finish(
                 target,
                 "delivering the munge key",
                 &crate::channel::install_stdin(&key, "0400"),
-                munge_key,
+                &secrets.munge_key,
             )
             .await?;
+        match secrets.store_envs.get(&node.site) {
+            Some(env) => {
+                channel
+                    .run_ok(
+                        target,
+                        "delivering the site's store keys",
+                        &crate::channel::install_stdin(&store_env, "0600"),
+                        env.as_bytes(),
+                    )
+                    .await?;
+            }
+            None => withdraw = format!("rm -f {store_env}; "),
+        }
     }
     let unit = agent_unit(&node.name);
     let out = channel
@@ -415,7 +449,7 @@ pub async fn finish(
             target,
             "hybridgrid agent apply",
             &format!(
-                "set -e; {AGENT_PATH} agent apply --config {CONFIG} --state-dir {AGENT_STATE_DIR} \
+                "set -e; {withdraw}{AGENT_PATH} agent apply --config {CONFIG} --state-dir {AGENT_STATE_DIR} \
                  --tag {name} --wait-for-workers {wait_for_workers}; \
                  u=/etc/systemd/system/{AGENT_UNIT}.service; \
                  if [ \"$(cat $u 2>/dev/null)\" != {unit} ]; then printf '%s' {unit} > $u; \

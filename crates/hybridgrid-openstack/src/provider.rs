@@ -407,8 +407,35 @@ impl Provider for OpenStack {
     }
 
     fn stores(&self) -> Option<&dyn hybridgrid_engine::Stores> {
-        // The openstack half of the object-store issue: the sites' Swift/RadosGW, EC2 keys.
-        None
+        Some(self)
+    }
+}
+
+/// The clouds' own object stores (`stores.rs`): endpoints from the catalogs, the EC2 keys `up`
+/// made. Their bytes are not counted: a cloud's store shows no counters to its users.
+impl hybridgrid_engine::Stores for OpenStack {
+    fn access(
+        &self,
+        plan: &Plan,
+        site: &str,
+    ) -> std::result::Result<Option<hybridgrid_core::store::StoreAccess>, EngineError> {
+        if !plan.site_has_store_data(site) {
+            return Ok(None);
+        }
+        self.block(async {
+            let sites = self.connected().await?;
+            match sites.iter().find(|o| o.site.name == site) {
+                Some(ops) => self.store_access(ops).await.map(Some),
+                None => Err(OsError::SiteNotInPlan {
+                    site: site.to_owned(),
+                }),
+            }
+        })?
+        .map_err(err)
+    }
+
+    fn served_bytes(&self, _plan: &Plan) -> BTreeMap<String, u64> {
+        BTreeMap::new()
     }
 }
 
@@ -764,6 +791,12 @@ impl OpenStack {
         pending.extend(more);
         if !observe_again && self.opts.node_channel {
             self.ensure_power_service(plan, sink).await?;
+        }
+        // Buckets with the keys `up` made (the power service on the master holds none).
+        if !observe_again && self.opts.power_host.is_none() {
+            for made in self.ensure_buckets(plan).await? {
+                sink(Event::Note(made));
+            }
         }
         Ok(Settled {
             observe_again,

@@ -22,6 +22,9 @@ const SUSPEND_TIME: u32 = 30;
 /// The on-demand worker.
 const ON_DEMAND: &str = "b-od-1";
 
+/// The dataset's object `chr1.fa` (TCG guests read it with awscli: kept small).
+const DATA_BYTES: usize = 16 << 20;
+
 fn clouds() -> PathBuf {
     std::env::var_os("HYBRIDGRID_TESTBED_CLOUDS")
         .map(PathBuf::from)
@@ -94,9 +97,7 @@ impl Cluster {
             }
         }
         text.push_str(&format!("slurm:\n  suspend_time: {SUSPEND_TIME}\n"));
-        text.push_str(
-            "datasets:\n  - name: reads\n    site: b\n    location: https://objects.site-b.example/reads/\n",
-        );
+        text.push_str("datasets:\n  - name: reads\n    site: b\n    bucket: reads\n");
         std::fs::write(&self.file, text).unwrap();
     }
 
@@ -432,21 +433,31 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
         assert_eq!(out.trim(), format!("{site}-worker-1"), "srun -p {site}");
     }
 
-    // A job for the dataset at b runs at b; its output reaches the master's results store.
+    // The dataset lives in b's object store (the bed's Swift, S3 with the EC2 keys `up` made):
+    // put from here, read by a job at b with awscli and the keys b's nodes load for it.
+    let chr1 = c.dir.join("chr1.fa");
+    std::fs::write(&chr1, b"ACGT".repeat(DATA_BYTES / 4)).unwrap();
+    let put = c.hg_ok(&["data", "put", "reads", chr1.to_str().unwrap()]);
+    assert!(put.contains("s3://reads/chr1.fa at b"), "{put}");
     let job = c.dir.join("job.sh");
     std::fs::write(
         &job,
-        "#!/bin/sh\necho \"host=$(hostname) site=$HYBRIDGRID_SITE reads=$HYBRIDGRID_DATASET_READS\"\n",
+        "#!/bin/sh\necho \"host=$(hostname) site=$HYBRIDGRID_SITE reads=$HYBRIDGRID_DATASET_READS\"\n\
+         if [ -n \"${AWS_ENDPOINT_URL:-}\" ]; then\n\
+         \x20 echo \"bytes=$(aws --endpoint-url \"$AWS_ENDPOINT_URL\" s3 cp \"${HYBRIDGRID_DATASET_READS}chr1.fa\" - | wc -c)\"\nfi\n",
     )
     .unwrap();
-    let j = c.job(&c.submit_reads_and_wait(&job));
+    let id = c.submit_reads_and_wait(&job);
+    let j = c.job(&id);
     assert_eq!(j["state"], "COMPLETED", "{j:#}");
     assert_eq!(j["node"], "b-worker-1", "{j:#}");
     let output = std::fs::read_to_string(j["output"].as_str().unwrap()).unwrap();
     assert!(
-        output.contains("host=b-worker-1 site=b reads=https://objects.site-b.example/reads/"),
+        output.contains("host=b-worker-1 site=b reads=s3://reads/")
+            && output.contains(&format!("bytes={DATA_BYTES}")),
         "{output}"
     );
+    b_store_keys_are_at_b_only(c, &id);
 
     // A second job for the dataset while b's static worker is busy wakes b-od-1, runs there,
     // and Slurm removes it once idle; a quota too small for it is a DOWN node with the reason.
@@ -515,9 +526,78 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
     // apt's reason; with the package back, `up` installs it and the worker is idle again.
     a_failed_package_install_stops_up_naming_node_and_package(c);
 
+    let access = c.store_keys("b")["access"].as_str().unwrap().to_owned();
     let out = c.hg_ok(&["down"]);
     let left = c.leftovers();
     assert!(left.is_empty(), "left after down: {left:?}\n{out}");
+    let ec2 = openstack(
+        "site-b",
+        &["ec2", "credentials", "list", "-f", "value", "-c", "Access"],
+    );
+    assert!(
+        !ec2.contains(&access),
+        "down left the EC2 credential: {ec2}"
+    );
+}
+
+/// What `up` made for site b's store, as this machine keeps it.
+impl Cluster {
+    fn store_keys(&self, site: &str) -> Value {
+        let path = self
+            .dir
+            .join("state")
+            .join(&self.name)
+            .join(format!("stores/{site}.json"));
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+}
+
+/// b's S3 secret is on b-worker-1 (root's, 0600, where jobs load it) and on no node of a, nor
+/// in the batch script slurmctld keeps on a-master.
+fn b_store_keys_are_at_b_only(c: &Cluster, job: &str) {
+    let secret = c.store_keys("b")["secret"].as_str().unwrap().to_owned();
+    let env = hybridgrid_core::store::JOB_ENV_FILE;
+    assert_eq!(
+        c.exec("b-worker-1", &format!("stat -c '%a %U' {env}"))
+            .trim(),
+        "600 root"
+    );
+    for node in ["a-master", "a-worker-1"] {
+        // The secret goes on standard input: it must not reach a's command lines either.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hybridgrid"))
+            .args(["exec", "-f"])
+            .arg(&c.file)
+            .args([node, "--", "sh", "-c"])
+            .arg(format!(
+                "ls {env} 2>/dev/null; grep -rlFf /dev/stdin /var/lib/hybridgrid /var/lib/slurm /etc /tmp 2>/dev/null; true"
+            ))
+            .env("OS_CLIENT_CONFIG_FILE", clouds())
+            .env("HYBRIDGRID_STATE_DIR", c.dir.join("state"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{secret}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let found = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && found.trim().is_empty(),
+            "{node}: {found}"
+        );
+    }
+    let batch = c.exec("a-master", &format!("scontrol write batch_script {job} -"));
+    assert!(batch.contains(env) && !batch.contains(&secret), "{batch}");
 }
 
 /// b-worker-1 is held by a long job; `submit --dataset reads` wakes b-od-1 (its server made by
