@@ -35,7 +35,8 @@ const MUNGE: Package = package("munge", &["/usr/sbin/munged"]);
 const SLURM_CLIENT: Package = package("slurm-client", &["/usr/bin/scontrol"]);
 const SLURMCTLD: Package = package("slurmctld", &["/usr/sbin/slurmctld"]);
 const SLURMD: Package = package("slurmd", &["/usr/sbin/slurmd"]);
-// Workers: how jobs read their site's object store (`aws --endpoint-url "$AWS_ENDPOINT_URL" s3 …`).
+// Workers at a site with a dataset in its store: how jobs read it
+// (`aws --endpoint-url "$AWS_ENDPOINT_URL" s3 …`).
 const AWSCLI: Package = package("awscli", &["/usr/bin/aws"]);
 
 /// The packages `config`'s node needs, in a stable order; with `role`, also what the node will
@@ -54,8 +55,11 @@ pub fn needed(config: &NodeConfig, role: Option<Role>) -> Vec<Package> {
     match slurm {
         SlurmRole::Controller => all.extend([MUNGE, SLURM_CLIENT, SLURMCTLD]),
         // A worker's agent asks slurmctld about itself with `scontrol`.
-        SlurmRole::Compute => all.extend([MUNGE, SLURM_CLIENT, SLURMD, AWSCLI]),
+        SlurmRole::Compute => all.extend([MUNGE, SLURM_CLIENT, SLURMD]),
         SlurmRole::None => {}
+    }
+    if config.store_client {
+        all.push(AWSCLI);
     }
     all
 }
@@ -289,6 +293,7 @@ mod tests {
                 peers: Vec::new(),
             }),
             slurm,
+            store_client: false,
         }
     }
 
@@ -318,8 +323,7 @@ mod tests {
                 "curl",
                 "munge",
                 "slurm-client",
-                "slurmd",
-                "awscli"
+                "slurmd"
             ]
         );
         assert_eq!(
@@ -348,8 +352,7 @@ mod tests {
                 "curl",
                 "munge",
                 "slurm-client",
-                "slurmd",
-                "awscli"
+                "slurmd"
             ]
         );
     }
@@ -370,6 +373,14 @@ mod tests {
         let worker = config(SlurmRole::Compute, false);
         assert_eq!(
             names(&missing(&worker, None, root.path())),
+            ["slurm-client", "slurmd"]
+        );
+        let reader = NodeConfig {
+            store_client: true,
+            ..worker
+        };
+        assert_eq!(
+            names(&missing(&reader, None, root.path())),
             ["slurm-client", "slurmd", "awscli"]
         );
     }

@@ -290,5 +290,8 @@ pub fn config_differences(
     if applied.slurm != wanted.slurm {
         d.push("Slurm role".into());
     }
+    if applied.store_client != wanted.store_client {
+        d.push("object store client".into());
+    }
     d
 }

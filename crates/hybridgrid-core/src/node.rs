@@ -103,6 +103,10 @@ pub struct NodeConfig {
     pub routes: Vec<Route>,
     pub wireguard: Option<WgInterface>,
     pub slurm: SlurmSetup,
+    /// A worker whose site holds a dataset in its object store: its jobs read it with an S3
+    /// client (the agent installs `awscli` where the image lacks it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub store_client: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

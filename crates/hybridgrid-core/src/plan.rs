@@ -576,6 +576,10 @@ impl Plan {
             routes,
             wireguard: node.wireguard.clone(),
             slurm: self.slurm_setup(node),
+            // On-demand workers get no store keys yet (the power service holds none): no client.
+            store_client: node.role == Role::Worker
+                && !node.on_demand
+                && self.site_has_store_data(&node.site),
         }
     }
 

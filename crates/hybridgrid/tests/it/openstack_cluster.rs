@@ -103,12 +103,14 @@ impl Cluster {
 
     fn hg(&self, args: &[&str]) -> Output {
         let t = Instant::now();
-        // `-f FILE` right after the command: `exec`'s `--` ends the options.
+        // `-f FILE` right after the command (`data`: after its subcommand): `exec`'s `--` ends
+        // the options.
+        let command = if args[0] == "data" { 2 } else { 1 };
         let out = Command::new(env!("CARGO_BIN_EXE_hybridgrid"))
-            .arg(args[0])
+            .args(&args[..command])
             .arg("-f")
             .arg(&self.file)
-            .args(&args[1..])
+            .args(&args[command..])
             .env("OS_CLIENT_CONFIG_FILE", clouds())
             .env("HYBRIDGRID_STATE_DIR", self.dir.join("state"))
             .output()
