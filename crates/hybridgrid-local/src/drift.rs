@@ -92,6 +92,16 @@ pub fn spoof_drops_at_switch(cluster: &str, site: &str) -> Option<u64> {
     live::counter(&table, "ip spoof")
 }
 
+/// The data store of `site` loses its network namespace while its servers run on in it — what
+/// an `up` killed while making the store leaves behind (the next `up` makes the namespace again).
+pub fn lose_store_network(cluster: &str, site: &str) -> Result<(), LocalError> {
+    sh::run(
+        "ip",
+        &["netns", "del", &crate::datastore::ns_store(cluster, site)],
+    )
+    .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::first_rule;
@@ -108,14 +118,4 @@ mod tests {
         assert_eq!(first_rule(listing, |l| l.contains("input")), None);
         assert_eq!(first_rule("ip saddr 1.2.3.4 accept", |_| true), None);
     }
-}
-
-/// The data store of `site` loses its network namespace while its servers run on in it — what
-/// an `up` killed while making the store leaves behind (the next `up` makes the namespace again).
-pub fn lose_store_network(cluster: &str, site: &str) -> Result<(), LocalError> {
-    sh::run(
-        "ip",
-        &["netns", "del", &crate::datastore::ns_store(cluster, site)],
-    )
-    .map(drop)
 }
