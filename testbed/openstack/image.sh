@@ -38,7 +38,7 @@ STOCK_PKGS=$STOCK_PKGS,netbase,ca-certificates,curl,procps,less,kmod,debian-arch
 # The node image: the stock root + these (from the mirror). The mirror: their .debs and those of
 # MIRROR_EXTRA, with dependencies (resolved against the stock root, so exactly what apt in a stock
 # guest fetches: the whole set, each package alone, the node set).
-NODE_PKGS="munge slurmd slurmctld slurm-client wireguard-tools nftables iptables awscli"
+NODE_PKGS="munge slurmd slurmctld slurm-client wireguard-tools nftables iptables"
 MIRROR_EXTRA="curl awscli"
 SUITES="debian:bookworm debian:bookworm-updates debian-security:bookworm-security"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
