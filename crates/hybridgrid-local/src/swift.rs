@@ -187,7 +187,7 @@ pub fn process_names() -> Vec<String> {
 }
 
 /// Starts each server whose PID file names no live process of this namespace, in the namespace
-/// `ns`; then waits (up to 20 s) until the proxy answers its health check. Returns true if it
+/// `ns`; then waits (up to 30 s) until the proxy is healthy and its servers listen. Returns true if it
 /// started any. A server left in a namespace that was made afresh since (an `up` killed part-way)
 /// is stopped first: it holds no port here, and nothing else would stop it.
 pub fn start(l: &Layout, ns: &str, ip: Ipv4Addr) -> Result<bool, LocalError> {
@@ -206,10 +206,17 @@ pub fn start(l: &Layout, ns: &str, ip: Ipv4Addr) -> Result<bool, LocalError> {
              setsid swift-{name}-server {conf} </dev/null >>{log} 2>&1 & echo $! > {pid}; started=1; fi\n"
         ));
     }
+    // The proxy's health check answers before the servers behind it listen (a request then
+    // gets 503): ready is the proxy healthy and every server answering HTTP at all.
+    let backends: Vec<String> = SERVERS
+        .iter()
+        .map(|(_, port)| format!("curl -s -o /dev/null http://127.0.0.1:{port}/"))
+        .collect();
     script.push_str(&format!(
-        "for i in $(seq 100); do \
-         curl -sf -o /dev/null http://{ip}:{PORT}/healthcheck && {{ echo ${{started:+started}}; exit 0; }}; \
-         sleep 0.2; done; echo 'the Swift proxy does not answer at {ip}:{PORT}' >&2; exit 1\n"
+        "for i in $(seq 150); do \
+         curl -sf -o /dev/null http://{ip}:{PORT}/healthcheck && {} && {{ echo ${{started:+started}}; exit 0; }}; \
+         sleep 0.2; done; echo 'the Swift proxy does not answer at {ip}:{PORT}' >&2; exit 1\n",
+        backends.join(" && ")
     ));
     // The script's text is long and says nothing the reader needs: the error names the store,
     // the address and the proxy's last words.
@@ -220,7 +227,7 @@ pub fn start(l: &Layout, ns: &str, ip: Ipv4Addr) -> Result<bool, LocalError> {
         LocalError::Command {
             command: format!("swift-proxy-server in {ns}"),
             detail: format!(
-                "no answer at http://{ip}:{PORT}/healthcheck within 20 s{}",
+                "no answer at http://{ip}:{PORT}/healthcheck, or from its servers, within 30 s{}",
                 if last.is_empty() {
                     String::new()
                 } else {
