@@ -26,6 +26,8 @@ pub const PART_SIZE: u64 = 16 * 1024 * 1024;
 const MAX_PARTS: u64 = 10_000;
 /// How long a signed request stays valid: long enough for a part over a slow link.
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
+/// How often a request the store answered 503 is sent again.
+const BUSY_RETRIES: usize = 3;
 
 /// What went wrong talking to a site's store.
 #[derive(Debug, displaydoc::Display, thiserror::Error)]
@@ -161,9 +163,7 @@ impl Store<'_> {
         what: &str,
         also_ok: &[u16],
     ) -> Result<Response, StoreError> {
-        let response = request
-            .send()
-            .map_err(|source| unreachable(self.access, what, source))?;
+        let response = self.send_retrying_busy(request, what)?;
         let status = response.status().as_u16();
         if response.status().is_success() || also_ok.contains(&status) {
             return Ok(response);
@@ -178,6 +178,35 @@ impl Store<'_> {
                 .map(|c| format!(" {c}"))
                 .unwrap_or_default(),
         })
+    }
+
+    /// Sends `request`; a store that answers 503 (busy, or a server behind it not listening
+    /// yet: S3's "SlowDown") gets the same request again after 0.5, 1 and 2 s, unless its body
+    /// is a stream that was read already (a part of a file: the caller's error).
+    fn send_retrying_busy(
+        &self,
+        request: reqwest::blocking::RequestBuilder,
+        what: &str,
+    ) -> Result<Response, StoreError> {
+        let mut pause = Duration::from_millis(500);
+        let mut request = request;
+        for _ in 0..BUSY_RETRIES {
+            let again = request.try_clone();
+            let response = request
+                .send()
+                .map_err(|source| unreachable(self.access, what, source))?;
+            match again {
+                Some(next) if response.status().as_u16() == 503 => {
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    request = next;
+                }
+                _ => return Ok(response),
+            }
+        }
+        request
+            .send()
+            .map_err(|source| unreachable(self.access, what, source))
     }
 
     fn text(&self, response: Response, what: &str) -> Result<String, StoreError> {
