@@ -43,8 +43,16 @@ pub fn remove_netns(ns: &str) -> Result<(), LocalError> {
     if !sh::netns_exists(ns) {
         return Ok(());
     }
-    let pids = netns_pids(ns);
-    stop_processes(&pids);
+    // A process being started as the others stop (a supervisor restarting a daemon that then
+    // forks into the background) would outlive the namespace's name, where nothing finds it:
+    // stop until none is left.
+    for _ in 0..10 {
+        let pids = netns_pids(ns);
+        if pids.is_empty() {
+            break;
+        }
+        stop_processes(&pids);
+    }
     sh::run("ip", &["netns", "del", ns]).map(drop)
 }
 
