@@ -627,7 +627,7 @@ impl Local {
         let config = dir.join("node.json");
         let node_config = plan.node_config(np);
         crate::slurm::prepare_node(self, node, node_config.slurm.role)?;
-        crate::datastore::deliver_job_env(self, plan, np)?;
+        crate::datastore::deliver_job_env(self, plan, np, node_config.slurm.role)?;
         let text =
             serde_json::to_string_pretty(&node_config).map_err(|source| LocalError::Encode {
                 path: config.clone(),

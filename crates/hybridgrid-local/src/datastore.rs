@@ -279,12 +279,16 @@ pub fn all_running(names: &std::collections::BTreeSet<String>) -> bool {
 
 /// The store keys of `node`'s site for its jobs, in the node's own state (0600, the agent puts
 /// them where jobs load them): only on Slurm nodes of a site with a store; removed elsewhere.
-pub fn deliver_job_env(local: &Local, plan: &Plan, node: &NodePlan) -> Result<(), LocalError> {
+pub fn deliver_job_env(
+    local: &Local,
+    plan: &Plan,
+    node: &NodePlan,
+    role: SlurmRole,
+) -> Result<(), LocalError> {
     let path = local
         .node_dir(&node.name)
         .join(hybridgrid_agent::slurm::STORE_ENV_FILE);
-    let slurm_node = plan.node_config(node).slurm.role != SlurmRole::None;
-    match access(local, plan, &node.site)?.filter(|_| slurm_node) {
+    match access(local, plan, &node.site)?.filter(|_| role != SlurmRole::None) {
         Some(a) => {
             let env = a.job_env();
             if std::fs::read_to_string(&path).ok().as_deref() != Some(env.as_str()) {
@@ -334,22 +338,7 @@ fn ensure_counter(ns: &str) -> Result<(), LocalError> {
          tcp sport {} counter name served\n  }}\n}}\n",
         swift::PORT
     );
-    let present = sh::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "list",
-            "counter",
-            "inet",
-            COUNTER_TABLE,
-            "served",
-        ],
-    )
-    .is_ok();
-    if present {
+    if crate::live::nft_table(ns, "inet", COUNTER_TABLE).is_some() {
         return Ok(());
     }
     sh::nft(Some(ns), &rules)
@@ -358,22 +347,12 @@ fn ensure_counter(ns: &str) -> Result<(), LocalError> {
 /// The bytes the store of `site` has sent (its S3 answers, headers included) since it started;
 /// `None` if the site runs no store.
 pub fn served_bytes(cluster: &str, site: &str) -> Option<u64> {
-    let ns = ns_store(cluster, site);
-    let out = sh::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &ns,
-            "nft",
-            "list",
-            "counter",
-            "inet",
-            COUNTER_TABLE,
-            "served",
-        ],
-    )
-    .ok()?;
-    let after = out.split("bytes ").nth(1)?;
+    let table = crate::live::nft_table(&ns_store(cluster, site), "inet", COUNTER_TABLE)?;
+    // `counter served {` then `packets N bytes M`.
+    let after = table
+        .split("counter served {")
+        .nth(1)?
+        .split("bytes ")
+        .nth(1)?;
     after.split_whitespace().next()?.parse().ok()
 }

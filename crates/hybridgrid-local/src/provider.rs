@@ -192,9 +192,6 @@ impl Provider for Local {
         for started in self.ensure_power_service(plan).map_err(err)? {
             sink(hybridgrid_engine::Event::Note(started));
         }
-        for made in crate::datastore::ensure_buckets(self, plan).map_err(err)? {
-            sink(hybridgrid_engine::Event::Note(made));
-        }
         Ok(Applied::default())
     }
 
@@ -251,6 +248,7 @@ impl Stores for Local {
     fn served_bytes(&self, plan: &Plan) -> BTreeMap<String, u64> {
         plan.sites
             .iter()
+            .filter(|s| plan.site_has_store_data(&s.name))
             .filter_map(|s| {
                 let bytes = crate::datastore::served_bytes(&plan.cluster, &s.name)?;
                 Some((s.name.clone(), bytes))

@@ -23,6 +23,11 @@ pub fn nft(ns: Option<&str>, ruleset: &str) -> Result<(), LocalError> {
     Ok(sys::nft(ns, ruleset)?)
 }
 
+/// A path as one single-quoted shell word.
+pub fn quote_path(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
 pub fn netns_exists(ns: &str) -> bool {
     Path::new("/run/netns").join(ns).exists()
 }

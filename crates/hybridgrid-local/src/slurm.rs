@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use hybridgrid_core::plan::{Plan, Role, SlurmRole};
 
 use crate::ledger::write_atomic;
+use crate::sh::quote_path as q;
 use crate::{Local, LocalError, sh};
 
 /// The cluster's munge key, in the cluster's state directory (mode 0400).
@@ -37,10 +38,6 @@ pub fn ensure_munge_key(cluster_dir: &Path) -> Result<PathBuf, LocalError> {
         .map_err(LocalError::io("/dev/urandom"))?;
     write_atomic(&path, &key, 0o400)?;
     Ok(path)
-}
-
-fn q(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
 /// Runs a shell script inside the node's namespaces (mount, UTS, network); returns stdout.

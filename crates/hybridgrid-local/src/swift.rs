@@ -14,6 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use crate::ledger::write_atomic;
+use crate::sh::quote_path as q;
 use crate::{LocalError, sh};
 
 /// The proxy's port: S3 and Swift's own API.
@@ -40,10 +41,6 @@ impl Layout {
             run: store_dir.join("run"),
         }
     }
-}
-
-fn q(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
 /// `swift.conf`: the hash prefix and suffix (the cluster's own, as Swift wants secret and stable

@@ -78,8 +78,8 @@ impl OpenStack {
             None => self
                 .store_accesses(plan)
                 .await?
-                .into_iter()
-                .map(|(site, a)| (site, a.job_env()))
+                .iter()
+                .map(|(site, a)| (site.clone(), a.job_env()))
                 .collect(),
         };
         Ok(nodes::Secrets {

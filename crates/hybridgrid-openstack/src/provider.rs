@@ -111,6 +111,8 @@ pub struct OpenStack {
     pub(crate) crash: Arc<CrashSwitch>,
     /// The sites of the cluster file, connected once per run.
     connected: tokio::sync::OnceCell<Vec<SiteOps>>,
+    /// The sites' object stores with their keys, looked up (or made) once per run.
+    pub(crate) stores: tokio::sync::OnceCell<BTreeMap<String, hybridgrid_core::store::StoreAccess>>,
     /// What the last `observe` saw: `apply` plans the new servers' user data from it.
     /// Per server this value created: seconds from its create call to ACTIVE.
     server_seconds: Mutex<BTreeMap<String, f64>>,
@@ -157,6 +159,7 @@ impl OpenStack {
             opts,
             ledger: Arc::new(ledger),
             connected: tokio::sync::OnceCell::new(),
+            stores: tokio::sync::OnceCell::new(),
             server_seconds: Mutex::new(BTreeMap::new()),
             runtime: OnceLock::new(),
             agent_binary: Mutex::new(None),

@@ -65,20 +65,25 @@ impl OpenStack {
     }
 
     /// The store of every site that holds a dataset in a bucket, its keys made when missing (or
-    /// no longer known to Keystone).
+    /// no longer known to Keystone); once per run (every round that configures nodes and
+    /// `settle` need them: one Keystone look-up serves them all).
     pub(crate) async fn store_accesses(
         &self,
         plan: &Plan,
-    ) -> Result<BTreeMap<String, StoreAccess>> {
-        let sites = self.connected().await?;
-        let mut out = BTreeMap::new();
-        for ops in sites
-            .iter()
-            .filter(|o| plan.site_has_store_data(&o.site.name))
-        {
-            out.insert(ops.site.name.clone(), self.store_access(ops).await?);
-        }
-        Ok(out)
+    ) -> Result<&BTreeMap<String, StoreAccess>> {
+        self.stores
+            .get_or_try_init(|| async {
+                let sites = self.connected().await?;
+                let mut out = BTreeMap::new();
+                for ops in sites
+                    .iter()
+                    .filter(|o| plan.site_has_store_data(&o.site.name))
+                {
+                    out.insert(ops.site.name.clone(), self.store_access(ops).await?);
+                }
+                Ok(out)
+            })
+            .await
     }
 
     /// The store access of the site of `ops`; its EC2 credentials made unless this machine
@@ -122,7 +127,7 @@ impl OpenStack {
     /// Every bucket of the plan's datasets made where it is missing; what was made.
     pub(crate) async fn ensure_buckets(&self, plan: &Plan) -> Result<Vec<String>> {
         let mut made = Vec::new();
-        for (site, access) in self.store_accesses(plan).await? {
+        for (site, access) in self.store_accesses(plan).await?.clone() {
             let buckets: Vec<String> = plan
                 .site_buckets(&site)
                 .into_iter()

@@ -382,6 +382,26 @@ impl Store {
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     }
 
+    /// The files under `dir` that hold the secret, searched with the secret on standard input
+    /// (as on the bed: on no command line).
+    fn files_holding_it(&self, dir: &std::path::Path) -> String {
+        let mut child = Command::new("grep")
+            .args(["-rlFf", "/dev/stdin"])
+            .arg(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{}\n", self.secret).as_bytes())
+            .unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The secret is on giessen's Slurm nodes (root's, 0600) and nowhere at bielefeld: not in
     /// its nodes' state, not where jobs load keys, not in the batch script slurmctld keeps.
     fn nowhere_but_giessen(&self, lab: &Lab, job: &str) {
@@ -389,20 +409,15 @@ impl Store {
         assert_eq!(mode.trim(), "600 root");
         let on_worker = lab.exec_ok("giessen-worker-1", &["cat", JOB_ENV]);
         assert!(on_worker.contains(&self.secret));
+        // The search finds it where it is: giessen-worker-1's state holds it.
+        let worker_dir = lab.state().join(&lab.name).join("nodes/giessen-worker-1");
+        assert!(!self.files_holding_it(&worker_dir).is_empty());
         for node in ["bielefeld-master", "bielefeld-worker-1"] {
             let found = lab.exec(node, &["cat", JOB_ENV]);
             assert!(!found.status.success(), "{node} has a store key file");
             let dir = lab.state().join(&lab.name).join("nodes").join(node);
-            let grep = Command::new("grep")
-                .args(["-rlF", &self.secret])
-                .arg(&dir)
-                .output()
-                .unwrap();
-            assert!(
-                grep.stdout.is_empty(),
-                "{node}: {}",
-                String::from_utf8_lossy(&grep.stdout)
-            );
+            let grep = self.files_holding_it(&dir);
+            assert!(grep.is_empty(), "{node}: {grep}");
         }
         let batch = lab.exec_ok(
             "bielefeld-master",
