@@ -115,6 +115,8 @@ pub enum AgentCommand {
         /// Slurm's host list, e.g. `giessen-od-[1-2]`.
         hostlist: String,
     },
+    /// Print the bytes each site's object store has sent to this node (site → bytes) as JSON.
+    StoreReads,
     /// Print the WireGuard device's status as JSON.
     WgStatus {
         #[arg(long, default_value = "wg0")]
@@ -208,6 +210,7 @@ fn agent(
             service,
             hostlist,
         } => json(&crate::power::run(verb, &service, &hostlist)?),
+        AgentCommand::StoreReads => json(&crate::store_reads::read()?),
         AgentCommand::WgStatus { interface } => json(&crate::wg_status(&interface)?),
     }
 }

@@ -43,6 +43,12 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// the object store of site {site} ({url}): {detail}
+    StoreEndpoint {
+        site: String,
+        url: String,
+        detail: String,
+    },
     /// {url}: only http:// URLs
     NotHttp { url: String },
     /// GET {url}

@@ -16,6 +16,7 @@ pub mod pull;
 mod report;
 pub mod results;
 pub mod slurm;
+pub mod store_reads;
 mod supervise;
 pub mod sys;
 pub mod wg_impl;

@@ -153,6 +153,7 @@ pub(crate) fn apply_locked(
         wait_for_workers,
         &mut report.actions,
     )?;
+    crate::store_reads::ensure(state_dir, &mut report.actions)?;
 
     if applied.as_ref() != Some(&config) {
         let text = serde_json::to_string_pretty(&config).map_err(|source| AgentError::Json {

@@ -576,10 +576,7 @@ impl Plan {
             routes,
             wireguard: node.wireguard.clone(),
             slurm: self.slurm_setup(node),
-            // On-demand workers get no store keys yet (the power service holds none): no client.
-            store_client: node.role == Role::Worker
-                && !node.on_demand
-                && self.site_has_store_data(&node.site),
+            store_client: node.role == Role::Worker && self.site_has_store_data(&node.site),
         }
     }
 
@@ -690,6 +687,11 @@ impl Plan {
         self.datasets
             .iter()
             .any(|d| d.site == site && d.bucket().is_some())
+    }
+
+    /// Whether any site holds a dataset in its object store.
+    pub fn has_store_data(&self) -> bool {
+        self.datasets.iter().any(|d| d.bucket().is_some())
     }
 
     /// The buckets of `site`'s datasets, each once.

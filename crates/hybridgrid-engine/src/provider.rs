@@ -161,7 +161,8 @@ pub trait Stores: Send + Sync {
     fn access(&self, plan: &Plan, site: &str) -> Result<Option<StoreAccess>, EngineError>;
 
     /// The bytes each site's store has sent so far, by site, for the stores whose counters this
-    /// provider can read; counters only grow while a store runs.
+    /// provider can read: counted at the store (local) or on the nodes it sent them to
+    /// (openstack, whose clouds show no counters). They only grow while a store or node runs.
     fn served_bytes(&self, plan: &Plan) -> BTreeMap<String, u64>;
 }
 

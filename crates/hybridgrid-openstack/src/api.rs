@@ -170,6 +170,7 @@ impl RestEndpoint for Req {
             Service::Neutron => ServiceType::Network,
             Service::Nova => ServiceType::Compute,
             Service::Glance => ServiceType::Image,
+            Service::Swift => ServiceType::ObjectStore,
         }
     }
     fn parameters(&self) -> QueryParams<'_> {
@@ -484,6 +485,7 @@ pub(crate) fn strings(v: &Value) -> impl Iterator<Item = &str> {
 pub(crate) const NET: Service = Service::Neutron;
 pub(crate) const NOVA: Service = Service::Nova;
 pub(crate) const GLANCE: Service = Service::Glance;
+pub(crate) const SWIFT: Service = Service::Swift;
 
 /// The `#[used]` anchor must be referenced from code that is compiled in.
 pub(crate) fn anchor_appcred() -> bool {

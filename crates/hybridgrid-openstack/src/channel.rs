@@ -204,6 +204,70 @@ impl Channel {
         Ok(out)
     }
 
+    /// Like [`Channel::run`] with the script run as the login user (no `sudo`), on a
+    /// connection of its own that forwards the `ssh-agent` at `agent`: the node's own `ssh`
+    /// logs in elsewhere with this channel's key (`store_files::hand_over_from_relay`).
+    pub async fn run_with_agent(
+        &self,
+        target: &Target,
+        script: &str,
+        agent: &Path,
+    ) -> Result<Output> {
+        self.ensure_dir()?;
+        let mut args = self.options(&target.node);
+        args.extend([
+            "-o".into(),
+            "ControlPath=none".into(),
+            "-o".into(),
+            format!("ForwardAgent={}", agent.display()),
+            format!("{}@{}", target.user, target.host),
+            "--".into(),
+            format!("sh -c {}", shell_quote(script)),
+        ]);
+        let out = tokio::process::Command::new("ssh")
+            .args(&args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(ssh_error(target))?;
+        let code = out.status.code().unwrap_or(255);
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        if code == 255 {
+            return Err(OsError::Channel {
+                node: target.node.clone(),
+                detail: ssh_failure(target, stderr),
+            });
+        }
+        Ok(Output {
+            code,
+            stdout: out.stdout,
+            stderr: last_lines(&stderr),
+        })
+    }
+
+    /// The private key this channel logs in with, when it names one.
+    pub fn identity(&self) -> Option<&Path> {
+        self.identity.as_deref()
+    }
+
+    /// The known-hosts lines of `node` (as `ssh-keygen -F` finds them under its alias).
+    pub fn known_host_lines(&self, node: &str) -> Vec<String> {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-F", &self.host_key_alias(node), "-f"])
+            .arg(self.dir.join("known_hosts"))
+            .stderr(Stdio::null())
+            .output();
+        out.map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
     /// The known-hosts file and shared connections of the cluster.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -211,7 +275,7 @@ impl Channel {
 
     /// The name a node's host key is kept under: the node's, not its address (a relay's floating
     /// IP or a worker's site address can belong to another cluster's node later).
-    fn host_key_alias(&self, node: &str) -> String {
+    pub fn host_key_alias(&self, node: &str) -> String {
         format!("{}-{node}", self.cluster)
     }
 

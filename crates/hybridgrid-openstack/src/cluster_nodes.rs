@@ -69,22 +69,20 @@ impl OpenStack {
         self.target(plan, &master.name)
     }
 
-    /// What nodes get on standard input: the munge key, and the store keys of each site that
-    /// holds a dataset in a bucket (`up` only: the power service on the master holds no store
-    /// keys, so an on-demand worker gets none).
+    /// What nodes get on standard input: the munge key, and the store files (`store_files`):
+    /// from this machine in `up`, from the relays for the power service (it holds no store keys).
     async fn node_secrets(&self, plan: &Plan) -> Result<nodes::Secrets> {
-        let store_envs = match &self.opts.power_host {
-            Some(_) => BTreeMap::new(),
-            None => self
-                .store_accesses(plan)
-                .await?
-                .iter()
-                .map(|(site, a)| (site.clone(), a.job_env()))
-                .collect(),
+        let (stores, from_relay) = match &self.opts.power_host {
+            Some(_) => (Default::default(), Some(self.login_users())),
+            None => (
+                crate::store_files::StoreFiles::new(self.store_accesses(plan).await?),
+                None,
+            ),
         };
         Ok(nodes::Secrets {
             munge_key: self.munge_key()?,
-            store_envs,
+            stores,
+            from_relay,
         })
     }
 
@@ -564,6 +562,37 @@ impl OpenStack {
         .await;
         let readings: Vec<(String, WgStatus)> = readings.into_iter().flatten().collect();
         status::tunnel_rows(plan, &readings, unix_now())
+    }
+
+    /// What each site's store has sent the cluster's nodes, as their counters say (`agent
+    /// store-reads`; `store_files`), summed by store site. A node that cannot be read counts
+    /// nothing: an on-demand worker removed since took its counters with it.
+    pub(crate) async fn store_reads(&self, plan: &Plan) -> BTreeMap<String, u64> {
+        if !plan.has_store_data() {
+            return BTreeMap::new();
+        }
+        let active = self.active_nodes().await.unwrap_or_default();
+        let script = format!("{} agent store-reads", crate::userdata::AGENT_PATH);
+        let readings = futures::future::join_all(
+            plan.nodes
+                .iter()
+                .filter(|n| active.contains(&n.name))
+                .map(|n| self.run_on(plan, &n.name, &script, b"")),
+        )
+        .await;
+        let mut sum = BTreeMap::new();
+        for (code, out) in readings.into_iter().flatten() {
+            let Ok(counts) = serde_json::from_slice::<BTreeMap<String, u64>>(&out) else {
+                continue;
+            };
+            if code != 0 {
+                continue;
+            }
+            for (site, bytes) in counts {
+                *sum.entry(site).or_insert(0) += bytes;
+            }
+        }
+        sum
     }
 
     /// The nodes whose server is ACTIVE, in every site: what `status` and `doctor` call up.

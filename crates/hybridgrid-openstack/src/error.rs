@@ -176,6 +176,8 @@ pub enum Service {
     Nova,
     /// Glance
     Glance,
+    /// Swift
+    Swift,
 }
 
 impl OsError {

@@ -29,6 +29,7 @@ mod site_groups;
 mod site_observe;
 mod site_ports;
 mod site_servers;
+mod store_files;
 mod stores;
 mod userdata;
 mod validate;

@@ -383,24 +383,27 @@ async fn send_agent(
     Ok(Sent::OverChannel)
 }
 
-/// What a node gets over the channel on standard input only: the cluster's munge key, and its
-/// site's store keys for jobs (`KEY='value'` lines) where the site has a store.
+/// What a node gets over the channel on standard input only: the cluster's munge key, and
+/// its store files (`store_files`).
 pub struct Secrets {
     pub munge_key: Vec<u8>,
-    /// Site → the store's environment for jobs (`StoreAccess::job_env`).
-    pub store_envs: std::collections::BTreeMap<String, String>,
+    pub stores: crate::store_files::StoreFiles,
+    /// The power service: the store files of a worker it makes come from its site's relay
+    /// (`store_files::hand_over_from_relay`), reached as these users say.
+    pub from_relay: Option<LoginUsers>,
 }
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secrets")
-            .field("store_sites", &self.store_envs.keys().collect::<Vec<_>>())
+            .field("store_sites", &self.stores.envs.keys().collect::<Vec<_>>())
+            .field("from_relay", &self.from_relay.is_some())
             .finish_non_exhaustive()
     }
 }
 
-/// The second half: the munge key (and the site's store keys) on Slurm nodes, `agent apply`,
-/// and the agent's supervisor as a systemd service; what the agent did, after `done`.
+/// The second half: the munge key on Slurm nodes, the store files, `agent apply`, and the
+/// agent's supervisor as a systemd service; what the agent did, after `done`.
 pub async fn finish(
     channel: &Channel,
     target: &Target,
@@ -411,12 +414,8 @@ pub async fn finish(
 ) -> Result<Vec<String>> {
     let node = plan_node(plan, target)?;
     let config = plan.node_config(node);
-    let store_env = format!(
-        "{AGENT_STATE_DIR}/{}",
-        hybridgrid_agent::slurm::STORE_ENV_FILE
-    );
-    let mut withdraw = String::new();
-    if node.role != Role::Gateway && config.slurm.role != SlurmRole::None {
+    let slurm_node = node.role != Role::Gateway && config.slurm.role != SlurmRole::None;
+    if slurm_node {
         let key = format!(
             "{AGENT_STATE_DIR}/{}",
             hybridgrid_agent::slurm::MUNGE_KEY_FILE
@@ -429,18 +428,14 @@ pub async fn finish(
                 &secrets.munge_key,
             )
             .await?;
-        match secrets.store_envs.get(&node.site) {
-            Some(env) => {
-                channel
-                    .run_ok(
-                        target,
-                        "delivering the site's store keys",
-                        &crate::channel::install_stdin(&store_env, "0600"),
-                        env.as_bytes(),
-                    )
-                    .await?;
-            }
-            None => withdraw = format!("rm -f {store_env}; "),
+    }
+    match &secrets.from_relay {
+        Some(users) if plan.has_store_data() => {
+            crate::store_files::hand_over_from_relay(channel, plan, target, users).await?;
+        }
+        Some(_) => {}
+        None => {
+            crate::store_files::deliver(channel, target, node, slurm_node, &secrets.stores).await?;
         }
     }
     let unit = agent_unit(&node.name);
@@ -449,7 +444,7 @@ pub async fn finish(
             target,
             "hybridgrid agent apply",
             &format!(
-                "set -e; {withdraw}{AGENT_PATH} agent apply --config {CONFIG} --state-dir {AGENT_STATE_DIR} \
+                "set -e; {AGENT_PATH} agent apply --config {CONFIG} --state-dir {AGENT_STATE_DIR} \
                  --tag {name} --wait-for-workers {wait_for_workers}; \
                  u=/etc/systemd/system/{AGENT_UNIT}.service; \
                  if [ \"$(cat $u 2>/dev/null)\" != {unit} ]; then printf '%s' {unit} > $u; \

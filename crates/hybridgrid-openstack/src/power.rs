@@ -115,7 +115,7 @@ impl OpenStack {
         let sent = self.send_missing(&channel, &target, &seen).await?;
         let unit = unit(&self.cluster.name);
         if seen.unit_sha == sha256_hex(unit.as_bytes()) && sent.is_empty() && seen.active {
-            return Ok(());
+            return self.authorize_on_relays(&channel, plan, &target).await;
         }
         let path = format!("/etc/systemd/system/{POWER_UNIT}.service");
         let script = format!(
@@ -139,7 +139,19 @@ impl OpenStack {
             "power service on {}{what}",
             target.node
         )));
-        Ok(())
+        self.authorize_on_relays(&channel, plan, &target).await
+    }
+
+    /// The relays of sites with on-demand workers accept the service's key: its workers get
+    /// their site's store files from there (`store_files`).
+    async fn authorize_on_relays(
+        &self,
+        channel: &Channel,
+        plan: &Plan,
+        master: &Target,
+    ) -> Result<()> {
+        crate::store_files::authorize_power_key(channel, plan, master, |n| self.target(plan, n))
+            .await
     }
 
     /// What the master lacks of the service's files, sent; their names.

@@ -94,6 +94,8 @@ impl Options {
 pub struct Problem {
     pub site: String,
     pub message: String,
+    /// Worth saying, and no reason to stop: `up` can build the cluster all the same.
+    pub warning: bool,
 }
 
 impl std::fmt::Display for Problem {
@@ -415,7 +417,8 @@ impl Provider for OpenStack {
 }
 
 /// The clouds' own object stores (`stores.rs`): endpoints from the catalogs, the EC2 keys `up`
-/// made. Their bytes are not counted: a cloud's store shows no counters to its users.
+/// made. A cloud's store shows its users no counters: what the stores sent is counted on the
+/// nodes (`store_files`).
 impl hybridgrid_engine::Stores for OpenStack {
     fn access(
         &self,
@@ -437,8 +440,8 @@ impl hybridgrid_engine::Stores for OpenStack {
         .map_err(err)
     }
 
-    fn served_bytes(&self, _plan: &Plan) -> BTreeMap<String, u64> {
-        BTreeMap::new()
+    fn served_bytes(&self, plan: &Plan) -> BTreeMap<String, u64> {
+        self.block(self.store_reads(plan)).unwrap_or_default()
     }
 }
 

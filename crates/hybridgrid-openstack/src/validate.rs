@@ -9,7 +9,7 @@ use hybridgrid_core::error_chain;
 use hybridgrid_core::plan::Plan;
 use serde_json::Value;
 
-use crate::api::{self, Cloud};
+use crate::api::{self, Cloud, Req, SWIFT};
 use crate::error::Result;
 use crate::provider::{OpenStack, Problem};
 use crate::quota;
@@ -37,6 +37,7 @@ impl OpenStack {
                 let p = |m: String| Problem {
                     site: site.name.clone(),
                     message: m,
+                    warning: false,
                 };
                 let Some(cloud_name) = &site.cloud else {
                     problems.push(p("no `cloud` given".into()));
@@ -83,6 +84,7 @@ async fn validate_site(ops: &SiteOps, plan: &Plan, problems: &mut Vec<Problem>) 
     let flavors = ops.flavors().await?;
     check.flavors_and_images(plan, &flavors).await;
     check.network().await?;
+    check.buckets(plan).await;
     let need = quota::needs(ops, plan, &plan.changes, &flavors)?;
     for shortfall in quota::shortfalls(ops, &need).await? {
         check.push(shortfall);
@@ -101,7 +103,46 @@ impl SiteCheck<'_> {
         self.problems.push(Problem {
             site: self.ops.site.name.clone(),
             message,
+            warning: false,
         });
+    }
+
+    fn warn(&mut self, message: String) {
+        self.problems.push(Problem {
+            site: self.ops.site.name.clone(),
+            message,
+            warning: true,
+        });
+    }
+
+    /// The site's cloud has an object store where the site holds datasets in buckets, and the
+    /// buckets exist (one missing is a warning: `up` makes it, empty). Looked up through
+    /// Swift's API with the site's token: no EC2 keys exist before `up`.
+    async fn buckets(&mut self, plan: &Plan) {
+        let ops = self.ops;
+        let site = ops.site.name.as_str();
+        if !plan.site_has_store_data(site) {
+            return;
+        }
+        if ops.cloud.object_store_endpoint().is_none() {
+            self.push(format!(
+                "cloud `{}` has no object store (service type object-store) in region {}, \
+                 and datasets of the site name buckets",
+                ops.cloud.name,
+                ops.cloud.region().unwrap_or_else(|| "(none)".into())
+            ));
+            return;
+        }
+        for bucket in plan.site_buckets(site) {
+            let req = Req::get(SWIFT, bucket).q("limit", "0").q("format", "json");
+            match ops.cloud.get_opt("look up bucket", req).await {
+                Ok(Some(_)) => {}
+                Ok(None) => self.warn(format!(
+                    "bucket `{bucket}` does not exist in the site's object store; `up` makes it, empty"
+                )),
+                Err(e) => self.push(format!("bucket `{bucket}`: {}", error_chain(&e))),
+            }
+        }
     }
 
     /// Each node's flavor (named once) and image exist.

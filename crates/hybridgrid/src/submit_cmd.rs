@@ -144,8 +144,9 @@ struct JobView {
     cross_site_bytes: Option<u64>,
     /// The end was taken at a later `jobs`, after the job had finished: an upper bound.
     cross_site_bytes_upper_bound: bool,
-    /// Bytes read from each site's object store while the job ran (site → bytes), counted at
-    /// the stores: like `cross_site_bytes`, the whole cluster's in that window.
+    /// Bytes read from each site's object store while the job ran (site → bytes), as the
+    /// provider counts them (`Stores::served_bytes`): like `cross_site_bytes`, the whole
+    /// cluster's in that window.
     #[serde(skip_serializing_if = "Option::is_none")]
     store_bytes: Option<BTreeMap<String, u64>>,
 }

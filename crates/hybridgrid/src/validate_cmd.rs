@@ -17,7 +17,13 @@ pub fn validate(file: &Path, online: bool, settings: &Settings) -> anyhow::Resul
     if online {
         let os = providers::openstack_of(&cluster, settings)?;
         let plan = hybridgrid_engine::plan(&os, &cluster)?;
-        let problems = os.validate_online_blocking(&plan)?;
+        let (warnings, problems): (Vec<_>, Vec<_>) = os
+            .validate_online_blocking(&plan)?
+            .into_iter()
+            .partition(|p| p.warning);
+        for p in &warnings {
+            eprintln!("{}: warning: {p}", file.display());
+        }
         for p in &problems {
             eprintln!("{}: error: {p}", file.display());
         }
@@ -69,17 +75,19 @@ pub fn validate_json(file: &Path, online: bool, settings: &Settings) -> anyhow::
         Err(e) => return Err(e.into()),
     };
     let mut cloud_problems = Vec::new();
+    let mut cloud_warnings = Vec::new();
     if let Some(c) = cluster
         .as_ref()
         .filter(|c| online && c.provider == Kind::OpenStack)
     {
         let os = providers::openstack_of(c, settings)?;
         let plan = hybridgrid_engine::plan(&os, c)?;
-        cloud_problems = os
-            .validate_online_blocking(&plan)?
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        for p in os.validate_online_blocking(&plan)? {
+            match p.warning {
+                true => cloud_warnings.push(p.to_string()),
+                false => cloud_problems.push(p.to_string()),
+            }
+        }
     }
     let ok = cluster.is_some() && cloud_problems.is_empty();
     let doc = serde_json::json!({
@@ -91,6 +99,7 @@ pub fn validate_json(file: &Path, online: bool, settings: &Settings) -> anyhow::
         "nodes": cluster.as_ref().map(Cluster::node_count),
         "diagnostics": diagnostics,
         "cloud_problems": cloud_problems,
+        "cloud_warnings": cloud_warnings,
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(if ok {

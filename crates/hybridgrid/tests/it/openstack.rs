@@ -89,6 +89,36 @@ fn validate_online_names_a_flavor_the_cloud_lacks() {
     assert!(text(&out).contains("m1.huge"), "{}", text(&out));
 }
 
+/// A dataset's bucket that does not exist yet is a warning (`up` makes it), not an error; once
+/// it exists (made here through Swift's API) `validate --online` says nothing of it.
+#[test]
+fn validate_online_warns_of_a_bucket_not_made_yet() {
+    let run = Run::new("d", "m1.tiny");
+    let bucket = format!("hg-validate-{}", std::process::id());
+    let mut text_file = std::fs::read_to_string(&run.file).unwrap();
+    text_file.push_str(&format!(
+        "datasets:\n  - {{ name: reads, site: b, bucket: {bucket} }}\n"
+    ));
+    std::fs::write(&run.file, text_file).unwrap();
+    let out = run.hybridgrid(&["validate", "--online"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let warning = format!("warning: site b: bucket `{bucket}` does not exist");
+    assert!(text(&out).contains(&warning), "{}", text(&out));
+    let swift = |verb: &str| {
+        let out = Command::new("openstack")
+            .args(["--os-cloud", "site-b", "container", verb, &bucket])
+            .env("OS_CLIENT_CONFIG_FILE", clouds())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "container {verb}: {}", text(&out));
+    };
+    swift("create");
+    let out = run.hybridgrid(&["validate", "--online"]);
+    swift("delete");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
+}
+
 #[test]
 fn up_plan_down_through_the_command_line() {
     let run = Run::new("u", "m1.tiny");

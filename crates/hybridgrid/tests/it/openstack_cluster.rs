@@ -459,6 +459,7 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
             && output.contains(&format!("bytes={DATA_BYTES}")),
         "{output}"
     );
+    read_from_bs_store_only(&j);
     b_store_keys_are_at_b_only(c, &id);
 
     // A second job for the dataset while b's static worker is busy wakes b-od-1, runs there,
@@ -602,6 +603,20 @@ fn b_store_keys_are_at_b_only(c: &Cluster, job: &str) {
     assert!(batch.contains(env) && !batch.contains(&secret), "{batch}");
 }
 
+/// `jobs --json` shows the job's bytes read from b's store, counted on the nodes (the cloud's
+/// store shows no counters), and none from another store.
+fn read_from_bs_store_only(j: &Value) {
+    let read = &j["store_bytes"];
+    assert!(
+        read["b"].as_u64().is_some_and(|b| b >= DATA_BYTES as u64),
+        "{j:#}"
+    );
+    assert!(
+        read.as_object().is_some_and(|m| m.len() == 1),
+        "only b has a store: {j:#}"
+    );
+}
+
 /// b-worker-1 is held by a long job; `submit --dataset reads` wakes b-od-1 (its server made by
 /// the master's power service), the job runs there; `SUSPEND_TIME` after it ended the server is
 /// gone, Slurm shows the node powered down (`idle~`) and `plan` has no changes.
@@ -642,6 +657,13 @@ fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(
     let j = c.job(&id);
     assert_eq!(j["state"], "COMPLETED", "{j:#}");
     assert_eq!(j["node"], ON_DEMAND, "{j:#}");
+    // The woken worker got b's store keys from b's relay (never through the master) and awscli.
+    let output = std::fs::read_to_string(j["output"].as_str().unwrap()).unwrap();
+    assert!(
+        output.contains(&format!("bytes={DATA_BYTES}")),
+        "{output}"
+    );
+    read_from_bs_store_only(&j);
     let limit = Duration::from_secs(u64::from(SUSPEND_TIME) + 300);
     wait_until("the idle on-demand worker removed", limit, || {
         // One line per partition the node is in.

@@ -1,0 +1,332 @@
+//! The store files a node gets over the channel: its site's store keys for jobs (`store.env`,
+//! 0600, on the Slurm nodes and the relay of a site with a store) and the cluster's store
+//! endpoints (`store-endpoints.json`, no secret, on every node: the agent counts what each
+//! store sends the node, which `jobs` reports per job).
+//!
+//! `up` sends both from this machine. The power service on the master holds neither (a site's
+//! keys stay at the site, and the master is at another): a worker it makes gets them from its
+//! site's relay ([`hand_over_from_relay`]). The master lends the relay its SSH key for that one
+//! copy (OpenSSH agent forwarding from an `ssh-agent` of its own, gone after the copy), the relay
+//! checks the worker's host key as the master met it and sends the files straight to the worker.
+//! The master could log in to the relay anyway (`up` authorizes its key there,
+//! [`authorize_power_key`]); what this keeps is that the keys never pass through it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use hybridgrid_agent::slurm::STORE_ENV_FILE;
+use hybridgrid_agent::store_reads::ENDPOINTS_FILE;
+use hybridgrid_core::plan::{NodePlan, Plan};
+
+use crate::channel::{Channel, Target, install_stdin, shell_quote};
+use crate::error::{OsError, Result};
+use crate::userdata::AGENT_STATE_DIR;
+
+/// What `up` sends: each store site's job environment, and the endpoints of all stores.
+/// `Debug` shows no key.
+#[derive(Default)]
+pub struct StoreFiles {
+    /// Site → the store's environment for jobs (`StoreAccess::job_env`).
+    pub envs: BTreeMap<String, String>,
+    /// Site → endpoint URL, as JSON; `None`: the cluster has no store.
+    pub endpoints: Option<String>,
+}
+
+impl std::fmt::Debug for StoreFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreFiles")
+            .field("sites", &self.envs.keys().collect::<Vec<_>>())
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+impl StoreFiles {
+    pub fn new(accesses: &BTreeMap<String, hybridgrid_core::store::StoreAccess>) -> Self {
+        let endpoints: BTreeMap<&str, &str> = accesses
+            .iter()
+            .map(|(site, a)| (site.as_str(), a.endpoint.as_str()))
+            .collect();
+        StoreFiles {
+            envs: accesses
+                .iter()
+                .map(|(site, a)| (site.clone(), a.job_env()))
+                .collect(),
+            endpoints: (!endpoints.is_empty())
+                .then(|| serde_json::to_string(&endpoints).unwrap_or_default()),
+        }
+    }
+}
+
+fn state_path(file: &str) -> String {
+    format!("{AGENT_STATE_DIR}/{file}")
+}
+
+/// Sends `node` its store files; what it should not have is removed.
+pub async fn deliver(
+    channel: &Channel,
+    target: &Target,
+    node: &NodePlan,
+    slurm_node: bool,
+    files: &StoreFiles,
+) -> Result<()> {
+    let env = files
+        .envs
+        .get(&node.site)
+        .filter(|_| slurm_node || node.role.is_relay());
+    let mut remove = Vec::new();
+    for (file, content, mode, what) in [
+        (STORE_ENV_FILE, env, "0600", "delivering the site's store keys"),
+        (
+            ENDPOINTS_FILE,
+            files.endpoints.as_ref(),
+            "0644",
+            "delivering the store endpoints",
+        ),
+    ] {
+        let path = state_path(file);
+        match content {
+            Some(text) => {
+                channel
+                    .run_ok(target, what, &install_stdin(&path, mode), text.as_bytes())
+                    .await?;
+            }
+            None => remove.push(path),
+        }
+    }
+    if !remove.is_empty() {
+        channel
+            .run_ok(
+                target,
+                "removing store files",
+                &format!("rm -f {}", remove.join(" ")),
+                b"",
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The power service's `worker` (reached on its site address) gets the store files its site's
+/// relay has, copied by the relay.
+pub async fn hand_over_from_relay(
+    channel: &Channel,
+    plan: &Plan,
+    worker: &Target,
+    users: &crate::login::LoginUsers,
+) -> Result<()> {
+    let failed = |detail: String| OsError::Channel {
+        node: worker.node.clone(),
+        detail: format!("the site's store files from its relay: {detail}"),
+    };
+    let node = plan
+        .node(&worker.node)
+        .ok_or_else(|| failed("not in the plan".into()))?;
+    let relay = plan
+        .relay_of(&node.site)
+        .ok_or_else(|| failed("the site has no relay".into()))?;
+    let relay_user = users.of(relay);
+    let key = channel
+        .identity()
+        .ok_or_else(|| failed("the power service has no SSH key".into()))?;
+    let known = channel.known_host_lines(&worker.node);
+    if known.is_empty() {
+        return Err(failed("its host key is not known yet".into()));
+    }
+    let agent = Agent::start(channel.dir(), key).await.map_err(failed)?;
+    let at_relay = Target {
+        node: relay.name.clone(),
+        host: relay.lan_ip,
+        user: relay_user.clone(),
+        jump: None,
+    };
+    let alias = channel.host_key_alias(&worker.node);
+    let script = copy_script(&relay_user, worker, &alias, &known);
+    let out = channel
+        .run_with_agent(&at_relay, &script, agent.socket())
+        .await?;
+    drop(agent);
+    if out.code != 0 {
+        return Err(failed(format!(
+            "the copy on {} failed (exit {}): {}",
+            relay.name, out.code, out.stderr
+        )));
+    }
+    Ok(())
+}
+
+/// What the relay runs as its login user: its store files (root's) as a tar stream to the
+/// worker, whose host key must be the one the master met.
+fn copy_script(relay_user: &str, worker: &Target, alias: &str, known: &[String]) -> String {
+    let sudo = |s: &str, user: &str| match user {
+        "root" => format!("sh -c {}", shell_quote(s)),
+        _ => format!("sudo -n sh -c {}", shell_quote(s)),
+    };
+    let pack = format!(
+        "cd {AGENT_STATE_DIR} && set -- && for f in {STORE_ENV_FILE} {ENDPOINTS_FILE}; do \
+         if [ -e \"$f\" ]; then set -- \"$@\" \"$f\"; fi; done; tar -cf - \"$@\""
+    );
+    let unpack = format!("umask 077; mkdir -p {AGENT_STATE_DIR}; tar -C {AGENT_STATE_DIR} -xf -");
+    format!(
+        "set -e; k=$(mktemp); trap 'rm -f \"$k\"' EXIT; printf '%s\\n' {lines} > \"$k\"; \
+         {pack} | ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=\"$k\" \
+         -o HostKeyAlias={alias} -o ConnectTimeout=15 -o LogLevel=ERROR {user}@{host} -- {unpack}",
+        lines = known
+            .iter()
+            .map(|l| shell_quote(l))
+            .collect::<Vec<_>>()
+            .join(" "),
+        pack = sudo(&pack, relay_user),
+        alias = shell_quote(alias),
+        user = worker.user,
+        host = worker.host,
+        unpack = shell_quote(&sudo(&unpack, &worker.user)),
+    )
+}
+
+/// `up`: the relays of sites with on-demand workers accept the power service's key, so that
+/// it can ask them for [`hand_over_from_relay`]. The master's public key is read on the master.
+pub async fn authorize_power_key(
+    channel: &Channel,
+    plan: &Plan,
+    master: &Target,
+    target: impl Fn(&str) -> Option<Target>,
+) -> Result<()> {
+    if !plan.has_store_data() {
+        return Ok(());
+    }
+    let mut sites: Vec<&str> = plan
+        .nodes
+        .iter()
+        .filter(|n| n.on_demand)
+        .map(|n| n.site.as_str())
+        .collect();
+    sites.sort_unstable();
+    sites.dedup();
+    let relays: Vec<Target> = sites
+        .iter()
+        .filter_map(|s| plan.relay_of(s))
+        .filter_map(|r| target(&r.name))
+        .collect();
+    if relays.is_empty() {
+        return Ok(());
+    }
+    let public = crate::power_host::PowerHost::on_master().public_key_path();
+    let out = channel
+        .run_ok(
+            master,
+            "reading the power service's public key",
+            &format!("cat {}", public.display()),
+            b"",
+        )
+        .await?;
+    let line = out.stdout_text().trim().to_owned();
+    let script = format!(
+        "set -e; h=$(getent passwd \"$SUDO_USER\" | cut -d: -f6); h=${{h:-$HOME}}; \
+         f=\"$h/.ssh/authorized_keys\"; grep -qxF {q} \"$f\" 2>/dev/null || {{ \
+         mkdir -p \"$h/.ssh\"; printf '%s\\n' {q} >> \"$f\"; \
+         chown -R \"${{SUDO_USER:-root}}\" \"$h/.ssh\"; chmod 600 \"$f\"; }}",
+        q = shell_quote(&line)
+    );
+    for relay in &relays {
+        channel
+            .run_ok(relay, "authorizing the power service's key", &script, b"")
+            .await?;
+    }
+    Ok(())
+}
+
+/// A short-lived `ssh-agent` holding one key; killed when dropped.
+struct Agent {
+    child: tokio::process::Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    async fn start(dir: &Path, key: &Path) -> std::result::Result<Agent, String> {
+        let socket = dir.join(format!("agent-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let child = tokio::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("ssh-agent: {e}"))?;
+        let agent = Agent { child, socket };
+        for _ in 0..50 {
+            if agent.socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let added = tokio::process::Command::new("ssh-add")
+            .arg("-q")
+            .arg(key)
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("ssh-add: {e}"))?;
+        if !added.status.success() {
+            return Err(format!(
+                "ssh-add: {}",
+                String::from_utf8_lossy(&added.stderr).trim()
+            ));
+        }
+        Ok(agent)
+    }
+
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_sends_its_store_files_to_the_worker_it_recognises() {
+        let worker = Target {
+            node: "b-od-1".into(),
+            host: "10.82.0.20".parse().unwrap(),
+            user: "debian".into(),
+            jump: None,
+        };
+        let s = copy_script("debian", &worker, "c-b-od-1", &["|1|abc ssh-ed25519 AAAA".into()]);
+        assert!(s.contains("StrictHostKeyChecking=yes"), "{s}");
+        assert!(s.contains("HostKeyAlias='c-b-od-1'"), "{s}");
+        assert!(s.contains("debian@10.82.0.20"), "{s}");
+        assert!(s.contains("tar -cf -") && s.contains("tar -C"), "{s}");
+    }
+
+    #[test]
+    fn only_the_sites_own_keys_and_every_stores_endpoint() {
+        let access = |site: &str| hybridgrid_core::store::StoreAccess {
+            site: site.into(),
+            endpoint: format!("http://{site}.example:8080"),
+            region: site.into(),
+            access_key: "ak".into(),
+            secret_key: "sk".into(),
+            netns: None,
+        };
+        let files = StoreFiles::new(&BTreeMap::from([("b".into(), access("b"))]));
+        assert_eq!(
+            files.endpoints.as_deref(),
+            Some(r#"{"b":"http://b.example:8080"}"#)
+        );
+        assert!(files.envs["b"].contains("AWS_SECRET_ACCESS_KEY='sk'"));
+    }
+}
