@@ -49,6 +49,8 @@ pub enum AgentError {
         url: String,
         detail: String,
     },
+    /// {path} is not a JSON map of peer names to base64 keys (its content is not shown: it holds keys)
+    PresharedKeys { path: PathBuf },
     /// {url}: only http:// URLs
     NotHttp { url: String },
     /// GET {url}

@@ -303,6 +303,7 @@ fn wireguard(
         sys::ip_batch(None, &lines)?;
     }
 
+    let preshared = preshared_keys(wg, state_dir)?;
     let desired = DesiredDevice {
         private_key: *private.as_bytes(),
         listen_port: Some(wg.listen_port),
@@ -317,6 +318,7 @@ fn wireguard(
                     endpoint: p.endpoint.map(SocketAddr::V4),
                     allowed_ips: p.allowed_ips.iter().map(|n| IpNet::V4(*n)).collect(),
                     persistent_keepalive: p.persistent_keepalive,
+                    preshared_key: preshared.get(&p.node).copied(),
                 })
             })
             .collect(),
@@ -343,6 +345,30 @@ fn wireguard(
         });
     }
     Ok(public)
+}
+
+/// The pairs' preshared keys the provider delivered, by peer node (none when the plan uses
+/// none, or before they arrived: the peer is configured without, as its side is).
+fn preshared_keys(
+    wg: &WgInterface,
+    state_dir: &Path,
+) -> Result<std::collections::BTreeMap<String, hybridgrid_wg::Key>, AgentError> {
+    let path = state_dir.join(hybridgrid_core::node::PRESHARED_KEYS_FILE);
+    if !wg.preshared_keys {
+        return Ok(Default::default());
+    }
+    let Ok(text) = std::fs::read(&path) else {
+        return Ok(Default::default());
+    };
+    let keys: std::collections::BTreeMap<String, String> = serde_json::from_slice(&text)
+        .map_err(|_| AgentError::PresharedKeys { path: path.clone() })?;
+    keys.into_iter()
+        .map(|(peer, k)| {
+            hybridgrid_wg::key_from_base64(&k)
+                .map(|key| (peer, key))
+                .map_err(|_| AgentError::PresharedKeys { path: path.clone() })
+        })
+        .collect()
 }
 
 fn start_userspace_daemon(
@@ -512,6 +538,7 @@ pub fn wg_status(ifname: &str) -> Result<WgStatus, AgentError> {
                 latest_handshake: p.last_handshake_sec,
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
+                preshared_key: p.preshared_key.is_some(),
             })
             .collect(),
     })

@@ -290,6 +290,7 @@ mod tests {
                 listen_port: 51820,
                 mtu: 1420,
                 public_key: None,
+                preshared_keys: false,
                 peers: Vec::new(),
             }),
             slurm,

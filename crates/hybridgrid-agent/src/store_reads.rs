@@ -90,13 +90,14 @@ fn resolve(
                 url: url.clone(),
                 detail: "not an http(s) URL".into(),
             })?;
-            let addrs = (host.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|e| AgentError::StoreEndpoint {
-                    site: site.clone(),
-                    url: url.clone(),
-                    detail: e.to_string(),
-                })?;
+            let addrs =
+                (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map_err(|e| AgentError::StoreEndpoint {
+                        site: site.clone(),
+                        url: url.clone(),
+                        detail: e.to_string(),
+                    })?;
             Ok((site.clone(), addrs.filter(SocketAddr::is_ipv4).collect()))
         })
         .collect()

@@ -84,6 +84,8 @@ pub struct Tunnel {
     pub mtu: u16,
     /// Seconds; 0 turns keepalives off.
     pub keepalive: u16,
+    /// A preshared key on every pair of relays (default).
+    pub preshared_keys: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

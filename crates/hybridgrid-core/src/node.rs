@@ -10,6 +10,9 @@ use crate::keys::PublicKey;
 
 /// The WireGuard interface every relay node gets.
 pub const WG_INTERFACE: &str = "wg0";
+/// A relay's preshared keys, in its agent's state directory (0600): `{"peer node": "base64"}`,
+/// delivered by the provider (`hybridgrid_engine::preshared`).
+pub const PRESHARED_KEYS_FILE: &str = "preshared-keys.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +131,10 @@ pub struct WgInterface {
     pub mtu: u16,
     /// `None` until the node made its key.
     pub public_key: Option<PublicKey>,
+    /// Each peer under the pair's preshared key, which the provider delivers apart from this
+    /// configuration (`PRESHARED_KEYS_FILE` in the agent's state; never in a plan).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preshared_keys: bool,
     pub peers: Vec<WgPeer>,
 }
 

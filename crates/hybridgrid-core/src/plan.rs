@@ -47,6 +47,10 @@ pub struct TunnelPlan {
     pub port: u16,
     pub mtu: u16,
     pub keepalive: u16,
+    /// A preshared key on every pair of relays: each relay's agent reads its pairs' keys from
+    /// its state (`PRESHARED_KEYS_FILE`), which the provider fills.
+    #[serde(default)]
+    pub preshared_keys: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +217,7 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
             port: cluster.tunnel.port,
             mtu: cluster.tunnel.mtu,
             keepalive: cluster.tunnel.keepalive,
+            preshared_keys: cluster.tunnel.preshared_keys,
         },
         sites,
         nodes,
@@ -326,6 +331,7 @@ fn mesh(cluster: &Cluster, observed: &Observed, nodes: &mut [NodePlan]) {
             listen_port: cluster.tunnel.port,
             mtu: cluster.tunnel.mtu,
             public_key: key_of(&node.name),
+            preshared_keys: cluster.tunnel.preshared_keys,
             peers,
         });
     }

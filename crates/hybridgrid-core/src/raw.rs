@@ -56,6 +56,7 @@ pub struct RawTunnel {
     pub port: Option<Sp<u64>>,
     pub mtu: Option<Sp<NumberOrWord>>,
     pub keepalive: Option<Sp<u64>>,
+    pub preshared_keys: Option<Sp<bool>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -459,13 +460,18 @@ impl Reader {
             pos: pos_of(node),
             ..RawTunnel::default()
         };
-        let Some(m) = self.map(node, path, &["cidr", "port", "mtu", "keepalive"]) else {
+        let Some(m) = self.map(
+            node,
+            path,
+            &["cidr", "port", "mtu", "keepalive", "preshared_keys"],
+        ) else {
             return t;
         };
         t.cidr = self.string(&m, "cidr");
         t.port = self.uint(&m, "port");
         t.mtu = self.number_or_word(&m, "mtu");
         t.keepalive = self.uint(&m, "keepalive");
+        t.preshared_keys = self.boolean(&m, "preshared_keys");
         t
     }
 

@@ -20,4 +20,7 @@ pub struct WgPeerStatus {
     pub latest_handshake: u64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Whether the pair has a preshared key (never its value).
+    #[serde(default)]
+    pub preshared_key: bool,
 }

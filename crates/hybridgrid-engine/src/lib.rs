@@ -16,6 +16,7 @@ mod engine;
 mod error;
 pub mod path;
 pub mod power;
+pub mod preshared;
 mod provider;
 mod report;
 pub mod status;

@@ -161,6 +161,9 @@ pub struct TunnelStatus {
     pub handshake_age_s: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Whether the pair has a preshared key.
+    #[serde(default)]
+    pub preshared_key: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

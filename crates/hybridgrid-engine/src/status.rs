@@ -145,6 +145,7 @@ pub fn tunnel_rows(
                 .then(|| now_unix.saturating_sub(p.latest_handshake)),
             rx_bytes: p.rx_bytes,
             tx_bytes: p.tx_bytes,
+            preshared_key: p.preshared_key,
         })
         .collect()
 }

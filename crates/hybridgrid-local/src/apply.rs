@@ -628,6 +628,9 @@ impl Local {
         let node_config = plan.node_config(np);
         crate::slurm::prepare_node(self, node, node_config.slurm.role)?;
         crate::datastore::deliver_job_env(self, plan, np, node_config.slurm.role)?;
+        if np.role.is_relay() {
+            self.deliver_preshared_keys(&np.name)?;
+        }
         let text =
             serde_json::to_string_pretty(&node_config).map_err(|source| LocalError::Encode {
                 path: config.clone(),
@@ -635,6 +638,21 @@ impl Local {
             })?;
         crate::ledger::write_atomic(&config, text.as_bytes(), 0o644)?;
         self.agent_apply(np, Duration::ZERO)
+    }
+
+    /// A relay's pairs' preshared keys into its own state (0600), or none left there.
+    fn deliver_preshared_keys(&self, node: &str) -> Result<(), LocalError> {
+        let keys = hybridgrid_engine::preshared::load(&self.cluster_dir())?;
+        let path = self
+            .node_dir(node)
+            .join(hybridgrid_engine::preshared::PRESHARED_KEYS_FILE);
+        match keys.for_node(node) {
+            Some(json) => crate::ledger::write_atomic(&path, json.as_bytes(), 0o600),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LocalError::io(&path)(e)),
+                _ => Ok(()),
+            },
+        }
     }
 
     /// Runs the agent on `node` with the configuration last written to its `node.json`.

@@ -72,17 +72,22 @@ impl OpenStack {
     /// What nodes get on standard input: the munge key, and the store files (`store_files`):
     /// from this machine in `up`, from the relays for the power service (it holds no store keys).
     async fn node_secrets(&self, plan: &Plan) -> Result<nodes::Secrets> {
-        let (stores, from_relay) = match &self.opts.power_host {
-            Some(_) => (Default::default(), Some(self.login_users())),
+        let (stores, from_relay, preshared) = match &self.opts.power_host {
+            Some(_) => (Default::default(), Some(self.login_users()), None),
             None => (
                 crate::store_files::StoreFiles::new(self.store_accesses(plan).await?),
                 None,
+                Some(hybridgrid_engine::preshared::ensure(
+                    &self.opts.state_root.join(&self.cluster.name),
+                    plan,
+                )?),
             ),
         };
         Ok(nodes::Secrets {
             munge_key: self.munge_key()?,
             stores,
             from_relay,
+            preshared,
         })
     }
 

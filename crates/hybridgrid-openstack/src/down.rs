@@ -62,6 +62,7 @@ impl OpenStack {
     /// The ledger after `down`: gone when everything was deleted, else only what was not.
     fn keep_not_deleted(&self, report: &DownReport) -> Result<()> {
         if report.not_deleted.is_empty() {
+            hybridgrid_engine::preshared::remove(&self.opts.state_root.join(&self.cluster.name))?;
             return self.ledger.remove_file();
         }
         let failed_ids: BTreeSet<&String> = report

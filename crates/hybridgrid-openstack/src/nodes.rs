@@ -167,6 +167,39 @@ pub fn ensure_munge_key(cluster_dir: &Path) -> Result<Vec<u8>> {
     Ok(key)
 }
 
+/// A relay's pairs' preshared keys into its agent's state (0600, standard input only), or none
+/// left there when it has no pair.
+async fn deliver_preshared_keys(
+    channel: &Channel,
+    target: &Target,
+    keys: Option<String>,
+) -> Result<()> {
+    let path = format!(
+        "{AGENT_STATE_DIR}/{}",
+        hybridgrid_engine::preshared::PRESHARED_KEYS_FILE
+    );
+    match keys {
+        Some(json) => channel
+            .run_ok(
+                target,
+                "delivering the tunnels' preshared keys",
+                &crate::channel::install_stdin(&path, "0600"),
+                json.as_bytes(),
+            )
+            .await
+            .map(drop),
+        None => channel
+            .run_ok(
+                target,
+                "removing preshared keys",
+                &format!("rm -f {path}"),
+                b"",
+            )
+            .await
+            .map(drop),
+    }
+}
+
 /// What the node's role needs from the distribution's packages and its image lacks, installed by
 /// the agent (`agent install`, apt from the image's own sources); what it installed and the
 /// node's Slurm version. A
@@ -391,6 +424,8 @@ pub struct Secrets {
     /// The power service: the store files of a worker it makes come from its site's relay
     /// (`store_files::hand_over_from_relay`), reached as these users say.
     pub from_relay: Option<LoginUsers>,
+    /// The tunnels' preshared keys (`up`; the power service configures no relay).
+    pub preshared: Option<hybridgrid_engine::preshared::PresharedKeys>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -428,6 +463,9 @@ pub async fn finish(
                 &secrets.munge_key,
             )
             .await?;
+    }
+    if let (true, Some(keys)) = (node.role.is_relay(), &secrets.preshared) {
+        deliver_preshared_keys(channel, target, keys.for_node(&node.name)).await?;
     }
     match &secrets.from_relay {
         Some(users) if plan.has_store_data() => {

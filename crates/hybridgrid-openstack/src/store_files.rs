@@ -78,7 +78,12 @@ pub async fn deliver(
         .filter(|_| slurm_node || node.role.is_relay());
     let mut remove = Vec::new();
     for (file, content, mode, what) in [
-        (STORE_ENV_FILE, env, "0600", "delivering the site's store keys"),
+        (
+            STORE_ENV_FILE,
+            env,
+            "0600",
+            "delivering the site's store keys",
+        ),
         (
             ENDPOINTS_FILE,
             files.endpoints.as_ref(),
@@ -305,7 +310,12 @@ mod tests {
             user: "debian".into(),
             jump: None,
         };
-        let s = copy_script("debian", &worker, "c-b-od-1", &["|1|abc ssh-ed25519 AAAA".into()]);
+        let s = copy_script(
+            "debian",
+            &worker,
+            "c-b-od-1",
+            &["|1|abc ssh-ed25519 AAAA".into()],
+        );
         assert!(s.contains("StrictHostKeyChecking=yes"), "{s}");
         assert!(s.contains("HostKeyAlias='c-b-od-1'"), "{s}");
         assert!(s.contains("debian@10.82.0.20"), "{s}");

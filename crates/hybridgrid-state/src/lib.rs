@@ -38,7 +38,8 @@ pub enum StateError {
     },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+/// Wraps an I/O error on `path`.
+pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io {
         path: path.to_owned(),
         source,

@@ -44,6 +44,8 @@ pub enum PeerChange {
         allowed_ips: Option<Vec<IpNet>>,
         /// New keepalive interval; `Some(0)` turns it off.
         persistent_keepalive: Option<u16>,
+        /// New preshared key; `Some([0; 32])` removes it.
+        preshared_key: Option<Key>,
     },
     /// A peer that is not desired any more.
     Remove {
@@ -71,12 +73,14 @@ impl fmt::Debug for PeerChange {
                 endpoint,
                 allowed_ips,
                 persistent_keepalive,
+                preshared_key,
             } => f
                 .debug_struct("Update")
                 .field("public_key", &B64(public_key))
                 .field("endpoint", endpoint)
                 .field("allowed_ips", allowed_ips)
                 .field("persistent_keepalive", persistent_keepalive)
+                .field("preshared_key", &preshared_key.is_some())
                 .finish(),
             PeerChange::Remove { public_key } => f
                 .debug_struct("Remove")
@@ -100,7 +104,13 @@ fn peer_update(observed: &PeerState, desired: &DesiredPeer) -> Option<PeerChange
     let want_ka = desired.persistent_keepalive.unwrap_or(0);
     let persistent_keepalive =
         (observed.persistent_keepalive.unwrap_or(0) != want_ka).then_some(want_ka);
-    if endpoint.is_none() && allowed_ips.is_none() && persistent_keepalive.is_none() {
+    let preshared_key = (observed.preshared_key != desired.preshared_key)
+        .then(|| desired.preshared_key.unwrap_or([0; 32]));
+    if endpoint.is_none()
+        && allowed_ips.is_none()
+        && persistent_keepalive.is_none()
+        && preshared_key.is_none()
+    {
         return None;
     }
     Some(PeerChange::Update {
@@ -108,6 +118,7 @@ fn peer_update(observed: &PeerState, desired: &DesiredPeer) -> Option<PeerChange
         endpoint,
         allowed_ips,
         persistent_keepalive,
+        preshared_key,
     })
 }
 
@@ -163,6 +174,7 @@ mod tests {
             endpoint: Some(format!("192.0.2.{k}:51820").parse().unwrap()),
             allowed_ips: vec![net(&format!("198.51.100.{k}/32"))],
             persistent_keepalive: Some(25),
+            preshared_key: None,
         }
     }
 
@@ -172,6 +184,7 @@ mod tests {
             endpoint: p.endpoint,
             allowed_ips: p.allowed_ips.clone(),
             persistent_keepalive: p.persistent_keepalive,
+            preshared_key: p.preshared_key,
             last_handshake_sec: 1_700_000_000,
             rx_bytes: 100,
             tx_bytes: 200,
@@ -252,6 +265,7 @@ mod tests {
                 endpoint: None,
                 allowed_ips: Some(d.peers[1].allowed_ips.clone()),
                 persistent_keepalive: Some(10),
+                preshared_key: None,
             }]
         );
     }
@@ -273,6 +287,7 @@ mod tests {
                 endpoint: None,
                 allowed_ips: None,
                 persistent_keepalive: Some(0),
+                preshared_key: None,
             }]
         );
     }
@@ -293,6 +308,7 @@ mod tests {
                 endpoint: d.peers[0].endpoint,
                 allowed_ips: None,
                 persistent_keepalive: None,
+                preshared_key: None,
             }]
         );
     }

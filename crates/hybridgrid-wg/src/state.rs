@@ -82,6 +82,8 @@ pub struct DesiredPeer {
     pub allowed_ips: Vec<IpNet>,
     /// Keepalive interval in seconds; `None` (or 0) is off.
     pub persistent_keepalive: Option<u16>,
+    /// The pair's preshared key; `None`: none (the device's all-zero key).
+    pub preshared_key: Option<Key>,
 }
 
 impl fmt::Debug for DesiredPeer {
@@ -91,6 +93,7 @@ impl fmt::Debug for DesiredPeer {
             .field("endpoint", &self.endpoint)
             .field("allowed_ips", &self.allowed_ips)
             .field("persistent_keepalive", &self.persistent_keepalive)
+            .field("preshared_key", &self.preshared_key.is_some())
             .finish()
     }
 }
@@ -134,8 +137,8 @@ impl DeviceState {
 pub struct PeerState {
     /// The peer's public key.
     pub public_key: Key,
-    /// Whether a preshared key is set (its value is not kept).
-    pub has_preshared_key: bool,
+    /// The preshared key, if one is set (`Debug` shows only whether).
+    pub preshared_key: Option<Key>,
     /// Current endpoint (configured or learnt).
     pub endpoint: Option<SocketAddr>,
     /// Allowed IPs as the device reports them.
@@ -156,7 +159,7 @@ impl fmt::Debug for PeerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeerState")
             .field("public_key", &B64(&self.public_key))
-            .field("has_preshared_key", &self.has_preshared_key)
+            .field("has_preshared_key", &self.preshared_key.is_some())
             .field("endpoint", &self.endpoint)
             .field("allowed_ips", &self.allowed_ips)
             .field("last_handshake_sec", &self.last_handshake_sec)

@@ -130,7 +130,7 @@ pub(crate) fn parse_get(lines: &[String]) -> Result<DeviceState, String> {
                 _ => {}
             },
             Some(p) => match k {
-                "preshared_key" => p.has_preshared_key = hex_key(v)? != [0; 32],
+                "preshared_key" => p.preshared_key = Some(hex_key(v)?).filter(|k| *k != [0; 32]),
                 "endpoint" => p.endpoint = Some(num(k, v)?),
                 "allowed_ip" => p.allowed_ips.push(num(k, v)?),
                 "last_handshake_time_sec" => p.last_handshake_sec = num(k, v)?,
@@ -169,6 +169,9 @@ pub(crate) fn set_request(desired: &DesiredDevice, changes: &DeviceChanges) -> S
         match change {
             PeerChange::Remove { .. } => kv("remove", &"true"),
             PeerChange::Add(p) => {
+                if let Some(k) = &p.preshared_key {
+                    kv("preshared_key", &to_hex(k));
+                }
                 if let Some(e) = p.endpoint {
                     kv("endpoint", &e);
                 }
@@ -184,10 +187,14 @@ pub(crate) fn set_request(desired: &DesiredDevice, changes: &DeviceChanges) -> S
                 endpoint,
                 allowed_ips,
                 persistent_keepalive,
+                preshared_key,
                 ..
             } => {
                 // Don't resurrect a peer removed behind our back.
                 kv("update_only", &"true");
+                if let Some(k) = preshared_key {
+                    kv("preshared_key", &to_hex(k));
+                }
                 if let Some(e) = endpoint {
                     kv("endpoint", e);
                 }
@@ -284,7 +291,7 @@ mod tests {
         assert_eq!(d.peers.len(), 2);
         let a = &d.peers[0];
         assert_eq!(a.public_key, [2; 32]);
-        assert!(!a.has_preshared_key);
+        assert!(a.preshared_key.is_none());
         assert_eq!(a.endpoint, Some("192.0.2.2:51820".parse().unwrap()));
         assert_eq!(a.persistent_keepalive, None);
         assert_eq!(
@@ -320,6 +327,7 @@ mod tests {
             endpoint: Some("192.0.2.1:51820".parse().unwrap()),
             allowed_ips: vec!["198.51.100.9/24".parse().unwrap()],
             persistent_keepalive: None,
+            preshared_key: None,
         };
         let mut desired = DesiredDevice {
             private_key: [7; 32],

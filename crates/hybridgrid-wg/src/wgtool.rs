@@ -61,7 +61,8 @@ pub(crate) fn read(ifname: &str) -> Result<DeviceState, WgError> {
     )
 }
 
-/// Applies `changes` with one `wg set`; the private key goes through standard input, never argv.
+/// Applies `changes` with one `wg set`; the private key goes through standard input, never
+/// argv, and preshared keys through files only root can read ([`PresharedFiles`]).
 pub(crate) fn apply(
     ifname: &str,
     desired: &DesiredDevice,
@@ -70,15 +71,81 @@ pub(crate) fn apply(
     if changes.is_empty() {
         return Ok(());
     }
-    let (args, key) = set_args(ifname, desired, changes);
+    let psk = PresharedFiles::write(ifname, changes)?;
+    let (args, key) = set_args(ifname, desired, changes, psk.dir());
     wg(ifname, &args, key.as_deref()).map(|_| ())
 }
 
-/// The arguments of `wg set` for `changes`, and the private key to pass on standard input.
+/// The preshared keys of a change, one file each (named by the peer's place in the change) in a
+/// folder of mode 0700 under `/run`, removed when dropped: `wg set` reads them from there, and
+/// standard input carries the private key.
+struct PresharedFiles(Option<std::path::PathBuf>);
+
+impl PresharedFiles {
+    fn write(ifname: &str, changes: &DeviceChanges) -> Result<Self, WgError> {
+        let keys: Vec<(usize, &crate::state::Key)> = changes
+            .peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| preshared_of(c).map(|k| (i, k)))
+            .collect();
+        if keys.is_empty() {
+            return Ok(PresharedFiles(None));
+        }
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        let dir = std::path::PathBuf::from(format!(
+            "/run/hybridgrid-wg-{ifname}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let failed = |e: std::io::Error| tool_error(ifname, format!("preshared key files: {e}"));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(failed)?;
+        let files = PresharedFiles(Some(dir.clone()));
+        for (i, key) in keys {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join(i.to_string()))
+                .map_err(failed)?;
+            f.write_all(format!("{}\n", key_to_base64(key)).as_bytes())
+                .map_err(failed)?;
+        }
+        Ok(files)
+    }
+
+    fn dir(&self) -> Option<&std::path::Path> {
+        self.0.as_deref()
+    }
+}
+
+impl Drop for PresharedFiles {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The preshared key a change sets (the all-zero key removes it).
+fn preshared_of(change: &PeerChange) -> Option<&crate::state::Key> {
+    match change {
+        PeerChange::Add(p) => p.preshared_key.as_ref(),
+        PeerChange::Update { preshared_key, .. } => preshared_key.as_ref(),
+        PeerChange::Remove { .. } => None,
+    }
+}
+
+/// The arguments of `wg set` for `changes`, and the private key to pass on standard input;
+/// the preshared key of the change's `i`-th peer is read from `psk_dir/i`.
 pub fn set_args(
     ifname: &str,
     desired: &DesiredDevice,
     changes: &DeviceChanges,
+    psk_dir: Option<&std::path::Path>,
 ) -> (Vec<String>, Option<String>) {
     let mut a: Vec<String> = vec!["set".into(), ifname.into()];
     let mut key = None;
@@ -98,8 +165,14 @@ pub fn set_args(
             .collect::<Vec<_>>()
             .join(",")
     };
-    for change in &changes.peers {
+    for (i, change) in changes.peers.iter().enumerate() {
         a.extend(["peer".into(), key_to_base64(change.public_key())]);
+        if let (Some(dir), Some(_)) = (psk_dir, preshared_of(change)) {
+            a.extend([
+                "preshared-key".into(),
+                dir.join(i.to_string()).display().to_string(),
+            ]);
+        }
         match change {
             PeerChange::Remove { .. } => a.push("remove".into()),
             PeerChange::Add(p) => {
@@ -182,7 +255,10 @@ pub fn parse_dump(ifname: &str, text: &str) -> Result<DeviceState, WgError> {
         };
         state.peers.push(PeerState {
             public_key: key_from_base64(public).map_err(|_| bad(line))?,
-            has_preshared_key: *psk != "(none)",
+            preshared_key: match *psk {
+                "(none)" => None,
+                k => Some(key_from_base64(k).map_err(|_| bad(line))?),
+            },
             endpoint: none_or(endpoint, |s| s.parse::<SocketAddr>().ok())
                 .map_err(|()| bad(line))?,
             allowed_ips,
@@ -202,6 +278,7 @@ pub fn parse_dump(ifname: &str, text: &str) -> Result<DeviceState, WgError> {
 mod tests {
     use super::*;
     use crate::state::DesiredPeer;
+    use std::path::Path;
 
     /// `wg show dump` output of any shape: interface and peer lines of tab-separated fields.
     fn dump_text() -> impl proptest::strategy::Strategy<Value = String> {
@@ -276,6 +353,7 @@ mod tests {
                 "10.20.0.0/24".parse().unwrap(),
             ],
             persistent_keepalive: Some(25),
+            preshared_key: Some([7; 32]),
         };
         let desired = DesiredDevice {
             private_key: key_from_base64(K1).unwrap(),
@@ -284,16 +362,20 @@ mod tests {
             peers: vec![peer.clone()],
         };
         let changes = crate::diff(&DeviceState::default(), &desired);
-        let (args, key) = set_args("wg0", &desired, &changes);
+        let (args, key) = set_args("wg0", &desired, &changes, Some(Path::new("/run/psk")));
         assert_eq!(
             args.join(" "),
             format!(
-                "set wg0 private-key /dev/stdin listen-port 51820 peer {K2} endpoint 198.51.100.11:51820 persistent-keepalive 25 allowed-ips 10.0.0.2/32,10.20.0.0/24"
+                "set wg0 private-key /dev/stdin listen-port 51820 peer {K2} preshared-key /run/psk/0 endpoint 198.51.100.11:51820 persistent-keepalive 25 allowed-ips 10.0.0.2/32,10.20.0.0/24"
             )
         );
         assert!(
             !args.iter().any(|a| a.contains(K1)),
             "the private key is never an argument"
+        );
+        assert!(
+            !args.iter().any(|a| a.contains(&key_to_base64(&[7; 32]))),
+            "nor the preshared key"
         );
         assert_eq!(key.as_deref(), Some(format!("{K1}\n").as_str()));
     }

@@ -436,6 +436,7 @@ mod tests {
             handshake_age_s: age,
             rx_bytes: 3 * 1024 * 1024,
             tx_bytes: 2048,
+            preshared_key: true,
         }
     }
 

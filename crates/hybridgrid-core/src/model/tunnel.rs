@@ -79,6 +79,7 @@ impl Validator<'_> {
             port: port?,
             mtu: mtu?,
             keepalive: keepalive?,
+            preshared_keys: t.preshared_keys.as_ref().is_none_or(|p| p.value),
         })
     }
 

@@ -359,6 +359,7 @@ fn peer(public_key: Key, endpoint: &str, allowed: &[&str], keepalive: Option<u16
         endpoint: Some(endpoint.parse::<SocketAddr>().unwrap()),
         allowed_ips: allowed.iter().map(|a| a.parse().unwrap()).collect(),
         persistent_keepalive: keepalive,
+        preshared_key: None,
     }
 }
 

@@ -135,6 +135,7 @@ fn mesh_in_namespaces() {
             endpoint: None,
             allowed_ips: Some(desired["a"].peers[1].allowed_ips.clone()),
             persistent_keepalive: Some(10),
+            preshared_key: None,
         }]
     );
     assert!(!changes.set_private_key && changes.set_listen_port.is_none());
@@ -195,7 +196,7 @@ fn mesh_in_namespaces() {
     a.peers[1].persistent_keepalive = None;
     let changes = diff(&via_uapi, &desired["a"]);
     assert_eq!(changes.peers.len(), 1);
-    let (args, key) = wgtool::set_args(IFNAME, &desired["a"], &changes);
+    let (args, key) = wgtool::set_args(IFNAME, &desired["a"], &changes, None);
     assert!(key.is_none());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     tb.wg_tool("a", &args);
@@ -212,6 +213,35 @@ fn mesh_in_namespaces() {
             .unwrap()
             .is_empty()
     );
+
+    // A preshared key on the pair a–b, set through UAPI on a and with `wg` on b: the pair
+    // handshakes under it, `wg show` lists it, and it is read back (a second sync is empty).
+    let psk = [42u8; 32];
+    for node in ["a", "b"] {
+        desired.get_mut(node).unwrap().peers[0].preshared_key = Some(psk);
+    }
+    let changes = tb.backend("a").sync(IFNAME, &desired["a"]).unwrap();
+    assert_eq!(changes.peers.len(), 1, "{changes:?}");
+    let dir = std::env::temp_dir().join(format!("hg-wg-psk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("0"), format!("{}\n", key_to_base64(&psk))).unwrap();
+    let changes = diff(&tb.status("b"), &desired["b"]);
+    let (args, _) = wgtool::set_args(IFNAME, &desired["b"], &changes, Some(&dir));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tb.wg_tool("b", &args);
+    std::fs::remove_dir_all(&dir).unwrap();
+    tb.ping("a", "198.51.100.2");
+    let listed = tb.wg_tool("b", &["show", IFNAME, "preshared-keys"]);
+    assert!(listed.contains(&key_to_base64(&psk)), "{listed}");
+    for node in ["a", "b"] {
+        assert!(
+            tb.backend(node)
+                .sync(IFNAME, &desired[node])
+                .unwrap()
+                .is_empty(),
+            "{node}"
+        );
+    }
 
     // SIGTERM stops each daemon cleanly: socket file and interface gone.
     for node in ["a", "b", "c"] {

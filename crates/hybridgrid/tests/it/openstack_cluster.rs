@@ -382,7 +382,8 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
         })
         .collect();
     assert_eq!(nodes.len(), 4, "{status:#}");
-    // The relays' tunnel: both ends shook hands recently.
+    // The relays' tunnel: both ends shook hands recently, under the pair's preshared key (the
+    // kernel's WireGuard on the stock image, set through `wg`).
     let tunnels = status["tunnels"].as_array().unwrap();
     assert_eq!(tunnels.len(), 2, "{status:#}");
     for t in tunnels {
@@ -390,6 +391,7 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
             t["handshake_age_s"].as_u64().is_some_and(|a| a < 180),
             "no recent handshake: {t}"
         );
+        assert_eq!(t["preshared_key"], true, "{t}");
     }
 
     // The picture shows the tunnel as observed and up.
@@ -659,10 +661,7 @@ fn a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(
     assert_eq!(j["node"], ON_DEMAND, "{j:#}");
     // The woken worker got b's store keys from b's relay (never through the master) and awscli.
     let output = std::fs::read_to_string(j["output"].as_str().unwrap()).unwrap();
-    assert!(
-        output.contains(&format!("bytes={DATA_BYTES}")),
-        "{output}"
-    );
+    assert!(output.contains(&format!("bytes={DATA_BYTES}")), "{output}");
     read_from_bs_store_only(&j);
     let limit = Duration::from_secs(u64::from(SUSPEND_TIME) + 300);
     wait_until("the idle on-demand worker removed", limit, || {

@@ -238,6 +238,8 @@ fn assert_full_mesh(lab: &Lab, nodes: usize, relays: usize) {
     for t in &s.tunnels {
         let age = t.handshake_age_s;
         assert!(age.is_some_and(|a| a < 180), "no recent handshake: {t:?}");
+        // `tunnel.preshared_keys` is on by default: the device has the pair's key.
+        assert!(t.preshared_key, "no preshared key: {t:?}");
     }
 }
 
