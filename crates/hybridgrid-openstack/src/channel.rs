@@ -218,14 +218,17 @@ impl Channel {
         args.extend([
             "-o".into(),
             "ControlPath=none".into(),
+            // `ForwardAgent=PATH` forwarded nothing with Debian 12's OpenSSH (9.2): the socket
+            // goes in SSH_AUTH_SOCK instead.
             "-o".into(),
-            format!("ForwardAgent={}", agent.display()),
+            "ForwardAgent=yes".into(),
             format!("{}@{}", target.user, target.host),
             "--".into(),
             format!("sh -c {}", shell_quote(script)),
         ]);
         let out = tokio::process::Command::new("ssh")
             .args(&args)
+            .env("SSH_AUTH_SOCK", agent)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output()

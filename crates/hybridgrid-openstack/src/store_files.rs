@@ -155,7 +155,7 @@ pub async fn hand_over_from_relay(
     drop(agent);
     if out.code != 0 {
         return Err(failed(format!(
-            "the copy on {} failed (exit {}): {}",
+            "the copy from {} failed (exit {}): {}",
             relay.name, out.code, out.stderr
         )));
     }
@@ -174,10 +174,12 @@ fn copy_script(relay_user: &str, worker: &Target, alias: &str, known: &[String])
          if [ -e \"$f\" ]; then set -- \"$@\" \"$f\"; fi; done; tar -cf - \"$@\""
     );
     let unpack = format!("umask 077; mkdir -p {AGENT_STATE_DIR}; tar -C {AGENT_STATE_DIR} -xf -");
+    // The relay's own ssh failing exits 3, not 255: the master's connection to the relay was fine.
     format!(
         "set -e; k=$(mktemp); trap 'rm -f \"$k\"' EXIT; printf '%s\\n' {lines} > \"$k\"; \
-         {pack} | ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=\"$k\" \
-         -o HostKeyAlias={alias} -o ConnectTimeout=15 -o LogLevel=ERROR {user}@{host} -- {unpack}",
+         set +e; {pack} | ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=\"$k\" \
+         -o HostKeyAlias={alias} -o ConnectTimeout=15 -o LogLevel=ERROR {user}@{host} -- {unpack}; \
+         rc=$?; [ $rc -ne 255 ] || rc=3; exit $rc",
         lines = known
             .iter()
             .map(|l| shell_quote(l))
