@@ -462,6 +462,19 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
         "{output}"
     );
     read_from_bs_store_only(&j);
+    // What crossed sites while it ran (the whole cluster's tunnel traffic: Slurm, the output's
+    // upload to the master) is under 1 % of what it read. (Not so for a job that wakes a worker:
+    // making it is the master's SSH through the tunnel.)
+    eprintln!(
+        "cross-site bytes while the job ran: {}",
+        j["cross_site_bytes"]
+    );
+    assert!(
+        j["cross_site_bytes"]
+            .as_u64()
+            .is_some_and(|x| x < DATA_BYTES as u64 / 100),
+        "{j:#}"
+    );
     b_store_keys_are_at_b_only(c, &id);
 
     // A second job for the dataset while b's static worker is busy wakes b-od-1, runs there,
@@ -606,7 +619,7 @@ fn b_store_keys_are_at_b_only(c: &Cluster, job: &str) {
 }
 
 /// `jobs --json` shows the job's bytes read from b's store, counted on the nodes (the cloud's
-/// store shows no counters), and none from another store.
+/// store shows no counters), b's being the only store.
 fn read_from_bs_store_only(j: &Value) {
     let read = &j["store_bytes"];
     assert!(
