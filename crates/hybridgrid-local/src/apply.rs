@@ -642,7 +642,7 @@ impl Local {
 
     /// A relay's pairs' preshared keys into its own state (0600), or none left there.
     fn deliver_preshared_keys(&self, node: &str) -> Result<(), LocalError> {
-        let keys = hybridgrid_engine::preshared::load(&self.cluster_dir())?;
+        let keys = hybridgrid_engine::preshared::load(self.cluster_dir())?;
         let path = self
             .node_dir(node)
             .join(hybridgrid_engine::preshared::PRESHARED_KEYS_FILE);

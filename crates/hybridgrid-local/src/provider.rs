@@ -189,7 +189,7 @@ impl Provider for Local {
         let _one_at_a_time = self.exclusive().map_err(err)?;
         self.claim().map_err(err)?;
         // Made here, once per round, before the nodes are configured in parallel.
-        hybridgrid_engine::preshared::ensure(&self.cluster_dir(), plan)
+        hybridgrid_engine::preshared::ensure(self.cluster_dir(), plan)
             .map_err(|e| err(e.into()))?;
         self.apply_changes(plan, changes, sink).map_err(err)?;
         for started in self.ensure_power_service(plan).map_err(err)? {
