@@ -7,7 +7,7 @@
 //! The table is loaded only when the endpoints change or the node booted since (a reload would
 //! set the counters back to zero), so a periodic apply starts no process for it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::Path;
@@ -35,8 +35,17 @@ pub fn ensure(state_dir: &Path, actions: &mut Vec<String>) -> Result<(), AgentEr
         }
         return Ok(());
     };
+    let stores = match resolve(&endpoints) {
+        Ok(s) => s,
+        // Not this apply's failure (its routes and Slurm matter more): the counters loaded stay,
+        // and the next apply tries again.
+        Err(e) => {
+            actions.push(format!("object store read counters not loaded: {e}"));
+            return Ok(());
+        }
+    };
     let boot = std::fs::read_to_string(BOOT_ID).unwrap_or_default();
-    let wanted = format!("{}\n{}", boot.trim(), ruleset(&resolve(&endpoints)?));
+    let wanted = format!("{}\n{}", boot.trim(), ruleset(&stores));
     if loaded.as_deref() == Some(wanted.as_str()) {
         return Ok(());
     }
@@ -78,10 +87,11 @@ fn delivered(state_dir: &Path) -> Result<Option<BTreeMap<String, String>>, Agent
         .map_err(|source| AgentError::Json { path, source })
 }
 
-/// Each store's addresses (a name may resolve to several), by site.
+/// Each store's addresses (a name may resolve to several; sorted, so that the same answer in
+/// another order does not reload the counters), by site.
 fn resolve(
     endpoints: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, Vec<SocketAddr>>, AgentError> {
+) -> Result<BTreeMap<String, BTreeSet<SocketAddr>>, AgentError> {
     endpoints
         .iter()
         .map(|(site, url)| {
@@ -120,7 +130,7 @@ fn host_port(url: &str) -> Option<(String, u16)> {
 
 /// The table: a counter per site (site names are `[a-z][a-z0-9-]*`, valid nft names), a rule
 /// per store address counting what it sends.
-fn ruleset(stores: &BTreeMap<String, Vec<SocketAddr>>) -> String {
+fn ruleset(stores: &BTreeMap<String, BTreeSet<SocketAddr>>) -> String {
     let mut r = format!("table inet {TABLE} {{\n");
     for site in stores.keys() {
         let _ = writeln!(r, "  counter {site} {{ }}");
@@ -185,7 +195,7 @@ mod tests {
     fn the_ruleset_counts_each_store_under_its_site() {
         let stores = BTreeMap::from([(
             "giessen".to_owned(),
-            vec!["203.0.113.1:8091".parse().unwrap()],
+            BTreeSet::from(["203.0.113.1:8091".parse().unwrap()]),
         )]);
         let r = ruleset(&stores);
         assert!(r.contains("counter giessen { }"), "{r}");

@@ -160,9 +160,10 @@ pub trait Stores: Send + Sync {
     /// the site has no store for the cluster.
     fn access(&self, plan: &Plan, site: &str) -> Result<Option<StoreAccess>, EngineError>;
 
-    /// The bytes each site's store has sent so far, by site, for the stores whose counters this
-    /// provider can read: counted at the store (local) or on the nodes it sent them to
-    /// (openstack, whose clouds show no counters). They only grow while a store or node runs.
+    /// The bytes each site's store has sent so far, by counter, for the stores whose counters
+    /// this provider can read: keyed by the site where counted at the store (local), `site@node`
+    /// where counted on the nodes it sent them to (openstack, whose clouds show no counters).
+    /// A counter only grows while its store or node runs.
     fn served_bytes(&self, plan: &Plan) -> BTreeMap<String, u64>;
 }
 

@@ -569,35 +569,37 @@ impl OpenStack {
         status::tunnel_rows(plan, &readings, unix_now())
     }
 
-    /// What each site's store has sent the cluster's nodes, as their counters say (`agent
-    /// store-reads`; `store_files`), summed by store site. A node that cannot be read counts
-    /// nothing: an on-demand worker removed since took its counters with it.
+    /// What each site's store has sent each of the cluster's nodes, as their counters say
+    /// (`agent store-reads`; `store_files`), keyed `site@node` (`Stores::served_bytes`). A node
+    /// that cannot be read is absent: `jobs` counts for a job only the counters it read at both
+    /// ends, or that started meanwhile.
     pub(crate) async fn store_reads(&self, plan: &Plan) -> BTreeMap<String, u64> {
         if !plan.has_store_data() {
             return BTreeMap::new();
         }
         let active = self.active_nodes().await.unwrap_or_default();
         let script = format!("{} agent store-reads", crate::userdata::AGENT_PATH);
-        let readings = futures::future::join_all(
-            plan.nodes
-                .iter()
-                .filter(|n| active.contains(&n.name))
-                .map(|n| self.run_on(plan, &n.name, &script, b"")),
-        )
-        .await;
-        let mut sum = BTreeMap::new();
-        for (code, out) in readings.into_iter().flatten() {
+        let readings =
+            futures::future::join_all(plan.nodes.iter().filter(|n| active.contains(&n.name)).map(
+                |n| async {
+                    let out = self.run_on(plan, &n.name, &script, b"").await;
+                    (n.name.as_str(), out)
+                },
+            ))
+            .await;
+        let mut counters = BTreeMap::new();
+        for (node, reading) in readings {
+            let Ok((0, out)) = reading else {
+                continue;
+            };
             let Ok(counts) = serde_json::from_slice::<BTreeMap<String, u64>>(&out) else {
                 continue;
             };
-            if code != 0 {
-                continue;
-            }
             for (site, bytes) in counts {
-                *sum.entry(site).or_insert(0) += bytes;
+                counters.insert(format!("{site}@{node}"), bytes);
             }
         }
-        sum
+        counters
     }
 
     /// The nodes whose server is ACTIVE, in every site: what `status` and `doctor` call up.

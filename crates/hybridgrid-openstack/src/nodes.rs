@@ -473,7 +473,7 @@ pub async fn finish(
         }
         Some(_) => {}
         None => {
-            crate::store_files::deliver(channel, target, node, slurm_node, &secrets.stores).await?;
+            crate::store_files::deliver(channel, target, plan, slurm_node, &secrets.stores).await?;
         }
     }
     let unit = agent_unit(&node.name);

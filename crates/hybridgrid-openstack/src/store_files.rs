@@ -1,5 +1,6 @@
 //! The store files a node gets over the channel: its site's store keys for jobs (`store.env`,
-//! 0600, on the Slurm nodes and the relay of a site with a store) and the cluster's store
+//! 0600, on the Slurm nodes of a site with a store, and on its relay where the site has
+//! on-demand workers) and the cluster's store
 //! endpoints (`store-endpoints.json`, no secret, on every node: the agent counts what each
 //! store sends the node, which `jobs` reports per job).
 //!
@@ -8,8 +9,10 @@
 //! site's relay ([`hand_over_from_relay`]). The master lends the relay its SSH key for that one
 //! copy (OpenSSH agent forwarding from an `ssh-agent` of its own, gone after the copy), the relay
 //! checks the worker's host key as the master met it and sends the files straight to the worker.
-//! The master could log in to the relay anyway (`up` authorizes its key there,
-//! [`authorize_power_key`]); what this keeps is that the keys never pass through it.
+//! `up` authorizes the master's key on those relays ([`authorize_power_key`], from the master's
+//! addresses only), so root on the master could read the keys there: the master is trusted
+//! anyway (it holds application credentials that make and delete every site's servers). What
+//! this keeps is that the keys never travel through the master.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use hybridgrid_agent::slurm::STORE_ENV_FILE;
 use hybridgrid_agent::store_reads::ENDPOINTS_FILE;
-use hybridgrid_core::plan::{NodePlan, Plan};
+use hybridgrid_core::plan::Plan;
 
 use crate::channel::{Channel, Target, install_stdin, shell_quote};
 use crate::error::{OsError, Result};
@@ -68,14 +71,20 @@ fn state_path(file: &str) -> String {
 pub async fn deliver(
     channel: &Channel,
     target: &Target,
-    node: &NodePlan,
+    plan: &Plan,
     slurm_node: bool,
     files: &StoreFiles,
 ) -> Result<()> {
+    let node = plan
+        .node(&target.node)
+        .ok_or_else(|| OsError::NoRelayAddress {
+            node: target.node.clone(),
+        })?;
+    let relay_hands_over = node.role.is_relay() && site_has_on_demand(plan, &node.site);
     let env = files
         .envs
         .get(&node.site)
-        .filter(|_| slurm_node || node.role.is_relay());
+        .filter(|_| slurm_node || relay_hands_over);
     let mut remove = Vec::new();
     for (file, content, mode, what) in [
         (
@@ -114,6 +123,20 @@ pub async fn deliver(
     Ok(())
 }
 
+fn site_has_on_demand(plan: &Plan, site: &str) -> bool {
+    plan.nodes.iter().any(|n| n.on_demand && n.site == site)
+}
+
+/// The files a worker of `site` gets from its relay: the endpoints, and the site's keys where
+/// it has a store.
+fn handed_over(plan: &Plan, site: &str) -> Vec<&'static str> {
+    let mut files = vec![ENDPOINTS_FILE];
+    if plan.site_has_store_data(site) {
+        files.push(STORE_ENV_FILE);
+    }
+    files
+}
+
 /// The power service's `worker` (reached on its site address) gets the store files its site's
 /// relay has, copied by the relay.
 pub async fn hand_over_from_relay(
@@ -148,7 +171,8 @@ pub async fn hand_over_from_relay(
         jump: None,
     };
     let alias = channel.host_key_alias(&worker.node);
-    let script = copy_script(&relay_user, worker, &alias, &known);
+    let files = handed_over(plan, &node.site);
+    let script = copy_script(&relay_user, worker, (&alias, &known), &files);
     let out = channel
         .run_with_agent(&at_relay, &script, agent.socket())
         .await?;
@@ -162,23 +186,28 @@ pub async fn hand_over_from_relay(
     Ok(())
 }
 
-/// What the relay runs as its login user: its store files (root's) as a tar stream to the
-/// worker, whose host key must be the one the master met.
-fn copy_script(relay_user: &str, worker: &Target, alias: &str, known: &[String]) -> String {
+/// What the relay runs as its login user: `files` of its agent's state (root's) as a tar stream
+/// to the worker, whose host key must be the one the master met (`host`: its alias and
+/// known-hosts lines); the worker takes those members only.
+fn copy_script(
+    relay_user: &str,
+    worker: &Target,
+    (alias, known): (&str, &[String]),
+    files: &[&str],
+) -> String {
     let sudo = |s: &str, user: &str| match user {
         "root" => format!("sh -c {}", shell_quote(s)),
         _ => format!("sudo -n sh -c {}", shell_quote(s)),
     };
-    let pack = format!(
-        "cd {AGENT_STATE_DIR} && set -- && for f in {STORE_ENV_FILE} {ENDPOINTS_FILE}; do \
-         if [ -e \"$f\" ]; then set -- \"$@\" \"$f\"; fi; done; tar -cf - \"$@\""
-    );
-    let unpack = format!("umask 077; mkdir -p {AGENT_STATE_DIR}; tar -C {AGENT_STATE_DIR} -xf -");
+    let files = files.join(" ");
+    let pack = format!("tar -C {AGENT_STATE_DIR} -cf - {files}");
+    let unpack =
+        format!("umask 077; mkdir -p {AGENT_STATE_DIR}; tar -C {AGENT_STATE_DIR} -xf - {files}");
     // The relay's own ssh failing exits 3, not 255: the master's connection to the relay was fine.
     format!(
         "set -e; k=$(mktemp); trap 'rm -f \"$k\"' EXIT; printf '%s\\n' {lines} > \"$k\"; \
          set +e; {pack} | ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=\"$k\" \
-         -o HostKeyAlias={alias} -o ConnectTimeout=15 -o LogLevel=ERROR {user}@{host} -- {unpack}; \
+         -o HostKeyAlias={alias} -o ConnectTimeout=15 -o LogLevel=ERROR {login} -- {unpack}; \
          rc=$?; [ $rc -ne 255 ] || rc=3; exit $rc",
         lines = known
             .iter()
@@ -187,8 +216,7 @@ fn copy_script(relay_user: &str, worker: &Target, alias: &str, known: &[String])
             .join(" "),
         pack = sudo(&pack, relay_user),
         alias = shell_quote(alias),
-        user = worker.user,
-        host = worker.host,
+        login = shell_quote(&format!("{}@{}", worker.user, worker.host)),
         unpack = shell_quote(&sudo(&unpack, &worker.user)),
     )
 }
@@ -229,20 +257,46 @@ pub async fn authorize_power_key(
             b"",
         )
         .await?;
-    let line = out.stdout_text().trim().to_owned();
-    let script = format!(
-        "set -e; h=$(getent passwd \"$SUDO_USER\" | cut -d: -f6); h=${{h:-$HOME}}; \
-         f=\"$h/.ssh/authorized_keys\"; grep -qxF {q} \"$f\" 2>/dev/null || {{ \
-         mkdir -p \"$h/.ssh\"; printf '%s\\n' {q} >> \"$f\"; \
-         chown -R \"${{SUDO_USER:-root}}\" \"$h/.ssh\"; chmod 600 \"$f\"; }}",
-        q = shell_quote(&line)
-    );
+    let key = out.stdout_text().trim().to_owned();
+    let Some(line) = authorized_line(plan, &key) else {
+        return Ok(());
+    };
+    let script = authorize_script(&key, &line);
     for relay in &relays {
         channel
             .run_ok(relay, "authorizing the power service's key", &script, b"")
             .await?;
     }
     Ok(())
+}
+
+/// The relays' `authorized_keys` line for the master's key: from the master's own addresses
+/// only (its site address, the source of what it sends through the tunnel, and its tunnel
+/// address), so that a relay holding the lent key cannot log in to another relay with it.
+fn authorized_line(plan: &Plan, key: &str) -> Option<String> {
+    let master = plan
+        .nodes
+        .iter()
+        .find(|n| n.role == hybridgrid_core::plan::Role::Master)?;
+    let mut from = vec![master.lan_ip.to_string()];
+    from.extend(master.tunnel_ip.map(|ip| ip.to_string()));
+    Some(format!("from=\"{}\" {key}", from.join(",")))
+}
+
+/// Puts `line` into the login user's `authorized_keys` in place of any line with the same key
+/// (`grep -v` also ends a last line that had no newline).
+fn authorize_script(key: &str, line: &str) -> String {
+    let body = key.split_whitespace().nth(1).unwrap_or(key);
+    format!(
+        "set -e; h=$(getent passwd \"$SUDO_USER\" | cut -d: -f6); h=${{h:-$HOME}}; \
+         f=\"$h/.ssh/authorized_keys\"; mkdir -p \"$h/.ssh\"; touch \"$f\"; \
+         if ! grep -qxF {line} \"$f\"; then \
+         {{ grep -vF {body} \"$f\" || true; printf '%s\\n' {line}; }} > \"$f.hg\"; \
+         mv \"$f.hg\" \"$f\"; fi; \
+         chown -R \"${{SUDO_USER:-root}}\" \"$h/.ssh\"; chmod 600 \"$f\"",
+        line = shell_quote(line),
+        body = shell_quote(body),
+    )
 }
 
 /// A short-lived `ssh-agent` holding one key; killed when dropped.
@@ -253,7 +307,10 @@ struct Agent {
 
 impl Agent {
     async fn start(dir: &Path, key: &Path) -> std::result::Result<Agent, String> {
-        let socket = dir.join(format!("agent-{}.sock", std::process::id()));
+        // One socket per hand-over: workers are handed over concurrently.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = dir.join(format!("agent-{}-{n}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket);
         let child = tokio::process::Command::new("ssh-agent")
             .arg("-D")
@@ -312,16 +369,40 @@ mod tests {
             user: "debian".into(),
             jump: None,
         };
+        let known = ["|1|abc ssh-ed25519 AAAA".to_owned()];
         let s = copy_script(
             "debian",
             &worker,
-            "c-b-od-1",
-            &["|1|abc ssh-ed25519 AAAA".into()],
+            ("c-b-od-1", &known),
+            &[ENDPOINTS_FILE, STORE_ENV_FILE],
         );
         assert!(s.contains("StrictHostKeyChecking=yes"), "{s}");
         assert!(s.contains("HostKeyAlias='c-b-od-1'"), "{s}");
-        assert!(s.contains("debian@10.82.0.20"), "{s}");
-        assert!(s.contains("tar -cf -") && s.contains("tar -C"), "{s}");
+        assert!(s.contains("'debian@10.82.0.20'"), "{s}");
+        assert!(
+            s.contains("-cf - store-endpoints.json store.env"),
+            "the relay sends those two: {s}"
+        );
+        assert!(
+            s.contains("-xf - store-endpoints.json store.env"),
+            "the worker takes those two only: {s}"
+        );
+    }
+
+    #[test]
+    fn the_relays_take_the_masters_key_from_the_master_only_and_once() {
+        let s = authorize_script(
+            "ssh-ed25519 AAAAC3Nz hybridgrid-power",
+            "from=\"10.81.0.5,10.0.0.1\" ssh-ed25519 AAAAC3Nz hybridgrid-power",
+        );
+        assert!(
+            s.contains("grep -vF 'AAAAC3Nz'"),
+            "an older line of the key goes: {s}"
+        );
+        assert!(
+            s.contains("'from=\"10.81.0.5,10.0.0.1\" ssh-ed25519 AAAAC3Nz hybridgrid-power'"),
+            "{s}"
+        );
     }
 
     #[test]

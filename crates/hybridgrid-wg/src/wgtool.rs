@@ -223,9 +223,14 @@ pub fn parse_dump(ifname: &str, text: &str) -> Result<DeviceState, WgError> {
             line.split('\t').count()
         ),
     };
+    // A peer line holds the pair's preshared key (second field): only the peer's public key is
+    // named.
     let bad = |line: &str| WgError::Protocol {
         ifname: ifname.to_owned(),
-        detail: format!("unexpected `wg show dump` line: {line:?}"),
+        detail: format!(
+            "unexpected `wg show dump` line of peer {:?}",
+            line.split('\t').next().unwrap_or_default()
+        ),
     };
     let mut lines = text.lines().filter(|l| !l.is_empty());
     let first = lines.next().ok_or_else(|| bad_interface(""))?;
@@ -316,6 +321,17 @@ mod tests {
             assert!(!e.contains(K1) && !e.contains(&K1[..20]), "{e}");
         }
     }
+
+    #[test]
+    fn regression_a_bad_peer_line_never_echoes_its_preshared_key() {
+        let text =
+            format!("{K3}\t{K2}\t51820\toff\n{K2}\t{K1}\tnot-an-endpoint\t(none)\t0\t0\t0\toff\n");
+        let e = parse_dump("wg0", &text).unwrap_err().to_string();
+        assert!(!e.contains(K1) && !e.contains(&K1[..20]), "{e}");
+        assert!(e.contains(K2), "names the peer: {e}");
+    }
+
+    const K3: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
     const K1: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
     const K2: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";

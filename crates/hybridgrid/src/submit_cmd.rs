@@ -489,7 +489,7 @@ fn wan_bytes(jobs: &Jobs) -> Option<u64> {
     (!s.tunnels.is_empty()).then(|| s.tunnels.iter().map(|t| t.tx_bytes).sum())
 }
 
-/// Bytes each site's store has sent; `None` where the provider reads no store's counter.
+/// Bytes each site's store has sent, by counter; `None` where the provider reads none.
 fn store_bytes(jobs: &Jobs) -> Option<BTreeMap<String, u64>> {
     let read = jobs.provider.stores()?.served_bytes(&jobs.plan);
     (!read.is_empty()).then_some(read)
@@ -553,19 +553,20 @@ fn cross_site(views: &mut [JobView], record: &JobsRecord, now: &dyn Fn() -> Coun
     }
 }
 
-/// Per site, what a store sent between two readings (a store that started meanwhile: all it sent).
+/// Per site, what its store sent between two readings, counter by counter (`Stores::served_bytes`:
+/// `site`, or `site@node` where nodes count): a counter that started meanwhile counts all it
+/// has, one gone by the end (a removed node) counts nothing — never less than the others.
 fn store_deltas(
     start: &BTreeMap<String, u64>,
     end: &BTreeMap<String, u64>,
 ) -> BTreeMap<String, u64> {
-    end.iter()
-        .map(|(site, e)| {
-            (
-                site.clone(),
-                e.saturating_sub(start.get(site).copied().unwrap_or(0)),
-            )
-        })
-        .collect()
+    let mut by_site = BTreeMap::new();
+    for (counter, e) in end {
+        let site = counter.split_once('@').map_or(counter.as_str(), |(s, _)| s);
+        let read = e.saturating_sub(start.get(counter).copied().unwrap_or(0));
+        *by_site.entry(site.to_owned()).or_insert(0) += read;
+    }
+    by_site
 }
 
 /// Waits as long as the job takes, like `sbatch --wait` (waking an on-demand worker on a slow
@@ -644,4 +645,33 @@ fn fetch_output(jobs: &Jobs, id: u64, finished: bool) -> anyhow::Result<Option<P
         }
     }
     Ok(out.exists().then_some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_a_node_gone_by_the_end_does_not_wipe_out_its_sites_store_reads() {
+        let start = BTreeMap::from([
+            ("b@b-worker-1".to_owned(), 100),
+            ("b@b-od-1".to_owned(), 500),
+        ]);
+        // b-od-1 was removed meanwhile; b-od-2 was made and read 70.
+        let end = BTreeMap::from([
+            ("b@b-worker-1".to_owned(), 400),
+            ("b@b-od-2".to_owned(), 70),
+        ]);
+        assert_eq!(
+            store_deltas(&start, &end),
+            BTreeMap::from([("b".to_owned(), 370)])
+        );
+        // Counted at the store (local): keyed by site.
+        let local = store_deltas(
+            &BTreeMap::from([("giessen".to_owned(), 10)]),
+            &BTreeMap::from([("giessen".to_owned(), 30), ("bielefeld".to_owned(), 5)]),
+        );
+        assert_eq!(local["giessen"], 20);
+        assert_eq!(local["bielefeld"], 5);
+    }
 }
