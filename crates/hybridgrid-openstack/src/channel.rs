@@ -166,20 +166,7 @@ impl Channel {
             let _ = stdin.write_all(input).await;
         }
         let out = child.wait_with_output().await.map_err(ssh_error(target))?;
-        let code = out.status.code().unwrap_or(255);
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        // 255 is ssh's own failure (connection, authentication, host key).
-        if code == 255 {
-            return Err(OsError::Channel {
-                node: target.node.clone(),
-                detail: ssh_failure(target, stderr),
-            });
-        }
-        Ok(Output {
-            code,
-            stdout: out.stdout,
-            stderr,
-        })
+        output_of(target, out)
     }
 
     /// Like [`Channel::run`], and a non-zero exit is an error naming `what`.
@@ -234,19 +221,31 @@ impl Channel {
             .output()
             .await
             .map_err(ssh_error(target))?;
-        let code = out.status.code().unwrap_or(255);
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        if code == 255 {
-            return Err(OsError::Channel {
-                node: target.node.clone(),
-                detail: ssh_failure(target, stderr),
-            });
+        let mut out = output_of(target, out)?;
+        out.stderr = last_lines(&out.stderr);
+        Ok(out)
+    }
+
+    /// Writes `content` to `path` on the target with `mode` ([`install_stdin`]: on standard
+    /// input only), or removes `path` when there is none; `what` names the delivery in an error.
+    pub async fn put_or_remove(
+        &self,
+        target: &Target,
+        what: &str,
+        (path, mode): (&str, &str),
+        content: Option<&[u8]>,
+    ) -> Result<()> {
+        match content {
+            Some(bytes) => {
+                self.run_ok(target, what, &install_stdin(path, mode), bytes)
+                    .await
+            }
+            None => {
+                self.run_ok(target, what, &format!("rm -f {path}"), b"")
+                    .await
+            }
         }
-        Ok(Output {
-            code,
-            stdout: out.stdout,
-            stderr: last_lines(&stderr),
-        })
+        .map(drop)
     }
 
     /// The private key this channel logs in with, when it names one.
@@ -333,6 +332,24 @@ pub fn install_stdin(path: &str, mode: &str) -> String {
         "set -e; umask 077; mkdir -p \"$(dirname {path})\"; rm -f {path}.part; \
          cat > {path}.part; chmod {mode} {path}.part; mv -f {path}.part {path}"
     )
+}
+
+/// What ssh's run of a command gave: ssh's own failure (exit 255: connection,
+/// authentication, host key) is an error; the command's exit code and output otherwise.
+fn output_of(target: &Target, out: std::process::Output) -> Result<Output> {
+    let code = out.status.code().unwrap_or(255);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if code == 255 {
+        return Err(OsError::Channel {
+            node: target.node.clone(),
+            detail: ssh_failure(target, stderr),
+        });
+    }
+    Ok(Output {
+        code,
+        stdout: out.stdout,
+        stderr,
+    })
 }
 
 fn ssh_error(target: &Target) -> impl FnOnce(std::io::Error) -> OsError + '_ {

@@ -178,26 +178,14 @@ async fn deliver_preshared_keys(
         "{AGENT_STATE_DIR}/{}",
         hybridgrid_engine::preshared::PRESHARED_KEYS_FILE
     );
-    match keys {
-        Some(json) => channel
-            .run_ok(
-                target,
-                "delivering the tunnels' preshared keys",
-                &crate::channel::install_stdin(&path, "0600"),
-                json.as_bytes(),
-            )
-            .await
-            .map(drop),
-        None => channel
-            .run_ok(
-                target,
-                "removing preshared keys",
-                &format!("rm -f {path}"),
-                b"",
-            )
-            .await
-            .map(drop),
-    }
+    channel
+        .put_or_remove(
+            target,
+            "delivering the tunnels' preshared keys",
+            (&path, "0600"),
+            keys.as_ref().map(String::as_bytes),
+        )
+        .await
 }
 
 /// What the node's role needs from the distribution's packages and its image lacks, installed by

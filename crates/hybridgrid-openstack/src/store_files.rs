@@ -23,7 +23,7 @@ use hybridgrid_agent::slurm::STORE_ENV_FILE;
 use hybridgrid_agent::store_reads::ENDPOINTS_FILE;
 use hybridgrid_core::plan::Plan;
 
-use crate::channel::{Channel, Target, install_stdin, shell_quote};
+use crate::channel::{Channel, Target, shell_quote};
 use crate::error::{OsError, Result};
 use crate::userdata::AGENT_STATE_DIR;
 
@@ -85,7 +85,6 @@ pub async fn deliver(
         .envs
         .get(&node.site)
         .filter(|_| slurm_node || relay_hands_over);
-    let mut remove = Vec::new();
     for (file, content, mode, what) in [
         (
             STORE_ENV_FILE,
@@ -101,23 +100,9 @@ pub async fn deliver(
         ),
     ] {
         let path = state_path(file);
-        match content {
-            Some(text) => {
-                channel
-                    .run_ok(target, what, &install_stdin(&path, mode), text.as_bytes())
-                    .await?;
-            }
-            None => remove.push(path),
-        }
-    }
-    if !remove.is_empty() {
+        let bytes = content.map(String::as_bytes);
         channel
-            .run_ok(
-                target,
-                "removing store files",
-                &format!("rm -f {}", remove.join(" ")),
-                b"",
-            )
+            .put_or_remove(target, what, (&path, mode), bytes)
             .await?;
     }
     Ok(())
