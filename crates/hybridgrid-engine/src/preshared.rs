@@ -96,11 +96,7 @@ pub fn load(cluster_dir: &Path) -> Result<PresharedKeys, StateError> {
 
 /// Forgets the cluster's keys (`down`).
 pub fn remove(cluster_dir: &Path) -> Result<(), StateError> {
-    let path = cluster_dir.join(KEYS_FILE);
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(state::io(&path)(e)),
-        _ => Ok(()),
-    }
+    state::write_or_remove(&cluster_dir.join(KEYS_FILE), None, 0o600)
 }
 
 fn random_key() -> Result<String, StateError> {

@@ -646,13 +646,11 @@ impl Local {
         let path = self
             .node_dir(node)
             .join(hybridgrid_engine::preshared::PRESHARED_KEYS_FILE);
-        match keys.for_node(node) {
-            Some(json) => crate::ledger::write_atomic(&path, json.as_bytes(), 0o600),
-            None => match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LocalError::io(&path)(e)),
-                _ => Ok(()),
-            },
-        }
+        let json = keys.for_node(node);
+        let bytes = json.as_ref().map(String::as_bytes);
+        Ok(hybridgrid_engine::state::write_or_remove(
+            &path, bytes, 0o600,
+        )?)
     }
 
     /// Runs the agent on `node` with the configuration last written to its `node.json`.

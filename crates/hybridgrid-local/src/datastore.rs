@@ -288,21 +288,13 @@ pub fn deliver_job_env(
     let path = local
         .node_dir(&node.name)
         .join(hybridgrid_agent::slurm::STORE_ENV_FILE);
-    match access(local, plan, &node.site)?.filter(|_| role != SlurmRole::None) {
-        Some(a) => {
-            let env = a.job_env();
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(env.as_str()) {
-                write_atomic(&path, env.as_bytes(), 0o600)?;
-            }
-        }
-        None => match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(LocalError::io(&path)(e));
-            }
-            _ => {}
-        },
-    }
-    Ok(())
+    let env = access(local, plan, &node.site)?
+        .filter(|_| role != SlurmRole::None)
+        .map(|a| a.job_env());
+    let bytes = env.as_ref().map(String::as_bytes);
+    Ok(hybridgrid_engine::state::write_or_remove(
+        &path, bytes, 0o600,
+    )?)
 }
 
 /// Every bucket of the plan's datasets made in its site's store where it is missing (`up`

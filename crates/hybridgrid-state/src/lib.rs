@@ -77,6 +77,19 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StateErro
     Ok(())
 }
 
+/// `path` holding `data` (written with [`write_atomic`] only where it differs), or no `path`
+/// when there is no data (one already absent is as good).
+pub fn write_or_remove(path: &Path, data: Option<&[u8]>, mode: u32) -> Result<(), StateError> {
+    match data {
+        Some(data) if std::fs::read(path).ok().as_deref() == Some(data) => Ok(()),
+        Some(data) => write_atomic(path, data, mode),
+        None => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+            _ => Ok(()),
+        },
+    }
+}
+
 /// Writes `doc` as pretty JSON with [`write_atomic`]; `doc` carries its own `format_version`.
 pub fn save<T: Serialize>(path: &Path, doc: &T, mode: u32) -> Result<(), StateError> {
     let text = serde_json::to_vec_pretty(doc).map_err(|e| StateError::Corrupt {
@@ -127,6 +140,19 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
+
+    #[test]
+    fn a_file_is_written_with_its_mode_and_removed_when_there_is_nothing_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        write_or_remove(&path, Some(b"k1"), 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"k1");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        write_or_remove(&path, None, 0o600).unwrap();
+        assert!(!path.exists());
+        write_or_remove(&path, None, 0o600).unwrap();
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Doc {
