@@ -353,10 +353,10 @@ fn preshared_keys(
     wg: &WgInterface,
     state_dir: &Path,
 ) -> Result<std::collections::BTreeMap<String, hybridgrid_wg::Key>, AgentError> {
-    let path = state_dir.join(hybridgrid_core::node::PRESHARED_KEYS_FILE);
     if !wg.preshared_keys {
         return Ok(Default::default());
     }
+    let path = state_dir.join(hybridgrid_core::node::PRESHARED_KEYS_FILE);
     let Ok(text) = std::fs::read(&path) else {
         return Ok(Default::default());
     };

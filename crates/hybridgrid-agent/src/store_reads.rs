@@ -45,12 +45,12 @@ pub fn ensure(state_dir: &Path, actions: &mut Vec<String>) -> Result<(), AgentEr
         }
     };
     let boot = std::fs::read_to_string(BOOT_ID).unwrap_or_default();
-    let wanted = format!("{}\n{}", boot.trim(), ruleset(&stores));
+    let ruleset = ruleset(&stores);
+    let wanted = format!("{}\n{ruleset}", boot.trim());
     if loaded.as_deref() == Some(wanted.as_str()) {
         return Ok(());
     }
     // Declared first so that the delete cannot fail on a node without the table.
-    let ruleset = wanted.split_once('\n').map_or("", |(_, r)| r);
     sys::nft(
         None,
         &format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{ruleset}"),

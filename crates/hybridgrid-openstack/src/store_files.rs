@@ -217,17 +217,11 @@ pub async fn authorize_power_key(
     if !plan.has_store_data() {
         return Ok(());
     }
-    let mut sites: Vec<&str> = plan
-        .nodes
+    let relays: Vec<Target> = plan
+        .sites
         .iter()
-        .filter(|n| n.on_demand)
-        .map(|n| n.site.as_str())
-        .collect();
-    sites.sort_unstable();
-    sites.dedup();
-    let relays: Vec<Target> = sites
-        .iter()
-        .filter_map(|s| plan.relay_of(s))
+        .filter(|s| site_has_on_demand(plan, &s.name))
+        .filter_map(|s| plan.relay_of(&s.name))
         .filter_map(|r| target(&r.name))
         .collect();
     if relays.is_empty() {
