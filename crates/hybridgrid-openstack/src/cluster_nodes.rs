@@ -69,14 +69,17 @@ impl OpenStack {
         self.target(plan, &master.name)
     }
 
-    /// What nodes get on standard input: the munge key, and the store files (`store_files`):
-    /// from this machine in `up`, from the relays for the power service (it holds no store keys).
+    /// What nodes get on standard input: the munge key, the store files (`store_files`) — from
+    /// this machine in `up`, from the relays for the power service (it holds no store keys) —
+    /// and in `up` the tunnels' preshared keys, made here for pairs that lack one
+    /// (`preshared::ensure`, once per round, before nodes are configured in parallel).
     async fn node_secrets(&self, plan: &Plan) -> Result<nodes::Secrets> {
-        let (stores, from_relay, preshared) = match &self.opts.power_host {
-            Some(_) => (Default::default(), Some(self.login_users()), None),
+        let (stores, preshared) = match &self.opts.power_host {
+            Some(_) => (nodes::StoreSource::Relay(self.login_users()), None),
             None => (
-                crate::store_files::StoreFiles::new(self.store_accesses(plan).await?),
-                None,
+                nodes::StoreSource::Here(crate::store_files::StoreFiles::new(
+                    self.store_accesses(plan).await?,
+                )),
                 Some(hybridgrid_engine::preshared::ensure(
                     &self.opts.state_root.join(&self.cluster.name),
                     plan,
@@ -86,7 +89,6 @@ impl OpenStack {
         Ok(nodes::Secrets {
             munge_key: self.munge_key()?,
             stores,
-            from_relay,
             preshared,
         })
     }

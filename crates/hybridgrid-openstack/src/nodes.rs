@@ -408,10 +408,7 @@ async fn send_agent(
 /// its store files (`store_files`).
 pub struct Secrets {
     pub munge_key: Vec<u8>,
-    pub stores: crate::store_files::StoreFiles,
-    /// The power service: the store files of a worker it makes come from its site's relay
-    /// (`store_files::hand_over_from_relay`), reached as these users say.
-    pub from_relay: Option<LoginUsers>,
+    pub stores: StoreSource,
     /// The tunnels' preshared keys (`up`; the power service configures no relay).
     pub preshared: Option<hybridgrid_engine::preshared::PresharedKeys>,
 }
@@ -419,10 +416,20 @@ pub struct Secrets {
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secrets")
-            .field("store_sites", &self.stores.envs.keys().collect::<Vec<_>>())
-            .field("from_relay", &self.from_relay.is_some())
+            .field("stores", &self.stores)
+            .field("preshared", &self.preshared)
             .finish_non_exhaustive()
     }
+}
+
+/// Where a node's store files come from (`store_files`).
+#[derive(Debug)]
+pub enum StoreSource {
+    /// `up`: this machine sends them.
+    Here(crate::store_files::StoreFiles),
+    /// The power service, which holds no store keys: its site's relay copies them to a worker
+    /// it makes (`store_files::hand_over_from_relay`), the relay reached as these users say.
+    Relay(LoginUsers),
 }
 
 /// The second half: the munge key on Slurm nodes, the store files, `agent apply`, and the
@@ -455,13 +462,13 @@ pub async fn finish(
     if let (true, Some(keys)) = (node.role.is_relay(), &secrets.preshared) {
         deliver_preshared_keys(channel, target, keys.for_node(&node.name)).await?;
     }
-    match &secrets.from_relay {
-        Some(users) if plan.has_store_data() => {
+    match &secrets.stores {
+        StoreSource::Relay(users) if plan.has_store_data() => {
             crate::store_files::hand_over_from_relay(channel, plan, target, users).await?;
         }
-        Some(_) => {}
-        None => {
-            crate::store_files::deliver(channel, target, plan, slurm_node, &secrets.stores).await?;
+        StoreSource::Relay(_) => {}
+        StoreSource::Here(files) => {
+            crate::store_files::deliver(channel, target, plan, slurm_node, files).await?;
         }
     }
     let unit = agent_unit(&node.name);

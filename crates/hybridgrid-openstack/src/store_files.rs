@@ -29,7 +29,6 @@ use crate::userdata::AGENT_STATE_DIR;
 
 /// What `up` sends: each store site's job environment, and the endpoints of all stores.
 /// `Debug` shows no key.
-#[derive(Default)]
 pub struct StoreFiles {
     /// Site → the store's environment for jobs (`StoreAccess::job_env`).
     pub envs: BTreeMap<String, String>,
