@@ -115,12 +115,33 @@ pub enum AgentCommand {
         /// Slurm's host list, e.g. `giessen-od-[1-2]`.
         hostlist: String,
     },
+    /// Make the node's next WireGuard key (unless staged already) and print its public half:
+    /// the first step of `hybridgrid rotate` (the device is not touched).
+    RotateStage {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Accepted for the same command line as `rotate-switch`; unused.
+        #[arg(long, default_value = "")]
+        tag: String,
+    },
+    /// Switch to what standard input holds (JSON: the configuration with the peers' new keys,
+    /// whether to take the staged key, the pairs' preshared keys, the munge key) and apply it:
+    /// the second step of `hybridgrid rotate`, on every relay at once.
+    RotateSwitch {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        tag: String,
+    },
     /// Print the bytes each site's object store has sent to this node (site → bytes) as JSON.
     StoreReads,
     /// Print the WireGuard device's status as JSON.
     WgStatus {
         #[arg(long, default_value = "wg0")]
         interface: String,
+        /// The agent's state directory: the report then has the private key's age.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -210,8 +231,20 @@ fn agent(
             service,
             hostlist,
         } => json(&crate::power::run(verb, &service, &hostlist)?),
+        AgentCommand::RotateStage { state_dir, tag: _ } => {
+            Ok(Some(crate::rotate::stage(&state_dir)?.to_base64()))
+        }
+        AgentCommand::RotateSwitch { state_dir, tag } => {
+            let switch: hybridgrid_core::node::KeySwitch =
+                serde_json::from_reader(std::io::stdin().lock())
+                    .map_err(|source| AgentError::SwitchInput { source })?;
+            json(&crate::rotate::switch(&switch, &state_dir, exe, &tag)?)
+        }
         AgentCommand::StoreReads => json(&crate::store_reads::read()?),
-        AgentCommand::WgStatus { interface } => json(&crate::wg_status(&interface)?),
+        AgentCommand::WgStatus {
+            interface,
+            state_dir,
+        } => json(&crate::wg_status(&interface, state_dir.as_deref())?),
     }
 }
 

@@ -49,6 +49,15 @@ pub enum AgentError {
         url: String,
         detail: String,
     },
+    /// no next WireGuard key in {path} to switch to; `rotate` makes it first (run it again)
+    NoNextKey { path: PathBuf },
+    /// the munge key sent to switch to is not base64 (its content is not shown: it is a key)
+    BadMungeKey,
+    /// what `rotate` sent on standard input is not a switch document
+    SwitchInput {
+        #[source]
+        source: serde_json::Error,
+    },
     /// {path} is not a JSON map of peer names to base64 keys (its content is not shown: it holds keys)
     PresharedKeys { path: PathBuf },
     /// {url}: only http:// URLs

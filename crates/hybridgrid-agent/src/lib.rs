@@ -15,6 +15,7 @@ pub mod power;
 pub mod pull;
 mod report;
 pub mod results;
+pub mod rotate;
 pub mod slurm;
 pub mod store_reads;
 mod supervise;
@@ -23,8 +24,8 @@ pub mod wg_impl;
 
 pub use error::{AgentError, error_chain};
 pub use node::{
-    APPLIED_FILE, AgentReport, PUBLIC_KEY_FILE, WgStatus, apply, interface_exists, read_applied,
-    read_public_key, wg_status,
+    APPLIED_FILE, AgentReport, NODE_CONFIG_FILE, PUBLIC_KEY_FILE, WgStatus, apply,
+    interface_exists, read_applied, read_public_key, wg_status,
 };
 pub use report::{NodeReport, report};
 pub use supervise::supervise;

@@ -21,7 +21,10 @@ use crate::sys::{self, write_atomic};
 
 pub const APPLIED_FILE: &str = "applied.json";
 pub const PUBLIC_KEY_FILE: &str = "wg/public.key";
-const PRIVATE_KEY_FILE: &str = "wg/private.key";
+pub(crate) const PRIVATE_KEY_FILE: &str = "wg/private.key";
+/// The configuration the node keeps (written by the provider, or by `agent rotate-switch`),
+/// applied again by the supervisor.
+pub const NODE_CONFIG_FILE: &str = "node.json";
 
 /// What one agent run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,33 +183,10 @@ fn hosts_file(config: &NodeConfig) -> String {
 
 /// The node's key pair: made here on first use, the private half never leaves `state_dir`.
 fn ensure_key(state_dir: &Path) -> Result<(PrivateKey, PublicKey), AgentError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     let path = state_dir.join(PRIVATE_KEY_FILE);
     let private = match std::fs::read_to_string(&path) {
         Ok(text) => PrivateKey::from_base64(text.trim())?,
-        Err(_) => {
-            let dir = state_dir.join("wg");
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(AgentError::io(&dir))?;
-            let key = PrivateKey::generate()?;
-            let tmp = dir.join(".private.key.tmp");
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(AgentError::io(&tmp))?;
-            f.write_all(key.to_base64().as_bytes())
-                .map_err(AgentError::io(&tmp))?;
-            f.sync_all().map_err(AgentError::io(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(AgentError::io(&path))?;
-            key
-        }
+        Err(_) => make_key_file(state_dir, &path)?,
     };
     let public = private.public_key();
     let pub_path = state_dir.join(PUBLIC_KEY_FILE);
@@ -214,6 +194,33 @@ fn ensure_key(state_dir: &Path) -> Result<(PrivateKey, PublicKey), AgentError> {
         write_atomic(&pub_path, public.to_base64().as_bytes(), 0o644)?;
     }
     Ok((private, public))
+}
+
+/// A new private key in `path` (0600, in the 0700 `wg/` folder of `state_dir`), written whole
+/// before it gets its name.
+pub(crate) fn make_key_file(state_dir: &Path, path: &Path) -> Result<PrivateKey, AgentError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let dir = state_dir.join("wg");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(AgentError::io(&dir))?;
+    let key = PrivateKey::generate()?;
+    let tmp = dir.join(".key.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(AgentError::io(&tmp))?;
+    f.write_all(key.to_base64().as_bytes())
+        .map_err(AgentError::io(&tmp))?;
+    f.sync_all().map_err(AgentError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(AgentError::io(path))?;
+    Ok(key)
 }
 
 /// The node's WireGuard device, made if missing: kernel WireGuard where the module exists (set up
@@ -268,7 +275,16 @@ fn wireguard(
 ) -> Result<PublicKey, AgentError> {
     let (private, public) = ensure_key(state_dir)?;
     let ifname = wg.name.as_str();
-    let backend = ensure_device(ifname, state_dir, exe, tag, actions)?;
+    let mut backend = ensure_device(ifname, state_dir, exe, tag, actions)?;
+    if holds_another_key(&backend, ifname, &private) {
+        // The userspace device (gotatun 0.10) cannot take a new private key while it runs: its
+        // reconnect binds the port again while the old socket still holds it, and the device
+        // fails. A new daemon with the new key is the same switch (`rotate`), in a fraction of a
+        // second; the address, MTU and routes below are set again.
+        stop_wireguard(ifname, state_dir)?;
+        backend = ensure_device(ifname, state_dir, exe, tag, actions)?;
+        actions.push(format!("{ifname} started again with its new key"));
+    }
 
     // Address, MTU, up: compared with the live link.
     let addrs = sys::run("ip", &["-o", "-4", "addr", "show", "dev", ifname])?;
@@ -345,6 +361,15 @@ fn wireguard(
         });
     }
     Ok(public)
+}
+
+/// A running userspace device with a private key other than `private` (a kernel device takes a
+/// new key in place; a device without a key takes its first one).
+fn holds_another_key(backend: &Backend, ifname: &str, private: &PrivateKey) -> bool {
+    matches!(backend, Backend::Userspace { .. })
+        && backend
+            .read_status(ifname)
+            .is_ok_and(|d| d.private_key.is_some_and(|k| k != *private.as_bytes()))
 }
 
 /// The pairs' preshared keys the provider delivered, by peer node (none when the plan uses
@@ -525,10 +550,11 @@ fn routes(
 pub use hybridgrid_core::wg_status::{WgPeerStatus, WgStatus};
 
 /// Reads the device on this node.
-pub fn wg_status(ifname: &str) -> Result<WgStatus, AgentError> {
+pub fn wg_status(ifname: &str, state_dir: Option<&Path>) -> Result<WgStatus, AgentError> {
     let s = hybridgrid_wg::read_status(ifname)?;
     Ok(WgStatus {
         listen_port: s.listen_port,
+        key_age_s: state_dir.and_then(|d| sys::file_age_s(&d.join(PRIVATE_KEY_FILE))),
         peers: s
             .peers
             .iter()

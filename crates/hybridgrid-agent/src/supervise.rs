@@ -35,7 +35,7 @@ pub fn supervise(
             continue;
         }
         let read = || {
-            std::fs::read_to_string(state_dir.join("node.json"))
+            std::fs::read_to_string(state_dir.join(crate::node::NODE_CONFIG_FILE))
                 .ok()
                 .and_then(|t| serde_json::from_str::<NodeConfig>(&t).ok())
         };

@@ -221,3 +221,9 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "known\n");
     }
 }
+
+/// Seconds since `path` was last written, `None` if it cannot be read.
+pub fn file_age_s(path: &Path) -> Option<u64> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(modified.elapsed().map_or(0, |d| d.as_secs()))
+}

@@ -138,6 +138,56 @@ pub struct WgInterface {
     pub peers: Vec<WgPeer>,
 }
 
+impl WgInterface {
+    /// The interface once every relay in `keys` uses its new key: this node's own public key and
+    /// each peer's replaced where `keys` names the node (`rotate`: what a relay switches to, all
+    /// relays at once). Pure.
+    pub fn with_new_keys(
+        &self,
+        own: &str,
+        keys: &std::collections::BTreeMap<String, PublicKey>,
+    ) -> Self {
+        let mut out = self.clone();
+        if let Some(k) = keys.get(own) {
+            out.public_key = Some(*k);
+        }
+        for p in &mut out.peers {
+            if let Some(k) = keys.get(&p.node) {
+                p.public_key = Some(*k);
+            }
+        }
+        out
+    }
+}
+
+/// What a node switches to in `rotate` (standard input of `agent rotate-switch`, the one way its
+/// secrets travel). `Debug` shows no key.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct KeySwitch {
+    /// The node's configuration with its peers' new public keys (its `node.json` from now on).
+    pub config: NodeConfig,
+    /// The key the node staged becomes its WireGuard key.
+    #[serde(default)]
+    pub next_key: bool,
+    /// The relay's pairs' preshared keys (peer → base64, JSON), as `PRESHARED_KEYS_FILE` holds them.
+    #[serde(default)]
+    pub preshared_keys: Option<String>,
+    /// The cluster's new munge key (base64).
+    #[serde(default)]
+    pub munge_key: Option<String>,
+}
+
+impl std::fmt::Debug for KeySwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySwitch")
+            .field("node", &self.config.hostname)
+            .field("next_key", &self.next_key)
+            .field("preshared_keys", &self.preshared_keys.is_some())
+            .field("munge_key", &self.munge_key.is_some())
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WgPeer {
     pub node: String,
@@ -235,4 +285,75 @@ impl SlurmSetup {
 pub struct PartitionMembers {
     pub name: String,
     pub nodes: Vec<String>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests
+mod key_switch_tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+
+    fn peer(node: &str, key: &str) -> WgPeer {
+        WgPeer {
+            node: node.into(),
+            site: node.into(),
+            public_key: Some(PrivateKey::from_seed(key).public_key()),
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            persistent_keepalive: None,
+        }
+    }
+
+    #[test]
+    fn new_keys_replace_the_own_key_and_those_of_the_peers_named_only() {
+        let wg = WgInterface {
+            name: "wg0".into(),
+            address: "10.0.0.1/24".parse().unwrap(),
+            listen_port: 51820,
+            mtu: 1420,
+            public_key: Some(PrivateKey::from_seed("a-old").public_key()),
+            preshared_keys: true,
+            peers: vec![peer("b", "b-old"), peer("c", "c-old")],
+        };
+        let new = |s: &str| PrivateKey::from_seed(s).public_key();
+        let keys = [
+            ("a".to_owned(), new("a-new")),
+            ("b".to_owned(), new("b-new")),
+        ]
+        .into_iter()
+        .collect();
+        let after = wg.with_new_keys("a", &keys);
+        assert_eq!(after.public_key, Some(new("a-new")));
+        assert_eq!(after.peers[0].public_key, Some(new("b-new")));
+        assert_eq!(
+            after.peers[1].public_key,
+            Some(new("c-old")),
+            "c was not renewed"
+        );
+        assert_eq!(after.peers[0].allowed_ips, wg.peers[0].allowed_ips);
+    }
+
+    #[test]
+    fn a_key_switch_shows_no_key_in_debug() {
+        let switch = KeySwitch {
+            config: NodeConfig {
+                hostname: "n".into(),
+                hosts: Vec::new(),
+                ip_forward: false,
+                mss_clamp: false,
+                routes: Vec::new(),
+                wireguard: None,
+                slurm: SlurmSetup::none([10, 0, 0, 1].into(), 6817),
+                store_client: false,
+            },
+            next_key: true,
+            preshared_keys: Some("{\"b\":\"cHNr\"}".into()),
+            munge_key: Some("bXVuZ2U=".into()),
+        };
+        let text = format!("{switch:?}");
+        assert!(
+            !text.contains("cHNr") && !text.contains("bXVuZ2U="),
+            "{text}"
+        );
+    }
 }

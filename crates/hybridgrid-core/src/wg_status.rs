@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 pub struct WgStatus {
     pub listen_port: u16,
     pub peers: Vec<WgPeerStatus>,
+    /// Seconds since the relay's private key was made (`rotate` makes a new one), when the agent
+    /// was told its state directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_age_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

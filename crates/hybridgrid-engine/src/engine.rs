@@ -128,7 +128,26 @@ pub fn status(
     probe: Probe,
 ) -> Result<StatusReport, EngineError> {
     let plan = plan(provider, cluster)?;
-    provider.status(&plan, probe)
+    let mut report = provider.status(&plan, probe)?;
+    if let Some(nodes) = provider.nodes() {
+        report.keys = key_ages(&nodes.keys_dir());
+    }
+    Ok(report)
+}
+
+/// The ages of the munge and preshared keys kept in `keys_dir`.
+fn key_ages(keys_dir: &std::path::Path) -> crate::report::KeyAges {
+    let age = |file: &str| {
+        let modified = std::fs::metadata(keys_dir.join(file))
+            .ok()?
+            .modified()
+            .ok()?;
+        Some(modified.elapsed().map_or(0, |d| d.as_secs()))
+    };
+    crate::report::KeyAges {
+        munge_s: age(crate::munge::KEY_FILE),
+        preshared_s: age(crate::preshared::KEYS_FILE),
+    }
 }
 
 /// `doctor`: the provider's facts of the live cluster, diagnosed.

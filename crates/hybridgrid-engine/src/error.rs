@@ -10,6 +10,16 @@ pub enum EngineError {
     },
     /// the cluster did not settle after {rounds} rounds; still to do: {remaining}
     NotConverged { rounds: usize, remaining: String },
+    /// the cluster is not as planned ({changes} changes, first: {first}): run `hybridgrid up` before `rotate`
+    RotateBeforeUp { changes: usize, first: String },
+    /// rotate: {node} failed to {step}: {message}; `hybridgrid up` reconnects the relays with the keys they have
+    RotateStep {
+        step: &'static str,
+        node: String,
+        message: String,
+    },
+    /// {0}
+    State(#[from] crate::state::StateError),
     /// no node {0} in the cluster's plan
     NoSuchNode(String),
     /// {0}

@@ -14,11 +14,13 @@
 pub mod doctor;
 mod engine;
 mod error;
+pub mod munge;
 pub mod path;
 pub mod power;
 pub mod preshared;
 mod provider;
 mod report;
+pub mod rotate;
 pub mod status;
 
 /// State on disk (its own small crate, shared with the agent): re-exported where the providers
@@ -30,7 +32,7 @@ pub use engine::{
 };
 pub use error::EngineError;
 pub use provider::{
-    Applied, Command, Event, Nodes, Probe, Provider, Settled, Sink, Stores, supports,
+    AgentRun, Applied, Command, Event, Nodes, Probe, Provider, Settled, Sink, Stores, supports,
 };
 pub use report::{
     DownReport, HANDSHAKE_STALE_S, NodeStatus, NotDeleted, Pending, PendingKind, Reach,

@@ -66,6 +66,21 @@ fn pairs(plan: &Plan) -> Vec<String> {
 /// The cluster's keys, a new one made for each pair the plan has and the file lacks; pairs no
 /// longer planned are forgotten. Written back only when something changed.
 pub fn ensure(cluster_dir: &Path, plan: &Plan) -> Result<PresharedKeys, StateError> {
+    make(cluster_dir, plan, Keep::Kept)
+}
+
+/// A new key for every pair the plan has (`rotate --preshared`).
+pub fn renew(cluster_dir: &Path, plan: &Plan) -> Result<PresharedKeys, StateError> {
+    make(cluster_dir, plan, Keep::None)
+}
+
+#[derive(PartialEq)]
+enum Keep {
+    Kept,
+    None,
+}
+
+fn make(cluster_dir: &Path, plan: &Plan, keep: Keep) -> Result<PresharedKeys, StateError> {
     let path = cluster_dir.join(KEYS_FILE);
     let kept: PresharedKeys = state::load(&path, FORMAT_VERSION)?.unwrap_or_default();
     let wanted = pairs(plan);
@@ -75,8 +90,8 @@ pub fn ensure(cluster_dir: &Path, plan: &Plan) -> Result<PresharedKeys, StateErr
     };
     for pair in wanted {
         let key = match kept.pairs.get(&pair) {
-            Some(k) => k.clone(),
-            None => random_key()?,
+            Some(k) if keep == Keep::Kept => k.clone(),
+            _ => random_key()?,
         };
         keys.pairs.insert(pair, key);
     }
@@ -109,6 +124,11 @@ fn random_key() -> Result<String, StateError> {
 }
 
 impl PresharedKeys {
+    /// How many pairs have a key.
+    pub fn pair_count(&self) -> usize {
+        self.pairs.len()
+    }
+
     /// What `node` receives: its peers' names → the pair's key, as JSON; `None` when it is in
     /// no pair (not a relay, or preshared keys off).
     pub fn for_node(&self, node: &str) -> Option<String> {
@@ -194,5 +214,22 @@ mod tests {
         let off = ensure(dir.path(), &plan(&["a", "b"], false)).unwrap();
         assert_eq!(off.for_node("a-master"), None);
         assert!(!dir.path().join(KEYS_FILE).exists());
+    }
+
+    #[test]
+    fn renewing_changes_every_pairs_key_and_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let three = plan(&["a", "b", "c"], true);
+        let before = ensure(dir.path(), &three).unwrap();
+        let after = renew(dir.path(), &three).unwrap();
+        for (x, y) in [("a-master", "b-gw"), ("a-master", "c-gw"), ("b-gw", "c-gw")] {
+            assert_ne!(key_of(&after, x, y), key_of(&before, x, y));
+            assert_eq!(key_of(&after, y, x), key_of(&after, x, y));
+        }
+        let kept = ensure(dir.path(), &three).unwrap();
+        assert_eq!(
+            key_of(&kept, "b-gw", "c-gw"),
+            key_of(&after, "b-gw", "c-gw")
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use hybridgrid_core::diff::{Change, Observed};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use hybridgrid_core::plan::Plan;
 use hybridgrid_core::store::StoreAccess;
@@ -75,6 +76,7 @@ pub enum Command {
     Doctor,
     Submit,
     Data,
+    Rotate,
 }
 
 impl Command {
@@ -87,6 +89,7 @@ impl Command {
             Command::Doctor => "doctor",
             Command::Submit => "submit",
             Command::Data => "data",
+            Command::Rotate => "rotate",
         }
     }
 }
@@ -96,7 +99,9 @@ impl Command {
 pub fn supports(provider: &dyn Provider, command: Command) -> bool {
     match command {
         Command::Up | Command::Down | Command::Status => true,
-        Command::Exec | Command::Doctor | Command::Submit => provider.nodes().is_some(),
+        Command::Exec | Command::Doctor | Command::Submit | Command::Rotate => {
+            provider.nodes().is_some()
+        }
         Command::Data => provider.stores().is_some(),
     }
 }
@@ -184,4 +189,42 @@ pub trait Nodes: Send + Sync {
     /// `doctor --path SRC DST`: what only that flow needs beyond the doctor's facts (both ends'
     /// routes, the relays' forwarding, one ping).
     fn path_facts(&self, plan: &Plan, src: &str, dst: &str) -> Result<PathFacts, EngineError>;
+
+    /// The folder of this cluster's state on this machine, where `up` keeps the keys it made
+    /// (munge, preshared): `rotate` renews them there.
+    fn keys_dir(&self) -> PathBuf;
+
+    /// Runs the node agent's command of each run on its node, all at once (`rotate`): the
+    /// provider adds the node's agent state directory (`--state-dir`); the input goes on
+    /// standard input, the one way a secret may travel. Each node's standard output, or why it
+    /// failed (never with the input in it).
+    fn agent_each(&self, runs: Vec<AgentRun>) -> BTreeMap<String, Result<Vec<u8>, EngineError>>;
+}
+
+/// One node agent command for [`Nodes::agent_each`]. `Debug` shows no input.
+pub struct AgentRun {
+    pub node: String,
+    /// The agent's subcommand and its arguments (`rotate-stage`), without `--state-dir`.
+    pub args: Vec<String>,
+    pub input: Vec<u8>,
+}
+
+impl AgentRun {
+    pub fn new(node: &str, args: &[&str], input: Vec<u8>) -> Self {
+        AgentRun {
+            node: node.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            input,
+        }
+    }
+}
+
+impl std::fmt::Debug for AgentRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRun")
+            .field("node", &self.node)
+            .field("args", &self.args)
+            .field("input_bytes", &self.input.len())
+            .finish()
+    }
 }

@@ -90,6 +90,9 @@ pub struct StatusReport {
     pub nodes: Vec<NodeStatus>,
     pub tunnels: Vec<TunnelStatus>,
     pub reachability: Vec<Reach>,
+    /// The ages of the keys `up` keeps on this machine (the relays' own: `tunnels[].key_age_s`).
+    #[serde(default)]
+    pub keys: KeyAges,
 }
 
 impl StatusReport {
@@ -164,6 +167,16 @@ pub struct TunnelStatus {
     /// Whether the pair has a preshared key.
     #[serde(default)]
     pub preshared_key: bool,
+    /// Seconds since `node`'s own WireGuard key was made (`rotate` makes a new one).
+    #[serde(default)]
+    pub key_age_s: Option<u64>,
+}
+
+/// How old the keys kept on this machine are (seconds since made; `None` where there is none).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyAges {
+    pub munge_s: Option<u64>,
+    pub preshared_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

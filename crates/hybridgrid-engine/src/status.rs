@@ -134,8 +134,8 @@ pub fn tunnel_rows(
         .collect();
     readings
         .iter()
-        .flat_map(|(node, status)| status.peers.iter().map(move |p| (node, p)))
-        .map(|(node, p)| TunnelStatus {
+        .flat_map(|(node, status)| status.peers.iter().map(move |p| (node, status, p)))
+        .map(|(node, status, p)| TunnelStatus {
             node: node.clone(),
             peer: by_key
                 .get(&p.public_key)
@@ -146,6 +146,7 @@ pub fn tunnel_rows(
             rx_bytes: p.rx_bytes,
             tx_bytes: p.tx_bytes,
             preshared_key: p.preshared_key,
+            key_age_s: status.key_age_s,
         })
         .collect()
 }
@@ -171,6 +172,7 @@ impl StatusReport {
             nodes,
             tunnels,
             reachability,
+            keys: Default::default(),
         }
     }
 }

@@ -15,8 +15,8 @@ use hybridgrid_core::store::StoreAccess;
 use hybridgrid_engine::doctor::Facts;
 use hybridgrid_engine::path::PathFacts;
 use hybridgrid_engine::{
-    Applied, DownReport, EngineError, Nodes, Pending, PendingKind, Probe, Provider, Settled, Sink,
-    StatusReport, Stores,
+    AgentRun, Applied, DownReport, EngineError, Nodes, Pending, PendingKind, Probe, Provider,
+    Settled, Sink, StatusReport, Stores,
 };
 
 use crate::ledger::{Ledger, ObjState};
@@ -142,6 +142,46 @@ impl Local {
         let mut all = vec!["-t", &pid, "-m", "-u", "-n", "--", &exe, "agent"];
         all.extend_from_slice(args);
         crate::sh::run("nsenter", &all)
+    }
+
+    /// Runs `hybridgrid agent ARGS --state-dir DIR --tag NS` inside the running node's namespaces
+    /// (`DIR`: the node's state on this host) with `input` on its standard input; its standard
+    /// output. A failure carries the agent's standard error, never the input (it may hold keys).
+    pub(crate) fn agent_with_input(
+        &self,
+        node: &str,
+        args: &[String],
+        input: &[u8],
+    ) -> Result<Vec<u8>, LocalError> {
+        use std::io::Write as _;
+        use std::process::Stdio;
+        let pid = self.exec_target(node)?.pid.to_string();
+        let command = format!("hybridgrid agent {} on {node}", args.join(" "));
+        let fail = |detail: String| LocalError::Command {
+            command: command.clone(),
+            detail,
+        };
+        let mut child = Process::new("nsenter")
+            .args(["-t", &pid, "-m", "-u", "-n", "--wd=/", "--"])
+            .arg(&self.opts.exe)
+            .arg("agent")
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.node_dir(node))
+            .args(["--tag", &self.ns(node)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(e.to_string()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input).map_err(|e| fail(e.to_string()))?;
+        }
+        let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+        if !out.status.success() {
+            return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+        }
+        Ok(out.stdout)
     }
 
     /// The running node `node`.
@@ -271,6 +311,30 @@ impl Nodes for Local {
 
     fn exec(&self, node: &str, cmd: &[String]) -> Result<i32, EngineError> {
         self.exec_status(node, cmd).map_err(err)
+    }
+
+    fn keys_dir(&self) -> PathBuf {
+        self.cluster_dir().to_owned()
+    }
+
+    fn agent_each(&self, runs: Vec<AgentRun>) -> BTreeMap<String, Result<Vec<u8>, EngineError>> {
+        // All at once: a rotation's switches are as close together as the nodes allow.
+        let outputs = crate::par::map(&runs, runs.len(), |r| {
+            self.agent_with_input(&r.node, &r.args, &r.input)
+                .map_err(err)
+        });
+        runs.iter()
+            .zip(outputs)
+            .map(|(r, out)| {
+                let out = out.unwrap_or_else(|| {
+                    Err(err(LocalError::Command {
+                        command: format!("hybridgrid agent on {}", r.node),
+                        detail: "its thread kept no result".into(),
+                    }))
+                });
+                (r.node.clone(), out)
+            })
+            .collect()
     }
 
     fn run(&self, node: &str, script: &str, input: &[u8]) -> Result<(i32, Vec<u8>), EngineError> {

@@ -6,8 +6,6 @@
 //! Also the controller's view for `status`.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
 
 use hybridgrid_core::plan::{Plan, Role, SlurmRole};
 
@@ -15,30 +13,8 @@ use crate::ledger::write_atomic;
 use crate::sh::quote_path as q;
 use crate::{Local, LocalError, sh};
 
-/// The cluster's munge key, in the cluster's state directory (mode 0400).
-pub const MUNGE_KEY: &str = "munge.key";
-const MUNGE_KEY_BYTES: usize = 1024;
 /// The name of the private named cgroup-v1 hierarchy slurmd is given on workers.
 const CGROUP_NAME: &str = "hybridgrid";
-
-/// Makes the cluster's munge key once: 1024 random bytes, mode 0400. Never logged.
-/// Nodes are configured in parallel: one thread makes the key, the others wait for it.
-pub fn ensure_munge_key(cluster_dir: &Path) -> Result<PathBuf, LocalError> {
-    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = MAKING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let path = cluster_dir.join(MUNGE_KEY);
-    if std::fs::metadata(&path).is_ok_and(|m| m.len() == MUNGE_KEY_BYTES as u64) {
-        return Ok(path);
-    }
-    let mut key = vec![0u8; MUNGE_KEY_BYTES];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut key))
-        .map_err(LocalError::io("/dev/urandom"))?;
-    write_atomic(&path, &key, 0o400)?;
-    Ok(path)
-}
 
 /// Runs a shell script inside the node's namespaces (mount, UTS, network); returns stdout.
 pub fn node_sh(local: &Local, node: &str, script: &str) -> Result<String, LocalError> {
@@ -68,13 +44,11 @@ pub fn prepare_node(local: &Local, node: &str, role: SlurmRole) -> Result<(), Lo
     if role == SlurmRole::None {
         return Ok(());
     }
-    let key = ensure_munge_key(local.cluster_dir())?;
+    let key = hybridgrid_engine::munge::ensure(local.cluster_dir())?;
     let dir = local.node_dir(node);
     let delivered = dir.join(hybridgrid_agent::slurm::MUNGE_KEY_FILE);
-    if std::fs::read(&delivered).ok() != std::fs::read(&key).ok() {
-        let data = std::fs::read(&key).map_err(LocalError::io(&key))?;
-        let _ = std::fs::remove_file(&delivered);
-        write_atomic(&delivered, &data, 0o400)?;
+    if std::fs::read(&delivered).ok().as_deref() != Some(key.as_slice()) {
+        write_atomic(&delivered, &key, 0o400)?;
     }
     let base = dir.join("slurm");
     for sub in ["munge", "lib", "log", "etc"] {

@@ -19,7 +19,11 @@ const PROBES_AT_ONCE: usize = 48;
 impl Local {
     /// The node's WireGuard device, read by the agent inside the node.
     pub(crate) fn wg_status(&self, node: &str, ifname: &str) -> Result<WgStatus, LocalError> {
-        let out = self.agent(node, &["wg-status", "--interface", ifname])?;
+        let dir = self.node_dir(node).display().to_string();
+        let out = self.agent(
+            node,
+            &["wg-status", "--interface", ifname, "--state-dir", &dir],
+        )?;
         serde_json::from_str(&out).map_err(|source| LocalError::Json {
             path: PathBuf::from(format!("wg-status of {node}")),
             source,

@@ -98,7 +98,9 @@ impl OpenStack {
     fn munge_key(&self) -> Result<Vec<u8>> {
         match &self.opts.power_host {
             Some(host) => host.read_munge_key(),
-            None => nodes::ensure_munge_key(&self.opts.state_root.join(&self.cluster.name)),
+            None => Ok(hybridgrid_engine::munge::ensure(
+                &self.opts.state_root.join(&self.cluster.name),
+            )?),
         }
     }
 
@@ -158,8 +160,16 @@ impl OpenStack {
                     }
                     node.applied = r.applied;
                     node.measured = r.measured;
-                    if node.public_key.is_none() {
-                        node.public_key = r.public_key;
+                    // The node's own key wins over the one its console showed at first boot:
+                    // `rotate` changed it since. The ledger learns it for when the node does not
+                    // answer.
+                    if let Some(key) = r.public_key
+                        && node.public_key != Some(key)
+                    {
+                        node.public_key = Some(key);
+                        let _ = self.ledger.update(|d| {
+                            d.public_keys.insert(name.clone(), key.to_base64());
+                        });
                     }
                 }
                 None => node.applied = None,
@@ -518,6 +528,42 @@ impl OpenStack {
         Ok((out.code, out.stdout))
     }
 
+    /// `Nodes::agent_each` over the channel: the agent of every run's node at once, its input on
+    /// standard input.
+    pub(crate) async fn agent_each_async(
+        &self,
+        plan: &Plan,
+        runs: &[hybridgrid_engine::AgentRun],
+    ) -> BTreeMap<String, Result<Vec<u8>>> {
+        futures::future::join_all(runs.iter().map(|r| async move {
+            let args: Vec<String> = r.args.iter().map(|a| shell_quote(a)).collect();
+            let script = format!(
+                "{} agent {} --state-dir {} --tag {}",
+                crate::userdata::AGENT_PATH,
+                args.join(" "),
+                crate::userdata::AGENT_STATE_DIR,
+                shell_quote(&r.node)
+            );
+            let out = match self.target(plan, &r.node) {
+                Some(target) => self.channel().run(&target, &script, &r.input).await,
+                None => Err(OsError::NoTarget {
+                    node: r.node.clone(),
+                }),
+            };
+            let result = out.and_then(|o| match o.code {
+                0 => Ok(o.stdout),
+                _ => Err(OsError::AgentEach {
+                    node: r.node.clone(),
+                    detail: o.stderr,
+                }),
+            });
+            (r.node.clone(), result)
+        }))
+        .await
+        .into_iter()
+        .collect()
+    }
+
     /// The `ssh` command line that runs `cmd` on `node` as root, for `exec` (the user's terminal).
     pub fn exec_args(&self, plan: &Plan, node: &str, cmd: &[String]) -> Result<Vec<String>> {
         let target = self.target(plan, node).ok_or_else(|| OsError::NoTarget {
@@ -557,8 +603,9 @@ impl OpenStack {
         let readings = futures::future::join_all(status::relays(plan).into_iter().map(
             |(n, ifname)| async move {
                 let script = format!(
-                    "{} agent wg-status --interface {ifname}",
-                    crate::userdata::AGENT_PATH
+                    "{} agent wg-status --interface {ifname} --state-dir {}",
+                    crate::userdata::AGENT_PATH,
+                    crate::userdata::AGENT_STATE_DIR
                 );
                 match self.run_on(plan, &n.name, &script, b"").await {
                     Ok((0, out)) => Some((n.name.clone(), serde_json::from_slice(&out).ok()?)),

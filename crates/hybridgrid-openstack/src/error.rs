@@ -100,11 +100,8 @@ pub enum OsError {
         #[source]
         source: std::io::Error,
     },
-    /// cannot make the cluster's munge key: /dev/urandom cannot be read
-    MungeKeyRandom {
-        #[source]
-        source: std::io::Error,
-    },
+    /// the agent on {node} failed: {detail}
+    AgentEach { node: String, detail: String },
     /// cannot write the configuration of node {node} as JSON
     NodeConfigJson {
         node: String,

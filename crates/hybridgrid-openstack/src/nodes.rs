@@ -21,9 +21,6 @@ use crate::userdata::{AGENT_PATH, AGENT_STATE_DIR, PULL_UNIT};
 pub const AGENT_UNIT: &str = "hybridgrid-agent";
 /// The configuration the channel delivers (the supervisor applies it again every period).
 const CONFIG: &str = "/var/lib/hybridgrid/node.json";
-/// The cluster's munge key on the user's machine, beside the ledger (mode 0400).
-pub const MUNGE_KEY_FILE: &str = "munge.key";
-const MUNGE_KEY_BYTES: usize = 1024;
 
 /// How `plan`'s node `name` is reached: a relay at its floating IP, a worker through its site's
 /// relay, each as its image's login user. `None` while the relay has no floating IP.
@@ -149,22 +146,6 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 
 fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The cluster's munge key (made once: 1024 random bytes, mode 0400). Never logged.
-pub fn ensure_munge_key(cluster_dir: &Path) -> Result<Vec<u8>> {
-    let path = cluster_dir.join(MUNGE_KEY_FILE);
-    if let Ok(key) = std::fs::read(&path)
-        && key.len() == MUNGE_KEY_BYTES
-    {
-        return Ok(key);
-    }
-    let mut key = vec![0u8; MUNGE_KEY_BYTES];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut key))
-        .map_err(|source| OsError::MungeKeyRandom { source })?;
-    hybridgrid_engine::state::write_atomic(&path, &key, 0o400)?;
-    Ok(key)
 }
 
 /// A relay's pairs' preshared keys into its agent's state (0600, standard input only), or none

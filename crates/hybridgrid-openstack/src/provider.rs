@@ -17,7 +17,8 @@ use hybridgrid_core::plan::Plan;
 use hybridgrid_engine::doctor::Facts;
 use hybridgrid_engine::path::PathFacts;
 use hybridgrid_engine::{
-    Applied, DownReport, EngineError, Event, Nodes, Probe, Provider, Settled, Sink, StatusReport,
+    AgentRun, Applied, DownReport, EngineError, Event, Nodes, Probe, Provider, Settled, Sink,
+    StatusReport,
 };
 use serde::{Deserialize, Serialize};
 
@@ -485,6 +486,40 @@ impl Nodes for OpenStack {
         let plan = self.current_plan()?;
         self.block(self.run_on(&plan, node, script, input))?
             .map_err(err)
+    }
+
+    fn keys_dir(&self) -> PathBuf {
+        self.opts.state_root.join(&self.cluster.name)
+    }
+
+    fn agent_each(
+        &self,
+        runs: Vec<AgentRun>,
+    ) -> BTreeMap<String, std::result::Result<Vec<u8>, EngineError>> {
+        let all_fail = |runs: &[AgentRun], why: &str| {
+            runs.iter()
+                .map(|r| {
+                    (
+                        r.node.clone(),
+                        Err(err(OsError::AgentEach {
+                            node: r.node.clone(),
+                            detail: why.to_owned(),
+                        })),
+                    )
+                })
+                .collect()
+        };
+        let plan = match self.current_plan() {
+            Ok(plan) => plan,
+            Err(e) => return all_fail(&runs, &e.to_string()),
+        };
+        match self.block(self.agent_each_async(&plan, &runs)) {
+            Ok(out) => out
+                .into_iter()
+                .map(|(node, r)| (node, r.map_err(err)))
+                .collect(),
+            Err(e) => all_fail(&runs, &e.to_string()),
+        }
     }
 }
 

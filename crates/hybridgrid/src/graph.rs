@@ -437,6 +437,7 @@ mod tests {
             rx_bytes: 3 * 1024 * 1024,
             tx_bytes: 2048,
             preshared_key: true,
+            key_age_s: None,
         }
     }
 
@@ -461,6 +462,7 @@ mod tests {
                 ),
             ],
             reachability: vec![],
+            keys: Default::default(),
         };
         let g = build(&plan, Some(&status), true);
         assert!(

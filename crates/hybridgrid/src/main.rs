@@ -124,6 +124,24 @@ enum Command {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// New keys for the running cluster without a tunnel lost: every relay's WireGuard key,
+    /// every pair's preshared key, the munge key (all unless some are named).
+    Rotate {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// The relays' WireGuard keys.
+        #[arg(long)]
+        wireguard: bool,
+        /// The preshared keys of the pairs of relays.
+        #[arg(long)]
+        preshared: bool,
+        /// The cluster's munge key (Slurm's authentication).
+        #[arg(long)]
+        munge: bool,
+        /// Print the versioned report on standard output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove everything of the cluster; safe to run again.
     Down {
         #[arg(short = 'f', long = "file")]
@@ -254,6 +272,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             offline,
         } => draw(&file, format, json, offline, s),
         Command::Exec { file, node, cmd } => exec(&file, &node, &cmd, s),
+        Command::Rotate {
+            file,
+            wireguard,
+            preshared,
+            munge,
+            json,
+        } => {
+            let all = !(wireguard || preshared || munge);
+            let renew = hybridgrid_engine::rotate::Renew {
+                wireguard: wireguard || all,
+                preshared: preshared || all,
+                munge: munge || all,
+            };
+            rotate(&file, renew, json, s, &show)
+        }
         Command::Down { file } => down(&file, s, &show),
         Command::Doctor {
             file,
@@ -442,6 +475,48 @@ fn exec(file: &Path, node: &str, cmd: &[String], settings: &Settings) -> anyhow:
 }
 
 /// `down`: exit 1, with what is left, when something could not be deleted.
+fn rotate(
+    file: &Path,
+    renew: hybridgrid_engine::rotate::Renew,
+    json: bool,
+    settings: &Settings,
+    show: Sink<'_>,
+) -> anyhow::Result<ExitCode> {
+    let Some((cluster, provider)) = open(file, settings, providers::Knobs::default())? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    require(provider.as_ref(), Cmd::Rotate, "")?;
+    let report = hybridgrid_engine::rotate::rotate(provider.as_ref(), &cluster, renew, show)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut renewed = Vec::new();
+    if !report.relays.is_empty() {
+        renewed.push(format!("{} relays' WireGuard keys", report.relays.len()));
+    }
+    if report.preshared_pairs > 0 {
+        renewed.push(format!("{} pairs' preshared keys", report.preshared_pairs));
+    }
+    if !report.munge_nodes.is_empty() {
+        renewed.push(format!(
+            "the munge key on {} nodes",
+            report.munge_nodes.len()
+        ));
+    }
+    println!(
+        "rotate: {} in {:.1}s (every node switched within {:.1}s)",
+        if renewed.is_empty() {
+            "nothing to renew".to_owned()
+        } else {
+            renewed.join(", ")
+        },
+        report.seconds,
+        report.switch_seconds
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn down(file: &Path, settings: &Settings, show: Sink<'_>) -> anyhow::Result<ExitCode> {
     let Some((_, provider)) = open(file, settings, providers::Knobs::default())? else {
         return Ok(ExitCode::FAILURE);

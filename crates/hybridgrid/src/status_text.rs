@@ -41,6 +41,7 @@ pub fn status_text(r: &StatusReport) -> String {
             );
         }
     }
+    key_ages(&mut s, r);
     let n = r.nodes.len();
     let all_pairs = r.reachability.len() == n * n.saturating_sub(1);
     let matrix = !r.reachability.is_empty() && all_pairs && n <= 30;
@@ -64,6 +65,32 @@ pub fn status_text(r: &StatusReport) -> String {
         }
     }
     s
+}
+
+/// `keys: wireguard 3d (oldest), preshared 3d, munge 12d`: what `rotate` renews, by age.
+fn key_ages(s: &mut String, r: &StatusReport) {
+    let oldest_relay_key = r.tunnels.iter().filter_map(|t| t.key_age_s).max();
+    let parts: Vec<String> = [
+        ("wireguard", oldest_relay_key, " (oldest)"),
+        ("preshared", r.keys.preshared_s, ""),
+        ("munge", r.keys.munge_s, ""),
+    ]
+    .into_iter()
+    .filter_map(|(name, age, note)| Some(format!("{name} {}{note}", age_text(age?))))
+    .collect();
+    if !parts.is_empty() {
+        let _ = writeln!(s, "keys: {} old", parts.join(", "));
+    }
+}
+
+/// `45s`, `12m`, `5h`, `3d`.
+fn age_text(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
 }
 
 /// The cluster's line and a line per node.

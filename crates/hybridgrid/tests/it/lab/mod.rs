@@ -16,6 +16,7 @@ mod failures;
 mod heal;
 mod on_demand;
 mod path;
+mod rotate;
 mod soak;
 mod wan;
 

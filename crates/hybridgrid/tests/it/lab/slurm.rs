@@ -72,7 +72,7 @@ fn sinfo_states(lab: &Lab) -> Vec<(String, String)> {
         .collect()
 }
 
-fn wait_idle(lab: &Lab, nodes: &[&str]) {
+pub(super) fn wait_idle(lab: &Lab, nodes: &[&str]) {
     wait_until("workers idle in sinfo", Duration::from_secs(60), || {
         let states = sinfo_states(lab);
         nodes

@@ -1,0 +1,263 @@
+//! `rotate`: new keys for a running cluster with no tunnel lost — every relay's WireGuard key,
+//! every pair's preshared key, the munge key — the same steps on every provider, which only runs
+//! the node agent's two commands (`Nodes::agent_each`).
+//!
+//! The order is what keeps the tunnels: (1) every relay makes its next key and tells its public
+//! half (`agent rotate-stage`; nothing changes on the device); (2) new preshared and munge keys
+//! are made here and kept where `up` keeps them; (3) every node switches at once
+//! (`agent rotate-switch`): a relay takes its next key and its peers' next keys and the pairs'
+//! new preshared keys in one device update; a Slurm node takes the new munge key and restarts
+//! munged. Between two relays' switches a handshake may be refused (the other still has the old
+//! keys), but the one that switches last sends its own handshake as its next packet leaves, to
+//! a peer that already has every new key: a pair is down for the two switches' distance plus one
+//! round trip, not WireGuard's 5 s retry. Slurm's daemons keep running; a message between them
+//! that meets two munge keys during the switch is sent again by Slurm itself, so running jobs
+//! go on. (4) The cluster is observed again: every relay must show its new key.
+//!
+//! A switch that fails part-way leaves the other relays on their new keys: `up` reconnects
+//! them (it plans the peers from the keys the relays now have), or `rotate` again (a relay that
+//! had not switched keeps its staged key).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use base64::Engine as _;
+use hybridgrid_core::keys::PublicKey;
+use hybridgrid_core::model::Cluster;
+use hybridgrid_core::node::KeySwitch;
+use hybridgrid_core::plan::{NodePlan, Plan, SlurmRole};
+use serde::{Deserialize, Serialize};
+
+use crate::preshared::PresharedKeys;
+use crate::provider::{AgentRun, Event, Nodes, Sink};
+use crate::{EngineError, Provider, munge, preshared};
+
+/// `rotate --json`'s version.
+pub const ROTATE_REPORT_VERSION: u32 = 1;
+
+/// Which keys `rotate` renews (`--wireguard`, `--preshared`, `--munge`; all when none is named).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renew {
+    pub wireguard: bool,
+    pub preshared: bool,
+    pub munge: bool,
+}
+
+/// What `rotate` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RotateReport {
+    pub format_version: u32,
+    /// Each relay's public key before and after (`--wireguard`).
+    pub relays: Vec<RelayKey>,
+    /// The pairs of relays that got a new preshared key.
+    pub preshared_pairs: usize,
+    /// The nodes that got the new munge key.
+    pub munge_nodes: Vec<String>,
+    /// From the first switch to the last node's answer.
+    pub switch_seconds: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayKey {
+    pub node: String,
+    pub before: Option<PublicKey>,
+    pub after: PublicKey,
+}
+
+/// Renews the keys `renew` names on the running cluster (see the module's comment).
+pub fn rotate(
+    provider: &dyn Provider,
+    cluster: &Cluster,
+    renew: Renew,
+    sink: Sink<'_>,
+) -> Result<RotateReport, EngineError> {
+    let start = Instant::now();
+    let nodes = crate::nodes(provider, "rotate")?;
+    let observed = crate::observe(provider, cluster)?;
+    let plan = hybridgrid_core::reconcile::plan(cluster, &observed);
+    require_converged(&plan)?;
+    let running: Vec<&NodePlan> = plan
+        .nodes
+        .iter()
+        .filter(|n| observed.nodes.contains_key(&n.name))
+        .collect();
+    let new_keys = match renew.wireguard {
+        true => stage(nodes, &running, sink)?,
+        false => BTreeMap::new(),
+    };
+    let keys_dir = nodes.keys_dir();
+    let preshared = match renew.preshared && plan.tunnel.preshared_keys {
+        true => Some(preshared::renew(&keys_dir, &plan)?),
+        false => None,
+    };
+    let munge_key = match renew.munge {
+        true => Some(munge::renew(&keys_dir)?),
+        false => None,
+    };
+    let runs = switches(
+        &plan,
+        &running,
+        &new_keys,
+        preshared.as_ref(),
+        munge_key.as_deref(),
+    )?;
+    let munge_nodes = match munge_key {
+        Some(_) => slurm_nodes(&plan, &running),
+        None => Vec::new(),
+    };
+    let switched = Instant::now();
+    sink(Event::Note(format!(
+        "switching {} nodes at once",
+        runs.len()
+    )));
+    check_all("switch", nodes.agent_each(runs))?;
+    let switch_seconds = switched.elapsed().as_secs_f64();
+    let relays = verify(provider, cluster, &plan, &new_keys)?;
+    Ok(RotateReport {
+        format_version: ROTATE_REPORT_VERSION,
+        relays,
+        preshared_pairs: preshared.map_or(0, |k| k.pair_count()),
+        munge_nodes,
+        switch_seconds,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Keys change only on a cluster that is as planned: a change still to make (a relay without
+/// its peers, a node not configured) would be made by half a rotation.
+fn require_converged(plan: &Plan) -> Result<(), EngineError> {
+    if plan.changes.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::RotateBeforeUp {
+        changes: plan.changes.len(),
+        first: plan.changes[0].summary(),
+    })
+}
+
+/// Step 1: every running relay's next public key.
+fn stage(
+    nodes: &dyn Nodes,
+    running: &[&NodePlan],
+    sink: Sink<'_>,
+) -> Result<BTreeMap<String, PublicKey>, EngineError> {
+    let runs: Vec<AgentRun> = running
+        .iter()
+        .filter(|n| n.role.is_relay())
+        .map(|n| AgentRun::new(&n.name, &["rotate-stage"], Vec::new()))
+        .collect();
+    sink(Event::Note(format!(
+        "{} relays make their next keys",
+        runs.len()
+    )));
+    check_all("stage", nodes.agent_each(runs))?
+        .into_iter()
+        .map(|(node, out)| {
+            let text = String::from_utf8_lossy(&out).trim().to_owned();
+            PublicKey::from_base64(&text)
+                .map(|k| (node.clone(), k))
+                .map_err(|_| EngineError::RotateStep {
+                    step: "stage",
+                    node,
+                    message: format!("the agent answered `{text}`, not a public key"),
+                })
+        })
+        .collect()
+}
+
+/// Step 3's input for every node that gets something: relays their configuration with the new
+/// keys (and their pairs' preshared keys), Slurm nodes the munge key.
+fn switches(
+    plan: &Plan,
+    running: &[&NodePlan],
+    new_keys: &BTreeMap<String, PublicKey>,
+    preshared: Option<&PresharedKeys>,
+    munge_key: Option<&[u8]>,
+) -> Result<Vec<AgentRun>, EngineError> {
+    let munge_key = munge_key.map(|k| base64::engine::general_purpose::STANDARD.encode(k));
+    let mut runs = Vec::new();
+    for node in running {
+        let mut config = plan.node_config(node);
+        let relay_changes =
+            config.wireguard.is_some() && (!new_keys.is_empty() || preshared.is_some());
+        let munge_changes = munge_key.is_some() && config.slurm.role != SlurmRole::None;
+        if !relay_changes && !munge_changes {
+            continue;
+        }
+        if let Some(wg) = &mut config.wireguard {
+            *wg = wg.with_new_keys(&node.name, new_keys);
+        }
+        let switch = KeySwitch {
+            config,
+            next_key: new_keys.contains_key(&node.name),
+            preshared_keys: preshared.and_then(|k| k.for_node(&node.name)),
+            munge_key: munge_key.clone().filter(|_| munge_changes),
+        };
+        let input = serde_json::to_vec(&switch).map_err(|e| EngineError::RotateStep {
+            step: "switch",
+            node: node.name.clone(),
+            message: e.to_string(),
+        })?;
+        runs.push(AgentRun::new(&node.name, &["rotate-switch"], input));
+    }
+    Ok(runs)
+}
+
+fn slurm_nodes(plan: &Plan, running: &[&NodePlan]) -> Vec<String> {
+    running
+        .iter()
+        .filter(|n| plan.node_config(n).slurm.role != SlurmRole::None)
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// Every node's output, or the first node's failure.
+fn check_all(
+    step: &'static str,
+    results: BTreeMap<String, Result<Vec<u8>, EngineError>>,
+) -> Result<BTreeMap<String, Vec<u8>>, EngineError> {
+    results
+        .into_iter()
+        .map(|(node, r)| {
+            r.map(|out| (node.clone(), out))
+                .map_err(|e| EngineError::RotateStep {
+                    step,
+                    node,
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Step 4: the cluster observed again has every relay on its new key and nothing to change.
+fn verify(
+    provider: &dyn Provider,
+    cluster: &Cluster,
+    before: &Plan,
+    new_keys: &BTreeMap<String, PublicKey>,
+) -> Result<Vec<RelayKey>, EngineError> {
+    let after = crate::plan(provider, cluster)?;
+    let mut relays = Vec::new();
+    for (node, key) in new_keys {
+        let old = before
+            .node(node)
+            .and_then(|n| n.wireguard.as_ref()?.public_key);
+        let now = after
+            .node(node)
+            .and_then(|n| n.wireguard.as_ref()?.public_key);
+        if now != Some(*key) {
+            return Err(EngineError::RotateStep {
+                step: "verify",
+                node: node.clone(),
+                message: "the relay does not show its new key".into(),
+            });
+        }
+        relays.push(RelayKey {
+            node: node.clone(),
+            before: old,
+            after: *key,
+        });
+    }
+    Ok(relays)
+}

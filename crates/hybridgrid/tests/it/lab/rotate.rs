@@ -1,0 +1,183 @@
+//! `rotate` on a running three-site cluster: every relay's WireGuard key, every pair's preshared
+//! key and the munge key change while workers of every pair of sites ping each other ten times
+//! a second and a job runs.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{EXE, Lab, wait_until};
+
+const THREE_SITES: &str = "version: 1
+name: x
+tunnel:
+  cidr: 10.0.0.0/24
+sites:
+  - name: bielefeld
+    master: true
+    subnet: 10.10.0.0/24
+    workers:
+      - count: 1
+  - name: giessen
+    subnet: 10.20.0.0/24
+    workers:
+      - count: 1
+  - name: heidelberg
+    subnet: 10.30.0.0/24
+    workers:
+      - count: 1
+";
+
+const RELAYS: [&str; 3] = ["bielefeld-master", "giessen-gw", "heidelberg-gw"];
+const SLURM_NODES: [&str; 4] = [
+    "bielefeld-master",
+    "bielefeld-worker-1",
+    "giessen-worker-1",
+    "heidelberg-worker-1",
+];
+
+/// A 10 Hz ping from `from` to `to` for `seconds`, each reply with its time (`ping -D`).
+fn start_ping(lab: &Lab, from: &str, to: &str, seconds: u32) -> Child {
+    Command::new(EXE)
+        .args(["exec", "-f", lab.f(), from, "--"])
+        .args(["ping", "-D", "-n", "-i", "0.1", "-W", "1"])
+        .args(["-w", &seconds.to_string(), to])
+        .env("HYBRIDGRID_STATE_DIR", lab.state())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The longest time between two replies (and before the first), in seconds.
+fn longest_gap(ping_output: &str) -> f64 {
+    let times: Vec<f64> = ping_output
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    assert!(times.len() > 50, "too few replies:\n{ping_output}");
+    times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
+fn wg_show(lab: &Lab, relay: &str, what: &str) -> String {
+    lab.exec_ok(relay, &["wg", "show", "wg0", what])
+}
+
+fn munge_key_sum(lab: &Lab, node: &str) -> String {
+    lab.exec_ok(node, &["md5sum", "/etc/munge/munge.key"])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn job_state(lab: &Lab, id: &str) -> String {
+    let out = lab.exec_ok("bielefeld-master", &["scontrol", "-o", "show", "job", id]);
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix("JobState="))
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn rotate_changes_every_key_with_no_ping_gap_over_1s_and_a_running_job_completes() {
+    let Some(lab) = Lab::with_text(THREE_SITES, "rot") else {
+        return;
+    };
+    lab.up();
+    super::slurm::wait_idle(
+        &lab,
+        &[
+            "bielefeld-worker-1",
+            "giessen-worker-1",
+            "heidelberg-worker-1",
+        ],
+    );
+    let public_before: Vec<String> = RELAYS
+        .iter()
+        .map(|r| wg_show(&lab, r, "public-key"))
+        .collect();
+    let preshared_before: Vec<String> = RELAYS
+        .iter()
+        .map(|r| wg_show(&lab, r, "preshared-keys"))
+        .collect();
+    let munge_before = munge_key_sum(&lab, "bielefeld-master");
+
+    let pings: Vec<(&str, Child)> = [
+        ("bielefeld-worker-1", "giessen-worker-1"),
+        ("bielefeld-worker-1", "heidelberg-worker-1"),
+        ("giessen-worker-1", "heidelberg-worker-1"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a, start_ping(&lab, a, b, 20)))
+    .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let job = lab.exec_ok(
+        "bielefeld-master",
+        &[
+            "sbatch",
+            "--parsable",
+            "-p",
+            "giessen",
+            "--wrap",
+            "sleep 12",
+        ],
+    );
+    let job = job.trim().to_owned();
+    wait_until("the job runs", Duration::from_secs(10), || {
+        job_state(&lab, &job) == "RUNNING"
+    });
+
+    let report: serde_json::Value =
+        serde_json::from_str(&lab.hg_ok(&["rotate", "-f", lab.f(), "--json"])).unwrap();
+    eprintln!("rotate: {report:#}");
+    assert_eq!(report["relays"].as_array().unwrap().len(), 3, "{report:#}");
+    assert_eq!(report["preshared_pairs"], 3, "{report:#}");
+    assert_eq!(
+        report["munge_nodes"].as_array().unwrap().len(),
+        4,
+        "{report:#}"
+    );
+
+    for (ping_from, child) in pings {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let gap = longest_gap(&text);
+        eprintln!("{ping_from}: longest gap {gap:.2}s");
+        assert!(gap <= 1.0, "{ping_from}: a gap of {gap:.2}s:\n{text}");
+    }
+    wait_until("the job completes", Duration::from_secs(30), || {
+        job_state(&lab, &job) == "COMPLETED"
+    });
+
+    // Every relay has a new key, every pair a new preshared key on both ends (none empty), and
+    // every Slurm node the same new munge key.
+    for (i, relay) in RELAYS.iter().enumerate() {
+        assert_ne!(
+            wg_show(&lab, relay, "public-key"),
+            public_before[i],
+            "{relay}"
+        );
+        let psks = wg_show(&lab, relay, "preshared-keys");
+        assert_eq!(psks.lines().count(), 2, "{relay}: {psks}");
+        assert!(!psks.contains("(none)"), "{relay}: {psks}");
+        for line in psks.lines() {
+            let key = line.split_whitespace().nth(1).unwrap();
+            assert!(!preshared_before[i].contains(key), "{relay}: kept {key}");
+        }
+    }
+    let munge_after = munge_key_sum(&lab, "bielefeld-master");
+    assert_ne!(munge_after, munge_before);
+    for node in SLURM_NODES {
+        assert_eq!(munge_key_sum(&lab, node), munge_after, "{node}");
+    }
+    // The cluster is as planned: `up` has nothing to do, and a new job runs at every site.
+    assert!(lab.up().contains("no changes"));
+    for site in ["bielefeld", "giessen", "heidelberg"] {
+        let out = lab.exec_ok(
+            "bielefeld-master",
+            &["srun", "-p", site, "-t", "1", "hostname"],
+        );
+        assert_eq!(out.trim(), format!("{site}-worker-1"));
+    }
+}
