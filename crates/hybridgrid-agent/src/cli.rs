@@ -236,8 +236,12 @@ fn agent(
         }
         AgentCommand::RotateSwitch { state_dir, tag } => {
             let switch: hybridgrid_core::node::KeySwitch =
-                serde_json::from_reader(std::io::stdin().lock())
-                    .map_err(|source| AgentError::SwitchInput { source })?;
+                serde_json::from_reader(std::io::stdin().lock()).map_err(|e| {
+                    AgentError::SwitchInput {
+                        line: e.line(),
+                        column: e.column(),
+                    }
+                })?;
             json(&crate::rotate::switch(&switch, &state_dir, exe, &tag)?)
         }
         AgentCommand::StoreReads => json(&crate::store_reads::read()?),

@@ -53,11 +53,8 @@ pub enum AgentError {
     NoNextKey { path: PathBuf },
     /// the munge key sent to switch to is not base64 (its content is not shown: it is a key)
     BadMungeKey,
-    /// what `rotate` sent on standard input is not a switch document
-    SwitchInput {
-        #[source]
-        source: serde_json::Error,
-    },
+    /// what `rotate` sent on standard input is not a switch document (line {line}, column {column}; its content is not shown: it holds keys)
+    SwitchInput { line: usize, column: usize },
     /// {path} is not a JSON map of peer names to base64 keys (its content is not shown: it holds keys)
     PresharedKeys { path: PathBuf },
     /// {url}: only http:// URLs

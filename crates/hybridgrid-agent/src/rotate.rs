@@ -65,7 +65,8 @@ pub fn switch(
     let config_path = state_dir.join(NODE_CONFIG_FILE);
     let text =
         serde_json::to_vec_pretty(&switch.config).map_err(AgentError::encode("node.json"))?;
-    write_atomic(&config_path, &text, 0o644)?;
+    // Root's only, as the node channel writes it (it names the node's whole configuration).
+    write_atomic(&config_path, &text, 0o600)?;
     apply_locked(
         &switch.config,
         state_dir,

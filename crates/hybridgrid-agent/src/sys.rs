@@ -203,6 +203,12 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AgentErro
     Ok(hybridgrid_state::write_atomic(path, data, mode)?)
 }
 
+/// Seconds since `path` was last written, `None` if it cannot be read.
+pub fn file_age_s(path: &Path) -> Option<u64> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(modified.elapsed().map_or(0, |d| d.as_secs()))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests
 mod tests {
@@ -220,10 +226,4 @@ mod tests {
         let out = output_within(quick, Duration::from_secs(10)).unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "known\n");
     }
-}
-
-/// Seconds since `path` was last written, `None` if it cannot be read.
-pub fn file_age_s(path: &Path) -> Option<u64> {
-    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
-    Some(modified.elapsed().map_or(0, |d| d.as_secs()))
 }

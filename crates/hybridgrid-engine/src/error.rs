@@ -12,12 +12,19 @@ pub enum EngineError {
     NotConverged { rounds: usize, remaining: String },
     /// the cluster is not as planned ({changes} changes, first: {first}): run `hybridgrid up` before `rotate`
     RotateBeforeUp { changes: usize, first: String },
-    /// rotate: {node} failed to {step}: {message}; `hybridgrid up` reconnects the relays with the keys they have
+    /// rotate: {node} failed to {step} (`hybridgrid up` reconnects the relays with the keys they have, then `rotate` again gives every node the same keys)
     RotateStep {
         step: &'static str,
         node: String,
-        message: String,
+        #[source]
+        source: Box<EngineError>,
     },
+    /// rotate: the agent on {node} answered `{answer}`, not a public key
+    RotateAnswer { node: String, answer: String },
+    /// rotate: {node} does not show its new key after the switch; run `hybridgrid up`, then `rotate` again
+    RotateNotSeen { node: String },
+    /// rotate: after the switch the cluster is not as planned (first: {first}); run `hybridgrid up`, then `rotate` again
+    RotateLeftChanges { first: String },
     /// {0}
     State(#[from] crate::state::StateError),
     /// no node {0} in the cluster's plan

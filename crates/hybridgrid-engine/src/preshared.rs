@@ -71,13 +71,13 @@ pub fn ensure(cluster_dir: &Path, plan: &Plan) -> Result<PresharedKeys, StateErr
 
 /// A new key for every pair the plan has (`rotate --preshared`).
 pub fn renew(cluster_dir: &Path, plan: &Plan) -> Result<PresharedKeys, StateError> {
-    make(cluster_dir, plan, Keep::None)
+    make(cluster_dir, plan, Keep::Renewed)
 }
 
 #[derive(PartialEq)]
 enum Keep {
     Kept,
-    None,
+    Renewed,
 }
 
 fn make(cluster_dir: &Path, plan: &Plan, keep: Keep) -> Result<PresharedKeys, StateError> {

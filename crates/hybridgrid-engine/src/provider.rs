@@ -194,11 +194,16 @@ pub trait Nodes: Send + Sync {
     /// (munge, preshared): `rotate` renews them there.
     fn keys_dir(&self) -> PathBuf;
 
-    /// Runs the node agent's command of each run on its node, all at once (`rotate`): the
-    /// provider adds the node's agent state directory (`--state-dir`); the input goes on
+    /// Runs the node agent's command of each run on its node, all at once (`rotate`; a provider
+    /// that must limit its sessions starts them in the runs' order): the provider adds the
+    /// node's agent state directory (`--state-dir`) and its tag (`--tag`); the input goes on
     /// standard input, the one way a secret may travel. Each node's standard output, or why it
     /// failed (never with the input in it).
-    fn agent_each(&self, runs: Vec<AgentRun>) -> BTreeMap<String, Result<Vec<u8>, EngineError>>;
+    fn agent_each(
+        &self,
+        plan: &Plan,
+        runs: Vec<AgentRun>,
+    ) -> BTreeMap<String, Result<Vec<u8>, EngineError>>;
 }
 
 /// One node agent command for [`Nodes::agent_each`]. `Debug` shows no input.

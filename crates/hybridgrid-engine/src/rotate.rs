@@ -6,17 +6,17 @@
 //! half (`agent rotate-stage`; nothing changes on the device); (2) new preshared and munge keys
 //! are made here and kept where `up` keeps them; (3) every node switches at once
 //! (`agent rotate-switch`): a relay takes its next key and its peers' next keys and the pairs'
-//! new preshared keys in one device update; a Slurm node takes the new munge key and restarts
-//! munged. Between two relays' switches a handshake may be refused (the other still has the old
+//! new preshared keys at once (one `wg set` on the kernel's device; the userspace device starts
+//! again with them); a Slurm node takes the new munge key and restarts munged. Between two relays' switches a handshake may be refused (the other still has the old
 //! keys), but the one that switches last sends its own handshake as its next packet leaves, to
 //! a peer that already has every new key: a pair is down for the two switches' distance plus one
 //! round trip, not WireGuard's 5 s retry. Slurm's daemons keep running; a message between them
 //! that meets two munge keys during the switch is sent again by Slurm itself, so running jobs
 //! go on. (4) The cluster is observed again: every relay must show its new key.
 //!
-//! A switch that fails part-way leaves the other relays on their new keys: `up` reconnects
-//! them (it plans the peers from the keys the relays now have), or `rotate` again (a relay that
-//! had not switched keeps its staged key).
+//! A switch that fails part-way leaves the other nodes on their new keys: `up` reconnects the
+//! relays (it plans the peers from the keys the relays now have), then `rotate` again gives every
+//! node the same preshared and munge keys (a relay that had not switched keeps its staged key).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -41,6 +41,18 @@ pub struct Renew {
     pub wireguard: bool,
     pub preshared: bool,
     pub munge: bool,
+}
+
+impl Renew {
+    /// The keys named; all three when none is.
+    pub fn from_flags(wireguard: bool, preshared: bool, munge: bool) -> Self {
+        let all = !(wireguard || preshared || munge);
+        Renew {
+            wireguard: wireguard || all,
+            preshared: preshared || all,
+            munge: munge || all,
+        }
+    }
 }
 
 /// What `rotate` did.
@@ -83,7 +95,7 @@ pub fn rotate(
         .filter(|n| observed.nodes.contains_key(&n.name))
         .collect();
     let new_keys = match renew.wireguard {
-        true => stage(nodes, &running, sink)?,
+        true => stage(nodes, &plan, &running, sink)?,
         false => BTreeMap::new(),
     };
     let keys_dir = nodes.keys_dir();
@@ -111,7 +123,7 @@ pub fn rotate(
         "switching {} nodes at once",
         runs.len()
     )));
-    check_all("switch", nodes.agent_each(runs))?;
+    check_all("switch", nodes.agent_each(&plan, runs))?;
     let switch_seconds = switched.elapsed().as_secs_f64();
     let relays = verify(provider, cluster, &plan, &new_keys)?;
     Ok(RotateReport {
@@ -139,6 +151,7 @@ fn require_converged(plan: &Plan) -> Result<(), EngineError> {
 /// Step 1: every running relay's next public key.
 fn stage(
     nodes: &dyn Nodes,
+    plan: &Plan,
     running: &[&NodePlan],
     sink: Sink<'_>,
 ) -> Result<BTreeMap<String, PublicKey>, EngineError> {
@@ -151,17 +164,13 @@ fn stage(
         "{} relays make their next keys",
         runs.len()
     )));
-    check_all("stage", nodes.agent_each(runs))?
+    check_all("stage", nodes.agent_each(plan, runs))?
         .into_iter()
         .map(|(node, out)| {
             let text = String::from_utf8_lossy(&out).trim().to_owned();
             PublicKey::from_base64(&text)
                 .map(|k| (node.clone(), k))
-                .map_err(|_| EngineError::RotateStep {
-                    step: "stage",
-                    node,
-                    message: format!("the agent answered `{text}`, not a public key"),
-                })
+                .map_err(|_| EngineError::RotateAnswer { node, answer: text })
         })
         .collect()
 }
@@ -194,13 +203,12 @@ fn switches(
             preshared_keys: preshared.and_then(|k| k.for_node(&node.name)),
             munge_key: munge_key.clone().filter(|_| munge_changes),
         };
-        let input = serde_json::to_vec(&switch).map_err(|e| EngineError::RotateStep {
-            step: "switch",
-            node: node.name.clone(),
-            message: e.to_string(),
-        })?;
+        // A document of strings and numbers always serializes.
+        let input = serde_json::to_vec(&switch).unwrap_or_default();
         runs.push(AgentRun::new(&node.name, &["rotate-switch"], input));
     }
+    // Relays first: a provider that limits its sessions at once still switches them together.
+    runs.sort_by_key(|r| !plan.node(&r.node).is_some_and(|n| n.role.is_relay()));
     Ok(runs)
 }
 
@@ -224,7 +232,7 @@ fn check_all(
                 .map_err(|e| EngineError::RotateStep {
                     step,
                     node,
-                    message: e.to_string(),
+                    source: Box::new(e),
                 })
         })
         .collect()
@@ -238,6 +246,11 @@ fn verify(
     new_keys: &BTreeMap<String, PublicKey>,
 ) -> Result<Vec<RelayKey>, EngineError> {
     let after = crate::plan(provider, cluster)?;
+    if let Some(change) = after.changes.first() {
+        return Err(EngineError::RotateLeftChanges {
+            first: change.summary(),
+        });
+    }
     let mut relays = Vec::new();
     for (node, key) in new_keys {
         let old = before
@@ -247,11 +260,7 @@ fn verify(
             .node(node)
             .and_then(|n| n.wireguard.as_ref()?.public_key);
         if now != Some(*key) {
-            return Err(EngineError::RotateStep {
-                step: "verify",
-                node: node.clone(),
-                message: "the relay does not show its new key".into(),
-            });
+            return Err(EngineError::RotateNotSeen { node: node.clone() });
         }
         relays.push(RelayKey {
             node: node.clone(),

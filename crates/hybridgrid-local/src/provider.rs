@@ -317,7 +317,11 @@ impl Nodes for Local {
         self.cluster_dir().to_owned()
     }
 
-    fn agent_each(&self, runs: Vec<AgentRun>) -> BTreeMap<String, Result<Vec<u8>, EngineError>> {
+    fn agent_each(
+        &self,
+        _plan: &Plan,
+        runs: Vec<AgentRun>,
+    ) -> BTreeMap<String, Result<Vec<u8>, EngineError>> {
         // All at once: a rotation's switches are as close together as the nodes allow.
         let outputs = crate::par::map(&runs, runs.len(), |r| {
             self.agent_with_input(&r.node, &r.args, &r.input)

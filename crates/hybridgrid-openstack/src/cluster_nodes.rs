@@ -528,40 +528,49 @@ impl OpenStack {
         Ok((out.code, out.stdout))
     }
 
-    /// `Nodes::agent_each` over the channel: the agent of every run's node at once, its input on
+    /// `Nodes::agent_each` over the channel: the agents of the runs' nodes, up to
+    /// [`CHANNELS_AT_ONCE`] at a time in the runs' order (workers are reached through their
+    /// relay, whose SSH server refuses too many new sessions at once), each its input on
     /// standard input.
     pub(crate) async fn agent_each_async(
         &self,
         plan: &Plan,
         runs: &[hybridgrid_engine::AgentRun],
     ) -> BTreeMap<String, Result<Vec<u8>>> {
-        futures::future::join_all(runs.iter().map(|r| async move {
-            let args: Vec<String> = r.args.iter().map(|a| shell_quote(a)).collect();
-            let script = format!(
-                "{} agent {} --state-dir {} --tag {}",
-                crate::userdata::AGENT_PATH,
-                args.join(" "),
-                crate::userdata::AGENT_STATE_DIR,
-                shell_quote(&r.node)
-            );
-            let out = match self.target(plan, &r.node) {
-                Some(target) => self.channel().run(&target, &script, &r.input).await,
-                None => Err(OsError::NoTarget {
-                    node: r.node.clone(),
-                }),
-            };
-            let result = out.and_then(|o| match o.code {
-                0 => Ok(o.stdout),
-                _ => Err(OsError::AgentEach {
-                    node: r.node.clone(),
-                    detail: o.stderr,
-                }),
-            });
-            (r.node.clone(), result)
-        }))
-        .await
-        .into_iter()
-        .collect()
+        futures::stream::iter(runs.iter().map(|r| self.agent_run(plan, r)))
+            .buffer_unordered(CHANNELS_AT_ONCE)
+            .collect()
+            .await
+    }
+
+    /// One run of [`Self::agent_each_async`]: its node and its standard output or failure.
+    async fn agent_run(
+        &self,
+        plan: &Plan,
+        r: &hybridgrid_engine::AgentRun,
+    ) -> (String, Result<Vec<u8>>) {
+        let args: Vec<String> = r.args.iter().map(|a| shell_quote(a)).collect();
+        let script = format!(
+            "{} agent {} --state-dir {} --tag {}",
+            crate::userdata::AGENT_PATH,
+            args.join(" "),
+            crate::userdata::AGENT_STATE_DIR,
+            shell_quote(&r.node)
+        );
+        let out = match self.target(plan, &r.node) {
+            Some(target) => self.channel().run(&target, &script, &r.input).await,
+            None => Err(OsError::NoTarget {
+                node: r.node.clone(),
+            }),
+        };
+        let result = out.and_then(|o| match o.code {
+            0 => Ok(o.stdout),
+            _ => Err(OsError::AgentEach {
+                node: r.node.clone(),
+                detail: o.stderr,
+            }),
+        });
+        (r.node.clone(), result)
     }
 
     /// The `ssh` command line that runs `cmd` on `node` as root, for `exec` (the user's terminal).

@@ -494,31 +494,26 @@ impl Nodes for OpenStack {
 
     fn agent_each(
         &self,
+        plan: &Plan,
         runs: Vec<AgentRun>,
     ) -> BTreeMap<String, std::result::Result<Vec<u8>, EngineError>> {
-        let all_fail = |runs: &[AgentRun], why: &str| {
-            runs.iter()
-                .map(|r| {
-                    (
-                        r.node.clone(),
-                        Err(err(OsError::AgentEach {
-                            node: r.node.clone(),
-                            detail: why.to_owned(),
-                        })),
-                    )
-                })
-                .collect()
-        };
-        let plan = match self.current_plan() {
-            Ok(plan) => plan,
-            Err(e) => return all_fail(&runs, &e.to_string()),
-        };
-        match self.block(self.agent_each_async(&plan, &runs)) {
+        match self.block(self.agent_each_async(plan, &runs)) {
             Ok(out) => out
                 .into_iter()
                 .map(|(node, r)| (node, r.map_err(err)))
                 .collect(),
-            Err(e) => all_fail(&runs, &e.to_string()),
+            Err(e) => {
+                let why = e.to_string();
+                runs.iter()
+                    .map(|r| {
+                        let e = OsError::AgentEach {
+                            node: r.node.clone(),
+                            detail: why.clone(),
+                        };
+                        (r.node.clone(), Err(err(e)))
+                    })
+                    .collect()
+            }
         }
     }
 }

@@ -279,12 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             munge,
             json,
         } => {
-            let all = !(wireguard || preshared || munge);
-            let renew = hybridgrid_engine::rotate::Renew {
-                wireguard: wireguard || all,
-                preshared: preshared || all,
-                munge: munge || all,
-            };
+            let renew = hybridgrid_engine::rotate::Renew::from_flags(wireguard, preshared, munge);
             rotate(&file, renew, json, s, &show)
         }
         Command::Down { file } => down(&file, s, &show),
@@ -474,7 +469,7 @@ fn exec(file: &Path, node: &str, cmd: &[String], settings: &Settings) -> anyhow:
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// `down`: exit 1, with what is left, when something could not be deleted.
+/// `rotate`: the report, or one line of what was renewed.
 fn rotate(
     file: &Path,
     renew: hybridgrid_engine::rotate::Renew,
@@ -517,6 +512,7 @@ fn rotate(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `down`: exit 1, with what is left, when something could not be deleted.
 fn down(file: &Path, settings: &Settings, show: Sink<'_>) -> anyhow::Result<ExitCode> {
     let Some((_, provider)) = open(file, settings, providers::Knobs::default())? else {
         return Ok(ExitCode::FAILURE);
