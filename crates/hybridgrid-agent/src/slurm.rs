@@ -320,10 +320,34 @@ const CONF_CACHE: &str = "/var/lib/slurm/slurmd/conf-cache/slurm.conf";
 const ASK_CONTROLLER: Duration = Duration::from_secs(3);
 
 /// Whether the running slurmctld knows `name`: `None` when it cannot be asked (in time).
+/// Asked with `sinfo` first: `scontrol show node` answers with 290 KB from Slurm 22.05's
+/// controller (measured on the test bed, against 3 KB for `sinfo`), and a worker at another
+/// site asks every period through the tunnel. Only a node `sinfo` does not show (forgotten, or
+/// in no partition yet) is looked up with `scontrol`.
 fn controller_knows(name: &str) -> Option<bool> {
     if !Path::new(CONF_CACHE).is_file() {
         return None;
     }
+    match in_a_partition(name)? {
+        true => Some(true),
+        false => known_to_controller(name),
+    }
+}
+
+/// Whether `sinfo` shows `name` in some partition.
+fn in_a_partition(name: &str) -> Option<bool> {
+    let mut cmd = std::process::Command::new("sinfo");
+    cmd.args(["-h", "-N", "-n", name, "-o", "%N"])
+        .env("SLURM_CONF", CONF_CACHE);
+    let out = sys::output_within(cmd, ASK_CONTROLLER)?;
+    let shown = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == name);
+    out.status.success().then_some(shown)
+}
+
+/// Whether slurmctld has `name` at all (`scontrol show node`: large, asked rarely).
+fn known_to_controller(name: &str) -> Option<bool> {
     let mut cmd = std::process::Command::new("scontrol");
     cmd.args(["show", "node", name, "-o"])
         .env("SLURM_CONF", CONF_CACHE);

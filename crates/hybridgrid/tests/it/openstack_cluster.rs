@@ -463,8 +463,8 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
     );
     read_from_bs_store_only(&j);
     // What crossed sites while it ran (the whole cluster's tunnel traffic: Slurm, the agents)
-    // is under 1 % of what it read. (Once 1.2 MB, on a bed whose boots ran at half speed, the
-    // job's window that much longer; 16.7 KB on a fresh machine.)
+    // is under 1 % of what it read. (It was 17 KB to 1.2 MB before: every 10 s a worker's agent
+    // asked slurmctld `scontrol show node`, whose answer is 290 KB; now `sinfo`, 3 KB.)
     let crossed = j["cross_site_bytes"].as_u64().unwrap_or(u64::MAX);
     eprintln!("cross-site bytes while the job ran: {crossed}");
     assert!(crossed < DATA_BYTES as u64 / 100, "{j:#}");

@@ -25,6 +25,10 @@ sites:
     subnet: 10.30.0.0/24
     workers:
       - count: 1
+datasets:
+  - name: reads
+    site: giessen
+    bucket: reads
 ";
 
 const RELAYS: [&str; 3] = ["bielefeld-master", "giessen-gw", "heidelberg-gw"];
@@ -180,4 +184,149 @@ fn rotate_changes_every_key_with_no_ping_gap_over_1s_and_a_running_job_completes
         );
         assert_eq!(out.trim(), format!("{site}-worker-1"));
     }
+    no_secret_where_it_must_never_be(&lab, &job);
+}
+
+/// Every secret of the cluster (each relay's private key, every preshared key, the munge key,
+/// giessen's store key), searched for in every place it must never be: the ledger and every
+/// other file of the cluster's state that is not a key's own file, every log, every node's
+/// configuration, every process's command line, `status --json`, `doctor --json`, `plan --json`,
+/// `render`'s files and the batch script slurmctld keeps. The search first finds each secret
+/// where it is kept, so that finding nothing elsewhere proves something.
+fn no_secret_where_it_must_never_be(lab: &Lab, job: &str) {
+    let cluster_dir = lab.state().join(&lab.name);
+    let secrets = secrets_of(lab, &cluster_dir);
+    let kept = search(&secrets, &files_under(&cluster_dir, &is_a_keys_home));
+    for (secret, _) in &secrets {
+        assert!(
+            kept.iter().any(|f| f.starts_with(secret.as_str())),
+            "the search does not find {secret} where it is kept: {kept:?}"
+        );
+    }
+    let mut places = files_under(&cluster_dir, &|p| !is_a_keys_home(p));
+    for (name, args) in [
+        (
+            "status --json",
+            vec!["status", "-f", lab.f(), "--json", "--no-ping"],
+        ),
+        ("doctor --json", vec!["doctor", "-f", lab.f(), "--json"]),
+        ("plan --json", vec!["plan", "-f", lab.f(), "--json"]),
+    ] {
+        places.push((name.to_owned(), lab.hg(&args).stdout));
+    }
+    let render = lab.root.join("render");
+    lab.hg_ok(&["render", "-f", lab.f(), "--out", render.to_str().unwrap()]);
+    places.extend(files_under(&render, &|_| true));
+    places.extend(command_lines());
+    let batch = lab.exec_ok(
+        "bielefeld-master",
+        &["scontrol", "write", "batch_script", job, "-"],
+    );
+    places.push((
+        "the batch script slurmctld keeps".into(),
+        batch.into_bytes(),
+    ));
+    assert!(places.len() > 50, "too few places: {}", places.len());
+    let leaks = search(&secrets, &places);
+    assert!(
+        leaks.is_empty(),
+        "secrets where they must never be: {leaks:?}"
+    );
+}
+
+/// A file that is where a secret lives: a key's own file (0600 or 0400), munge's folder, the
+/// store's keys and its own configuration, the file jobs load the store keys from.
+fn is_a_keys_home(p: &std::path::Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    matches!(
+        name,
+        "private.key" | "next.key" | "preshared-keys.json" | "munge.key" | "store.env"
+    ) || p
+        .components()
+        .any(|c| c.as_os_str() == "munge" || c.as_os_str() == "store")
+}
+
+/// (what, bytes) of every secret of the cluster, as this machine and the relays keep them.
+fn secrets_of(lab: &Lab, cluster_dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut secrets = Vec::new();
+    for relay in RELAYS {
+        let path = cluster_dir.join("nodes").join(relay).join("wg/private.key");
+        let key = std::fs::read_to_string(path).unwrap();
+        secrets.push((
+            format!("{relay}'s private key"),
+            key.trim().as_bytes().to_vec(),
+        ));
+    }
+    let psk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cluster_dir.join("preshared-keys.json")).unwrap())
+            .unwrap();
+    for (pair, key) in psk["pairs"].as_object().unwrap() {
+        let key = key.as_str().unwrap().as_bytes().to_vec();
+        secrets.push((format!("the preshared key of {pair}"), key));
+    }
+    let munge = std::fs::read(cluster_dir.join("munge.key")).unwrap();
+    secrets.push(("the munge key".into(), munge));
+    let store = super::slurm::Store::of(lab, "giessen");
+    secrets.push(("giessen's store key".into(), store.secret.into_bytes()));
+    assert_eq!(secrets.len(), 3 + 3 + 1 + 1);
+    secrets
+}
+
+/// Every regular file under `dir` that `keep` admits, with its content.
+fn files_under(
+    dir: &std::path::Path,
+    keep: &dyn Fn(&std::path::Path) -> bool,
+) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(path),
+                Ok(t) if t.is_file() && keep(&path) => {
+                    if let Ok(bytes) = std::fs::read(&path) {
+                        out.push((path.display().to_string(), bytes));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Every process's command line (what every user of the host can read).
+fn command_lines() -> Vec<(String, Vec<u8>)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| {
+            let bytes = std::fs::read(e.path().join("cmdline")).ok()?;
+            let pid = e.file_name().to_string_lossy().into_owned();
+            Some((format!("the command line of process {pid}"), bytes))
+        })
+        .collect()
+}
+
+/// "SECRET in PLACE" for every secret found in a place.
+fn search(secrets: &[(String, Vec<u8>)], places: &[(String, Vec<u8>)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (secret, bytes) in secrets {
+        for (place, content) in places {
+            if content.windows(bytes.len()).any(|w| w == bytes.as_slice()) {
+                found.push(format!("{secret} in {place}"));
+            }
+        }
+    }
+    found
 }

@@ -322,14 +322,14 @@ fn slurm_across_sites_and_jobs_where_the_data_lives() {
 }
 
 /// A site's store keys, as the operator's state holds them.
-struct Store {
+pub(super) struct Store {
     site: String,
-    secret: String,
+    pub(super) secret: String,
     endpoint: String,
 }
 
 impl Store {
-    fn of(lab: &Lab, site: &str) -> Store {
+    pub(super) fn of(lab: &Lab, site: &str) -> Store {
         let keys = lab
             .state()
             .join(&lab.name)
