@@ -54,7 +54,7 @@ pub fn needed(config: &NodeConfig, role: Option<Role>) -> Vec<Package> {
     };
     match slurm {
         SlurmRole::Controller => all.extend([MUNGE, SLURM_CLIENT, SLURMCTLD]),
-        // A worker's agent asks slurmctld about itself with `scontrol`.
+        // A worker's agent asks slurmctld about itself with `sinfo` and `scontrol`.
         SlurmRole::Compute => all.extend([MUNGE, SLURM_CLIENT, SLURMD]),
         SlurmRole::None => {}
     }
