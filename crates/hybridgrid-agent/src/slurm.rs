@@ -72,13 +72,9 @@ pub fn apply(
         return Ok(());
     }
     munge(state_dir, actions)?;
-    for (dir, owner) in [
-        ("/run/slurm", "slurm:slurm"),
-        ("/var/lib/slurm", "slurm:slurm"),
-        ("/var/log/slurm", "slurm:slurm"),
-    ] {
+    for dir in ["/run/slurm", "/var/lib/slurm", "/var/log/slurm"] {
         std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
-        sys::run("chown", &[owner, dir])?;
+        sys::own(dir, "slurm")?;
     }
     job_env(state_dir, actions)?;
     match setup.role {
@@ -136,11 +132,11 @@ fn munge(state_dir: &Path, actions: &mut Vec<String>) -> Result<(), AgentError> 
     let changed = std::fs::read(target).ok().as_deref() != Some(key.as_slice());
     if changed {
         write_atomic(target, &key, 0o400)?;
-        sys::run("chown", &["munge:munge", "/etc/munge/munge.key"])?;
+        sys::own("/etc/munge/munge.key", "munge")?;
         actions.push("munge key".into());
     }
     std::fs::create_dir_all("/run/munge").map_err(AgentError::io("/run/munge"))?;
-    sys::run("chown", &["munge:munge", "/run/munge"])?;
+    sys::own("/run/munge", "munge")?;
     let running = pid_of(MUNGED_PID);
     if let (Some(pid), true) = (running, changed) {
         // A munged with another key would reject every credential of the cluster.
@@ -176,7 +172,7 @@ fn controller(
 ) -> Result<(), AgentError> {
     for d in ["/var/lib/slurm/slurmctld", "/var/lib/slurm/slurmd"] {
         std::fs::create_dir_all(d).map_err(AgentError::io(d))?;
-        sys::run("chown", &["slurm:slurm", d])?;
+        sys::own(d, "slurm")?;
     }
     // Written whenever it changed (client commands read it); slurmctld reads it only when it
     // starts, and later workers join as dynamic nodes, so a running slurmctld is left alone —

@@ -209,10 +209,52 @@ pub fn file_age_s(path: &Path) -> Option<u64> {
     Some(modified.elapsed().map_or(0, |d| d.as_secs()))
 }
 
+/// `path` owned by user and group `owner` (both named the same), changed only where it is not:
+/// without a process, since the periodic apply runs on every node every period (at 220 nodes,
+/// `chown` was 1,612 of the idle cluster's 2,580 programs per 20 s).
+pub fn own(path: &str, owner: &str) -> Result<(), AgentError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let unknown = |what: &str| AgentError::Command {
+        command: format!("chown {owner}:{owner} {path}"),
+        detail: format!("no {what} {owner} on this node"),
+    };
+    let uid = nix::unistd::User::from_name(owner)
+        .ok()
+        .flatten()
+        .ok_or_else(|| unknown("user"))?
+        .uid
+        .as_raw();
+    let gid = nix::unistd::Group::from_name(owner)
+        .ok()
+        .flatten()
+        .ok_or_else(|| unknown("group"))?
+        .gid
+        .as_raw();
+    let meta = std::fs::metadata(path).map_err(AgentError::io(path))?;
+    if meta.uid() == uid && meta.gid() == gid {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(AgentError::io(path))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_names_an_owner_the_node_lacks_and_leaves_a_right_owner_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        let e = own(path, "hg-no-such-user").unwrap_err().to_string();
+        assert!(e.contains("no user hg-no-such-user"), "{e}");
+        use std::os::unix::fs::MetadataExt as _;
+        let mine = std::fs::metadata(path).unwrap();
+        if mine.uid() == 0 && mine.gid() == 0 {
+            own(path, "root").unwrap();
+            assert_eq!(std::fs::metadata(path).unwrap().uid(), 0);
+        }
+    }
 
     #[test]
     fn a_command_past_its_limit_is_killed_and_answers_nothing() {
