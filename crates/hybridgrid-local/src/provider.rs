@@ -153,35 +153,56 @@ impl Local {
         args: &[String],
         input: &[u8],
     ) -> Result<Vec<u8>, LocalError> {
+        let command = format!("hybridgrid agent {} on {node}", args.join(" "));
+        let mut argv: Vec<std::ffi::OsString> = vec![self.opts.exe.clone().into(), "agent".into()];
+        argv.extend(args.iter().map(Into::into));
+        argv.extend([
+            "--state-dir".into(),
+            self.node_dir(node).into(),
+            "--tag".into(),
+            self.ns(node).into(),
+        ]);
+        let out =
+            self.in_node_with_input(node, &argv, input, std::process::Stdio::piped(), &command)?;
+        if !out.status.success() {
+            return Err(LocalError::Command {
+                command,
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs `argv` inside the running node's namespaces (mount, UTS, network; from `/`) with
+    /// `input` on its standard input (a program that reads none may end first) and its standard
+    /// error as `stderr` says; what it printed and its status. `command` names it in errors.
+    fn in_node_with_input(
+        &self,
+        node: &str,
+        argv: &[std::ffi::OsString],
+        input: &[u8],
+        stderr: std::process::Stdio,
+        command: &str,
+    ) -> Result<std::process::Output, LocalError> {
         use std::io::Write as _;
         use std::process::Stdio;
         let pid = self.exec_target(node)?.pid.to_string();
-        let command = format!("hybridgrid agent {} on {node}", args.join(" "));
-        let fail = |detail: String| LocalError::Command {
-            command: command.clone(),
-            detail,
+        let fail = |e: std::io::Error| LocalError::Command {
+            command: command.to_owned(),
+            detail: e.to_string(),
         };
         let mut child = Process::new("nsenter")
             .args(["-t", &pid, "-m", "-u", "-n", "--wd=/", "--"])
-            .arg(&self.opts.exe)
-            .arg("agent")
-            .args(args)
-            .arg("--state-dir")
-            .arg(self.node_dir(node))
-            .args(["--tag", &self.ns(node)])
+            .args(argv)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(input).map_err(|e| fail(e.to_string()))?;
+            let _ = stdin.write_all(input);
         }
-        let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
-        if !out.status.success() {
-            return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
-        }
-        Ok(out.stdout)
+        child.wait_with_output().map_err(fail)
     }
 
     /// The running node `node`.
@@ -342,26 +363,11 @@ impl Nodes for Local {
     }
 
     fn run(&self, node: &str, script: &str, input: &[u8]) -> Result<(i32, Vec<u8>), EngineError> {
-        use std::io::Write as _;
-        let t = self.exec_target(node).map_err(err)?;
-        let fail = |e: std::io::Error| {
-            err(LocalError::Command {
-                command: format!("nsenter ... sh on {node}"),
-                detail: e.to_string(),
-            })
-        };
-        let mut child = Process::new("nsenter")
-            .args(["-t", &t.pid.to_string(), "-m", "-u", "-n", "--wd=/", "--"])
-            .args(["sh", "-c", script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .map_err(fail)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(input);
-        }
-        let out = child.wait_with_output().map_err(fail)?;
+        let argv = ["sh".into(), "-c".into(), script.into()];
+        let command = format!("nsenter ... sh on {node}");
+        let out = self
+            .in_node_with_input(node, &argv, input, std::process::Stdio::inherit(), &command)
+            .map_err(err)?;
         Ok((out.status.code().unwrap_or(1), out.stdout))
     }
 }
