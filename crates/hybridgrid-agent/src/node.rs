@@ -554,7 +554,7 @@ pub fn wg_status(ifname: &str, state_dir: Option<&Path>) -> Result<WgStatus, Age
     let s = hybridgrid_wg::read_status(ifname)?;
     Ok(WgStatus {
         listen_port: s.listen_port,
-        key_age_s: state_dir.and_then(|d| sys::file_age_s(&d.join(PRIVATE_KEY_FILE))),
+        key_age_s: state_dir.and_then(|d| hybridgrid_state::age_s(&d.join(PRIVATE_KEY_FILE))),
         peers: s
             .peers
             .iter()

@@ -203,12 +203,6 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AgentErro
     Ok(hybridgrid_state::write_atomic(path, data, mode)?)
 }
 
-/// Seconds since `path` was last written, `None` if it cannot be read.
-pub fn file_age_s(path: &Path) -> Option<u64> {
-    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
-    Some(modified.elapsed().map_or(0, |d| d.as_secs()))
-}
-
 /// `path` owned by user and group `owner` (both named the same), changed only where it is not:
 /// without a process, since the periodic apply runs on every node every period (at 220 nodes,
 /// `chown` was 1,612 of the idle cluster's 2,580 programs per 20 s).

@@ -137,13 +137,7 @@ pub fn status(
 
 /// The ages of the munge and preshared keys kept in `keys_dir`.
 fn key_ages(keys_dir: &std::path::Path) -> crate::report::KeyAges {
-    let age = |file: &str| {
-        let modified = std::fs::metadata(keys_dir.join(file))
-            .ok()?
-            .modified()
-            .ok()?;
-        Some(modified.elapsed().map_or(0, |d| d.as_secs()))
-    };
+    let age = |file: &str| crate::state::age_s(&keys_dir.join(file));
     crate::report::KeyAges {
         munge_s: age(crate::munge::KEY_FILE),
         preshared_s: age(crate::preshared::KEYS_FILE),

@@ -46,6 +46,12 @@ pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     }
 }
 
+/// Seconds since `path` was last written; `None` if it cannot be read.
+pub fn age_s(path: &Path) -> Option<u64> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(modified.elapsed().map_or(0, |d| d.as_secs()))
+}
+
 /// Replaces `path` with `data`: a temp file beside it with `mode`, fsync, rename, fsync of the
 /// directory. Readers see the old or the new file, never a part.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
