@@ -107,17 +107,13 @@ pub fn rotate(
         true => Some(munge::renew(&keys_dir)?),
         false => None,
     };
-    let runs = switches(
+    let Switches { runs, munge_nodes } = switches(
         &plan,
         &running,
         &new_keys,
         preshared.as_ref(),
         munge_key.as_deref(),
-    )?;
-    let munge_nodes = match munge_key {
-        Some(_) => slurm_nodes(&plan, &running),
-        None => Vec::new(),
-    };
+    );
     let switched = Instant::now();
     sink(Event::Note(format!(
         "switching {} nodes at once",
@@ -175,6 +171,12 @@ fn stage(
         .collect()
 }
 
+/// Step 3's input for every node that gets something, and the nodes that get the munge key.
+struct Switches {
+    runs: Vec<AgentRun>,
+    munge_nodes: Vec<String>,
+}
+
 /// Step 3's input for every node that gets something: relays their configuration with the new
 /// keys (and their pairs' preshared keys), Slurm nodes the munge key.
 fn switches(
@@ -183,9 +185,10 @@ fn switches(
     new_keys: &BTreeMap<String, PublicKey>,
     preshared: Option<&PresharedKeys>,
     munge_key: Option<&[u8]>,
-) -> Result<Vec<AgentRun>, EngineError> {
+) -> Switches {
     let munge_key = munge_key.map(|k| base64::engine::general_purpose::STANDARD.encode(k));
     let mut runs = Vec::new();
+    let mut munge_nodes = Vec::new();
     for node in running {
         let mut config = plan.node_config(node);
         let relay_changes =
@@ -193,6 +196,9 @@ fn switches(
         let munge_changes = munge_key.is_some() && config.slurm.role != SlurmRole::None;
         if !relay_changes && !munge_changes {
             continue;
+        }
+        if munge_changes {
+            munge_nodes.push(node.name.clone());
         }
         if let Some(wg) = &mut config.wireguard {
             *wg = wg.with_new_keys(&node.name, new_keys);
@@ -209,15 +215,7 @@ fn switches(
     }
     // Relays first: a provider that limits its sessions at once still switches them together.
     runs.sort_by_key(|r| !plan.node(&r.node).is_some_and(|n| n.role.is_relay()));
-    Ok(runs)
-}
-
-fn slurm_nodes(plan: &Plan, running: &[&NodePlan]) -> Vec<String> {
-    running
-        .iter()
-        .filter(|n| plan.node_config(n).slurm.role != SlurmRole::None)
-        .map(|n| n.name.clone())
-        .collect()
+    Switches { runs, munge_nodes }
 }
 
 /// Every node's output, or the first node's failure.
