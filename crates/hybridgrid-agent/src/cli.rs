@@ -100,6 +100,9 @@ pub enum AgentCommand {
         allow: Vec<ipnet::Ipv4Net>,
         #[arg(long)]
         pid_file: PathBuf,
+        /// The munge key the cluster's token is derived from (a path; read at every request).
+        #[arg(long)]
+        munge_key: PathBuf,
         #[arg(long, default_value = "")]
         tag: String,
     },
@@ -220,9 +223,10 @@ fn agent(
             listen,
             allow,
             pid_file,
+            munge_key,
             tag: _,
         } => {
-            crate::results::serve(&dir, listen, &allow, &pid_file)?;
+            crate::results::serve(&dir, listen, &allow, &pid_file, munge_key)?;
             Ok(None)
         }
         AgentCommand::Report { state_dir } => json(&crate::report(&state_dir)),

@@ -15,9 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use hybridgrid_core::jobs::{JOB_ENV_FILE, RESULTS_TOKEN_VAR};
 use hybridgrid_core::plan::{SlurmRole, SlurmSetup};
 use hybridgrid_core::slurm_conf::power_saving_lines;
-use hybridgrid_core::store::JOB_ENV_FILE;
 
 use crate::AgentError;
 use crate::sys::{self, write_atomic};
@@ -27,6 +27,9 @@ pub const MUNGE_KEY_FILE: &str = "munge.key";
 /// Where the provider puts the site's object-store keys for jobs (`KEY='value'` lines, 0600),
 /// inside the agent's state directory; only on nodes of a site with a store.
 pub const STORE_ENV_FILE: &str = "store.env";
+/// Where the job environment was before it held the results token (agents before it wrote only
+/// the store keys there); removed.
+const OLD_JOB_ENV_FILE: &str = "/var/lib/slurm/hybridgrid/store.env";
 const MUNGED_PID: &str = "/run/munge/munged.pid";
 const SLURMCTLD_PID: &str = "/run/slurm/slurmctld.pid";
 const SLURMD_PID: &str = "/run/slurm/slurmd.pid";
@@ -71,12 +74,12 @@ pub fn apply(
     if setup.role == SlurmRole::None {
         return Ok(());
     }
-    munge(state_dir, actions)?;
+    let munge_key = munge(state_dir, actions)?;
     for dir in ["/run/slurm", "/var/lib/slurm", "/var/log/slurm"] {
         std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
         sys::own(dir, "slurm")?;
     }
-    job_env(state_dir, actions)?;
+    job_env(state_dir, &munge_key, actions)?;
     match setup.role {
         SlurmRole::Controller => {
             if let Some(store) = &setup.results_store {
@@ -94,35 +97,38 @@ pub fn apply(
     }
 }
 
-/// The site's store keys for jobs (`STORE_ENV_FILE` in the state directory, delivered by the
-/// provider to the nodes of a site with an object store) at [`JOB_ENV_FILE`], root's alone; no
-/// delivered file: none there either (the site has no store, or its keys were withdrawn).
-fn job_env(state_dir: &Path, actions: &mut Vec<String>) -> Result<(), AgentError> {
+/// The node's job environment at [`JOB_ENV_FILE`], root's alone: the results store's token
+/// (derived from the munge key, so a rotated key changes it) and, where the provider delivered
+/// them (`STORE_ENV_FILE` in the state directory: a site with an object store), the site's store
+/// keys.
+fn job_env(
+    state_dir: &Path,
+    munge_key: &[u8],
+    actions: &mut Vec<String>,
+) -> Result<(), AgentError> {
     let target = Path::new(JOB_ENV_FILE);
-    let wanted = std::fs::read(state_dir.join(STORE_ENV_FILE)).ok();
-    let present = std::fs::read(target).ok();
-    if wanted == present {
+    if Path::new(OLD_JOB_ENV_FILE).exists() {
+        std::fs::remove_file(OLD_JOB_ENV_FILE).map_err(AgentError::io(OLD_JOB_ENV_FILE))?;
+    }
+    let token = hybridgrid_core::keys::results_token(munge_key);
+    let mut wanted = format!("{RESULTS_TOKEN_VAR}='{token}'\n").into_bytes();
+    if let Ok(store) = std::fs::read(state_dir.join(STORE_ENV_FILE)) {
+        wanted.extend_from_slice(&store);
+    }
+    if std::fs::read(target).ok() == Some(wanted.clone()) {
         return Ok(());
     }
-    match wanted {
-        Some(env) => {
-            let dir = target.parent().unwrap_or(Path::new("/"));
-            std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
-            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .map_err(AgentError::io(dir))?;
-            write_atomic(target, &env, 0o600)?;
-            actions.push("object store keys for jobs".into());
-        }
-        None => {
-            std::fs::remove_file(target).map_err(AgentError::io(target))?;
-            actions.push("object store keys for jobs removed".into());
-        }
-    }
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(AgentError::io(dir))?;
+    write_atomic(target, &wanted, 0o600)?;
+    actions.push("job environment".into());
     Ok(())
 }
 
-/// The key in `/etc/munge` (munge's, 0400) and `munged` running with it.
-fn munge(state_dir: &Path, actions: &mut Vec<String>) -> Result<(), AgentError> {
+/// The key in `/etc/munge` (munge's, 0400) and `munged` running with it; returns the key.
+fn munge(state_dir: &Path, actions: &mut Vec<String>) -> Result<Vec<u8>, AgentError> {
     let source = state_dir.join(MUNGE_KEY_FILE);
     let key = std::fs::read(&source).map_err(|e| AgentError::NoMungeKey {
         path: source.clone(),
@@ -158,7 +164,7 @@ fn munge(state_dir: &Path, actions: &mut Vec<String>) -> Result<(), AgentError> 
         sys::wait_for("munged", Duration::from_secs(10), || pid_of(MUNGED_PID))?;
         actions.push("munged".into());
     }
-    Ok(())
+    Ok(key)
 }
 
 fn scontrol(args: &[&str]) -> Result<String, AgentError> {

@@ -9,6 +9,29 @@ use serde::Deserialize;
 /// Separates the parts of the master's answer to [`query_script`].
 pub const SEP: &str = "--hybridgrid--";
 
+/// The job environment on every Slurm node (`KEY='value'` lines, root's alone, 0600; private to
+/// the node on every provider, the local provider binding `/var/lib/slurm` per node): the results
+/// store's token ([`RESULTS_TOKEN_VAR`]) and, at a site with an object store, the site's store
+/// keys. A batch script loads it ([`load_job_env`]) and never holds the values: slurmctld keeps
+/// batch scripts on the master, at another site.
+pub const JOB_ENV_FILE: &str = "/var/lib/slurm/hybridgrid/job.env";
+/// The name the results store's token has in a job's environment.
+pub const RESULTS_TOKEN_VAR: &str = "HYBRIDGRID_RESULTS_TOKEN";
+/// Shell: exports what [`JOB_ENV_FILE`] holds, where it is readable.
+pub fn load_job_env() -> String {
+    format!("if [ -r {JOB_ENV_FILE} ]; then set -a; . {JOB_ENV_FILE}; set +a; fi")
+}
+
+/// Shell: `curl ARGS` to the results store, with the token from the environment as its
+/// `Authorization` header. The header goes to curl as a configuration on standard input
+/// (`printf` is the shell's own), so no command line shows the token; `ARGS` must not read
+/// standard input.
+pub fn results_curl(args: &str) -> String {
+    format!(
+        "printf 'header = \"Authorization: Bearer %s\"\\n' \"${RESULTS_TOKEN_VAR}\" | curl -K - {args}"
+    )
+}
+
 /// The job's status file in the results store, written when its script has finished.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ResultStatus {
@@ -25,8 +48,11 @@ pub fn query_script(ids: &[u64], results_url: &str) -> String {
     format!(
         "squeue -h -o '%i|%T|%N'; echo {SEP}\n\
          for id in {ids}; do scontrol show job -o $id 2>/dev/null | head -n 1; done; echo {SEP}\n\
-         for id in {ids}; do printf '%s ' $id; curl -sf {results_url}$id.json | tr -d '\\n'; echo; done",
+         {load}\n\
+         for id in {ids}; do printf '%s ' $id; {get} | tr -d '\\n'; echo; done",
         ids = ids.join(" "),
+        load = load_job_env(),
+        get = results_curl(&format!("-sf {results_url}$id.json")),
     )
 }
 
@@ -187,9 +213,10 @@ mod tests {
             "{script}"
         );
         assert!(
-            script.contains("curl -sf http://10.0.0.2:8080/results/$id.json"),
+            script.contains("curl -K - -sf http://10.0.0.2:8080/results/$id.json"),
             "{script}"
         );
+        assert!(script.contains(&load_job_env()), "{script}");
         assert_eq!(script.matches(SEP).count(), 2);
     }
 }

@@ -155,3 +155,39 @@ mod tests {
         assert_eq!(PublicKey::from_base64("abc"), Err(KeyError::Malformed));
     }
 }
+
+/// The results store's token, which every request to the store must carry
+/// (`Authorization: Bearer`): HMAC-SHA256 of a fixed label under the cluster's munge key, in hex.
+/// Every Slurm node holds the munge key already, so each derives the token itself and no second
+/// cluster secret is made, delivered or kept; `rotate --munge` changes it with the key. The token
+/// does not reveal the key.
+pub fn results_token(munge_key: &[u8]) -> String {
+    use hmac::{KeyInit as _, Mac as _};
+    use std::fmt::Write as _;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(munge_key).expect("HMAC takes any key length");
+    mac.update(b"hybridgrid results store token v1");
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests
+mod results_token_tests {
+    use super::results_token;
+
+    #[test]
+    fn the_token_follows_the_munge_key_and_does_not_show_it() {
+        let a = results_token(b"munge key one");
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a, results_token(b"munge key one"));
+        assert_ne!(a, results_token(b"munge key two"));
+        assert!(!a.contains("6d756e6765"), "no bytes of the key in hex");
+    }
+}

@@ -4,11 +4,6 @@
 
 use std::fmt;
 
-/// Where a node keeps its site's store keys for jobs: root-only (0600), private to the node on
-/// every provider (the local provider binds `/var/lib/slurm` per node). The job's batch script
-/// names this file, never the keys: slurmctld keeps batch scripts on the master.
-pub const JOB_ENV_FILE: &str = "/var/lib/slurm/hybridgrid/store.env";
-
 /// The site's S3 endpoint and keys. `Debug` shows no secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoreAccess {
@@ -38,7 +33,7 @@ impl fmt::Debug for StoreAccess {
 }
 
 impl StoreAccess {
-    /// The environment a job at the store's site gets (`KEY=value` lines for [`JOB_ENV_FILE`]):
+    /// The environment a job at the store's site gets (`KEY=value` lines for [`crate::jobs::JOB_ENV_FILE`]):
     /// `AWS_ENDPOINT_URL` (read by clients since 2023; older awscli and boto3 take
     /// `--endpoint-url "$AWS_ENDPOINT_URL"`), the keys, the region, and no instance-metadata
     /// lookups (there is no EC2 metadata service to ask).

@@ -182,10 +182,10 @@ fn wrapper(plan: &Plan, name: &str, env: &[(String, String)], script: &[u8]) -> 
         "export HYBRIDGRID_RESULTS_URL={}",
         sh_quote(&plan.results_url())
     );
-    // The site's object-store keys are on its nodes only, never in this script (slurmctld keeps
-    // batch scripts on the master, at another site).
-    let env = sh_quote(hybridgrid_core::store::JOB_ENV_FILE);
-    let _ = writeln!(s, "if [ -r {env} ]; then set -a; . {env}; set +a; fi");
+    // The results store's token and the site's object-store keys are on the nodes only, never
+    // in this script (slurmctld keeps batch scripts on the master, at another site).
+    let load = slurm_jobs::load_job_env();
+    let _ = writeln!(s, "{load}");
     let b64 = base64::engine::general_purpose::STANDARD.encode(script);
     let interpreter = if script.starts_with(b"#!") {
         ""
@@ -203,14 +203,22 @@ chmod +x "$work/script"
 (cd "$work" && {interpreter}"$work/script" "$@") > "$work/out" 2>&1
 rc=$?
 printf '{{"job": %s, "node": "%s", "exit": %s}}\n' "$SLURM_JOB_ID" "$(hostname)" "$rc" > "$work/status.json"
-curl -sS --retry 5 --retry-connrefused -T "$work/out" "$HYBRIDGRID_RESULTS_URL$SLURM_JOB_ID.out"
-curl -sS --retry 5 --retry-connrefused -T "$work/status.json" "$HYBRIDGRID_RESULTS_URL$SLURM_JOB_ID.json"
+{load}
+{put_out}
+{put_status}
 rm -rf "$work"
 exit $rc
-"#
+"#,
+        put_out = slurm_jobs::results_curl(UPLOAD_OUT),
+        put_status = slurm_jobs::results_curl(UPLOAD_STATUS),
     );
     s
 }
+
+/// curl's arguments uploading the job's output and its status file; the environment is loaded
+/// again before them, so a token rotated while the job ran is the one they carry.
+const UPLOAD_OUT: &str = r#"-sS --retry 5 --retry-connrefused -T "$work/out" "$HYBRIDGRID_RESULTS_URL$SLURM_JOB_ID.out""#;
+const UPLOAD_STATUS: &str = r#"-sS --retry 5 --retry-connrefused -T "$work/status.json" "$HYBRIDGRID_RESULTS_URL$SLURM_JOB_ID.json""#;
 
 /// The command that runs `sbatch` on the master with the batch script on its standard input;
 /// sbatch keeps its own copy of the script, so the file on the master is removed at once.
@@ -637,7 +645,12 @@ fn fetch_output(jobs: &Jobs, id: u64, finished: bool) -> anyhow::Result<Option<P
     let out = results.join(format!("{id}.out"));
     if finished && !out.exists() {
         let url = jobs.plan.results_url();
-        let (code, bytes) = jobs.run("jobs", &format!("curl -sf {url}{id}.out"), b"")?;
+        let get = format!(
+            "{}\n{}",
+            slurm_jobs::load_job_env(),
+            slurm_jobs::results_curl(&format!("-sf {url}{id}.out"))
+        );
+        let (code, bytes) = jobs.run("jobs", &get, b"")?;
         if code == 0 {
             std::fs::create_dir_all(&results)
                 .with_context(|| format!("creating {}", results.display()))?;

@@ -571,11 +571,12 @@ impl Cluster {
     }
 }
 
-/// b's S3 secret is on b-worker-1 (root's, 0600, where jobs load it) and on no node of a, nor
-/// in the batch script slurmctld keeps on a-master.
+/// b's S3 secret is on b-worker-1 (root's, 0600, where jobs load it) and on no node of a (whose
+/// job environment holds only the results store's token), nor in the batch script slurmctld
+/// keeps on a-master.
 fn b_store_keys_are_at_b_only(c: &Cluster, job: &str) {
     let secret = c.store_keys("b")["secret"].as_str().unwrap().to_owned();
-    let env = hybridgrid_core::store::JOB_ENV_FILE;
+    let env = hybridgrid_core::jobs::JOB_ENV_FILE;
     assert_eq!(
         c.exec("b-worker-1", &format!("stat -c '%a %U' {env}"))
             .trim(),
@@ -588,7 +589,7 @@ fn b_store_keys_are_at_b_only(c: &Cluster, job: &str) {
             .arg(&c.file)
             .args([node, "--", "sh", "-c"])
             .arg(format!(
-                "ls {env} 2>/dev/null; grep -rlFf /dev/stdin /var/lib/hybridgrid /var/lib/slurm /etc /tmp 2>/dev/null; true"
+                "grep -rlFf /dev/stdin /var/lib/hybridgrid /var/lib/slurm /etc /tmp 2>/dev/null; true"
             ))
             .env("OS_CLIENT_CONFIG_FILE", clouds())
             .env("HYBRIDGRID_STATE_DIR", c.dir.join("state"))

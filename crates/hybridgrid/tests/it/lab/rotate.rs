@@ -116,18 +116,21 @@ fn rotate_changes_every_key_with_no_ping_gap_over_1s_and_a_running_job_completes
     .map(|(a, b)| (a, start_ping(&lab, a, b, 20)))
     .collect();
     std::thread::sleep(Duration::from_secs(3));
-    let job = lab.exec_ok(
-        "bielefeld-master",
-        &[
-            "sbatch",
-            "--parsable",
-            "-p",
-            "giessen",
-            "--wrap",
-            "sleep 12",
-        ],
-    );
-    let job = job.trim().to_owned();
+    // Through `submit`: the job loads the results store's token when it starts and uploads its
+    // output after the rotation changed it.
+    let script = lab.root.join("across-the-rotation.sh");
+    std::fs::write(&script, "sleep 12\necho survived\n").unwrap();
+    let job = lab.hg_ok(&[
+        "submit",
+        "-f",
+        lab.f(),
+        "--partition",
+        "giessen",
+        "--parsable",
+        "--",
+        script.to_str().unwrap(),
+    ]);
+    let job = job.lines().next().unwrap().trim().to_owned();
     wait_until("the job runs", Duration::from_secs(10), || {
         job_state(&lab, &job) == "RUNNING"
     });
@@ -153,6 +156,7 @@ fn rotate_changes_every_key_with_no_ping_gap_over_1s_and_a_running_job_completes
     wait_until("the job completes", Duration::from_secs(30), || {
         job_state(&lab, &job) == "COMPLETED"
     });
+    the_output_arrived_with_the_new_token(&lab, &job);
 
     // Every relay has a new key, every pair a new preshared key on both ends (none empty), and
     // every Slurm node the same new munge key.
@@ -187,8 +191,55 @@ fn rotate_changes_every_key_with_no_ping_gap_over_1s_and_a_running_job_completes
     no_secret_where_it_must_never_be(&lab, &job);
 }
 
+/// The job's output reached the results store after the rotation (its wrapper loaded the new
+/// token) and `jobs` copied it here with the token too; a request without the token, or with
+/// the one before the rotation made up by hand, is refused.
+fn the_output_arrived_with_the_new_token(lab: &Lab, job: &str) {
+    let output = lab
+        .state()
+        .join(&lab.name)
+        .join(format!("results/{job}.out"));
+    wait_until("`jobs` fetches the output", Duration::from_secs(30), || {
+        lab.hg_ok(&["jobs", "-f", lab.f()]);
+        output.exists()
+    });
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "survived\n");
+    let url = format!("http://{}:8080/results/{job}.out", master_ip(lab));
+    let unsigned = lab.exec_ok(
+        "giessen-worker-1",
+        &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &url],
+    );
+    assert_eq!(unsigned, "401", "a request without the token");
+    let signed = lab.exec_ok(
+        "giessen-worker-1",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "{}\n{}",
+                hybridgrid_core::jobs::load_job_env(),
+                hybridgrid_core::jobs::results_curl(&format!("-sf {url}"))
+            ),
+        ],
+    );
+    assert_eq!(signed, "survived\n", "a worker's request with its token");
+}
+
+fn master_ip(lab: &Lab) -> String {
+    let plan: serde_json::Value =
+        serde_json::from_str(&lab.hg_ok(&["plan", "-f", lab.f(), "--json"])).unwrap();
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["role"] == "master")
+        .and_then(|n| n["lan_ip"].as_str())
+        .unwrap()
+        .to_owned()
+}
+
 /// Every secret of the cluster (each relay's private key, every preshared key, the munge key,
-/// giessen's store key), searched for in every place it must never be: the ledger and every
+/// the results store's token, giessen's store key), searched for in every place it must never be: the ledger and every
 /// other file of the cluster's state that is not a key's own file, every log, every node's
 /// configuration, every process's command line, `status --json`, `doctor --json`, `plan --json`,
 /// `render`'s files and the batch script slurmctld keeps. The search first finds each secret
@@ -235,12 +286,12 @@ fn no_secret_where_it_must_never_be(lab: &Lab, job: &str) {
 }
 
 /// A file that is where a secret lives: a key's own file (0600 or 0400), munge's folder, the
-/// store's keys and its own configuration, the file jobs load the store keys from.
+/// store's keys and its own configuration, the job environment (the token, the store keys).
 fn is_a_keys_home(p: &std::path::Path) -> bool {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
     matches!(
         name,
-        "private.key" | "next.key" | "preshared-keys.json" | "munge.key" | "store.env"
+        "private.key" | "next.key" | "preshared-keys.json" | "munge.key" | "store.env" | "job.env"
     ) || p
         .components()
         .any(|c| c.as_os_str() == "munge" || c.as_os_str() == "store")
@@ -265,10 +316,12 @@ fn secrets_of(lab: &Lab, cluster_dir: &std::path::Path) -> Vec<(String, Vec<u8>)
         secrets.push((format!("the preshared key of {pair}"), key));
     }
     let munge = std::fs::read(cluster_dir.join("munge.key")).unwrap();
+    let token = hybridgrid_core::keys::results_token(&munge);
     secrets.push(("the munge key".into(), munge));
+    secrets.push(("the results store's token".into(), token.into_bytes()));
     let store = super::slurm::Store::of(lab, "giessen");
     secrets.push(("giessen's store key".into(), store.secret.into_bytes()));
-    assert_eq!(secrets.len(), 3 + 3 + 1 + 1);
+    assert_eq!(secrets.len(), 3 + 3 + 1 + 1 + 1);
     secrets
 }
 

@@ -413,8 +413,13 @@ impl Store {
         let worker_dir = lab.state().join(&lab.name).join("nodes/giessen-worker-1");
         assert!(!self.files_holding_it(&worker_dir).is_empty());
         for node in ["bielefeld-master", "bielefeld-worker-1"] {
-            let found = lab.exec(node, &["cat", JOB_ENV]);
-            assert!(!found.status.success(), "{node} has a store key file");
+            // Every Slurm node has a job environment (the results store's token), bielefeld's
+            // without giessen's store keys.
+            let found = lab.exec_ok(node, &["cat", JOB_ENV]);
+            assert!(
+                found.contains("HYBRIDGRID_RESULTS_TOKEN=") && !found.contains(&self.secret),
+                "{node}: its job environment holds giessen's store key"
+            );
             let dir = lab.state().join(&lab.name).join("nodes").join(node);
             let grep = self.files_holding_it(&dir);
             assert!(grep.is_empty(), "{node}: {grep}");
@@ -430,7 +435,7 @@ impl Store {
     }
 }
 
-const JOB_ENV: &str = hybridgrid_core::store::JOB_ENV_FILE;
+const JOB_ENV: &str = hybridgrid_core::jobs::JOB_ENV_FILE;
 
 fn pid_on(lab: &Lab, node: &str, file: &str) -> String {
     lab.exec_ok(node, &["cat", file]).trim().to_owned()
