@@ -588,9 +588,7 @@ fn b_store_keys_are_at_b_only(c: &Cluster, job: &str) {
             .args(["exec", "-f"])
             .arg(&c.file)
             .args([node, "--", "sh", "-c"])
-            .arg(format!(
-                "grep -rlFf /dev/stdin /var/lib/hybridgrid /var/lib/slurm /etc /tmp 2>/dev/null; true"
-            ))
+            .arg("grep -rlFf /dev/stdin /var/lib/hybridgrid /var/lib/slurm /etc /tmp 2>/dev/null; true")
             .env("OS_CLIENT_CONFIG_FILE", clouds())
             .env("HYBRIDGRID_STATE_DIR", c.dir.join("state"))
             .stdin(std::process::Stdio::piped())
