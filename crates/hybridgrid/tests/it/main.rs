@@ -10,3 +10,4 @@ mod graph;
 mod lab;
 mod openstack;
 mod openstack_cluster;
+mod secrets;

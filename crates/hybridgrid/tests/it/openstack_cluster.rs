@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::secrets;
+
 /// The test bed's copy of Debian's generic cloud image: no munge, Slurm, WireGuard tools or
 /// nftables; apt from Debian's own sources, which the bed's DNS points at its mirror.
 const STOCK_IMAGE: &str = "debian-12-generic";
@@ -475,8 +477,10 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
     a_dataset_job_wakes_the_on_demand_worker_which_goes_when_idle(c, &job);
     a_quota_too_small_for_the_on_demand_worker_is_a_down_node_with_the_reason(c, &job);
 
-    // Every key changes with the tunnel and Slurm kept (issue 24 on the bed).
+    // Every key changes with the tunnel and Slurm kept (issue 24 on the bed), and no secret of
+    // the cluster is anywhere it must never be.
     rotating_every_key_keeps_the_tunnel_and_slurm(c);
+    no_secret_where_it_must_never_be(c);
 
     // `up` again changes nothing: every node reports what it applied.
     let again = c.hg(&["up"]);
@@ -731,6 +735,185 @@ fn rotating_every_key_keeps_the_tunnel_and_slurm(c: &Cluster) {
             "srun -p {site} after rotate"
         );
     }
+}
+
+/// The nodes of the cluster that exist once b-od-1 is gone again.
+const NODES: [&str; 4] = ["a-master", "a-worker-1", "b-gw", "b-worker-1"];
+
+/// Every secret of the cluster — each relay's WireGuard private key, the pair's preshared key,
+/// the munge key, the results store's token, the power service's and the user's SSH keys, the
+/// power service's application credential secrets, b's EC2 secret and the cloud password — is
+/// in none of the places it must never be: every node's user data (cloud-init's copy and the
+/// metadata service's), server metadata and console log, the journal and every log, the
+/// agent's configuration files, every process's command line (and the environment of every
+/// process not root's), the batch scripts slurmctld keeps (a job runs meanwhile), this
+/// machine's state files other than the keys' own, command lines, `status`, `doctor`, `plan`
+/// and `render`.
+fn no_secret_where_it_must_never_be(c: &Cluster) {
+    let state = c.dir.join("state").join(&c.name);
+    let secrets = bed_secrets(c, &state);
+    let sleeper = c.dir.join("sleeper.sh");
+    std::fs::write(&sleeper, "sleep 300\n").unwrap();
+    let id = c.hg_ok(&[
+        "submit",
+        "--partition",
+        "a",
+        "--parsable",
+        "--",
+        sleeper.to_str().unwrap(),
+    ]);
+    let id = id.trim();
+    let mut places = Vec::new();
+    for node in NODES {
+        places.extend(sections(node, &c.exec(node, NODE_PLACES)));
+    }
+    let batch = c.exec("a-master", &format!("scontrol write batch_script {id} -"));
+    assert!(batch.contains("hybridgrid submit"), "{batch}");
+    places.push((
+        "the batch script slurmctld keeps".into(),
+        batch.into_bytes(),
+    ));
+    c.exec("a-master", &format!("scancel {id}"));
+    places.extend(secrets::files_under(&state, &|p| !bed_keys_home(p)));
+    for what in ["status", "doctor", "plan"] {
+        places.push((format!("{what} --json"), c.hg(&[what, "--json"]).stdout));
+    }
+    let render = c.dir.join("render");
+    c.hg_ok(&["render", "--out", render.to_str().unwrap()]);
+    places.extend(secrets::files_under(&render, &|_| true));
+    places.extend(secrets::command_lines());
+    places.extend(servers_as_the_api_shows_them(c));
+    let journal = places.iter().filter(|(p, _)| p.ends_with(": journal"));
+    assert_eq!(
+        journal.filter(|(_, t)| t.len() > 1000).count(),
+        4,
+        "a journal is missing"
+    );
+    let leaks = secrets::search(&secrets, &places);
+    eprintln!(
+        "secret search: {} secrets, {} places, {} MB",
+        secrets.len(),
+        places.len(),
+        places.iter().map(|(_, t)| t.len()).sum::<usize>() >> 20
+    );
+    assert!(
+        leaks.is_empty(),
+        "secrets where they must never be: {leaks:?}"
+    );
+}
+
+/// What a node shows that must hold no secret, in sections `=== NAME ===` ([`sections`]).
+const NODE_PLACES: &str = "s() { printf '\\n=== %s ===\\n' \"$1\"; }\n\
+    s 'user data'; cat /var/lib/cloud/instance/user-data.txt\n\
+    s 'metadata service'; curl -s -m 5 http://169.254.169.254/openstack/latest/meta_data.json; \
+    curl -s -m 5 http://169.254.169.254/openstack/latest/user_data\n\
+    s journal; journalctl --no-pager -o cat\n\
+    s logs; cat /var/log/cloud-init.log /var/log/cloud-init-output.log /var/log/slurm/* \
+    /run/munge/munged.log /var/lib/hybridgrid/*.log\n\
+    s 'agent configuration'; cat /etc/hybridgrid/node.json /var/lib/hybridgrid/node.json \
+    /var/lib/hybridgrid/applied.json /etc/hybridgrid/power/cluster.json\n\
+    s 'command lines'; for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done\n\
+    s 'environments of processes not root'\n\
+    for p in /proc/[0-9]*; do [ \"$(stat -c %u $p)\" != 0 ] && tr '\\0' '\\n' < $p/environ; done\n\
+    s 'batch scripts slurmctld keeps'; cat /var/lib/slurm/slurmctld/hash.*/job.*/script\n\
+    true";
+
+/// `node`'s answer to [`NODE_PLACES`], one place per section.
+fn sections(node: &str, text: &str) -> Vec<secrets::Named> {
+    text.split("\n=== ")
+        .skip(1)
+        .filter_map(|part| part.split_once(" ===\n"))
+        .map(|(name, body)| (format!("{node}: {name}"), body.as_bytes().to_vec()))
+        .collect()
+}
+
+/// A file of this machine's state that is a key's own: the munge key, the preshared keys, the
+/// stores' keys.
+fn bed_keys_home(p: &std::path::Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    matches!(name, "munge.key" | "preshared-keys.json")
+        || p.components().any(|c| c.as_os_str() == "stores")
+}
+
+/// Every secret of the cluster, read where it is kept.
+fn bed_secrets(c: &Cluster, state: &std::path::Path) -> Vec<secrets::Named> {
+    let mut found = Vec::new();
+    for relay in ["a-master", "b-gw"] {
+        let key = c.exec(relay, "cat /var/lib/hybridgrid/wg/private.key");
+        found.push((
+            format!("{relay}'s private key"),
+            key.trim().as_bytes().to_vec(),
+        ));
+    }
+    found.extend(secrets::preshared_keys(state));
+    found.extend(secrets::munge_key_and_token(state));
+    let power_key = c.exec("a-master", "cat /var/lib/hybridgrid/power/id_ed25519");
+    found.push((
+        "the power service's SSH key".into(),
+        ssh_key_line(&power_key),
+    ));
+    let user_key = std::fs::read_to_string(c.dir.join("id_ed25519")).unwrap();
+    found.push(("the user's SSH key".into(), ssh_key_line(&user_key)));
+    let power_clouds = c.exec("a-master", "cat /etc/hybridgrid/power/clouds.yaml");
+    let app = values_of(&power_clouds, "application_credential_secret");
+    assert!(!app.is_empty(), "no application credential on a-master");
+    found.extend(
+        app.into_iter()
+            .map(|v| ("an application credential's secret".into(), v)),
+    );
+    let ec2 = c.store_keys("b")["secret"]
+        .as_str()
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    found.push(("b's EC2 secret".into(), ec2));
+    let clouds = std::fs::read_to_string(clouds()).unwrap();
+    let passwords = values_of(&clouds, "password");
+    assert!(
+        !passwords.is_empty(),
+        "no password in the bed's clouds.yaml"
+    );
+    found.extend(
+        passwords
+            .into_iter()
+            .map(|v| ("the cloud's password".into(), v)),
+    );
+    found
+}
+
+/// A line from the middle of an OpenSSH private key (what a copy of the key would hold).
+fn ssh_key_line(key: &str) -> Vec<u8> {
+    let lines: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(lines.len() >= 3, "not an OpenSSH private key");
+    lines[1].as_bytes().to_vec()
+}
+
+/// The values of `key: value` lines of a YAML text, unquoted.
+fn values_of(yaml: &str, key: &str) -> Vec<Vec<u8>> {
+    yaml.lines()
+        .filter_map(|l| l.trim().strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().trim_matches(['\'', '"']).as_bytes().to_vec())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// Each server's metadata and console log as the API shows them to the project.
+fn servers_as_the_api_shows_them(c: &Cluster) -> Vec<secrets::Named> {
+    let mut places = Vec::new();
+    for cloud in ["site-a", "site-b"] {
+        let names = openstack(cloud, &["server", "list", "-f", "value", "-c", "Name"]);
+        for name in names
+            .lines()
+            .filter(|n| n.starts_with(&format!("{}-", c.name)))
+        {
+            let show = openstack(cloud, &["server", "show", name, "-f", "json"]);
+            places.push((format!("{name}: server show"), show.into_bytes()));
+            let console = openstack(cloud, &["console", "log", "show", name]);
+            places.push((format!("{name}: console log"), console.into_bytes()));
+        }
+    }
+    assert!(places.len() >= 8, "too few servers: {}", places.len() / 2);
+    places
 }
 
 /// The time now, UTC, as Nova prints it.

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::{EXE, Lab, wait_until};
+use crate::secrets;
 
 const THREE_SITES: &str = "version: 1
 name: x
@@ -247,14 +248,17 @@ fn master_ip(lab: &Lab) -> String {
 fn no_secret_where_it_must_never_be(lab: &Lab, job: &str) {
     let cluster_dir = lab.state().join(&lab.name);
     let secrets = secrets_of(lab, &cluster_dir);
-    let kept = search(&secrets, &files_under(&cluster_dir, &is_a_keys_home));
+    let kept = secrets::search(
+        &secrets,
+        &secrets::files_under(&cluster_dir, &is_a_keys_home),
+    );
     for (secret, _) in &secrets {
         assert!(
             kept.iter().any(|f| f.starts_with(secret.as_str())),
             "the search does not find {secret} where it is kept: {kept:?}"
         );
     }
-    let mut places = files_under(&cluster_dir, &|p| !is_a_keys_home(p));
+    let mut places = secrets::files_under(&cluster_dir, &|p| !is_a_keys_home(p));
     for (name, args) in [
         (
             "status --json",
@@ -267,8 +271,8 @@ fn no_secret_where_it_must_never_be(lab: &Lab, job: &str) {
     }
     let render = lab.root.join("render");
     lab.hg_ok(&["render", "-f", lab.f(), "--out", render.to_str().unwrap()]);
-    places.extend(files_under(&render, &|_| true));
-    places.extend(command_lines());
+    places.extend(secrets::files_under(&render, &|_| true));
+    places.extend(secrets::command_lines());
     let batch = lab.exec_ok(
         "bielefeld-master",
         &["scontrol", "write", "batch_script", job, "-"],
@@ -278,7 +282,7 @@ fn no_secret_where_it_must_never_be(lab: &Lab, job: &str) {
         batch.into_bytes(),
     ));
     assert!(places.len() > 50, "too few places: {}", places.len());
-    let leaks = search(&secrets, &places);
+    let leaks = secrets::search(&secrets, &places);
     assert!(
         leaks.is_empty(),
         "secrets where they must never be: {leaks:?}"
@@ -308,78 +312,10 @@ fn secrets_of(lab: &Lab, cluster_dir: &std::path::Path) -> Vec<(String, Vec<u8>)
             key.trim().as_bytes().to_vec(),
         ));
     }
-    let psk: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(cluster_dir.join("preshared-keys.json")).unwrap())
-            .unwrap();
-    for (pair, key) in psk["pairs"].as_object().unwrap() {
-        let key = key.as_str().unwrap().as_bytes().to_vec();
-        secrets.push((format!("the preshared key of {pair}"), key));
-    }
-    let munge = std::fs::read(cluster_dir.join("munge.key")).unwrap();
-    let token = hybridgrid_core::keys::results_token(&munge);
-    secrets.push(("the munge key".into(), munge));
-    secrets.push(("the results store's token".into(), token.into_bytes()));
+    secrets.extend(secrets::preshared_keys(cluster_dir));
+    secrets.extend(secrets::munge_key_and_token(cluster_dir));
     let store = super::slurm::Store::of(lab, "giessen");
     secrets.push(("giessen's store key".into(), store.secret.into_bytes()));
     assert_eq!(secrets.len(), 3 + 3 + 1 + 1 + 1);
     secrets
-}
-
-/// Every regular file under `dir` that `keep` admits, with its content.
-fn files_under(
-    dir: &std::path::Path,
-    keep: &dyn Fn(&std::path::Path) -> bool,
-) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => todo.push(path),
-                Ok(t) if t.is_file() && keep(&path) => {
-                    if let Ok(bytes) = std::fs::read(&path) {
-                        out.push((path.display().to_string(), bytes));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
-/// Every process's command line (what every user of the host can read).
-fn command_lines() -> Vec<(String, Vec<u8>)> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter_map(|e| {
-            let bytes = std::fs::read(e.path().join("cmdline")).ok()?;
-            let pid = e.file_name().to_string_lossy().into_owned();
-            Some((format!("the command line of process {pid}"), bytes))
-        })
-        .collect()
-}
-
-/// "SECRET in PLACE" for every secret found in a place.
-fn search(secrets: &[(String, Vec<u8>)], places: &[(String, Vec<u8>)]) -> Vec<String> {
-    let mut found = Vec::new();
-    for (secret, bytes) in secrets {
-        for (place, content) in places {
-            if content.windows(bytes.len()).any(|w| w == bytes.as_slice()) {
-                found.push(format!("{secret} in {place}"));
-            }
-        }
-    }
-    found
 }
