@@ -86,6 +86,9 @@ pub struct Tunnel {
     pub keepalive: u16,
     /// A preshared key on every pair of relays (default).
     pub preshared_keys: bool,
+    /// `tunnel.rotate_every`: the keys are due for `rotate` once the oldest is this old
+    /// (seconds; `None`: never).
+    pub rotate_every_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

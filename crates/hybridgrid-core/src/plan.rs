@@ -51,6 +51,10 @@ pub struct TunnelPlan {
     /// its state (`PRESHARED_KEYS_FILE`), which the provider fills.
     #[serde(default)]
     pub preshared_keys: bool,
+    /// `tunnel.rotate_every` in seconds: `status` says when the keys are due, and
+    /// `rotate --when-due` rotates only then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_every_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +222,7 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
             mtu: cluster.tunnel.mtu,
             keepalive: cluster.tunnel.keepalive,
             preshared_keys: cluster.tunnel.preshared_keys,
+            rotate_every_s: cluster.tunnel.rotate_every_s,
         },
         sites,
         nodes,

@@ -57,6 +57,7 @@ pub struct RawTunnel {
     pub mtu: Option<Sp<NumberOrWord>>,
     pub keepalive: Option<Sp<u64>>,
     pub preshared_keys: Option<Sp<bool>>,
+    pub rotate_every: Option<Sp<String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -463,7 +464,14 @@ impl Reader {
         let Some(m) = self.map(
             node,
             path,
-            &["cidr", "port", "mtu", "keepalive", "preshared_keys"],
+            &[
+                "cidr",
+                "port",
+                "mtu",
+                "keepalive",
+                "preshared_keys",
+                "rotate_every",
+            ],
         ) else {
             return t;
         };
@@ -472,6 +480,7 @@ impl Reader {
         t.mtu = self.number_or_word(&m, "mtu");
         t.keepalive = self.uint(&m, "keepalive");
         t.preshared_keys = self.boolean(&m, "preshared_keys");
+        t.rotate_every = self.string(&m, "rotate_every");
         t
     }
 

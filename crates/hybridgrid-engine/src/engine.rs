@@ -130,18 +130,15 @@ pub fn status(
     let plan = plan(provider, cluster)?;
     let mut report = provider.status(&plan, probe)?;
     if let Some(nodes) = provider.nodes() {
-        report.keys = key_ages(&nodes.keys_dir());
+        let age = |file: &str| crate::state::age_s(&nodes.keys_dir().join(file));
+        report.keys = crate::report::KeyAges::new(
+            age(crate::munge::KEY_FILE),
+            age(crate::preshared::KEYS_FILE),
+            report.tunnels.iter().map(|t| t.key_age_s),
+            plan.tunnel.rotate_every_s,
+        );
     }
     Ok(report)
-}
-
-/// The ages of the munge and preshared keys kept in `keys_dir`.
-fn key_ages(keys_dir: &std::path::Path) -> crate::report::KeyAges {
-    let age = |file: &str| crate::state::age_s(&keys_dir.join(file));
-    crate::report::KeyAges {
-        munge_s: age(crate::munge::KEY_FILE),
-        preshared_s: age(crate::preshared::KEYS_FILE),
-    }
 }
 
 /// `doctor`: the provider's facts of the live cluster, diagnosed.

@@ -25,6 +25,8 @@ pub enum EngineError {
     RotateNotSeen { node: String },
     /// rotate: after the switch the cluster is not as planned (first: {first}); run `hybridgrid up`, then `rotate` again
     RotateLeftChanges { first: String },
+    /// rotate --when-due: the cluster file sets no `tunnel.rotate_every` to go by
+    RotateEveryUnset,
     /// {0}
     State(#[from] crate::state::StateError),
     /// no node {0} in the cluster's plan

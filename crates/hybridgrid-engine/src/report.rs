@@ -172,11 +172,46 @@ pub struct TunnelStatus {
     pub key_age_s: Option<u64>,
 }
 
-/// How old the keys kept on this machine are (seconds since made; `None` where there is none).
+/// How old the keys kept on this machine are (seconds since made; `None` where there is none),
+/// and whether the cluster's keys are due for `rotate` (`tunnel.rotate_every`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyAges {
     pub munge_s: Option<u64>,
     pub preshared_s: Option<u64>,
+    /// The oldest key of the cluster: these two and every relay's (`tunnels[].key_age_s`).
+    #[serde(default)]
+    pub oldest_s: Option<u64>,
+    /// `tunnel.rotate_every` in seconds.
+    #[serde(default)]
+    pub rotate_every_s: Option<u64>,
+    /// The oldest key is at least `rotate_every_s` old.
+    #[serde(default)]
+    pub due: bool,
+}
+
+impl KeyAges {
+    /// The ages of the keys kept here, with the relays' keys' ages, against `rotate_every_s`.
+    pub fn new(
+        munge_s: Option<u64>,
+        preshared_s: Option<u64>,
+        relay_keys_s: impl IntoIterator<Item = Option<u64>>,
+        rotate_every_s: Option<u64>,
+    ) -> Self {
+        let oldest_s = relay_keys_s
+            .into_iter()
+            .chain([munge_s, preshared_s])
+            .flatten()
+            .max();
+        KeyAges {
+            munge_s,
+            preshared_s,
+            oldest_s,
+            rotate_every_s,
+            due: rotate_every_s
+                .zip(oldest_s)
+                .is_some_and(|(every, age)| age >= every),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,4 +219,25 @@ pub struct Reach {
     pub from: String,
     pub to: String,
     pub ok: bool,
+}
+
+#[cfg(test)]
+mod key_ages_tests {
+    use super::KeyAges;
+
+    #[test]
+    fn the_oldest_key_of_all_decides_whether_the_keys_are_due() {
+        let ages = KeyAges::new(Some(100), Some(50), [Some(300), None], Some(200));
+        assert_eq!(ages.oldest_s, Some(300));
+        assert!(ages.due, "a relay's key is older than rotate_every");
+        assert!(!KeyAges::new(Some(100), Some(50), [Some(150)], Some(200)).due);
+        assert!(
+            !KeyAges::new(Some(900), None, [], None).due,
+            "no rotate_every"
+        );
+        assert!(
+            !KeyAges::new(None, None, [None], Some(1)).due,
+            "no key known"
+        );
+    }
 }

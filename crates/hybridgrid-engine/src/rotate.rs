@@ -68,6 +68,9 @@ pub struct RotateReport {
     /// From the first switch to the last node's answer.
     pub switch_seconds: f64,
     pub seconds: f64,
+    /// `--when-due` with keys younger than `tunnel.rotate_every`: their ages; nothing renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_due: Option<crate::report::KeyAges>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +132,34 @@ pub fn rotate(
         munge_nodes,
         switch_seconds,
         seconds: start.elapsed().as_secs_f64(),
+        not_due: None,
+    })
+}
+
+/// `rotate --when-due`: [`rotate`] once the oldest key is `tunnel.rotate_every` old (`status`'s
+/// key ages); before, nothing, and the report says how old the keys are. For a timer on the
+/// machine that keeps the cluster's state (docs/keys.md).
+pub fn rotate_when_due(
+    provider: &dyn Provider,
+    cluster: &Cluster,
+    renew: Renew,
+    sink: Sink<'_>,
+) -> Result<RotateReport, EngineError> {
+    if cluster.tunnel.rotate_every_s.is_none() {
+        return Err(EngineError::RotateEveryUnset);
+    }
+    let ages = crate::status(provider, cluster, crate::Probe::None)?.keys;
+    if ages.due {
+        return rotate(provider, cluster, renew, sink);
+    }
+    Ok(RotateReport {
+        format_version: ROTATE_REPORT_VERSION,
+        relays: Vec::new(),
+        preshared_pairs: 0,
+        munge_nodes: Vec::new(),
+        switch_seconds: 0.0,
+        seconds: 0.0,
+        not_due: Some(ages),
     })
 }
 

@@ -6,6 +6,8 @@
 //!
 //! Architecture invariant: this crate reads no environment; the CLI's settings decide the root.
 
+pub mod operation;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 

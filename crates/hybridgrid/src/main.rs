@@ -138,6 +138,9 @@ enum Command {
         /// The cluster's munge key (Slurm's authentication).
         #[arg(long)]
         munge: bool,
+        /// Only if the oldest key is `tunnel.rotate_every` old (for a timer; docs/keys.md).
+        #[arg(long)]
+        when_due: bool,
         /// Print the versioned report on standard output.
         #[arg(long)]
         json: bool,
@@ -277,10 +280,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wireguard,
             preshared,
             munge,
+            when_due,
             json,
         } => {
             let renew = hybridgrid_engine::rotate::Renew::from_flags(wireguard, preshared, munge);
-            rotate(&file, renew, json, s, &show)
+            rotate(&file, renew, when_due, json, s, &show)
         }
         Command::Down { file } => down(&file, s, &show),
         Command::Doctor {
@@ -371,6 +375,7 @@ fn up(
     let Some((cluster, provider)) = open(file, settings, knobs)? else {
         return Ok(ExitCode::FAILURE);
     };
+    let _alone = hold_alone(&cluster.name, settings, "up")?;
     let report = hybridgrid_engine::up(provider.as_ref(), &cluster, show)?;
     for p in &report.partial {
         eprintln!("note: not done by `up`: {p}");
@@ -391,6 +396,18 @@ fn up(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Holds cluster `name`'s operation lock alone for `command` (`up`, `down`, `rotate`: one change
+/// of a cluster at a time; `hybridgrid_state::operation`), saying for whom it waits first.
+fn hold_alone(
+    name: &str,
+    settings: &Settings,
+    command: &str,
+) -> anyhow::Result<hybridgrid_engine::state::operation::OperationLock> {
+    let dir = settings.state_root.join(name);
+    let waiting = |who: &str| eprintln!("waiting for {who} to finish with cluster {name}");
+    Ok(hybridgrid_engine::state::operation::OperationLock::exclusive(&dir, command, &waiting)?)
 }
 
 /// `status`: exit 1, with a hint, when the cluster is not healthy.
@@ -469,10 +486,11 @@ fn exec(file: &Path, node: &str, cmd: &[String], settings: &Settings) -> anyhow:
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// `rotate`: the report, or one line of what was renewed.
+/// `rotate`: the report, or one line of what was renewed (or why nothing was: not due).
 fn rotate(
     file: &Path,
     renew: hybridgrid_engine::rotate::Renew,
+    when_due: bool,
     json: bool,
     settings: &Settings,
     show: Sink<'_>,
@@ -481,9 +499,24 @@ fn rotate(
         return Ok(ExitCode::FAILURE);
     };
     require(provider.as_ref(), Cmd::Rotate, "")?;
-    let report = hybridgrid_engine::rotate::rotate(provider.as_ref(), &cluster, renew, show)?;
+    let _alone = hold_alone(&cluster.name, settings, "rotate")?;
+    let report = match when_due {
+        true => {
+            hybridgrid_engine::rotate::rotate_when_due(provider.as_ref(), &cluster, renew, show)?
+        }
+        false => hybridgrid_engine::rotate::rotate(provider.as_ref(), &cluster, renew, show)?,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(ages) = &report.not_due {
+        println!(
+            "rotate: not due: the oldest key is {} old, tunnel.rotate_every is {}",
+            ages.oldest_s.map_or("?".into(), status_text::age_text),
+            ages.rotate_every_s
+                .map_or("?".into(), status_text::age_text),
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let mut renewed = Vec::new();
@@ -514,10 +547,15 @@ fn rotate(
 
 /// `down`: exit 1, with what is left, when something could not be deleted.
 fn down(file: &Path, settings: &Settings, show: Sink<'_>) -> anyhow::Result<ExitCode> {
-    let Some((_, provider)) = open(file, settings, providers::Knobs::default())? else {
+    let Some((cluster, provider)) = open(file, settings, providers::Knobs::default())? else {
         return Ok(ExitCode::FAILURE);
     };
     require(provider.as_ref(), Cmd::Down, "")?;
+    // A cluster with no state here has nothing to wait for (and gets no folder for the lock).
+    let _alone = match settings.state_root.join(&cluster.name).is_dir() {
+        true => Some(hold_alone(&cluster.name, settings, "down")?),
+        false => None,
+    };
     let report = provider.down(show)?;
     for n in &report.not_deleted {
         eprintln!(

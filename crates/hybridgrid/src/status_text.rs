@@ -79,12 +79,19 @@ fn key_ages(s: &mut String, r: &StatusReport) {
     .filter_map(|(name, age, note)| Some(format!("{name} {}{note}", age_text(age?))))
     .collect();
     if !parts.is_empty() {
-        let _ = writeln!(s, "keys: {} old", parts.join(", "));
+        let due = match (r.keys.due, r.keys.rotate_every_s) {
+            (true, Some(every)) => format!(
+                "; due (tunnel.rotate_every {}): run `hybridgrid rotate`",
+                age_text(every)
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(s, "keys: {} old{due}", parts.join(", "));
     }
 }
 
 /// `45s`, `12m`, `5h`, `3d`.
-fn age_text(seconds: u64) -> String {
+pub fn age_text(seconds: u64) -> String {
     match seconds {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m", s / 60),

@@ -13,6 +13,26 @@ use super::{
     DEFAULT_UNDERLAY_MTU, MIN_TUNNEL_MTU, Site, Tunnel, Validator, WG_OVERHEAD, WG_OVERHEAD_IPV4,
 };
 
+/// The shortest `tunnel.rotate_every`: ten minutes.
+const MIN_ROTATE_EVERY: u64 = 600;
+
+/// Seconds of `7d`, `12h`, `30m`, `45s` or `3600`.
+fn duration_s(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&text[..i], c),
+        _ => (text, 's'),
+    };
+    let factor = match unit {
+        'd' => 86_400,
+        'h' => 3600,
+        'm' => 60,
+        's' => 1,
+        _ => return None,
+    };
+    number.trim().parse::<u64>().ok()?.checked_mul(factor)
+}
+
 /// The seed's overlay range.
 fn default_tunnel_cidr() -> Ipv4Net {
     Ipv4Net::new_assert(Ipv4Addr::new(10, 0, 0, 0), 24)
@@ -80,7 +100,37 @@ impl Validator<'_> {
             mtu: mtu?,
             keepalive: keepalive?,
             preshared_keys: t.preshared_keys.as_ref().is_none_or(|p| p.value),
+            rotate_every_s: self.rotate_every(t)?,
         })
+    }
+
+    /// `tunnel.rotate_every`: `7d`, `12h`, `30m`, or seconds; at least [`MIN_ROTATE_EVERY`].
+    /// `Some(None)`: not set; `None`: an error was reported.
+    fn rotate_every(&mut self, t: &raw::RawTunnel) -> Option<Option<u64>> {
+        let Some(every) = &t.rotate_every else {
+            return Some(None);
+        };
+        match duration_s(&every.value) {
+            Some(s) if s >= MIN_ROTATE_EVERY => Some(Some(s)),
+            Some(_) => {
+                self.error(
+                    every.pos,
+                    "tunnel.rotate_every",
+                    format!("`{}` is too often", every.value),
+                    "rotate no more often than every 10 minutes (`10m`); a week (`7d`) is usual",
+                );
+                None
+            }
+            None => {
+                self.error(
+                    every.pos,
+                    "tunnel.rotate_every",
+                    format!("`{}` is not a duration", every.value),
+                    "use a number with `d`, `h`, `m` or `s`, such as `7d`",
+                );
+                None
+            }
+        }
     }
 
     /// The tunnel's range (the seed's when not given), with room for a gateway per site.
@@ -199,6 +249,31 @@ impl Validator<'_> {
                     );
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_s;
+
+    #[test]
+    fn durations_in_days_hours_minutes_or_seconds() {
+        assert_eq!(duration_s("7d"), Some(7 * 86_400));
+        assert_eq!(duration_s("12h"), Some(12 * 3600));
+        assert_eq!(duration_s("30m"), Some(1800));
+        assert_eq!(duration_s("45s"), Some(45));
+        assert_eq!(duration_s("3600"), Some(3600));
+        for bad in [
+            "",
+            "d",
+            "7w",
+            "weekly",
+            "-1d",
+            "1.5d",
+            "99999999999999999999d",
+        ] {
+            assert_eq!(duration_s(bad), None, "{bad}");
         }
     }
 }

@@ -118,3 +118,43 @@ fn regression_issue_8_a_corrupt_ledger_is_an_error_not_an_empty_cluster() {
     std::fs::write(&ledger, good).unwrap();
     assert!(lab.up().contains("no changes"));
 }
+
+/// One change of a cluster at a time: `up` while another command holds the cluster (here the
+/// test, as `rotate` would) waits, says for whom, and goes on once it is free.
+#[test]
+fn up_waits_for_the_command_that_holds_the_cluster_and_says_which() {
+    let Some(lab) = Lab::new("two-sites.yaml", "wait") else {
+        return;
+    };
+    lab.up();
+    let dir = lab.state().join(&lab.name);
+    let held =
+        hybridgrid_engine::state::operation::OperationLock::exclusive(&dir, "rotate", &|_| {
+            panic!("nobody else holds it")
+        })
+        .unwrap();
+    let mut child = Command::new(super::EXE)
+        .args(["up", "-f", lab.f()])
+        .env("HYBRIDGRID_STATE_DIR", lab.state())
+        .envs(lab.env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // (On a failure the lock goes with the unwinding test, and this `up` ends by itself.)
+    assert!(child.try_wait().unwrap().is_none(), "up did not wait");
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "waiting for `rotate (pid {})` to finish with cluster {}",
+            std::process::id(),
+            lab.name
+        )),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no changes"));
+}

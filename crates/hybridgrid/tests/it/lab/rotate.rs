@@ -12,6 +12,7 @@ const THREE_SITES: &str = "version: 1
 name: x
 tunnel:
   cidr: 10.0.0.0/24
+  rotate_every: 10m
 sites:
   - name: bielefeld
     master: true
@@ -107,6 +108,7 @@ fn rotate_changes_every_key_with_no_ping_gap_over_1s_and_a_running_job_completes
         .map(|r| wg_show(&lab, r, "preshared-keys"))
         .collect();
     let munge_before = munge_key_sum(&lab, "bielefeld-master");
+    keys_fresh_from_up_are_not_due(&lab);
 
     let pings: Vec<(&str, Child)> = [
         ("bielefeld-worker-1", "giessen-worker-1"),
@@ -136,8 +138,28 @@ fn rotate_changes_every_key_with_no_ping_gap_over_1s_and_a_running_job_completes
         job_state(&lab, &job) == "RUNNING"
     });
 
-    let report: serde_json::Value =
-        serde_json::from_str(&lab.hg_ok(&["rotate", "-f", lab.f(), "--json"])).unwrap();
+    // What a timer runs: due once the oldest key is 10 minutes old (made so here).
+    let munge_key = lab.state().join(&lab.name).join("munge.key");
+    let aged = Command::new("touch")
+        .args(["-d", "20 minutes ago"])
+        .arg(&munge_key)
+        .status()
+        .unwrap();
+    assert!(aged.success());
+    let status = lab.hg_ok(&["status", "-f", lab.f(), "--no-ping"]);
+    assert!(
+        status.contains("due (tunnel.rotate_every 10m): run `hybridgrid rotate`"),
+        "{status}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&lab.hg_ok(&[
+        "rotate",
+        "-f",
+        lab.f(),
+        "--when-due",
+        "--json",
+    ]))
+    .unwrap();
+    assert!(report.get("not_due").is_none(), "{report:#}");
     eprintln!("rotate: {report:#}");
     assert_eq!(report["relays"].as_array().unwrap().len(), 3, "{report:#}");
     assert_eq!(report["preshared_pairs"], 3, "{report:#}");
@@ -190,6 +212,18 @@ fn rotate_changes_every_key_with_no_ping_gap_over_1s_and_a_running_job_completes
         assert_eq!(out.trim(), format!("{site}-worker-1"));
     }
     no_secret_where_it_must_never_be(&lab, &job);
+}
+
+/// `rotate --when-due` right after `up`: nothing renewed, the report says how old the keys are.
+fn keys_fresh_from_up_are_not_due(lab: &Lab) {
+    let out = lab.hg_ok(&["rotate", "-f", lab.f(), "--when-due"]);
+    assert!(
+        out.starts_with("rotate: not due: the oldest key is ")
+            && out.contains("old, tunnel.rotate_every is 10m"),
+        "{out}"
+    );
+    let status = lab.hg_ok(&["status", "-f", lab.f(), "--no-ping"]);
+    assert!(!status.contains("due (tunnel"), "{status}");
 }
 
 /// The job's output reached the results store after the rotation (its wrapper loaded the new
