@@ -263,9 +263,31 @@ impl Cloud {
                 site: site.to_owned(),
                 cloud: cloud.to_owned(),
             })?;
+        Self::connect_with(&profile, cloud, crash, trace).await
+    }
+
+    /// This cloud with other credentials (`profile`, a `clouds.yaml` entry of it).
+    pub async fn with_credentials(
+        &self,
+        profile: &openstack_sdk::config::CloudConfig,
+    ) -> Result<Cloud> {
+        Self::connect_with(profile, &self.name, self.crash.clone(), self.trace.clone()).await
+    }
+
+    /// Connects with `profile` (a `clouds.yaml` entry) as cloud `cloud`.
+    pub async fn connect_with(
+        profile: &openstack_sdk::config::CloudConfig,
+        cloud: &str,
+        crash: Arc<CrashSwitch>,
+        trace: Option<CallTrace>,
+    ) -> Result<Cloud> {
+        let err = |e: &dyn std::fmt::Display| OsError::Connect {
+            cloud: cloud.to_owned(),
+            message: e.to_string(),
+        };
         let mut last = None;
         for attempt in 0..ATTEMPTS {
-            match AsyncOpenStack::builder(&profile)
+            match AsyncOpenStack::builder(profile)
                 .disable_auth_cache(true)
                 .connect()
                 .await

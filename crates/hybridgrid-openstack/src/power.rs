@@ -112,7 +112,7 @@ impl OpenStack {
             return Ok(());
         }
         let seen = OnMaster::parse(&read.await?.stdout_text());
-        let sent = self.send_missing(&channel, &target, &seen).await?;
+        let sent = self.send_missing(&channel, &target, &seen, sink).await?;
         let unit = unit(&self.cluster.name);
         if seen.unit_sha == sha256_hex(unit.as_bytes()) && sent.is_empty() && seen.active {
             return self.authorize_on_relays(&channel, plan, &target).await;
@@ -160,6 +160,7 @@ impl OpenStack {
         channel: &Channel,
         target: &Target,
         seen: &OnMaster,
+        sink: Sink<'_>,
     ) -> Result<Vec<&'static str>> {
         let mut sent = Vec::new();
         let cluster = self.power_cluster_json()?;
@@ -185,7 +186,7 @@ impl OpenStack {
             sent.push("hybridgrid");
         }
         if !seen.has_clouds {
-            let clouds = self.power_clouds_yaml().await?;
+            let clouds = self.power_clouds_yaml(sink).await?;
             let script = install_stdin(&format!("{POWER_CONFIG_DIR}/clouds.yaml"), "0600");
             channel
                 .run_ok(
@@ -279,8 +280,9 @@ impl OpenStack {
     }
 
     /// A `clouds.yaml` for the master: per cloud entry of the cluster a new application
-    /// credential (one of the same name is replaced: its secret is shown only when made).
-    async fn power_clouds_yaml(&self) -> Result<String> {
+    /// credential (one of the same name is replaced: its secret is shown only when made),
+    /// restricted to what the service calls where the cloud checks access rules.
+    async fn power_clouds_yaml(&self, sink: Sink<'_>) -> Result<String> {
         let config = crate::api::load_config(self.opts.clouds_file.as_deref())?;
         let mut clouds = serde_json::Map::new();
         for ops in self.connected().await? {
@@ -304,24 +306,10 @@ impl OpenStack {
                     message: format!("cloud `{}` has no auth.auth_url", ops.cloud.name),
                 })?;
             let name = credential_name(&self.cluster.name, &ops.cloud.name);
-            let (id, secret) = make_credential(&ops.cloud, &name, &self.cluster.name).await?;
-            let mut entry = json!({
-                "auth_type": "v3applicationcredential",
-                "auth": {
-                    "auth_url": auth_url,
-                    "application_credential_id": id,
-                    "application_credential_secret": secret,
-                },
-            });
-            if let Some(r) = &profile.region_name {
-                entry["region_name"] = json!(r);
-            }
-            if let Some(i) = &profile.interface {
-                entry["interface"] = json!(i);
-            }
-            if profile.verify == Some(false) {
-                entry["verify"] = json!(false);
-            }
+            let entry_of =
+                |id: &str, secret: &str| credential_entry(&profile, &auth_url, id, secret);
+            let entry =
+                power_credential(&ops.cloud, &name, &self.cluster.name, &entry_of, sink).await?;
             clouds.insert(ops.cloud.name.clone(), entry);
         }
         // JSON is YAML.
@@ -329,21 +317,130 @@ impl OpenStack {
     }
 }
 
+/// What the power service's credential may call ([Keystone's access rules], which each
+/// service's `keystonemiddleware` checks): the compute and network APIs (servers, ports,
+/// security groups, quotas, console logs) and reading images — no object storage, no volumes,
+/// no identity beyond its own token.
+///
+/// [Keystone's access rules]: https://docs.openstack.org/keystone/latest/user/application_credentials.html#access-rules
+fn access_rules() -> serde_json::Value {
+    let rule = |service: &str, method: &str| json!({ "service": service, "method": method, "path": "/**" });
+    let mut rules = Vec::new();
+    for service in ["compute", "network"] {
+        for method in ["GET", "POST", "PUT", "DELETE"] {
+            rules.push(rule(service, method));
+        }
+    }
+    rules.push(rule("image", "GET"));
+    serde_json::Value::Array(rules)
+}
+
+/// The `clouds.yaml` entry of a new power credential `name`: restricted by [`access_rules`]
+/// where the cloud checks them (its token, a server and a network list work with it); else —
+/// a cloud whose services do not check access rules refuses every request of a credential that
+/// has them — one with the project's roles only, and a note saying so.
+async fn power_credential(
+    cloud: &Cloud,
+    name: &str,
+    cluster: &str,
+    entry_of: &dyn Fn(&str, &str) -> serde_json::Value,
+    sink: Sink<'_>,
+) -> Result<serde_json::Value> {
+    let refused = match make_credential(cloud, name, cluster, Some(access_rules())).await {
+        Ok((id, secret)) => {
+            let entry = entry_of(&id, &secret);
+            match works(cloud, &entry).await {
+                Ok(()) => return Ok(entry),
+                Err(e) => e,
+            }
+        }
+        Err(e) => e,
+    };
+    sink(Event::Note(format!(
+        "{}: the power service's application credential is not restricted to compute and          network (a credential with access rules did not work: {}); it has the project's roles",
+        cloud.name,
+        hybridgrid_core::error_chain(&refused)
+    )));
+    let (id, secret) = make_credential(cloud, name, cluster, None).await?;
+    Ok(entry_of(&id, &secret))
+}
+
+/// Whether the credential of `entry` gets a token and lists servers and networks.
+async fn works(cloud: &Cloud, entry: &serde_json::Value) -> Result<()> {
+    let profile: openstack_sdk::config::CloudConfig = serde_json::from_value(entry.clone())
+        .map_err(|e| OsError::Connect {
+            cloud: cloud.name.clone(),
+            message: e.to_string(),
+        })?;
+    let probe = cloud.with_credentials(&profile).await?;
+    probe
+        .get(
+            "list servers",
+            Req::get(crate::api::NOVA, "servers").q("limit", "1"),
+        )
+        .await?;
+    probe
+        .get(
+            "list networks",
+            Req::get(crate::api::NET, "networks").q("limit", "1"),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The master's `clouds.yaml` entry for application credential `id` of the cloud `profile` is
+/// the user's entry of.
+fn credential_entry(
+    profile: &openstack_sdk::config::CloudConfig,
+    auth_url: &str,
+    id: &str,
+    secret: &str,
+) -> serde_json::Value {
+    let mut entry = json!({
+        "auth_type": "v3applicationcredential",
+        "auth": {
+            "auth_url": auth_url,
+            "application_credential_id": id,
+            "application_credential_secret": secret,
+        },
+    });
+    if let Some(r) = &profile.region_name {
+        entry["region_name"] = json!(r);
+    }
+    if let Some(i) = &profile.interface {
+        entry["interface"] = json!(i);
+    }
+    if profile.verify == Some(false) {
+        entry["verify"] = json!(false);
+    }
+    entry
+}
+
 /// A new application credential `name` of the cloud's user for its project (restricted: it
-/// cannot make further credentials or trusts), replacing one of that name; its id and secret.
-async fn make_credential(cloud: &Cloud, name: &str, cluster: &str) -> Result<(String, String)> {
+/// cannot make further credentials or trusts; with `access_rules`, it can call only those),
+/// replacing one of that name; its id and secret.
+async fn make_credential(
+    cloud: &Cloud,
+    name: &str,
+    cluster: &str,
+    access_rules: Option<serde_json::Value>,
+) -> Result<(String, String)> {
     delete_credentials(cloud, name).await?;
+    let mut credential = json!({
+        "name": name,
+        "description": format!("hybridgrid cluster {cluster}: the master's power service (on-demand workers)"),
+        "unrestricted": false,
+    });
+    if let Some(rules) = access_rules {
+        credential["access_rules"] = rules;
+    }
     let made = cloud
         .create(
             "create application credential",
             Req::post(
                 Service::Keystone,
                 format!("users/{}/application_credentials", cloud.user_id),
-                json!({ "application_credential": {
-                    "name": name,
-                    "description": format!("hybridgrid cluster {cluster}: the master's power service (on-demand workers)"),
-                    "unrestricted": false,
-                }}),
+                json!({ "application_credential": credential }),
             ),
         )
         .await

@@ -481,6 +481,7 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
     // the cluster is anywhere it must never be.
     rotating_every_key_keeps_the_tunnel_and_slurm(c);
     no_secret_where_it_must_never_be(c);
+    the_power_credential_reaches_compute_and_network_only(c);
 
     // `up` again changes nothing: every node reports what it applied.
     let again = c.hg(&["up"]);
@@ -735,6 +736,59 @@ fn rotating_every_key_keeps_the_tunnel_and_slurm(c: &Cluster) {
             "srun -p {site} after rotate"
         );
     }
+}
+
+/// The master's power service got, per cloud, an application credential with access rules: it
+/// lists servers and networks, and object storage refuses it (the bed's services check access
+/// rules: `service_type` in their `keystone_authtoken`).
+fn the_power_credential_reaches_compute_and_network_only(c: &Cluster) {
+    let name = format!("{}-power-site-b", c.name);
+    let shown: Value = serde_json::from_str(&openstack(
+        "site-b",
+        &["application", "credential", "show", &name, "-f", "json"],
+    ))
+    .unwrap();
+    let rules = shown["access_rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        rules.iter().any(|r| r["service"] == "compute")
+            && rules.iter().all(|r| r["service"] != "object-store"),
+        "{shown:#}"
+    );
+    // The master's copy, as the service uses it (JSON is YAML), 0600 in the test's folder.
+    let clouds = c.dir.join("power-clouds.yaml");
+    std::fs::write(
+        &clouds,
+        c.exec("a-master", "cat /etc/hybridgrid/power/clouds.yaml"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&clouds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let with_it = |args: &[&str]| {
+        Command::new("openstack")
+            .env("OS_CLIENT_CONFIG_FILE", &clouds)
+            .args(["--os-cloud", "site-b"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for allowed in [&["server", "list"][..], &["network", "list"]] {
+        let out = with_it(allowed);
+        assert!(
+            out.status.success(),
+            "{allowed:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let swift = with_it(&["container", "list"]);
+    assert!(
+        !swift.status.success(),
+        "object storage took the power credential: {}",
+        String::from_utf8_lossy(&swift.stdout)
+    );
+    let _ = std::fs::remove_file(&clouds);
 }
 
 /// The nodes of the cluster that exist once b-od-1 is gone again.

@@ -151,14 +151,9 @@ fn rotate_changes_every_key_with_no_ping_gap_over_1s_and_a_running_job_completes
         status.contains("due (tunnel.rotate_every 10m): run `hybridgrid rotate`"),
         "{status}"
     );
-    let report: serde_json::Value = serde_json::from_str(&lab.hg_ok(&[
-        "rotate",
-        "-f",
-        lab.f(),
-        "--when-due",
-        "--json",
-    ]))
-    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&lab.hg_ok(&["rotate", "-f", lab.f(), "--when-due", "--json"]))
+            .unwrap();
     assert!(report.get("not_due").is_none(), "{report:#}");
     eprintln!("rotate: {report:#}");
     assert_eq!(report["relays"].as_array().unwrap().len(), 3, "{report:#}");
