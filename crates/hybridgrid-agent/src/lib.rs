@@ -16,6 +16,7 @@ pub mod pull;
 mod report;
 pub mod results;
 pub mod rotate;
+mod routes;
 pub mod slurm;
 pub mod store_reads;
 mod supervise;

@@ -115,17 +115,7 @@ pub(crate) fn apply_locked(
         forwarding(false, &mut report.actions)?;
     }
 
-    let has_clamp = sys::ok("nft", &["list", "table", "inet", "hg_node"]);
-    if config.mss_clamp && !has_clamp {
-        sys::nft(
-            None,
-            "table inet hg_node {\n  chain forward {\n    type filter hook forward priority mangle; policy accept;\n    tcp flags syn tcp option maxseg size set rt mtu\n  }\n}\n",
-        )?;
-        report.actions.push("MSS clamp".into());
-    } else if !config.mss_clamp && has_clamp {
-        sys::run("nft", &["delete", "table", "inet", "hg_node"])?;
-        report.actions.push("remove MSS clamp".into());
-    }
+    mss_clamp(config.mss_clamp, applied.as_ref(), &mut report.actions)?;
 
     match &mut config.wireguard {
         Some(wg) => {
@@ -481,24 +471,29 @@ pub fn interface_exists(ifname: &str) -> bool {
     })
 }
 
-/// One route of `ip -j route show`.
-#[derive(Debug, Deserialize)]
-struct LiveRoute {
-    dst: String,
-    gateway: Option<String>,
-    dev: Option<String>,
-    prefsrc: Option<String>,
-}
-
-fn matches(live: &LiveRoute, r: &Route) -> bool {
-    live.dst == r.destination.to_string()
-        && r.via
-            .is_none_or(|v| live.gateway.as_deref() == Some(v.to_string().as_str()))
-        && r.device
-            .as_ref()
-            .is_none_or(|d| live.dev.as_ref() == Some(d))
-        && r.src
-            .is_none_or(|s| live.prefsrc.as_deref() == Some(s.to_string().as_str()))
+/// A relay clamps the TCP MSS of what it forwards to the route's MTU (table `inet hg_node`).
+/// Only a node that clamps, or did at its last apply, looks at nftables: a worker's periodic
+/// apply starts no `nft` (nothing else makes that table).
+fn mss_clamp(
+    wanted: bool,
+    applied: Option<&NodeConfig>,
+    actions: &mut Vec<String>,
+) -> Result<(), AgentError> {
+    if !wanted && !applied.is_some_and(|a| a.mss_clamp) {
+        return Ok(());
+    }
+    let has_clamp = sys::ok("nft", &["list", "table", "inet", "hg_node"]);
+    if wanted && !has_clamp {
+        sys::nft(
+            None,
+            "table inet hg_node {\n  chain forward {\n    type filter hook forward priority mangle; policy accept;\n    tcp flags syn tcp option maxseg size set rt mtu\n  }\n}\n",
+        )?;
+        actions.push("MSS clamp".into());
+    } else if !wanted && has_clamp {
+        sys::run("nft", &["delete", "table", "inet", "hg_node"])?;
+        actions.push("remove MSS clamp".into());
+    }
+    Ok(())
 }
 
 fn routes(
@@ -506,16 +501,10 @@ fn routes(
     applied: &[Route],
     actions: &mut Vec<String>,
 ) -> Result<(), AgentError> {
-    let live: Vec<LiveRoute> =
-        serde_json::from_str(&sys::run("ip", &["-j", "-4", "route", "show"])?).map_err(
-            |source| AgentError::Json {
-                path: PathBuf::from("ip -j route show"),
-                source,
-            },
-        )?;
+    let live = crate::routes::LiveRoutes::read(wanted)?;
     let mut lines = Vec::new();
     for r in wanted {
-        if !live.iter().any(|l| matches(l, r)) {
+        if !live.has(r) {
             let mut line = format!("route replace {}", r.destination);
             if let Some(via) = r.via {
                 line.push_str(&format!(" via {via}"));
@@ -534,7 +523,7 @@ fn routes(
         .iter()
         .filter(|r| !wanted.iter().any(|w| w.destination == r.destination))
     {
-        if live.iter().any(|l| l.dst == r.destination.to_string()) {
+        if live.has_destination(r.destination) {
             lines.push(format!("route del {}", r.destination));
             actions.push(format!("route del {}", r.destination));
         }

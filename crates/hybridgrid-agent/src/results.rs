@@ -52,10 +52,12 @@ fn checks_no_token(pid: u32) -> bool {
         .is_ok_and(|line| !line.split(|b| *b == 0).any(|arg| arg == b"--munge-key"))
 }
 
-/// Starts the store as a daemon of its own unless it runs.
+/// Starts the store as a daemon of its own unless it runs; its token comes from the munge key at
+/// `munge_key`.
 pub fn ensure(
     store: &ResultsStore,
     state_dir: &Path,
+    munge_key: &Path,
     exe: &Path,
     tag: &str,
     actions: &mut Vec<String>,
@@ -73,7 +75,7 @@ pub fn ensure(
         .arg("--pid-file")
         .arg(state_dir.join(PID_FILE))
         .arg("--munge-key")
-        .arg(state_dir.join(crate::slurm::MUNGE_KEY_FILE))
+        .arg(munge_key)
         .args(["--listen", &format!("{}:{}", store.addr, store.port)])
         .args(["--tag", tag]);
     for net in &store.allow {

@@ -83,7 +83,8 @@ pub fn apply(
     match setup.role {
         SlurmRole::Controller => {
             if let Some(store) = &setup.results_store {
-                crate::results::ensure(store, state_dir, exe, tag, actions)?;
+                let munge_key = state_dir.join(MUNGE_KEY_FILE);
+                crate::results::ensure(store, state_dir, &munge_key, exe, tag, actions)?;
             }
             crate::power::ensure_programs(setup.power_service.as_deref(), exe, actions)?;
             controller(setup, wait_for_workers, actions)?;
@@ -316,6 +317,72 @@ fn sync_partitions(
 /// Where configless slurmd keeps the configuration it fetched (`SlurmdSpoolDir/conf-cache`).
 const CONF_CACHE: &str = "/var/lib/slurm/slurmd/conf-cache/slurm.conf";
 
+/// When a worker next asks slurmctld whether it still knows the node: a question every period
+/// was 100 requests a second at the controller of a 1,000-node cluster for nothing (issue 25).
+/// The first after [`FIRST_CHECK`], then each interval twice the last up to [`LAST_CHECK`],
+/// each shortened by up to a fifth, differently per process (so per node), so that nodes started
+/// together do not ask together. `agent apply` (of `up`) asks at once; the node's supervisor
+/// starts as if it had just asked ([`defer_controller_check`]: `up` configured the node); slurmd
+/// started again begins the series anew.
+#[derive(Debug)]
+struct ControllerCheck {
+    next: Option<std::time::Instant>,
+    interval: Duration,
+    asked: u32,
+}
+
+/// The first check after slurmd started in this process, and the longest interval.
+const FIRST_CHECK: Duration = Duration::from_secs(120);
+const LAST_CHECK: Duration = Duration::from_secs(600);
+
+impl ControllerCheck {
+    /// Whether the time has come to ask; if so, the next time is set.
+    fn due(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self.next.is_some_and(|next| now < next) {
+            return false;
+        }
+        self.asked += 1;
+        self.next = Some(now + jittered(self.interval, self.asked));
+        self.interval = (self.interval * 2).min(LAST_CHECK);
+        true
+    }
+
+    /// As if the controller had just been asked: the next question after [`FIRST_CHECK`].
+    fn restart(&mut self) {
+        self.interval = FIRST_CHECK;
+        self.asked = 0;
+        self.next = None;
+        let _ = self.due();
+    }
+}
+
+/// The node's supervisor starts right after `up` configured the node (which asked slurmctld):
+/// its first question comes after [`FIRST_CHECK`], not with its first periodic apply.
+pub fn defer_controller_check() {
+    controller_check().restart();
+}
+
+/// `interval` less up to a fifth, chosen by this process and `n`.
+fn jittered(interval: Duration, n: u32) -> Duration {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    (std::process::id(), n).hash(&mut h);
+    let fifth = interval.as_millis() as u64 / 5;
+    interval - Duration::from_millis(h.finish() % fifth.max(1))
+}
+
+fn controller_check() -> std::sync::MutexGuard<'static, ControllerCheck> {
+    static CHECK: std::sync::Mutex<ControllerCheck> = std::sync::Mutex::new(ControllerCheck {
+        next: None,
+        interval: FIRST_CHECK,
+        asked: 0,
+    });
+    CHECK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// How long a worker's periodic apply waits for slurmctld's answer: scontrol's own timeout
 /// (MessageTimeout, retried) held the node's supervisor ~20 s whenever the controller was
 /// unreachable, and with it every repair behind it.
@@ -369,13 +436,14 @@ fn compute(setup: &SlurmSetup, name: &str, actions: &mut Vec<String>) -> Result<
     std::fs::create_dir_all("/var/lib/slurm/slurmd").map_err(AgentError::io("/var/lib/slurm"))?;
     if let Some(pid) = pid_of(SLURMD_PID) {
         // A dynamic node is forgotten when slurmctld restarts without it in its slurm.conf
-        // (killed before it saved its state): register again.
-        if controller_knows(name) != Some(false) {
+        // (killed before it saved its state): register again. Asked rarely (`CONTROLLER_CHECK`).
+        if !controller_check().due() || controller_knows(name) != Some(false) {
             return Ok(());
         }
         sys::stop_processes(&[pid]);
         actions.push("slurmd: slurmctld forgot this node".into());
     }
+    controller_check().restart();
     let server = format!("{}:{}", setup.controller_addr, setup.ctld_port);
     // slurmd fetches its configuration from slurmctld when it starts (and waits 10 s between
     // tries): first wait for slurmctld, which at other sites answers once the tunnels are up.
@@ -406,4 +474,45 @@ fn compute(setup: &SlurmSetup, name: &str, actions: &mut Vec<String>) -> Result<
     }
     sys::wait_for("slurmd", Duration::from_secs(20), || pid_of(SLURMD_PID))?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// How long until `c` asks next, as set by its last `due`.
+    fn wait_of(c: &ControllerCheck) -> Duration {
+        c.next.unwrap().saturating_duration_since(Instant::now())
+    }
+
+    fn between(wait: Duration, interval: Duration) -> bool {
+        wait <= interval && wait + Duration::from_secs(1) >= interval * 4 / 5
+    }
+
+    #[test]
+    fn the_controller_is_asked_at_once_then_ever_more_rarely_and_anew_after_a_restart() {
+        let mut c = ControllerCheck {
+            next: None,
+            interval: FIRST_CHECK,
+            asked: 0,
+        };
+        assert!(c.due(), "a new process asks at once");
+        assert!(!c.due(), "and not again right away");
+        assert!(between(wait_of(&c), FIRST_CHECK), "{:?}", wait_of(&c));
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            c.next = Some(Instant::now());
+            assert!(c.due());
+            waits.push(wait_of(&c));
+        }
+        let expected = [240, 480, 600, 600, 600].map(Duration::from_secs);
+        for (wait, interval) in waits.iter().zip(expected) {
+            assert!(between(*wait, interval), "{waits:?}");
+        }
+        c.restart();
+        assert!(!c.due(), "a restart counts as asked");
+        assert!(between(wait_of(&c), FIRST_CHECK), "{:?}", wait_of(&c));
+    }
 }

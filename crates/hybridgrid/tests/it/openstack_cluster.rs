@@ -908,9 +908,21 @@ fn bed_secrets(c: &Cluster, state: &std::path::Path) -> Vec<secrets::Named> {
     ));
     let user_key = std::fs::read_to_string(c.dir.join("id_ed25519")).unwrap();
     found.push(("the user's SSH key".into(), ssh_key_line(&user_key)));
-    let power_clouds = c.exec("a-master", "cat /etc/hybridgrid/power/clouds.yaml");
-    let app = values_of(&power_clouds, "application_credential_secret");
-    assert!(!app.is_empty(), "no application credential on a-master");
+    // The master's clouds.yaml is JSON (which is YAML).
+    let power_clouds: Value =
+        serde_json::from_str(&c.exec("a-master", "cat /etc/hybridgrid/power/clouds.yaml")).unwrap();
+    let app: Vec<Vec<u8>> = power_clouds["clouds"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|entry| entry["auth"]["application_credential_secret"].as_str())
+        .map(|secret| secret.as_bytes().to_vec())
+        .collect();
+    assert_eq!(
+        app.len(),
+        2,
+        "an application credential per cloud on a-master"
+    );
     found.extend(
         app.into_iter()
             .map(|v| ("an application credential's secret".into(), v)),

@@ -11,9 +11,10 @@ pub type Named = (String, Vec<u8>);
 pub fn search(secrets: &[Named], places: &[Named]) -> Vec<String> {
     let mut found = Vec::new();
     for (secret, bytes) in secrets {
-        assert!(bytes.len() >= 16, "{secret} is too short to search for");
+        // The bed's passwords are 11 characters.
+        assert!(bytes.len() >= 8, "{secret} is too short to search for");
         for (place, content) in places {
-            if content.windows(bytes.len()).any(|w| w == bytes.as_slice()) {
+            if memchr::memmem::find(content, bytes).is_some() {
                 found.push(format!("{secret} in {place}"));
             }
         }

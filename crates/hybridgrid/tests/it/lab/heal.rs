@@ -167,3 +167,49 @@ fn killed_slurm_daemons_come_back_within_5s_without_up() {
         &["srun", "-p", "giessen", "-t", "1", "hostname"],
     );
 }
+
+/// Issue 25: the supervisor of an idle worker — its one-second look and its periodic apply
+/// (three of them here) — starts no process in 30 s: routes come from `/proc/net/route`, a node
+/// that never clamps does not ask nftables, and slurmctld is asked whether it still knows the
+/// node only every few minutes (not in the first two after `up`).
+#[test]
+fn an_idle_workers_agent_starts_no_process_in_30s() {
+    let Some(lab) = Lab::new("two-sites.yaml", "quiet") else {
+        return;
+    };
+    lab.up();
+    super::slurm::wait_idle(&lab, &["giessen-worker-1"]);
+    let out = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("hold --tag {}giessen-worker-1 ", lab.prefix()),
+        ])
+        .output()
+        .unwrap();
+    let supervisor = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("giessen-worker-1's supervisor")
+        .to_owned();
+    let traced = Command::new("timeout")
+        .args([
+            "30",
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=execve",
+            "-p",
+            &supervisor,
+        ])
+        .output()
+        .unwrap();
+    let trace = String::from_utf8_lossy(&traced.stderr);
+    // `timeout` ended a strace that followed the supervisor all along.
+    assert_eq!(traced.status.code(), Some(124), "strace: {trace}");
+    let started: Vec<&str> = trace.lines().filter(|l| l.contains("execve(")).collect();
+    assert!(
+        started.is_empty(),
+        "the idle worker's agent started: {started:#?}"
+    );
+}
