@@ -276,32 +276,17 @@ fn wireguard(
         actions.push(format!("{ifname} started again with its new key"));
     }
 
-    // Address, MTU, up: compared with the live link.
-    let addrs = sys::run("ip", &["-o", "-4", "addr", "show", "dev", ifname])?;
-    let want = wg.address.to_string();
+    // Address, MTU, up: compared with the live link (read without a process).
+    let link = sys::Link::read(ifname)?;
     let mut lines = Vec::new();
-    let present: Vec<&str> = addrs
-        .lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            words.find(|w| *w == "inet")?;
-            words.next()
-        })
-        .collect();
-    for have in present.iter().filter(|h| **h != want) {
+    for have in link.addresses.iter().filter(|h| **h != wg.address) {
         lines.push(format!("addr del {have} dev {ifname}"));
     }
-    if !present.contains(&want.as_str()) {
-        lines.push(format!("addr add {want} dev {ifname}"));
-        actions.push(format!("{ifname} address {want}"));
+    if !link.addresses.contains(&wg.address) {
+        lines.push(format!("addr add {} dev {ifname}", wg.address));
+        actions.push(format!("{ifname} address {}", wg.address));
     }
-    let link = sys::run("ip", &["-o", "link", "show", "dev", ifname])?;
-    let mtu_ok = link.contains(&format!(" mtu {} ", wg.mtu));
-    let up = link
-        .split_once('<')
-        .and_then(|(_, r)| r.split_once('>'))
-        .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"));
-    if !mtu_ok || !up {
+    if link.mtu != Some(u32::from(wg.mtu)) || !link.up {
         lines.push(format!("link set {ifname} mtu {} up", wg.mtu));
         actions.push(format!("{ifname} MTU {} up", wg.mtu));
     }

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hybridgrid_core::jobs::{JOB_ENV_FILE, RESULTS_TOKEN_VAR};
-use hybridgrid_core::plan::{SlurmRole, SlurmSetup};
+use hybridgrid_core::plan::{PartitionMembers, SlurmRole, SlurmSetup};
 use hybridgrid_core::slurm_conf::power_saving_lines;
 
 use crate::AgentError;
@@ -181,23 +181,16 @@ fn controller(
         std::fs::create_dir_all(d).map_err(AgentError::io(d))?;
         sys::own(d, "slurm")?;
     }
-    // Written whenever it changed (client commands read it); slurmctld reads it only when it
-    // starts, and later workers join as dynamic nodes, so a running slurmctld is left alone —
-    // unless its power saving (programs, timeouts, cloud nodes) changed, which only a start reads.
-    let old = std::fs::read_to_string(SLURM_CONF).unwrap_or_default();
-    if old != setup.conf {
-        write_atomic(Path::new(SLURM_CONF), setup.conf.as_bytes(), 0o644)?;
-        actions.push("slurm.conf".into());
-        if let Some(pid) = pid_of(SLURMCTLD_PID)
-            && power_saving_lines(&old) != power_saving_lines(&setup.conf)
-        {
-            sys::stop_processes(&[pid]);
-            actions.push("slurmctld stopped: power saving changed".into());
-        }
+    let started = ensure_slurmctld(setup, actions)?;
+    // What slurmctld has is looked at (a process per question) only when something may have
+    // changed it: a start, a new plan, `up` waiting for workers, or now and then.
+    let new_plan = synced_partitions().as_ref() != Some(&setup.partitions);
+    if !started && !new_plan && wait_for_workers.is_zero() && !controller_check().due() {
+        return Ok(());
     }
-    if pid_of(SLURMCTLD_PID).is_none() {
-        sys::run("slurmctld", &[])?;
-        actions.push("slurmctld".into());
+    if started {
+        // Workers slurmctld forgot join again over the next minutes: look again soon.
+        controller_check().restart();
     }
     sys::wait_for("slurmctld to answer", CTLD_START, || {
         let up = sys::ok_stdout("scontrol", &["ping"]).filter(|o| o.contains("is UP"));
@@ -222,7 +215,41 @@ fn controller(
             all.then_some(())
         });
     }
-    sync_partitions(setup, &planned, actions)
+    sync_partitions(setup, &planned, actions)?;
+    *synced_partitions() = Some(setup.partitions.clone());
+    Ok(())
+}
+
+/// slurm.conf as planned and slurmctld running; whether it was started. The file is written
+/// whenever it changed (client commands read it); slurmctld reads it only when it starts, and
+/// later workers join as dynamic nodes, so a running slurmctld is left alone — unless its power
+/// saving (programs, timeouts, cloud nodes) changed, which only a start reads.
+fn ensure_slurmctld(setup: &SlurmSetup, actions: &mut Vec<String>) -> Result<bool, AgentError> {
+    let old = std::fs::read_to_string(SLURM_CONF).unwrap_or_default();
+    if old != setup.conf {
+        write_atomic(Path::new(SLURM_CONF), setup.conf.as_bytes(), 0o644)?;
+        actions.push("slurm.conf".into());
+        if let Some(pid) = pid_of(SLURMCTLD_PID)
+            && power_saving_lines(&old) != power_saving_lines(&setup.conf)
+        {
+            sys::stop_processes(&[pid]);
+            actions.push("slurmctld stopped: power saving changed".into());
+        }
+    }
+    if pid_of(SLURMCTLD_PID).is_some() {
+        return Ok(false);
+    }
+    sys::run("slurmctld", &[])?;
+    actions.push("slurmctld".into());
+    Ok(true)
+}
+
+/// The partitions this process last made slurmctld's (`None`: none yet).
+fn synced_partitions() -> std::sync::MutexGuard<'static, Option<Vec<PartitionMembers>>> {
+    static SYNCED: std::sync::Mutex<Option<Vec<PartitionMembers>>> = std::sync::Mutex::new(None);
+    SYNCED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The nodes slurmctld knows.
@@ -250,11 +277,9 @@ fn partitions() -> Result<BTreeMap<String, BTreeSet<String>>, AgentError> {
             }
             if let Some(list) = w.strip_prefix("Nodes=")
                 && list != "(null)"
-                && !list.is_empty()
             {
-                nodes = scontrol(&["show", "hostnames", list])?
-                    .lines()
-                    .map(str::to_owned)
+                nodes = hybridgrid_core::hostlist::expand(list)
+                    .into_iter()
                     .collect();
             }
         }
@@ -317,8 +342,10 @@ fn sync_partitions(
 /// Where configless slurmd keeps the configuration it fetched (`SlurmdSpoolDir/conf-cache`).
 const CONF_CACHE: &str = "/var/lib/slurm/slurmd/conf-cache/slurm.conf";
 
-/// When a worker next asks slurmctld whether it still knows the node: a question every period
-/// was 100 requests a second at the controller of a 1,000-node cluster for nothing (issue 25).
+/// When a worker next asks slurmctld whether it still knows the node, and the controller's agent
+/// looks at slurmctld's nodes and partitions: a question every period was 100 requests a second
+/// at the controller of a 1,000-node cluster for nothing (issue 25), and the controller's own
+/// look a process per partition.
 /// The first after [`FIRST_CHECK`], then each interval twice the last up to [`LAST_CHECK`],
 /// each shortened by up to a fifth, differently per process (so per node), so that nodes started
 /// together do not ask together. `agent apply` (of `up`) asks at once; the node's supervisor

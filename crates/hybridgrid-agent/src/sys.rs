@@ -263,3 +263,64 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "known\n");
     }
 }
+
+/// A network device as the kernel has it: its IPv4 addresses, MTU and whether it is up, read
+/// without a process (`getifaddrs`, `/sys/class/net`) in this process's network namespace.
+#[derive(Debug, Default)]
+pub struct Link {
+    pub addresses: Vec<ipnet::Ipv4Net>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+}
+
+impl Link {
+    pub fn read(ifname: &str) -> Result<Link, AgentError> {
+        let mut link = Link::default();
+        let all = nix::ifaddrs::getifaddrs().map_err(|e| AgentError::Command {
+            command: "getifaddrs".into(),
+            detail: e.to_string(),
+        })?;
+        for a in all.filter(|a| a.interface_name == ifname) {
+            link.up |= a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
+            let ip = a
+                .address
+                .as_ref()
+                .and_then(|s| s.as_sockaddr_in())
+                .map(|s| s.ip());
+            let mask = a
+                .netmask
+                .as_ref()
+                .and_then(|s| s.as_sockaddr_in())
+                .map(|s| s.ip());
+            if let (Some(ip), Some(mask)) = (ip, mask)
+                && let Ok(net) = ipnet::Ipv4Net::with_netmask(ip, mask)
+            {
+                link.addresses.push(net);
+            }
+        }
+        let mtu = format!("/sys/class/net/{ifname}/mtu");
+        link.mtu = std::fs::read_to_string(&mtu)
+            .ok()
+            .and_then(|m| m.trim().parse().ok());
+        Ok(link)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests
+mod link_tests {
+    use super::Link;
+
+    #[test]
+    fn loopback_is_up_with_its_address_and_mtu() {
+        let lo = Link::read("lo").unwrap();
+        assert!(lo.up);
+        assert!(
+            lo.addresses.contains(&"127.0.0.1/8".parse().unwrap()),
+            "{lo:?}"
+        );
+        assert!(lo.mtu.is_some_and(|m| m >= 1500), "{lo:?}");
+        let none = Link::read("hg-no-such-device").unwrap();
+        assert!(!none.up && none.addresses.is_empty() && none.mtu.is_none());
+    }
+}

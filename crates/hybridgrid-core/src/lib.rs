@@ -8,6 +8,7 @@ pub mod addr;
 pub mod change;
 pub mod diag;
 pub mod diff;
+pub mod hostlist;
 pub mod jobs;
 pub mod keys;
 pub mod model;

@@ -522,3 +522,35 @@ fn fuzz_corpus_replays() {
         let _ = hybridgrid_core::node_meta::parse_peer("a-master", &text);
     }
 }
+
+/// The controller's agent expands its partitions' host lists itself: as Slurm's own
+/// `scontrol show hostnames` does (which needs no controller, only a configuration).
+#[test]
+fn host_lists_expand_as_scontrol_does() {
+    let conf = std::env::temp_dir().join(format!("hg-hostlist-{}.conf", std::process::id()));
+    std::fs::write(&conf, "ClusterName=t\nSlurmctldHost=localhost\n").unwrap();
+    let theirs = |list: &str| -> std::io::Result<Vec<String>> {
+        let out = Command::new("scontrol")
+            .args(["show", "hostnames", list])
+            .env("SLURM_CONF", &conf)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    };
+    let lists = [
+        "s0-worker-[1-10]",
+        "a-worker-[1-2,5],b-gw,c-od-[3-4]",
+        "n[08-11]",
+        "giessen-worker-1",
+        "r[1-2]n[01-03]",
+    ];
+    let answers: Vec<_> = lists.iter().map(|l| theirs(l)).collect();
+    let _ = std::fs::remove_file(&conf);
+    for (list, answer) in lists.iter().zip(answers) {
+        let answer = answer
+            .unwrap_or_else(|e| panic!("`scontrol` is needed for this test (slurm-client): {e}"));
+        assert_eq!(hybridgrid_core::hostlist::expand(list), answer, "{list}");
+    }
+}
