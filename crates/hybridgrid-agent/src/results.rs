@@ -33,11 +33,16 @@ pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("results")
 }
 
+/// The store's pid: alive and named [`PROCESS_NAME`] (a pid file outlives its process, and the
+/// local provider's nodes share the host's process ids).
 fn pid(state_dir: &Path) -> Option<u32> {
     std::fs::read_to_string(state_dir.join(PID_FILE))
         .ok()
         .and_then(|p| p.trim().parse::<u32>().ok())
         .filter(|p| sys::alive(*p))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == PROCESS_NAME)
+        })
 }
 
 /// Whether the store runs.
@@ -143,7 +148,14 @@ impl Tokens {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if now != seen.current {
             if let Some(old) = seen.current.take() {
-                seen.previous = Some((old, Instant::now()));
+                // The grace counts from the key's change, not from the first request after it.
+                let changed = std::fs::metadata(&self.munge_key)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                let since = Instant::now().checked_sub(changed).unwrap_or_else(Instant::now);
+                seen.previous = Some((old, since));
             }
             seen.current = now;
         }
@@ -381,6 +393,16 @@ mod tests {
         );
         assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
         assert!(!dir.path().join("8.out").exists());
+    }
+
+    /// A pid file outlives its store: a live process of another name behind it (here this test)
+    /// is not the store, and nothing kills it as an old one.
+    #[test]
+    fn regression_a_pid_reused_by_another_process_is_not_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(PID_FILE), std::process::id().to_string()).unwrap();
+        assert!(!runs(dir.path()));
+        assert_eq!(pid(dir.path()), None);
     }
 
     #[test]

@@ -183,8 +183,13 @@ fn controller(
     }
     let started = ensure_slurmctld(setup, actions)?;
     // What slurmctld has is looked at (a process per question) only when something may have
-    // changed it: a start, a new plan, `up` waiting for workers, or now and then.
-    let new_plan = synced_partitions().as_ref() != Some(&setup.partitions);
+    // changed it: a start (also by another process: its pid changed), a new plan, a planned
+    // worker it did not know yet, `up` waiting for workers, or now and then.
+    let synced = Synced {
+        partitions: setup.partitions.clone(),
+        slurmctld: pid_of(SLURMCTLD_PID),
+    };
+    let new_plan = synced_partitions().as_ref() != Some(&synced);
     if !started && !new_plan && wait_for_workers.is_zero() && !controller_check().due() {
         return Ok(());
     }
@@ -215,8 +220,10 @@ fn controller(
             all.then_some(())
         });
     }
-    sync_partitions(setup, &planned, actions)?;
-    *synced_partitions() = Some(setup.partitions.clone());
+    let all_known = sync_partitions(setup, &planned, actions)?;
+    // Until every planned worker has joined, every period looks again (a worker registering
+    // after `up`'s wait joins its partition within a period, not at the next check).
+    *synced_partitions() = all_known.then_some(synced);
     Ok(())
 }
 
@@ -244,9 +251,17 @@ fn ensure_slurmctld(setup: &SlurmSetup, actions: &mut Vec<String>) -> Result<boo
     Ok(true)
 }
 
-/// The partitions this process last made slurmctld's (`None`: none yet).
-fn synced_partitions() -> std::sync::MutexGuard<'static, Option<Vec<PartitionMembers>>> {
-    static SYNCED: std::sync::Mutex<Option<Vec<PartitionMembers>>> = std::sync::Mutex::new(None);
+/// What this process last made slurmctld's partitions, and with which slurmctld.
+#[derive(Debug, PartialEq)]
+struct Synced {
+    partitions: Vec<PartitionMembers>,
+    slurmctld: Option<u32>,
+}
+
+/// The partitions this process last made slurmctld's, with every planned worker in them
+/// (`None`: none yet, or a worker was missing).
+fn synced_partitions() -> std::sync::MutexGuard<'static, Option<Synced>> {
+    static SYNCED: std::sync::Mutex<Option<Synced>> = std::sync::Mutex::new(None);
     SYNCED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -292,11 +307,12 @@ fn partitions() -> Result<BTreeMap<String, BTreeSet<String>>, AgentError> {
 
 /// Keeps slurmctld's partitions as planned, with the planned workers it knows: creates a new
 /// site's partition, sets each partition's nodes, deletes partitions and dynamic nodes that left.
+/// Whether slurmctld knew every planned worker.
 fn sync_partitions(
     setup: &SlurmSetup,
     planned: &BTreeSet<&str>,
     actions: &mut Vec<String>,
-) -> Result<(), AgentError> {
+) -> Result<bool, AgentError> {
     let known = known_nodes()?;
     let current = partitions()?;
     for p in &setup.partitions {
@@ -336,7 +352,7 @@ fn sync_partitions(
         scontrol(&["delete", &format!("NodeName={n}")])?;
         actions.push(format!("remove Slurm node {n}"));
     }
-    Ok(())
+    Ok(planned.iter().all(|n| known.contains(*n)))
 }
 
 /// Where configless slurmd keeps the configuration it fetched (`SlurmdSpoolDir/conf-cache`).

@@ -136,9 +136,9 @@ pub fn rotate(
     })
 }
 
-/// `rotate --when-due`: [`rotate`] once the oldest key is `tunnel.rotate_every` old (`status`'s
-/// key ages); before, nothing, and the report says how old the keys are. For a timer on the
-/// machine that keeps the cluster's state (docs/keys.md).
+/// `rotate --when-due`: [`rotate`] once the oldest key it renews is `tunnel.rotate_every` old
+/// (`status`'s key ages); before, nothing, and the report says how old the keys are. For a timer
+/// on the machine that keeps the cluster's state (docs/keys.md).
 pub fn rotate_when_due(
     provider: &dyn Provider,
     cluster: &Cluster,
@@ -148,7 +148,18 @@ pub fn rotate_when_due(
     if cluster.tunnel.rotate_every_s.is_none() {
         return Err(EngineError::RotateEveryUnset);
     }
-    let ages = crate::status(provider, cluster, crate::Probe::None)?.keys;
+    let status = crate::status(provider, cluster, crate::Probe::None)?;
+    // Only the keys this rotation renews count: with `--munge` alone, old relay keys would make
+    // it due at every tick of the timer.
+    let ages = crate::report::KeyAges::new(
+        status.keys.munge_s.filter(|_| renew.munge),
+        status.keys.preshared_s.filter(|_| renew.preshared),
+        status
+            .tunnels
+            .iter()
+            .map(|t| t.key_age_s.filter(|_| renew.wireguard)),
+        cluster.tunnel.rotate_every_s,
+    );
     if ages.due {
         return rotate(provider, cluster, renew, sink);
     }

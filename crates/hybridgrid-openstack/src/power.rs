@@ -351,13 +351,15 @@ async fn power_credential(
             let entry = entry_of(&id, &secret);
             match works(cloud, &entry).await {
                 Ok(()) => return Ok(entry),
-                Err(e) => e,
+                Err(e) if refuses_rules(&e) => e,
+                Err(e) => return Err(e),
             }
         }
-        Err(e) => e,
+        Err(e) if refuses_rules(&e) => e,
+        Err(e) => return Err(e),
     };
     sink(Event::Note(format!(
-        "{}: the power service's application credential is not restricted to compute and          network (a credential with access rules did not work: {}); it has the project's roles",
+        "{}: the power service's application credential is not restricted to compute, network and image reads (a credential with access rules did not work: {}); it has the project's roles",
         cloud.name,
         hybridgrid_core::error_chain(&refused)
     )));
@@ -365,7 +367,14 @@ async fn power_credential(
     Ok(entry_of(&id, &secret))
 }
 
-/// Whether the credential of `entry` gets a token and lists servers and networks.
+/// A refusal of the credential's rules (Keystone refuses to make one with rules: 400, 403; a
+/// service refuses its token: 401, 403), not a cloud that failed: only that falls back to a
+/// credential without rules.
+fn refuses_rules(e: &OsError) -> bool {
+    matches!(e.status(), Some(400 | 401 | 403))
+}
+
+/// Whether the credential of `entry` gets a token and lists servers, networks and images.
 async fn works(cloud: &Cloud, entry: &serde_json::Value) -> Result<()> {
     let profile: openstack_sdk::config::CloudConfig = serde_json::from_value(entry.clone())
         .map_err(|e| OsError::Connect {
@@ -383,6 +392,12 @@ async fn works(cloud: &Cloud, entry: &serde_json::Value) -> Result<()> {
         .get(
             "list networks",
             Req::get(crate::api::NET, "networks").q("limit", "1"),
+        )
+        .await?;
+    probe
+        .get(
+            "list images",
+            Req::get(crate::api::GLANCE, "images").q("limit", "1"),
         )
         .await?;
     Ok(())
@@ -482,6 +497,25 @@ async fn delete_credentials(cloud: &Cloud, name: &str) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn api(status: Option<u16>) -> OsError {
+        OsError::Api {
+            cloud: "site-b".into(),
+            what: "list servers".into(),
+            status,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_refusal_falls_back_to_a_credential_without_rules() {
+        for refused in [400, 401, 403] {
+            assert!(refuses_rules(&api(Some(refused))), "{refused}");
+        }
+        for failed in [Some(500), Some(503), Some(404), None] {
+            assert!(!refuses_rules(&api(failed)), "{failed:?}");
+        }
+    }
 
     #[test]
     fn the_check_script_output_says_what_the_master_has() {

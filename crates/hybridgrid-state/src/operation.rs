@@ -28,11 +28,7 @@ impl OperationLock {
         command: &str,
         waiting: &dyn Fn(&str),
     ) -> Result<Self, StateError> {
-        let (mut file, path) = open(cluster_dir)?;
-        if file.try_lock().is_err() {
-            waiting(&holder(&mut file));
-            file.lock().map_err(io(&path))?;
-        }
+        let (mut file, path) = acquire(cluster_dir, Mode::Alone, waiting)?;
         file.set_len(0).map_err(io(&path))?;
         file.rewind().map_err(io(&path))?;
         write!(file, "{command} (pid {})", std::process::id()).map_err(io(&path))?;
@@ -41,12 +37,51 @@ impl OperationLock {
 
     /// Waits until no process holds the lock alone, then holds it with the others that share it.
     pub fn shared(cluster_dir: &Path, waiting: &dyn Fn(&str)) -> Result<Self, StateError> {
-        let (mut file, path) = open(cluster_dir)?;
-        if file.try_lock_shared().is_err() {
-            waiting(&holder(&mut file));
-            file.lock_shared().map_err(io(&path))?;
-        }
+        let (file, _) = acquire(cluster_dir, Mode::Shared, waiting)?;
         Ok(OperationLock(file))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Alone,
+    Shared,
+}
+
+/// The lock in `mode`, waiting (and saying for whom) while another holds it. A `down` that held
+/// it may have removed the folder meanwhile: a lock on a file no longer there locks nobody out,
+/// so it is taken again on the file that is there now.
+fn acquire(
+    cluster_dir: &Path,
+    mode: Mode,
+    waiting: &dyn Fn(&str),
+) -> Result<(File, std::path::PathBuf), StateError> {
+    loop {
+        let (mut file, path) = open(cluster_dir)?;
+        let free = match mode {
+            Mode::Alone => file.try_lock(),
+            Mode::Shared => file.try_lock_shared(),
+        };
+        if free.is_err() {
+            waiting(&holder(&mut file));
+            match mode {
+                Mode::Alone => file.lock(),
+                Mode::Shared => file.lock_shared(),
+            }
+            .map_err(io(&path))?;
+        }
+        if is_still_there(&file, &path) {
+            return Ok((file, path));
+        }
+    }
+}
+
+/// Whether `path` still names the file `file` has open.
+fn is_still_there(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(held), Ok(named)) => held.ino() == named.ino() && held.dev() == named.dev(),
+        _ => false,
     }
 }
 
@@ -97,6 +132,31 @@ mod tests {
         second.join().unwrap().unwrap();
         let told = told.lock().unwrap().clone();
         assert!(told.starts_with("`rotate (pid "), "{told}");
+    }
+
+    #[test]
+    fn a_lock_whose_folder_was_removed_meanwhile_is_taken_on_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = dir.path().join("demo");
+        let down = OperationLock::exclusive(&cluster, "down", &|_| panic!("free")).unwrap();
+        let (held, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let (c, held_tx, release_rx) = (cluster.clone(), held.0, release.1);
+        let waiting_up = std::thread::spawn(move || {
+            let lock = OperationLock::exclusive(&c, "up", &|_| {}).unwrap();
+            held_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            drop(lock);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // `down` removes the cluster's folder, lock file included, then ends.
+        std::fs::remove_dir_all(&cluster).unwrap();
+        drop(down);
+        held.1.recv().unwrap();
+        // The `up` that waited holds the file that is there now: nobody else gets it.
+        let there = std::fs::File::open(cluster.join(LOCK_FILE)).unwrap();
+        assert!(there.try_lock().is_err(), "the waiter locked a file no longer there");
+        release.0.send(()).unwrap();
+        waiting_up.join().unwrap();
     }
 
     #[test]

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use hybridgrid_core::model::{self, Cluster, LoadError};
 use hybridgrid_core::plan::Plan;
 use hybridgrid_core::render;
+use hybridgrid_engine::state::operation::OperationLock;
 use hybridgrid_engine::{Command as Cmd, EngineError, Event, Probe, Provider, Sink};
 use settings::Settings;
 
@@ -223,6 +224,23 @@ fn open(
     Ok(Some((cluster, provider)))
 }
 
+/// As [`open`], for a command that changes the cluster (`up`, `rotate`): the cluster's operation
+/// lock is held before the provider reads its state, so what it reads is what the last change
+/// left.
+fn open_alone(
+    file: &Path,
+    settings: &Settings,
+    knobs: providers::Knobs,
+    command: &str,
+) -> anyhow::Result<Option<(Cluster, Box<dyn Provider>, OperationLock)>> {
+    let Some(cluster) = load(file)? else {
+        return Ok(None);
+    };
+    let alone = hold_alone(&cluster.name, settings, command)?;
+    let provider = providers::open(&cluster, settings, knobs)?;
+    Ok(Some((cluster, provider, alone)))
+}
+
 fn require(provider: &dyn Provider, command: Cmd, hint: &str) -> anyhow::Result<()> {
     if hybridgrid_engine::supports(provider, command) {
         Ok(())
@@ -372,10 +390,9 @@ fn up(
         stateless_security_groups,
         ..providers::Knobs::default()
     };
-    let Some((cluster, provider)) = open(file, settings, knobs)? else {
+    let Some((cluster, provider, _alone)) = open_alone(file, settings, knobs, "up")? else {
         return Ok(ExitCode::FAILURE);
     };
-    let _alone = hold_alone(&cluster.name, settings, "up")?;
     let report = hybridgrid_engine::up(provider.as_ref(), &cluster, show)?;
     for p in &report.partial {
         eprintln!("note: not done by `up`: {p}");
@@ -400,14 +417,10 @@ fn up(
 
 /// Holds cluster `name`'s operation lock alone for `command` (`up`, `down`, `rotate`: one change
 /// of a cluster at a time; `hybridgrid_state::operation`), saying for whom it waits first.
-fn hold_alone(
-    name: &str,
-    settings: &Settings,
-    command: &str,
-) -> anyhow::Result<hybridgrid_engine::state::operation::OperationLock> {
+fn hold_alone(name: &str, settings: &Settings, command: &str) -> anyhow::Result<OperationLock> {
     let dir = settings.state_root.join(name);
     let waiting = |who: &str| eprintln!("waiting for {who} to finish with cluster {name}");
-    Ok(hybridgrid_engine::state::operation::OperationLock::exclusive(&dir, command, &waiting)?)
+    Ok(OperationLock::exclusive(&dir, command, &waiting)?)
 }
 
 /// `status`: exit 1, with a hint, when the cluster is not healthy.
@@ -495,11 +508,11 @@ fn rotate(
     settings: &Settings,
     show: Sink<'_>,
 ) -> anyhow::Result<ExitCode> {
-    let Some((cluster, provider)) = open(file, settings, providers::Knobs::default())? else {
+    let knobs = providers::Knobs::default();
+    let Some((cluster, provider, _alone)) = open_alone(file, settings, knobs, "rotate")? else {
         return Ok(ExitCode::FAILURE);
     };
     require(provider.as_ref(), Cmd::Rotate, "")?;
-    let _alone = hold_alone(&cluster.name, settings, "rotate")?;
     let report = match when_due {
         true => {
             hybridgrid_engine::rotate::rotate_when_due(provider.as_ref(), &cluster, renew, show)?
@@ -547,15 +560,17 @@ fn rotate(
 
 /// `down`: exit 1, with what is left, when something could not be deleted.
 fn down(file: &Path, settings: &Settings, show: Sink<'_>) -> anyhow::Result<ExitCode> {
-    let Some((cluster, provider)) = open(file, settings, providers::Knobs::default())? else {
+    let Some(cluster) = load(file)? else {
         return Ok(ExitCode::FAILURE);
     };
-    require(provider.as_ref(), Cmd::Down, "")?;
-    // A cluster with no state here has nothing to wait for (and gets no folder for the lock).
+    // Held before the provider reads its state; a cluster with no state here has nothing to
+    // wait for (and gets no folder for the lock).
     let _alone = match settings.state_root.join(&cluster.name).is_dir() {
         true => Some(hold_alone(&cluster.name, settings, "down")?),
         false => None,
     };
+    let provider = providers::open(&cluster, settings, providers::Knobs::default())?;
+    require(provider.as_ref(), Cmd::Down, "")?;
     let report = provider.down(show)?;
     for n in &report.not_deleted {
         eprintln!(

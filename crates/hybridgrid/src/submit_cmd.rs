@@ -216,9 +216,11 @@ exit $rc
 }
 
 /// curl's arguments uploading the job's output and its status file; the environment is loaded
-/// again before them, so a token rotated while the job ran is the one they carry.
-const UPLOAD_OUT: &str = r#"-sS --retry 5 --retry-connrefused -T "$work/out" "$HYBRIDGRID_RESULTS_URL$SLURM_JOB_ID.out""#;
-const UPLOAD_STATUS: &str = r#"-sS --retry 5 --retry-connrefused -T "$work/status.json" "$HYBRIDGRID_RESULTS_URL$SLURM_JOB_ID.json""#;
+/// again before them, so a token rotated while the job ran is the one they carry. Every error is
+/// tried again (`--retry-all-errors`): during a rotation this worker may have its new key a
+/// moment before the master's store (a 401 for that moment).
+const UPLOAD_OUT: &str = r#"-fsS --retry 5 --retry-all-errors -T "$work/out" "$HYBRIDGRID_RESULTS_URL$SLURM_JOB_ID.out""#;
+const UPLOAD_STATUS: &str = r#"-fsS --retry 5 --retry-all-errors -T "$work/status.json" "$HYBRIDGRID_RESULTS_URL$SLURM_JOB_ID.json""#;
 
 /// The command that runs `sbatch` on the master with the batch script on its standard input;
 /// sbatch keeps its own copy of the script, so the file on the master is removed at once.
