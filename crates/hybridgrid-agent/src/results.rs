@@ -41,7 +41,8 @@ fn pid(state_dir: &Path) -> Option<u32> {
         .and_then(|p| p.trim().parse::<u32>().ok())
         .filter(|p| sys::alive(*p))
         .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == PROCESS_NAME)
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == PROCESS_NAME)
         })
 }
 
@@ -154,7 +155,9 @@ impl Tokens {
                     .ok()
                     .and_then(|t| t.elapsed().ok())
                     .unwrap_or_default();
-                let since = Instant::now().checked_sub(changed).unwrap_or_else(Instant::now);
+                let since = Instant::now()
+                    .checked_sub(changed)
+                    .unwrap_or_else(Instant::now);
                 seen.previous = Some((old, since));
             }
             seen.current = now;

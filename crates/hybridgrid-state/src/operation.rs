@@ -153,8 +153,11 @@ mod tests {
         drop(down);
         held.1.recv().unwrap();
         // The `up` that waited holds the file that is there now: nobody else gets it.
-        let there = std::fs::File::open(cluster.join(LOCK_FILE)).unwrap();
-        assert!(there.try_lock().is_err(), "the waiter locked a file no longer there");
+        let there = File::open(cluster.join(LOCK_FILE)).unwrap();
+        assert!(
+            there.try_lock().is_err(),
+            "the waiter locked a file no longer there"
+        );
         release.0.send(()).unwrap();
         waiting_up.join().unwrap();
     }

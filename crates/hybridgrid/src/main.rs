@@ -224,6 +224,9 @@ fn open(
     Ok(Some((cluster, provider)))
 }
 
+/// A cluster opened for a change: its provider, and the operation lock held for it.
+type OpenedAlone = (Cluster, Box<dyn Provider>, OperationLock);
+
 /// As [`open`], for a command that changes the cluster (`up`, `rotate`): the cluster's operation
 /// lock is held before the provider reads its state, so what it reads is what the last change
 /// left.
@@ -232,7 +235,7 @@ fn open_alone(
     settings: &Settings,
     knobs: providers::Knobs,
     command: &str,
-) -> anyhow::Result<Option<(Cluster, Box<dyn Provider>, OperationLock)>> {
+) -> anyhow::Result<Option<OpenedAlone>> {
     let Some(cluster) = load(file)? else {
         return Ok(None);
     };
