@@ -116,7 +116,7 @@ fn job_env(
     if let Ok(store) = std::fs::read(state_dir.join(STORE_ENV_FILE)) {
         wanted.extend_from_slice(&store);
     }
-    if std::fs::read(target).ok() == Some(wanted.clone()) {
+    if std::fs::read(target).ok().as_deref() == Some(wanted.as_slice()) {
         return Ok(());
     }
     let dir = target.parent().unwrap_or(Path::new("/"));

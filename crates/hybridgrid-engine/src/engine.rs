@@ -130,7 +130,8 @@ pub fn status(
     let plan = plan(provider, cluster)?;
     let mut report = provider.status(&plan, probe)?;
     if let Some(nodes) = provider.nodes() {
-        let age = |file: &str| crate::state::age_s(&nodes.keys_dir().join(file));
+        let keys_dir = nodes.keys_dir();
+        let age = |file: &str| crate::state::age_s(&keys_dir.join(file));
         report.keys = crate::report::KeyAges::new(
             age(crate::munge::KEY_FILE),
             age(crate::preshared::KEYS_FILE),

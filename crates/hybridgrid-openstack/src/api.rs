@@ -244,6 +244,14 @@ impl std::fmt::Debug for Cloud {
     }
 }
 
+/// Why cloud `cloud` could not be connected to.
+fn connect_error(cloud: &str, e: &dyn std::fmt::Display) -> OsError {
+    OsError::Connect {
+        cloud: cloud.to_owned(),
+        message: e.to_string(),
+    }
+}
+
 impl Cloud {
     pub async fn connect(
         config: &ConfigFile,
@@ -252,13 +260,9 @@ impl Cloud {
         crash: Arc<CrashSwitch>,
         trace: Option<CallTrace>,
     ) -> Result<Cloud> {
-        let err = |e: &dyn std::fmt::Display| OsError::Connect {
-            cloud: cloud.to_owned(),
-            message: e.to_string(),
-        };
         let profile = config
             .get_cloud_config(cloud)
-            .map_err(|e| err(&e))?
+            .map_err(|e| connect_error(cloud, &e))?
             .ok_or_else(|| OsError::NoCloud {
                 site: site.to_owned(),
                 cloud: cloud.to_owned(),
@@ -275,16 +279,13 @@ impl Cloud {
     }
 
     /// Connects with `profile` (a `clouds.yaml` entry) as cloud `cloud`.
-    pub async fn connect_with(
+    async fn connect_with(
         profile: &openstack_sdk::config::CloudConfig,
         cloud: &str,
         crash: Arc<CrashSwitch>,
         trace: Option<CallTrace>,
     ) -> Result<Cloud> {
-        let err = |e: &dyn std::fmt::Display| OsError::Connect {
-            cloud: cloud.to_owned(),
-            message: e.to_string(),
-        };
+        let err = |e: &dyn std::fmt::Display| connect_error(cloud, e);
         let mut last = None;
         for attempt in 0..ATTEMPTS {
             match AsyncOpenStack::builder(profile)

@@ -421,7 +421,7 @@ fn up(
 /// Holds cluster `name`'s operation lock alone for `command` (`up`, `down`, `rotate`: one change
 /// of a cluster at a time; `hybridgrid_state::operation`), saying for whom it waits first.
 fn hold_alone(name: &str, settings: &Settings, command: &str) -> anyhow::Result<OperationLock> {
-    let dir = settings.state_root.join(name);
+    let dir = settings.cluster_dir(name);
     let waiting = |who: &str| eprintln!("waiting for {who} to finish with cluster {name}");
     Ok(OperationLock::exclusive(&dir, command, &waiting)?)
 }
@@ -568,7 +568,7 @@ fn down(file: &Path, settings: &Settings, show: Sink<'_>) -> anyhow::Result<Exit
     };
     // Held before the provider reads its state; a cluster with no state here has nothing to
     // wait for (and gets no folder for the lock).
-    let _alone = match settings.state_root.join(&cluster.name).is_dir() {
+    let _alone = match settings.cluster_dir(&cluster.name).is_dir() {
         true => Some(hold_alone(&cluster.name, settings, "down")?),
         false => None,
     };

@@ -113,7 +113,7 @@ fn carry_out(
     };
     let provider = providers::open(&cluster, settings, knobs)?;
     // Wake-ups run side by side, but none while `up`, `down` or `rotate` changes the cluster.
-    let dir = settings.state_root.join(&cluster.name);
+    let dir = settings.cluster_dir(&cluster.name);
     let waiting = |who: &str| eprintln!("power service: waiting for {who}");
     let _shared = hybridgrid_engine::state::operation::OperationLock::shared(&dir, &waiting)?;
     let sink = |e: Event| {

@@ -74,6 +74,11 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// The state folder of cluster `name` on this machine (its ledger, keys, operation lock).
+    pub fn cluster_dir(&self, name: &str) -> PathBuf {
+        self.state_root.join(name)
+    }
+
     /// The settings of this process's environment.
     pub fn from_env() -> Result<Settings, SettingsError> {
         Settings::from_lookup(|var| std::env::var_os(var))

@@ -266,7 +266,7 @@ impl Jobs {
         let plan = hybridgrid_engine::plan(provider.as_ref(), &cluster)?;
         Ok(Some(Jobs {
             master: master_of(&plan)?,
-            dir: settings.state_root.join(&cluster.name),
+            dir: settings.cluster_dir(&cluster.name),
             provider,
             plan,
         }))

@@ -8,18 +8,20 @@ use std::time::{Duration, Instant};
 
 use super::{Lab, assert_full_mesh, wait_until};
 
-fn wg_daemon_pid(lab: &Lab, node: &str) -> Option<u32> {
+/// The first process whose command line matches `pattern` (`pgrep -f`).
+fn pid_matching(pattern: &str) -> Option<u32> {
     let out = Command::new("pgrep")
-        .args([
-            "-f",
-            &format!("wg-userspace wg0 --tag {}{node}$", lab.prefix()),
-        ])
+        .args(["-f", pattern])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
         .and_then(|p| p.parse().ok())
+}
+
+fn wg_daemon_pid(lab: &Lab, node: &str) -> Option<u32> {
+    pid_matching(&format!("wg-userspace wg0 --tag {}{node}$", lab.prefix()))
 }
 
 fn handshake_with(lab: &Lab, node: &str) -> bool {
@@ -179,18 +181,9 @@ fn an_idle_workers_agent_starts_no_process_in_30s() {
     };
     lab.up();
     super::slurm::wait_idle(&lab, &["giessen-worker-1"]);
-    let out = Command::new("pgrep")
-        .args([
-            "-f",
-            &format!("hold --tag {}giessen-worker-1 ", lab.prefix()),
-        ])
-        .output()
-        .unwrap();
-    let supervisor = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
+    let supervisor = pid_matching(&format!("hold --tag {}giessen-worker-1 ", lab.prefix()))
         .expect("giessen-worker-1's supervisor")
-        .to_owned();
+        .to_string();
     let traced = Command::new("timeout")
         .args([
             "30",
