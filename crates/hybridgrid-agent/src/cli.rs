@@ -118,6 +118,10 @@ pub enum AgentCommand {
         /// Slurm's host list, e.g. `giessen-od-[1-2]`.
         hostlist: String,
     },
+    /// slurmctld's prolog (`PrologSlurmctld`) where workers are on demand: wait until none of
+    /// the job's nodes (`SLURM_JOB_NODELIST`) is still powering up, so the job starts as soon as
+    /// its woken nodes registered.
+    WaitNodesReady,
     /// Make the node's next WireGuard key (unless staged already) and print its public half:
     /// the first step of `hybridgrid rotate` (the device is not touched).
     RotateStage {
@@ -235,6 +239,11 @@ fn agent(
             service,
             hostlist,
         } => json(&crate::power::run(verb, &service, &hostlist)?),
+        AgentCommand::WaitNodesReady => {
+            let nodes = std::env::var("SLURM_JOB_NODELIST").ok();
+            crate::power::wait_nodes_ready(nodes.as_deref())?;
+            Ok(None)
+        }
         AgentCommand::RotateStage { state_dir, tag: _ } => {
             Ok(Some(crate::rotate::stage(&state_dir)?.to_base64()))
         }

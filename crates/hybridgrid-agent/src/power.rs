@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hybridgrid_core::power::{PowerReply, PowerRequest, PowerVerb, group_of};
-use hybridgrid_core::slurm_conf::{RESUME_FAIL_PROGRAM, RESUME_PROGRAM, SUSPEND_PROGRAM};
+use hybridgrid_core::slurm_conf::{
+    JOB_PROLOG_PROGRAM, RESUME_FAIL_PROGRAM, RESUME_PROGRAM, SUSPEND_PROGRAM,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::AgentError;
@@ -34,8 +36,9 @@ const LONGEST_HOLD: u64 = 8 * 60;
 /// The reason a failed wake-up leaves on the node; the controller returns only these.
 const REASON_PREFIX: &str = "hybridgrid: cannot make node: ";
 
-/// The three programs slurm.conf names, as scripts calling `exe agent power`; removed when
-/// the cluster has no on-demand workers (`service` is `None`).
+/// The programs slurm.conf names, as scripts calling `exe agent power …` and, for slurmctld's
+/// prolog, `exe agent wait-nodes-ready`; removed when the cluster has no on-demand workers
+/// (`service` is `None`).
 pub fn ensure_programs(
     service: Option<&str>,
     exe: &Path,
@@ -48,10 +51,11 @@ pub fn ensure_programs(
         }
         None => exe.to_owned(),
     };
-    for (path, verb) in [
-        (RESUME_PROGRAM, "resume"),
-        (SUSPEND_PROGRAM, "suspend"),
-        (RESUME_FAIL_PROGRAM, "suspend"),
+    for (path, command) in [
+        (RESUME_PROGRAM, "power resume"),
+        (SUSPEND_PROGRAM, "power suspend"),
+        (RESUME_FAIL_PROGRAM, "power suspend"),
+        (JOB_PROLOG_PROGRAM, "wait-nodes-ready"),
     ] {
         let Some(service) = service else {
             if Path::new(path).exists() {
@@ -60,9 +64,14 @@ pub fn ensure_programs(
             }
             continue;
         };
+        let service_arg = if command.starts_with("power") {
+            format!(" --service '{service}'")
+        } else {
+            String::new()
+        };
         let script = format!(
-            "#!/bin/sh\n# hybridgrid: a Slurm power program (slurm.conf), written by the node agent.\n\
-             exec '{}' agent power {verb} --service '{service}' \"$@\"\n",
+            "#!/bin/sh\n# hybridgrid: a Slurm program (slurm.conf), written by the node agent.\n\
+             exec '{}' agent {command}{service_arg} \"$@\"\n",
             exe.display()
         );
         if std::fs::read_to_string(path).ok().as_deref() != Some(script.as_str()) {
@@ -176,6 +185,40 @@ fn mark_down(node: &str, reason: &str) -> Result<(), AgentError> {
         &["update", &name, "State=DOWN", &format!("Reason={reason}")],
     )?;
     sys::run("scontrol", &["update", &name, "State=POWER_DOWN_FORCE"]).map(drop)
+}
+
+/// How often slurmctld's prolog looks at the job's nodes while they power up.
+const READY_POLL: Duration = Duration::from_millis(250);
+
+/// `agent wait-nodes-ready`, slurmctld's prolog (`PrologSlurmctld`): returns once none of the
+/// job's nodes (`SLURM_JOB_NODELIST`) is still powering up. Slurm 22.05 starts a job whose nodes
+/// were woken when its prolog ends or at its periodic check (every 30 s), whichever is first, so
+/// this is what starts a job on a woken worker seconds after it registered. A node that failed
+/// (DOWN) ends the wait too: Slurm requeues the job. It always succeeds: a failing prolog would
+/// hold the job, and slurmctld's own `ResumeTimeout` already bounds a wake-up.
+pub fn wait_nodes_ready(hostlist: Option<&str>) -> Result<(), AgentError> {
+    let Some(hostlist) = hostlist.filter(|h| !h.is_empty()) else {
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + ANSWER_WITHIN;
+    while std::time::Instant::now() < deadline {
+        let shown = sys::run("scontrol", &["show", "nodes", "-o", hostlist])?;
+        if parse_nodes(&shown).iter().all(|n| !waking(&n.state)) {
+            return Ok(());
+        }
+        std::thread::sleep(READY_POLL);
+    }
+    Ok(())
+}
+
+/// A node Slurm is still waking: powered down or powering up, and not failed.
+fn waking(state: &str) -> bool {
+    let flags: Vec<&str> = state.split('+').collect();
+    let failed = flags.iter().any(|f| matches!(*f, "DOWN" | "FAIL"));
+    !failed
+        && flags
+            .iter()
+            .any(|f| matches!(*f, "POWERING_UP" | "POWERED_DOWN"))
 }
 
 fn one_line(text: &str, max: usize) -> String {
@@ -428,5 +471,18 @@ mod tests {
     fn the_hold_back_doubles_up_to_eight_minutes() {
         let secs: Vec<u64> = (1..=6).map(|n| hold_back(n).as_secs()).collect();
         assert_eq!(secs, vec![30, 60, 120, 240, 480, 480]);
+    }
+
+    #[test]
+    fn a_job_waits_only_for_nodes_still_powering_up() {
+        assert!(waking("ALLOCATED+CLOUD+POWERING_UP"));
+        assert!(waking("IDLE+CLOUD+POWERED_DOWN"));
+        assert!(!waking("ALLOCATED+CLOUD"));
+        assert!(!waking("MIXED"));
+        assert!(
+            !waking("DOWN+CLOUD+POWERED_DOWN"),
+            "a failed node ends the wait"
+        );
+        assert!(waking("ALLOCATED+CLOUD+NOT_RESPONDING+POWERING_UP"));
     }
 }

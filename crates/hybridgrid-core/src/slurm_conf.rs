@@ -39,6 +39,9 @@ pub struct PowerSaving {
 pub const RESUME_PROGRAM: &str = "/etc/slurm/hybridgrid-resume";
 pub const SUSPEND_PROGRAM: &str = "/etc/slurm/hybridgrid-suspend";
 pub const RESUME_FAIL_PROGRAM: &str = "/etc/slurm/hybridgrid-resume-fail";
+/// slurmctld's prolog: it returns once the job's nodes have registered, so a job on a woken
+/// node starts then, not at slurmctld's next periodic check (every 30 s in Slurm 22.05).
+pub const JOB_PROLOG_PROGRAM: &str = "/etc/slurm/hybridgrid-prolog";
 /// How long slurmctld gives the suspend program before it counts a node as powered down.
 pub const SUSPEND_TIMEOUT: u32 = 30;
 
@@ -146,6 +149,7 @@ fn power_saving(s: &mut String, power: &PowerSaving) {
     let _ = writeln!(s, "ResumeProgram={RESUME_PROGRAM}");
     let _ = writeln!(s, "SuspendProgram={SUSPEND_PROGRAM}");
     let _ = writeln!(s, "ResumeFailProgram={RESUME_FAIL_PROGRAM}");
+    let _ = writeln!(s, "PrologSlurmctld={JOB_PROLOG_PROGRAM}");
     let _ = writeln!(s, "SuspendTime={}", power.suspend_time);
     let _ = writeln!(s, "SuspendTimeout={SUSPEND_TIMEOUT}");
     let _ = writeln!(s, "ResumeTimeout={}", power.resume_timeout);
@@ -159,8 +163,9 @@ fn power_saving(s: &mut String, power: &PowerSaving) {
 }
 
 /// The keys [`power_saving`] writes.
-const POWER_SAVING_KEYS: [&str; 10] = [
+const POWER_SAVING_KEYS: [&str; 11] = [
     "ResumeProgram=",
+    "PrologSlurmctld=",
     "SuspendProgram=",
     "ResumeFailProgram=",
     "SuspendTime=",

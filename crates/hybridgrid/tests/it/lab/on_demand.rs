@@ -143,6 +143,21 @@ fn on_demand_workers_wake_at_their_site_and_leave_when_idle() {
         !seen.is_empty(),
         "no giessen worker existed while the jobs ran"
     );
+    // The jobs started when slurmctld's prolog saw their woken nodes registered, not at
+    // Slurm 22.05's periodic check of configuring jobs (every 30 s).
+    let log = lab.exec_ok("bielefeld-master", &["cat", "/var/log/slurm/slurmctld.log"]);
+    let by_prolog = log
+        .lines()
+        .filter(|l| l.contains("prolog_running_decr: Configuration for JobId="))
+        .count();
+    assert!(
+        by_prolog >= 1,
+        "no job started when its prolog ended:\n{log}"
+    );
+    assert!(
+        !log.contains("job_time_limit: Configuration for JobId="),
+        "a job waited for slurmctld's periodic check:\n{log}"
+    );
 
     // Idle for suspend_time: Slurm removes them, namespaces and processes; no drift.
     wait_until("idle workers removed", Duration::from_secs(90), || {
