@@ -7,7 +7,8 @@ set -euo pipefail
 # cloud-init: the tests check the openstack provider's user data with `cloud-init schema`.
 # chromium: the tests render `hybridgrid graph`'s SVG in a real browser (headless).
 # strace: a lab test shows that an idle worker's agent starts no process.
-PKGS=(iproute2 nftables wireguard-tools iputils-ping conntrack iperf3 wireguard-go procps util-linux bc strace
+# keepalived: a site's relay pair agrees which relay is active over VRRP.
+PKGS=(iproute2 nftables wireguard-tools iputils-ping conntrack iperf3 wireguard-go procps util-linux bc strace keepalived
   slurm-wlm munge swift-proxy swift-account swift-container swift-object curl awscli cloud-init chromium)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -295,6 +295,7 @@ mod tests {
             }),
             slurm,
             store_client: false,
+            pair: None,
         }
     }
 

@@ -111,6 +111,7 @@ mod tests {
             wireguard: None,
             slurm: hybridgrid_core::plan::SlurmSetup::none([10, 1, 0, 5].into(), 6817),
             store_client: false,
+            pair: None,
         };
         let switch = KeySwitch {
             config,

@@ -7,7 +7,10 @@
 //! - `.2`–`.4`: reserved for the cloud's own ports (DHCP, metadata) and, in the local provider, the
 //!   site's data store;
 //! - `.5`: the site's relay node (the master on the master site, the VPN gateway elsewhere);
-//! - `.6` onward: workers, in file order of worker groups.
+//! - `.6` onward: workers, in file order of worker groups;
+//! - with `gateway.standby`, the last three hosts: the pair's virtual address (the workers' next
+//!   hop, held by the active relay), then its two relays (`.252`, `.253`, `.254` in a /24). At
+//!   the top, so that turning `standby` on moves no worker and not the master.
 //!
 //! Tunnel (overlay) layout: the master is `.1`, then each other site's gateway in file order.
 
@@ -35,10 +38,33 @@ pub fn host(net: Ipv4Net, offset: u32) -> Option<Ipv4Addr> {
     (addr < u32::from(net.broadcast()) && offset > 0).then(|| Ipv4Addr::from(addr))
 }
 
-/// How many workers fit in a site subnet.
-pub fn worker_capacity(net: Ipv4Net) -> u64 {
+/// The addresses a relay pair takes at the top of its site's subnet.
+pub const PAIR_HOSTS: u32 = 3;
+
+/// How many workers fit in a site subnet (below the relay pair's addresses if it has one).
+pub fn worker_capacity(net: Ipv4Net, standby: bool) -> u64 {
     let hosts_below_broadcast = (1u64 << (32 - net.prefix_len())).saturating_sub(1);
-    hosts_below_broadcast.saturating_sub(u64::from(FIRST_WORKER_OFFSET))
+    let pair = if standby { u64::from(PAIR_HOSTS) } else { 0 };
+    hosts_below_broadcast.saturating_sub(u64::from(FIRST_WORKER_OFFSET) + pair)
+}
+
+/// The address `n` hosts below the broadcast address, if it is above the reserved low hosts.
+fn below_broadcast(net: Ipv4Net, n: u32) -> Option<Ipv4Addr> {
+    let addr = u32::from(net.broadcast()).checked_sub(n)?;
+    (addr > u32::from(net.network()) + RELAY_OFFSET).then(|| Ipv4Addr::from(addr))
+}
+
+/// A relay pair's virtual address: the active relay's, the workers' next hop.
+pub fn pair_vip(subnet: Ipv4Net) -> Option<Ipv4Addr> {
+    below_broadcast(subnet, PAIR_HOSTS)
+}
+
+/// The LAN address of a relay pair's `member` (0 or 1).
+pub fn pair_relay_ip(subnet: Ipv4Net, member: u32) -> Option<Ipv4Addr> {
+    match member {
+        0 | 1 => below_broadcast(subnet, PAIR_HOSTS - 1 - member),
+        _ => None,
+    }
 }
 
 /// How many tunnel addresses (gateways) fit in the overlay.
@@ -84,13 +110,29 @@ mod tests {
             None,
             "the broadcast address is no worker"
         );
-        assert_eq!(worker_capacity(net), 249);
+        assert_eq!(worker_capacity(net, false), 249);
+        assert_eq!(worker_capacity(net, true), 246);
+        assert_eq!(pair_vip(net), Some(Ipv4Addr::new(10, 20, 0, 252)));
+        assert_eq!(pair_relay_ip(net, 0), Some(Ipv4Addr::new(10, 20, 0, 253)));
+        assert_eq!(pair_relay_ip(net, 1), Some(Ipv4Addr::new(10, 20, 0, 254)));
+        assert_eq!(pair_relay_ip(net, 2), None);
+        assert_eq!(
+            worker_ip(net, 245),
+            Some(Ipv4Addr::new(10, 20, 0, 251)),
+            "the last worker a standby site holds sits below the pair"
+        );
     }
 
     #[test]
     fn small_subnets_have_small_capacity() {
         let net: Ipv4Net = "10.20.0.0/29".parse().unwrap();
-        assert_eq!(worker_capacity(net), 1);
+        assert_eq!(worker_capacity(net, false), 1);
+        assert_eq!(worker_capacity(net, true), 0);
+        assert_eq!(
+            pair_vip(net),
+            None,
+            "a /29 has no room for a pair above its relay"
+        );
         assert_eq!(worker_ip(net, 0), Some(Ipv4Addr::new(10, 20, 0, 6)));
         assert_eq!(worker_ip(net, 1), None);
         let overlay: Ipv4Net = "10.0.0.0/30".parse().unwrap();

@@ -33,7 +33,15 @@ pub enum Change {
         node: String,
         role: Role,
     },
-    /// Allocates a public IP for the node and attaches it once the node exists.
+    /// A relay pair's virtual address on the site LAN (openstack: an unbound port holding it);
+    /// its public IP is an `AssignPublicIp` for the pair's identity.
+    CreateVirtualAddress {
+        site: String,
+        name: String,
+        address: Ipv4Addr,
+    },
+    /// Allocates a public IP for the node (or a relay pair's identity) and attaches it once the
+    /// node (or its virtual address) exists.
     AssignPublicIp {
         site: String,
         node: String,
@@ -64,6 +72,11 @@ pub enum Change {
         site: String,
         node: String,
     },
+    /// A relay pair's virtual address the plan no longer has, with its public IP.
+    RemoveVirtualAddress {
+        site: String,
+        name: String,
+    },
     RemoveSecurityGroup {
         site: String,
         group: String,
@@ -82,6 +95,8 @@ impl Change {
             | Change::CreateSecurityGroup { site, .. }
             | Change::AddRule { site, .. }
             | Change::CreateNode { site, .. }
+            | Change::CreateVirtualAddress { site, .. }
+            | Change::RemoveVirtualAddress { site, .. }
             | Change::AssignPublicIp { site, .. }
             | Change::AttachPublicIp { site, .. }
             | Change::AddAddressPairs { site, .. }
@@ -114,6 +129,14 @@ impl Change {
             }
             Change::CreateNode { site, node, role } => {
                 format!("+ {site}: node {node} ({})", role.as_str())
+            }
+            Change::CreateVirtualAddress {
+                site,
+                name,
+                address,
+            } => format!("+ {site}: virtual address {address} for relay pair {name}"),
+            Change::RemoveVirtualAddress { site, name } => {
+                format!("- {site}: virtual address of relay pair {name}")
             }
             Change::AssignPublicIp { site, node } => format!("+ {site}: public IP for {node}"),
             Change::AttachPublicIp { site, node, ip } => {

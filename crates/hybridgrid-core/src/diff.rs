@@ -44,6 +44,9 @@ pub fn changes_waking(plan: &Plan, observed: &Observed, waking: &BTreeSet<String
         node_and_public_ip(node, observed, &mut out);
     }
     for site in &plan.sites {
+        pair_address(site, observed, &mut out);
+    }
+    for site in &plan.sites {
         address_pairs(site, observed, &mut out);
     }
     for node in &awake {
@@ -107,18 +110,45 @@ fn node_and_public_ip(node: &NodePlan, observed: &Observed, out: &mut Vec<Change
             role: node.role,
         });
     }
-    if node.role.is_relay() && seen.and_then(|s| s.public_ip).is_none() {
-        out.push(match observed.reserved_public_ips.get(&node.name) {
-            Some(ip) => Change::AttachPublicIp {
-                site: node.site.clone(),
-                node: node.name.clone(),
-                ip: *ip,
-            },
-            None => Change::AssignPublicIp {
-                site: node.site.clone(),
-                node: node.name.clone(),
-            },
+    // A pair's relays share their virtual address's public IP (`pair_address`).
+    if node.is_relay() && node.pair.is_none() && seen.and_then(|s| s.public_ip).is_none() {
+        out.push(public_ip(&node.site, &node.name, observed));
+    }
+}
+
+/// The public IP `name` lacks: the one reserved for it, or a new one.
+fn public_ip(site: &str, name: &str, observed: &Observed) -> Change {
+    match observed.reserved_public_ips.get(name) {
+        Some(ip) => Change::AttachPublicIp {
+            site: site.to_owned(),
+            node: name.to_owned(),
+            ip: *ip,
+        },
+        None => Change::AssignPublicIp {
+            site: site.to_owned(),
+            node: name.to_owned(),
+        },
+    }
+}
+
+/// A relay pair's virtual address and its public IP.
+fn pair_address(site: &SitePlan, observed: &Observed, out: &mut Vec<Change>) {
+    let Some(pair) = &site.pair else {
+        return;
+    };
+    let seen = observed
+        .sites
+        .get(&site.name)
+        .and_then(|s| s.virtual_addresses.get(&pair.identity));
+    if seen.is_none_or(|v| v.address != pair.vip) {
+        out.push(Change::CreateVirtualAddress {
+            site: site.name.clone(),
+            name: pair.identity.clone(),
+            address: pair.vip,
         });
+    }
+    if seen.and_then(|v| v.public_ip).is_none() {
+        out.push(public_ip(&site.name, &pair.identity, observed));
     }
 }
 
@@ -197,6 +227,17 @@ fn removed_nodes(plan: &Plan, observed: &Observed, out: &mut Vec<Change>) {
             });
         }
     }
+    for (site, seen) in &observed.sites {
+        let pair = plan.site(site).and_then(|s| s.pair.as_ref());
+        for name in seen.virtual_addresses.keys() {
+            if pair.is_none_or(|p| p.identity != *name) {
+                out.push(Change::RemoveVirtualAddress {
+                    site: site.clone(),
+                    name: name.clone(),
+                });
+            }
+        }
+    }
 }
 
 /// Groups the plan no longer has, and the networks of sites that left the file.
@@ -241,6 +282,9 @@ pub fn config_differences(
         }
         if wanted.ip_forward {
             d.push("IP forwarding and MSS clamp".into());
+        }
+        if let Some(p) = &wanted.pair {
+            d.push(format!("VRRP with {} for {}", p.partner, p.vip));
         }
         return d;
     };
@@ -292,6 +336,12 @@ pub fn config_differences(
     }
     if applied.store_client != wanted.store_client {
         d.push("object store client".into());
+    }
+    if applied.pair != wanted.pair {
+        d.push(match &wanted.pair {
+            Some(p) => format!("VRRP with {} for {}", p.partner, p.vip),
+            None => "no VRRP".into(),
+        });
     }
     d
 }

@@ -24,6 +24,7 @@ pub mod slurm_conf;
 pub mod slurm_version;
 pub mod store;
 pub mod submit;
+pub mod vrrp;
 pub mod wg_status;
 
 /// `error` and its causes, joined by ": ", each cause once: a level whose text equals the one

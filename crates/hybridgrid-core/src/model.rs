@@ -105,6 +105,10 @@ pub struct Site {
     pub external_network: Option<String>,
     /// The site's relay node: the master on the master site, the VPN gateway elsewhere.
     pub gateway: NodeSpec,
+    /// `gateway.standby`: two relays that share the site's tunnel identity, one active (VRRP);
+    /// on the master site they take the relay role from the master.
+    #[serde(default)]
+    pub standby: bool,
     pub workers: Vec<WorkerGroup>,
     /// local: the WAN conditions emulated on what leaves the site (`wan:`).
     #[serde(default)]

@@ -110,6 +110,27 @@ pub struct NodeConfig {
     /// client (the agent installs `awscli` where the image lacks it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub store_client: bool,
+    /// A relay of a standby pair (`gateway.standby`): how it agrees with its partner which of
+    /// them is active (VRRP). Both hold the site's tunnel identity; only the active one speaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<RelayPair>,
+}
+
+/// One relay's view of its site's relay pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayPair {
+    /// The name the pair goes by in the mesh: its peers, floating IP and preshared keys
+    /// (`<site>-gw`, what a single gateway is called).
+    pub identity: String,
+    /// The virtual address the active relay holds on the site LAN (the workers' next hop).
+    pub vip: Ipv4Net,
+    pub partner: String,
+    pub partner_ip: Ipv4Addr,
+    /// VRRP's virtual router id, unique among the cluster's pairs (1–255).
+    pub router_id: u8,
+    /// The site router: where the active relay's own traffic to the internet leaves, from the
+    /// virtual address (so peers see the pair's one public IP).
+    pub router_ip: Ipv4Addr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -345,6 +366,7 @@ mod key_switch_tests {
                 wireguard: None,
                 slurm: SlurmSetup::none([10, 0, 0, 1].into(), 6817),
                 store_client: false,
+                pair: None,
             },
             next_key: true,
             preshared_keys: Some("{\"b\":\"cHNr\"}".into()),

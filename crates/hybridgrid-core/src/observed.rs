@@ -21,11 +21,17 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// The node's public IP: attached, else reserved for it.
+    /// The node's public IP: attached, else reserved for it. `node` may also be a relay
+    /// pair's identity, whose public IP is its virtual address's.
     pub fn public_ip(&self, node: &str) -> Option<Ipv4Addr> {
         self.nodes
             .get(node)
             .and_then(|o| o.public_ip)
+            .or_else(|| {
+                self.sites
+                    .values()
+                    .find_map(|s| s.virtual_addresses.get(node)?.public_ip)
+            })
             .or_else(|| self.reserved_public_ips.get(node).copied())
     }
 }
@@ -67,6 +73,17 @@ pub struct ObservedSite {
     /// openstack: the sizes of the flavors the cluster file names for this site, by name.
     #[serde(default)]
     pub flavors: BTreeMap<String, FlavorSize>,
+    /// Relay pairs' virtual addresses hybridgrid made, by the pair's identity.
+    #[serde(default)]
+    pub virtual_addresses: BTreeMap<String, ObservedVirtualAddress>,
+}
+
+/// A relay pair's virtual address as it exists (openstack: an unbound port; local: the
+/// router's record of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedVirtualAddress {
+    pub address: Ipv4Addr,
+    pub public_ip: Option<Ipv4Addr>,
 }
 
 /// What a cloud's flavor gives a server.

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr;
 use crate::change::Change;
+use crate::keys::PublicKey;
 use crate::model::{ALL_PARTITION, Cluster, DataSource, Provider, SLURMCTLD_PORT, SLURMD_PORT};
 pub use crate::node::{
-    NodeConfig, PartitionMembers, Protocol, RESULTS_PORT, Remote, ResultsStore, Role, Route,
-    SgRule, SlurmRole, SlurmSetup, WG_INTERFACE, WgInterface, WgPeer,
+    NodeConfig, PartitionMembers, Protocol, RESULTS_PORT, RelayPair, Remote, ResultsStore, Role,
+    Route, SgRule, SlurmRole, SlurmSetup, WG_INTERFACE, WgInterface, WgPeer,
 };
 use crate::observed::{MeasuredSize, Observed, ObservedSite};
 pub use crate::slurm_conf::{Partition, PowerSaving, SlurmPlan};
@@ -66,8 +67,14 @@ pub struct SitePlan {
     pub router_ip: Ipv4Addr,
     /// Where the site's data store (object storage stand-in) listens.
     pub data_store_ip: Ipv4Addr,
-    /// The node that relays this site's traffic to the other sites.
+    /// The node that relays this site's traffic to the other sites (of a pair: the first).
     pub relay: String,
+    /// Where the site's other nodes send cross-site traffic: the relay's address, or a pair's
+    /// virtual address.
+    pub next_hop: Ipv4Addr,
+    /// A relay pair's shared identity and both relays (`gateway.standby`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<SitePair>,
     pub cloud: Option<String>,
     pub network: Option<String>,
     pub external_network: Option<String>,
@@ -76,6 +83,16 @@ pub struct SitePlan {
     /// local: the WAN conditions emulated on what leaves the site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wan: Option<crate::model::Wan>,
+}
+
+/// A site's relay pair as the site sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SitePair {
+    /// The name the pair goes by in the mesh: `<site>-gw`.
+    pub identity: String,
+    /// The active relay's virtual address on the site LAN; the pair's public IP points at it.
+    pub vip: Ipv4Addr,
+    pub relays: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +133,23 @@ pub struct NodePlan {
     /// has it powered up, and its absence is no drift.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_demand: bool,
+    /// A relay of its site's standby pair (`gateway.standby`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<RelayPair>,
+}
+
+impl NodePlan {
+    /// Whether the node relays its site's traffic to the other sites: it holds a tunnel
+    /// address. A gateway always; the master unless its site has a relay pair.
+    pub fn is_relay(&self) -> bool {
+        self.tunnel_ip.is_some()
+    }
+
+    /// The name the node's site's relay goes by in the mesh (peers, floating IP, preshared
+    /// keys): a pair's identity, else the relay's own name.
+    pub fn mesh_name(&self) -> &str {
+        self.pair.as_ref().map_or(&self.name, |p| &p.identity)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +181,12 @@ pub fn relay_name(site: &str, role: Role) -> String {
         Role::Master => format!("{site}-master"),
         _ => format!("{site}-gw"),
     }
+}
+
+/// The relays of a standby pair: `<site>-gw-a` and `<site>-gw-b` (a worker's name ends in a
+/// number, so none is ever one of these). Their mesh identity is [`relay_name`]'s gateway name.
+pub fn pair_relay_names(site: &str) -> [String; 2] {
+    [format!("{site}-gw-a"), format!("{site}-gw-b")]
 }
 
 /// A worker's CPUs and memory as Slurm is told them: the cluster file's, else its flavor's (as
@@ -199,9 +239,17 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
         .chain(cluster.sites.iter().filter(|s| !s.master))
         .collect();
     let mut nodes: Vec<NodePlan> = Vec::new();
-    for site in &cluster.sites {
+    for (index, site) in cluster.sites.iter().enumerate() {
         let rank = ranked.iter().position(|s| s.name == site.name).unwrap_or(0) as u32;
-        nodes.push(relay_node(site, addr::tunnel_ip(overlay, rank), observed));
+        let tunnel_ip = addr::tunnel_ip(overlay, rank);
+        if site.standby {
+            if site.master {
+                nodes.push(relay_node(site, None, observed));
+            }
+            nodes.extend(pair_nodes(site, index, tunnel_ip, observed));
+        } else {
+            nodes.push(relay_node(site, tunnel_ip, observed));
+        }
         nodes.extend(worker_nodes(site, observed));
     }
     let hosts: Vec<(Ipv4Addr, String)> = nodes.iter().map(|n| (n.lan_ip, n.name.clone())).collect();
@@ -233,7 +281,43 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
     }
 }
 
-/// The site's relay: the master at the master site, a gateway elsewhere.
+/// The site's relay pair: two gateways sharing the site's tunnel address (and, through their
+/// identity, its key, public IP and preshared keys), at the top of the subnet.
+fn pair_nodes(
+    site: &crate::model::Site,
+    index: usize,
+    tunnel_ip: Option<Ipv4Addr>,
+    observed: &Observed,
+) -> Vec<NodePlan> {
+    let identity = relay_name(&site.name, Role::Gateway);
+    let names = pair_relay_names(&site.name);
+    let ip =
+        |member: u32| addr::pair_relay_ip(site.subnet, member).unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let vip = addr::pair_vip(site.subnet).unwrap_or(Ipv4Addr::UNSPECIFIED);
+    (0..2u32)
+        .map(|member| {
+            let other = 1 - member;
+            let mut node = relay_node(site, tunnel_ip, observed);
+            node.name = names[member as usize].clone();
+            node.role = Role::Gateway;
+            node.lan_ip = ip(member);
+            node.public_ip = observed.public_ip(&identity);
+            node.pair = Some(RelayPair {
+                identity: identity.clone(),
+                vip: Ipv4Net::new(vip, site.subnet.prefix_len()).unwrap_or_default(),
+                partner: names[other as usize].clone(),
+                partner_ip: ip(other),
+                // Unique per LAN is what VRRP needs; per cluster costs nothing more.
+                router_id: u8::try_from(index % 255 + 1).unwrap_or(1),
+                router_ip: addr::router_ip(site.subnet).unwrap_or(Ipv4Addr::UNSPECIFIED),
+            });
+            node
+        })
+        .collect()
+}
+
+/// The site's relay: the master at the master site, a gateway elsewhere. With `tunnel_ip`
+/// `None`, the master of a site whose relays are a pair: a node like the others there.
 fn relay_node(
     site: &crate::model::Site,
     tunnel_ip: Option<Ipv4Addr>,
@@ -246,7 +330,7 @@ fn relay_node(
     };
     let name = relay_name(&site.name, role);
     NodePlan {
-        public_ip: observed.public_ip(&name),
+        public_ip: tunnel_ip.and(observed.public_ip(&name)),
         name,
         site: site.name.clone(),
         role,
@@ -258,6 +342,7 @@ fn relay_node(
         image: site.gateway.image.clone(),
         wireguard: None,
         on_demand: false,
+        pair: None,
     }
 }
 
@@ -284,6 +369,7 @@ fn worker_nodes(site: &crate::model::Site, observed: &Observed) -> Vec<NodePlan>
                 image: group.spec.image.clone(),
                 wireguard: None,
                 on_demand: group.on_demand,
+                pair: None,
             });
             index += 1;
         }
@@ -291,35 +377,57 @@ fn worker_nodes(site: &crate::model::Site, observed: &Observed) -> Vec<NodePlan>
     nodes
 }
 
-/// The relays' full WireGuard mesh: each relay's device with every other relay as a peer (its
-/// tunnel address and its site's subnet), keys and endpoints as far as they are observed.
+/// One end of the mesh: a site's relay, or its pair under the pair's identity.
+struct MeshEnd {
+    name: String,
+    site: String,
+    tunnel_ip: Option<Ipv4Addr>,
+    public_ip: Option<Ipv4Addr>,
+}
+
+/// The relays' full WireGuard mesh: each relay's device with every other site's relay (or
+/// pair) as a peer (its tunnel address and its site's subnet), keys and endpoints as far as
+/// they are observed. Both relays of a pair get the same device: one identity, one key.
 fn mesh(cluster: &Cluster, observed: &Observed, nodes: &mut [NodePlan]) {
-    let relays: Vec<(String, String, Option<Ipv4Addr>, Option<Ipv4Addr>)> = nodes
-        .iter()
-        .filter(|n| n.role.is_relay())
-        .map(|n| (n.name.clone(), n.site.clone(), n.tunnel_ip, n.public_ip))
-        .collect();
+    let mut ends: Vec<MeshEnd> = Vec::new();
+    for n in nodes.iter().filter(|n| n.is_relay()) {
+        if !ends.iter().any(|e| e.name == n.mesh_name()) {
+            ends.push(MeshEnd {
+                name: n.mesh_name().to_owned(),
+                site: n.site.clone(),
+                tunnel_ip: n.tunnel_ip,
+                public_ip: n.public_ip,
+            });
+        }
+    }
     let subnet_of: BTreeMap<&str, Ipv4Net> = cluster
         .sites
         .iter()
         .map(|s| (s.name.as_str(), s.subnet))
         .collect();
-    let key_of = |node: &str| observed.nodes.get(node).and_then(|o| o.public_key);
-    for node in nodes.iter_mut().filter(|n| n.role.is_relay()) {
-        let peers = relays
+    let key_of = |end: &str| mesh_key(nodes, observed, end);
+    let keys: BTreeMap<String, Option<PublicKey>> = ends
+        .iter()
+        .map(|e| (e.name.clone(), key_of(&e.name)))
+        .collect();
+    for node in nodes.iter_mut().filter(|n| n.is_relay()) {
+        let peers = ends
             .iter()
-            .filter(|(name, ..)| *name != node.name)
-            .map(|(name, site, tunnel_ip, public_ip)| {
-                let mut allowed_ips: Vec<Ipv4Net> = tunnel_ip
+            .filter(|end| end.site != node.site)
+            .map(|end| {
+                let mut allowed_ips: Vec<Ipv4Net> = end
+                    .tunnel_ip
                     .map(|ip| Ipv4Net::new(ip, 32).unwrap_or_default())
                     .into_iter()
                     .collect();
-                allowed_ips.push(subnet_of[site.as_str()]);
+                allowed_ips.push(subnet_of[end.site.as_str()]);
                 WgPeer {
-                    node: name.clone(),
-                    site: site.clone(),
-                    public_key: key_of(name),
-                    endpoint: public_ip.map(|ip| SocketAddrV4::new(ip, cluster.tunnel.port)),
+                    node: end.name.clone(),
+                    site: end.site.clone(),
+                    public_key: keys[&end.name],
+                    endpoint: end
+                        .public_ip
+                        .map(|ip| SocketAddrV4::new(ip, cluster.tunnel.port)),
                     allowed_ips,
                     persistent_keepalive: (cluster.tunnel.keepalive > 0)
                         .then_some(cluster.tunnel.keepalive),
@@ -335,11 +443,20 @@ fn mesh(cluster: &Cluster, observed: &Observed, nodes: &mut [NodePlan]) {
             .unwrap_or_default(),
             listen_port: cluster.tunnel.port,
             mtu: cluster.tunnel.mtu,
-            public_key: key_of(&node.name),
+            public_key: keys[node.mesh_name()],
             preshared_keys: cluster.tunnel.preshared_keys,
             peers,
         });
     }
+}
+
+/// The public key a mesh end is known by: the relay's own, or for a pair the key its relays
+/// report (they hold the same one; the first that reports it counts).
+fn mesh_key(nodes: &[NodePlan], observed: &Observed, end: &str) -> Option<PublicKey> {
+    nodes
+        .iter()
+        .filter(|n| n.is_relay() && n.mesh_name() == end)
+        .find_map(|n| observed.nodes.get(&n.name).and_then(|o| o.public_key))
 }
 
 fn dataset_plans(cluster: &Cluster) -> Vec<DatasetPlan> {
@@ -357,10 +474,16 @@ fn dataset_plans(cluster: &Cluster) -> Vec<DatasetPlan> {
 }
 
 fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -> SitePlan {
-    let relay = nodes
+    let relays: Vec<&NodePlan> = nodes
         .iter()
-        .find(|n| n.site == site.name && n.role.is_relay())
-        .expect("every site has a relay node");
+        .filter(|n| n.site == site.name && n.is_relay())
+        .collect();
+    let relay = relays.first().expect("every site has a relay node");
+    let pair = relay.pair.as_ref().map(|p| SitePair {
+        identity: p.identity.clone(),
+        vip: p.vip.addr(),
+        relays: relays.iter().map(|n| n.name.clone()).collect(),
+    });
     let members: Vec<String> = nodes
         .iter()
         .filter(|n| n.site == site.name)
@@ -375,6 +498,8 @@ fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -
         .chain(std::iter::once(cluster.tunnel.cidr))
         .collect();
     let mut pairs: Vec<Ipv4Net> = remote_sources.clone();
+    // A pair's relays send from the virtual address too (whichever holds it).
+    pairs.extend(pair.as_ref().and_then(|p| Ipv4Net::new(p.vip, 32).ok()));
     pairs.sort();
     SitePlan {
         name: site.name.clone(),
@@ -384,6 +509,7 @@ fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -
         router_ip: addr::router_ip(site.subnet).unwrap_or(Ipv4Addr::UNSPECIFIED),
         data_store_ip: addr::data_store_ip(site.subnet).unwrap_or(Ipv4Addr::UNSPECIFIED),
         relay: relay.name.clone(),
+        next_hop: pair.as_ref().map_or(relay.lan_ip, |p| p.vip),
         cloud: site.cloud.clone(),
         network: site.network.clone(),
         external_network: site.external_network.clone(),
@@ -396,15 +522,19 @@ fn site_plan(cluster: &Cluster, site: &crate::model::Site, nodes: &[NodePlan]) -
             },
             SecurityGroup {
                 name: format!("{}-{}-gateway", cluster.name, site.name),
-                members: vec![relay.name.clone()],
+                members: relays.iter().map(|n| n.name.clone()).collect(),
                 rules: gateway_rules(cluster, nodes, relay),
             },
         ],
-        allowed_address_pairs: vec![AddressPairs {
-            node: relay.name.clone(),
-            port_ip: relay.lan_ip,
-            pairs,
-        }],
+        allowed_address_pairs: relays
+            .iter()
+            .map(|n| AddressPairs {
+                node: n.name.clone(),
+                port_ip: n.lan_ip,
+                pairs: pairs.clone(),
+            })
+            .collect(),
+        pair,
     }
 }
 
@@ -460,20 +590,22 @@ fn node_rules(
 }
 
 /// The rules of the site's `gateway` group. A stateful group lets a one-sided handshake through
-/// only until conntrack forgets it: every relay admits every peer relay, explicitly (a peer
-/// without its public IP yet is pending).
+/// only until conntrack forgets it: every relay admits every other site's relay (or pair, by
+/// its one public IP), explicitly (one without its public IP yet is pending).
 fn gateway_rules(cluster: &Cluster, nodes: &[NodePlan], relay: &NodePlan) -> Vec<SgRule> {
+    let mut seen = std::collections::BTreeSet::new();
     nodes
         .iter()
-        .filter(|n| n.role.is_relay() && n.name != relay.name)
+        .filter(|n| n.is_relay() && n.site != relay.site)
+        .filter(|peer| seen.insert(peer.mesh_name()))
         .map(|peer| SgRule {
             protocol: Protocol::Udp,
             ports: Some((cluster.tunnel.port, cluster.tunnel.port)),
             remote: match peer.public_ip {
                 Some(ip) => Remote::Cidr(Ipv4Net::new(ip, 32).unwrap_or_default()),
-                None => Remote::PendingPublicIp(peer.name.clone()),
+                None => Remote::PendingPublicIp(peer.mesh_name().to_owned()),
             },
-            description: format!("WireGuard from {}", peer.name),
+            description: format!("WireGuard from {}", peer.mesh_name()),
         })
         .collect()
 }
@@ -556,7 +688,7 @@ impl Plan {
             .iter()
             .filter(|s| s.name != node.site)
             .map(|s| s.subnet);
-        let mut routes: Vec<Route> = if node.role.is_relay() {
+        let mut routes: Vec<Route> = if node.is_relay() {
             remote_subnets
                 .map(|destination| Route {
                     destination,
@@ -567,12 +699,12 @@ impl Plan {
                 })
                 .collect()
         } else {
-            let relay_ip = self.site(&node.site).and_then(|s| addr::relay_ip(s.subnet));
+            let next_hop = self.site(&node.site).map(|s| s.next_hop);
             remote_subnets
                 .chain(std::iter::once(self.tunnel.cidr))
                 .map(|destination| Route {
                     destination,
-                    via: relay_ip,
+                    via: next_hop,
                     device: None,
                     src: None,
                 })
@@ -582,12 +714,13 @@ impl Plan {
         NodeConfig {
             hostname: node.name.clone(),
             hosts: Vec::new(),
-            ip_forward: node.role.is_relay(),
-            mss_clamp: node.role.is_relay(),
+            ip_forward: node.is_relay(),
+            mss_clamp: node.is_relay(),
             routes,
             wireguard: node.wireguard.clone(),
             slurm: self.slurm_setup(node),
             store_client: node.role == Role::Worker && self.site_has_store_data(&node.site),
+            pair: node.pair.clone(),
         }
     }
 
@@ -718,10 +851,9 @@ impl Plan {
         b
     }
 
+    /// The site's relay (of a pair: the first).
     pub fn relay_of(&self, site: &str) -> Option<&NodePlan> {
-        self.nodes
-            .iter()
-            .find(|n| n.site == site && n.role.is_relay())
+        self.nodes.iter().find(|n| n.site == site && n.is_relay())
     }
 
     pub fn to_json(&self) -> String {

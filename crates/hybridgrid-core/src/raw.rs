@@ -75,12 +75,13 @@ pub struct RawSite {
     pub wan: Option<RawWan>,
 }
 
-/// Flavor and image of the master or gateway node.
+/// Flavor and image of the master or gateway node, and whether the site has a standby relay.
 #[derive(Debug, Clone, Default)]
 pub struct RawNodeSpec {
     pub pos: Pos,
     pub flavor: Option<Sp<String>>,
     pub image: Option<Sp<String>>,
+    pub standby: Option<Sp<bool>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -539,11 +540,12 @@ impl Reader {
             pos: pos_of(node),
             ..RawNodeSpec::default()
         };
-        let Some(m) = self.map(node, path, &["flavor", "image"]) else {
+        let Some(m) = self.map(node, path, &["flavor", "image", "standby"]) else {
             return n;
         };
         n.flavor = self.string(&m, "flavor");
         n.image = self.string(&m, "image");
+        n.standby = self.boolean(&m, "standby");
         n
     }
 

@@ -6,7 +6,8 @@
 //! - `common/etc/hosts`: `/etc/hosts` of every node (the same everywhere, so written once)
 //! - relays: `etc/wireguard/wg0.conf` (wg-quick), `etc/sysctl.d/90-hybridgrid.conf`,
 //!   `etc/nftables.d/hybridgrid-mss.nft`
-//! - workers: `etc/hybridgrid/routes.sh`
+//! - a relay pair's relays, besides: `etc/keepalived/keepalived.conf`
+//! - the other nodes (workers; the master where a pair relays): `etc/hybridgrid/routes.sh`
 //! - the master: `etc/slurm/slurm.conf` (workers fetch it: configless slurmd)
 //! - `cloud/<site>/security-groups.json`, `cloud/<site>/allowed-address-pairs.json`,
 //!   `cloud/<site>/rules.txt`
@@ -19,6 +20,10 @@ use crate::plan::{NodePlan, Plan, Role, Route, WgInterface};
 
 /// Where the node agent keeps the WireGuard private key it made (mode 0600).
 pub const PRIVATE_KEY_PATH: &str = "/var/lib/hybridgrid/wg0.key";
+/// The LAN interface a rendered file names (a booted node's agent uses the node's own).
+const LAN_INTERFACE: &str = "eth0";
+/// What keepalived runs on a change of state, in rendered files.
+const RELAY_STATE_PROGRAM: &str = "/usr/local/bin/hybridgrid-agent agent relay-state";
 
 /// Every rendered file: relative path → content. For large clusters prefer [`render_each`].
 pub fn render(plan: &Plan) -> BTreeMap<String, String> {
@@ -53,7 +58,20 @@ pub fn render_each(plan: &Plan, emit: &mut dyn FnMut(&str, String)) {
                 mss_clamp(&wg.name),
             );
         }
-        if node.role == Role::Worker {
+        if let Some(pair) = &node.pair {
+            let vrrp = crate::vrrp::VrrpNode {
+                name: &node.name,
+                lan_ip: node.lan_ip,
+                lan_if: LAN_INTERFACE,
+                health_file: crate::vrrp::HEALTH_FILE,
+                notify: RELAY_STATE_PROGRAM,
+            };
+            emit(
+                &format!("{dir}/keepalived/keepalived.conf"),
+                crate::vrrp::keepalived_conf(pair, &vrrp),
+            );
+        }
+        if !node.is_relay() {
             let text = match site_routes.get(node.site.as_str()) {
                 Some((routes, text)) if *routes == config.routes => text.clone(),
                 _ => {

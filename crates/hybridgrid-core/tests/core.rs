@@ -12,6 +12,8 @@ use std::process::Command;
 use hybridgrid_core::diff::{Observed, ObservedNode, ObservedSite};
 use hybridgrid_core::keys::PrivateKey;
 use hybridgrid_core::model::{Cluster, validate_text};
+use hybridgrid_core::node::Role;
+use hybridgrid_core::observed::ObservedVirtualAddress;
 use hybridgrid_core::plan::Plan;
 use hybridgrid_core::render;
 use ipnet::Ipv4Net;
@@ -35,17 +37,33 @@ fn load(path: &Path) -> Cluster {
     })
 }
 
-/// Every relay has made its key (seeded) and got a public IP from TEST-NET-2.
+fn load_text(text: &str) -> Cluster {
+    let (cluster, diags) = validate_text(text);
+    cluster.unwrap_or_else(|| panic!("invalid:\n{}", diags.render("text")))
+}
+
+/// Every relay has made its key (seeded; a pair's relays share theirs) and got a public IP from
+/// TEST-NET-2 (a pair: on its virtual address).
 fn observed_with_seeded_keys(cluster: &Cluster) -> Observed {
     let empty = hybridgrid_core::reconcile::plan(cluster, &Observed::default());
     let mut observed = Observed::default();
-    for (i, node) in empty.nodes.iter().filter(|n| n.role.is_relay()).enumerate() {
+    for (i, node) in empty.nodes.iter().filter(|n| n.is_relay()).enumerate() {
+        let public_ip = Some(Ipv4Addr::new(198, 51, 100, 10 + i as u8));
+        if let Some(pair) = &node.pair {
+            let site = observed.sites.entry(node.site.clone()).or_default();
+            site.virtual_addresses
+                .entry(pair.identity.clone())
+                .or_insert(ObservedVirtualAddress {
+                    address: pair.vip.addr(),
+                    public_ip,
+                });
+        }
         observed.nodes.insert(
             node.name.clone(),
             ObservedNode {
                 site: node.site.clone(),
-                public_ip: Some(Ipv4Addr::new(198, 51, 100, 10 + i as u8)),
-                public_key: Some(PrivateKey::from_seed(&node.name).public_key()),
+                public_ip: public_ip.filter(|_| node.pair.is_none()),
+                public_key: Some(PrivateKey::from_seed(node.mesh_name()).public_key()),
                 applied: None,
                 measured: None,
                 instance: None,
@@ -63,7 +81,7 @@ fn observed_as_planned(plan: &Plan) -> Observed {
             node.name.clone(),
             ObservedNode {
                 site: node.site.clone(),
-                public_ip: node.public_ip,
+                public_ip: node.public_ip.filter(|_| node.pair.is_none()),
                 public_key: node.wireguard.as_ref().and_then(|w| w.public_key),
                 applied: Some(plan.node_config(node)),
                 measured: None,
@@ -87,6 +105,18 @@ fn observed_as_planned(plan: &Plan) -> Observed {
                     .allowed_address_pairs
                     .iter()
                     .map(|p| (p.node.clone(), p.pairs.clone()))
+                    .collect(),
+                virtual_addresses: site
+                    .pair
+                    .iter()
+                    .map(|p| {
+                        let relay = plan.node(&p.relays[0]);
+                        let seen = ObservedVirtualAddress {
+                            address: p.vip,
+                            public_ip: relay.and_then(|r| r.public_ip),
+                        };
+                        (p.identity.clone(), seen)
+                    })
                     .collect(),
             },
         );
@@ -157,7 +187,7 @@ fn plan_json_has_documented_node_fields() {
 
 #[test]
 fn nothing_to_do_once_applied() {
-    for f in ["two-sites", "three-sites", "five-sites"] {
+    for f in ["two-sites", "three-sites", "five-sites", "standby-pairs"] {
         let cluster = load(&fixtures().join(format!("valid/{f}.yaml")));
         let first = seeded_plan(&cluster);
         assert!(!first.changes.is_empty());
@@ -275,7 +305,7 @@ fn scaling_a_site_touches_only_what_changed() {
 #[test]
 fn full_mesh_with_disjoint_allowed_ips() {
     let plan = seeded_plan(&load(&fixtures().join("valid/five-sites.yaml")));
-    let relays: Vec<_> = plan.nodes.iter().filter(|n| n.role.is_relay()).collect();
+    let relays: Vec<_> = plan.nodes.iter().filter(|n| n.is_relay()).collect();
     assert_eq!(relays.len(), 5);
     for r in &relays {
         let wg = r.wireguard.as_ref().unwrap();
@@ -390,7 +420,7 @@ fn arb_cluster_yaml() -> impl Strategy<Value = String> {
             let mut y = String::from("name: prop\ntunnel:\n  cidr: 172.16.0.0/28\nsites:\n");
             for (i, ((prefix, workers), extra_groups)) in sites.iter().zip(&groups).enumerate() {
                 let net: Ipv4Net = format!("10.{}.0.0/{prefix}", 100 + i).parse().unwrap();
-                let cap = hybridgrid_core::addr::worker_capacity(net) as u32;
+                let cap = hybridgrid_core::addr::worker_capacity(net, false) as u32;
                 let total = (*workers).min(cap);
                 y.push_str(&format!("  - name: s{i}\n    subnet: {net}\n"));
                 if i == master {
@@ -498,7 +528,7 @@ fn fuzz_cluster_file_parser() {
 fn fuzz_relay_metadata() {
     let c = load(&fixtures().join("valid/two-sites.yaml"));
     let plan = seeded_plan(&c);
-    let relay = plan.nodes.iter().find(|n| n.role.is_relay()).unwrap();
+    let relay = plan.nodes.iter().find(|n| n.is_relay()).unwrap();
     let base = plan.node_config_without_hosts(relay);
     fuzz::fuzz("relay-metadata", fuzz::metadata_items(), |text| {
         if let Ok(meta) = hybridgrid_core::node_meta::meta_from_json(text) {
@@ -553,4 +583,167 @@ fn host_lists_expand_as_scontrol_does() {
             .unwrap_or_else(|e| panic!("`scontrol` is needed for this test (slurm-client): {e}"));
         assert_eq!(hybridgrid_core::hostlist::expand(list), answer, "{list}");
     }
+}
+
+#[test]
+fn a_relay_pair_is_one_end_of_the_mesh_with_one_key_and_address() {
+    let plan = seeded_plan(&load(&fixtures().join("valid/standby-pairs.yaml")));
+    let node = |n: &str| plan.node(n).unwrap_or_else(|| panic!("no node {n}"));
+    let (a, b) = (node("giessen-gw-a"), node("giessen-gw-b"));
+    assert_eq!((a.role, b.role), (Role::Gateway, Role::Gateway));
+    assert_eq!(a.tunnel_ip, b.tunnel_ip);
+    assert_eq!(a.wireguard, b.wireguard, "both relays hold the same device");
+    assert_eq!(a.public_ip, b.public_ip);
+    assert!(a.public_ip.is_some());
+    assert_eq!(
+        (a.lan_ip, b.lan_ip),
+        (
+            "10.20.0.253".parse().unwrap(),
+            "10.20.0.254".parse().unwrap()
+        )
+    );
+    let pair = a.pair.as_ref().unwrap();
+    assert_eq!(pair.identity, "giessen-gw");
+    assert_eq!(pair.partner, "giessen-gw-b");
+    assert_eq!(pair.vip, "10.20.0.252/24".parse::<Ipv4Net>().unwrap());
+
+    // Every other relay sees one peer per site: the pair by its identity.
+    let peers: Vec<String> = node("heidelberg-gw")
+        .wireguard
+        .as_ref()
+        .unwrap()
+        .peers
+        .iter()
+        .map(|p| p.node.clone())
+        .collect();
+    assert_eq!(peers, ["bielefeld-gw", "giessen-gw"]);
+
+    // On the master site the pair relays; the master is a node like the workers there.
+    let master = node("bielefeld-master");
+    assert!(!master.is_relay());
+    assert!(master.public_ip.is_none() && master.wireguard.is_none());
+    assert_eq!(master.lan_ip, "10.10.0.5".parse::<Ipv4Addr>().unwrap());
+    for n in ["bielefeld-master", "bielefeld-worker-1", "giessen-worker-2"] {
+        let config = plan.node_config(node(n));
+        let vip = plan.site(&node(n).site).unwrap().pair.as_ref().unwrap().vip;
+        assert!(!config.ip_forward, "{n}");
+        assert!(
+            config.routes.iter().all(|r| r.via == Some(vip)),
+            "{n} routes through the pair's virtual address: {:?}",
+            config.routes
+        );
+    }
+    assert_eq!(plan.slurm.controller_addr, master.lan_ip);
+
+    // Both relays' ports may send from the virtual address and carry the gateway group.
+    let site = plan.site("giessen").unwrap();
+    for pairs in &site.allowed_address_pairs {
+        assert!(
+            pairs.pairs.contains(&"10.20.0.252/32".parse().unwrap()),
+            "{pairs:?}"
+        );
+    }
+    assert_eq!(site.allowed_address_pairs.len(), 2);
+    assert_eq!(
+        site.security_groups[1].members,
+        ["giessen-gw-a", "giessen-gw-b"]
+    );
+    let heidelberg_rules = &plan.site("heidelberg").unwrap().security_groups[1].rules;
+    assert_eq!(
+        heidelberg_rules.len(),
+        2,
+        "one rule per peer site: {heidelberg_rules:?}"
+    );
+}
+
+#[test]
+fn turning_standby_on_moves_no_worker_and_not_the_master() {
+    let text = std::fs::read_to_string(fixtures().join("valid/standby-pairs.yaml")).unwrap();
+    let single = text.replace("    gateway:\n      standby: true\n", "");
+    assert_ne!(single, text);
+    let with = seeded_plan(&load_text(&text));
+    let without = seeded_plan(&load_text(&single));
+    for n in without
+        .nodes
+        .iter()
+        .filter(|n| !n.is_relay() || n.role == Role::Master)
+    {
+        let same = with
+            .node(&n.name)
+            .unwrap_or_else(|| panic!("{} is gone", n.name));
+        assert_eq!(same.lan_ip, n.lan_ip, "{} moved", n.name);
+    }
+    assert_eq!(with.slurm.controller_addr, without.slurm.controller_addr);
+    // The pair keeps the single gateway's name in the mesh, so peers keep its floating IP and
+    // preshared keys.
+    let giessen_peer = |p: &Plan| {
+        p.node("heidelberg-gw")
+            .unwrap()
+            .wireguard
+            .as_ref()
+            .unwrap()
+            .peers[1]
+            .node
+            .clone()
+    };
+    assert_eq!(giessen_peer(&with), giessen_peer(&without));
+}
+
+#[test]
+fn a_pair_without_its_virtual_address_gets_it_then_its_public_ip() {
+    let cluster = load(&fixtures().join("valid/standby-pairs.yaml"));
+    let first = hybridgrid_core::reconcile::plan(&cluster, &Observed::default());
+    let summaries: Vec<String> = first.changes.iter().map(|c| c.summary()).collect();
+    let vip = summaries
+        .iter()
+        .position(|s| s == "+ giessen: virtual address 10.20.0.252 for relay pair giessen-gw")
+        .unwrap_or_else(|| panic!("{summaries:#?}"));
+    let fip = summaries
+        .iter()
+        .position(|s| s == "+ giessen: public IP for giessen-gw")
+        .unwrap_or_else(|| panic!("{summaries:#?}"));
+    assert!(vip < fip);
+    assert!(
+        !summaries
+            .iter()
+            .any(|s| s.contains("public IP for giessen-gw-")),
+        "a pair's relays have no public IP of their own: {summaries:#?}"
+    );
+    assert!(
+        !summaries
+            .iter()
+            .any(|s| s.contains("public IP for bielefeld-master")),
+        "{summaries:#?}"
+    );
+}
+
+#[test]
+fn rendered_keepalived_files_pass_keepalived_config_test() {
+    let dir = std::env::temp_dir().join(format!("hg-core-vrrp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plan = seeded_plan(&load(&fixtures().join("valid/standby-pairs.yaml")));
+    let files = render::render(&plan);
+    let confs: Vec<_> = files
+        .iter()
+        .filter(|(k, _)| k.ends_with("/keepalived.conf"))
+        .collect();
+    assert_eq!(confs.len(), 4, "two pairs of two relays");
+    for (rel, content) in confs {
+        let path = dir.join("keepalived.conf");
+        std::fs::write(&path, content).unwrap();
+        let out = Command::new("keepalived")
+            .args(["--config-test", "--log-console", "-f"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("`keepalived` is needed for this test (scripts/setup.sh): {e}")
+            });
+        assert!(
+            out.status.success(),
+            "{rel}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -34,7 +34,7 @@ impl Validator<'_> {
             let wan = self.site_wan(s, &path, wan_base.flatten(), provider);
             ok &= wan.is_ok();
             if let (Some(net), Some(groups)) = (subnet, &workers) {
-                ok &= self.worker_capacity(s, &path, net, groups);
+                ok &= self.pair_room(s, &path, net) && self.worker_capacity(s, &path, net, groups);
             }
             if provider == Some(Provider::OpenStack) {
                 ok &= self.openstack_site(s, &path);
@@ -52,6 +52,7 @@ impl Validator<'_> {
                         flavor: s.gateway.flavor.as_ref().map(|c| c.value.clone()),
                         image: s.gateway.image.as_ref().map(|c| c.value.clone()),
                     },
+                    standby: s.gateway.standby.as_ref().is_some_and(|b| b.value),
                     workers: workers?,
                     wan: wan.ok().flatten(),
                 })
@@ -135,6 +136,27 @@ impl Validator<'_> {
         }
     }
 
+    /// Whether a site with `gateway.standby` has room for the pair above its reserved hosts.
+    fn pair_room(&mut self, s: &raw::RawSite, path: &str, net: Ipv4Net) -> bool {
+        let Some(standby) = s.gateway.standby.as_ref().filter(|b| b.value) else {
+            return true;
+        };
+        if addr::pair_vip(net).is_some() {
+            return true;
+        }
+        self.error(
+            standby.pos,
+            format!("{path}.gateway.standby"),
+            format!("{net} has no room for a relay pair"),
+            format!(
+                "a pair takes the subnet's last {} hosts above .{}: use a /28 or larger",
+                addr::PAIR_HOSTS,
+                addr::RELAY_OFFSET
+            ),
+        );
+        false
+    }
+
     /// Whether the subnet has an address for every worker of the site's groups.
     fn worker_capacity(
         &mut self,
@@ -144,18 +166,25 @@ impl Validator<'_> {
         groups: &[WorkerGroup],
     ) -> bool {
         let needed: u64 = groups.iter().map(|g| u64::from(g.count)).sum();
-        let capacity = addr::worker_capacity(net);
+        let standby = s.gateway.standby.as_ref().is_some_and(|b| b.value);
+        let capacity = addr::worker_capacity(net, standby);
         if needed <= capacity {
             return true;
         }
+        let reserved = if standby {
+            format!(
+                "hosts .1–.{} and the last {} (the relay pair) are reserved",
+                addr::RELAY_OFFSET,
+                addr::PAIR_HOSTS
+            )
+        } else {
+            format!("hosts .1–.{} are reserved", addr::RELAY_OFFSET)
+        };
         self.error(
             s.subnet.as_ref().map(|c| c.pos).unwrap_or(s.pos),
             format!("{path}.subnet"),
             format!("{net} holds at most {capacity} workers, but the site has {needed}"),
-            format!(
-                "use a larger subnet (hosts .1–.{} are reserved) or fewer workers",
-                addr::RELAY_OFFSET
-            ),
+            format!("use a larger subnet ({reserved}) or fewer workers"),
         );
         false
     }
@@ -276,6 +305,7 @@ impl Validator<'_> {
                 pos: g.pos,
                 flavor: g.flavor.clone(),
                 image: g.image.clone(),
+                standby: None,
             };
             ok &= self.openstack_spec(&spec, g.pos, gpath);
         }
