@@ -118,6 +118,18 @@ pub enum AgentCommand {
         /// Slurm's host list, e.g. `giessen-od-[1-2]`.
         hostlist: String,
     },
+    /// keepalived's notify program on a relay of a pair: on a change of VRRP state, apply the
+    /// node's configuration again (the active relay gets the tunnel's peers, the standby none)
+    /// and, on becoming active, start a handshake with every peer at once.
+    RelayState {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        tag: String,
+        /// What keepalived appends: type, name, state, priority.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        vrrp: Vec<String>,
+    },
     /// slurmctld's prolog (`PrologSlurmctld`) where workers are on demand: wait until none of
     /// the job's nodes (`SLURM_JOB_NODELIST`) is still powering up, so the job starts as soon as
     /// its woken nodes registered.
@@ -239,6 +251,14 @@ fn agent(
             service,
             hostlist,
         } => json(&crate::power::run(verb, &service, &hostlist)?),
+        AgentCommand::RelayState {
+            state_dir,
+            tag,
+            vrrp,
+        } => {
+            crate::vrrp::state_changed(&state_dir, exe, &tag, &vrrp)?;
+            Ok(None)
+        }
         AgentCommand::WaitNodesReady => {
             let nodes = std::env::var("SLURM_JOB_NODELIST").ok();
             crate::power::wait_nodes_ready(nodes.as_deref())?;

@@ -21,6 +21,7 @@ pub mod slurm;
 pub mod store_reads;
 mod supervise;
 pub mod sys;
+pub mod vrrp;
 pub mod wg_impl;
 
 pub use error::{AgentError, error_chain};

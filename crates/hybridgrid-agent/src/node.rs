@@ -117,9 +117,12 @@ pub(crate) fn apply_locked(
 
     mss_clamp(config.mss_clamp, applied.as_ref(), &mut report.actions)?;
 
+    // A pair's standby holds the shared key and port but no peers: it sends nothing, so no
+    // peer roams to it while its partner is active; its cross-site routes go to the partner.
+    let speaks = crate::vrrp::speaks(config.pair.as_ref(), state_dir);
     match &mut config.wireguard {
         Some(wg) => {
-            let public = wireguard(wg, state_dir, exe, tag, &mut report.actions)?;
+            let public = wireguard(wg, speaks, state_dir, exe, tag, &mut report.actions)?;
             wg.public_key = Some(public);
             report.public_key = Some(public);
         }
@@ -132,12 +135,26 @@ pub(crate) fn apply_locked(
     }
 
     routes(
-        &config.routes,
+        &crate::vrrp::routes_now(&config, speaks),
         applied.as_ref().map(|a| a.routes.as_slice()).unwrap_or(&[]),
         &mut report.actions,
     )?;
     if config.ip_forward {
         forwarding(true, &mut report.actions)?;
+    }
+    match &config.pair {
+        Some(pair) => crate::vrrp::ensure(
+            pair,
+            config.wireguard.as_ref(),
+            state_dir,
+            exe,
+            tag,
+            &mut report.actions,
+        )?,
+        None if applied.as_ref().is_some_and(|a| a.pair.is_some()) => {
+            crate::vrrp::stop(state_dir, &mut report.actions);
+        }
+        None => {}
     }
     crate::slurm::apply(
         &config.slurm,
@@ -258,6 +275,7 @@ fn pid_file(state_dir: &Path, ifname: &str) -> PathBuf {
 
 fn wireguard(
     wg: &WgInterface,
+    speaks: bool,
     state_dir: &Path,
     exe: &Path,
     tag: &str,
@@ -303,6 +321,7 @@ fn wireguard(
         peers: wg
             .peers
             .iter()
+            .filter(|_| speaks)
             .filter_map(|p| {
                 Some(DesiredPeer {
                     public_key: *p.public_key?.as_bytes(),

@@ -2,7 +2,7 @@
 //!
 //! Every second it looks at what can go away cheaply (no process is started for a look): the
 //! WireGuard device (`/proc/net/dev`), the Slurm daemons (their PID files), the planned routes
-//! (`/proc/net/route`). Whatever is gone is applied again at once; every `period` the whole
+//! (`/proc/net/route`); a relay of a pair also writes its health for keepalived. Whatever is gone is applied again at once; every `period` the whole
 //! configuration is applied again, for what a look does not see (peers, sysctls, the Slurm
 //! controller's view).
 
@@ -43,7 +43,20 @@ pub fn supervise(
         let (Some(config), Some(applied)) = (read(), read_applied(state_dir)) else {
             continue;
         };
-        if something_is_gone(&config, &applied, state_dir) || last.elapsed() >= period {
+        let pair = match pair_look(&config, state_dir) {
+            Ok(look) => look,
+            Err(e) => {
+                on_error(&e);
+                PairLook::Fine
+            }
+        };
+        if pair == PairLook::GivingUp {
+            continue;
+        }
+        if pair == PairLook::Repair
+            || something_is_gone(&config, &applied, state_dir)
+            || last.elapsed() >= period
+        {
             last = Instant::now();
             // The configuration is read again under the lock: `up` may have written a newer
             // one while this waited for it.
@@ -60,6 +73,33 @@ pub fn supervise(
     }
 }
 
+/// What a relay of a pair must do after its one-second look.
+#[derive(Debug, PartialEq, Eq)]
+enum PairLook {
+    /// Healthy, or not in a pair.
+    Fine,
+    /// Its data path is broken while it still holds the virtual address: keepalived is told
+    /// (the health file) and the repair waits until the partner took the role, so the relay
+    /// comes back as the standby and never speaks for the pair with a half-repaired path.
+    GivingUp,
+    /// Broken and no longer active, or its keepalived is gone: apply now.
+    Repair,
+}
+
+/// A relay of a pair writes its health for keepalived every second (no process).
+fn pair_look(config: &NodeConfig, state_dir: &Path) -> Result<PairLook, AgentError> {
+    let (Some(pair), Some(wg)) = (&config.pair, &config.wireguard) else {
+        return Ok(PairLook::Fine);
+    };
+    let healthy = crate::vrrp::healthy(&wg.name);
+    crate::vrrp::write_health(state_dir, healthy)?;
+    Ok(match (healthy, crate::vrrp::running(state_dir).is_some()) {
+        (true, true) => PairLook::Fine,
+        (false, true) if crate::vrrp::active(pair) => PairLook::GivingUp,
+        _ => PairLook::Repair,
+    })
+}
+
 /// The WireGuard device, a Slurm daemon or a planned route is missing: a look, no process.
 /// `applied`: what the agent last applied (its Slurm role says which daemons must run).
 fn something_is_gone(config: &NodeConfig, applied: &NodeConfig, state_dir: &Path) -> bool {
@@ -72,7 +112,10 @@ fn something_is_gone(config: &NodeConfig, applied: &NodeConfig, state_dir: &Path
     // apply asks the Slurm controller, which that very route leads to (31 s on the test bed).
     let route_gone = std::fs::read_to_string("/proc/net/route").is_ok_and(|table| {
         let live = crate::routes::LiveRoutes::from_proc(&table);
-        !config.routes.iter().all(|r| live.has(r))
+        let speaks = crate::vrrp::speaks(config.pair.as_ref(), state_dir);
+        !crate::vrrp::routes_now(config, speaks)
+            .iter()
+            .all(|r| live.has(r))
     });
     device_gone || daemon_dead || route_gone
 }

@@ -34,7 +34,7 @@ fn main() {
     // Every relay has a key and a public IP, so the plan is complete (the worst case for size).
     let empty = hybridgrid_core::reconcile::plan(&cluster, &Observed::default());
     let mut observed = Observed::default();
-    for (i, n) in empty.nodes.iter().filter(|n| n.role.is_relay()).enumerate() {
+    for (i, n) in empty.nodes.iter().filter(|n| n.is_relay()).enumerate() {
         observed.nodes.insert(
             n.name.clone(),
             ObservedNode {

@@ -124,6 +124,8 @@ pub struct RelayPair {
     pub identity: String,
     /// The virtual address the active relay holds on the site LAN (the workers' next hop).
     pub vip: Ipv4Net,
+    /// This relay's own LAN address (VRRP's adverts leave from it).
+    pub lan_ip: Ipv4Addr,
     pub partner: String,
     pub partner_ip: Ipv4Addr,
     /// VRRP's virtual router id, unique among the cluster's pairs (1–255).

@@ -305,6 +305,7 @@ fn pair_nodes(
             node.pair = Some(RelayPair {
                 identity: identity.clone(),
                 vip: Ipv4Net::new(vip, site.subnet.prefix_len()).unwrap_or_default(),
+                lan_ip: ip(member),
                 partner: names[other as usize].clone(),
                 partner_ip: ip(other),
                 // Unique per LAN is what VRRP needs; per cluster costs nothing more.
@@ -849,6 +850,14 @@ impl Plan {
         b.sort_unstable();
         b.dedup();
         b
+    }
+
+    /// The relay known in the mesh as `name` (a peer's `node`): the relay itself, or the first
+    /// relay of the pair with that identity (both share its tunnel and public addresses).
+    pub fn mesh_end(&self, name: &str) -> Option<&NodePlan> {
+        self.nodes
+            .iter()
+            .find(|n| n.is_relay() && n.mesh_name() == name)
     }
 
     /// The site's relay (of a pair: the first).

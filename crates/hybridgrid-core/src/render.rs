@@ -22,8 +22,11 @@ use crate::plan::{NodePlan, Plan, Role, Route, WgInterface};
 pub const PRIVATE_KEY_PATH: &str = "/var/lib/hybridgrid/wg0.key";
 /// The LAN interface a rendered file names (a booted node's agent uses the node's own).
 const LAN_INTERFACE: &str = "eth0";
+/// Where a cloud relay's agent writes its health for keepalived.
+const RELAY_HEALTH_PATH: &str = "/var/lib/hybridgrid/relay-health";
 /// What keepalived runs on a change of state, in rendered files.
-const RELAY_STATE_PROGRAM: &str = "/usr/local/bin/hybridgrid-agent agent relay-state";
+const RELAY_STATE_PROGRAM: &str =
+    "/usr/local/bin/hybridgrid-agent agent relay-state --state-dir /var/lib/hybridgrid";
 
 /// Every rendered file: relative path → content. For large clusters prefer [`render_each`].
 pub fn render(plan: &Plan) -> BTreeMap<String, String> {
@@ -61,9 +64,8 @@ pub fn render_each(plan: &Plan, emit: &mut dyn FnMut(&str, String)) {
         if let Some(pair) = &node.pair {
             let vrrp = crate::vrrp::VrrpNode {
                 name: &node.name,
-                lan_ip: node.lan_ip,
                 lan_if: LAN_INTERFACE,
-                health_file: crate::vrrp::HEALTH_FILE,
+                health_file: RELAY_HEALTH_PATH,
                 notify: RELAY_STATE_PROGRAM,
             };
             emit(

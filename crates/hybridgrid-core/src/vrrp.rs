@@ -9,13 +9,11 @@
 //! whose data path is broken puts itself in FAULT through a file its agent writes (no script to
 //! run every second), and its partner takes over.
 
+use crate::node::{RelayPair, Route};
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
 
-use crate::node::RelayPair;
-
-/// Where a relay's agent writes its health for keepalived (`0`: healthy).
-pub const HEALTH_FILE: &str = "/run/hybridgrid/relay-health";
+/// Where a relay's agent writes its health for keepalived (`0`: healthy), in its state folder.
+pub const HEALTH_FILE: &str = "relay-health";
 
 /// Seconds between VRRP adverts.
 pub const ADVERT_INTERVAL: &str = "0.5";
@@ -25,7 +23,6 @@ pub const ADVERT_INTERVAL: &str = "0.5";
 pub struct VrrpNode<'a> {
     /// This relay's name.
     pub name: &'a str,
-    pub lan_ip: Ipv4Addr,
     /// The LAN interface (`eth0` on the local provider, the server's on openstack).
     pub lan_if: &'a str,
     /// The file the agent writes the relay's health to: `0` healthy, anything else FAULT.
@@ -57,7 +54,7 @@ pub fn keepalived_conf(pair: &RelayPair, node: &VrrpNode<'_>) -> String {
     let _ = writeln!(s, "    interface {lan_if}");
     let _ = writeln!(s, "    virtual_router_id {}", pair.router_id);
     let _ = writeln!(s, "    advert_int {ADVERT_INTERVAL}");
-    let _ = writeln!(s, "    unicast_src_ip {}", node.lan_ip);
+    let _ = writeln!(s, "    unicast_src_ip {}", pair.lan_ip);
     let _ = writeln!(
         s,
         "    unicast_peer {{\n        {}\n    }}",
@@ -80,8 +77,28 @@ pub fn keepalived_conf(pair: &RelayPair, node: &VrrpNode<'_>) -> String {
     s
 }
 
+/// A pair relay's routes while it is the standby: its tunnel device has no peers, so what it
+/// would send through the tunnel goes to the active relay (the virtual address) instead, like a
+/// worker's. Its own probes and the replies to others' reach across sites that way.
+pub fn standby_routes(routes: &[Route], pair: &RelayPair) -> Vec<Route> {
+    routes
+        .iter()
+        .map(|r| match r.device {
+            Some(_) => Route {
+                destination: r.destination,
+                via: Some(pair.vip.addr()),
+                device: None,
+                src: None,
+            },
+            None => r.clone(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
@@ -89,6 +106,7 @@ mod tests {
         let pair = RelayPair {
             identity: "giessen-gw".into(),
             vip: "10.20.0.252/24".parse().unwrap_or_default(),
+            lan_ip: Ipv4Addr::new(10, 20, 0, 253),
             partner: "giessen-gw-b".into(),
             partner_ip: Ipv4Addr::new(10, 20, 0, 254),
             router_id: 2,
@@ -98,7 +116,6 @@ mod tests {
             &pair,
             &VrrpNode {
                 name: "giessen-gw-a",
-                lan_ip: Ipv4Addr::new(10, 20, 0, 253),
                 lan_if: "eth0",
                 health_file: "/run/hybridgrid/relay-health",
                 notify: "/usr/local/bin/hybridgrid-agent relay-state",

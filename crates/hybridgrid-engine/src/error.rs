@@ -19,6 +19,8 @@ pub enum EngineError {
         #[source]
         source: Box<EngineError>,
     },
+    /// rotate: the relay pair {pair} shares one key, which `rotate` does not renew yet; rotate the preshared and munge keys alone (`--preshared --munge`)
+    RotatePair { pair: String },
     /// rotate: the agent on {node} answered `{answer}`, not a public key
     RotateAnswer { node: String, answer: String },
     /// rotate: {node} does not show its new key after the switch; run `hybridgrid up`, then `rotate` again

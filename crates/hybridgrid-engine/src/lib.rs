@@ -15,6 +15,7 @@ pub mod doctor;
 mod engine;
 mod error;
 pub mod munge;
+pub mod pair_keys;
 pub mod path;
 pub mod power;
 pub mod preshared;

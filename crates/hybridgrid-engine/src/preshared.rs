@@ -43,17 +43,20 @@ fn pair_name(a: &str, b: &str) -> String {
     }
 }
 
-/// The pairs of relays the plan's tunnels join (none when preshared keys are off).
+/// The pairs of relays the plan's tunnels join (none when preshared keys are off), by their
+/// names in the mesh (a relay pair's two relays are one end under the pair's identity).
 fn pairs(plan: &Plan) -> Vec<String> {
     if !plan.tunnel.preshared_keys {
         return Vec::new();
     }
-    let relays: Vec<&str> = plan
+    let mut relays: Vec<&str> = plan
         .nodes
         .iter()
-        .filter(|n| n.role.is_relay())
-        .map(|n| n.name.as_str())
+        .filter(|n| n.is_relay())
+        .map(|n| n.mesh_name())
         .collect();
+    relays.sort_unstable();
+    relays.dedup();
     let mut out = Vec::new();
     for (i, a) in relays.iter().enumerate() {
         for b in &relays[i + 1..] {
@@ -114,7 +117,7 @@ pub fn remove(cluster_dir: &Path) -> Result<(), StateError> {
     state::write_or_remove(&cluster_dir.join(KEYS_FILE), None, 0o600)
 }
 
-fn random_key() -> Result<String, StateError> {
+pub(crate) fn random_key() -> Result<String, StateError> {
     let mut key = [0u8; 32];
     let random = Path::new("/dev/urandom");
     std::fs::File::open(random)
@@ -129,8 +132,11 @@ impl PresharedKeys {
         self.pairs.len()
     }
 
-    /// What `node` receives: its peers' names → the pair's key, as JSON; `None` when it is in
-    /// no pair (not a relay, or preshared keys off).
+    /// What the relay known in the mesh as `node` ([`NodePlan::mesh_name`]) receives: its
+    /// peers' names → the pair's key, as JSON; `None` when it is in no pair (not a relay, or
+    /// preshared keys off).
+    ///
+    /// [`NodePlan::mesh_name`]: hybridgrid_core::plan::NodePlan::mesh_name
     pub fn for_node(&self, node: &str) -> Option<String> {
         let mine: BTreeMap<&str, &str> = self
             .pairs

@@ -92,6 +92,13 @@ pub fn rotate(
     let observed = crate::observe(provider, cluster)?;
     let plan = hybridgrid_core::reconcile::plan(cluster, &observed);
     require_converged(&plan)?;
+    if renew.wireguard
+        && let Some(pair) = plan.sites.iter().find_map(|s| s.pair.as_ref())
+    {
+        return Err(EngineError::RotatePair {
+            pair: pair.identity.clone(),
+        });
+    }
     let running: Vec<&NodePlan> = plan
         .nodes
         .iter()
@@ -195,7 +202,7 @@ fn stage(
 ) -> Result<BTreeMap<String, PublicKey>, EngineError> {
     let runs: Vec<AgentRun> = running
         .iter()
-        .filter(|n| n.role.is_relay())
+        .filter(|n| n.is_relay())
         .map(|n| AgentRun::new(&n.name, &["rotate-stage"], Vec::new()))
         .collect();
     sink(Event::Note(format!(
@@ -248,7 +255,7 @@ fn switches(
         let switch = KeySwitch {
             config,
             next_key: new_keys.contains_key(&node.name),
-            preshared_keys: preshared.and_then(|k| k.for_node(&node.name)),
+            preshared_keys: preshared.and_then(|k| k.for_node(node.mesh_name())),
             munge_key: munge_key.clone().filter(|_| munge_changes),
         };
         // A document of strings and numbers always serializes.
@@ -256,7 +263,7 @@ fn switches(
         runs.push(AgentRun::new(&node.name, &["rotate-switch"], input));
     }
     // Relays first: a provider that limits its sessions at once still switches them together.
-    runs.sort_by_key(|r| !plan.node(&r.node).is_some_and(|n| n.role.is_relay()));
+    runs.sort_by_key(|r| !plan.node(&r.node).is_some_and(|n| n.is_relay()));
     Switches { runs, munge_nodes }
 }
 

@@ -129,7 +129,8 @@ pub fn tunnel_rows(
         .into_iter()
         .filter_map(|(n, _)| {
             let key = n.wireguard.as_ref()?.public_key?;
-            Some((key.to_base64(), n.name.as_str()))
+            // A relay pair's two relays share one key: the peer is the pair.
+            Some((key.to_base64(), n.mesh_name()))
         })
         .collect();
     readings

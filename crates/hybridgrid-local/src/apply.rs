@@ -228,6 +228,12 @@ impl Local {
             Change::AssignPublicIp { site, node } | Change::AttachPublicIp { site, node, .. } => {
                 self.assign_floating_ip(site, node)
             }
+            Change::CreateVirtualAddress {
+                site,
+                name,
+                address,
+            } => self.virtual_address(site, name, Some(*address)),
+            Change::RemoveVirtualAddress { site, name } => self.virtual_address(site, name, None),
             Change::AddAddressPairs { site, node, pairs } => self.edit_site(site, dirty, |s| {
                 let list = s.allowed_address_pairs.entry(node.clone()).or_default();
                 for p in pairs {
@@ -309,6 +315,7 @@ impl Local {
                 security_groups: BTreeMap::new(),
                 allowed_address_pairs: BTreeMap::new(),
                 floating_ips: BTreeMap::new(),
+                virtual_addresses: BTreeMap::new(),
             });
             e.state = ObjState::Creating;
             e.clone()
@@ -459,8 +466,37 @@ impl Local {
         Ok(vec![format!("{fip}")])
     }
 
+    /// A relay pair's virtual address recorded (the router sends the pair's floating IP to it),
+    /// or, with `None`, forgotten with that floating IP.
+    fn virtual_address(
+        &self,
+        site: &str,
+        name: &str,
+        address: Option<Ipv4Addr>,
+    ) -> Result<Vec<String>, LocalError> {
+        self.record(|l| {
+            if let Some(s) = l.sites.get_mut(site) {
+                match address {
+                    Some(ip) => {
+                        s.virtual_addresses.insert(name.to_owned(), ip);
+                    }
+                    None => {
+                        s.virtual_addresses.remove(name);
+                        // A single gateway that took the pair's place keeps its public IP.
+                        if !l.nodes.contains_key(name) {
+                            s.floating_ips.remove(name);
+                        }
+                    }
+                }
+            }
+        })?;
+        self.render_router(site)?;
+        Ok(Vec::new())
+    }
+
     /// A node's namespace and directory removed, and the node with its floating IP and address
-    /// pairs out of the ledger; its site, if it stays, rendered without it.
+    /// pairs out of the ledger; its site, if it stays, rendered without it. A floating IP a
+    /// relay pair now goes by (the single gateway's name is the pair's identity) stays.
     fn remove_node(
         &self,
         plan: &Plan,
@@ -478,7 +514,9 @@ impl Local {
             l.nodes.remove(node);
             l.namespaces.retain(|n| n != &ns);
             if let Some(s) = l.sites.get_mut(site) {
-                s.floating_ips.remove(node);
+                if !s.virtual_addresses.contains_key(node) {
+                    s.floating_ips.remove(node);
+                }
                 s.allowed_address_pairs.remove(node);
             }
         })?;
@@ -512,9 +550,17 @@ impl Local {
             let Some(s) = l.sites.get(site) else {
                 return Ok(());
             };
+            // A pair's identity leads to its virtual address, a relay's name to its own.
             s.floating_ips
                 .iter()
-                .filter_map(|(node, fip)| Some((l.nodes.get(node)?.lan_ip, *fip)))
+                .filter_map(|(name, fip)| {
+                    let lan = s
+                        .virtual_addresses
+                        .get(name)
+                        .copied()
+                        .or_else(|| Some(l.nodes.get(name)?.lan_ip))?;
+                    Some((lan, *fip))
+                })
                 .collect()
         };
         infra::render_router(&self.cluster.name, site, &floating)
@@ -628,8 +674,11 @@ impl Local {
         let node_config = plan.node_config(np);
         crate::slurm::prepare_node(self, node, node_config.slurm.role)?;
         crate::datastore::deliver_job_env(self, plan, np, node_config.slurm.role)?;
-        if np.role.is_relay() {
-            self.deliver_preshared_keys(&np.name)?;
+        if np.is_relay() {
+            self.deliver_preshared_keys(np)?;
+        }
+        if let Some(pair) = &np.pair {
+            self.deliver_pair_key(node, &pair.identity)?;
         }
         let text =
             serde_json::to_string_pretty(&node_config).map_err(|source| LocalError::Encode {
@@ -641,16 +690,35 @@ impl Local {
     }
 
     /// A relay's pairs' preshared keys into its own state (0600), or none left there.
-    fn deliver_preshared_keys(&self, node: &str) -> Result<(), LocalError> {
+    fn deliver_preshared_keys(&self, node: &NodePlan) -> Result<(), LocalError> {
         let keys = hybridgrid_engine::preshared::load(self.cluster_dir())?;
         let path = self
-            .node_dir(node)
+            .node_dir(&node.name)
             .join(hybridgrid_engine::preshared::PRESHARED_KEYS_FILE);
-        let json = keys.for_node(node);
+        let json = keys.for_node(node.mesh_name());
         let bytes = json.as_ref().map(String::as_bytes);
         Ok(hybridgrid_engine::state::write_or_remove(
             &path, bytes, 0o600,
         )?)
+    }
+
+    /// A relay pair's shared private key into the relay's own key file (0600, in its 0700
+    /// `wg/`), where the agent takes its key from; written only when it differs.
+    fn deliver_pair_key(&self, node: &str, identity: &str) -> Result<(), LocalError> {
+        let keys = hybridgrid_engine::pair_keys::load(self.cluster_dir())?;
+        let Some(key) = keys.for_pair(identity) else {
+            return Err(LocalError::NoPairKey {
+                node: node.to_owned(),
+                pair: identity.to_owned(),
+            });
+        };
+        let dir = self.node_dir(node).join("wg");
+        create_private_dir(&dir)?;
+        let path = dir.join("private.key");
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(key) {
+            crate::ledger::write_atomic(&path, key.as_bytes(), 0o600)?;
+        }
+        Ok(())
     }
 
     /// Runs the agent on `node` with the configuration last written to its `node.json`.

@@ -112,18 +112,17 @@ pub fn ensure_site(
         create_store_net(site, &ns, &sw, ip)?;
         done.push(format!("+ data store of {} at {ip}", site.name));
     }
-    // Other sites and the tunnel through the site's relay (idempotent: replace).
-    if let Some(relay) = plan.relay_of(&site.name) {
-        let routes: Vec<String> = plan
-            .sites
-            .iter()
-            .filter(|s| s.name != site.name)
-            .map(|s| s.subnet)
-            .chain(std::iter::once(plan.tunnel.cidr))
-            .map(|d| format!("route replace {d} via {}", relay.lan_ip))
-            .collect();
-        sh::ip_batch(Some(&ns), &routes)?;
-    }
+    // Other sites and the tunnel through the site's relay, or its pair's virtual address
+    // (idempotent: replace).
+    let routes: Vec<String> = plan
+        .sites
+        .iter()
+        .filter(|s| s.name != site.name)
+        .map(|s| s.subnet)
+        .chain(std::iter::once(plan.tunnel.cidr))
+        .map(|d| format!("route replace {d} via {}", site.next_hop))
+        .collect();
+    sh::ip_batch(Some(&ns), &routes)?;
     done.extend(serve_store(local, &site.name, &ns, ip)?);
     Ok(done)
 }

@@ -163,7 +163,7 @@ fn facts(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
 fn live_mtus(cluster: &str, plan: &Plan, up: &BTreeSet<String>) -> BTreeMap<String, Option<u16>> {
     plan.nodes
         .iter()
-        .filter(|n| n.role.is_relay() && up.contains(&n.name))
+        .filter(|n| n.is_relay() && up.contains(&n.name))
         .map(|n| {
             let ns = names::ns_node(cluster, &n.name);
             (n.name.clone(), live::live_mtu(&ns, status::interface_of(n)))
@@ -178,14 +178,20 @@ fn tunnel_jobs(
     live_mtus: &BTreeMap<String, Option<u16>>,
 ) -> Vec<TunnelJob> {
     let mut jobs = Vec::new();
+    // A pair's standby has no peers on purpose: only the active relay's tunnels are looked at.
     let relays = plan
         .nodes
         .iter()
-        .filter(|n| n.role.is_relay() && up.contains(&n.name));
+        .filter(|n| n.is_relay() && up.contains(&n.name))
+        .filter(|n| {
+            n.pair.as_ref().is_none_or(|p| {
+                live::holds_address(&names::ns_node(&plan.cluster, &n.name), p.vip.addr())
+            })
+        });
     for relay in relays {
         let mtu = live_mtus.get(&relay.name).copied().flatten();
         for p in relay.wireguard.iter().flat_map(|w| &w.peers) {
-            let Some(peer) = plan.node(&p.node) else {
+            let Some(peer) = plan.mesh_end(&p.node) else {
                 continue;
             };
             let Some(tunnel_ip) = peer.tunnel_ip else {
@@ -193,7 +199,8 @@ fn tunnel_jobs(
             };
             jobs.push(TunnelJob {
                 from: relay.name.clone(),
-                to: peer.name.clone(),
+                // The peer as the tunnel rows name it: a pair by its identity.
+                to: p.node.clone(),
                 peer_public_ip: peer.public_ip,
                 tunnel_ip,
                 df_size: mtu.map(|m| m.saturating_sub(28)),
@@ -210,7 +217,7 @@ fn site_jobs(plan: &Plan, up: &BTreeSet<String>) -> Vec<(String, String, Ipv4Add
         plan.nodes
             .iter()
             .filter(|n| n.site == site && up.contains(&n.name))
-            .min_by_key(|n| n.role.is_relay())
+            .min_by_key(|n| n.is_relay())
     };
     let mut jobs = Vec::new();
     for a in &plan.sites {

@@ -38,6 +38,8 @@ pub enum LocalError {
     Owned { cluster: String, other: PathBuf },
     /// node {0} is not part of this cluster or not running
     NoSuchNode(String),
+    /// relay {node} of pair {pair} has no key: the cluster's pair keys lack it
+    NoPairKey { node: String, pair: String },
     /// site {site} is not in the plan
     SiteNotInPlan { site: String },
     /// node {node} is not in the plan

@@ -49,9 +49,13 @@ pub struct SiteEntry {
     pub security_groups: BTreeMap<String, Vec<SgRule>>,
     #[serde(default)]
     pub allowed_address_pairs: BTreeMap<String, Vec<Ipv4Net>>,
-    /// Floating IPs of the site's nodes (the relay).
+    /// Floating IPs of the site's relay, or of its relay pair by the pair's identity.
     #[serde(default)]
     pub floating_ips: BTreeMap<String, Ipv4Addr>,
+    /// Relay pairs' virtual addresses by the pair's identity: where the router sends the pair's
+    /// floating IP (whichever relay holds the address answers for it).
+    #[serde(default)]
+    pub virtual_addresses: BTreeMap<String, Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -127,6 +127,15 @@ pub(crate) fn live_mtu(ns: &str, ifname: &str) -> Option<u16> {
         .ok()
 }
 
+/// Whether an interface in the namespace holds `ip` (a relay pair's active relay holds the
+/// pair's virtual address).
+pub(crate) fn holds_address(ns: &str, ip: Ipv4Addr) -> bool {
+    sh::run("ip", &["-n", ns, "-o", "-4", "addr", "show"]).is_ok_and(|out| {
+        out.split_whitespace()
+            .any(|w| w.split('/').next() == Some(&ip.to_string()))
+    })
+}
+
 /// Two pings (200 ms apart, 1 s to answer) from the namespace; true if one was answered.
 /// `df_size`: that many bytes with don't-fragment set.
 pub(crate) fn ping(ns: &str, to: Ipv4Addr, df_size: Option<u16>) -> bool {

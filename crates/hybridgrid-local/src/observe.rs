@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt as _;
 
 use hybridgrid_core::diff::{Observed, ObservedNode, ObservedSite};
+use hybridgrid_core::observed::ObservedVirtualAddress;
 use hybridgrid_core::plan::{self, NodeConfig, Plan, SlurmRole};
 use ipnet::Ipv4Net;
 
@@ -258,6 +259,17 @@ impl Local {
             wan: crate::wan::observed(cluster, site, entry.index),
             // No flavors in the emulation: workers take the file's size or the defaults.
             flavors: BTreeMap::new(),
+            virtual_addresses: entry
+                .virtual_addresses
+                .iter()
+                .map(|(name, address)| {
+                    let seen = ObservedVirtualAddress {
+                        address: *address,
+                        public_ip: entry.floating_ips.get(name).copied(),
+                    };
+                    (name.clone(), seen)
+                })
+                .collect(),
         }
     }
 }
@@ -272,7 +284,9 @@ fn live_applied(mut a: NodeConfig, live: &NodeLive, running: &BTreeSet<String>) 
             None => a.wireguard = None,
         }
     }
-    if let (Some(wg), Some(live_peers)) = (&mut a.wireguard, &live.wg_peers) {
+    // A pair's standby has no peers on its device by design: its peers are not missing.
+    let standby = a.pair.is_some() && live.wg_peers.as_ref().is_some_and(Vec::is_empty);
+    if let (Some(wg), Some(live_peers), false) = (&mut a.wireguard, &live.wg_peers, standby) {
         wg.peers.retain(|p| {
             p.public_key
                 .as_ref()

@@ -252,6 +252,8 @@ impl Provider for Local {
         // Made here, once per round, before the nodes are configured in parallel.
         hybridgrid_engine::preshared::ensure(self.cluster_dir(), plan)
             .map_err(|e| err(e.into()))?;
+        hybridgrid_engine::pair_keys::ensure(self.cluster_dir(), plan)
+            .map_err(|e| err(e.into()))?;
         self.apply_changes(plan, changes, sink).map_err(err)?;
         for started in self.ensure_power_service(plan).map_err(err)? {
             sink(hybridgrid_engine::Event::Note(started));

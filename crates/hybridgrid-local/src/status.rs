@@ -48,15 +48,17 @@ impl Local {
     }
 
     /// Waits until every relay has a handshake with every peer; returns the pairs still without.
+    /// A relay pair counts as one end: either of its relays' handshakes (the active one's).
     pub(crate) fn wait_handshakes(&self, plan: &Plan, limit: Duration) -> Vec<(String, String)> {
-        let wanted: Vec<(String, String)> = plan
+        let mesh_name = |node: &str| plan.node(node).map_or(node, |n| n.mesh_name()).to_owned();
+        let wanted: BTreeSet<(String, String)> = plan
             .nodes
             .iter()
             .filter_map(|n| Some((n, n.wireguard.as_ref()?)))
             .flat_map(|(n, wg)| {
                 wg.peers
                     .iter()
-                    .map(move |p| (n.name.clone(), p.node.clone()))
+                    .map(move |p| (n.mesh_name().to_owned(), p.node.clone()))
             })
             .collect();
         let deadline = Instant::now() + limit;
@@ -65,13 +67,9 @@ impl Local {
                 .tunnels(plan)
                 .into_iter()
                 .filter(|t| t.handshake_age_s.is_some())
-                .map(|t| (t.node, t.peer))
+                .map(|t| (mesh_name(&t.node), t.peer))
                 .collect();
-            let pending: Vec<_> = wanted
-                .iter()
-                .filter(|w| !done.contains(w))
-                .cloned()
-                .collect();
+            let pending: Vec<_> = wanted.difference(&done).cloned().collect();
             if pending.is_empty() || Instant::now() >= deadline {
                 return pending;
             }

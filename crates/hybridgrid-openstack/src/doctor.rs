@@ -185,7 +185,7 @@ impl OpenStack {
             plan.nodes
                 .iter()
                 .filter(|n| n.site == site && up.contains(&n.name))
-                .min_by_key(|n| n.role.is_relay())
+                .min_by_key(|n| n.is_relay())
         };
         let jobs: Vec<(&NodePlan, Vec<&NodePlan>)> = plan
             .sites

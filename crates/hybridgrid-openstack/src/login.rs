@@ -115,6 +115,7 @@ mod tests {
             image: Some("Ubuntu-22.04".into()),
             wireguard: None,
             on_demand: false,
+            pair: None,
         };
         let mut users = LoginUsers::default();
         assert_eq!(users.of(&node), "ubuntu");

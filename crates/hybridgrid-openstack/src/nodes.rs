@@ -26,7 +26,7 @@ const CONFIG: &str = "/var/lib/hybridgrid/node.json";
 /// relay, each as its image's login user. `None` while the relay has no floating IP.
 pub fn target(plan: &Plan, name: &str, users: &LoginUsers) -> Option<Target> {
     let node = plan.node(name)?;
-    if node.role.is_relay() {
+    if node.is_relay() {
         return Some(Target {
             node: node.name.clone(),
             host: node.public_ip?,
@@ -440,8 +440,8 @@ pub async fn finish(
             )
             .await?;
     }
-    if let (true, Some(keys)) = (node.role.is_relay(), &secrets.preshared) {
-        deliver_preshared_keys(channel, target, keys.for_node(&node.name)).await?;
+    if let (true, Some(keys)) = (node.is_relay(), &secrets.preshared) {
+        deliver_preshared_keys(channel, target, keys.for_node(node.mesh_name())).await?;
     }
     match &secrets.stores {
         StoreSource::Relay(users) if plan.has_store_data() => {

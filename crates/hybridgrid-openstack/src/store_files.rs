@@ -79,7 +79,7 @@ pub async fn deliver(
         .ok_or_else(|| OsError::NoRelayAddress {
             node: target.node.clone(),
         })?;
-    let relay_hands_over = node.role.is_relay() && site_has_on_demand(plan, &node.site);
+    let relay_hands_over = node.is_relay() && site_has_on_demand(plan, &node.site);
     let env = files
         .envs
         .get(&node.site)

@@ -89,7 +89,7 @@ pub fn user_data_for(
         "encoding": "b64",
         "content": b64,
     })];
-    if node.role.is_relay() {
+    if node.is_relay() {
         runcmd.push(make_key_without_agent());
         runcmd.push(print_public_key());
         write_files.extend(pull_units(&node.name));

@@ -305,7 +305,7 @@ async fn verify(c: &Cluster, user_pair: Option<&str>) {
                 p["tags"].as_array().unwrap().iter().any(|t| s(t) == tag),
                 "port tagged"
             );
-            if np.role.is_relay() {
+            if np.is_relay() {
                 let fips: Vec<Value> = floatingip::list::Request::builder()
                     .port_id(s(&p["id"]))
                     .build()

@@ -17,6 +17,15 @@ pub fn plan_summary(plan: &Plan) -> String {
             site.subnet,
             if site.master { " (master site)" } else { "" }
         );
+        if let Some(pair) = &site.pair {
+            let _ = writeln!(
+                s,
+                "  relay pair {}: {} (virtual address {}, VRRP; one active, one standby)",
+                pair.identity,
+                pair.relays.join(" and "),
+                pair.vip
+            );
+        }
         for n in plan.nodes.iter().filter(|n| n.site == site.name) {
             node_line(&mut s, n);
         }
@@ -27,7 +36,16 @@ pub fn plan_summary(plan: &Plan) -> String {
 
 /// The cluster's line and the tunnel's.
 fn header(s: &mut String, plan: &Plan) {
-    let relays = plan.nodes.iter().filter(|n| n.role.is_relay()).count();
+    // A relay pair is one end of the mesh.
+    let mut ends: Vec<&str> = plan
+        .nodes
+        .iter()
+        .filter(|n| n.is_relay())
+        .map(NodePlan::mesh_name)
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let relays = ends.len();
     let _ = writeln!(
         s,
         "cluster {} ({} provider): {} sites, {} nodes",
@@ -38,7 +56,7 @@ fn header(s: &mut String, plan: &Plan) {
     );
     let _ = writeln!(
         s,
-        "tunnel {} · UDP {} · MTU {} · keepalive {}s · full mesh of {} relays, {} links",
+        "tunnel {} · UDP {} · MTU {} · keepalive {}s · full mesh of {} sites' relays, {} links",
         plan.tunnel.cidr,
         plan.tunnel.port,
         plan.tunnel.mtu,
@@ -54,7 +72,7 @@ fn node_line(s: &mut String, n: &NodePlan) {
     if let Some(t) = n.tunnel_ip {
         let _ = write!(extra, "  tunnel {t}");
     }
-    if n.role.is_relay() {
+    if n.is_relay() {
         match n.public_ip {
             Some(ip) => {
                 let _ = write!(extra, "  public {ip}");

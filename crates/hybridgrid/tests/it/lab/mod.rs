@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hybridgrid_engine::StatusReport;
@@ -12,6 +12,7 @@ use serde_json::Value;
 
 mod crash;
 mod engine;
+mod failover;
 mod failures;
 mod heal;
 mod on_demand;
@@ -204,6 +205,30 @@ impl Lab {
             .map(|t| t.rx_bytes + t.tx_bytes)
             .sum()
     }
+}
+
+/// A 10 Hz ping from `from` to `to` for `seconds`, each reply with its time (`ping -D`).
+fn start_ping(lab: &Lab, from: &str, to: &str, seconds: u32) -> Child {
+    Command::new(EXE)
+        .args(["exec", "-f", lab.f(), from, "--"])
+        .args(["ping", "-D", "-n", "-i", "0.1", "-W", "1"])
+        .args(["-w", &seconds.to_string(), to])
+        .env("HYBRIDGRID_STATE_DIR", lab.state())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The longest time between two replies (and before the first), in seconds.
+fn longest_gap(ping_output: &str) -> f64 {
+    let times: Vec<f64> = ping_output
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    assert!(times.len() > 50, "too few replies:\n{ping_output}");
+    times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
 }
 
 impl Drop for Lab {

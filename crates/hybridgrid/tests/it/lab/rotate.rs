@@ -2,10 +2,10 @@
 //! key and the munge key change while workers of every pair of sites ping each other ten times
 //! a second and a job runs.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use super::{EXE, Lab, wait_until};
+use super::{Lab, longest_gap, start_ping, wait_until};
 use crate::secrets;
 
 const THREE_SITES: &str = "version: 1
@@ -40,30 +40,6 @@ const SLURM_NODES: [&str; 4] = [
     "giessen-worker-1",
     "heidelberg-worker-1",
 ];
-
-/// A 10 Hz ping from `from` to `to` for `seconds`, each reply with its time (`ping -D`).
-fn start_ping(lab: &Lab, from: &str, to: &str, seconds: u32) -> Child {
-    Command::new(EXE)
-        .args(["exec", "-f", lab.f(), from, "--"])
-        .args(["ping", "-D", "-n", "-i", "0.1", "-W", "1"])
-        .args(["-w", &seconds.to_string(), to])
-        .env("HYBRIDGRID_STATE_DIR", lab.state())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// The longest time between two replies (and before the first), in seconds.
-fn longest_gap(ping_output: &str) -> f64 {
-    let times: Vec<f64> = ping_output
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect();
-    assert!(times.len() > 50, "too few replies:\n{ping_output}");
-    times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
-}
 
 fn wg_show(lab: &Lab, relay: &str, what: &str) -> String {
     lab.exec_ok(relay, &["wg", "show", "wg0", what])
