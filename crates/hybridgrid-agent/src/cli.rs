@@ -256,7 +256,7 @@ fn agent(
             tag,
             vrrp,
         } => {
-            crate::vrrp::state_changed(&state_dir, exe, &tag, &vrrp)?;
+            crate::relay_state::state_changed(&state_dir, exe, &tag, &vrrp)?;
             Ok(None)
         }
         AgentCommand::WaitNodesReady => {

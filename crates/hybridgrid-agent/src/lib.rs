@@ -13,6 +13,7 @@ mod node;
 pub mod packages;
 pub mod power;
 pub mod pull;
+pub mod relay_state;
 mod report;
 pub mod results;
 pub mod rotate;
