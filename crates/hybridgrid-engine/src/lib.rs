@@ -36,6 +36,6 @@ pub use provider::{
     AgentRun, Applied, Command, Event, Nodes, Probe, Provider, Settled, Sink, Stores, supports,
 };
 pub use report::{
-    DownReport, HANDSHAKE_STALE_S, NodeStatus, NotDeleted, Pending, PendingKind, Reach,
+    DownReport, HANDSHAKE_STALE_S, NodeStatus, NotDeleted, PairState, Pending, PendingKind, Reach,
     StatusReport, TunnelStatus, UpReport,
 };

@@ -118,15 +118,31 @@ pub struct NodeStatus {
     /// An on-demand worker: not `up` is its resting state (powered down in Slurm), no fault.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_demand: bool,
+    /// A relay of a pair (`gateway.standby`), as the provider found it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<PairState>,
+}
+
+/// Which relay of a pair speaks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PairState {
+    /// It holds the pair's virtual address: the site's traffic passes it.
+    Active,
+    /// Its partner is active; it takes over when that one fails.
+    Standby,
 }
 
 impl NodeStatus {
-    /// `up`, `asleep` (an on-demand worker that does not exist now) or `DOWN`.
+    /// `up` (for a relay of a pair `active` or `standby`), `asleep` (an on-demand worker that
+    /// does not exist now) or `DOWN`.
     pub fn state_word(&self) -> &'static str {
-        match (self.up, self.on_demand) {
-            (true, _) => "up",
-            (false, true) => "asleep",
-            (false, false) => "DOWN",
+        match (self.up, self.on_demand, self.pair) {
+            (true, _, Some(PairState::Active)) => "active",
+            (true, _, Some(PairState::Standby)) => "standby",
+            (true, _, None) => "up",
+            (false, true, _) => "asleep",
+            (false, false, _) => "DOWN",
         }
     }
 
@@ -147,6 +163,7 @@ impl NodeStatus {
             up,
             slurm,
             on_demand: node.on_demand,
+            pair: None,
         }
     }
 }

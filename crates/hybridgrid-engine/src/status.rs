@@ -196,6 +196,7 @@ mod tests {
             up: true,
             slurm: None,
             on_demand: false,
+            pair: None,
         }
     }
 

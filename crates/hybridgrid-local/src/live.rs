@@ -127,10 +127,10 @@ pub(crate) fn live_mtu(ns: &str, ifname: &str) -> Option<u16> {
         .ok()
 }
 
-/// Whether an interface in the namespace holds `ip` (a relay pair's active relay holds the
-/// pair's virtual address).
+/// Whether an interface that is up in the namespace holds `ip` (a relay pair's active relay
+/// holds the pair's virtual address; a dead one's port is down).
 pub(crate) fn holds_address(ns: &str, ip: Ipv4Addr) -> bool {
-    sh::run("ip", &["-n", ns, "-o", "-4", "addr", "show"]).is_ok_and(|out| {
+    sh::run("ip", &["-n", ns, "-o", "-4", "addr", "show", "up"]).is_ok_and(|out| {
         out.split_whitespace()
             .any(|w| w.split('/').next() == Some(&ip.to_string()))
     })

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hybridgrid_core::plan::Plan;
 use hybridgrid_engine::status;
-use hybridgrid_engine::{NodeStatus, Probe, StatusReport, TunnelStatus};
+use hybridgrid_engine::{NodeStatus, PairState, Probe, StatusReport, TunnelStatus};
 
 use crate::LocalError;
 use crate::agent::WgStatus;
@@ -86,7 +86,14 @@ impl Local {
             .iter()
             .map(|n| {
                 let up = self.holder(&l, &n.name).is_some();
-                NodeStatus::of(n, up, slurm.get(&n.name).cloned())
+                let mut status = NodeStatus::of(n, up, slurm.get(&n.name).cloned());
+                status.pair = n.pair.as_ref().map(|p| {
+                    match crate::live::holds_address(&self.ns(&n.name), p.vip.addr()) {
+                        true => PairState::Active,
+                        false => PairState::Standby,
+                    }
+                });
+                status
             })
             .collect();
         let tunnels = self.tunnels(plan);

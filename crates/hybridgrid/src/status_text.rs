@@ -105,7 +105,7 @@ fn node_table(s: &mut String, r: &StatusReport) {
     let _ = writeln!(s, "cluster {}", r.cluster);
     let _ = writeln!(
         s,
-        "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<6} slurm",
+        "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<7} slurm",
         "node", "site", "role", "lan", "tunnel", "public", "state"
     );
     for n in &r.nodes {
@@ -113,7 +113,7 @@ fn node_table(s: &mut String, r: &StatusReport) {
             |ip: Option<std::net::Ipv4Addr>| ip.map_or_else(|| "-".to_owned(), |i| i.to_string());
         let _ = writeln!(
             s,
-            "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<6} {}",
+            "  {:<24} {:<12} {:<8} {:<15} {:<12} {:<16} {:<7} {}",
             n.name,
             n.site,
             n.role.as_str(),

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hybridgrid_core::plan::{Plan, Role};
+use hybridgrid_engine::PairState;
 
 use super::{EXE, Lab, longest_gap, start_ping, wait_until};
 
@@ -121,6 +122,16 @@ fn a_pairs_standby_takes_over_within_5s_and_the_dead_relay_returns_as_standby() 
     let status = lab.status(true);
     let failed: Vec<_> = status.reachability.iter().filter(|r| !r.ok).collect();
     assert!(failed.is_empty(), "{failed:?}");
+    for site in ["a", "b"] {
+        let mut states: Vec<PairState> = status
+            .nodes
+            .iter()
+            .filter(|n| n.site == site)
+            .filter_map(|n| n.pair)
+            .collect();
+        states.sort_by_key(|s| *s == PairState::Standby);
+        assert_eq!(states, [PairState::Active, PairState::Standby], "{site}");
+    }
 
     // The active relay of b dies: b's worker still reaches c's within 5 s, and a TCP stream
     // between them survives.
