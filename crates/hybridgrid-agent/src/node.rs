@@ -123,6 +123,9 @@ pub(crate) fn apply_locked(
     match &mut config.wireguard {
         Some(wg) => {
             let public = wireguard(wg, speaks, state_dir, exe, tag, &mut report.actions)?;
+            if config.pair.is_some() {
+                crate::vrrp::note_speaking(state_dir, speaks)?;
+            }
             wg.public_key = Some(public);
             report.public_key = Some(public);
         }

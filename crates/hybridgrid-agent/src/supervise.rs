@@ -27,6 +27,7 @@ pub fn supervise(
     on_error: &dyn Fn(&AgentError),
 ) -> ! {
     let mut last = Instant::now();
+    let mut heartbeat: Option<crate::vrrp::Heartbeat> = None;
     crate::slurm::defer_controller_check();
     loop {
         std::thread::sleep(Duration::from_secs(1));
@@ -43,7 +44,7 @@ pub fn supervise(
         let (Some(config), Some(applied)) = (read(), read_applied(state_dir)) else {
             continue;
         };
-        let pair = match pair_look(&config, state_dir) {
+        let pair = match pair_look(&config, state_dir, &mut heartbeat) {
             Ok(look) => look,
             Err(e) => {
                 on_error(&e);
@@ -86,16 +87,35 @@ enum PairLook {
     Repair,
 }
 
-/// A relay of a pair writes its health for keepalived every second (no process).
-fn pair_look(config: &NodeConfig, state_dir: &Path) -> Result<PairLook, AgentError> {
+/// A relay of a pair writes its health for keepalived every second (no process): its data path,
+/// and whether it must yield to its partner (both hold the address: VRRP between them is lost).
+fn pair_look(
+    config: &NodeConfig,
+    state_dir: &Path,
+    heartbeat: &mut Option<crate::vrrp::Heartbeat>,
+) -> Result<PairLook, AgentError> {
     let (Some(pair), Some(wg)) = (&config.pair, &config.wireguard) else {
+        *heartbeat = None;
         return Ok(PairLook::Fine);
     };
+    if heartbeat.is_none() {
+        *heartbeat = Some(crate::vrrp::Heartbeat::open(pair)?);
+    }
+    let holds = crate::vrrp::active(pair);
+    let mut must_yield = false;
+    if let Some(h) = heartbeat.as_mut() {
+        h.exchange(holds, state_dir)?;
+        must_yield = h.must_yield(holds);
+    }
     let healthy = crate::vrrp::healthy(&wg.name);
-    crate::vrrp::write_health(state_dir, healthy)?;
+    crate::vrrp::write_health(state_dir, healthy && !must_yield)?;
+    // Whether the device should have its peers changed since the last apply (keepalived's
+    // notify ran while the partner's word still counted, say).
+    let speaks = crate::vrrp::speaks(Some(pair), state_dir);
+    let settled = crate::vrrp::noted_speaking(state_dir) == Some(speaks);
     Ok(match (healthy, crate::vrrp::running(state_dir).is_some()) {
-        (true, true) => PairLook::Fine,
-        (false, true) if crate::vrrp::active(pair) => PairLook::GivingUp,
+        (true, true) if settled => PairLook::Fine,
+        (false, true) if holds => PairLook::GivingUp,
         _ => PairLook::Repair,
     })
 }

@@ -5,13 +5,16 @@
 //! State folder: `keepalived.conf`, `keepalived.pid` and `keepalived-vrrp.pid`, `keepalived.log`,
 //! `relay-health` (`0`: healthy; anything else puts VRRP in FAULT, and the partner takes over).
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use std::time::Instant;
 
 use hybridgrid_core::node::{NodeConfig, RelayPair, Route, WgInterface};
-use hybridgrid_core::vrrp::{HEALTH_FILE, VrrpNode, keepalived_conf, standby_routes};
+use hybridgrid_core::vrrp::{
+    HEALTH_FILE, HEARTBEAT_PORT, VrrpNode, keepalived_conf, standby_routes,
+};
 
 use crate::AgentError;
 use crate::sys::{self, write_atomic};
@@ -35,8 +38,12 @@ pub fn ensure(
         command: "keepalived".into(),
         detail: format!("no interface holds this relay's address {}", pair.lan_ip),
     })?;
-    write_health(state_dir, wg.is_some_and(|w| healthy(&w.name)))?;
+    // The supervisor keeps the health up to date every second (a yield to the partner
+    // included); here only a first value, before keepalived reads it.
     let health = state_dir.join(HEALTH_FILE);
+    if !health.exists() {
+        write_health(state_dir, wg.is_some_and(|w| healthy(&w.name)))?;
+    }
     // keepalived appends its words to this line: an empty `--tag` would take the first.
     let tag_arg = match tag.is_empty() {
         true => String::new(),
@@ -91,7 +98,14 @@ pub fn stop(state_dir: &Path, actions: &mut Vec<String>) {
         sys::stop_processes(&[pid]);
         actions.push("keepalived stopped".into());
     }
-    for f in [CONF_FILE, PID_FILE, VRRP_PID_FILE, HEALTH_FILE] {
+    for f in [
+        CONF_FILE,
+        PID_FILE,
+        VRRP_PID_FILE,
+        HEALTH_FILE,
+        SPEAKING_FILE,
+        PARTNER_HOLDS_FILE,
+    ] {
         let _ = std::fs::remove_file(state_dir.join(f));
     }
 }
@@ -176,15 +190,57 @@ pub fn active(pair: &RelayPair) -> bool {
 
 /// Whether the node's tunnel device gets its peers: not in a pair, or the pair's active relay
 /// (it holds the virtual address and its keepalived runs: one that was killed leaves the
-/// address behind while the partner takes it).
+/// address behind while the partner takes it), unless both hold it (VRRP between them lost)
+/// and this one's address is the higher: it yields within a second and must not pull the
+/// peers' sessions to itself meanwhile (what reaches it is forwarded to the partner).
 pub fn speaks(pair: Option<&RelayPair>, state_dir: &Path) -> bool {
-    pair.is_none_or(|p| active(p) && running(state_dir).is_some())
+    pair.is_none_or(|p| {
+        let split_loser = p.lan_ip > p.partner_ip && partner_holds(state_dir);
+        active(p) && running(state_dir).is_some() && !split_loser
+    })
 }
 
-/// The routes the node applies now: a standby's cross-site routes lead to its partner.
+/// Where the agent notes whether its last apply gave the device its peers.
+const SPEAKING_FILE: &str = "speaking";
+
+/// Notes whether this apply gave the tunnel device its peers (only when that changed).
+pub fn note_speaking(state_dir: &Path, speaks: bool) -> Result<(), AgentError> {
+    if noted_speaking(state_dir) != Some(speaks) {
+        let word: &[u8] = if speaks { b"1\n" } else { b"0\n" };
+        write_atomic(&state_dir.join(SPEAKING_FILE), word, 0o644)?;
+    }
+    Ok(())
+}
+
+/// What the last apply noted, if it did.
+pub fn noted_speaking(state_dir: &Path) -> Option<bool> {
+    let text = std::fs::read_to_string(state_dir.join(SPEAKING_FILE)).ok()?;
+    Some(text.trim() == "1")
+}
+
+/// Whether the partner said less than [`HEARTBEAT_FRESH`] ago that it holds the address.
+fn partner_holds(state_dir: &Path) -> bool {
+    let Some(said) = std::fs::read_to_string(state_dir.join(PARTNER_HOLDS_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse::<u128>().ok())
+    else {
+        return false;
+    };
+    unix_ms().saturating_sub(said) < HEARTBEAT_FRESH.as_millis()
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// The routes the node applies now: a standby's cross-site routes lead to its partner (not
+/// while it holds the address itself, yielding in a split brain: a route through its own
+/// address is no route).
 pub fn routes_now(config: &NodeConfig, speaks: bool) -> Vec<Route> {
     match &config.pair {
-        Some(pair) if !speaks => standby_routes(&config.routes, pair),
+        Some(pair) if !speaks && !active(pair) => standby_routes(&config.routes, pair),
         _ => config.routes.clone(),
     }
 }
@@ -219,5 +275,97 @@ pub fn start_handshakes(wg: &WgInterface) {
             // The discard port: nothing answers, the handshake is what counts.
             let _ = socket.send_to(b"hybridgrid", (net.addr(), 9));
         }
+    }
+}
+
+/// How long a partner's word counts: past one missed heartbeat, and shorter than VRRP takes to
+/// notice a dead master (3 × 0.5 s and its skew), so a relay taking over from a dead partner
+/// no longer believes it.
+const HEARTBEAT_FRESH: Duration = Duration::from_millis(1_500);
+/// Where the supervisor notes when the partner last said it holds the address (Unix ms), for the
+/// agent's other runs (keepalived's notify program).
+const PARTNER_HOLDS_FILE: &str = "partner-holds";
+/// How long a relay that yielded stays out (FAULT) while its partner holds the address; then it
+/// stands by again (if VRRP between them is still lost it becomes master, sees the partner,
+/// and yields again within a second).
+const YIELD_FOR: Duration = Duration::from_secs(30);
+
+/// The relays of a pair tell each other every second whether they hold the virtual address, on
+/// a path of their own (UDP on the site LAN, not VRRP): when VRRP between them is lost, both
+/// become master, and the one with the higher LAN address yields.
+#[derive(Debug)]
+pub struct Heartbeat {
+    socket: UdpSocket,
+    own_ip: Ipv4Addr,
+    partner: SocketAddrV4,
+    /// The partner's last word: whether it holds the address, and when it said so.
+    heard: Option<(bool, Instant)>,
+    yielded: Option<Instant>,
+}
+
+impl Heartbeat {
+    pub fn open(pair: &RelayPair) -> Result<Heartbeat, AgentError> {
+        let at = SocketAddrV4::new(pair.lan_ip, HEARTBEAT_PORT);
+        let socket = UdpSocket::bind(at).map_err(|e| AgentError::Command {
+            command: format!("bind {at} (relay pair heartbeat)"),
+            detail: e.to_string(),
+        })?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| AgentError::Command {
+                command: format!("{at}: non-blocking"),
+                detail: e.to_string(),
+            })?;
+        Ok(Heartbeat {
+            socket,
+            own_ip: pair.lan_ip,
+            partner: SocketAddrV4::new(pair.partner_ip, HEARTBEAT_PORT),
+            heard: None,
+            yielded: None,
+        })
+    }
+
+    /// Tells the partner whether this relay holds the address, takes in what it said, and
+    /// notes in `state_dir` when it last said it holds it.
+    pub fn exchange(&mut self, holds: bool, state_dir: &Path) -> Result<(), AgentError> {
+        let word: &[u8] = if holds { b"active" } else { b"standby" };
+        let _ = self.socket.send_to(word, self.partner);
+        let mut buf = [0u8; 16];
+        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+            // Port security keeps other ports from sending with the partner's address.
+            if from.ip() == std::net::IpAddr::V4(*self.partner.ip()) {
+                let said_active = &buf[..n] == b"active";
+                self.heard = Some((said_active, Instant::now()));
+                if said_active {
+                    let path = state_dir.join(PARTNER_HOLDS_FILE);
+                    write_atomic(&path, format!("{}\n", unix_ms()).as_bytes(), 0o644)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn partner_holds(&self) -> bool {
+        self.heard
+            .is_some_and(|(active, at)| active && at.elapsed() < HEARTBEAT_FRESH)
+    }
+
+    /// Whether this relay must stay out of the election now: both hold the address and this
+    /// one's is the higher, or it yielded less than [`YIELD_FOR`] ago and the partner still
+    /// holds it.
+    pub fn must_yield(&mut self, holds: bool) -> bool {
+        let partner = self.partner_holds();
+        let higher = self.own_ip > *self.partner.ip();
+        let yielding = match (holds, partner, self.yielded) {
+            (true, true, _) => higher,
+            (false, true, Some(since)) => since.elapsed() < YIELD_FOR,
+            _ => false,
+        };
+        match (yielding, self.yielded) {
+            (true, None) => self.yielded = Some(Instant::now()),
+            (false, Some(_)) => self.yielded = None,
+            _ => {}
+        }
+        yielding
     }
 }

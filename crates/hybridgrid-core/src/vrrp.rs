@@ -7,13 +7,18 @@
 //! skew); both start as backup and `nopreempt`, so a relay that returns does not take the role
 //! back (a second outage); unicast adverts between the two (clouds filter multicast); a relay
 //! whose data path is broken puts itself in FAULT through a file its agent writes (no script to
-//! run every second), and its partner takes over.
+//! run every second), and its partner takes over; the active relay repeats its gratuitous ARP
+//! every second, so nothing keeps sending to the relay that gave the address up.
 
 use crate::node::{RelayPair, Route};
 use std::fmt::Write as _;
 
 /// Where a relay's agent writes its health for keepalived (`0`: healthy), in its state folder.
 pub const HEALTH_FILE: &str = "relay-health";
+
+/// The UDP port a pair's relays tell each other every second whether they hold the virtual
+/// address: what ends a split brain when VRRP between them is lost (the higher address yields).
+pub const HEARTBEAT_PORT: u16 = 51821;
 
 /// Seconds between VRRP adverts.
 pub const ADVERT_INTERVAL: &str = "0.5";
@@ -54,6 +59,10 @@ pub fn keepalived_conf(pair: &RelayPair, node: &VrrpNode<'_>) -> String {
     let _ = writeln!(s, "    interface {lan_if}");
     let _ = writeln!(s, "    virtual_router_id {}", pair.router_id);
     let _ = writeln!(s, "    advert_int {ADVERT_INTERVAL}");
+    // The active relay says every second where the address is: a router or worker that still
+    // sends to the other relay (it held the address a moment in a split brain, and its port
+    // drops what it would forward with a foreign source) learns the way back within a second.
+    s.push_str("    garp_master_refresh 1\n    garp_master_refresh_repeat 1\n");
     let _ = writeln!(s, "    unicast_src_ip {}", pair.lan_ip);
     let _ = writeln!(
         s,
