@@ -99,15 +99,17 @@ fn pair_look(
         return Ok(PairLook::Fine);
     };
     if heartbeat.is_none() {
-        *heartbeat = Some(crate::vrrp::Heartbeat::open(pair)?);
+        *heartbeat = Some(crate::vrrp::Heartbeat::open(pair, state_dir)?);
     }
     let holds = crate::vrrp::active(pair);
+    let healthy = crate::vrrp::healthy(&wg.name);
     let mut must_yield = false;
     if let Some(h) = heartbeat.as_mut() {
-        h.exchange(holds, state_dir)?;
+        // A relay about to give the address up says so now: its partner need not wait for
+        // this word to go stale before it speaks for the pair.
+        h.say(holds && healthy);
         must_yield = h.must_yield(holds);
     }
-    let healthy = crate::vrrp::healthy(&wg.name);
     crate::vrrp::write_health(state_dir, healthy && !must_yield)?;
     // Whether the device should have its peers changed since the last apply (keepalived's
     // notify ran while the partner's word still counted, say).

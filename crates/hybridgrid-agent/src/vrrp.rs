@@ -5,6 +5,7 @@
 //! State folder: `keepalived.conf`, `keepalived.pid` and `keepalived-vrrp.pid`, `keepalived.log`,
 //! `relay-health` (`0`: healthy; anything else puts VRRP in FAULT, and the partner takes over).
 
+use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -292,62 +293,56 @@ const YIELD_FOR: Duration = Duration::from_secs(30);
 
 /// The relays of a pair tell each other every second whether they hold the virtual address, on
 /// a path of their own (UDP on the site LAN, not VRRP): when VRRP between them is lost, both
-/// become master, and the one with the higher LAN address yields.
+/// become master, and the one with the higher LAN address yields. A thread takes the partner's
+/// words in as they arrive (its time is when it was said, give or take the LAN), and notes them
+/// in the state folder for the agent's other runs.
 #[derive(Debug)]
 pub struct Heartbeat {
     socket: UdpSocket,
     own_ip: Ipv4Addr,
     partner: SocketAddrV4,
     /// The partner's last word: whether it holds the address, and when it said so.
-    heard: Option<(bool, Instant)>,
+    heard: std::sync::Arc<std::sync::Mutex<Option<(bool, Instant)>>>,
     yielded: Option<Instant>,
 }
 
 impl Heartbeat {
-    pub fn open(pair: &RelayPair) -> Result<Heartbeat, AgentError> {
+    pub fn open(pair: &RelayPair, state_dir: &Path) -> Result<Heartbeat, AgentError> {
         let at = SocketAddrV4::new(pair.lan_ip, HEARTBEAT_PORT);
-        let socket = UdpSocket::bind(at).map_err(|e| AgentError::Command {
-            command: format!("bind {at} (relay pair heartbeat)"),
+        let fail = |what: &str, e: std::io::Error| AgentError::Command {
+            command: format!("{what} {at} (relay pair heartbeat)"),
             detail: e.to_string(),
-        })?;
-        socket
-            .set_nonblocking(true)
-            .map_err(|e| AgentError::Command {
-                command: format!("{at}: non-blocking"),
-                detail: e.to_string(),
-            })?;
-        Ok(Heartbeat {
+        };
+        let socket = UdpSocket::bind(at).map_err(|e| fail("bind", e))?;
+        let listener = socket.try_clone().map_err(|e| fail("clone", e))?;
+        listener
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .map_err(|e| fail("timeout on", e))?;
+        let heartbeat = Heartbeat {
             socket,
             own_ip: pair.lan_ip,
             partner: SocketAddrV4::new(pair.partner_ip, HEARTBEAT_PORT),
-            heard: None,
+            heard: Default::default(),
             yielded: None,
-        })
+        };
+        let (heard, partner) = (heartbeat.heard.clone(), pair.partner_ip);
+        let file = state_dir.join(PARTNER_HOLDS_FILE);
+        std::thread::spawn(move || listen(&listener, partner, &heard, &file));
+        Ok(heartbeat)
     }
 
-    /// Tells the partner whether this relay holds the address, takes in what it said, and
-    /// notes in `state_dir` when it last said it holds it.
-    pub fn exchange(&mut self, holds: bool, state_dir: &Path) -> Result<(), AgentError> {
+    /// Tells the partner whether this relay holds the address.
+    pub fn say(&self, holds: bool) {
         let word: &[u8] = if holds { b"active" } else { b"standby" };
         let _ = self.socket.send_to(word, self.partner);
-        let mut buf = [0u8; 16];
-        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
-            // Port security keeps other ports from sending with the partner's address.
-            if from.ip() == std::net::IpAddr::V4(*self.partner.ip()) {
-                let said_active = &buf[..n] == b"active";
-                self.heard = Some((said_active, Instant::now()));
-                if said_active {
-                    let path = state_dir.join(PARTNER_HOLDS_FILE);
-                    write_atomic(&path, format!("{}\n", unix_ms()).as_bytes(), 0o644)?;
-                }
-            }
-        }
-        Ok(())
     }
 
     fn partner_holds(&self) -> bool {
-        self.heard
-            .is_some_and(|(active, at)| active && at.elapsed() < HEARTBEAT_FRESH)
+        let heard = *self
+            .heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        heard.is_some_and(|(active, at)| active && at.elapsed() < HEARTBEAT_FRESH)
     }
 
     /// Whether this relay must stay out of the election now: both hold the address and this
@@ -367,5 +362,48 @@ impl Heartbeat {
             _ => {}
         }
         yielding
+    }
+}
+
+/// The partner's words as they arrive: "holds it" noted with its time, "no longer" at once (a
+/// partner that gave the address up must not keep this relay from speaking until its word went
+/// stale). Only words from the partner's address count (port security keeps other ports from
+/// sending with it). Ends when the [`Heartbeat`] is gone (the node left its pair).
+fn listen(
+    socket: &UdpSocket,
+    partner: Ipv4Addr,
+    heard: &std::sync::Arc<std::sync::Mutex<Option<(bool, Instant)>>>,
+    file: &Path,
+) {
+    let mut buf = [0u8; 16];
+    while std::sync::Arc::strong_count(heard) > 1 {
+        // A timeout lets the loop see whether it is still wanted; a signal (the supervisor
+        // reaps its children) interrupts a wait; anything else is tried again shortly.
+        let (n, from) = match socket.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if from.ip() != std::net::IpAddr::V4(partner) {
+            continue;
+        }
+        let said_active = &buf[..n] == b"active";
+        let was_active = {
+            let mut h = heard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let was = h.is_some_and(|(active, _)| active);
+            *h = Some((said_active, Instant::now()));
+            was
+        };
+        let _ = match (said_active, was_active) {
+            (true, _) => write_atomic(file, format!("{}\n", unix_ms()).as_bytes(), 0o644),
+            (false, true) => write_atomic(file, b"0\n", 0o644),
+            (false, false) => Ok(()),
+        };
     }
 }
