@@ -194,8 +194,7 @@ fn wrapper(plan: &Plan, name: &str, env: &[(String, String)], script: &[u8]) -> 
     };
     let _ = write!(
         s,
-        r#"work=$(mktemp -d "/tmp/hybridgrid-job-$SLURM_JOB_ID.XXXXXX")
-export HYBRIDGRID_WORK="$work"
+        r#"{JOB_WORK_DIR}export HYBRIDGRID_WORK="$work"
 base64 -d > "$work/script" <<'HYBRIDGRID_SCRIPT_END'
 {b64}
 HYBRIDGRID_SCRIPT_END
@@ -206,7 +205,6 @@ printf '{{"job": %s, "node": "%s", "exit": %s}}\n' "$SLURM_JOB_ID" "$(hostname)"
 {load}
 {put_out}
 {put_status}
-rm -rf "$work"
 exit $rc
 "#,
         put_out = slurm_jobs::results_curl(UPLOAD_OUT),
@@ -214,6 +212,14 @@ exit $rc
     );
     s
 }
+
+/// The job's own folder, removed however the job ends: a job cancelled (slurmstepd's TERM to
+/// every process of the job, or `down` stopping its node's processes) leaves none behind (the
+/// local provider's nodes share the host's `/tmp`).
+const JOB_WORK_DIR: &str = r#"work=$(mktemp -d "/tmp/hybridgrid-job-$SLURM_JOB_ID.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+trap 'exit 143' TERM INT
+"#;
 
 /// curl's arguments uploading the job's output and its status file; the environment is loaded
 /// again before them, so a token rotated while the job ran is the one they carry. Every error is
@@ -665,6 +671,32 @@ fn fetch_output(jobs: &Jobs, id: u64, finished: bool) -> anyhow::Result<Option<P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_a_cancelled_job_leaves_no_folder_in_tmp() {
+        use std::os::unix::process::CommandExt as _;
+        let script = format!("{JOB_WORK_DIR}echo \"$work\"\nsleep 30\n");
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env("SLURM_JOB_ID", "test")
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let work = std::path::PathBuf::from(line.trim());
+        assert!(work.is_dir(), "{work:?}");
+        // As slurmstepd cancels a job: TERM to every process of it.
+        let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+        nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM).unwrap();
+        child.wait().unwrap();
+        assert!(!work.exists(), "{work:?} was left behind");
+    }
 
     #[test]
     fn regression_a_node_gone_by_the_end_does_not_wipe_out_its_sites_store_reads() {
