@@ -689,7 +689,7 @@ mod tests {
             &mut line,
         )
         .unwrap();
-        let work = std::path::PathBuf::from(line.trim());
+        let work = PathBuf::from(line.trim());
         assert!(work.is_dir(), "{work:?}");
         // As slurmstepd cancels a job: TERM to every process of it.
         let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
