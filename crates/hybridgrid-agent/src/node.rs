@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use hybridgrid_core::keys::{PrivateKey, PublicKey};
@@ -399,22 +398,13 @@ fn start_userspace_daemon(
     exe: &Path,
     tag: &str,
 ) -> Result<(), AgentError> {
-    use std::os::unix::process::CommandExt as _;
     // A stale TUN from a daemon that died would block the new one.
     let _ = sys::run("ip", &["link", "del", ifname]);
-    let log_path = state_dir.join(format!("{ifname}.log"));
-    let log = std::fs::File::create(&log_path).map_err(AgentError::io(&log_path))?;
-    let log2 = log.try_clone().map_err(AgentError::io(&log_path))?;
-    let child = crate::wg_impl::daemon_command(exe, ifname, tag)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| AgentError::Command {
-            command: format!("{} wg-userspace {ifname}", exe.display()),
-            detail: e.to_string(),
-        })?;
+    let child = sys::spawn_daemon(
+        crate::wg_impl::daemon_command(exe, ifname, tag),
+        &state_dir.join(format!("{ifname}.log")),
+        &format!("{} wg-userspace {ifname}", exe.display()),
+    )?;
     write_atomic(
         &pid_file(state_dir, ifname),
         child.id().to_string().as_bytes(),

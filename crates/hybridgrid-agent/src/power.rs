@@ -233,13 +233,7 @@ fn log(line: &str) {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(LOG)
-    {
-        let _ = writeln!(f, "{stamp} {line}");
-    }
+    sys::append_line(Path::new(LOG), &format!("{stamp} {line}"));
 }
 
 /// What the controller remembers of failed wake-ups between its runs.

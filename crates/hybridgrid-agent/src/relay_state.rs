@@ -48,15 +48,11 @@ pub fn state_changed(
 
 /// A line in the state folder's `relay-state.log` (keepalived discards the program's output).
 fn log_line(state_dir: &Path, line: &str) {
-    use std::io::Write as _;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(state_dir.join("relay-state.log"))
-    {
-        let _ = writeln!(f, "{stamp:.3} {line}");
-    }
+    sys::append_line(
+        &state_dir.join("relay-state.log"),
+        &format!("{stamp:.3} {line}"),
+    );
 }

@@ -176,6 +176,41 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Option<Output> {
     }
 }
 
+/// Starts `cmd` as a daemon of the agent: its own process group (a signal to the agent's group
+/// does not reach it; the supervisor reaps it), no standard input, its output in `log` (made
+/// anew). `what` names it in the error.
+pub fn spawn_daemon(
+    mut cmd: Command,
+    log: &Path,
+    what: &str,
+) -> Result<std::process::Child, AgentError> {
+    use std::os::unix::process::CommandExt as _;
+    let out = std::fs::File::create(log).map_err(AgentError::io(log))?;
+    let err = out.try_clone().map_err(AgentError::io(log))?;
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| AgentError::Command {
+            command: what.to_owned(),
+            detail: e.to_string(),
+        })
+}
+
+/// Appends `line` to the log at `path`; a log that cannot be written is no error (the programs
+/// that keep one run where nobody reads their output).
+pub fn append_line(path: &Path, line: &str) {
+    use std::io::Write as _;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 /// Polls `check` every 10 ms until it returns `Some`, at most `limit`.
 pub fn wait_for<T>(
     what: &str,

@@ -8,7 +8,7 @@
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -132,36 +132,24 @@ pub fn running(state_dir: &Path) -> Option<u32> {
 }
 
 fn start(state_dir: &Path, conf: &Path) -> Result<(), AgentError> {
-    use std::os::unix::process::CommandExt as _;
-    let log_path = state_dir.join(LOG_FILE);
-    let log = std::fs::File::create(&log_path).map_err(AgentError::io(&log_path))?;
-    let log2 = log.try_clone().map_err(AgentError::io(&log_path))?;
     let path = |f: &str| -> PathBuf { state_dir.join(f) };
-    // In the foreground of its own process group (the supervisor reaps it), logging to its
-    // file: several relays of the local provider share the host's syslog and /run.
-    Command::new("keepalived")
-        .args([
-            "--vrrp",
-            "--dont-fork",
-            "--log-console",
-            "--no-syslog",
-            "--log-detail",
-        ])
-        .arg("-f")
-        .arg(conf)
-        .arg("-p")
-        .arg(path(PID_FILE))
-        .arg("-r")
-        .arg(path(VRRP_PID_FILE))
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| AgentError::Command {
-            command: "keepalived".into(),
-            detail: e.to_string(),
-        })?;
+    // In the foreground, logging to its file: several relays of the local provider share the
+    // host's syslog and /run.
+    let mut cmd = Command::new("keepalived");
+    cmd.args([
+        "--vrrp",
+        "--dont-fork",
+        "--log-console",
+        "--no-syslog",
+        "--log-detail",
+    ])
+    .arg("-f")
+    .arg(conf)
+    .arg("-p")
+    .arg(path(PID_FILE))
+    .arg("-r")
+    .arg(path(VRRP_PID_FILE));
+    sys::spawn_daemon(cmd, &path(LOG_FILE), "keepalived")?;
     sys::wait_for("keepalived", Duration::from_secs(10), || running(state_dir)).map(drop)
 }
 
