@@ -34,12 +34,12 @@ OUT="$CACHE/osbed-$HASH"
 # /etc/resolv.conf (networkd alone never writes it).
 STOCK_PKGS=linux-image-amd64,systemd,systemd-sysv,systemd-resolved,udev,dbus,cloud-init
 STOCK_PKGS=$STOCK_PKGS,python3-cffi-backend,isc-dhcp-client,openssh-server,sudo,iproute2,iputils-ping
-STOCK_PKGS=$STOCK_PKGS,netbase,ca-certificates,curl,procps,less,kmod,debian-archive-keyring
+STOCK_PKGS=$STOCK_PKGS,netbase,ca-certificates,curl,procps,less,kmod,debian-archive-keyring,systemd-timesyncd
 # The node image: the stock root + these (from the mirror). The mirror: their .debs and those of
 # MIRROR_EXTRA, with dependencies (resolved against the stock root, so exactly what apt in a stock
 # guest fetches: the whole set, each package alone, the node set).
 NODE_PKGS="munge slurmd slurmctld slurm-client wireguard-tools nftables iptables"
-MIRROR_EXTRA="curl awscli"
+MIRROR_EXTRA="curl awscli keepalived"
 SUITES="debian:bookworm debian:bookworm-updates debian-security:bookworm-security"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 

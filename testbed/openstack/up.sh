@@ -6,7 +6,11 @@
 # The external network `public` is the bridge osbed-ext (203.0.113.1/24 on the host, no link to
 # any real interface; an nftables table keeps guests' traffic off the host's other interfaces).
 # On 203.0.113.1:80, nginx serves image.sh's Debian mirror; Neutron's dnsmasq tells guests that
-# deb.debian.org is 203.0.113.1, so a stock image's apt works unchanged.
+# deb.debian.org is 203.0.113.1, so a stock image's apt works unchanged. The same way the bed
+# serves time: chronyd (Debian's, unpacked under DIR: installing it would replace the host's own
+# time daemon) answers NTP on 203.0.113.1:123 from the host's clock without ever setting it, and
+# dnsmasq answers debian.pool.ntp.org there, so a guest's systemd-timesyncd syncs unchanged (TCG
+# guests drift; a relay pair's handshakes need the two clocks to agree).
 #
 # usage: up.sh DIR
 #   DIR holds everything: rendered configs (DIR/etc), databases, logs (DIR/log), PIDs (DIR/run),
@@ -74,6 +78,21 @@ nft list tables >run/nft-tables-before 2>/dev/null || true   # down.sh removes o
 # they spawn carries OSBED_DIR in its environment (privsep daemons leave DIR and the group)
 export OSBED_DIR="$B"
 start() { local name=$1; shift; setsid "$@" >"log/$name.out" 2>&1 </dev/null & echo $! >"run/$name.pid"; }
+# NTP for the guests on 203.0.113.1:123: Debian's chronyd, unpacked (its package conflicts with
+# the host's time daemon), serving the host's clock (-x: it never sets it).
+start_time_server() {
+  if [ ! -x chrony/usr/sbin/chronyd ]; then
+    rm -rf chrony chrony-deb && mkdir -p chrony-deb
+    (cd chrony-deb && apt-get download -qq chrony) >log/chrony-download.log 2>&1 \
+      || die "could not download Debian's chrony (log/chrony-download.log)"
+    dpkg -x chrony-deb/chrony_*.deb chrony || die "could not unpack chrony"
+  fi
+  mkdir -p state/chrony
+  printf '%s\n' "bindaddress 203.0.113.1" "allow 203.0.113.0/24" "local stratum 8" \
+    "driftfile $B/state/chrony/drift" "pidfile $B/state/chrony/chronyd.pid" "cmdport 0" \
+    "bindcmdaddress /" >etc/chrony.conf
+  start chronyd chrony/usr/sbin/chronyd -d -x -u root -f "$B/etc/chrony.conf"
+}
 
 # --- MariaDB
 mariadb-install-db --user=mysql --datadir="$B/mysql" --auth-root-authentication-method=socket \
@@ -135,6 +154,7 @@ start libvirt unshare -m --propagation private "$HERE/libvirt.sh" "$B"
 # The bed's Debian mirror (deb.debian.org for guests: Neutron's dnsmasq, etc/neutron/dnsmasq.conf)
 # on the host's address on osbed-ext, port 80 only
 start nginx nginx -p "$B/state/nginx" -c "$B/etc/nginx/nginx.conf" -e "$B/log/nginx-error.log"
+start_time_server
 for _ in $(seq 1 100); do [ -S libvirt/run/libvirt-sock ] && break; sleep 0.1; done
 [ -S libvirt/run/libvirt-sock ] || die "libvirtd did not start (log/libvirt.out)"
 for i in $(seq 1 50); do

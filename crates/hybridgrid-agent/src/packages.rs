@@ -30,6 +30,9 @@ const NFTABLES: Package = package("nftables", &["/usr/sbin/nft", "/sbin/nft"]);
 const CURL: Package = package("curl", &["/usr/bin/curl"]);
 // Relays: `wg show` for people (the agent itself speaks the UAPI or netlink).
 const WIREGUARD_TOOLS: Package = package("wireguard-tools", &["/usr/bin/wg"]);
+// A relay of a pair: VRRP (the agent runs it with its own configuration; the package's own
+// service has none, so it never starts).
+const KEEPALIVED: Package = package("keepalived", &["/usr/sbin/keepalived"]);
 // Slurm nodes.
 const MUNGE: Package = package("munge", &["/usr/sbin/munged"]);
 const SLURM_CLIENT: Package = package("slurm-client", &["/usr/bin/scontrol"]);
@@ -46,6 +49,9 @@ pub fn needed(config: &NodeConfig, role: Option<Role>) -> Vec<Package> {
     let mut all = vec![IPROUTE2, NFTABLES, CURL];
     if config.wireguard.is_some() || role.is_some_and(Role::is_relay) {
         all.push(WIREGUARD_TOOLS);
+    }
+    if config.pair.is_some() {
+        all.push(KEEPALIVED);
     }
     let slurm = match (config.slurm.role, role) {
         (SlurmRole::None, Some(Role::Master)) => SlurmRole::Controller,
@@ -301,6 +307,30 @@ mod tests {
 
     fn names(p: &[Package]) -> Vec<&str> {
         p.iter().map(|p| p.name).collect()
+    }
+
+    #[test]
+    fn a_relay_of_a_pair_needs_keepalived() {
+        let mut relay = config(SlurmRole::None, true);
+        relay.pair = Some(hybridgrid_core::node::RelayPair {
+            identity: "b-gw".into(),
+            vip: "10.2.0.252/24".parse().unwrap(),
+            lan_ip: "10.2.0.253".parse().unwrap(),
+            partner: "b-gw-b".into(),
+            partner_ip: "10.2.0.254".parse().unwrap(),
+            router_id: 2,
+            router_ip: "10.2.0.1".parse().unwrap(),
+        });
+        assert_eq!(
+            names(&needed(&relay, Some(Role::Gateway))),
+            [
+                "iproute2",
+                "nftables",
+                "curl",
+                "wireguard-tools",
+                "keepalived"
+            ]
+        );
     }
 
     #[test]

@@ -40,8 +40,10 @@ pub fn changes_waking(plan: &Plan, observed: &Observed, waking: &BTreeSet<String
     for site in &plan.sites {
         site_network_and_groups(site, observed, &mut out);
     }
+    // openstack reaches each relay of a pair at a public IP of its own (`own_public_ip`).
+    let own_ips = plan.provider == crate::model::Provider::OpenStack;
     for node in &awake {
-        node_and_public_ip(node, observed, &mut out);
+        node_and_public_ip(node, own_ips, observed, &mut out);
     }
     for site in &plan.sites {
         pair_address(site, observed, &mut out);
@@ -100,8 +102,9 @@ fn site_network_and_groups(site: &SitePlan, observed: &Observed, out: &mut Vec<C
     }
 }
 
-/// The node, and a relay's public IP (the one reserved for it, if any).
-fn node_and_public_ip(node: &NodePlan, observed: &Observed, out: &mut Vec<Change>) {
+/// The node, and a relay's public IP (the one reserved for it, if any); with `own_ips`, a pair's
+/// relay's own.
+fn node_and_public_ip(node: &NodePlan, own_ips: bool, observed: &Observed, out: &mut Vec<Change>) {
     let seen = observed.nodes.get(&node.name);
     if seen.is_none() {
         out.push(Change::CreateNode {
@@ -111,7 +114,8 @@ fn node_and_public_ip(node: &NodePlan, observed: &Observed, out: &mut Vec<Change
         });
     }
     // A pair's relays share their virtual address's public IP (`pair_address`).
-    if node.is_relay() && node.pair.is_none() && seen.and_then(|s| s.public_ip).is_none() {
+    let wants_own = node.is_relay() && (node.pair.is_none() || own_ips);
+    if wants_own && seen.and_then(|s| s.public_ip).is_none() {
         out.push(public_ip(&node.site, &node.name, observed));
     }
 }

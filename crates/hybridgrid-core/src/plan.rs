@@ -136,6 +136,10 @@ pub struct NodePlan {
     /// A relay of its site's standby pair (`gateway.standby`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair: Option<RelayPair>,
+    /// openstack, a relay of a pair: its own floating IP, where this machine reaches it by SSH
+    /// (`public_ip`, the pair's, reaches only the active relay, and neither before VRRP runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_public_ip: Option<Ipv4Addr>,
 }
 
 impl NodePlan {
@@ -149,6 +153,11 @@ impl NodePlan {
     /// keys): a pair's identity, else the relay's own name.
     pub fn mesh_name(&self) -> &str {
         self.pair.as_ref().map_or(&self.name, |p| &p.identity)
+    }
+
+    /// Where this machine reaches the relay itself: its own public IP, else its public IP.
+    pub fn reach_ip(&self) -> Option<Ipv4Addr> {
+        self.own_public_ip.or(self.public_ip)
     }
 }
 
@@ -246,7 +255,8 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
             if site.master {
                 nodes.push(relay_node(site, None, observed));
             }
-            nodes.extend(pair_nodes(site, index, tunnel_ip, observed));
+            let own_ips = cluster.provider == Provider::OpenStack;
+            nodes.extend(pair_nodes(site, index, tunnel_ip, own_ips, observed));
         } else {
             nodes.push(relay_node(site, tunnel_ip, observed));
         }
@@ -282,11 +292,13 @@ pub(crate) fn layout(cluster: &Cluster, observed: &Observed) -> Plan {
 }
 
 /// The site's relay pair: two gateways sharing the site's tunnel address (and, through their
-/// identity, its key, public IP and preshared keys), at the top of the subnet.
+/// identity, its key, public IP and preshared keys), at the top of the subnet. With `own_ips`
+/// (openstack) each relay also has a public IP of its own, for SSH.
 fn pair_nodes(
     site: &crate::model::Site,
     index: usize,
     tunnel_ip: Option<Ipv4Addr>,
+    own_ips: bool,
     observed: &Observed,
 ) -> Vec<NodePlan> {
     let identity = relay_name(&site.name, Role::Gateway);
@@ -302,6 +314,7 @@ fn pair_nodes(
             node.role = Role::Gateway;
             node.lan_ip = ip(member);
             node.public_ip = observed.public_ip(&identity);
+            node.own_public_ip = own_ips.then(|| observed.public_ip(&node.name)).flatten();
             node.pair = Some(RelayPair {
                 identity: identity.clone(),
                 vip: Ipv4Net::new(vip, site.subnet.prefix_len()).unwrap_or_default(),
@@ -344,6 +357,7 @@ fn relay_node(
         wireguard: None,
         on_demand: false,
         pair: None,
+        own_public_ip: None,
     }
 }
 
@@ -371,6 +385,7 @@ fn worker_nodes(site: &crate::model::Site, observed: &Observed) -> Vec<NodePlan>
                 wireguard: None,
                 on_demand: group.on_demand,
                 pair: None,
+                own_public_ip: None,
             });
             index += 1;
         }

@@ -51,8 +51,8 @@ async fn timed<T>(change: &Change, step: impl Future<Output = Result<T>>) -> Res
 
 /// Applies one site's changes. Order: (network and subnet ∥ router ∥ groups) → (router
 /// interface ∥ rules ∥ per new node: port with its address pairs → (server ∥ floating IP once
-/// the router interface exists)) → floating IPs and pairs of nodes that exist already →
-/// removals. Servers are not waited for here.
+/// the router interface exists)) → a relay pair's virtual address → floating IPs and pairs of
+/// nodes (and of the virtual address) that exist already → removals. Servers are not waited for here.
 pub(crate) async fn apply_site(
     ops: &SiteOps,
     plan: &Plan,
@@ -80,6 +80,7 @@ pub(crate) async fn apply_site(
     let created = round
         .router_rules_and_nodes(&ids, router_id.as_deref(), &groups)
         .await?;
+    round.virtual_address(&ids).await?;
     round.ports_of_old_nodes(&ids).await?;
     round.remove_nodes(&ids).await?;
     Ok(created)
@@ -287,11 +288,28 @@ impl SiteRound<'_> {
         }
         self.quota_headroom(&new).await?;
         let keypair = self.ops.ensure_keypair().map_err(Arc::new).shared();
+        let server_group = self.relay_server_group().map_err(Arc::new).shared();
         try_join_all(new.into_iter().map(|(c, node)| {
             let keypair = keypair.clone().map_err(OsError::Shared);
-            self.new_node(c, node, ids, groups, keypair, router_ready.clone())
+            let in_pair = self.plan.node(node).is_some_and(|n| n.pair.is_some());
+            let group = server_group.clone().map_err(OsError::Shared);
+            let group = async move {
+                match in_pair {
+                    true => group.await,
+                    false => Ok(None),
+                }
+            };
+            self.new_node(c, node, ids, groups, (keypair, group), router_ready.clone())
         }))
         .await
+    }
+
+    /// The site's server group for its relay pair (made when missing), or none without a pair.
+    async fn relay_server_group(&self) -> Result<Option<String>> {
+        match &self.site_plan.pair {
+            Some(_) => self.ops.ensure_server_group().await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Before any of `new` is made: the site's quotas leave room for all of them, else the
@@ -323,7 +341,10 @@ impl SiteRound<'_> {
         node: &String,
         ids: &NetIds,
         groups: &Groups<'_>,
-        keypair: impl Future<Output = Result<Option<String>>>,
+        (keypair, server_group): (
+            impl Future<Output = Result<Option<String>>>,
+            impl Future<Output = Result<Option<String>>>,
+        ),
         router_ready: impl Future<Output = Result<(), Arc<OsError>>> + Clone,
     ) -> Result<(Vec<Done>, NewNode)> {
         let started = Instant::now();
@@ -347,19 +368,26 @@ impl SiteRound<'_> {
             })
             .flatten()
             .collect();
-        let ((port, new_port), existing, refs, keypair) = tokio::try_join!(
+        let ((port, new_port), existing, refs, keypair, server_group) = tokio::try_join!(
             ops.ensure_port(np, ids, &gids, &pairs),
             ops.find_server(node),
             ops.flavor_and_image(np),
             keypair,
+            server_group,
         )?;
         let at = Instant::now();
         let server = async {
             let build = match existing {
                 Some(_) => None,
                 None => Some(
-                    ops.create_server(self.plan, np, &port, keypair.as_deref(), refs)
-                        .await?,
+                    ops.create_server(
+                        self.plan,
+                        np,
+                        &port,
+                        (keypair.as_deref(), server_group.as_deref()),
+                        refs,
+                    )
+                    .await?,
                 ),
             };
             Ok::<_, OsError>((build, started.elapsed().as_secs_f64()))
@@ -419,6 +447,17 @@ impl SiteRound<'_> {
         Ok(out)
     }
 
+    /// The site's relay pair's virtual address (its port), before its floating IP is attached.
+    async fn virtual_address(&self, ids: &NetIds) -> Result<()> {
+        for c in self.changes {
+            if let Change::CreateVirtualAddress { name, address, .. } = c {
+                let done = timed(c, self.ops.ensure_vip_port(name, *address, ids)).await?;
+                self.report([done]);
+            }
+        }
+        Ok(())
+    }
+
     /// Floating IPs and address pairs of nodes that existed before this round (a new node's
     /// were done with its port); concurrently.
     async fn ports_of_old_nodes(&self, ids: &NetIds) -> Result<()> {
@@ -458,13 +497,15 @@ impl SiteRound<'_> {
         ids: &NetIds,
     ) -> Result<()> {
         let ops = self.ops;
-        let port = ops
-            .node_port(node, server, &ids.net)
-            .await?
-            .ok_or_else(|| OsError::NoPort {
-                site: self.site(),
-                node: node.to_owned(),
-            })?;
+        let is_pair = self.pair_identity() == Some(node);
+        let port = match is_pair {
+            true => ops.find_vip_port(node, &ids.net).await?,
+            false => ops.node_port(node, server, &ids.net).await?,
+        };
+        let port = port.ok_or_else(|| OsError::NoPort {
+            site: self.site(),
+            node: node.to_owned(),
+        })?;
         let port_id = need_id(&port, NET, &format!("port of {node}"))?;
         match c {
             Change::AssignPublicIp { .. } | Change::AttachPublicIp { .. } => {
@@ -478,19 +519,32 @@ impl SiteRound<'_> {
         Ok(())
     }
 
-    /// Nodes that left the file, one by one.
+    /// The identity of the site's relay pair, if it has one.
+    fn pair_identity(&self) -> Option<&str> {
+        self.site_plan.pair.as_ref().map(|p| p.identity.as_str())
+    }
+
+    /// Nodes that left the file, and virtual addresses, one by one. A single gateway whose name
+    /// a new pair goes by leaves its floating IP to the pair.
     async fn remove_nodes(&self, ids: &NetIds) -> Result<()> {
         for c in self.changes {
-            if let Change::RemoveNode { node, .. } = c {
-                let done = timed(c, remove_node(self.ops, node, Some(&ids.net))).await?;
-                self.report([done]);
-            }
+            let step = match c {
+                Change::RemoveNode { node, .. } => {
+                    let keep_fip = self.pair_identity() == Some(node.as_str());
+                    timed(c, remove_node(self.ops, node, Some(&ids.net), keep_fip)).await?
+                }
+                Change::RemoveVirtualAddress { name, .. } => {
+                    timed(c, self.ops.remove_vip_port(name, &ids.net)).await?
+                }
+                _ => continue,
+            };
+            self.report([step]);
         }
         Ok(())
     }
 }
 
-async fn delete_fips(ops: &SiteOps, node: &str, fips: &[Value]) -> Result<()> {
+pub(crate) async fn delete_fips(ops: &SiteOps, node: &str, fips: &[Value]) -> Result<()> {
     for f in fips {
         let id = need_id(f, NET, &format!("floating IP of {node}"))?;
         ops.cloud
@@ -513,10 +567,15 @@ fn port_changes_of<'a>(changes: &'a [Change], node: &'a str) -> impl Iterator<It
     })
 }
 
-/// Removes a node: its floating IPs (on its port, and an allocated one never attached), its
-/// server, its port (on the site's network `net_id`, when there is one), and what the ledger
-/// holds of it.
-pub(crate) async fn remove_node(ops: &SiteOps, node: &str, net_id: Option<&str>) -> Result<()> {
+/// Removes a node: its floating IPs (on its port, and an allocated one never attached, unless
+/// `keep_named_fip`: a relay pair now goes by the node's name), its server, its port (on the
+/// site's network `net_id`, when there is one), and what the ledger holds of it.
+pub(crate) async fn remove_node(
+    ops: &SiteOps,
+    node: &str,
+    net_id: Option<&str>,
+    keep_named_fip: bool,
+) -> Result<()> {
     let servers = ops.servers(true).await?;
     let server = servers.iter().find(|s| s.node == node);
     let port = match net_id {
@@ -542,7 +601,9 @@ pub(crate) async fn remove_node(ops: &SiteOps, node: &str, net_id: Option<&str>)
         delete_fips(ops, node, &on_port).await?;
     }
     // An allocated floating IP never attached to the port.
-    delete_fips(ops, node, &ops.fips_named(node).await?).await?;
+    if !keep_named_fip {
+        delete_fips(ops, node, &ops.fips_named(node).await?).await?;
+    }
     if let Some(srv) = server {
         ops.delete_server(&srv.id).await?;
     }
@@ -551,7 +612,11 @@ pub(crate) async fn remove_node(ops: &SiteOps, node: &str, net_id: Option<&str>)
             .delete("delete port", Req::delete(NET, format!("ports/{port_id}")))
             .await?;
     }
-    for kind in [Kind::FloatingIp, Kind::Server, Kind::Port] {
+    let kinds: &[Kind] = match keep_named_fip {
+        true => &[Kind::Server, Kind::Port],
+        false => &[Kind::FloatingIp, Kind::Server, Kind::Port],
+    };
+    for &kind in kinds {
         let name = match kind {
             Kind::FloatingIp => ops.fip_name(node),
             Kind::Server => ops.server_name(node),

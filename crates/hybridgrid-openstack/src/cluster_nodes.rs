@@ -71,25 +71,27 @@ impl OpenStack {
 
     /// What nodes get on standard input: the munge key, the store files (`store_files`) — from
     /// this machine in `up`, from the relays for the power service (it holds no store keys) —
-    /// and in `up` the tunnels' preshared keys, made here for pairs that lack one
-    /// (`preshared::ensure`, once per round, before nodes are configured in parallel).
+    /// and in `up` the tunnels' preshared keys and the relay pairs' keys, made here where they
+    /// lack one (`preshared::ensure`, `pair_keys::ensure`, once per round, before nodes are
+    /// configured in parallel).
     async fn node_secrets(&self, plan: &Plan) -> Result<nodes::Secrets> {
-        let (stores, preshared) = match &self.opts.power_host {
+        let cluster_dir = self.opts.state_root.join(&self.cluster.name);
+        let (stores, tunnel_keys) = match &self.opts.power_host {
             Some(_) => (nodes::StoreSource::Relay(self.login_users()), None),
             None => (
                 nodes::StoreSource::Here(crate::store_files::StoreFiles::new(
                     self.store_accesses(plan).await?,
                 )),
-                Some(hybridgrid_engine::preshared::ensure(
-                    &self.opts.state_root.join(&self.cluster.name),
-                    plan,
-                )?),
+                Some(nodes::TunnelKeys {
+                    preshared: hybridgrid_engine::preshared::ensure(&cluster_dir, plan)?,
+                    pairs: hybridgrid_engine::pair_keys::ensure(&cluster_dir, plan)?,
+                }),
             ),
         };
         Ok(nodes::Secrets {
             munge_key: self.munge_key()?,
             stores,
-            preshared,
+            tunnel_keys,
         })
     }
 

@@ -54,7 +54,7 @@ impl OpenStack {
             .map(|(r, t)| TunnelFacts {
                 node: r.node.clone(),
                 peer: t.peer.clone(),
-                peer_public_ip: plan.node(&t.peer).and_then(|p| p.public_ip),
+                peer_public_ip: plan.mesh_end(&t.peer).and_then(|p| p.public_ip),
                 handshake_age_s: freshest_handshake(&before, &after, &r.node, &t.peer),
                 ping_ok: t.small_ok,
                 df_size: t.df_size,
@@ -122,29 +122,49 @@ impl OpenStack {
         })
     }
 
-    /// One session per running relay: its tunnel device's MTU, then a small and a
-    /// don't-fragment ping (`MTU − 28` bytes of payload) to every peer's tunnel address.
+    /// One session per running relay (of a pair: the active one; its standby has no peers on
+    /// purpose): its tunnel device's MTU, then a small and a don't-fragment ping (`MTU − 28`
+    /// bytes of payload) to every peer's tunnel address.
     async fn probe_relays(&self, plan: &Plan, up: &BTreeSet<String>) -> Vec<RelayProbe> {
         let relays: Vec<&NodePlan> = plan
             .nodes
             .iter()
             .filter(|n| n.wireguard.is_some() && up.contains(&n.name))
             .collect();
-        futures::stream::iter(relays.into_iter().map(|n| async move {
+        let probes = futures::stream::iter(relays.into_iter().map(|n| async move {
             let peers: Vec<(&str, Ipv4Addr)> = n
                 .wireguard
                 .iter()
                 .flat_map(|w| &w.peers)
-                .filter_map(|p| Some((p.node.as_str(), plan.node(&p.node)?.tunnel_ip?)))
+                .filter_map(|p| Some((p.node.as_str(), plan.mesh_end(&p.node)?.tunnel_ip?)))
                 .collect();
+            // A relay of a pair says first whether it holds the pair's virtual address.
+            let holds = n.pair.as_ref().map_or(String::new(), |p| {
+                format!(
+                    "ip -4 -o addr show to {}/32 | grep -q . && echo active; ",
+                    p.vip.addr()
+                )
+            });
             let mtu_script = format!(
-                "cat /sys/class/net/{}/mtu",
+                "{holds}cat /sys/class/net/{}/mtu",
                 hybridgrid_engine::status::interface_of(n)
             );
-            let mtu = match self.run_on(plan, &n.name, &mtu_script, b"").await {
-                Ok((0, out)) => String::from_utf8_lossy(&out).trim().parse::<u16>().ok(),
-                _ => None,
+            let (active, mtu) = match self.run_on(plan, &n.name, &mtu_script, b"").await {
+                Ok((0, out)) => {
+                    let out = String::from_utf8_lossy(&out);
+                    let active = n.pair.is_none() || out.lines().any(|l| l == "active");
+                    (
+                        active,
+                        out.lines()
+                            .last()
+                            .and_then(|l| l.trim().parse::<u16>().ok()),
+                    )
+                }
+                _ => (n.pair.is_none(), None),
             };
+            if !active {
+                return None;
+            }
             let df = mtu.map(|m| m.saturating_sub(28));
             let mut script = String::new();
             for (peer, ip) in &peers {
@@ -159,7 +179,7 @@ impl OpenStack {
                 .await
                 .map(|(_, o)| String::from_utf8_lossy(&o).into_owned())
                 .unwrap_or_default();
-            RelayProbe {
+            Some(RelayProbe {
                 node: n.name.clone(),
                 mtu,
                 tunnels: peers
@@ -171,11 +191,12 @@ impl OpenStack {
                         df_ok: df.is_some() && answered(&out, &format!("{peer} df")),
                     })
                     .collect(),
-            }
+            })
         }))
         .buffer_unordered(SESSIONS_AT_ONCE)
-        .collect()
-        .await
+        .collect::<Vec<_>>()
+        .await;
+        probes.into_iter().flatten().collect()
     }
 
     /// One ping from every site to every other: from a running node of the site (a worker where

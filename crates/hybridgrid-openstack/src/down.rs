@@ -62,7 +62,9 @@ impl OpenStack {
     /// The ledger after `down`: gone when everything was deleted, else only what was not.
     fn keep_not_deleted(&self, report: &DownReport) -> Result<()> {
         if report.not_deleted.is_empty() {
-            hybridgrid_engine::preshared::remove(&self.opts.state_root.join(&self.cluster.name))?;
+            let cluster_dir = self.opts.state_root.join(&self.cluster.name);
+            hybridgrid_engine::preshared::remove(&cluster_dir)?;
+            hybridgrid_engine::pair_keys::remove(&cluster_dir)?;
             return self.ledger.remove_file();
         }
         let failed_ids: BTreeSet<&String> = report
@@ -139,7 +141,8 @@ impl OpenStack {
         for c in &changes {
             if let Change::RemoveNode { node, .. } = c {
                 let t = Instant::now();
-                crate::apply::remove_node(ops, node, net.as_ref().map(|n| n.net.as_str())).await?;
+                crate::apply::remove_node(ops, node, net.as_ref().map(|n| n.net.as_str()), false)
+                    .await?;
                 done(c, t);
             }
         }
@@ -210,6 +213,8 @@ async fn down_site(ops: &SiteOps, sink: Sink<'_>) -> DownReport {
     for kind in [Kind::FloatingIp, Kind::Server, Kind::Port] {
         down.remove(found.take(kind), true).await;
     }
+    // A relay pair's server group, once its servers are gone.
+    down.remove(found.take(Kind::ServerGroup), true).await;
     // Routers (their interfaces detached first), subnets, networks, groups: one by one.
     for kind in [
         Kind::Router,
@@ -249,7 +254,17 @@ impl Found {
         found.servers(ops).await;
         found.fips_on_ports(ops).await;
         found.relay_fips(ops).await;
+        found.server_group(ops).await;
         found
+    }
+
+    /// The site's relay pair's server group (Nova has no tags): by its name.
+    async fn server_group(&mut self, ops: &SiteOps) {
+        match ops.find_server_group().await {
+            Ok(Some(id)) => self.add(Kind::ServerGroup, ops.server_group_name(), id),
+            Ok(None) => {}
+            Err(e) => self.errors.push((Kind::ServerGroup, e)),
+        }
     }
 
     fn add(&mut self, kind: Kind, name: String, id: String) {
@@ -386,11 +401,15 @@ impl Found {
         }
     }
 
-    /// Relay floating IPs allocated unattached whose tagging never happened: by description.
+    /// Relay floating IPs (a pair's relays' own too) allocated unattached whose tagging never
+    /// happened: by description.
     async fn relay_fips(&mut self, ops: &SiteOps) {
+        let site = &ops.site.name;
         let relay_fips: Vec<String> = [plan::Role::Master, plan::Role::Gateway]
             .into_iter()
-            .map(|r| ops.fip_name(&plan::relay_name(&ops.site.name, r)))
+            .map(|r| plan::relay_name(site, r))
+            .chain(plan::pair_relay_names(site))
+            .map(|n| ops.fip_name(&n))
             .collect();
         let listed = ops
             .cloud
@@ -481,6 +500,15 @@ async fn delete(ops: &SiteOps, d: &Doomed) -> Result<bool> {
         Kind::Subnet => ("delete subnet", "subnets"),
         Kind::Network => ("delete network", "networks"),
         Kind::SecurityGroup => ("delete security_group", "security-groups"),
+        Kind::ServerGroup => {
+            return ops
+                .cloud
+                .delete(
+                    "delete server group",
+                    Req::delete(NOVA, format!("os-server-groups/{}", d.id)),
+                )
+                .await;
+        }
         Kind::Keypair | Kind::RouterInterface => return Ok(false),
     };
     ops.cloud

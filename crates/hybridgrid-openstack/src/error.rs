@@ -64,6 +64,8 @@ pub enum OsError {
     NoRelayAddress { node: String },
     /// node {node} is not in the plan or cannot be reached yet
     NoTarget { node: String },
+    /// relay {node} of a pair has no key: the cluster's pair keys lack its pair
+    NoPairKey { node: String },
     /// cannot create the node channel's directory {path}
     ChannelDir {
         path: PathBuf,

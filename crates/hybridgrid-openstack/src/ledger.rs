@@ -30,6 +30,8 @@ pub enum Kind {
     Port,
     Server,
     FloatingIp,
+    /// A relay pair's soft anti-affinity server group (Nova).
+    ServerGroup,
 }
 
 impl Kind {
@@ -44,6 +46,7 @@ impl Kind {
             Kind::Port => "port",
             Kind::Server => "server",
             Kind::FloatingIp => "floating_ip",
+            Kind::ServerGroup => "server_group",
         }
     }
 }

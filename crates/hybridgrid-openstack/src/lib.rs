@@ -27,6 +27,7 @@ mod quota;
 mod site;
 mod site_groups;
 mod site_observe;
+mod site_pair;
 mod site_ports;
 mod site_servers;
 mod store_files;

@@ -116,6 +116,7 @@ mod tests {
             wireguard: None,
             on_demand: false,
             pair: None,
+            own_public_ip: None,
         };
         let mut users = LoginUsers::default();
         assert_eq!(users.of(&node), "ubuntu");

@@ -22,14 +22,15 @@ pub const AGENT_UNIT: &str = "hybridgrid-agent";
 /// The configuration the channel delivers (the supervisor applies it again every period).
 const CONFIG: &str = "/var/lib/hybridgrid/node.json";
 
-/// How `plan`'s node `name` is reached: a relay at its floating IP, a worker through its site's
-/// relay, each as its image's login user. `None` while the relay has no floating IP.
+/// How `plan`'s node `name` is reached: a relay at its floating IP (a pair's relay at its own),
+/// a worker through its site's relay, each as its image's login user. `None` while the relay
+/// has no floating IP.
 pub fn target(plan: &Plan, name: &str, users: &LoginUsers) -> Option<Target> {
     let node = plan.node(name)?;
     if node.is_relay() {
         return Some(Target {
             node: node.name.clone(),
-            host: node.public_ip?,
+            host: node.reach_ip()?,
             user: users.of(node),
             jump: None,
         });
@@ -41,7 +42,7 @@ pub fn target(plan: &Plan, name: &str, users: &LoginUsers) -> Option<Target> {
         user: users.of(node),
         jump: Some(Hop {
             node: relay.name.clone(),
-            host: relay.public_ip?,
+            host: relay.reach_ip()?,
             user: users.of(relay),
         }),
     })
@@ -165,6 +166,22 @@ async fn deliver_preshared_keys(
             "delivering the tunnels' preshared keys",
             (&path, "0600"),
             keys.as_ref().map(String::as_bytes),
+        )
+        .await
+}
+
+/// A relay pair's private key into the relay's own key file (0600 in its 0700 `wg/`, standard
+/// input only), where its agent takes its key from; a pair the keys lack is an error.
+async fn deliver_pair_key(channel: &Channel, target: &Target, key: Option<&str>) -> Result<()> {
+    let key = key.ok_or_else(|| OsError::NoPairKey {
+        node: target.node.clone(),
+    })?;
+    channel
+        .put_or_remove(
+            target,
+            "delivering the relay pair's key",
+            (&format!("{AGENT_STATE_DIR}/wg/private.key"), "0600"),
+            Some(key.as_bytes()),
         )
         .await
 }
@@ -390,17 +407,25 @@ async fn send_agent(
 pub struct Secrets {
     pub munge_key: Vec<u8>,
     pub stores: StoreSource,
-    /// The tunnels' preshared keys (`up`; the power service configures no relay).
-    pub preshared: Option<hybridgrid_engine::preshared::PresharedKeys>,
+    /// The relays' keys (`up`; the power service configures no relay).
+    pub tunnel_keys: Option<TunnelKeys>,
 }
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secrets")
             .field("stores", &self.stores)
-            .field("preshared", &self.preshared)
+            .field("tunnel_keys", &self.tunnel_keys)
             .finish_non_exhaustive()
     }
+}
+
+/// What relays get of the mesh's keys: the tunnels' preshared keys, and a relay pair's one
+/// private key (both `Debug` without the keys).
+#[derive(Debug)]
+pub struct TunnelKeys {
+    pub preshared: hybridgrid_engine::preshared::PresharedKeys,
+    pub pairs: hybridgrid_engine::pair_keys::PairKeys,
 }
 
 /// Where a node's store files come from (`store_files`).
@@ -440,8 +465,11 @@ pub async fn finish(
             )
             .await?;
     }
-    if let (true, Some(keys)) = (node.is_relay(), &secrets.preshared) {
-        deliver_preshared_keys(channel, target, keys.for_node(node.mesh_name())).await?;
+    if let (true, Some(keys)) = (node.is_relay(), &secrets.tunnel_keys) {
+        deliver_preshared_keys(channel, target, keys.preshared.for_node(node.mesh_name())).await?;
+        if let Some(pair) = &node.pair {
+            deliver_pair_key(channel, target, keys.pairs.for_pair(&pair.identity)).await?;
+        }
     }
     match &secrets.stores {
         StoreSource::Relay(users) if plan.has_store_data() => {

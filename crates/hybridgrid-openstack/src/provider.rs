@@ -318,7 +318,26 @@ impl OpenStack {
             self.channel().forget_replaced(&instances)?;
             self.ask_nodes(&mut observed).await;
         }
+        self.pair_public_keys(layout, &mut observed)?;
         Ok(observed)
+    }
+
+    /// A relay pair's relays are known by the pair's key where this machine made it
+    /// (`engine::pair_keys`, `up`), whatever key a relay made at its first boot before it got
+    /// the pair's (its console and its report say that one until then). Elsewhere (the power
+    /// service on the master) the relays' own word stands.
+    fn pair_public_keys(&self, layout: &Plan, observed: &mut Observed) -> Result<()> {
+        let cluster_dir = self.opts.state_root.join(&self.cluster.name);
+        let keys = hybridgrid_engine::pair_keys::load(&cluster_dir)?;
+        for relay in layout.nodes.iter().filter(|n| n.pair.is_some()) {
+            let key = keys
+                .for_pair(relay.mesh_name())
+                .and_then(|k| hybridgrid_core::keys::PrivateKey::from_base64(k).ok());
+            if let (Some(seen), Some(key)) = (observed.nodes.get_mut(&relay.name), key) {
+                seen.public_key = Some(key.public_key());
+            }
+        }
+        Ok(())
     }
 
     /// Each site's images' login users from Glance (once per run; only when the cluster file
@@ -552,6 +571,11 @@ impl OpenStack {
         let mut applied = Applied {
             partial: groups_kept(plan, changes),
         };
+        if self.opts.power_host.is_none() {
+            // Before a relay of a pair exists: the next look knows the pair's key.
+            let cluster_dir = self.opts.state_root.join(&self.cluster.name);
+            hybridgrid_engine::pair_keys::ensure(&cluster_dir, plan)?;
+        }
         let boot_plan = self.boot_plan(sites, observed, changes).await?;
         let boot_plan = boot_plan.as_ref().unwrap_or(plan);
         let (created, removed) = self

@@ -121,6 +121,8 @@ pub(crate) fn needs(
             }
             Change::AddRule { .. } => add("security_group_rule", 1),
             Change::AssignPublicIp { .. } => add("floatingip", 1),
+            // A relay pair's virtual address is a port of its own.
+            Change::CreateVirtualAddress { .. } => add("port", 1),
             Change::CreateNode { node, .. } => {
                 add("port", 1);
                 add("instances", 1);

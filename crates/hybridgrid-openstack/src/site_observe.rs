@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use hybridgrid_core::diff::{ObservedNode, ObservedSite};
-use hybridgrid_core::observed::FlavorSize;
+use hybridgrid_core::observed::{FlavorSize, ObservedVirtualAddress};
 use hybridgrid_core::plan::Plan;
 use ipnet::Ipv4Net;
 use serde_json::Value;
@@ -65,8 +65,9 @@ impl SiteOps {
     }
 
     /// What exists of this site: network, groups and rules, nodes with their public IPs, pairs
-    /// and keys.
-    /// The third part: relays whose floating IP is allocated but not (yet) on their port.
+    /// and keys, a relay pair's virtual address.
+    /// The third part: relays (and a pair's identity) whose floating IP is allocated but not
+    /// (yet) on their port.
     pub async fn observe(
         &self,
         plan: &Plan,
@@ -75,19 +76,22 @@ impl SiteOps {
         BTreeMap<String, ObservedNode>,
         BTreeMap<String, Ipv4Addr>,
     )> {
-        let relay = plan.relay_of(&self.site.name).map(|n| n.name.clone());
-        let relay_fips = async {
-            match &relay {
-                Some(relay) => self.fips_named(relay).await,
-                None => Ok(Vec::new()),
-            }
-        };
+        let relays: Vec<String> = plan
+            .nodes
+            .iter()
+            .filter(|n| n.site == self.site.name && n.is_relay())
+            .map(|n| n.name.clone())
+            .collect();
+        let identity = plan
+            .site(&self.site.name)
+            .and_then(|s| s.pair.as_ref())
+            .map(|p| p.identity.clone());
         let group_names = self.group_names(plan);
         // Independent lookups, concurrently.
-        let ((ids, network_ready), groups, relay_fips, servers, flavors) = tokio::try_join!(
+        let ((ids, network_ready), groups, unattached, servers, flavors) = tokio::try_join!(
             self.network_state(),
             self.security_groups(&group_names),
-            relay_fips,
+            self.unattached_fips(relays.iter().chain(identity.as_ref())),
             self.servers(false),
             self.flavor_sizes()
         )?;
@@ -108,20 +112,17 @@ impl SiteOps {
             }
         }
         let mut nodes = BTreeMap::new();
-        let mut unattached = BTreeMap::new();
-        if let Some(relay) = &relay {
-            for f in relay_fips {
-                if f["port_id"].is_null()
-                    && let Ok(ip) = self.fip_address(relay, &f)
-                {
-                    unattached.insert(relay.clone(), ip);
-                }
-            }
-        }
+        let mut unattached = unattached;
         let Some(ids) = ids else {
             return Ok((site, nodes, unattached));
         };
-        for (node, observed, pairs, reserved) in self.observe_nodes(&ids, &servers, relay).await? {
+        if let Some(identity) = &identity
+            && let Some(seen) = self.virtual_address(identity, &ids).await?
+        {
+            site.virtual_addresses.insert(identity.clone(), seen);
+        }
+        for (node, observed, pairs, reserved) in self.observe_nodes(&ids, &servers, &relays).await?
+        {
             if let Some(ip) = reserved {
                 unattached.insert(node.clone(), ip);
             }
@@ -135,20 +136,60 @@ impl SiteOps {
         Ok((site, nodes, unattached))
     }
 
-    /// Every node with a server, and the relay even before its server exists (its port's
-    /// pairs and floating IP matter already), concurrently.
+    /// The floating IPs allocated for `names` (by description) and on no port: reserved for
+    /// them.
+    async fn unattached_fips(
+        &self,
+        names: impl Iterator<Item = &String>,
+    ) -> Result<BTreeMap<String, Ipv4Addr>> {
+        let mut out = BTreeMap::new();
+        for name in names {
+            for f in self.fips_named(name).await? {
+                if f["port_id"].is_null()
+                    && let Ok(ip) = self.fip_address(name, &f)
+                {
+                    out.insert(name.clone(), ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A relay pair's virtual address as its port holds it, with the floating IP on it.
+    async fn virtual_address(
+        &self,
+        identity: &str,
+        ids: &NetIds,
+    ) -> Result<Option<ObservedVirtualAddress>> {
+        let Some(port) = self.find_vip_port(identity, &ids.net).await? else {
+            return Ok(None);
+        };
+        let address = port["fixed_ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|f| f["ip_address"].as_str()?.parse().ok());
+        let Some(address) = address else {
+            return Ok(None);
+        };
+        let (public_ip, _) = self.port_state(identity, &port).await?;
+        Ok(Some(ObservedVirtualAddress { address, public_ip }))
+    }
+
+    /// Every node with a server, and the relays even before their server exists (their ports'
+    /// pairs and floating IPs matter already), concurrently.
     async fn observe_nodes(
         &self,
         ids: &NetIds,
         servers: &[FoundServer],
-        relay: Option<String>,
+        relays: &[String],
     ) -> Result<Vec<NodeSeen>> {
         let ledger = self.ledger.snapshot();
         let mut names: BTreeSet<String> = servers.iter().map(|s| s.node.clone()).collect();
-        names.extend(relay.clone());
+        names.extend(relays.iter().cloned());
         let futs = names.iter().map(|node| {
             let srv = servers.iter().find(|s| &s.node == node);
-            let is_relay = relay.as_deref() == Some(node.as_str());
+            let is_relay = relays.contains(node);
             self.observe_node(node, srv, is_relay, ids, &ledger)
         });
         futures::future::join_all(futs).await.into_iter().collect()

@@ -170,14 +170,14 @@ impl SiteOps {
         tokio::try_join!(self.flavor_id(flavor), self.image_id(image))
     }
 
-    /// Creates the node's server on its port (after [`Self::find_server`] found none): the build
-    /// to wait for.
+    /// Creates the node's server on its port (after [`Self::find_server`] found none), with the
+    /// keypair and in the server group (a relay pair's) given: the build to wait for.
     pub async fn create_server(
         &self,
         plan: &Plan,
         node: &NodePlan,
         port_id: &str,
-        keypair: Option<&str>,
+        (keypair, server_group): (Option<&str>, Option<&str>),
         (flavor_id, image_id): (String, String),
     ) -> Result<ServerBuild> {
         let name = self.server_name(&node.name);
@@ -220,7 +220,12 @@ impl SiteOps {
             node: node.name.clone(),
             name,
             id: String::new(),
-            request: json!({ "server": server }),
+            request: match server_group {
+                Some(group) => {
+                    json!({ "server": server, "os:scheduler_hints": { "group": group } })
+                }
+                None => json!({ "server": server }),
+            },
             timeout: self.server_timeout,
         };
         build.create().await?;

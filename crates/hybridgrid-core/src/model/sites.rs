@@ -201,15 +201,6 @@ impl Validator<'_> {
                 "name this site's entry in clouds.yaml, e.g. `cloud: bielefeld`",
             );
         }
-        if let Some(standby) = s.gateway.standby.as_ref().filter(|b| b.value) {
-            ok = false;
-            self.error(
-                standby.pos,
-                format!("{path}.gateway.standby"),
-                "the openstack provider does not make relay pairs yet",
-                "remove `standby` (the local provider has it: rehearse a relay's failover there)",
-            );
-        }
         ok & self.openstack_spec(&s.gateway, s.pos, &format!("{path}.gateway"))
     }
 

@@ -65,7 +65,8 @@ impl Cluster {
         c
     }
 
-    /// The cluster file with these sites (a: master at cloud site-a; b and c share cloud site-b).
+    /// The cluster file with these sites (a: master at cloud site-a; b and c share cloud site-b;
+    /// c's relays are a pair, `c-gw-a` and `c-gw-b`).
     fn write(&self, sites: &[&str]) {
         let mut text = format!(
             "name: {}\nprovider: openstack\nssh_public_key: {}\nadmin_cidrs: [203.0.113.1/32]\n\
@@ -81,9 +82,11 @@ impl Cluster {
                 "b" => ("site-b", "10.82.0.0/24", 1, STOCK_IMAGE),
                 _ => ("site-b", "10.83.0.0/24", 0, "hybridgrid-node"),
             };
+            let standby = if *s == "c" { ", standby: true" } else { "" };
             text.push_str(&format!(
                 "  - name: {s}\n    cloud: {cloud}\n    subnet: {subnet}\n    master: {}\n    \
-                 external_network: public\n    gateway: {{ flavor: g1.node, image: {image} }}\n",
+                 external_network: public\n    \
+                 gateway: {{ flavor: g1.node, image: {image}{standby} }}\n",
                 *s == "a"
             ));
             if workers > 0 {
@@ -179,6 +182,7 @@ impl Cluster {
                 &["port", "list", "-f", "value", "-c", "Name"],
                 &["security", "group", "list", "-f", "value", "-c", "Name"],
                 &["router", "list", "-f", "value", "-c", "Name"],
+                &["server", "group", "list", "-f", "value", "-c", "Name"],
             ] {
                 let out = Command::new("openstack")
                     .env("OS_CLIENT_CONFIG_FILE", clouds())
@@ -509,11 +513,14 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
     let grown = c.hg(&["up"]);
     let grown_text = out_of(&grown).unwrap_or_else(|e| panic!("up with site c failed:\n{e}"))
         + &String::from_utf8_lossy(&grown.stderr);
-    // c-gw's image is the bed's prepared one: nothing to install.
-    assert!(
-        grown_text.contains("configure c-gw:") && installed_on(&grown_text, "c-gw").is_empty(),
-        "{grown_text}"
-    );
+    // c's relays' image is the bed's prepared one: nothing to install but VRRP's keepalived.
+    for relay in ["c-gw-a", "c-gw-b"] {
+        assert!(
+            grown_text.contains(&format!("configure {relay}:"))
+                && installed_on(&grown_text, relay) == ["keepalived"],
+            "{relay}:\n{grown_text}"
+        );
+    }
     wait_until("c's tunnels up", Duration::from_secs(180), || {
         let (_, s) = c.status();
         let up = s["tunnels"].as_array().is_some_and(|t| {
@@ -527,8 +534,10 @@ fn runs_jobs_grows_and_shrinks(c: &Cluster) {
             Err(format!("{:#}", s["tunnels"]))
         }
     });
-    let out = c.exec("c-gw", "ping -c 1 -W 3 10.82.0.6 >/dev/null && echo ok");
-    assert_eq!(out.trim(), "ok", "c-gw does not reach b-worker-1");
+    let out = c.exec("c-gw-a", "ping -c 1 -W 3 10.82.0.6 >/dev/null && echo ok");
+    assert_eq!(out.trim(), "ok", "c-gw-a does not reach b-worker-1");
+    // c's active relay's server deleted: its standby takes over (issue 22 on the bed).
+    a_relay_servers_death_is_a_short_gap_and_up_brings_it_back_as_standby(c);
     c.write(&["a", "b"]);
     c.hg_ok(&["up"]);
     let (healthy, status) = c.status();
@@ -1139,6 +1148,109 @@ fn run_fix(fix: &str) {
         "{cmd}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// c's virtual address: the next hop of its LAN, held by its active relay.
+const C_VIP: &str = "10.83.0.252";
+
+/// c's relay that holds the virtual address now, and the other (one that cannot be asked,
+/// its server gone, holds nothing).
+fn c_active_and_standby(c: &Cluster) -> (String, String) {
+    let holds = |relay: &str| {
+        let script = format!("ip -4 -o addr show to {C_VIP}/32");
+        let out = c.hg(&["exec", relay, "--", "sh", "-c", &script]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(C_VIP)
+    };
+    match (holds("c-gw-a"), holds("c-gw-b")) {
+        (true, false) => ("c-gw-a".into(), "c-gw-b".into()),
+        (false, true) => ("c-gw-b".into(), "c-gw-a".into()),
+        both => panic!("c's relays hold the virtual address as {both:?} (a, b)"),
+    }
+}
+
+/// A 10 Hz ping of `seconds` from a-worker-1 across the tunnel to c's virtual address.
+fn start_ping_to_c(c: &Cluster, seconds: u32) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_hybridgrid"))
+        .args(["exec", "-f"])
+        .arg(&c.file)
+        .args([
+            "a-worker-1",
+            "--",
+            "sudo",
+            "ping",
+            "-D",
+            "-n",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+        ])
+        .args(["-w", &seconds.to_string(), C_VIP])
+        .env("OS_CLIENT_CONFIG_FILE", clouds())
+        .env("HYBRIDGRID_STATE_DIR", c.dir.join("state"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The longest time without a reply of a ping of `seconds`: between two replies, before the
+/// first, and after the last (an outage that never ended).
+fn longest_ping_gap(child: std::process::Child, seconds: f64) -> f64 {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let times: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    assert!(times.len() > 20, "too few replies:\n{text}");
+    let inner = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    let tail = times[0] + seconds - 0.2 - times[times.len() - 1];
+    inner.max(tail)
+}
+
+/// The active relay of c (a pair) loses its server: the standby takes the virtual address and
+/// the tunnel, a 10 Hz ping from a's worker sees a gap under 5 s; `up` makes the server again
+/// and it returns as the standby with no gap over a second; `status` has both relays.
+fn a_relay_servers_death_is_a_short_gap_and_up_brings_it_back_as_standby(c: &Cluster) {
+    let (active, standby) = c_active_and_standby(c);
+    let ping = start_ping_to_c(c, 40);
+    std::thread::sleep(Duration::from_secs(8));
+    let server = format!("{}-{active}", c.name);
+    let t = Instant::now();
+    openstack("site-b", &["server", "delete", &server]);
+    eprintln!("deleted {server} in {:.1}s", t.elapsed().as_secs_f64());
+    let gap = longest_ping_gap(ping, 40.0);
+    eprintln!("c: {active}'s server deleted, longest ping gap from a-worker-1 {gap:.2}s");
+    assert!(gap <= 5.0, "{active}'s server deleted: a gap of {gap:.2}s");
+    assert_eq!(
+        c_active_and_standby(c).0,
+        standby,
+        "{standby} did not take over"
+    );
+
+    let ping = start_ping_to_c(c, 600);
+    let t = Instant::now();
+    let up = c.hg(&["up"]);
+    let up_secs = t.elapsed().as_secs_f64();
+    let up_text = String::from_utf8_lossy(&up.stderr).into_owned();
+    assert!(up.status.success(), "up after {active} died:\n{up_text}");
+    let (now_active, now_standby) = c_active_and_standby(c);
+    kill_ping(c);
+    let gap = longest_ping_gap(ping, up_secs.min(600.0) + 1.0);
+    eprintln!("c: {active} made again by up ({up_secs:.0}s), longest ping gap {gap:.2}s");
+    assert_eq!(
+        (now_active, now_standby),
+        (standby, active.clone()),
+        "no preemption"
+    );
+    assert!(gap <= 1.0, "{active} back: a gap of {gap:.2}s");
+}
+
+/// Ends the ping [`start_ping_to_c`] runs on a-worker-1 (its deadline is longer than `up`).
+fn kill_ping(c: &Cluster) {
+    let _ = c.exec("a-worker-1", "sudo pkill -INT -x ping; true");
 }
 
 fn openstack(cloud: &str, args: &[&str]) -> String {
