@@ -79,14 +79,16 @@ nft list tables >run/nft-tables-before 2>/dev/null || true   # down.sh removes o
 export OSBED_DIR="$B"
 start() { local name=$1; shift; setsid "$@" >"log/$name.out" 2>&1 </dev/null & echo $! >"run/$name.pid"; }
 # NTP for the guests on 203.0.113.1:123: Debian's chronyd, unpacked (its package conflicts with
-# the host's time daemon), serving the host's clock (-x: it never sets it).
+# the host's time daemon), serving the host's clock (-x: it never sets it). Fetched before the
+# bridge exists: on this host the package registry itself may sit in 203.0.113.0/24.
+fetch_time_server() {
+  [ -x chrony/usr/sbin/chronyd ] && return 0
+  rm -rf chrony chrony-deb && mkdir -p chrony-deb
+  (cd chrony-deb && apt-get download -qq chrony) >log/chrony-download.log 2>&1 \
+    || die "could not download Debian's chrony (log/chrony-download.log)"
+  dpkg -x chrony-deb/chrony_*.deb chrony || die "could not unpack chrony"
+}
 start_time_server() {
-  if [ ! -x chrony/usr/sbin/chronyd ]; then
-    rm -rf chrony chrony-deb && mkdir -p chrony-deb
-    (cd chrony-deb && apt-get download -qq chrony) >log/chrony-download.log 2>&1 \
-      || die "could not download Debian's chrony (log/chrony-download.log)"
-    dpkg -x chrony-deb/chrony_*.deb chrony || die "could not unpack chrony"
-  fi
   mkdir -p state/chrony
   printf '%s\n' "bindaddress 203.0.113.1" "allow 203.0.113.0/24" "local stratum 8" \
     "driftfile $B/state/chrony/drift" "pidfile $B/state/chrony/chronyd.pid" "cmdport 0" \
@@ -139,6 +141,7 @@ epmd=$(ss -ltnpH 'sport = :4369' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 
 lap "rabbitmq up"
 
 # --- the data plane's network: the external bridge, kept off the host's real interfaces
+fetch_time_server
 ip link add osbed-ext type bridge && ip addr add 203.0.113.1/24 dev osbed-ext && ip link set osbed-ext up \
   || die "could not create bridge osbed-ext"
 nft -f - <<'NFT' || die "nftables table inet osbed"

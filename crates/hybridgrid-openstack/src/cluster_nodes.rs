@@ -692,13 +692,15 @@ impl OpenStack {
             ));
         }
         let pairs = status::probe_pairs(&nodes, probe);
-        let (slurm, tunnels, reachability) = tokio::join!(
+        let (slurm, tunnels, reachability, relay_pairs) = tokio::join!(
             self.slurm_states(plan),
             self.tunnels(plan),
-            self.reachability(plan, &pairs)
+            self.reachability(plan, &pairs),
+            self.pair_states(plan, &active)
         );
         for n in &mut nodes {
             n.slurm = slurm_word(slurm.as_ref(), n);
+            n.pair = relay_pairs.get(&n.name).copied();
         }
         Ok(StatusReport::new(
             &self.cluster.name,
@@ -706,6 +708,35 @@ impl OpenStack {
             tunnels,
             reachability,
         ))
+    }
+
+    /// Each running relay of a pair: active when it holds the pair's virtual address (one that
+    /// cannot be asked is left out).
+    async fn pair_states(
+        &self,
+        plan: &Plan,
+        active: &BTreeSet<String>,
+    ) -> BTreeMap<String, hybridgrid_engine::PairState> {
+        let asked = plan
+            .nodes
+            .iter()
+            .filter(|n| active.contains(&n.name))
+            .filter_map(|n| Some((n, n.pair.as_ref()?)))
+            .map(|(n, pair)| async move {
+                let script = format!("ip -4 -o addr show to {}/32", pair.vip.addr());
+                let (code, out) = self.run_on(plan, &n.name, &script, b"").await.ok()?;
+                let holds = String::from_utf8_lossy(&out).contains(&pair.vip.addr().to_string());
+                let state = match holds {
+                    true => hybridgrid_engine::PairState::Active,
+                    false => hybridgrid_engine::PairState::Standby,
+                };
+                (code == 0).then(|| (n.name.clone(), state))
+            });
+        futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Runs `pairs`' pings: one SSH session per source node, its pings in parallel.

@@ -481,6 +481,8 @@ pub async fn finish(
         }
     }
     let unit = agent_unit(&node.name);
+    // A supervisor still running a replaced agent binary (its exe is `… (deleted)`) would go on
+    // applying with the old code: it is restarted, like one whose unit changed.
     let out = channel
         .run_ok(
             target,
@@ -491,7 +493,9 @@ pub async fn finish(
                  u=/etc/systemd/system/{AGENT_UNIT}.service; \
                  if [ \"$(cat $u 2>/dev/null)\" != {unit} ]; then printf '%s' {unit} > $u; \
                  systemctl daemon-reload; systemctl enable -q {AGENT_UNIT}.service; \
-                 systemctl restart {AGENT_UNIT}.service; fi; \
+                 systemctl restart {AGENT_UNIT}.service; \
+                 elif [ \"$(readlink /proc/$(systemctl show -p MainPID --value {AGENT_UNIT}.service)/exe)\" \
+                 != {AGENT_PATH} ]; then systemctl restart {AGENT_UNIT}.service; fi; \
                  systemctl disable -q --now {PULL_UNIT}.timer 2>/dev/null || true; \
                  [ -L /etc/hosts ] || ln -sfn {AGENT_STATE_DIR}/hosts /etc/hosts",
                 name = node.name,

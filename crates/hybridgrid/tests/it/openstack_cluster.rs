@@ -1215,6 +1215,15 @@ fn longest_ping_gap(child: std::process::Child, seconds: f64) -> f64 {
 /// and it returns as the standby with no gap over a second; `status` has both relays.
 fn a_relay_servers_death_is_a_short_gap_and_up_brings_it_back_as_standby(c: &Cluster) {
     let (active, standby) = c_active_and_standby(c);
+    let (_, s) = c.status();
+    let pair_of = |n: &str| {
+        s["nodes"]
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["name"] == n))
+            .map(|x| x["pair"].clone())
+    };
+    assert_eq!(pair_of(&active), Some(Value::from("active")), "{s:#}");
+    assert_eq!(pair_of(&standby), Some(Value::from("standby")), "{s:#}");
     let ping = start_ping_to_c(c, 40);
     std::thread::sleep(Duration::from_secs(8));
     let server = format!("{}-{active}", c.name);
