@@ -22,6 +22,17 @@ pub struct NodeReport {
     /// A compute node's CPUs and memory as its slurmd counts them (`slurmd -C`).
     #[serde(default)]
     pub measured: Option<MeasuredSize>,
+    /// A relay of a pair: whether it holds the pair's virtual address, and keepalived's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<PairReport>,
+}
+
+/// What a relay of a pair says of its part in it (`doctor`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PairReport {
+    pub holds_address: bool,
+    /// keepalived's state ([`crate::vrrp::state_word`]); `None` when keepalived does not run.
+    pub vrrp: Option<String>,
 }
 
 pub fn report(state_dir: &Path) -> NodeReport {
@@ -31,6 +42,13 @@ pub fn report(state_dir: &Path) -> NodeReport {
     let measured = role
         .filter(|r| *r == SlurmRole::Compute)
         .and_then(|_| crate::packages::slurmd_counts());
+    let pair = applied
+        .as_ref()
+        .and_then(|a| a.pair.as_ref())
+        .map(|p| PairReport {
+            holds_address: crate::vrrp::active(p),
+            vrrp: crate::vrrp::state_word(state_dir),
+        });
     let applied = applied.map(|mut a| {
         if a.wireguard
             .as_ref()
@@ -48,5 +66,6 @@ pub fn report(state_dir: &Path) -> NodeReport {
         public_key: read_public_key(state_dir),
         slurm_version,
         measured,
+        pair,
     }
 }

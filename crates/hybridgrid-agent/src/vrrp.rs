@@ -177,6 +177,20 @@ pub fn active(pair: &RelayPair) -> bool {
     interface_with(pair.vip.addr()).is_ok_and(|i| i.is_some())
 }
 
+/// keepalived's state on this relay as its notify program last logged it (`MASTER`, `BACKUP`,
+/// `FAULT`), `None` when keepalived does not run.
+pub fn state_word(state_dir: &Path) -> Option<String> {
+    running(state_dir)?;
+    let log = std::fs::read_to_string(state_dir.join(crate::relay_state::LOG_FILE)).ok();
+    // `<stamp> INSTANCE <name> <STATE> <priority> → …`
+    let word = log
+        .as_deref()
+        .and_then(|l| l.lines().last())
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or("starting");
+    Some(word.to_owned())
+}
+
 /// Whether the node's tunnel device gets its peers: not in a pair, or the pair's active relay
 /// (it holds the virtual address and its keepalived runs: one that was killed leaves the
 /// address behind while the partner takes it), unless both hold it (VRRP between them lost)

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::HANDSHAKE_STALE_S;
 
+mod pairs;
+
 pub const DOCTOR_FORMAT_VERSION: u32 = 1;
 
 /// What [`gather`] found on the live cluster.
@@ -28,6 +30,22 @@ pub struct Facts {
     pub sites: Vec<SiteFacts>,
     pub tunnels: Vec<TunnelFacts>,
     pub cross_site: Vec<Probe>,
+    /// The running relays of pairs (`gateway.standby`) and their part in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pair_relays: Vec<PairRelayFacts>,
+}
+
+/// A running relay of a pair as it says it stands (the agent's report on openstack, its
+/// namespace and state on local).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairRelayFacts {
+    pub node: String,
+    /// The pair's identity (`<site>-gw`).
+    pub pair: String,
+    /// Whether it holds the pair's virtual address (it is the active relay).
+    pub holds_address: bool,
+    /// keepalived's state on it (`MASTER`, `BACKUP`, `FAULT`); `None`: keepalived does not run.
+    pub vrrp: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +140,9 @@ pub enum Kind {
     MtuTooLarge,
     MtuDrift,
     Unreachable,
+    /// A relay pair that could not fail over: its standby cannot take over, or both relays
+    /// are active.
+    PairNotReady,
 }
 
 /// One problem, in plain words, with what to do.
@@ -262,6 +283,7 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
         d.missing_rules(n);
     }
     d.missing_pairs();
+    d.relay_pairs();
     for n in f.nodes.iter().filter(|n| n.up) {
         d.mtu(n);
     }
@@ -649,7 +671,67 @@ mod tests {
                 to: "b".into(),
                 ok: true,
             }],
+            pair_relays: Vec::new(),
         }
+    }
+
+    fn pair_relay(node: &str, holds: bool, vrrp: Option<&str>) -> PairRelayFacts {
+        PairRelayFacts {
+            node: node.into(),
+            pair: "giessen-gw".into(),
+            holds_address: holds,
+            vrrp: vrrp.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_pair_with_a_standby_in_backup_is_ready() {
+        let mut f = healthy();
+        f.pair_relays = vec![
+            pair_relay("giessen-gw-a", true, Some("MASTER")),
+            pair_relay("giessen-gw-b", false, Some("BACKUP")),
+        ];
+        assert_eq!(diagnose(&f), Vec::new());
+    }
+
+    #[test]
+    fn a_standby_without_keepalived_or_in_fault_could_not_take_over() {
+        for (vrrp, why) in [
+            (None, "keepalived does not run"),
+            (Some("FAULT"), "FAULT state"),
+        ] {
+            let mut f = healthy();
+            f.pair_relays = vec![
+                pair_relay("giessen-gw-a", true, Some("MASTER")),
+                pair_relay("giessen-gw-b", false, vrrp),
+            ];
+            let found = diagnose(&f);
+            assert_eq!(found.len(), 1, "{found:#?}");
+            assert_eq!(found[0].kind, Kind::PairNotReady);
+            assert_eq!(found[0].subject, "giessen-gw-b");
+            assert!(
+                found[0].message.contains("could not take over") && found[0].message.contains(why),
+                "{}",
+                found[0].message
+            );
+        }
+    }
+
+    #[test]
+    fn both_relays_holding_the_address_names_vrrp() {
+        let mut f = healthy();
+        f.pair_relays = vec![
+            pair_relay("giessen-gw-a", true, Some("MASTER")),
+            pair_relay("giessen-gw-b", true, Some("MASTER")),
+        ];
+        let found = diagnose(&f);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].subject, "giessen-gw");
+        assert!(
+            found[0].message.contains("IP protocol 112"),
+            "{}",
+            found[0].message
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 use hybridgrid_core::model::Provider as ProviderKind;
 use hybridgrid_core::plan::{Plan, SitePlan};
 use hybridgrid_engine::doctor::{
-    Facts, NodeMeasures, PortFacts, Probe, SiteFacts, TunnelFacts, freshest_handshake, node_facts,
+    Facts, NodeMeasures, PairRelayFacts, PortFacts, Probe, SiteFacts, TunnelFacts,
+    freshest_handshake, node_facts,
 };
 use hybridgrid_engine::path::PathFacts;
 use hybridgrid_engine::status;
@@ -156,7 +157,27 @@ fn facts(local: &Local, plan: &Plan) -> Result<Facts, LocalError> {
         sites,
         tunnels,
         cross_site,
+        pair_relays: pair_relays(local, plan, &up),
     })
+}
+
+/// Each running relay of a pair: whether it holds the virtual address (its namespace), and
+/// keepalived's state (its state folder).
+fn pair_relays(local: &Local, plan: &Plan, up: &BTreeSet<String>) -> Vec<PairRelayFacts> {
+    plan.nodes
+        .iter()
+        .filter(|n| up.contains(&n.name))
+        .filter_map(|n| {
+            let pair = n.pair.as_ref()?;
+            let ns = names::ns_node(&plan.cluster, &n.name);
+            Some(PairRelayFacts {
+                node: n.name.clone(),
+                pair: pair.identity.clone(),
+                holds_address: live::holds_address(&ns, pair.vip.addr()),
+                vrrp: hybridgrid_agent::vrrp::state_word(&local.node_dir(&n.name)),
+            })
+        })
+        .collect()
 }
 
 /// The tunnel device's MTU on every running relay.

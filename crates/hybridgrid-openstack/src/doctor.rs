@@ -14,8 +14,8 @@ use hybridgrid_core::diff::Change;
 use hybridgrid_core::model::Provider as ProviderKind;
 use hybridgrid_core::plan::{NodePlan, Plan, Protocol, Remote, SgRule};
 use hybridgrid_engine::doctor::{
-    Facts, MissingRule, NodeMeasures, PortFacts, Probe, SiteFacts, TunnelFacts, freshest_handshake,
-    node_facts,
+    Facts, MissingRule, NodeMeasures, PairRelayFacts, PortFacts, Probe, SiteFacts, TunnelFacts,
+    freshest_handshake, node_facts,
 };
 use hybridgrid_engine::path::PathFacts;
 
@@ -119,19 +119,48 @@ impl OpenStack {
             sites,
             tunnels,
             cross_site,
+            pair_relays: self.pair_relays(plan, &up).await,
         })
     }
 
-    /// One session per running relay (of a pair: the active one; its standby has no peers on
-    /// purpose): its tunnel device's MTU, then a small and a don't-fragment ping (`MTU − 28`
-    /// bytes of payload) to every peer's tunnel address.
+    /// Each running relay of a pair as its agent reports its part (one that does not answer is
+    /// left out: its node's own finding says why).
+    async fn pair_relays(&self, plan: &Plan, up: &BTreeSet<String>) -> Vec<PairRelayFacts> {
+        let channel = self.channel();
+        let asked = plan
+            .nodes
+            .iter()
+            .filter(|n| up.contains(&n.name))
+            .filter_map(|n| Some((n, n.pair.as_ref()?, self.target(plan, &n.name)?)))
+            .map(|(n, pair, target)| {
+                let channel = &channel;
+                async move {
+                    let report = crate::nodes::report(channel, &target).await.ok()?.pair?;
+                    Some(PairRelayFacts {
+                        node: n.name.clone(),
+                        pair: pair.identity.clone(),
+                        holds_address: report.holds_address,
+                        vrrp: report.vrrp,
+                    })
+                }
+            });
+        futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// One session per running relay: its tunnel device's MTU, then (not on a pair's standby:
+    /// it has no peers on purpose) a small and a don't-fragment ping (`MTU − 28` bytes of
+    /// payload) to every peer's tunnel address.
     async fn probe_relays(&self, plan: &Plan, up: &BTreeSet<String>) -> Vec<RelayProbe> {
         let relays: Vec<&NodePlan> = plan
             .nodes
             .iter()
             .filter(|n| n.wireguard.is_some() && up.contains(&n.name))
             .collect();
-        let probes = futures::stream::iter(relays.into_iter().map(|n| async move {
+        futures::stream::iter(relays.into_iter().map(|n| async move {
             let peers: Vec<(&str, Ipv4Addr)> = n
                 .wireguard
                 .iter()
@@ -163,7 +192,12 @@ impl OpenStack {
                 _ => (n.pair.is_none(), None),
             };
             if !active {
-                return None;
+                // Its device is measured, its tunnels not (it has no peers on purpose).
+                return RelayProbe {
+                    node: n.name.clone(),
+                    mtu,
+                    tunnels: Vec::new(),
+                };
             }
             let df = mtu.map(|m| m.saturating_sub(28));
             let mut script = String::new();
@@ -179,7 +213,7 @@ impl OpenStack {
                 .await
                 .map(|(_, o)| String::from_utf8_lossy(&o).into_owned())
                 .unwrap_or_default();
-            Some(RelayProbe {
+            RelayProbe {
                 node: n.name.clone(),
                 mtu,
                 tunnels: peers
@@ -191,12 +225,11 @@ impl OpenStack {
                         df_ok: df.is_some() && answered(&out, &format!("{peer} df")),
                     })
                     .collect(),
-            })
+            }
         }))
         .buffer_unordered(SESSIONS_AT_ONCE)
-        .collect::<Vec<_>>()
-        .await;
-        probes.into_iter().flatten().collect()
+        .collect()
+        .await
     }
 
     /// One ping from every site to every other: from a running node of the site (a worker where

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use hybridgrid_core::plan::Plan;
-use hybridgrid_engine::{HANDSHAKE_STALE_S, StatusReport};
+use hybridgrid_engine::{HANDSHAKE_STALE_S, PairState, StatusReport};
 use serde::Serialize;
 
 /// Workers shown per site box; the rest are summed up in one line.
@@ -41,6 +41,9 @@ pub struct GraphNode {
     pub tunnel_ip: Option<String>,
     /// From the status report; `None` when not observed.
     pub up: Option<bool>,
+    /// A relay of a pair: `active` or `standby`, as the status report found it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pair: Option<PairState>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,8 +74,13 @@ pub struct GraphTunnel {
 /// too when `tunnels_observed` (the provider read the relays' WireGuard devices: local always,
 /// openstack over its node channel).
 pub fn build(plan: &Plan, status: Option<&StatusReport>, tunnels_observed: bool) -> Graph {
-    let up_of =
-        |node: &str| status.and_then(|s| s.nodes.iter().find(|n| n.name == node).map(|n| n.up));
+    let seen = |node: &str| status.and_then(|s| s.nodes.iter().find(|n| n.name == node));
+    let up_of = |node: &str| seen(node).map(|n| n.up);
+    let ends: Vec<End> = plan
+        .sites
+        .iter()
+        .map(|s| site_end(plan, s, status))
+        .collect();
     let sites = plan
         .sites
         .iter()
@@ -87,10 +95,12 @@ pub fn build(plan: &Plan, status: Option<&StatusReport>, tunnels_observed: bool)
                     lan_ip: n.lan_ip.to_string(),
                     tunnel_ip: n.tunnel_ip.map(|ip| ip.to_string()),
                     up: up_of(&n.name),
+                    pair: seen(&n.name).and_then(|n| n.pair),
                 })
                 .collect();
-            // The relay first: it is where the tunnels attach.
-            nodes.sort_by_key(|n| n.name != s.relay);
+            // The relay where the tunnels attach first (of a pair: the active one).
+            let end = ends.iter().find(|e| e.site == s.name);
+            nodes.sort_by_key(|n| Some(n.name.as_str()) != end.map(|e| e.node.as_str()));
             GraphSite {
                 name: s.name.clone(),
                 subnet: s.subnet.to_string(),
@@ -99,10 +109,9 @@ pub fn build(plan: &Plan, status: Option<&StatusReport>, tunnels_observed: bool)
             }
         })
         .collect();
-    let relays: Vec<&str> = plan.sites.iter().map(|s| s.relay.as_str()).collect();
     let mut tunnels = Vec::new();
-    for (i, a) in relays.iter().enumerate() {
-        for b in &relays[i + 1..] {
+    for (i, a) in ends.iter().enumerate() {
+        for b in &ends[i + 1..] {
             tunnels.push(tunnel(a, b, status.filter(|_| tunnels_observed)));
         }
     }
@@ -115,18 +124,56 @@ pub fn build(plan: &Plan, status: Option<&StatusReport>, tunnels_observed: bool)
     }
 }
 
-fn tunnel(a: &str, b: &str, status: Option<&StatusReport>) -> GraphTunnel {
+/// Where a site's tunnels attach: its relay (of a pair the active one as `status` found it,
+/// else the first), and the name the other relays know the site's end by.
+struct End {
+    site: String,
+    node: String,
+    mesh: String,
+}
+
+fn site_end(
+    plan: &Plan,
+    site: &hybridgrid_core::plan::SitePlan,
+    status: Option<&StatusReport>,
+) -> End {
+    let active = site.pair.as_ref().and_then(|p| {
+        p.relays.iter().find(|r| {
+            status.is_some_and(|s| {
+                s.nodes
+                    .iter()
+                    .any(|n| &n.name == *r && n.pair == Some(PairState::Active))
+            })
+        })
+    });
+    let node = active.unwrap_or(&site.relay).clone();
+    let mesh = plan
+        .node(&node)
+        .map_or(node.clone(), |n| n.mesh_name().to_owned());
+    End {
+        site: site.name.clone(),
+        node,
+        mesh,
+    }
+}
+
+fn tunnel(a: &End, b: &End, status: Option<&StatusReport>) -> GraphTunnel {
     let Some(status) = status else {
         return GraphTunnel {
-            a: a.to_owned(),
-            b: b.to_owned(),
+            a: a.node.clone(),
+            b: b.node.clone(),
             state: TunnelState::Unknown,
             handshake_age_s: None,
             rx_bytes: 0,
             tx_bytes: 0,
         };
     };
-    let end = |x: &str, y: &str| status.tunnels.iter().find(|t| t.node == x && t.peer == y);
+    let end = |x: &End, y: &End| {
+        status
+            .tunnels
+            .iter()
+            .find(|t| t.node == x.node && t.peer == y.mesh)
+    };
     let (ab, ba) = (end(a, b), end(b, a));
     // Both ends must have shaken hands recently: a responder whose answers are dropped (a
     // missing rule on the other side) still shows a fresh handshake of its own.
@@ -141,8 +188,8 @@ fn tunnel(a: &str, b: &str, status: Option<&StatusReport>) -> GraphTunnel {
         _ => TunnelState::Down,
     };
     GraphTunnel {
-        a: a.to_owned(),
-        b: b.to_owned(),
+        a: a.node.clone(),
+        b: b.node.clone(),
         state,
         handshake_age_s: age,
         rx_bytes: ab.map(|t| t.rx_bytes).unwrap_or(0),
@@ -323,6 +370,11 @@ fn node_row(out: &mut String, n: &GraphNode, x: f64, ry: f64, stroke: &str) {
         .tunnel_ip
         .as_ref()
         .map_or(n.lan_ip.clone(), |t| format!("{} · {t}", n.lan_ip));
+    let name = match n.pair {
+        Some(PairState::Active) => format!("{} (active)", n.name),
+        Some(PairState::Standby) => format!("{} (standby)", n.name),
+        None => n.name.clone(),
+    };
     let _ = writeln!(
         out,
         r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" rx="4" fill="#ffffff" stroke="{stroke}" stroke-width="1"/><circle cx="{:.1}" cy="{:.1}" r="4" fill="{dot}"/><text x="{:.1}" y="{:.1}" fill="#111827">{}</text><text x="{:.1}" y="{:.1}" font-size="11" fill="#6b7280" text-anchor="end">{}</text>"##,
@@ -334,7 +386,7 @@ fn node_row(out: &mut String, n: &GraphNode, x: f64, ry: f64, stroke: &str) {
         ry + 9.0,
         x + 28.0,
         ry + 13.5,
-        esc(&n.name),
+        esc(&name),
         x + BOX_W - 14.0,
         ry + 13.0,
         esc(&ip)
@@ -520,6 +572,52 @@ mod tests {
             g.sites.iter().all(|s| s.nodes[0].role != "worker"),
             "relays first"
         );
+    }
+
+    #[test]
+    fn a_pairs_tunnels_attach_to_its_active_relay_under_the_pairs_name() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/valid/standby-pairs.yaml"
+        ))
+        .unwrap();
+        let (c, d) = validate_text(&text);
+        let plan = hybridgrid_core::reconcile::plan(
+            &c.unwrap_or_else(|| panic!("{d:?}")),
+            &Default::default(),
+        );
+        let nodes = plan
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut s = NodeStatus::of(n, true, None);
+                s.pair = n.pair.as_ref().map(|_| match n.name.ends_with("-b") {
+                    true => PairState::Active,
+                    false => PairState::Standby,
+                });
+                s
+            })
+            .collect();
+        let status = StatusReport {
+            format_version: 1,
+            cluster: "pairs".into(),
+            nodes,
+            tunnels: vec![
+                tunnel("bielefeld-gw-b", "giessen-gw", Some(5)),
+                tunnel("giessen-gw-b", "bielefeld-gw", Some(7)),
+            ],
+            reachability: vec![],
+            keys: Default::default(),
+        };
+        let g = build(&plan, Some(&status), true);
+        let t = &g.tunnels[0];
+        assert_eq!(
+            (t.a.as_str(), t.b.as_str(), t.state, t.handshake_age_s),
+            ("bielefeld-gw-b", "giessen-gw-b", TunnelState::Up, Some(7))
+        );
+        let first: Vec<&str> = g.sites.iter().map(|s| s.nodes[0].name.as_str()).collect();
+        assert_eq!(first, ["bielefeld-gw-b", "giessen-gw-b", "heidelberg-gw"]);
+        assert!(svg(&g).contains("giessen-gw-a (standby)"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use hybridgrid_core::plan::{Plan, Role};
 use hybridgrid_engine::PairState;
+use hybridgrid_engine::doctor::{DoctorReport, Finding};
 
 use super::{EXE, Lab, longest_gap, start_ping, wait_until};
 
@@ -142,6 +143,15 @@ fn a_pairs_standby_takes_over_within_5s_and_the_dead_relay_returns_as_standby() 
     let status = lab.status(true);
     let failed: Vec<_> = status.reachability.iter().filter(|r| !r.ok).collect();
     assert!(failed.is_empty(), "{failed:?}");
+    // doctor: both pairs can fail over (one relay active, the other in BACKUP).
+    let (_, report) = super::failures::doctor(&lab);
+    assert_eq!(
+        report.facts.pair_relays.len(),
+        4,
+        "{:#?}",
+        report.facts.pair_relays
+    );
+    assert!(pair_findings(&report).is_empty(), "{:#?}", report.findings);
     for site in ["a", "b"] {
         let mut states: Vec<PairState> = status
             .nodes
@@ -220,9 +230,29 @@ fn a_pairs_standby_takes_over_within_5s_and_the_dead_relay_returns_as_standby() 
         .join("nodes/b-gw-b/keepalived.log");
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("Entering FAULT STATE"), "{log}");
+    // While VRRP does not pass, doctor says b's pair cannot fail over (its standby stays out in
+    // FAULT, or both hold the address for a moment).
+    let (_, report) = super::failures::doctor(&lab);
+    let found = pair_findings(&report);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.subject == "b-gw-b" || f.subject == "b-gw"),
+        "{:#?}",
+        report.findings
+    );
     for relay in ["b-gw-a", "b-gw-b"] {
         lab.exec_ok(relay, &["nft", "delete", "table", "inet", "hg_test_block"]);
     }
+}
+
+/// doctor's findings about relay pairs.
+fn pair_findings(report: &DoctorReport) -> Vec<&Finding> {
+    report
+        .findings
+        .iter()
+        .filter(|f| f.kind == hybridgrid_engine::doctor::Kind::PairNotReady)
+        .collect()
 }
 
 /// Drops VRRP (IP protocol 112) coming into a relay, as a security group without it would.

@@ -16,7 +16,7 @@ pub(super) const GIESSEN_SUBNET: &str = "10.20.0.0/24";
 pub(super) const GIESSEN_GW: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
 
 /// `doctor --json`: (exit success, report).
-fn doctor(lab: &Lab) -> (bool, DoctorReport) {
+pub(super) fn doctor(lab: &Lab) -> (bool, DoctorReport) {
     let out = lab.hg(&["doctor", "-f", lab.f(), "--json"]);
     let report: DoctorReport = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
