@@ -8,6 +8,7 @@
 //! Architecture invariant: depends on core and wg only; knows no provider.
 
 pub mod cli;
+mod cut_off;
 mod error;
 mod node;
 pub mod packages;

@@ -105,10 +105,29 @@ fn pair_look(
     let healthy = crate::vrrp::healthy(&wg.name);
     let mut must_yield = false;
     if let Some(h) = heartbeat.as_mut() {
+        let keepalive = wg.peers.first().and_then(|p| p.persistent_keepalive);
+        let cut_off = healthy
+            && h.cut_off(holds, crate::cut_off::silent_for(keepalive), || {
+                let status = crate::node::wg_status(&wg.name, None).ok()?;
+                Some(
+                    status
+                        .peers
+                        .into_iter()
+                        .map(|p| (p.public_key, p.rx_bytes))
+                        .collect(),
+                )
+            });
+        must_yield = h.must_yield(holds, cut_off);
         // A relay about to give the address up says so now: its partner need not wait for
         // this word to go stale before it speaks for the pair.
-        h.say(holds && healthy);
-        must_yield = h.must_yield(holds);
+        h.say(match (holds, healthy, cut_off) {
+            (_, false, _) => crate::vrrp::Word::Unready,
+            (true, true, true) => crate::vrrp::Word::CutOff,
+            (true, true, false) => crate::vrrp::Word::Active,
+            // Staying out (FAULT) it could not take over.
+            (false, true, _) if !must_yield => crate::vrrp::Word::Ready,
+            (false, true, _) => crate::vrrp::Word::Unready,
+        });
     }
     crate::vrrp::write_health(state_dir, healthy && !must_yield)?;
     // Whether the device should have its peers changed since the last apply (keepalived's

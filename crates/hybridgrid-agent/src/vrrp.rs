@@ -303,9 +303,49 @@ pub struct Heartbeat {
     socket: UdpSocket,
     own_ip: Ipv4Addr,
     partner: SocketAddrV4,
-    /// The partner's last word: whether it holds the address, and when it said so.
-    heard: std::sync::Arc<std::sync::Mutex<Option<(bool, Instant)>>>,
+    /// What the partner said last and when, and when it last said it was cut off.
+    heard: std::sync::Arc<std::sync::Mutex<Heard>>,
     yielded: Option<Instant>,
+    /// Whether this relay, while active, reaches any other site ([`crate::cut_off`]).
+    cut_off: crate::cut_off::CutOff,
+}
+
+/// What a relay tells its partner every second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Word {
+    /// It holds the address and its data path is healthy.
+    Active,
+    /// It stands by with a healthy data path: it can take over.
+    Ready,
+    /// Its data path is broken: it cannot take over.
+    Unready,
+    /// It holds the address but reaches no other site: it gives the role up if its partner is
+    /// ready.
+    CutOff,
+}
+
+impl Word {
+    fn text(self) -> &'static [u8] {
+        match self {
+            Word::Active => b"active",
+            Word::Ready => b"ready",
+            Word::Unready => b"unready",
+            Word::CutOff => b"cut-off",
+        }
+    }
+
+    fn parse(b: &[u8]) -> Option<Word> {
+        [Word::Active, Word::Ready, Word::Unready, Word::CutOff]
+            .into_iter()
+            .find(|w| w.text() == b)
+    }
+}
+
+/// The partner's words as the listening thread took them in.
+#[derive(Debug, Default, Clone, Copy)]
+struct Heard {
+    last: Option<(Word, Instant)>,
+    cut_off_at: Option<Instant>,
 }
 
 impl Heartbeat {
@@ -326,6 +366,7 @@ impl Heartbeat {
             partner: SocketAddrV4::new(pair.partner_ip, HEARTBEAT_PORT),
             heard: Default::default(),
             yielded: None,
+            cut_off: crate::cut_off::CutOff::default(),
         };
         let (heard, partner) = (heartbeat.heard.clone(), pair.partner_ip);
         let file = state_dir.join(PARTNER_HOLDS_FILE);
@@ -333,28 +374,66 @@ impl Heartbeat {
         Ok(heartbeat)
     }
 
-    /// Tells the partner whether this relay holds the address.
-    pub fn say(&self, holds: bool) {
-        let word: &[u8] = if holds { b"active" } else { b"standby" };
-        let _ = self.socket.send_to(word, self.partner);
+    /// Tells the partner where this relay stands.
+    pub fn say(&self, word: Word) {
+        let _ = self.socket.send_to(word.text(), self.partner);
+    }
+
+    fn heard(&self) -> Heard {
+        *self
+            .heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn partner_said(&self, word: Word) -> bool {
+        self.heard()
+            .last
+            .is_some_and(|(w, at)| w == word && at.elapsed() < HEARTBEAT_FRESH)
     }
 
     fn partner_holds(&self) -> bool {
-        let heard = *self
-            .heard
+        self.partner_said(Word::Active) || self.partner_said(Word::CutOff)
+    }
+
+    /// A peer answered this active relay: the partner's cut-off was its own.
+    fn forget_partner_cut_off(&self) {
+        self.heard
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        heard.is_some_and(|(active, at)| active && at.elapsed() < HEARTBEAT_FRESH)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .cut_off_at = None;
+    }
+
+    /// Whether this relay, holding the address, reaches no other site through its tunnel
+    /// ([`crate::cut_off::CutOff::look`]).
+    pub fn cut_off(
+        &mut self,
+        holds: bool,
+        silent_for: Option<Duration>,
+        read: impl FnOnce() -> Option<Vec<(String, u64)>>,
+    ) -> bool {
+        self.cut_off.look(holds, silent_for, read)
     }
 
     /// Whether this relay must stay out of the election now: both hold the address and this
-    /// one's is the higher, or it yielded less than [`YIELD_FOR`] ago and the partner still
-    /// holds it.
-    pub fn must_yield(&mut self, holds: bool) -> bool {
+    /// one's is the higher; or it is cut off, its partner is ready, and that partner did not
+    /// itself give the role up cut off (within [`crate::cut_off::REMEMBER_FOR`], and no peer was
+    /// heard since: then the outage is not the relays' own); or it yielded less than
+    /// [`YIELD_FOR`] ago and the partner still holds it.
+    pub fn must_yield(&mut self, holds: bool, cut_off: bool) -> bool {
         let partner = self.partner_holds();
         let higher = self.own_ip > *self.partner.ip();
+        if holds && self.cut_off.heard_a_peer() {
+            self.forget_partner_cut_off();
+        }
+        let partner_was_cut_off = self
+            .heard()
+            .cut_off_at
+            .is_some_and(|at| at.elapsed() < crate::cut_off::REMEMBER_FOR);
+        let hand_over = cut_off && self.partner_said(Word::Ready) && !partner_was_cut_off;
         let yielding = match (holds, partner, self.yielded) {
             (true, true, _) => higher,
+            (true, false, _) => hand_over,
             (false, true, Some(since)) => since.elapsed() < YIELD_FOR,
             _ => false,
         };
@@ -369,12 +448,13 @@ impl Heartbeat {
 
 /// The partner's words as they arrive: "holds it" noted with its time, "no longer" at once (a
 /// partner that gave the address up must not keep this relay from speaking until its word went
-/// stale). Only words from the partner's address count (port security keeps other ports from
-/// sending with it). Ends when the [`Heartbeat`] is gone (the node left its pair).
+/// stale), "cut off" remembered. Only words from the partner's address count (port security
+/// keeps other ports from sending with it). Ends when the [`Heartbeat`] is gone (the node left
+/// its pair).
 fn listen(
     socket: &UdpSocket,
     partner: Ipv4Addr,
-    heard: &std::sync::Arc<std::sync::Mutex<Option<(bool, Instant)>>>,
+    heard: &std::sync::Arc<std::sync::Mutex<Heard>>,
     file: &Path,
 ) {
     let mut buf = [0u8; 16];
@@ -390,19 +470,27 @@ fn listen(
                 continue;
             }
         };
+        let Some(word) = Word::parse(&buf[..n]) else {
+            continue;
+        };
         if from.ip() != std::net::IpAddr::V4(partner) {
             continue;
         }
-        let said_active = &buf[..n] == b"active";
-        let was_active = {
+        let holds = matches!(word, Word::Active | Word::CutOff);
+        let held = {
             let mut h = heard
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let was = h.is_some_and(|(active, _)| active);
-            *h = Some((said_active, Instant::now()));
-            was
+            let held = h
+                .last
+                .is_some_and(|(w, _)| matches!(w, Word::Active | Word::CutOff));
+            h.last = Some((word, Instant::now()));
+            if word == Word::CutOff {
+                h.cut_off_at = Some(Instant::now());
+            }
+            held
         };
-        let _ = match (said_active, was_active) {
+        let _ = match (holds, held) {
             (true, _) => write_atomic(file, format!("{}\n", unix_ms()).as_bytes(), 0o644),
             (false, true) => write_atomic(file, b"0\n", 0o644),
             (false, false) => Ok(()),

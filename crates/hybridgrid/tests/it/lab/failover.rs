@@ -259,3 +259,99 @@ fn pair_findings(report: &DoctorReport) -> Vec<&Finding> {
 const BLOCK_VRRP: &str = "nft add table inet hg_test_block && \
     nft add chain inet hg_test_block input '{ type filter hook input priority -10; }' && \
     nft add rule inet hg_test_block input ip protocol vrrp drop";
+
+/// Two sites, a pair at b, keepalives every 5 s (a relay is cut off after 12.5 s of silence).
+const CUT_OFF_CLUSTER: &str = "name: co
+admin_cidrs: [203.0.113.0/24]
+tunnel:
+  cidr: 10.0.0.0/24
+  keepalive: 5
+sites:
+  - name: a
+    master: true
+    subnet: 10.66.0.0/24
+    workers:
+      - count: 1
+  - name: b
+    subnet: 10.67.0.0/24
+    gateway:
+      standby: true
+    workers:
+      - count: 1
+";
+
+/// Drops the relay's WireGuard datagrams both ways, as a broken path out of it would.
+const BLOCK_TUNNEL: &str = "nft add table inet hg_test_cut && \
+    nft add chain inet hg_test_cut out '{ type filter hook output priority -10; }' && \
+    nft add chain inet hg_test_cut in '{ type filter hook input priority -10; }' && \
+    nft add rule inet hg_test_cut out udp dport 51820 drop && \
+    nft add rule inet hg_test_cut in udp sport 51820 drop";
+
+/// b's relay that holds its virtual address now, if exactly one does.
+fn b_holder(lab: &Lab) -> Option<String> {
+    let held: Vec<&str> = ["b-gw-a", "b-gw-b"]
+        .into_iter()
+        .filter(|r| {
+            let out = lab.exec(r, &["ip", "-o", "-4", "addr", "show"]);
+            String::from_utf8_lossy(&out.stdout).contains("inet 10.67.0.252/")
+        })
+        .collect();
+    (held.len() == 1).then(|| held[0].to_owned())
+}
+
+/// b's holders, sampled every half second for `seconds` (the distinct ones in turn).
+fn b_holders_over(lab: &Lab, seconds: u64) -> Vec<String> {
+    let end = std::time::Instant::now() + Duration::from_secs(seconds);
+    let mut seen: Vec<String> = Vec::new();
+    while std::time::Instant::now() < end {
+        if let Some(h) = b_holder(lab)
+            && seen.last() != Some(&h)
+        {
+            seen.push(h);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    seen
+}
+
+#[test]
+fn a_relay_cut_off_from_every_site_hands_over_but_a_remote_outage_switches_once_at_most() {
+    let Some(lab) = Lab::with_text(CUT_OFF_CLUSTER, "co") else {
+        return;
+    };
+    lab.up();
+    wait_until("one active relay at b", Duration::from_secs(20), || {
+        b_holder(&lab).is_some()
+    });
+    let first = b_holder(&lab).unwrap();
+
+    // a's relay (the master) stops answering: b's active relay hears no peer. It hands the
+    // role over once; its partner, cut off too, keeps it (the outage is not the pair's).
+    lab.exec_ok("a-master", &["sh", "-c", BLOCK_TUNNEL]);
+    let turns = b_holders_over(&lab, 50);
+    eprintln!("b's holders while a was cut off: {turns:?}");
+    assert_eq!(turns.len(), 2, "one switch, no flap: {turns:?}");
+    assert_eq!(turns[0], first, "{turns:?}");
+    lab.exec_ok(
+        "a-master",
+        &["nft", "delete", "table", "inet", "hg_test_cut"],
+    );
+    let second = turns[1].clone();
+
+    // The first relay is ready again (out of its 30 s), and the active one hears a again.
+    std::thread::sleep(Duration::from_secs(20));
+    // Now b's active relay's own path breaks: its partner takes over, the ping returns.
+    let ping = start_ping(&lab, "a-worker-1", "10.67.0.6", 40);
+    std::thread::sleep(Duration::from_secs(2));
+    lab.exec_ok(&second, &["sh", "-c", BLOCK_TUNNEL]);
+    let gap = gap_of(ping, 40.0);
+    eprintln!("b: {second} cut off, longest ping gap {gap:.2}s");
+    assert_eq!(
+        b_holder(&lab).as_deref(),
+        Some(first.as_str()),
+        "{second} kept the role"
+    );
+    // 12.5 s of silence, the next 5 s reading, the takeover.
+    assert!(gap <= 25.0, "{second} cut off: a gap of {gap:.2}s");
+    lab.exec_ok(&second, &["nft", "delete", "table", "inet", "hg_test_cut"]);
+}
