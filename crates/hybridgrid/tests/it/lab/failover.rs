@@ -351,7 +351,8 @@ fn a_relay_cut_off_from_every_site_hands_over_but_a_remote_outage_switches_once_
         Some(first.as_str()),
         "{second} kept the role"
     );
-    // 12.5 s of silence, the next 5 s reading, the takeover.
-    assert!(gap <= 25.0, "{second} cut off: a gap of {gap:.2}s");
+    // 12.5 s of silence, the next 5 s reading, the takeover (22.6 s measured; room for a
+    // loaded machine).
+    assert!(gap <= 30.0, "{second} cut off: a gap of {gap:.2}s");
     lab.exec_ok(&second, &["nft", "delete", "table", "inet", "hg_test_cut"]);
 }
