@@ -407,10 +407,18 @@ impl OpenStack {
         partial: &mut Vec<(Change, String)>,
         sink: Sink<'_>,
     ) -> Option<OsError> {
-        sink(Event::Failed {
-            summary: c.summary(),
-            error: hybridgrid_core::error_chain(&e),
-        });
+        // A node that does not answer SSH yet is booting (or unreachable: the round after the
+        // wait for it says which), not a failure to print.
+        match (c, not_answering_yet(&e)) {
+            (Change::ConfigureNode { node, .. }, true) => sink(Event::Note(format!(
+                "{node} does not answer over SSH yet ({}): configured once it does",
+                hybridgrid_core::error_chain(&e)
+            ))),
+            _ => sink(Event::Failed {
+                summary: c.summary(),
+                error: hybridgrid_core::error_chain(&e),
+            }),
+        }
         if matches!(e, OsError::PackageInstall { .. }) {
             return Some(e);
         }
@@ -806,6 +814,22 @@ fn unreachable_help(e: &OsError, admin_cidrs: &[ipnet::Ipv4Net]) -> String {
     }
 }
 
+/// Whether the channel's error is a node that does not take SSH connections (yet): no route,
+/// refused, timed out, or closed before the key exchange (sshd starting).
+fn not_answering_yet(e: &OsError) -> bool {
+    let OsError::Channel { detail, .. } = e else {
+        return false;
+    };
+    [
+        "No route to host",
+        "Connection refused",
+        "Connection timed out",
+        "kex_exchange_identification",
+    ]
+    .iter()
+    .any(|p| detail.contains(p))
+}
+
 /// Whether `c` configures a node of `role`.
 fn configures_role(plan: &Plan, c: &Change, role: Role) -> bool {
     matches!(c, Change::ConfigureNode { node, .. } if plan.node(node).is_some_and(|n| n.role == role))
@@ -816,5 +840,34 @@ fn c_target(os: &OpenStack, plan: &Plan, c: &Change) -> Option<crate::channel::T
     match c {
         Change::ConfigureNode { node, .. } => os.target(plan, node),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel_error(detail: &str) -> OsError {
+        OsError::Channel {
+            node: "c-gw-a".into(),
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn regression_a_booting_node_is_not_printed_as_failed() {
+        for booting in [
+            "ssh: connect to host 203.0.113.48 port 22: No route to host",
+            "ssh: connect to host 203.0.113.48 port 22: Connection refused",
+            "kex_exchange_identification: Connection closed by remote host",
+        ] {
+            assert!(not_answering_yet(&channel_error(booting)), "{booting}");
+        }
+        for failed in [
+            "debian@203.0.113.48: Permission denied (publickey).",
+            "the agent's report is not valid: EOF",
+        ] {
+            assert!(!not_answering_yet(&channel_error(failed)), "{failed}");
+        }
     }
 }
