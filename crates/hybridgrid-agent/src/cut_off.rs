@@ -129,8 +129,10 @@ mod tests {
         assert_eq!(silent_for(Some(0)), None);
         assert_eq!(silent_for(None), None);
         assert_eq!(silent_for(Some(25)), Some(Duration::from_millis(62_500)));
-        let mut c = CutOff::default();
-        c.cut_off = true;
+        let mut c = CutOff {
+            cut_off: true,
+            ..CutOff::default()
+        };
         assert!(!c.look(false, silent_for(Some(25)), || None));
         assert!(c.heard.is_empty() && c.checked.is_none());
     }

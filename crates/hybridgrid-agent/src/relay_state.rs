@@ -46,13 +46,14 @@ pub fn state_changed(
     Ok(())
 }
 
-/// The state folder's log of VRRP's changes (keepalived discards the program's output).
-pub const LOG_FILE: &str = "relay-state.log";
-
-/// A line in the state folder's [`LOG_FILE`].
+/// A line in the state folder's [`crate::vrrp::RELAY_STATE_LOG`] (keepalived discards the
+/// program's output).
 fn log_line(state_dir: &Path, line: &str) {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    sys::append_line(&state_dir.join(LOG_FILE), &format!("{stamp:.3} {line}"));
+    sys::append_line(
+        &state_dir.join(crate::vrrp::RELAY_STATE_LOG),
+        &format!("{stamp:.3} {line}"),
+    );
 }

@@ -24,6 +24,8 @@ const CONF_FILE: &str = "keepalived.conf";
 const PID_FILE: &str = "keepalived.pid";
 const VRRP_PID_FILE: &str = "keepalived-vrrp.pid";
 const LOG_FILE: &str = "keepalived.log";
+/// The log of keepalived's state changes `agent relay-state` keeps.
+pub const RELAY_STATE_LOG: &str = "relay-state.log";
 
 /// keepalived runs with this relay's configuration; a changed configuration is reloaded
 /// (SIGHUP: VRRP keeps its state). The health file exists before keepalived reads it.
@@ -181,7 +183,7 @@ pub fn active(pair: &RelayPair) -> bool {
 /// `FAULT`), `None` when keepalived does not run.
 pub fn state_word(state_dir: &Path) -> Option<String> {
     running(state_dir)?;
-    let log = std::fs::read_to_string(state_dir.join(crate::relay_state::LOG_FILE)).ok();
+    let log = std::fs::read_to_string(state_dir.join(RELAY_STATE_LOG)).ok();
     // `<stamp> INSTANCE <name> <STATE> <priority> → …`
     let word = log
         .as_deref()

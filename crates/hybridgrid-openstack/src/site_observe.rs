@@ -137,16 +137,21 @@ impl SiteOps {
     }
 
     /// The floating IPs allocated for `names` (by description) and on no port: reserved for
-    /// them.
+    /// them. One listing of the project's floating IPs.
     async fn unattached_fips(
         &self,
         names: impl Iterator<Item = &String>,
     ) -> Result<BTreeMap<String, Ipv4Addr>> {
+        let all = self.project_fips().await?;
         let mut out = BTreeMap::new();
         for name in names {
-            for f in self.fips_named(name).await? {
+            let description = self.fip_name(name);
+            for f in all
+                .iter()
+                .filter(|f| f["description"].as_str() == Some(description.as_str()))
+            {
                 if f["port_id"].is_null()
-                    && let Ok(ip) = self.fip_address(name, &f)
+                    && let Ok(ip) = self.fip_address(name, f)
                 {
                     out.insert(name.clone(), ip);
                 }

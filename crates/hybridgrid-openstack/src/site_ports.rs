@@ -77,18 +77,24 @@ impl SiteOps {
         Ok((need_id(&p, NET, &format!("port {name}"))?, true))
     }
 
-    /// The project's floating IPs named (by description) for this node.
-    pub async fn fips_named(&self, node: &str) -> Result<Vec<Value>> {
-        let name = self.fip_name(node);
-        let l = self
-            .cloud
+    /// The project's floating IPs.
+    pub async fn project_fips(&self) -> Result<Vec<Value>> {
+        self.cloud
             .list(
                 "list floating IPs",
                 Req::get(NET, "floatingips").q("project_id", self.cloud.project_id.as_str()),
                 "floatingips",
             )
-            .await?;
-        Ok(l.into_iter()
+            .await
+    }
+
+    /// The project's floating IPs named (by description) for this node.
+    pub async fn fips_named(&self, node: &str) -> Result<Vec<Value>> {
+        let name = self.fip_name(node);
+        Ok(self
+            .project_fips()
+            .await?
+            .into_iter()
             .filter(|f| f["description"].as_str() == Some(name.as_str()))
             .collect())
     }
