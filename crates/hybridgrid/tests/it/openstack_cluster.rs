@@ -2,8 +2,9 @@
 //! bed's booting host (libvirt/QEMU): `up` of two sites, every node pings every node through
 //! `exec`, the relays shake hands, Slurm has every worker idle and runs `srun` per site, a job
 //! submitted for a dataset runs at the dataset's site and its output reaches the master's results
-//! store, `status` reports it all; a third site is added and removed again with `up`; `down`
-//! leaves nothing an API query finds.
+//! store, `status` reports it all; a third site is added with `up` — a relay pair, whose active
+//! relay's server is deleted (the standby takes over within seconds, `up` brings the server back
+//! as the standby) — and removed again; `down` leaves nothing an API query finds.
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)] // a test: its timings go to the log
 
