@@ -4,10 +4,10 @@
 //! (its own path out is broken: a port, a route, the cloud's edge) — or every other site is
 //! down. It cannot tell which, and its standby (no peers: it speaks for nobody) cannot test the
 //! tunnel either; so the partner's judgement is its own history: a relay that took the role
-//! over from a cut-off partner and has not heard any peer since does not hand it back (the
-//! outage is not the relays' own: both saw it), for [`REMEMBER_FOR`] at most. A remote site's
-//! outage thus costs at most one switch, never a flap. Only a partner that says it is ready
-//! (healthy, not staying out) takes it over.
+//! over from a cut-off partner does not hand it back until it heard a peer itself (the outage
+//! is not the relays' own: both saw it; the memory survives a restart of the supervisor, in
+//! the state folder). A remote site's outage thus costs at most one switch, never a flap. Only
+//! a partner that says it is ready (healthy, not staying out) takes it over.
 //!
 //! The device is read every [`CHECK_EVERY`] on the active relay only (through `wg` for the
 //! kernel's device: one short process then, none in the one-second look otherwise).
@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 
 /// How often an active relay reads its device's counters.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
-/// How long a relay that took the role from a cut-off partner keeps it even when cut off itself.
-pub const REMEMBER_FOR: Duration = Duration::from_secs(600);
 
 /// How long no peer may have sent anything before the relay counts as cut off: two and a half
 /// keepalive intervals (one lost keepalive is no outage). `None` without keepalives: an idle

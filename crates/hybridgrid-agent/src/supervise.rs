@@ -88,7 +88,9 @@ enum PairLook {
 }
 
 /// A relay of a pair writes its health for keepalived every second (no process): its data path,
-/// and whether it must yield to its partner (both hold the address: VRRP between them is lost).
+/// and whether it must yield to its partner (both hold the address: VRRP between them is lost;
+/// or it is cut off from every site and its partner is ready), and tells its partner where it
+/// stands.
 fn pair_look(
     config: &NodeConfig,
     state_dir: &Path,

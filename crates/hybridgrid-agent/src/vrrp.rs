@@ -310,6 +310,7 @@ pub struct Heartbeat {
     yielded: Option<Instant>,
     /// Whether this relay, while active, reaches any other site ([`crate::cut_off`]).
     cut_off: crate::cut_off::CutOff,
+    state_dir: PathBuf,
 }
 
 /// What a relay tells its partner every second.
@@ -337,18 +338,27 @@ impl Word {
     }
 
     fn parse(b: &[u8]) -> Option<Word> {
+        // An agent from before these words said `standby` (while `up` upgrades the two).
+        if b == b"standby" {
+            return Some(Word::Ready);
+        }
         [Word::Active, Word::Ready, Word::Unready, Word::CutOff]
             .into_iter()
             .find(|w| w.text() == b)
     }
 }
 
-/// The partner's words as the listening thread took them in.
+/// The partner's words as the listening thread took them in; whether it gave the role up cut
+/// off (kept in [`PARTNER_CUT_OFF_FILE`] too, so a restarted supervisor still knows).
 #[derive(Debug, Default, Clone, Copy)]
 struct Heard {
     last: Option<(Word, Instant)>,
-    cut_off_at: Option<Instant>,
+    partner_cut_off: bool,
 }
+
+/// Where the supervisor notes that the partner gave the role up cut off (and no peer was heard
+/// since).
+const PARTNER_CUT_OFF_FILE: &str = "partner-cut-off";
 
 impl Heartbeat {
     pub fn open(pair: &RelayPair, state_dir: &Path) -> Result<Heartbeat, AgentError> {
@@ -366,13 +376,20 @@ impl Heartbeat {
             socket,
             own_ip: pair.lan_ip,
             partner: SocketAddrV4::new(pair.partner_ip, HEARTBEAT_PORT),
-            heard: Default::default(),
+            heard: std::sync::Arc::new(std::sync::Mutex::new(Heard {
+                last: None,
+                partner_cut_off: state_dir.join(PARTNER_CUT_OFF_FILE).exists(),
+            })),
             yielded: None,
             cut_off: crate::cut_off::CutOff::default(),
+            state_dir: state_dir.to_owned(),
         };
         let (heard, partner) = (heartbeat.heard.clone(), pair.partner_ip);
-        let file = state_dir.join(PARTNER_HOLDS_FILE);
-        std::thread::spawn(move || listen(&listener, partner, &heard, &file));
+        let files = (
+            state_dir.join(PARTNER_HOLDS_FILE),
+            state_dir.join(PARTNER_CUT_OFF_FILE),
+        );
+        std::thread::spawn(move || listen(&listener, partner, &heard, &files));
         Ok(heartbeat)
     }
 
@@ -394,16 +411,22 @@ impl Heartbeat {
             .is_some_and(|(w, at)| w == word && at.elapsed() < HEARTBEAT_FRESH)
     }
 
+    /// Whether the partner holds the address and means to keep it (a cut-off partner is giving
+    /// it up: it is no rival in a split brain).
     fn partner_holds(&self) -> bool {
-        self.partner_said(Word::Active) || self.partner_said(Word::CutOff)
+        self.partner_said(Word::Active)
     }
 
     /// A peer answered this active relay: the partner's cut-off was its own.
     fn forget_partner_cut_off(&self) {
-        self.heard
+        let mut heard = self
+            .heard
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .cut_off_at = None;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if heard.partner_cut_off {
+            heard.partner_cut_off = false;
+            let _ = std::fs::remove_file(self.state_dir.join(PARTNER_CUT_OFF_FILE));
+        }
     }
 
     /// Whether this relay, holding the address, reaches no other site through its tunnel
@@ -419,24 +442,23 @@ impl Heartbeat {
 
     /// Whether this relay must stay out of the election now: both hold the address and this
     /// one's is the higher; or it is cut off, its partner is ready, and that partner did not
-    /// itself give the role up cut off (within [`crate::cut_off::REMEMBER_FOR`], and no peer was
-    /// heard since: then the outage is not the relays' own); or it yielded less than
-    /// [`YIELD_FOR`] ago and the partner still holds it.
+    /// itself give the role up cut off with no peer heard since (then the outage is not the
+    /// relays' own); or it yielded less than [`YIELD_FOR`] ago and the partner holds the address
+    /// (or has had no time to say so yet).
     pub fn must_yield(&mut self, holds: bool, cut_off: bool) -> bool {
         let partner = self.partner_holds();
         let higher = self.own_ip > *self.partner.ip();
         if holds && self.cut_off.heard_a_peer() {
             self.forget_partner_cut_off();
         }
-        let partner_was_cut_off = self
-            .heard()
-            .cut_off_at
-            .is_some_and(|at| at.elapsed() < crate::cut_off::REMEMBER_FOR);
+        let partner_was_cut_off = self.heard().partner_cut_off;
         let hand_over = cut_off && self.partner_said(Word::Ready) && !partner_was_cut_off;
         let yielding = match (holds, partner, self.yielded) {
             (true, true, _) => higher,
             (true, false, _) => hand_over,
-            (false, true, Some(since)) => since.elapsed() < YIELD_FOR,
+            (false, partner, Some(since)) => {
+                since.elapsed() < YIELD_FOR && (partner || since.elapsed() < 2 * HEARTBEAT_FRESH)
+            }
             _ => false,
         };
         match (yielding, self.yielded) {
@@ -457,7 +479,7 @@ fn listen(
     socket: &UdpSocket,
     partner: Ipv4Addr,
     heard: &std::sync::Arc<std::sync::Mutex<Heard>>,
-    file: &Path,
+    (file, cut_off_file): &(PathBuf, PathBuf),
 ) {
     let mut buf = [0u8; 16];
     while std::sync::Arc::strong_count(heard) > 1 {
@@ -478,17 +500,17 @@ fn listen(
         if from.ip() != std::net::IpAddr::V4(partner) {
             continue;
         }
-        let holds = matches!(word, Word::Active | Word::CutOff);
+        // A cut-off partner is giving the address up: this relay may speak once it holds it.
+        let holds = word == Word::Active;
         let held = {
             let mut h = heard
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let held = h
-                .last
-                .is_some_and(|(w, _)| matches!(w, Word::Active | Word::CutOff));
+            let held = h.last.is_some_and(|(w, _)| w == Word::Active);
             h.last = Some((word, Instant::now()));
-            if word == Word::CutOff {
-                h.cut_off_at = Some(Instant::now());
+            if word == Word::CutOff && !h.partner_cut_off {
+                h.partner_cut_off = true;
+                let _ = write_atomic(cut_off_file, b"1\n", 0o644);
             }
             held
         };

@@ -155,9 +155,13 @@ impl NodePlan {
         self.pair.as_ref().map_or(&self.name, |p| &p.identity)
     }
 
-    /// Where this machine reaches the relay itself: its own public IP, else its public IP.
+    /// Where this machine reaches the relay itself: a pair's relay at its own public IP only
+    /// (the pair's reaches whichever relay is active), any other at its public IP.
     pub fn reach_ip(&self) -> Option<Ipv4Addr> {
-        self.own_public_ip.or(self.public_ip)
+        match self.pair {
+            Some(_) => self.own_public_ip,
+            None => self.public_ip,
+        }
     }
 }
 

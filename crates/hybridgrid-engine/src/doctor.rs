@@ -718,6 +718,23 @@ mod tests {
     }
 
     #[test]
+    fn a_pair_whose_relays_both_stand_by_has_no_way_out() {
+        let mut f = healthy();
+        f.pair_relays = vec![
+            pair_relay("giessen-gw-a", false, Some("BACKUP")),
+            pair_relay("giessen-gw-b", false, Some("BACKUP")),
+        ];
+        let found = diagnose(&f);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].subject, "giessen-gw");
+        assert!(
+            found[0].message.contains("no relay of pair"),
+            "{}",
+            found[0].message
+        );
+    }
+
+    #[test]
     fn both_relays_holding_the_address_names_vrrp() {
         let mut f = healthy();
         f.pair_relays = vec![

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use hybridgrid_core::diff::{ObservedNode, ObservedSite};
 use hybridgrid_core::observed::{FlavorSize, ObservedVirtualAddress};
-use hybridgrid_core::plan::Plan;
+use hybridgrid_core::plan::{Plan, Role};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
@@ -82,16 +82,19 @@ impl SiteOps {
             .filter(|n| n.site == self.site.name && n.is_relay())
             .map(|n| n.name.clone())
             .collect();
-        let identity = plan
+        let planned = plan
             .site(&self.site.name)
             .and_then(|s| s.pair.as_ref())
             .map(|p| p.identity.clone());
+        // A pair goes by the site's gateway name: a virtual address left from a pair the file
+        // no longer has is found too (and removed).
+        let identity = hybridgrid_core::plan::relay_name(&self.site.name, Role::Gateway);
         let group_names = self.group_names(plan);
         // Independent lookups, concurrently.
         let ((ids, network_ready), groups, unattached, servers, flavors) = tokio::try_join!(
             self.network_state(),
             self.security_groups(&group_names),
-            self.unattached_fips(relays.iter().chain(identity.as_ref())),
+            self.unattached_fips(relays.iter().chain(planned.as_ref())),
             self.servers(false),
             self.flavor_sizes()
         )?;
@@ -116,10 +119,8 @@ impl SiteOps {
         let Some(ids) = ids else {
             return Ok((site, nodes, unattached));
         };
-        if let Some(identity) = &identity
-            && let Some(seen) = self.virtual_address(identity, &ids).await?
-        {
-            site.virtual_addresses.insert(identity.clone(), seen);
+        if let Some(seen) = self.virtual_address(&identity, &ids).await? {
+            site.virtual_addresses.insert(identity, seen);
         }
         for (node, observed, pairs, reserved) in self.observe_nodes(&ids, &servers, &relays).await?
         {

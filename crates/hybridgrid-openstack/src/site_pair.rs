@@ -67,8 +67,22 @@ impl SiteOps {
     }
 
     /// Removes the pair's virtual-address port and the floating IPs on it (a floating IP the
-    /// pair's identity still names, moved to a single gateway, is not on it any more).
+    /// pair's identity still names, moved to a single gateway, is not on it any more), and the
+    /// site's server group.
     pub async fn remove_vip_port(&self, identity: &str, net_id: &str) -> Result<()> {
+        if let Some(id) = self.find_server_group().await? {
+            self.cloud
+                .delete(
+                    "delete server group",
+                    Req::delete(NOVA, format!("os-server-groups/{id}")),
+                )
+                .await?;
+            self.ledger.forget(
+                &self.site.name,
+                Kind::ServerGroup,
+                &self.server_group_name(),
+            )?;
+        }
         if let Some(p) = self.find_vip_port(identity, net_id).await? {
             let id = need_id(&p, NET, &format!("port {}", self.vip_port_name(identity)))?;
             let fips = self

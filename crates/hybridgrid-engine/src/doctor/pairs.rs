@@ -1,5 +1,6 @@
 //! `doctor` on relay pairs (`gateway.standby`): a pair is ready to fail over when exactly one of
-//! its relays holds the virtual address and the other stands by in VRRP's BACKUP state.
+//! its relays holds the virtual address and the other stands by in VRRP's BACKUP state. The
+//! state is what `agent relay-state` last logged: after a failed apply of its it may be older.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,20 @@ impl Diagnosis<'_> {
                 .filter(|r| r.holds_address)
                 .map(|r| r.node.as_str())
                 .collect();
+            let all_stand_by = relays.len() > 1 && holders.is_empty();
+            if all_stand_by {
+                self.push(
+                    Kind::PairNotReady,
+                    pair,
+                    format!(
+                        "no relay of pair {pair} holds its virtual address: the site's \
+                         cross-site traffic has no way out"
+                    ),
+                    "Run `hybridgrid up` (it applies both relays again); `doctor` names a \
+                     relay that cannot take the role."
+                        .into(),
+                );
+            }
             if holders.len() > 1 {
                 self.push(
                     Kind::PairNotReady,
