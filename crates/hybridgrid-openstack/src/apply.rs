@@ -590,15 +590,7 @@ pub(crate) async fn remove_node(
         None => None,
     };
     if let Some(port_id) = &port_id {
-        let on_port = ops
-            .cloud
-            .list(
-                "list floating IPs",
-                Req::get(NET, "floatingips").q("port_id", port_id.as_str()),
-                "floatingips",
-            )
-            .await?;
-        delete_fips(ops, node, &on_port).await?;
+        delete_fips(ops, node, &ops.fips_on_port(port_id).await?).await?;
     }
     // An allocated floating IP never attached to the port.
     if !keep_named_fip {

@@ -385,15 +385,7 @@ impl Found {
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
         for pid in &port_ids {
-            if let Ok(l) = ops
-                .cloud
-                .list(
-                    "list floating IPs",
-                    Req::get(NET, "floatingips").q("port_id", pid.as_str()),
-                    "floatingips",
-                )
-                .await
-            {
+            if let Ok(l) = ops.fips_on_port(pid).await {
                 for v in &l {
                     self.add_listed(Kind::FloatingIp, v, "floating_ip_address");
                 }
@@ -500,15 +492,7 @@ async fn delete(ops: &SiteOps, d: &Doomed) -> Result<bool> {
         Kind::Subnet => ("delete subnet", "subnets"),
         Kind::Network => ("delete network", "networks"),
         Kind::SecurityGroup => ("delete security_group", "security-groups"),
-        Kind::ServerGroup => {
-            return ops
-                .cloud
-                .delete(
-                    "delete server group",
-                    Req::delete(NOVA, format!("os-server-groups/{}", d.id)),
-                )
-                .await;
-        }
+        Kind::ServerGroup => return ops.delete_server_group(&d.id).await,
         Kind::Keypair | Kind::RouterInterface => return Ok(false),
     };
     ops.cloud

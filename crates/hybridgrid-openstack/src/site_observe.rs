@@ -10,7 +10,7 @@ use hybridgrid_core::plan::{Plan, Role};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use crate::api::{NET, NOVA, Req, missing, need_id};
+use crate::api::{NET, NOVA, missing, need_id};
 use crate::error::Result;
 use crate::ledger::LedgerData;
 use crate::site::{FoundServer, NetIds, SiteOps, parse_net};
@@ -255,14 +255,7 @@ impl SiteOps {
         port: &Value,
     ) -> Result<(Option<Ipv4Addr>, Vec<Ipv4Net>)> {
         let port_id = need_id(port, NET, &format!("the port of {node}"))?;
-        let fips = self
-            .cloud
-            .list(
-                "list floating IPs",
-                Req::get(NET, "floatingips").q("port_id", port_id),
-                "floatingips",
-            )
-            .await?;
+        let fips = self.fips_on_port(&port_id).await?;
         let public_ip = match fips.first().filter(|f| self.tagged(f)) {
             Some(f) => Some(self.fip_address(node, f)?),
             None => None,

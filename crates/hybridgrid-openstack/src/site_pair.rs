@@ -26,13 +26,7 @@ impl SiteOps {
     }
 
     pub async fn find_vip_port(&self, identity: &str, net_id: &str) -> Result<Option<Value>> {
-        self.find_one(
-            "ports",
-            Req::get(NET, "ports")
-                .q("name", self.vip_port_name(identity))
-                .q("network_id", net_id),
-        )
-        .await
+        self.port_named(&self.vip_port_name(identity), net_id).await
     }
 
     /// The pair's virtual-address port (found by name, else made, tagged and ledgered): no
@@ -71,12 +65,7 @@ impl SiteOps {
     /// site's server group.
     pub async fn remove_vip_port(&self, identity: &str, net_id: &str) -> Result<()> {
         if let Some(id) = self.find_server_group().await? {
-            self.cloud
-                .delete(
-                    "delete server group",
-                    Req::delete(NOVA, format!("os-server-groups/{id}")),
-                )
-                .await?;
+            self.delete_server_group(&id).await?;
             self.ledger.forget(
                 &self.site.name,
                 Kind::ServerGroup,
@@ -85,14 +74,7 @@ impl SiteOps {
         }
         if let Some(p) = self.find_vip_port(identity, net_id).await? {
             let id = need_id(&p, NET, &format!("port {}", self.vip_port_name(identity)))?;
-            let fips = self
-                .cloud
-                .list(
-                    "list floating IPs",
-                    Req::get(NET, "floatingips").q("port_id", id.as_str()),
-                    "floatingips",
-                )
-                .await?;
+            let fips = self.fips_on_port(&id).await?;
             crate::apply::delete_fips(self, identity, &fips).await?;
             self.cloud
                 .delete("delete port", Req::delete(NET, format!("ports/{id}")))
@@ -123,6 +105,16 @@ impl SiteOps {
         let id = need_id(&v["server_group"], NOVA, &format!("server group {name}"))?;
         self.record(Kind::ServerGroup, &name, Some(&id), State::Created)?;
         Ok(id)
+    }
+
+    /// Deletes the server group `id` (`false`: it was gone already).
+    pub async fn delete_server_group(&self, id: &str) -> Result<bool> {
+        self.cloud
+            .delete(
+                "delete server group",
+                Req::delete(NOVA, format!("os-server-groups/{id}")),
+            )
+            .await
     }
 
     /// The id of the site's server group, if the project has it.

@@ -15,13 +15,29 @@ use crate::site::{NetIds, SiteOps, parse_net};
 
 impl SiteOps {
     pub async fn find_port(&self, node: &str, net_id: &str) -> Result<Option<Value>> {
+        self.port_named(&self.port_name(node), net_id).await
+    }
+
+    /// The port called `name` on the network `net_id`, if there is one.
+    pub async fn port_named(&self, name: &str, net_id: &str) -> Result<Option<Value>> {
         self.find_one(
             "ports",
             Req::get(NET, "ports")
-                .q("name", self.port_name(node))
+                .q("name", name)
                 .q("network_id", net_id),
         )
         .await
+    }
+
+    /// The floating IPs on the port `port_id`.
+    pub async fn fips_on_port(&self, port_id: &str) -> Result<Vec<Value>> {
+        self.cloud
+            .list(
+                "list floating IPs",
+                Req::get(NET, "floatingips").q("port_id", port_id),
+                "floatingips",
+            )
+            .await
     }
 
     /// The node's port: by server and network once the server exists, else by name.
@@ -146,13 +162,7 @@ impl SiteOps {
         let existing = if new_port {
             Vec::new()
         } else {
-            self.cloud
-                .list(
-                    "list floating IPs",
-                    Req::get(NET, "floatingips").q("port_id", port_id),
-                    "floatingips",
-                )
-                .await?
+            self.fips_on_port(port_id).await?
         };
         if let Some(f) = existing.into_iter().next() {
             self.ensure_tags("floatingips", &f).await?;
