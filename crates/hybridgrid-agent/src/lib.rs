@@ -18,7 +18,7 @@ pub mod relay_state;
 mod report;
 pub mod results;
 pub mod rotate;
-mod routes;
+pub mod routes;
 pub mod slurm;
 pub mod store_reads;
 mod supervise;
@@ -29,7 +29,7 @@ pub mod wg_impl;
 pub use error::{AgentError, error_chain};
 pub use node::{
     APPLIED_FILE, AgentReport, NODE_CONFIG_FILE, PUBLIC_KEY_FILE, WgStatus, apply,
-    interface_exists, read_applied, read_public_key, wg_status,
+    interface_exists, interface_listed, read_applied, read_public_key, wg_status,
 };
 pub use report::{NodeReport, report};
 pub use supervise::supervise;

@@ -462,10 +462,14 @@ fn no_redirects(actions: &mut Vec<String>) -> Result<(), AgentError> {
 
 /// Whether the interface exists in this network namespace (`/proc/net/dev` is per namespace).
 pub fn interface_exists(ifname: &str) -> bool {
-    std::fs::read_to_string("/proc/net/dev").is_ok_and(|t| {
-        t.lines()
-            .any(|l| l.trim_start().split(':').next() == Some(ifname))
-    })
+    std::fs::read_to_string("/proc/net/dev").is_ok_and(|t| interface_listed(&t, ifname))
+}
+
+/// Whether `/proc/net/dev`'s text lists `ifname`.
+pub fn interface_listed(dev_table: &str, ifname: &str) -> bool {
+    dev_table
+        .lines()
+        .any(|l| l.trim_start().split(':').next() == Some(ifname))
 }
 
 /// A relay clamps the TCP MSS of what it forwards to the route's MTU (table `inet hg_node`).

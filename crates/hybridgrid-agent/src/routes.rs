@@ -54,6 +54,18 @@ impl LiveRoutes {
         }
     }
 
+    /// The destinations of `/proc/net/route`'s text, the default route left out (as `ip route`
+    /// names it `default`, not a network).
+    pub fn destinations_in_proc(table: &str) -> Vec<Ipv4Net> {
+        table
+            .lines()
+            .skip(1)
+            .filter_map(ProcRoute::parse)
+            .filter(|r| r.prefix > 0)
+            .filter_map(|r| Ipv4Net::new(r.dst, r.prefix).ok())
+            .collect()
+    }
+
     /// Whether the table has a route to `destination`, whatever its next hop.
     pub fn has_destination(&self, destination: Ipv4Net) -> bool {
         match self {

@@ -406,6 +406,13 @@ pub fn defer_controller_check() {
     controller_check().restart();
 }
 
+/// Whether the daemon whose PID file is `pid_file` wrote it less than `age` ago.
+fn started_within(pid_file: &str, age: Duration) -> bool {
+    std::fs::metadata(pid_file)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|e| e < age))
+}
+
 /// `interval` less up to a fifth, chosen by this process and `n`.
 fn jittered(interval: Duration, n: u32) -> Duration {
     use std::hash::{Hash as _, Hasher as _};
@@ -479,8 +486,13 @@ fn compute(setup: &SlurmSetup, name: &str, actions: &mut Vec<String>) -> Result<
     std::fs::create_dir_all("/var/lib/slurm/slurmd").map_err(AgentError::io("/var/lib/slurm"))?;
     if let Some(pid) = pid_of(SLURMD_PID) {
         // A dynamic node is forgotten when slurmctld restarts without it in its slurm.conf
-        // (killed before it saved its state): register again. Asked rarely (`CONTROLLER_CHECK`).
-        if !controller_check().due() || controller_knows(name) != Some(false) {
+        // (killed before it saved its state): register again. Asked rarely (`ControllerCheck`),
+        // and not within `FIRST_CHECK` of slurmd's start, which another process (`up`'s
+        // apply) may have made: a thousand workers configured together asked together then.
+        if started_within(SLURMD_PID, jittered(FIRST_CHECK, 0))
+            || !controller_check().due()
+            || controller_knows(name) != Some(false)
+        {
             return Ok(());
         }
         sys::stop_processes(&[pid]);
@@ -509,14 +521,45 @@ fn compute(setup: &SlurmSetup, name: &str, actions: &mut Vec<String>) -> Result<
     if setup.boot_at_start {
         args.push("-b");
     }
-    if sys::run("slurmd", &args).is_ok() {
-        actions.push("slurmd".into());
-    } else {
-        sys::run("slurmd", &["-Z", "--conf-server", &server, "--conf", &conf])?;
-        actions.push("slurmd (dynamic node)".into());
+    match start_configless(&args) {
+        Ok(()) => actions.push("slurmd".into()),
+        Err(e) if names_unknown_node(&e) => {
+            sys::run("slurmd", &["-Z", "--conf-server", &server, "--conf", &conf])?;
+            actions.push("slurmd (dynamic node)".into());
+        }
+        Err(e) => return Err(e),
     }
     sys::wait_for("slurmd", Duration::from_secs(20), || pid_of(SLURMD_PID))?;
     Ok(())
+}
+
+/// Tries of a configless `slurmd` start: a slurmctld that a thousand starting nodes ask at
+/// once may not answer one's fetch of the configuration in time.
+const CONFIGLESS_TRIES: u32 = 3;
+
+/// `slurmd` started with its configuration fetched from slurmctld, tried again (after 1 s, 2 s)
+/// unless slurmctld does not know the node; the last try's error.
+fn start_configless(args: &[&str]) -> Result<(), AgentError> {
+    let mut tried = 1;
+    loop {
+        match sys::run("slurmd", args) {
+            Ok(_) => return Ok(()),
+            Err(e) if names_unknown_node(&e) || tried == CONFIGLESS_TRIES => return Err(e),
+            Err(_) => {
+                std::thread::sleep(Duration::from_secs(u64::from(tried)));
+                tried += 1;
+            }
+        }
+    }
+}
+
+/// Whether slurmd refused to start because the configuration it fetched has no node of this
+/// name (`fatal: Unable to determine this slurmd's NodeName`): a worker slurmctld's slurm.conf
+/// does not list joins as a dynamic node. Any other failure (slurmctld busy or unreachable) is
+/// not a reason to register as a new node: that fails with "Duplicated NodeName" for a known
+/// one and hides the real cause.
+fn names_unknown_node(e: &AgentError) -> bool {
+    e.to_string().contains("determine this slurmd's NodeName")
 }
 
 #[cfg(test)]

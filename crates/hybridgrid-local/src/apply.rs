@@ -14,36 +14,76 @@ use hybridgrid_core::plan::{NodePlan, Plan, Role, SgRule, SitePlan};
 use hybridgrid_engine::{Event, Sink};
 
 use crate::agent::{self, AgentReport};
+use crate::host::{self, NeighbourLimits, RaisedLimits};
 use crate::infra::{self, NodeSpec, Port, SiteSpec};
 use crate::ledger::{Ledger, NodeEntry, ObjState, SiteEntry};
 use crate::provider::Local;
 use crate::{LocalError, names, sh};
 
-/// Changes applied at once within a group of independent changes.
-const PARALLEL: usize = 8;
+/// How many changes of `change`'s kind are applied at once. Making a site's network waits for
+/// its data store's server, and configuring a node mostly for its daemons to start and Slurm to
+/// answer: more of those at once than there are cores. The rest computes or runs `ip`.
+fn width(change: &Change) -> usize {
+    match change {
+        Change::CreateNetwork { .. } => 16,
+        Change::ConfigureNode { .. } => 32,
+        _ => 8,
+    }
+}
+
+/// What of a site changed since it was last rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dirt {
+    /// Its ports (nodes, address pairs) or anything else: every port and node.
+    All,
+    /// Only the rules of these security groups: their members' tables.
+    Groups(BTreeSet<String>),
+}
 
 /// The sites whose port security or security groups changed since they were last rendered.
 #[derive(Default)]
-struct DirtySites(Mutex<BTreeSet<String>>);
+struct DirtySites(Mutex<BTreeMap<String, Dirt>>);
 
 impl DirtySites {
-    fn set(&self) -> MutexGuard<'_, BTreeSet<String>> {
+    fn map(&self) -> MutexGuard<'_, BTreeMap<String, Dirt>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn mark(&self, site: &str) {
-        self.set().insert(site.to_owned());
+        self.map().insert(site.to_owned(), Dirt::All);
+    }
+
+    /// Only `group`'s rules changed at `site`.
+    fn mark_group(&self, site: &str, group: &str) {
+        let mut map = self.map();
+        let dirt = map
+            .entry(site.to_owned())
+            .or_insert_with(|| Dirt::Groups(BTreeSet::new()));
+        if let Dirt::Groups(groups) = dirt {
+            groups.insert(group.to_owned());
+        }
+    }
+
+    /// What `change`, an edit of the site's ledger entry (see [`edit_of`]), leaves to render.
+    fn mark_edit(&self, change: &Change) {
+        match change {
+            Change::CreateSecurityGroup { site, group }
+            | Change::AddRule { site, group, .. }
+            | Change::RemoveRule { site, group, .. }
+            | Change::RemoveSecurityGroup { site, group } => self.mark_group(site, group),
+            other => self.mark(other.site()),
+        }
     }
 
     /// A site removed: nothing of it is left to render.
     fn forget(&self, site: &str) {
-        self.set().remove(site);
+        self.map().remove(site);
     }
 
-    fn take(&self) -> BTreeSet<String> {
-        std::mem::take(&mut *self.set())
+    fn take(&self) -> BTreeMap<String, Dirt> {
+        std::mem::take(&mut *self.map())
     }
 }
 
@@ -65,9 +105,15 @@ impl Local {
         {
             self.ensure_inet(progress)?;
         }
+        if changes
+            .iter()
+            .any(|c| matches!(c, Change::CreateNode { .. }))
+        {
+            self.ensure_neighbour_room(plan, progress)?;
+        }
         let dirty = DirtySites::default();
         let same_kind = |a: &Change, b: &Change| discriminant(a) == discriminant(b);
-        for run in changes.chunk_by(same_kind) {
+        for run in sites_by_kind(changes).chunk_by(same_kind) {
             // The sites are rendered before their nodes are configured; the services follow.
             let configure = matches!(run[0], Change::ConfigureNode { .. });
             if configure {
@@ -110,8 +156,29 @@ impl Local {
         Ok(())
     }
 
-    /// A run of changes of one kind, [`PARALLEL`] at a time. Every change of the run is tried
-    /// even when one fails; the run fails if any did.
+    /// The host's neighbour table raised to what the cluster's namespaces need (see
+    /// [`crate::host`]), recorded in the ledger before it is changed.
+    fn ensure_neighbour_room(&self, plan: &Plan, progress: Sink<'_>) -> Result<(), LocalError> {
+        let namespaces = plan.nodes.len() + 2 * plan.sites.len() + 1;
+        let now = host::read()?;
+        let Some(set) = host::raise_to(now, NeighbourLimits::needed(namespaces)) else {
+            return Ok(());
+        };
+        self.record(|l| {
+            let before = l.host_neighbour_limits.map_or(now, |r| r.before);
+            l.host_neighbour_limits = Some(RaisedLimits { before, set });
+        })?;
+        host::write(set)?;
+        progress(Event::Note(format!(
+            "the host's neighbour table (shared by every namespace) held {} entries; raised to {} \
+             for {namespaces} namespaces until `down` (net.ipv4.neigh.default.gc_thresh2/3)",
+            now.hard, set.hard
+        )));
+        Ok(())
+    }
+
+    /// A run of changes of one kind, [`width`] at a time, each reported as it ends. Every change
+    /// of the run is tried even when one fails; the run fails if any did.
     fn apply_run(
         &self,
         plan: &Plan,
@@ -119,43 +186,53 @@ impl Local {
         dirty: &DirtySites,
         progress: Sink<'_>,
     ) -> Result<(), LocalError> {
-        let mut errors = Vec::new();
-        for chunk in run.chunks(PARALLEL) {
-            errors.extend(self.apply_chunk(plan, chunk, dirty, progress));
+        if run.iter().all(|c| edit_of(c).is_some()) {
+            return self.apply_edits(run, dirty, progress);
         }
+        let outcomes = crate::par::map(run, width(&run[0]), |c| {
+            let t = Instant::now();
+            let apply = std::panic::AssertUnwindSafe(|| self.apply_one(plan, c, dirty));
+            std::panic::catch_unwind(apply)
+                .map(|outcome| report(c, outcome, t.elapsed().as_secs_f64(), progress))
+        });
+        let errors = run
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(c, outcome)| match outcome {
+                Some(Ok(result)) => result.err(),
+                Some(Err(_)) | None => Some(LocalError::ChangePanicked {
+                    change: c.summary(),
+                }),
+            })
+            .collect();
         one_error(errors)
     }
 
-    /// Each change of `chunk` on a thread of its own, its outcome reported as it is joined;
-    /// the errors.
-    fn apply_chunk(
+    /// A run of edits to what the "cloud" holds for sites, made in the ledger with one write
+    /// (thousands of rules at 50 sites: a write each was most of `up`); the next flush renders
+    /// the sites.
+    fn apply_edits(
         &self,
-        plan: &Plan,
-        chunk: &[Change],
+        run: &[Change],
         dirty: &DirtySites,
         progress: Sink<'_>,
-    ) -> Vec<LocalError> {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|c| {
-                    s.spawn(move || {
-                        let t = Instant::now();
-                        (self.apply_one(plan, c, dirty), t.elapsed().as_secs_f64())
-                    })
-                })
-                .collect();
-            chunk
-                .iter()
-                .zip(handles)
-                .filter_map(|(c, h)| match h.join() {
-                    Ok((outcome, seconds)) => report(c, outcome, seconds, progress).err(),
-                    Err(_) => Some(LocalError::ChangePanicked {
-                        change: c.summary(),
-                    }),
-                })
-                .collect()
-        })
+    ) -> Result<(), LocalError> {
+        let t = Instant::now();
+        self.record(|l| {
+            for (site, edit) in run.iter().filter_map(edit_of) {
+                if let Some(s) = l.sites.get_mut(site) {
+                    edit(s);
+                }
+            }
+        })?;
+        for change in run {
+            dirty.mark_edit(change);
+        }
+        let seconds = t.elapsed().as_secs_f64();
+        for change in run {
+            report(change, Ok(Vec::new()), seconds, progress)?;
+        }
+        Ok(())
     }
 
     /// After nodes are configured: once the WireGuard mesh is complete (every relay knows every
@@ -205,23 +282,11 @@ impl Local {
         match change {
             Change::CreateNetwork { site } => self.create_network(plan, site, dirty),
             Change::SetWan { site, wan } => self.set_wan(site, wan.as_ref()),
-            Change::CreateSecurityGroup { site, group } => self.edit_site(site, dirty, |s| {
-                s.security_groups.entry(group.clone()).or_default();
-            }),
-            Change::AddRule { site, group, rule } => self.edit_site(site, dirty, |s| {
-                let rules = s.security_groups.entry(group.clone()).or_default();
-                if !rules.iter().any(|r| r.key() == rule.key()) {
-                    rules.push(rule.clone());
-                }
-            }),
-            Change::RemoveRule { site, group, rule } => self.edit_site(site, dirty, |s| {
-                if let Some(rules) = s.security_groups.get_mut(group) {
-                    rules.retain(|r| r.key() != rule.key());
-                }
-            }),
-            Change::RemoveSecurityGroup { site, group } => self.edit_site(site, dirty, |s| {
-                s.security_groups.remove(group);
-            }),
+            Change::CreateSecurityGroup { .. }
+            | Change::AddRule { .. }
+            | Change::RemoveRule { .. }
+            | Change::RemoveSecurityGroup { .. }
+            | Change::AddAddressPairs { .. } => self.apply_edits_one(change, dirty),
             Change::CreateNode { site, node, role } => {
                 self.create_node(plan, site, node, *role, dirty)
             }
@@ -234,14 +299,6 @@ impl Local {
                 address,
             } => self.virtual_address(site, name, Some(*address)),
             Change::RemoveVirtualAddress { site, name } => self.virtual_address(site, name, None),
-            Change::AddAddressPairs { site, node, pairs } => self.edit_site(site, dirty, |s| {
-                let list = s.allowed_address_pairs.entry(node.clone()).or_default();
-                for p in pairs {
-                    if !list.contains(p) {
-                        list.push(*p);
-                    }
-                }
-            }),
             Change::ConfigureNode { node, .. } => Ok(self.configure(plan, node)?.actions),
             Change::RemoveNode { site, node } => self.remove_node(plan, site, node, dirty),
             Change::RemoveNetwork { site } => self.remove_network(site, dirty),
@@ -362,20 +419,21 @@ impl Local {
         )
     }
 
-    /// A change to what the "cloud" holds for a site (security groups, address pairs), made in
-    /// the ledger only (none for a site it does not hold): the next flush renders the site.
-    fn edit_site(
+    /// One edit of what the "cloud" holds for a site (see [`edit_of`]).
+    fn apply_edits_one(
         &self,
-        site: &str,
+        change: &Change,
         dirty: &DirtySites,
-        edit: impl FnOnce(&mut SiteEntry),
     ) -> Result<Vec<String>, LocalError> {
+        let Some((site, edit)) = edit_of(change) else {
+            return Ok(Vec::new());
+        };
         self.record(|l| {
             if let Some(s) = l.sites.get_mut(site) {
                 edit(s);
             }
         })?;
-        dirty.mark(site);
+        dirty.mark_edit(change);
         Ok(Vec::new())
     }
 
@@ -432,7 +490,13 @@ impl Local {
             port: &entry.port,
             mac: &entry.mac,
         })?;
-        let pid = infra::start_holder(c, node, &dir, &self.opts.exe, self.opts.agent_period)?;
+        let machine = crate::machine::Machine {
+            netns: ns.clone(),
+            hostname: node.to_owned(),
+            state_dir: dir.clone(),
+            slurm: crate::machine::slurm_role(role),
+        };
+        let pid = infra::start_holder(&machine, &self.opts.exe, self.opts.agent_period)?;
         self.record(|l| {
             if let Some(n) = l.nodes.get_mut(node) {
                 n.state = ObjState::Ready;
@@ -573,18 +637,14 @@ impl Local {
         let results: Vec<Result<(), LocalError>> = std::thread::scope(|s| {
             let handles: Vec<_> = sites
                 .iter()
-                .filter_map(|site| {
-                    Some((
-                        site,
-                        l.sites.get(site).filter(|e| e.state == ObjState::Ready)?,
-                    ))
+                .filter_map(|(site, dirt)| {
+                    let entry = l.sites.get(site).filter(|e| e.state == ObjState::Ready)?;
+                    Some((site, dirt, entry))
                 })
-                .map(|(site, entry)| {
+                .map(|(site, dirt, entry)| {
                     let l = &l;
-                    (
-                        site,
-                        s.spawn(move || self.render_site(plan, l, site, entry)),
-                    )
+                    let render = move || self.render_site(plan, l, (site, entry), dirt);
+                    (site, s.spawn(render))
                 })
                 .collect();
             handles
@@ -598,12 +658,15 @@ impl Local {
         results.into_iter().collect()
     }
 
+    /// What `dirt` says changed at the site: its port security, and the security-group table
+    /// of each node in a changed group (with only a relays' group changed, only the relays';
+    /// at 50 sites re-rendering every node for the relays' rules cost 8 s of `up`).
     fn render_site(
         &self,
         plan: &Plan,
         l: &Ledger,
-        site: &str,
-        entry: &SiteEntry,
+        (site, entry): (&str, &SiteEntry),
+        dirt: &Dirt,
     ) -> Result<(), LocalError> {
         let nodes: Vec<(&String, &NodeEntry)> = l
             .nodes
@@ -612,7 +675,66 @@ impl Local {
                 n.site == site && n.state == ObjState::Ready && sh::netns_exists(&self.ns(name))
             })
             .collect();
-        let ports: Vec<Port> = nodes
+        if *dirt == Dirt::All {
+            self.render_ports(site, entry, &nodes)?;
+        }
+        let groups = plan
+            .site(site)
+            .map(|s| s.security_groups.as_slice())
+            .unwrap_or(&[]);
+        let changed = |g: &hybridgrid_core::plan::SecurityGroup| match dirt {
+            Dirt::All => true,
+            Dirt::Groups(names) => names.contains(&g.name),
+        };
+        for (name, _) in &nodes {
+            let member =
+                |g: &&hybridgrid_core::plan::SecurityGroup| g.members.iter().any(|m| m == *name);
+            if !groups.iter().filter(member).any(changed) {
+                continue;
+            }
+            // The rules the "cloud" holds, in the groups the plan puts this node in.
+            let rules: Vec<&SgRule> = groups
+                .iter()
+                .filter(member)
+                .filter_map(|g| entry.security_groups.get(&g.name))
+                .flatten()
+                .collect();
+            infra::render_security_groups(
+                &self.cluster.name,
+                name,
+                &rules,
+                l.stateless_security_groups,
+            )?;
+        }
+        // The data store admits what the site's nodes admit.
+        let nodes_group = format!("{}-{site}-nodes", self.cluster.name);
+        if let Dirt::Groups(names) = dirt
+            && !names.contains(&nodes_group)
+        {
+            return Ok(());
+        }
+        let store_rules: Vec<&SgRule> = groups
+            .iter()
+            .filter(|g| g.name == nodes_group)
+            .filter_map(|g| entry.security_groups.get(&g.name))
+            .flatten()
+            .collect();
+        crate::datastore::render_security_group(
+            &self.cluster.name,
+            site,
+            &store_rules,
+            l.stateless_security_groups,
+        )
+    }
+
+    /// The site switch's port security: each node's port and the data store's.
+    fn render_ports(
+        &self,
+        site: &str,
+        entry: &SiteEntry,
+        nodes: &[(&String, &NodeEntry)],
+    ) -> Result<(), LocalError> {
+        let mut ports: Vec<Port> = nodes
             .iter()
             .map(|(name, n)| Port {
                 name: n.port.clone(),
@@ -625,43 +747,12 @@ impl Local {
                     .unwrap_or_default(),
             })
             .collect();
-        let mut ports = ports;
-        let store = crate::datastore::port(&self.cluster.name, site, entry.subnet);
-        ports.extend(store);
-        infra::render_port_security(&self.cluster.name, site, &ports)?;
-        let groups = plan
-            .site(site)
-            .map(|s| s.security_groups.as_slice())
-            .unwrap_or(&[]);
-        for (name, _) in &nodes {
-            // The rules the "cloud" holds, in the groups the plan puts this node in.
-            let rules: Vec<&SgRule> = groups
-                .iter()
-                .filter(|g| g.members.iter().any(|m| m == *name))
-                .filter_map(|g| entry.security_groups.get(&g.name))
-                .flatten()
-                .collect();
-            infra::render_security_groups(
-                &self.cluster.name,
-                name,
-                &rules,
-                l.stateless_security_groups,
-            )?;
-        }
-        // The data store admits what the site's nodes admit.
-        let store_rules: Vec<&SgRule> = groups
-            .iter()
-            .filter(|g| g.name == format!("{}-{site}-nodes", self.cluster.name))
-            .filter_map(|g| entry.security_groups.get(&g.name))
-            .flatten()
-            .collect();
-        crate::datastore::render_security_group(
+        ports.extend(crate::datastore::port(
             &self.cluster.name,
             site,
-            &store_rules,
-            l.stateless_security_groups,
-        )?;
-        Ok(())
+            entry.subnet,
+        ));
+        infra::render_port_security(&self.cluster.name, site, &ports)
     }
 
     /// Runs the agent on the node with the node's part of the plan.
@@ -747,6 +838,63 @@ impl Local {
             source,
         })
     }
+}
+
+/// `changes` with the leading section of each site's network, WAN, security groups and rules
+/// (the core puts it first, site after site) regrouped by kind, so that every site's network is
+/// made at once and all rules are one ledger write. Within a kind, and within a site, the order
+/// stays: nothing comes before what it needs.
+fn sites_by_kind(changes: &[Change]) -> Vec<Change> {
+    let stage = |c: &Change| match c {
+        Change::CreateNetwork { .. } => Some(0),
+        Change::SetWan { .. } => Some(1),
+        Change::CreateSecurityGroup { .. } => Some(2),
+        Change::AddRule { .. } => Some(3),
+        _ => None,
+    };
+    let lead = changes.iter().take_while(|c| stage(c).is_some()).count();
+    let mut out = changes[..lead].to_vec();
+    out.sort_by_key(stage);
+    out.extend_from_slice(&changes[lead..]);
+    out
+}
+
+/// An edit of a site's ledger entry to apply.
+type SiteEdit<'c> = Box<dyn FnOnce(&mut SiteEntry) + 'c>;
+
+/// A change to what the "cloud" holds for a site (security groups, rules, address pairs): the
+/// site and the edit of its ledger entry (none for a site the ledger does not hold), which the
+/// next flush renders; `None` for a change that makes something.
+fn edit_of(change: &Change) -> Option<(&str, SiteEdit<'_>)> {
+    let edit: SiteEdit<'_> = match change {
+        Change::CreateSecurityGroup { group, .. } => Box::new(move |s| {
+            s.security_groups.entry(group.clone()).or_default();
+        }),
+        Change::AddRule { group, rule, .. } => Box::new(move |s| {
+            let rules = s.security_groups.entry(group.clone()).or_default();
+            if !rules.iter().any(|r| r.key() == rule.key()) {
+                rules.push(rule.clone());
+            }
+        }),
+        Change::RemoveRule { group, rule, .. } => Box::new(move |s| {
+            if let Some(rules) = s.security_groups.get_mut(group) {
+                rules.retain(|r| r.key() != rule.key());
+            }
+        }),
+        Change::RemoveSecurityGroup { group, .. } => Box::new(move |s| {
+            s.security_groups.remove(group);
+        }),
+        Change::AddAddressPairs { node, pairs, .. } => Box::new(move |s| {
+            let list = s.allowed_address_pairs.entry(node.clone()).or_default();
+            for p in pairs {
+                if !list.contains(p) {
+                    list.push(*p);
+                }
+            }
+        }),
+        _ => return None,
+    };
+    Some((change.site(), edit))
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), LocalError> {

@@ -62,6 +62,11 @@ impl Local {
         let stray = tagged_processes(&names::prefix(&self.cluster.name));
         infra::stop_processes(&stray);
         infra::stop_processes(&crate::datastore::servers_anywhere(self.cluster_dir()));
+        if let Some(raised) = l.host_neighbour_limits {
+            report
+                .deleted
+                .extend(self.restore_neighbour_limits(raised)?);
+        }
         if self.cluster_dir().exists() {
             std::fs::remove_dir_all(self.cluster_dir())
                 .map_err(LocalError::io(&self.cluster_dir()))?;
@@ -72,6 +77,28 @@ impl Local {
 }
 
 impl Local {
+    /// The host's neighbour-table limits as they were before `up` raised them, unless another
+    /// local cluster runs (it may need them) or they were changed since; what was put back.
+    fn restore_neighbour_limits(
+        &self,
+        raised: crate::host::RaisedLimits,
+    ) -> Result<Option<String>, LocalError> {
+        let others = std::fs::read_dir(OWNERS_DIR)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_str() != Some(self.cluster.name.as_str()))
+            })
+            .unwrap_or(false);
+        if others || crate::host::read()? != raised.set {
+            return Ok(None);
+        }
+        crate::host::write(raised.before)?;
+        Ok(Some(format!(
+            "host neighbour-table limit {} (back to {})",
+            raised.set.hard, raised.before.hard
+        )))
+    }
+
     /// `down` with no ledger here: the owner record may name the state directory `up` used;
     /// without one, live namespaces are an error that names both ways out.
     fn down_elsewhere(&self, progress: Sink<'_>) -> Result<DownReport, LocalError> {

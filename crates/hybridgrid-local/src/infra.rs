@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hybridgrid_core::plan::SgRule;
+use hybridgrid_core::plan::{SgRule, SlurmRole};
 use ipnet::Ipv4Net;
 
 use crate::LocalError;
@@ -243,49 +243,37 @@ pub fn create_node_net(n: &NodeSpec<'_>) -> Result<(), LocalError> {
     )
 }
 
-/// Starts the process that holds the node's UTS and mount namespaces (inside its network
-/// namespace): hostname, private `/run/wireguard`, `/etc/hosts` bound from the node's state. It
-/// is also the node's supervisor (`agent::supervise`, every `supervise`; zero: none).
-/// Returns its PID once it holds them.
+/// Starts the process that holds the node's machine (`crate::machine`: its network namespace
+/// entered, mount and UTS namespaces of its own, hostname, private `/run/wireguard`,
+/// `/etc/hosts` bound from the node's state, a Slurm node's folders). It is also the node's
+/// supervisor (`agent::supervise`, every `supervise`; zero: none). Returns its PID once it
+/// holds the machine.
 pub fn start_holder(
-    cluster: &str,
-    node: &str,
-    state_dir: &Path,
+    machine: &crate::machine::Machine,
     exe: &Path,
     supervise: Duration,
 ) -> Result<u32, LocalError> {
     use std::os::unix::process::CommandExt as _;
-    let ns = names::ns_node(cluster, node);
+    let state_dir = &machine.state_dir;
     let hosts = state_dir.join("hosts");
     if !hosts.exists() {
         std::fs::write(&hosts, "127.0.0.1 localhost\n").map_err(LocalError::io(&hosts))?;
     }
-    let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
-    let script = format!(
-        "set -e; hostname {node}; mkdir -p /run/wireguard; mount -t tmpfs -o mode=0700 hg-wg /run/wireguard; \
-         mount --bind {hosts} /etc/hosts; exec {exe} hold --tag {ns} --state-dir {dir} --period {period}",
-        hosts = q(&hosts),
-        exe = q(exe),
-        dir = q(state_dir),
-        period = supervise.as_secs(),
-    );
+    let ready = state_dir.join(crate::machine::READY_FILE);
+    let _ = std::fs::remove_file(&ready);
     let log =
         std::fs::File::create(state_dir.join("holder.log")).map_err(LocalError::io(state_dir))?;
     let log2 = log.try_clone().map_err(LocalError::io(state_dir))?;
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "unshare",
-            "--mount",
-            "--uts",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-        ])
+    let role = match machine.slurm {
+        SlurmRole::Controller => "controller",
+        SlurmRole::Compute => "compute",
+        SlurmRole::None => "none",
+    };
+    let child = Command::new(exe)
+        .args(["hold", "--tag", &machine.netns, "--state-dir"])
+        .arg(state_dir)
+        .args(["--period", &supervise.as_secs().to_string()])
+        .args(["--hostname", &machine.hostname, "--slurm", role])
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -293,11 +281,11 @@ pub fn start_holder(
         .process_group(0)
         .spawn()
         .map_err(|e| LocalError::Command {
-            command: format!("ip netns exec {ns} unshare ..."),
+            command: format!("{} hold --tag {}", exe.display(), machine.netns),
             detail: e.to_string(),
         })?;
     let pid = child.id();
-    // `ip netns exec`, `unshare` and `sh -c ... exec` all exec in place: the PID stays the same.
+    let node = &machine.hostname;
     wait_for(
         &format!("the holder of {node}"),
         Duration::from_secs(10),
@@ -311,7 +299,8 @@ pub fn start_holder(
                         .to_owned(),
                 }));
             }
-            cmdline(pid).contains(" hold ").then_some(Ok(()))
+            let said = std::fs::read_to_string(&ready).ok()?;
+            (said.trim() == pid.to_string()).then_some(Ok(()))
         },
     )??;
     drop(child);

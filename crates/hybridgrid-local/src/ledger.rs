@@ -34,6 +34,9 @@ pub struct Ledger {
     pub inet: Option<ObjState>,
     pub sites: BTreeMap<String, SiteEntry>,
     pub nodes: BTreeMap<String, NodeEntry>,
+    /// The host's neighbour-table limits `up` raised for the cluster, and what they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_neighbour_limits: Option<crate::host::RaisedLimits>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +83,7 @@ impl Ledger {
             inet: None,
             sites: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            host_neighbour_limits: None,
         }
     }
 
@@ -88,9 +92,10 @@ impl Ledger {
         Ok(state::load(path, LEDGER_FORMAT_VERSION)?)
     }
 
-    /// Replaced atomically, mode 0600 (it names every resource of the cluster).
-    pub fn save(&self, path: &Path) -> Result<(), LocalError> {
-        Ok(state::save(path, self, state::PRIVATE)?)
+    /// The text written to `path`: replaced atomically, mode 0600 (it names every resource of
+    /// the cluster), by `Local::record`.
+    pub fn encode(&self, path: &Path) -> Result<Vec<u8>, LocalError> {
+        Ok(state::encode(path, self)?)
     }
 
     pub fn record_namespace(&mut self, ns: &str) {
@@ -134,7 +139,7 @@ mod tests {
         let path = dir.join("ledger.json");
         let mut l = Ledger::new("demo");
         l.record_namespace("hg-demo-inet");
-        l.save(&path).unwrap();
+        write_atomic(&path, &l.encode(&path).unwrap(), state::PRIVATE).unwrap();
         assert_eq!(Ledger::load(&path).unwrap(), Some(l));
         std::fs::write(&path, r#"{"format_version":2}"#).unwrap();
         assert!(Ledger::load(&path).is_err());

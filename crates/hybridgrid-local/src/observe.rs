@@ -144,12 +144,16 @@ impl Local {
 
     /// Rules, devices and routes of every running node, read concurrently.
     fn read_nodes<'a>(&self, holders: &BTreeMap<&'a str, u32>) -> BTreeMap<&'a str, NodeLive> {
-        let names: Vec<&'a str> = holders.keys().copied().collect();
-        let live = crate::par::map(&names, 32, |&node| {
+        let names: Vec<(&'a str, u32)> = holders.iter().map(|(n, p)| (*n, *p)).collect();
+        // Routes and devices are read from the holder's `/proc` (no process); only nftables and
+        // a relay's device need a program.
+        let live = crate::par::map(&names, 32, |&(node, pid)| {
             let ns = self.ns(node);
             let rules = live::nft_table(&ns, "inet", names::SG_TABLE)
                 .map(|t| (live::rule_lines(&t), t.contains("ct state")));
-            let wg_mtu = live::live_mtu(&ns, plan::WG_INTERFACE);
+            let wg_mtu = live::has_interface(pid, plan::WG_INTERFACE)
+                .then(|| live::live_mtu(&ns, plan::WG_INTERFACE))
+                .flatten();
             // A peer removed by hand is drift too (only where a device exists to ask).
             let wg_peers = wg_mtu
                 .and_then(|_| self.wg_status(node, plan::WG_INTERFACE).ok())
@@ -158,13 +162,13 @@ impl Local {
                 rules,
                 wg_mtu,
                 wg_peers,
-                routes: live::route_destinations(&ns),
+                routes: live::route_destinations_of(pid),
             }
         });
         names
             .into_iter()
             .zip(live)
-            .filter_map(|(n, l)| Some((n, l?)))
+            .filter_map(|((n, _), l)| Some((n, l?)))
             .collect()
     }
 

@@ -13,9 +13,6 @@ use crate::ledger::write_atomic;
 use crate::sh::quote_path as q;
 use crate::{Local, LocalError, sh};
 
-/// The name of the private named cgroup-v1 hierarchy slurmd is given on workers.
-const CGROUP_NAME: &str = "hybridgrid";
-
 /// Runs a shell script inside the node's namespaces (mount, UTS, network); returns stdout.
 pub fn node_sh(local: &Local, node: &str, script: &str) -> Result<String, LocalError> {
     let pid = local.exec_target(node)?.pid.to_string();
@@ -35,11 +32,11 @@ pub fn node_run(local: &Local, node: &str, args: &[&str]) -> Result<String, Loca
     sh::run("nsenter", &all)
 }
 
-/// Prepares a Slurm node's machine before its agent sets up its Slurm role: the node's private
-/// directories (bound over `/etc/munge`, `/var/lib/slurm`, `/var/log/slurm`, on the controller
-/// `/etc/slurm`; `/run/munge` and `/run/slurm` private tmpfs; on compute nodes a private named
-/// cgroup hierarchy for slurmd) and the cluster's munge key in the agent's state directory —
-/// what a cloud image and the node channel give a VM. Idempotent.
+/// Prepares a Slurm node's machine before its agent sets up its Slurm role: the cluster's munge
+/// key in the agent's state directory and the node's private folders owned as the daemons need
+/// them — what a cloud image and the node channel give a VM. The holder mounted those folders
+/// when it made the machine (`crate::machine`); a machine made before it did gets them here.
+/// Idempotent; no process once the folders are there.
 pub fn prepare_node(local: &Local, node: &str, role: SlurmRole) -> Result<(), LocalError> {
     if role == SlurmRole::None {
         return Ok(());
@@ -50,15 +47,44 @@ pub fn prepare_node(local: &Local, node: &str, role: SlurmRole) -> Result<(), Lo
     if std::fs::read(&delivered).ok().as_deref() != Some(key.as_slice()) {
         write_atomic(&delivered, &key, 0o400)?;
     }
-    let base = dir.join("slurm");
-    for sub in ["munge", "lib", "log", "etc"] {
-        let d = base.join(sub);
-        std::fs::create_dir_all(&d).map_err(LocalError::io(&d))?;
+    let [(munge, _), (lib, _), (log, _), (etc, _)] = crate::machine::slurm_dirs(&dir);
+    for d in [&munge, &lib, &log, &etc] {
+        std::fs::create_dir_all(d).map_err(LocalError::io(d))?;
     }
-    let b = |p: &str| base.join(p).display().to_string();
-    sh::run("chown", &["-R", "munge:munge", &b("munge")])?;
-    sh::run("chmod", &["0700", &b("munge")])?;
-    sh::run("chown", &["-R", "slurm:slurm", &b("lib"), &b("log")])?;
+    let own = |d: &std::path::Path, user: &str| {
+        hybridgrid_agent::sys::own(&d.display().to_string(), user).map_err(LocalError::from)
+    };
+    own(&munge, "munge")?;
+    set_mode(&munge, 0o700)?;
+    own(&lib, "slurm")?;
+    own(&log, "slurm")?;
+    let pid = local.exec_target(node)?.pid;
+    let mut needed = vec![
+        "/run/munge",
+        "/run/slurm",
+        "/etc/munge",
+        "/var/lib/slurm",
+        "/var/log/slurm",
+    ];
+    needed.push(if role == SlurmRole::Controller {
+        "/etc/slurm"
+    } else {
+        "/sys/fs/cgroup/systemd"
+    });
+    if crate::machine::mounted(pid, &needed) {
+        return Ok(());
+    }
+    node_sh(local, node, &mount_script(&dir, role)).map(drop)
+}
+
+fn set_mode(dir: &std::path::Path, mode: u32) -> Result<(), LocalError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(LocalError::io(dir))
+}
+
+/// The shell that mounts a Slurm node's folders into a machine made without them.
+fn mount_script(dir: &std::path::Path, role: SlurmRole) -> String {
     let mut script = String::from(
         "set -e\n\
          mp() { mountpoint -q \"$1\"; }\n\
@@ -66,25 +92,24 @@ pub fn prepare_node(local: &Local, node: &str, role: SlurmRole) -> Result<(), Lo
          mp /run/munge || mount -t tmpfs -o mode=0755 hg-munge /run/munge\n\
          mp /run/slurm || mount -t tmpfs -o mode=0755 hg-slurm /run/slurm\n",
     );
-    let mut bind = |src: &str, dst: &str| {
+    for (src, dst) in crate::machine::slurm_dirs(dir) {
+        if dst == "/etc/slurm" && role != SlurmRole::Controller {
+            continue;
+        }
         script.push_str(&format!(
             "mkdir -p {dst}; mp {dst} || mount --bind {} {dst}\n",
-            q(&base.join(src))
+            q(&src)
         ));
-    };
-    bind("munge", "/etc/munge");
-    bind("lib", "/var/lib/slurm");
-    bind("log", "/var/log/slurm");
-    if role == SlurmRole::Controller {
-        bind("etc", "/etc/slurm");
-    } else {
+    }
+    if role == SlurmRole::Compute {
+        let name = crate::machine::CGROUP_NAME;
         script.push_str(&format!(
             "mp /sys/fs/cgroup || mount -t tmpfs -o mode=0755 hg-cgroup /sys/fs/cgroup\n\
              mkdir -p /sys/fs/cgroup/systemd\n\
-             mp /sys/fs/cgroup/systemd || mount -t cgroup -o none,name={CGROUP_NAME} {CGROUP_NAME} /sys/fs/cgroup/systemd\n"
+             mp /sys/fs/cgroup/systemd || mount -t cgroup -o none,name={name} {name} /sys/fs/cgroup/systemd\n"
         ));
     }
-    node_sh(local, node, &script).map(drop)
+    script
 }
 
 /// Node name → state (`sinfo -N`), as the controller sees them.

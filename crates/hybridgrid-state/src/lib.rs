@@ -100,11 +100,15 @@ pub fn write_or_remove(path: &Path, data: Option<&[u8]>, mode: u32) -> Result<()
 
 /// Writes `doc` as pretty JSON with [`write_atomic`]; `doc` carries its own `format_version`.
 pub fn save<T: Serialize>(path: &Path, doc: &T, mode: u32) -> Result<(), StateError> {
-    let text = serde_json::to_vec_pretty(doc).map_err(|e| StateError::Corrupt {
+    write_atomic(path, &encode(path, doc)?, mode)
+}
+
+/// The text [`save`] writes to `path` for `doc`.
+pub fn encode<T: Serialize>(path: &Path, doc: &T) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec_pretty(doc).map_err(|e| StateError::Corrupt {
         path: path.to_owned(),
         detail: e.to_string(),
-    })?;
-    write_atomic(path, &text, mode)
+    })
 }
 
 /// Reads a versioned document: `None` if the file does not exist; an error if it does not parse,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use hybridgrid_core::plan::SlurmRole;
 
 use crate::settings::Settings;
 
@@ -61,6 +62,13 @@ pub enum NodeCommand {
         /// Seconds between the supervisor's runs; 0: no supervision.
         #[arg(long, default_value_t = 0)]
         period: u64,
+        /// The node's hostname: the holder makes the node's machine first (`--tag` names its
+        /// network namespace).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// The node's part of Slurm, whose folders the machine gets: controller, compute, none.
+        #[arg(long, default_value = "none")]
+        slurm: String,
     },
 }
 
@@ -105,7 +113,25 @@ pub fn run(cmd: NodeCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
             tag,
             state_dir,
             period,
-        } => supervise(&state_dir, &tag, period),
+            hostname,
+            slurm,
+        } => {
+            if let Some(hostname) = hostname {
+                let machine = hybridgrid_local::machine::Machine {
+                    netns: tag.clone(),
+                    hostname,
+                    state_dir: state_dir.clone(),
+                    slurm: match slurm.as_str() {
+                        "controller" => SlurmRole::Controller,
+                        "compute" => SlurmRole::Compute,
+                        _ => SlurmRole::None,
+                    },
+                };
+                hybridgrid_local::machine::enter(&machine)
+                    .with_context(|| format!("making the machine of {}", machine.hostname))?;
+            }
+            supervise(&state_dir, &tag, period)
+        }
     }
 }
 
