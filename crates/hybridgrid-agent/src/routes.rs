@@ -154,6 +154,16 @@ mod tests {
 
     #[cfg(target_endian = "little")]
     #[test]
+    fn the_destinations_are_what_ip_route_shows_without_the_default() {
+        let want: Vec<Ipv4Net> = ["10.0.0.0/24", "10.81.0.0/24", "10.82.0.0/24"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(LiveRoutes::destinations_in_proc(TABLE), want);
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
     fn planned_routes_present_are_found_and_a_deleted_one_is_not() {
         let wanted = [
             route("10.0.0.0/24", Some("10.82.0.5"), None),

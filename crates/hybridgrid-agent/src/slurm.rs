@@ -578,6 +578,22 @@ mod tests {
     }
 
     #[test]
+    fn regression_a_busy_controller_is_no_reason_to_join_as_a_new_node() {
+        let failed = |detail: &str| AgentError::Command {
+            command: "slurmd --conf-server 10.100.0.5:6817".into(),
+            detail: detail.into(),
+        };
+        assert!(names_unknown_node(&failed(
+            "slurmd: fatal: Unable to determine this slurmd's NodeName"
+        )));
+        // At 1,050 nodes the configless fetch timed out; `slurmd -Z` then failed with
+        // "Duplicated NodeName" and that was the error `up` showed.
+        assert!(!names_unknown_node(&failed(
+            "slurmd: error: fetch_config: Zero Bytes were transmitted or received"
+        )));
+    }
+
+    #[test]
     fn the_controller_is_asked_at_once_then_ever_more_rarely_and_anew_after_a_restart() {
         let mut c = ControllerCheck {
             next: None,

@@ -202,3 +202,60 @@ fn reap_children() {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_the_look_parses_a_nodes_file_only_when_it_was_replaced() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = std::env::temp_dir().join(format!("hg-watched-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.json");
+        let mut watched = Watched::new(path.clone());
+        assert!(watched.get().is_none(), "no file yet");
+        let mut config = NodeConfig {
+            hostname: "a-worker-1".into(),
+            hosts: Vec::new(),
+            ip_forward: false,
+            mss_clamp: false,
+            routes: Vec::new(),
+            wireguard: None,
+            slurm: hybridgrid_core::plan::SlurmSetup::none("10.0.0.1".parse().unwrap(), 6817),
+            store_client: false,
+            pair: None,
+        };
+        crate::sys::write_atomic(
+            &path,
+            serde_json::to_string(&config).unwrap().as_bytes(),
+            0o644,
+        )
+        .unwrap();
+        assert_eq!(
+            watched.get().map(|c| c.hostname.clone()),
+            Some(config.hostname.clone())
+        );
+        // Garbage of the same length written in place, its time set back: the look keeps what
+        // it parsed (it did not read the file again).
+        let meta = std::fs::metadata(&path).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::fs::write(&path, vec![b'x'; usize::try_from(meta.len()).unwrap()]).unwrap();
+        file.set_modified(meta.modified().unwrap()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), meta.ino());
+        assert!(watched.get().is_some(), "unchanged stamp: not parsed again");
+        config.hostname = "renamed".into();
+        crate::sys::write_atomic(
+            &path,
+            serde_json::to_string(&config).unwrap().as_bytes(),
+            0o644,
+        )
+        .unwrap();
+        assert_eq!(
+            watched.get().map(|c| c.hostname.clone()),
+            Some("renamed".into())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

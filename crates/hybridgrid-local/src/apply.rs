@@ -161,7 +161,8 @@ impl Local {
     fn ensure_neighbour_room(&self, plan: &Plan, progress: Sink<'_>) -> Result<(), LocalError> {
         let namespaces = plan.nodes.len() + 2 * plan.sites.len() + 1;
         let now = host::read()?;
-        let Some(set) = host::raise_to(now, NeighbourLimits::needed(namespaces)) else {
+        let need = NeighbourLimits::needed(plan.sites.len(), namespaces);
+        let Some(set) = host::raise_to(now, need) else {
             return Ok(());
         };
         self.record(|l| {

@@ -19,6 +19,7 @@ mod down;
 pub mod drift;
 mod error;
 pub mod host;
+mod icmp;
 pub mod infra;
 pub mod ledger;
 mod live;

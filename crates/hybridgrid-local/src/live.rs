@@ -2,6 +2,7 @@
 //! `observe` and `doctor` both look at, so they never disagree about what exists.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use hybridgrid_core::plan::{Plan, Protocol, Remote, SgRule};
 use hybridgrid_engine::doctor::MissingRule;
@@ -138,9 +139,12 @@ pub(crate) fn holds_address(ns: &str, ip: Ipv4Addr) -> bool {
 
 /// Pings from the namespace, one every 200 ms until one is answered, for at most 2 s; true if
 /// one was. A healthy path answers the first at once: `status` of 1,050 nodes sends 3,500
-/// probes, and two pings each 200 ms apart were most of its time.
-/// `df_size`: that many bytes with don't-fragment set.
+/// probes, and two pings each 200 ms apart were most of its time. Sent by this process
+/// (`crate::icmp`); with `df_size`, that many bytes with don't-fragment set, by `ping`.
 pub(crate) fn ping(ns: &str, to: Ipv4Addr, df_size: Option<u16>) -> bool {
+    if df_size.is_none() {
+        return crate::icmp::answers(ns, to, Duration::from_secs(2));
+    }
     let to = to.to_string();
     let net = sh::net_of(ns);
     let mut args = vec![
