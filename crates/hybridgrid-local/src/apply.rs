@@ -88,7 +88,8 @@ impl DirtySites {
 }
 
 impl Local {
-    /// Applies `changes` in order; runs of the same kind of change run in parallel.
+    /// Applies `changes` in order (the sites' section regrouped by kind: [`sites_by_kind`]);
+    /// runs of the same kind of change run in parallel.
     pub(crate) fn apply_changes(
         &self,
         plan: &Plan,
