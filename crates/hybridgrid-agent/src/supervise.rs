@@ -227,12 +227,11 @@ mod tests {
             store_client: false,
             pair: None,
         };
-        crate::sys::write_atomic(
-            &path,
-            serde_json::to_string(&config).unwrap().as_bytes(),
-            0o644,
-        )
-        .unwrap();
+        let replace = |config: &NodeConfig| {
+            let text = serde_json::to_string(config).unwrap();
+            crate::sys::write_atomic(&path, text.as_bytes(), 0o644).unwrap();
+        };
+        replace(&config);
         assert_eq!(
             watched.get().map(|c| c.hostname.clone()),
             Some(config.hostname.clone())
@@ -246,12 +245,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().ino(), meta.ino());
         assert!(watched.get().is_some(), "unchanged stamp: not parsed again");
         config.hostname = "renamed".into();
-        crate::sys::write_atomic(
-            &path,
-            serde_json::to_string(&config).unwrap().as_bytes(),
-            0o644,
-        )
-        .unwrap();
+        replace(&config);
         assert_eq!(
             watched.get().map(|c| c.hostname.clone()),
             Some("renamed".into())
