@@ -6,7 +6,7 @@
 # usage: scripts/bench-openstack-boot.sh BED_DIR [WORKERS_PER_SITE] [IMAGE]   (the bed up in BED_DIR)
 #   IMAGE: debian-12-generic (default: the cloud's stock image; `up` installs the node packages)
 #          or hybridgrid-node (the bed's prepared image, which has them).
-# BENCH_UP_LOG=FILE keeps up's output (each round's start time, each step's seconds).
+# BENCH_UP_LOG=FILE keeps up's output, each line with the seconds since up started.
 # Prints, per run: up's wall time; each server's create -> ACTIVE and create -> cloud-init done
 # (Nova's `created` to the "Cloud-init ... finished at" line of its console log); the ratio of up
 # to the slowest server; the bytes this machine sent over SSH (TCP to port 22 of the bed's
@@ -47,7 +47,11 @@ site() {
   site b site-b 10.72.0.0/24 false "$WORKERS"
 } >"$W/cluster.yaml"
 t0=$(date +%s.%N)
-HG up >"$W/up.log" 2>&1 || { cat "$W/up.log" >&2; exit 1; }
+# Each line of up's output with the seconds since it started.
+stamp() { python3 -uc 'import sys,time
+t=time.time()
+for l in sys.stdin: sys.stdout.write("%7.2f %s" % (time.time()-t, l))'; }
+HG up 2>&1 | stamp >"$W/up.log" || { cat "$W/up.log" >&2; exit 1; }
 t_up=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
 echo "up: ${t_up} s ($(grep -c . "$W/up.log") lines of output), image $IMAGE, $WORKERS workers per site"
 ssh_bytes=$(nft -j list counter inet "$TABLE" ssh_out | python3 -c 'import json,sys; print([o["counter"]["bytes"] for o in json.load(sys.stdin)["nftables"] if "counter" in o][0])')

@@ -49,7 +49,7 @@ async fn timed<T>(change: &Change, step: impl Future<Output = Result<T>>) -> Res
     })
 }
 
-/// Applies one site's changes. Order: (network and subnet ∥ router ∥ groups) → (router
+/// Applies one site's changes. Order: (network and subnet ∥ groups) → (router → its
 /// interface ∥ rules ∥ per new node: port with its address pairs → (server ∥ floating IP once
 /// the router interface exists)) → a relay pair's virtual address → floating IPs and pairs of
 /// nodes (and of the virtual address) that exist already → removals. Servers are not waited for here.
@@ -75,16 +75,28 @@ pub(crate) async fn apply_site(
         progress,
         started: Instant::now(),
     };
-    let (ids, router_id) = round.network_and_groups().await?;
-    let groups = round.groups().await?;
-    let created = round
-        .router_rules_and_nodes(&ids, router_id.as_deref(), &groups)
-        .await?;
-    round.virtual_address(&ids).await?;
-    round.ports_of_old_nodes(&ids).await?;
-    round.remove_nodes(&ids).await?;
+    // Made from the start, beside the network: only the floating IPs wait for it.
+    let router: SharedRouter<'_> = round.router_made().map_err(Arc::new).boxed().shared();
+    let rest = async {
+        let ids = round.network_and_groups().await?;
+        let groups = round.groups().await?;
+        let created = round
+            .router_rules_and_nodes(&ids, &groups, router.clone())
+            .await?;
+        round.virtual_address(&ids).await?;
+        round.ports_of_old_nodes(&ids).await?;
+        round.remove_nodes(&ids).await?;
+        Ok(created)
+    };
+    let (_, created) = tokio::try_join!(router.clone().map_err(OsError::Shared), rest)?;
     Ok(created)
 }
+
+/// The site's router being made (its id; `None` when the site's network is the user's), for
+/// everything that waits for it.
+type SharedRouter<'a> = futures::future::Shared<
+    futures::future::BoxFuture<'a, std::result::Result<Option<String>, Arc<OsError>>>,
+>;
 
 /// One site's round: what each step of [`apply_site`] reads.
 struct SiteRound<'a> {
@@ -131,26 +143,23 @@ impl SiteRound<'_> {
         self.ops.site.name.clone()
     }
 
-    /// Network and subnet ∥ router ∥ new groups: none needs another. Reports the groups; the
-    /// network's ids and the router's id (when hybridgrid makes the network).
-    async fn network_and_groups(&self) -> Result<(NetIds, Option<String>)> {
-        let ops = self.ops;
-        let create_net = self
-            .changes
+    /// Whether this round makes the site's network (and so its router).
+    fn creates_network(&self) -> bool {
+        self.changes
             .iter()
-            .any(|c| matches!(c, Change::CreateNetwork { .. }));
+            .any(|c| matches!(c, Change::CreateNetwork { .. }))
+    }
+
+    /// Network and subnet ∥ new groups: neither needs the other, and new nodes need both (the
+    /// router only their floating IPs: it is made beside the nodes). Reports the groups; the
+    /// network's ids.
+    async fn network_and_groups(&self) -> Result<NetIds> {
+        let ops = self.ops;
         let net = async {
-            if create_net {
+            if self.creates_network() {
                 ops.ensure_net_subnet().await
             } else {
                 ops.require_net_ids().await
-            }
-        };
-        let router = async {
-            if create_net {
-                ops.ensure_router_only().await
-            } else {
-                Ok(None)
             }
         };
         let new_groups = try_join_all(self.changes.iter().filter_map(|c| match c {
@@ -159,9 +168,9 @@ impl SiteRound<'_> {
             }
             _ => None,
         }));
-        let (ids, router_id, done) = tokio::try_join!(net, router, new_groups)?;
+        let (ids, done) = tokio::try_join!(net, new_groups)?;
         self.report(done);
-        Ok((ids, router_id))
+        Ok(ids)
     }
 
     async fn groups(&self) -> Result<Groups<'_>> {
@@ -177,17 +186,17 @@ impl SiteRound<'_> {
         })
     }
 
-    /// Router interface, rules and new nodes in parallel. A new node's floating IP waits for the
-    /// router interface only, its address pairs for its port only: both start while servers
-    /// boot.
+    /// Router and its interface, rules and new nodes in parallel. A new node's floating IP waits
+    /// for the router interface only, its address pairs for its port only: both start while
+    /// servers boot.
     async fn router_rules_and_nodes(
         &self,
         ids: &NetIds,
-        router_id: Option<&str>,
         groups: &Groups<'_>,
+        router: SharedRouter<'_>,
     ) -> Result<Created> {
         let router_ready = self
-            .router_interface(router_id, ids)
+            .router_interface(router, ids)
             .map_err(Arc::new)
             .shared();
         // The router's error, once: the nodes waiting for it only stop.
@@ -206,13 +215,21 @@ impl SiteRound<'_> {
         Ok(created)
     }
 
-    /// The router's interface on the subnet (when hybridgrid makes the network); reports the
-    /// network, which is complete with it.
-    async fn router_interface(&self, router_id: Option<&str>, ids: &NetIds) -> Result<()> {
-        let Some(router_id) = router_id else {
+    /// The router with its external gateway, when this round makes the site's network.
+    async fn router_made(&self) -> Result<Option<String>> {
+        if !self.creates_network() {
+            return Ok(None);
+        }
+        self.ops.ensure_router_only().await
+    }
+
+    /// The router's interface on the subnet, once the router is made; reports the network,
+    /// which is complete with it.
+    async fn router_interface(&self, router: SharedRouter<'_>, ids: &NetIds) -> Result<()> {
+        let Some(router_id) = router.await.map_err(OsError::Shared)? else {
             return Ok(());
         };
-        self.ops.ensure_router_interface(router_id, ids).await?;
+        self.ops.ensure_router_interface(&router_id, ids).await?;
         if let Some(c) = self
             .changes
             .iter()

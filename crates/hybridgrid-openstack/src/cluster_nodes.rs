@@ -11,9 +11,7 @@ use hybridgrid_core::diff::{Change, Observed};
 use hybridgrid_core::plan::{NodePlan, Plan, Role};
 use hybridgrid_core::wg_status::WgStatus;
 use hybridgrid_engine::status::{self, ProbePair};
-use hybridgrid_engine::{
-    Event, NodeStatus, Pending, PendingKind, Probe, Reach, Sink, StatusReport, TunnelStatus,
-};
+use hybridgrid_engine::{Event, NodeStatus, Probe, Reach, Sink, StatusReport, TunnelStatus};
 
 use crate::channel::{Channel, shell_quote};
 use crate::error::{OsError, Result};
@@ -24,9 +22,7 @@ use crate::nodes::{self, AgentBinary};
 use crate::provider::{OpenStack, lock};
 
 /// SSH sessions at once (each is an `ssh` process on the user's machine).
-const CHANNELS_AT_ONCE: usize = 32;
-/// How often `up` looks whether a booting node finished (one command on an open connection).
-const BOOT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const CHANNELS_AT_ONCE: usize = 32;
 /// Seconds the master's agent waits for newly started workers to register with Slurm.
 const WORKERS_REGISTER: u64 = 30;
 
@@ -115,7 +111,7 @@ impl OpenStack {
         }
     }
 
-    fn agent_binary(&self) -> Result<Option<AgentBinary>> {
+    pub(crate) fn agent_binary(&self) -> Result<Option<AgentBinary>> {
         let Some(exe) = &self.opts.agent_binary else {
             return Ok(None);
         };
@@ -450,77 +446,6 @@ impl OpenStack {
                 problems: problems.join("; "),
             })
         }
-    }
-
-    /// Nodes `up` could not configure yet (their `ConfigureNode` is still in the plan) are
-    /// waited for until cloud-init finished on them and they answer over the channel, at most
-    /// `boot_timeout`. Whether any now answers (observe and configure again), and a note per
-    /// node that does not.
-    pub(crate) async fn await_channel(&self, plan: &Plan, sink: Sink<'_>) -> (bool, Vec<Pending>) {
-        let pending: Vec<&str> = plan
-            .changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::ConfigureNode { node, .. } => Some(node.as_str()),
-                _ => None,
-            })
-            .collect();
-        if pending.is_empty() || self.opts.boot_timeout.is_zero() {
-            return (false, Vec::new());
-        }
-        let channel = self.channel();
-        let limit = self.opts.boot_timeout;
-        sink(Event::Note(format!(
-            "waiting for {} to finish booting and answer over SSH (at most {}s)",
-            pending.join(", "),
-            limit.as_secs()
-        )));
-        let answers = futures::stream::iter(pending.into_iter().map(|node| {
-            let channel = &channel;
-            async move {
-                let Some(target) = self.target(plan, node) else {
-                    return (node, false);
-                };
-                let t = std::time::Instant::now();
-                loop {
-                    let done = channel
-                        .run(
-                            &target,
-                            "test -f /var/lib/cloud/instance/boot-finished",
-                            b"",
-                        )
-                        .await
-                        .is_ok_and(|o| o.code == 0);
-                    if done {
-                        let waited = t.elapsed().as_secs_f64();
-                        sink(Event::Note(format!("{node} booted (waited {waited:.1}s)")));
-                        return (node, true);
-                    }
-                    if t.elapsed() >= limit {
-                        return (node, false);
-                    }
-                    // Cheap once the node's SSH connection is up (ControlMaster): the wait ends
-                    // within a second of cloud-init's end.
-                    tokio::time::sleep(BOOT_POLL).await;
-                }
-            }
-        }))
-        .buffer_unordered(CHANNELS_AT_ONCE)
-        .collect::<Vec<_>>()
-        .await;
-        let again = answers.iter().any(|(_, ok)| *ok);
-        let notes = answers
-            .iter()
-            .filter(|(_, ok)| !ok)
-            .map(|(n, _)| {
-                let note = format!(
-                    "{n} did not answer over SSH within {}s: it is configured by the next `up`",
-                    limit.as_secs()
-                );
-                Pending::new(PendingKind::NoAnswer, n, note)
-            })
-            .collect();
-        (again, notes)
     }
 
     /// Runs `script` as root on `node`; its exit code and standard output.

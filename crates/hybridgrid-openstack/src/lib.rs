@@ -12,6 +12,7 @@
 mod api;
 mod apply;
 mod boot;
+mod booting;
 mod channel;
 mod cluster_nodes;
 mod doctor;
@@ -42,5 +43,5 @@ pub use provider::{OpenStack, Options, Problem};
 pub use site::{TAG, cluster_tag, site_tag};
 pub use userdata::{
     AGENT_PATH, AGENT_STATE_DIR, METADATA_URL, NODE_CONFIG_PATH, PUBLIC_KEY_MARKER, PULL_UNIT,
-    boot_config, public_key_from_console, user_data, user_data_for, user_data_with,
+    agent_unit, boot_config, public_key_from_console, user_data, user_data_for, user_data_with,
 };

@@ -16,6 +16,20 @@ pub const METADATA_URL: &str = "http://169.254.169.254/openstack/latest/meta_dat
 /// The systemd service and timer running `hybridgrid agent pull` on relays.
 pub const PULL_UNIT: &str = "hybridgrid-pull";
 pub const PULL_SECONDS: u32 = 30;
+/// The systemd service running the agent's supervisor on every node.
+pub const AGENT_UNIT: &str = "hybridgrid-agent";
+
+/// The agent's supervisor as a systemd unit. `KillMode=process`: a restart of the supervisor
+/// leaves the daemons it started (WireGuard device, munged, slurmd) running. The user data
+/// writes it at first boot; the node channel enables and starts it once it configured the node.
+pub fn agent_unit(node: &str) -> String {
+    // No newline at the end: the configure script compares it with `$(cat …)`, which drops it.
+    format!(
+        "[Unit]\nDescription=hybridgrid: keep this node as configured\nAfter=network-online.target\n\n\
+         [Service]\nExecStart={AGENT_PATH} agent supervise --state-dir {AGENT_STATE_DIR} --tag {node} --period 10\n\
+         Restart=always\nRestartSec=2\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target"
+    )
+}
 
 /// The user data for `node` when the image already carries the agent at [`AGENT_PATH`].
 pub fn user_data(plan: &Plan, node: &NodePlan) -> String {
@@ -82,24 +96,32 @@ pub fn user_data_for(
         runcmd.push(agent_download(url, agent_sha256));
     }
     runcmd.extend(agent_apply(&node.name));
-    let mut write_files = vec![json!({
-        "path": NODE_CONFIG_PATH,
-        "owner": "root:root",
-        "permissions": "0600",
-        "encoding": "b64",
-        "content": b64,
-    })];
+    let mut write_files = vec![
+        json!({
+            "path": NODE_CONFIG_PATH,
+            "owner": "root:root",
+            "permissions": "0600",
+            "encoding": "b64",
+            "content": b64,
+        }),
+        // Written now, while the boot reloads systemd anyway: the node channel then only
+        // enables and starts it (a reload costs seconds on a slow guest).
+        json!({
+            "path": format!("/etc/systemd/system/{AGENT_UNIT}.service"),
+            "owner": "root:root",
+            "permissions": "0644",
+            "content": agent_unit(&node.name),
+        }),
+    ];
     if node.is_relay() {
         runcmd.push(make_key_without_agent());
         runcmd.push(print_public_key());
         write_files.extend(pull_units(&node.name));
+        // One reload for the new units; enabling then needs none.
+        let timer = format!("{PULL_UNIT}.timer");
         runcmd.push(json!(["systemctl", "daemon-reload"]));
-        runcmd.push(json!([
-            "systemctl",
-            "enable",
-            "--now",
-            format!("{PULL_UNIT}.timer")
-        ]));
+        runcmd.push(json!(["systemctl", "enable", "--no-reload", timer]));
+        runcmd.push(json!(["systemctl", "start", timer]));
     }
     let mut doc = json!({
         "hostname": node.name,

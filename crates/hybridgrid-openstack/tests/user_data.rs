@@ -9,7 +9,7 @@ use hybridgrid_core::diff::Observed;
 use hybridgrid_core::model::validate_text;
 use hybridgrid_core::plan::{self, NodeConfig};
 use hybridgrid_openstack::{
-    METADATA_URL, PUBLIC_KEY_MARKER, boot_config, public_key_from_console, user_data,
+    METADATA_URL, PUBLIC_KEY_MARKER, agent_unit, boot_config, public_key_from_console, user_data,
     user_data_with,
 };
 
@@ -99,31 +99,61 @@ fn user_data_carries_the_node_config() {
     let worker = plan.node("giessen-worker-1").unwrap();
     assert!(!user_data(&plan, worker).contains(PUBLIC_KEY_MARKER));
     // Relays pull peers delivered later through the server's metadata, every 30 s.
-    let files: Vec<&str> = doc["write_files"]
+    let files: std::collections::BTreeMap<&str, &str> = doc["write_files"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| f["path"].as_str().unwrap())
+        .map(|f| (f["path"].as_str().unwrap(), f["content"].as_str().unwrap()))
         .collect();
-    assert!(
-        files.contains(&"/etc/systemd/system/hybridgrid-pull.timer"),
-        "{files:?}"
-    );
-    let service = doc["write_files"][1]["content"].as_str().unwrap();
+    let service = files["/etc/systemd/system/hybridgrid-pull.service"];
     assert!(
         service.contains(&format!(
             "agent pull --metadata-url {METADATA_URL} --config /etc/hybridgrid/node.json"
         )),
         "{service}"
     );
-    assert!(
-        doc["write_files"][2]["content"]
-            .as_str()
-            .unwrap()
-            .contains("OnUnitActiveSec=30")
-    );
+    assert!(files["/etc/systemd/system/hybridgrid-pull.timer"].contains("OnUnitActiveSec=30"));
     assert!(ud.contains("hybridgrid-pull.timer"));
     assert!(!user_data(&plan, worker).contains("agent pull"));
+}
+
+/// Configuring a booted node made systemd reload three times (the supervisor's new unit, its
+/// enabling, the pull timer's disabling): 3-4 s each on a TCG guest, most of that step. The
+/// unit now comes with the user data, exactly as the node channel compares it, and the boot
+/// reloads once for the relay's own units.
+#[test]
+fn regression_the_supervisor_unit_comes_with_the_user_data() {
+    let plan = plan();
+    for node in &plan.nodes {
+        let doc = cloud_config(&user_data(&plan, node));
+        let unit = doc["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == "/etc/systemd/system/hybridgrid-agent.service")
+            .unwrap_or_else(|| panic!("{}: no supervisor unit", node.name));
+        assert_eq!(unit["content"], agent_unit(&node.name), "{}", node.name);
+        let runcmd = doc["runcmd"].to_string();
+        let reloads = runcmd.matches("daemon-reload").count();
+        assert_eq!(
+            reloads,
+            usize::from(node.is_relay()),
+            "{}: {runcmd}",
+            node.name
+        );
+        let enable_now = r#""enable","--now""#;
+        assert!(
+            !runcmd.contains(enable_now),
+            "{}: it reloads: {runcmd}",
+            node.name
+        );
+    }
+}
+
+/// The `#cloud-config` document of user data `ud`.
+fn cloud_config(ud: &str) -> serde_json::Value {
+    let (_, json) = ud.split_once("\n{").unwrap();
+    serde_json::from_str(&format!("{{{json}")).unwrap()
 }
 
 #[test]
