@@ -56,7 +56,7 @@ impl OpenStack {
                 let Some(target) = self.target(plan, node) else {
                     return (node, false);
                 };
-                let booted = await_boot(channel, plan, &target, early, limit).await;
+                let booted = await_boot(channel, plan, &target, (early, sink), limit).await;
                 if let Some(waited) = booted {
                     sink(Event::Note(format!("{node} booted (waited {waited:.1}s)")));
                 }
@@ -96,7 +96,7 @@ async fn await_boot(
     channel: &Channel,
     plan: &Plan,
     target: &Target,
-    early: &EarlyAgent,
+    (early, sink): (&EarlyAgent, Sink<'_>),
     limit: Duration,
 ) -> Option<f64> {
     let t = Instant::now();
@@ -107,7 +107,7 @@ async fn await_boot(
             return Some(t.elapsed().as_secs_f64());
         }
         if answer.is_ok() && !has_agent {
-            has_agent = early.deliver(channel, plan, target).await;
+            has_agent = early.deliver(channel, plan, target, sink).await;
         }
         if t.elapsed() >= limit {
             return None;
@@ -135,8 +135,14 @@ struct EarlyAgent {
 
 impl EarlyAgent {
     /// Whether `target` is done with its early agent (it has it, or it will not get it here);
-    /// `false` for a worker whose relay does not offer it yet.
-    async fn deliver(&self, channel: &Channel, plan: &Plan, target: &Target) -> bool {
+    /// `false` for a worker whose relay does not offer it yet. Says what came from where.
+    async fn deliver(
+        &self,
+        channel: &Channel,
+        plan: &Plan,
+        target: &Target,
+        sink: Sink<'_>,
+    ) -> bool {
         let (Some(agent), Some(node)) = (&self.agent, plan.node(&target.node)) else {
             return true;
         };
@@ -146,7 +152,15 @@ impl EarlyAgent {
         if node.name == relay.name {
             let offer =
                 match nodes::offer_agent_on_relay(channel, target, relay.lan_ip, agent).await {
-                    Ok(_) => Offer::Offered(relay.lan_ip),
+                    Ok(_) => {
+                        sink(Event::Note(format!(
+                            "{} has the agent {} and offers it to its site's workers (while it \
+                             boots)",
+                            relay.name,
+                            &agent.sha256[..12]
+                        )));
+                        Offer::Offered(relay.lan_ip)
+                    }
                     Err(e) => Offer::Failed(hybridgrid_core::error_chain(&e)),
                 };
             lock(&self.offers).insert(relay.name.clone(), offer);
@@ -157,7 +171,15 @@ impl EarlyAgent {
             Some(Offer::Failed(_)) => return true,
             None => return false,
         };
-        let _ = nodes::fetch_agent_from_relay(channel, target, agent, from).await;
+        if let Ok(Some(nodes::Sent::FromRelay)) =
+            nodes::fetch_agent_from_relay(channel, target, agent, from).await
+        {
+            sink(Event::Note(format!(
+                "{} got the agent {} from its relay (while it boots)",
+                node.name,
+                &agent.sha256[..12]
+            )));
+        }
         true
     }
 }

@@ -414,15 +414,18 @@ async fn send_agent(
 }
 
 /// A worker takes the agent from its relay (`relay`: the relay's site address), never over
-/// this machine's link; whether it has it now.
+/// this machine's link; how it has it now (`None`: it could not fetch it).
 pub async fn fetch_agent_from_relay(
     channel: &Channel,
     target: &Target,
     agent: &AgentBinary,
     relay: std::net::Ipv4Addr,
-) -> Result<bool> {
-    Ok(has_agent(channel, target, agent).await?
-        || fetch_from(channel, target, agent, relay).await?)
+) -> Result<Option<Sent>> {
+    if has_agent(channel, target, agent).await? {
+        return Ok(Some(Sent::Already));
+    }
+    let fetched = fetch_from(channel, target, agent, relay).await?;
+    Ok(fetched.then_some(Sent::FromRelay))
 }
 
 /// Whether the node has this very agent binary (by SHA-256).
