@@ -220,16 +220,7 @@ impl Local {
         progress: Sink<'_>,
     ) -> Result<(), LocalError> {
         let t = Instant::now();
-        self.record(|l| {
-            for (site, edit) in run.iter().filter_map(edit_of) {
-                if let Some(s) = l.sites.get_mut(site) {
-                    edit(s);
-                }
-            }
-        })?;
-        for change in run {
-            dirty.mark_edit(change);
-        }
+        self.record_edits(run, dirty)?;
         let seconds = t.elapsed().as_secs_f64();
         for change in run {
             report(change, Ok(Vec::new()), seconds, progress)?;
@@ -427,16 +418,24 @@ impl Local {
         change: &Change,
         dirty: &DirtySites,
     ) -> Result<Vec<String>, LocalError> {
-        let Some((site, edit)) = edit_of(change) else {
-            return Ok(Vec::new());
-        };
+        self.record_edits(std::slice::from_ref(change), dirty)?;
+        Ok(Vec::new())
+    }
+
+    /// The edits of `changes` (those [`edit_of`] knows) in the ledger with one write; their
+    /// sites marked for the next render.
+    fn record_edits(&self, changes: &[Change], dirty: &DirtySites) -> Result<(), LocalError> {
         self.record(|l| {
-            if let Some(s) = l.sites.get_mut(site) {
-                edit(s);
+            for (site, edit) in changes.iter().filter_map(edit_of) {
+                if let Some(s) = l.sites.get_mut(site) {
+                    edit(s);
+                }
             }
         })?;
-        dirty.mark_edit(change);
-        Ok(Vec::new())
+        for change in changes.iter().filter(|c| edit_of(c).is_some()) {
+            dirty.mark_edit(change);
+        }
+        Ok(())
     }
 
     /// A node, unless the emulated cloud refuses it (a test hook): its ledger entry, a private

@@ -260,15 +260,10 @@ pub fn access(local: &Local, plan: &Plan, site: &str) -> Result<Option<StoreAcce
 /// which no named namespace holds (`down` stops them).
 pub fn servers_anywhere(cluster_dir: &Path) -> Vec<u32> {
     let sites = format!("{}/sites/", cluster_dir.display());
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            let cmd = infra::cmdline(pid);
-            cmd.contains("swift-") && cmd.contains(&sites) && infra::alive(pid)
-        })
-        .collect()
+    infra::live_pids(|pid| {
+        let cmd = infra::cmdline(pid);
+        cmd.contains("swift-") && cmd.contains(&sites)
+    })
 }
 
 /// Whether the process names of a store's namespace include every Swift server.

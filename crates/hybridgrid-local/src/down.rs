@@ -140,39 +140,25 @@ fn release_owner(cluster: &str, dir: &Path) {
     }
 }
 
-/// Processes started with `--tag <prefix>...` (node holders and WireGuard daemons).
 /// Processes whose mounts come from a node's folder under `cluster_dir` (its `/etc/hosts`, its
 /// munge and Slurm folders): they run in a node's machine. A daemon that was still starting
 /// when its namespace was emptied (a slurmd fetching its configuration) daemonizes after the
 /// namespace lost its name, where only this finds it (two of 1,050 nodes' slurmd did).
 fn processes_of_machines_under(cluster_dir: &Path) -> Vec<u32> {
-    let nodes = cluster_dir.join("nodes");
-    let needle = format!(" {}/", nodes.display());
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-                .is_ok_and(|m| m.contains(&needle))
-                && infra::alive(pid)
-        })
-        .collect()
+    let needle = format!(" {}/", cluster_dir.join("nodes").display());
+    infra::live_pids(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).is_ok_and(|m| m.contains(&needle))
+    })
 }
 
+/// Processes started with `--tag <prefix>...` (node holders and WireGuard daemons).
 fn tagged_processes(prefix: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            let cmd = infra::cmdline(pid);
-            cmd.split(" --tag ")
-                .nth(1)
-                .is_some_and(|t| t.starts_with(prefix))
-                && infra::alive(pid)
-        })
-        .collect()
+    infra::live_pids(|pid| {
+        let cmd = infra::cmdline(pid);
+        cmd.split(" --tag ")
+            .nth(1)
+            .is_some_and(|t| t.starts_with(prefix))
+    })
 }
 
 /// Removes leftovers of this host's clusters whose ledger is gone: namespaces, processes, owner

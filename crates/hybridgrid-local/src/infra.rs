@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hybridgrid_core::plan::{SgRule, SlurmRole};
+use hybridgrid_core::plan::SgRule;
 use ipnet::Ipv4Net;
 
 use crate::LocalError;
@@ -68,6 +68,16 @@ pub fn netns_pids(ns: &str) -> Vec<u32> {
 }
 
 pub use hybridgrid_agent::sys::{alive, cmdline, stop_processes};
+
+/// The live processes on this host that `matches` (a process id), by a walk of `/proc`.
+pub fn live_pids(matches: impl Fn(u32) -> bool) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| matches(pid) && alive(pid))
+        .collect()
+}
 
 pub fn create_inet(cluster: &str) -> Result<(), LocalError> {
     let ns = names::ns_inet(cluster);
@@ -264,11 +274,7 @@ pub fn start_holder(
     let log =
         std::fs::File::create(state_dir.join("holder.log")).map_err(LocalError::io(state_dir))?;
     let log2 = log.try_clone().map_err(LocalError::io(state_dir))?;
-    let role = match machine.slurm {
-        SlurmRole::Controller => "controller",
-        SlurmRole::Compute => "compute",
-        SlurmRole::None => "none",
-    };
+    let role = crate::machine::slurm_word(machine.slurm);
     let child = Command::new(exe)
         .args(["hold", "--tag", &machine.netns, "--state-dir"])
         .arg(state_dir)

@@ -40,6 +40,23 @@ pub fn slurm_role(role: Role) -> SlurmRole {
     }
 }
 
+/// The word `hybridgrid hold --slurm` takes for a node's Slurm part ([`slurm_of_word`] reads it).
+pub fn slurm_word(role: SlurmRole) -> &'static str {
+    match role {
+        SlurmRole::Controller => "controller",
+        SlurmRole::Compute => "compute",
+        SlurmRole::None => "none",
+    }
+}
+
+/// The Slurm part [`slurm_word`] names; any other word is none.
+pub fn slurm_of_word(word: &str) -> SlurmRole {
+    [SlurmRole::Controller, SlurmRole::Compute]
+        .into_iter()
+        .find(|r| slurm_word(*r) == word)
+        .unwrap_or(SlurmRole::None)
+}
+
 /// Makes the machine in this process, which must not have started a thread yet (a process with
 /// threads cannot take a mount namespace of its own), then says so in [`READY_FILE`].
 pub fn enter(m: &Machine) -> Result<(), LocalError> {
@@ -62,6 +79,11 @@ pub fn enter(m: &Machine) -> Result<(), LocalError> {
     std::fs::write(&ready, std::process::id().to_string()).map_err(LocalError::io(&ready))
 }
 
+/// The private `/run` folders of a Slurm node's machine.
+const SLURM_RUN: [&str; 2] = ["/run/munge", "/run/slurm"];
+/// A compute node's private named cgroup hierarchy (slurmd's).
+const CGROUP_HIERARCHY: &str = "/sys/fs/cgroup/systemd";
+
 /// The folders of the node's own, in its state directory, that [`slurm_folders`] binds.
 pub fn slurm_dirs(state_dir: &Path) -> [(PathBuf, &'static str); 4] {
     let base = state_dir.join("slurm");
@@ -73,14 +95,31 @@ pub fn slurm_dirs(state_dir: &Path) -> [(PathBuf, &'static str); 4] {
     ]
 }
 
+/// Whether a node of `role` has `target` of [`slurm_dirs`]: `/etc/slurm` only the controller.
+fn binds(role: SlurmRole, target: &str) -> bool {
+    target != "/etc/slurm" || role == SlurmRole::Controller
+}
+
+/// Where [`slurm_folders`] mounts in the machine of a Slurm node of `role`.
+pub fn slurm_mount_points(role: SlurmRole) -> Vec<&'static str> {
+    let mut points = SLURM_RUN.to_vec();
+    let binds_of = slurm_dirs(Path::new("")).map(|(_, target)| target);
+    points.extend(binds_of.into_iter().filter(|t| binds(role, t)));
+    if role == SlurmRole::Compute {
+        points.push(CGROUP_HIERARCHY);
+    }
+    points
+}
+
 /// Private `/run/munge` and `/run/slurm`; the node's own `/etc/munge`, `/var/lib/slurm`,
 /// `/var/log/slurm` (the controller's `/etc/slurm` too); on a compute node a private named
 /// cgroup hierarchy for slurmd.
 fn slurm_folders(m: &Machine) -> Result<(), LocalError> {
-    tmpfs("hg-munge", "/run/munge", "mode=0755")?;
-    tmpfs("hg-slurm", "/run/slurm", "mode=0755")?;
+    for (run, name) in SLURM_RUN.into_iter().zip(["hg-munge", "hg-slurm"]) {
+        tmpfs(name, run, "mode=0755")?;
+    }
     for (source, target) in slurm_dirs(&m.state_dir) {
-        if target == "/etc/slurm" && m.slurm != SlurmRole::Controller {
+        if !binds(m.slurm, target) {
             continue;
         }
         std::fs::create_dir_all(&source).map_err(LocalError::io(&source))?;
@@ -88,12 +127,11 @@ fn slurm_folders(m: &Machine) -> Result<(), LocalError> {
     }
     if m.slurm == SlurmRole::Compute {
         tmpfs("hg-cgroup", "/sys/fs/cgroup", "mode=0755")?;
-        let hierarchy = "/sys/fs/cgroup/systemd";
-        std::fs::create_dir_all(hierarchy).map_err(LocalError::io(hierarchy))?;
+        std::fs::create_dir_all(CGROUP_HIERARCHY).map_err(LocalError::io(CGROUP_HIERARCHY))?;
         let options = format!("none,name={CGROUP_NAME}");
         mount(
             Some(CGROUP_NAME),
-            hierarchy,
+            CGROUP_HIERARCHY,
             Some("cgroup"),
             MsFlags::empty(),
             Some(&options),
@@ -158,4 +196,42 @@ pub fn mounted(pid: u32, targets: &[&str]) -> bool {
     };
     let points: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).collect();
     targets.iter().all(|t| points.contains(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mount_points_checked_are_the_ones_the_holder_makes() {
+        assert_eq!(
+            slurm_mount_points(SlurmRole::Controller),
+            [
+                "/run/munge",
+                "/run/slurm",
+                "/etc/munge",
+                "/var/lib/slurm",
+                "/var/log/slurm",
+                "/etc/slurm"
+            ]
+        );
+        assert_eq!(
+            slurm_mount_points(SlurmRole::Compute),
+            [
+                "/run/munge",
+                "/run/slurm",
+                "/etc/munge",
+                "/var/lib/slurm",
+                "/var/log/slurm",
+                "/sys/fs/cgroup/systemd"
+            ]
+        );
+    }
+
+    #[test]
+    fn hold_reads_back_the_slurm_part_it_was_started_with() {
+        for role in [SlurmRole::Controller, SlurmRole::Compute, SlurmRole::None] {
+            assert_eq!(slurm_of_word(slurm_word(role)), role);
+        }
+    }
 }

@@ -59,19 +59,7 @@ pub fn prepare_node(local: &Local, node: &str, role: SlurmRole) -> Result<(), Lo
     own(&lib, "slurm")?;
     own(&log, "slurm")?;
     let pid = local.exec_target(node)?.pid;
-    let mut needed = vec![
-        "/run/munge",
-        "/run/slurm",
-        "/etc/munge",
-        "/var/lib/slurm",
-        "/var/log/slurm",
-    ];
-    needed.push(if role == SlurmRole::Controller {
-        "/etc/slurm"
-    } else {
-        "/sys/fs/cgroup/systemd"
-    });
-    if crate::machine::mounted(pid, &needed) {
+    if crate::machine::mounted(pid, &crate::machine::slurm_mount_points(role)) {
         return Ok(());
     }
     node_sh(local, node, &mount_script(&dir, role)).map(drop)

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use hybridgrid_core::plan::SlurmRole;
 
 use crate::settings::Settings;
 
@@ -121,11 +120,7 @@ pub fn run(cmd: NodeCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
                     netns: tag.clone(),
                     hostname,
                     state_dir: state_dir.clone(),
-                    slurm: match slurm.as_str() {
-                        "controller" => SlurmRole::Controller,
-                        "compute" => SlurmRole::Compute,
-                        _ => SlurmRole::None,
-                    },
+                    slurm: hybridgrid_local::machine::slurm_of_word(&slurm),
                 };
                 hybridgrid_local::machine::enter(&machine)
                     .with_context(|| format!("making the machine of {}", machine.hostname))?;
