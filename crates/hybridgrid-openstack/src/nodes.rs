@@ -530,10 +530,16 @@ pub enum StoreSource {
 /// with the user data, so systemd is reloaded only for an older node's: under TCG each reload
 /// took 3-4 s, and the three this step made were most of configuring a booted node.
 /// `--no-reload`: enabling and disabling only change what the next boot starts.
+///
+/// A relay's pull timer is stopped first, with a pull it may be running: a relay that got the
+/// agent while booting pulls its boot configuration every 30 s, and a pull ending after this
+/// apply took the new peers away again until the supervisor's next period.
 fn apply_and_supervise(node: &str, wait_for_workers: u64) -> String {
     let unit = shell_quote(&agent_unit(node));
     format!(
-        "set -e; {AGENT_PATH} agent apply --config {CONFIG} --state-dir {AGENT_STATE_DIR} \
+        "{{ systemctl disable -q --no-reload {PULL_UNIT}.timer; \
+         systemctl stop {PULL_UNIT}.timer {PULL_UNIT}.service; }} 2>/dev/null || true; \
+         set -e; {AGENT_PATH} agent apply --config {CONFIG} --state-dir {AGENT_STATE_DIR} \
          --tag {node} --wait-for-workers {wait_for_workers}; \
          u=/etc/systemd/system/{AGENT_UNIT}.service; \
          if [ \"$(cat $u 2>/dev/null)\" != {unit} ]; then printf '%s' {unit} > $u; \
@@ -541,8 +547,6 @@ fn apply_and_supervise(node: &str, wait_for_workers: u64) -> String {
          elif [ \"$(readlink /proc/$(systemctl show -p MainPID --value {AGENT_UNIT}.service)/exe)\" \
          != {AGENT_PATH} ]; then systemctl restart {AGENT_UNIT}.service; fi; \
          systemctl enable -q --no-reload {AGENT_UNIT}.service; \
-         {{ systemctl disable -q --no-reload {PULL_UNIT}.timer; \
-         systemctl stop {PULL_UNIT}.timer; }} 2>/dev/null || true; \
          [ -L /etc/hosts ] || ln -sfn {AGENT_STATE_DIR}/hosts /etc/hosts"
     )
 }
@@ -597,12 +601,27 @@ mod tests {
             )),
             "{script}"
         );
+        assert!(script.contains(&shell_quote(&agent_unit("a-worker-1"))));
+    }
+
+    /// Seen with three workers per site: a relay that got the agent while booting ran its pull
+    /// (the boot configuration, every 30 s) during `up`'s apply, and the master lost its peer
+    /// until a fourth round. The pull is stopped before the apply starts.
+    #[test]
+    fn regression_a_pull_cannot_undo_the_apply() {
+        let script = apply_and_supervise("b-gw", 0);
+        let stop = script
+            .find(&format!(
+                "systemctl stop {PULL_UNIT}.timer {PULL_UNIT}.service"
+            ))
+            .unwrap_or(usize::MAX);
+        let apply = script.find("agent apply").unwrap_or(0);
+        assert!(stop < apply, "{script}");
         assert!(
-            rest.contains(&format!(
+            script.contains(&format!(
                 "systemctl disable -q --no-reload {PULL_UNIT}.timer"
             )),
             "{script}"
         );
-        assert!(script.contains(&shell_quote(&agent_unit("a-worker-1"))));
     }
 }
