@@ -47,11 +47,7 @@ site() {
   site b site-b 10.72.0.0/24 false "$WORKERS"
 } >"$W/cluster.yaml"
 t0=$(date +%s.%N)
-# Each line of up's output with the seconds since it started.
-stamp() { python3 -uc 'import sys,time
-t=time.time()
-for l in sys.stdin: sys.stdout.write("%7.2f %s" % (time.time()-t, l))'; }
-HG up 2>&1 | stamp >"$W/up.log" || { cat "$W/up.log" >&2; exit 1; }
+HG up 2>&1 | scripts/stamp-lines >"$W/up.log" || { cat "$W/up.log" >&2; exit 1; }
 t_up=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
 echo "up: ${t_up} s ($(grep -c . "$W/up.log") lines of output), image $IMAGE, $WORKERS workers per site"
 ssh_bytes=$(nft -j list counter inet "$TABLE" ssh_out | python3 -c 'import json,sys; print([o["counter"]["bytes"] for o in json.load(sys.stdin)["nftables"] if "counter" in o][0])')

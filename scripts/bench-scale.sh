@@ -46,10 +46,6 @@ trap "exit 130" INT TERM
     printf '  - { name: data%d, site: s%d, bucket: data-s%d }\n' "$s" "$s" "$s"
   done
 } >"$W/cluster.yaml"
-# Each line of up's output with the seconds since it started.
-stamp() { python3 -uc 'import sys,time
-t=time.time()
-for l in sys.stdin: sys.stdout.write("%7.2f %s" % (time.time()-t, l))'; }
 seconds() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 # The machine's busy share over $1 seconds: all CPUs, from /proc/stat's first line.
 busy_share() {
@@ -63,7 +59,7 @@ busy_share() {
 nodes=$((SITES * (WORKERS + 1)))
 echo "cluster: $SITES sites x $WORKERS workers = $nodes nodes, datasets at $DATASET_SITES sites"
 t=$(date +%s.%N)
-HG up -v 2>&1 | stamp >"$W/up.log" || { tail -20 "$W/up.log" >&2; echo "up: FAILED after $(seconds "$t") s" >&2; exit 1; }
+HG up -v 2>&1 | scripts/stamp-lines >"$W/up.log" || { tail -20 "$W/up.log" >&2; echo "up: FAILED after $(seconds "$t") s" >&2; exit 1; }
 echo "up: $(seconds "$t") s"
 up_end=$(date +%s.%N)
 t=$(date +%s.%N)

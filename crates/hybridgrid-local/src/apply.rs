@@ -425,14 +425,18 @@ impl Local {
     /// The edits of `changes` (those [`edit_of`] knows) in the ledger with one write; their
     /// sites marked for the next render.
     fn record_edits(&self, changes: &[Change], dirty: &DirtySites) -> Result<(), LocalError> {
+        let (edits, edited): (Vec<_>, Vec<&Change>) = changes
+            .iter()
+            .filter_map(|c| Some((edit_of(c)?, c)))
+            .unzip();
         self.record(|l| {
-            for (site, edit) in changes.iter().filter_map(edit_of) {
+            for (site, edit) in edits {
                 if let Some(s) = l.sites.get_mut(site) {
                     edit(s);
                 }
             }
         })?;
-        for change in changes.iter().filter(|c| edit_of(c).is_some()) {
+        for change in edited {
             dirty.mark_edit(change);
         }
         Ok(())

@@ -84,15 +84,19 @@ const SLURM_RUN: [&str; 2] = ["/run/munge", "/run/slurm"];
 /// A compute node's private named cgroup hierarchy (slurmd's).
 const CGROUP_HIERARCHY: &str = "/sys/fs/cgroup/systemd";
 
+/// Each folder of the node's own under `slurm/` in its state directory, and where the machine
+/// has it.
+const SLURM_BINDS: [(&str, &str); 4] = [
+    ("munge", "/etc/munge"),
+    ("lib", "/var/lib/slurm"),
+    ("log", "/var/log/slurm"),
+    ("etc", "/etc/slurm"),
+];
+
 /// The folders of the node's own, in its state directory, that [`slurm_folders`] binds.
 pub fn slurm_dirs(state_dir: &Path) -> [(PathBuf, &'static str); 4] {
     let base = state_dir.join("slurm");
-    [
-        (base.join("munge"), "/etc/munge"),
-        (base.join("lib"), "/var/lib/slurm"),
-        (base.join("log"), "/var/log/slurm"),
-        (base.join("etc"), "/etc/slurm"),
-    ]
+    SLURM_BINDS.map(|(dir, target)| (base.join(dir), target))
 }
 
 /// Whether a node of `role` has `target` of [`slurm_dirs`]: `/etc/slurm` only the controller.
@@ -103,8 +107,8 @@ fn binds(role: SlurmRole, target: &str) -> bool {
 /// Where [`slurm_folders`] mounts in the machine of a Slurm node of `role`.
 pub fn slurm_mount_points(role: SlurmRole) -> Vec<&'static str> {
     let mut points = SLURM_RUN.to_vec();
-    let binds_of = slurm_dirs(Path::new("")).map(|(_, target)| target);
-    points.extend(binds_of.into_iter().filter(|t| binds(role, t)));
+    let targets = SLURM_BINDS.map(|(_, target)| target);
+    points.extend(targets.into_iter().filter(|t| binds(role, t)));
     if role == SlurmRole::Compute {
         points.push(CGROUP_HIERARCHY);
     }

@@ -49,9 +49,9 @@ async fn timed<T>(change: &Change, step: impl Future<Output = Result<T>>) -> Res
     })
 }
 
-/// Applies one site's changes. Order: (network and subnet ∥ groups) → (router → its
-/// interface ∥ rules ∥ per new node: port with its address pairs → (server ∥ floating IP once
-/// the router interface exists)) → a relay pair's virtual address → floating IPs and pairs of
+/// Applies one site's changes. Order: router (from the start) ∥ (network and subnet ∥ groups) →
+/// (router interface once the router exists ∥ rules ∥ per new node: port with its address
+/// pairs → (server ∥ floating IP once the router interface exists)) → a relay pair's virtual address → floating IPs and pairs of
 /// nodes (and of the virtual address) that exist already → removals. Servers are not waited for here.
 pub(crate) async fn apply_site(
     ops: &SiteOps,

@@ -9,7 +9,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use hybridgrid_agent::NodeReport;
-use hybridgrid_core::plan::{Plan, Role, SlurmRole};
+use hybridgrid_core::plan::{NodePlan, Plan, Role, SlurmRole};
 use sha2::Digest as _;
 
 use crate::channel::{Channel, Hop, Target, shell_quote};
@@ -219,12 +219,11 @@ async fn install_packages(
 /// site's store files.
 async fn deliver_secrets(
     channel: &Channel,
-    target: &Target,
+    (target, node): (&Target, &NodePlan),
     plan: &Plan,
     secrets: &Secrets,
     slurm_node: bool,
 ) -> Result<()> {
-    let node = plan_node(plan, target)?;
     let munge = async {
         if !slurm_node {
             return Ok(());
@@ -334,7 +333,7 @@ pub async fn prepare(
     })
 }
 
-fn plan_node<'p>(plan: &'p Plan, target: &Target) -> Result<&'p hybridgrid_core::plan::NodePlan> {
+fn plan_node<'p>(plan: &'p Plan, target: &Target) -> Result<&'p NodePlan> {
     plan.node(&target.node)
         .ok_or_else(|| OsError::NodeNotInPlan {
             node: target.node.clone(),
@@ -564,7 +563,7 @@ pub async fn finish(
     let node = plan_node(plan, target)?;
     let config = plan.node_config(node);
     let slurm_node = node.role != Role::Gateway && config.slurm.role != SlurmRole::None;
-    deliver_secrets(channel, target, plan, secrets, slurm_node).await?;
+    deliver_secrets(channel, (target, node), plan, secrets, slurm_node).await?;
     let out = channel
         .run_ok(
             target,
